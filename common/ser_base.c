@@ -1,0 +1,110 @@
+// ser_base.c — see ser_base.h.
+#include "ser_base.h"
+
+#include <execinfo.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *ser_strerror(int rc) {
+    switch (rc) {
+    case SER_OK: return "success";
+#define XX(name, code, msg) \
+    case SER_##name: return msg;
+        SER_ERRNO_MAP(XX)
+#undef XX
+    default: return "unknown error";
+    }
+}
+
+void ser__abort(const char *file, int line, const char *fmt, ...) {
+    fflush(stdout);
+    fprintf(stderr, "%s:%d: ", file, line);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    void *frames[32];
+    int n = backtrace(frames, 32);
+    backtrace_symbols_fd(frames, n, 2);
+    abort();
+}
+
+// --- logging ---------------------------------------------------------------------------------
+static int s_log_level = SER_LL_INFO;
+
+void ser_log_set_level(int level) { s_log_level = level; }
+int ser_log_get_level(void) { return s_log_level; }
+
+int ser_log_parse_level(const char *s) {
+    static const char *names[] = {"debug", "info", "warning", "error", "silent"};
+    for (int i = 0; i < 5; i++)
+        if (s && strcmp(s, names[i]) == 0) return i;
+    return -1;
+}
+
+void ser_log(int level, const char *fmt, ...) {
+    if (level < s_log_level) return;
+    static const char tag[] = "DIWE";
+    char ts[32];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm tm;
+    gmtime_r(&now.tv_sec, &tm);
+    strftime(ts, sizeof ts, "%H:%M:%S", &tm);
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s.%03ld %c %s\n", ts, now.tv_nsec / 1000000, tag[level < 4 ? level : 3], buf);
+}
+
+// --- allocation ------------------------------------------------------------------------------
+void *ser_xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) SER_ABORT("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *ser_xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) SER_ABORT("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *ser_xaligned(size_t n) {
+    size_t sz = (n + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, sz ? sz : 64);
+    if (!p) SER_ABORT("out of memory allocating %zu bytes", n);
+    memset(p, 0, sz ? sz : 64);
+    return p;
+}
+
+char *ser_xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = ser_xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+// --- time ------------------------------------------------------------------------------------
+static int64_t (*s_clock_fn)(void);
+
+static int64_t s_clock_default(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t ser_clock_now_ms(void) { return s_clock_fn ? s_clock_fn() : s_clock_default(); }
+void ser_clock_set(int64_t (*fn)(void)) { s_clock_fn = fn; }
+
+double ser_time_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

@@ -1,0 +1,87 @@
+// ser_base.h — errors, always-on assertions, logging, allocation and the clock.
+//
+// defines:
+//   SER_ASSERT(x), SER_ABORT(fmt, ...)   always on, print file:line and abort()
+//   enum ser_errno (SER_E*) + ser_strerror(rc)   negative return codes
+//   ser_log(level, fmt, ...), ser_log_set_level(), ser_log_parse_level()
+//   ser_xmalloc(), ser_xcalloc(), ser_xaligned(), ser_xstrdup()   abort on OOM
+//   ser_clock_now_ms(), ser_clock_set()   injectable monotonic clock
+//   ser_time_sec()   wall clock for benchmarks
+#ifndef SER_BASE_H
+#define SER_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SER_ERR_LEN 256
+
+#if defined(__GNUC__)
+#define SER_FMT(a, b) __attribute__((format(printf, a, b)))
+#define SER_NORETURN __attribute__((noreturn))
+#else
+#define SER_FMT(a, b)
+#define SER_NORETURN
+#endif
+
+// --- errors ----------------------------------------------------------------------------------
+// Environmental failures are returned as negative codes, never exit()ed on.
+#define SER_ERRNO_MAP(XX)                                                  \
+    XX(EINVAL, -1, "invalid argument")                                     \
+    XX(ENOMEM, -2, "out of memory")                                        \
+    XX(EIO, -3, "input/output error")                                      \
+    XX(ENOENT, -4, "no such file or entry")                                \
+    XX(EFORMAT, -5, "malformed file or message")                           \
+    XX(ESHAPE, -6, "shape mismatch")                                       \
+    XX(EDTYPE, -7, "unsupported dtype")                                    \
+    XX(EVERSION, -8, "version mismatch")                                   \
+    XX(ETIMEDOUT, -9, "timed out")                                         \
+    XX(ENOTSUP, -10, "not supported")                                      \
+    XX(ENONFINITE, -11, "non-finite value")                                \
+    XX(ECONFIG, -12, "bad configuration")                                  \
+    XX(EPEER, -13, "peer error")                                           \
+    XX(EHASH, -14, "content hash mismatch")
+
+enum ser_errno {
+    SER_OK = 0,
+#define XX(name, code, msg) SER_##name = code,
+    SER_ERRNO_MAP(XX)
+#undef XX
+};
+
+const char *ser_strerror(int rc);
+
+// --- assertions ------------------------------------------------------------------------------
+// Broken invariants: always compiled in (not removed by NDEBUG).
+SER_NORETURN void ser__abort(const char *file, int line, const char *fmt, ...) SER_FMT(3, 4);
+#define SER_ABORT(...) ser__abort(__FILE__, __LINE__, __VA_ARGS__)
+#define SER_ASSERT(x)                                          \
+    do {                                                       \
+        if (!(x)) ser__abort(__FILE__, __LINE__, "assertion failed: %s", #x); \
+    } while (0)
+
+// --- logging ---------------------------------------------------------------------------------
+enum ser_log_level { SER_LL_DEBUG = 0, SER_LL_INFO, SER_LL_WARNING, SER_LL_ERROR, SER_LL_SILENT };
+
+void ser_log_set_level(int level);
+int ser_log_get_level(void);
+// Parses "debug|info|warning|error|silent"; returns the level or -1.
+int ser_log_parse_level(const char *s);
+// Checks the level before formatting; writes one line to stderr with a timestamp and level.
+void ser_log(int level, const char *fmt, ...) SER_FMT(2, 3);
+
+// --- allocation ------------------------------------------------------------------------------
+// Abort on out-of-memory (hot paths only; loaders of user data return SER_ENOMEM instead).
+void *ser_xmalloc(size_t n);
+void *ser_xcalloc(size_t count, size_t size);
+// 64-byte aligned, zero-filled; release with free().
+void *ser_xaligned(size_t n);
+char *ser_xstrdup(const char *s);
+
+// --- time ------------------------------------------------------------------------------------
+// Monotonic milliseconds. Tests may replace the source with ser_clock_set(fn) (NULL restores).
+int64_t ser_clock_now_ms(void);
+void ser_clock_set(int64_t (*fn)(void));
+// Monotonic seconds as a double, for benchmarks.
+double ser_time_sec(void);
+
+#endif

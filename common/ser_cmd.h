@@ -1,0 +1,17 @@
+// ser_cmd.h — the subcommand entry points of the `ser` executable.
+//
+// Each role folder implements its own entry points; common/ser_main.c dispatches to them.
+// An entry point returns the process exit status (0 success, 1 runtime failure, 2 usage).
+//
+// defines:
+//   ser_cmd_bench (worker/)
+//   ser_cmd_unimplemented()   the uniform message for commands of later milestones
+#ifndef SER_CMD_H
+#define SER_CMD_H
+
+int ser_cmd_bench(int argc, char **argv);
+
+// Prints "ser NAME: not implemented yet (WHAT)" and returns 2.
+int ser_cmd_unimplemented(const char *name, const char *what);
+
+#endif

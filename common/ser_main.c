@@ -1,0 +1,63 @@
+// ser_main.c — the `ser` executable: git-style subcommands.
+#include <stdio.h>
+#include <string.h>
+
+#include "ser_base.h"
+#include "ser_cmd.h"
+
+#ifndef SER_VERSION
+#define SER_VERSION "dev"
+#endif
+
+typedef struct ser_command {
+    const char *name;
+    int (*fn)(int argc, char **argv);  // NULL: a later milestone
+    const char *summary;
+} ser_command;
+
+static const ser_command s_commands[] = {
+    {"bench", ser_cmd_bench, "benchmarks: vit (forward+backward vs. sgemm peak)"},
+    {"step", NULL, "run K training steps in one process on given weights and batch"},
+    {"local", NULL, "coordinator + N workers + a loader on this machine"},
+    {"coordinator", NULL, "the coordinator daemon"},
+    {"worker", NULL, "a worker process"},
+    {"dataloader", NULL, "a data-loader service"},
+    {"status", NULL, "print a coordinator's status"},
+    {"eval", NULL, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},
+    {"export", NULL, "export a backbone with timm names"},
+};
+#define N_COMMANDS (sizeof s_commands / sizeof s_commands[0])
+
+static void s_usage(FILE *f) {
+    fprintf(f, "usage: ser <command> [options]   (ser <command> --help for its options)\n\n");
+    fprintf(f, "commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-12s %s%s\n", s_commands[i].name, s_commands[i].summary,
+                s_commands[i].fn ? "" : "  [not implemented yet]");
+    fprintf(f, "\n  ser --version   print the version\n");
+}
+
+int ser_cmd_unimplemented(const char *name, const char *what) {
+    fprintf(stderr, "ser %s: not implemented yet (%s)\n", name, what);
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        s_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("ser %s\n", SER_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        if (strcmp(argv[1], s_commands[i].name) != 0) continue;
+        if (!s_commands[i].fn) return ser_cmd_unimplemented(s_commands[i].name, "a later milestone");
+        return s_commands[i].fn(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "ser: unknown command '%s'\n\n", argv[1]);
+    s_usage(stderr);
+    return 2;
+}

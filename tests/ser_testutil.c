@@ -1,0 +1,53 @@
+// ser_testutil.c — see ser_test.h.
+#include <math.h>
+#include <stdio.h>
+
+#include "ser_rng.h"
+#include "ser_test.h"
+
+int ser_test_allclose(const char *label, const float *got, const float *ref, size_t n, float atol,
+                      float rtol) {
+    double max_abs = 0, max_rel = 0, max_used = 0;
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double a = got[i], b = ref[i];
+        double d = fabs(a - b);
+        double tol = (double)atol + (double)rtol * fabs(b);
+        int ok = d <= tol || (isnan(a) && isnan(b)) || (isinf(a) && a == b);
+        if (isnan(a) != isnan(b)) ok = 0;
+        if (!ok) {
+            if (bad < 5)
+                fprintf(stderr, "  %s[%zu]: got %.9g ref %.9g (|diff| %.3g > tol %.3g)\n", label, i,
+                        a, b, d, tol);
+            bad++;
+        }
+        if (d > max_abs) max_abs = d;
+        if (fabs(b) > 0 && d / fabs(b) > max_rel) max_rel = d / fabs(b);
+        if (tol > 0 && d / tol > max_used) max_used = d / tol;
+    }
+    fprintf(stderr, "%s %-40s n=%-8zu max_abs=%.3g max_rel=%.3g tol_used=%.1f%%%s\n",
+            bad ? "FAIL" : "ok  ", label, n, max_abs, max_rel, 100 * max_used,
+            bad ? "  <-- mismatch" : "");
+    return bad == 0;
+}
+
+const char *ser_test_fixture_path(char *buf, size_t n, const char *file) {
+    snprintf(buf, n, "%s/%s", SER_FIXTURE_DIR, file);
+    return buf;
+}
+
+void ser_test_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi) {
+    ser_rng r;
+    ser_rng_init(&r, seed, 0, 0, SER_RNG_FIXTURE);
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * ser_rng_uniform(&r);
+}
+
+double ser_test_nmse(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? num / den : num;
+}
