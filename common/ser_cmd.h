@@ -4,12 +4,15 @@
 // An entry point returns the process exit status (0 success, 1 runtime failure, 2 usage).
 //
 // defines:
-//   ser_cmd_bench (worker/)
+//   ser_cmd_bench (worker/), ser_cmd_dataloader, ser_bench_loader (dataloader/)
 //   ser_cmd_unimplemented()   the uniform message for commands of later milestones
 #ifndef SER_CMD_H
 #define SER_CMD_H
 
 int ser_cmd_bench(int argc, char **argv);
+int ser_cmd_dataloader(int argc, char **argv);
+// `ser bench loader ...` (argv[0] is "loader").
+int ser_bench_loader(int argc, char **argv);
 
 // Prints "ser NAME: not implemented yet (WHAT)" and returns 2.
 int ser_cmd_unimplemented(const char *name, const char *what);

@@ -21,7 +21,7 @@ static const ser_command s_commands[] = {
     {"local", NULL, "coordinator + N workers + a loader on this machine"},
     {"coordinator", NULL, "the coordinator daemon"},
     {"worker", NULL, "a worker process"},
-    {"dataloader", NULL, "a data-loader service"},
+    {"dataloader", ser_cmd_dataloader, "a data-loader service"},
     {"status", NULL, "print a coordinator's status"},
     {"eval", NULL, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},
     {"export", NULL, "export a backbone with timm names"},

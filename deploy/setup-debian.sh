@@ -13,7 +13,7 @@ PKGS=(
   dataset-fashion-mnist
 )
 # Only needed to regenerate fixtures and run the PyTorch peer benchmarks.
-PY_PKGS=(python3 python3-numpy python3-torch)
+PY_PKGS=(python3 python3-numpy python3-torch python3-torchvision python3-pil)
 
 want=("${PKGS[@]}")
 if [ "${SER_WITH_TORCH:-0}" = 1 ]; then want+=("${PY_PKGS[@]}"); fi
