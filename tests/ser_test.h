@@ -10,6 +10,10 @@
 //   ser_test_fill_uniform(x, n, seed, lo, hi)           deterministic synthetic data
 //   ser_test_nmse(a, b, n)                              normalised mean squared error
 //   SER_ASSERT_CLOSE(label, got, ref, n, atol, rtol)    cmocka assertion around allclose
+//   ser_test_open_fixture(name)                         open SER_FIXTURE_DIR/name or fail
+//   ser_test_tensor(f, name, &n)                        malloc'ed float copy of a tensor or fail
+//   ser_test_maxabs(x, n)                               max |x|
+//   ser_test_have_torch()                               1 if /usr/bin/python3 can import torch
 #ifndef SER_TEST_H
 #define SER_TEST_H
 
@@ -20,11 +24,18 @@
 
 #include <cmocka.h>
 
+#include "ser_safetensors.h"
+
 int ser_test_allclose(const char *label, const float *got, const float *ref, size_t n, float atol,
                       float rtol);
 const char *ser_test_fixture_path(char *buf, size_t n, const char *file);
 void ser_test_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
 double ser_test_nmse(const float *a, const float *b, size_t n);
+
+ser_st_file *ser_test_open_fixture(const char *name);
+float *ser_test_tensor(const ser_st_file *f, const char *name, size_t *numel);
+float ser_test_maxabs(const float *x, size_t n);
+int ser_test_have_torch(void);
 
 #define SER_ASSERT_CLOSE(label, got, ref, n, atol, rtol) \
     assert_true(ser_test_allclose((label), (got), (ref), (n), (atol), (rtol)))

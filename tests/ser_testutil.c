@@ -1,6 +1,8 @@
 // ser_testutil.c — see ser_test.h.
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "ser_rng.h"
 #include "ser_test.h"
@@ -50,4 +52,34 @@ double ser_test_nmse(const float *a, const float *b, size_t n) {
         den += (double)b[i] * (double)b[i];
     }
     return den > 0 ? num / den : num;
+}
+
+ser_st_file *ser_test_open_fixture(const char *name) {
+    char path[1024], err[SER_ERR_LEN];
+    ser_test_fixture_path(path, sizeof path, name);
+    ser_st_file *f = NULL;
+    int rc = ser_st_open(&f, path, err);
+    if (rc) fail_msg("cannot open fixture %s: %s (%s)", path, ser_strerror(rc), err);
+    return f;
+}
+
+float *ser_test_tensor(const ser_st_file *f, const char *name, size_t *numel) {
+    const ser_st_entry *e = ser_st_find(f, name);
+    if (!e) fail_msg("fixture tensor '%s' missing", name);
+    if (e->dtype != SER_DT_F32) fail_msg("fixture tensor '%s' is not F32", name);
+    float *x = malloc(e->nbytes ? e->nbytes : 4);
+    assert_non_null(x);
+    memcpy(x, e->data, e->nbytes);
+    if (numel) *numel = e->numel;
+    return x;
+}
+
+float ser_test_maxabs(const float *x, size_t n) {
+    float m = 0;
+    for (size_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    return m;
+}
+
+int ser_test_have_torch(void) {
+    return system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0;
 }

@@ -1,0 +1,291 @@
+// ser_kernels.c — see ser_kernels.h. The naive twins live in ser_kernels_naive.c.
+#include "ser_kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ser_base.h"
+#include "ser_fmath.h"
+
+// OpenBLAS (OpenMP build) runs single-threaded when called inside a parallel region.
+void openblas_set_num_threads(int num_threads);
+
+static int s_threads = 1;
+
+void ser_kernels_set_threads(int n) {
+    if (n < 1) n = 1;
+    s_threads = n;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+int ser_kernels_get_threads(void) { return s_threads; }
+
+// Sum and dot with 8 independent accumulators combined in a fixed order: vectorisable without
+// -ffast-math, and the same result on every run and thread count.
+static inline float s_sum8(const float *x, int n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += x[i + j];
+    for (; i < n; i++) a[i & 7] += x[i];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+static inline float s_dot8(const float *x, const float *y, int n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += x[i + j] * y[i + j];
+    for (; i < n; i++) a[i & 7] += x[i] * y[i];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// --- linear ----------------------------------------------------------------------------------
+void ser_matmul_forward(float *out, const float *inp, const float *w, const float *b, int M, int K,
+                        int N) {
+    float beta = 0.0f;
+    if (b) {
+#pragma omp parallel for schedule(static)
+        for (int m = 0; m < M; m++) memcpy(out + (size_t)m * N, b, sizeof(float) * (size_t)N);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, w, K, beta, out,
+                N);
+}
+
+void ser_colsum_acc(float *db, const float *x, int M, int N) {
+    enum { CB = 64 };
+    int nblk = (N + CB - 1) / CB;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        int j0 = blk * CB, j1 = j0 + CB < N ? j0 + CB : N;
+        float acc[CB];
+        memset(acc, 0, sizeof acc);
+        for (int m = 0; m < M; m++) {
+            const float *row = x + (size_t)m * N;
+            for (int j = j0; j < j1; j++) acc[j - j0] += row[j];
+        }
+        for (int j = j0; j < j1; j++) db[j] += acc[j - j0];
+    }
+}
+
+void ser_matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int M, int K, int N, int acc) {
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, w, K,
+                    acc ? 1.0f : 0.0f, dinp, K);
+    if (dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, inp, K, 1.0f,
+                    dw, K);
+    if (db) ser_colsum_acc(db, dout, M, N);
+}
+
+// --- layernorm -------------------------------------------------------------------------------
+void ser_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                           const float *b, int M, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++) {
+        const float *x = inp + (size_t)m * C;
+        float *y = out + (size_t)m * C;
+        float mu = s_sum8(x, C) / (float)C;
+        float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int i = 0;
+        for (; i + 8 <= C; i += 8)
+            for (int j = 0; j < 8; j++) {
+                float d = x[i + j] - mu;
+                a[j] += d * d;
+            }
+        for (; i < C; i++) {
+            float d = x[i] - mu;
+            a[i & 7] += d * d;
+        }
+        float var = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) / (float)C;
+        float rs = 1.0f / sqrtf(var + eps);
+        for (int c = 0; c < C; c++) y[c] = (x[c] - mu) * rs * w[c] + b[c];
+        if (mean) mean[m] = mu;
+        if (rstd) rstd[m] = rs;
+    }
+}
+
+void ser_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                            const float *w, const float *mean, const float *rstd, int M, int C,
+                            int acc) {
+    // Input gradient, row-parallel: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy*w.
+#pragma omp parallel
+    {
+        float *g = ser_xmalloc(sizeof(float) * 2 * (size_t)C);
+        float *xh = g + C;
+#pragma omp for schedule(static)
+        for (int m = 0; m < M; m++) {
+            const float *x = inp + (size_t)m * C, *dy = dout + (size_t)m * C;
+            float *dx = dinp + (size_t)m * C;
+            float mu = mean[m], rs = rstd[m];
+            for (int c = 0; c < C; c++) {
+                g[c] = dy[c] * w[c];
+                xh[c] = (x[c] - mu) * rs;
+            }
+            float mg = s_sum8(g, C) / (float)C;
+            float mgx = s_dot8(g, xh, C) / (float)C;
+            if (acc)
+                for (int c = 0; c < C; c++) dx[c] += rs * (g[c] - mg - xh[c] * mgx);
+            else
+                for (int c = 0; c < C; c++) dx[c] = rs * (g[c] - mg - xh[c] * mgx);
+        }
+        free(g);
+    }
+    // Parameter gradients, column-block parallel (each column reduced by one thread in row
+    // order).
+    enum { CB = 64 };
+    int nblk = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        int j0 = blk * CB, j1 = j0 + CB < C ? j0 + CB : C;
+        float aw[CB], ab[CB];
+        memset(aw, 0, sizeof aw);
+        memset(ab, 0, sizeof ab);
+        for (int m = 0; m < M; m++) {
+            const float *x = inp + (size_t)m * C, *dy = dout + (size_t)m * C;
+            float mu = mean[m], rs = rstd[m];
+            for (int j = j0; j < j1; j++) {
+                aw[j - j0] += dy[j] * ((x[j] - mu) * rs);
+                ab[j - j0] += dy[j];
+            }
+        }
+        for (int j = j0; j < j1; j++) {
+            dw[j] += aw[j - j0];
+            db[j] += ab[j - j0];
+        }
+    }
+}
+
+// --- GELU ------------------------------------------------------------------------------------
+#define SER_SQRT1_2 0.70710678118654752440f
+#define SER_GELU_PDF_K 0.39894228040143267794f  // 1/sqrt(2*pi)
+
+void ser_gelu_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + ser_ferf(x * SER_SQRT1_2));
+    }
+}
+
+void ser_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int acc) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + ser_ferf(x * SER_SQRT1_2));
+        float pdf = SER_GELU_PDF_K * ser_fexp(-0.5f * x * x);
+        float d = dout[i] * (cdf + x * pdf);
+        dinp[i] = acc ? dinp[i] + d : d;
+    }
+}
+
+// --- softmax and attention -------------------------------------------------------------------
+static void s_softmax_row(float *x, int N) {
+    float mx = x[0];
+    for (int j = 1; j < N; j++) mx = x[j] > mx ? x[j] : mx;
+    for (int j = 0; j < N; j++) x[j] = ser_fexp(x[j] - mx);
+    float inv = 1.0f / s_sum8(x, N);
+    for (int j = 0; j < N; j++) x[j] *= inv;
+}
+
+void ser_softmax_rows(float *x, int M, int N) {
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++) s_softmax_row(x + (size_t)m * N, N);
+}
+
+void ser_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H) {
+    SER_ASSERT(C % H == 0);
+    int hd = C / H;
+    float scale = 1.0f / sqrtf((float)hd);
+    int C3 = 3 * C;
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * N * C3 + (size_t)h * hd;
+        const float *k = q + C, *v = q + 2 * C;
+        float *P = att + (size_t)bh * N * N;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, C3, k, C3, 0.0f,
+                    P, N);
+        for (int i = 0; i < N; i++) s_softmax_row(P + (size_t)i * N, N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, P, N, v, C3, 0.0f,
+                    out + (size_t)b * N * C + (size_t)h * hd, C);
+    }
+}
+
+void ser_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
+                            int B, int N, int C, int H) {
+    int hd = C / H;
+    float scale = 1.0f / sqrtf((float)hd);
+    int C3 = 3 * C;
+#pragma omp parallel
+    {
+        float *dP = ser_xmalloc(sizeof(float) * (size_t)N * N);
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            size_t qo = (size_t)b * N * C3 + (size_t)h * hd;
+            const float *q = qkv + qo, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + qo, *dk = dq + C, *dv = dq + 2 * C;
+            const float *P = att + (size_t)bh * N * N;
+            const float *dO = dout + (size_t)b * N * C + (size_t)h * hd;
+            // dP = dO V^T, dV = P^T dO
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, 1.0f, dO, C, v, C3,
+                        0.0f, dP, N);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, 1.0f, P, N, dO, C, 0.0f,
+                        dv, C3);
+            // dS = P * (dP - rowsum(P * dP))
+            for (int i = 0; i < N; i++) {
+                float *dpr = dP + (size_t)i * N;
+                const float *pr = P + (size_t)i * N;
+                float s = s_dot8(pr, dpr, N);
+                for (int j = 0; j < N; j++) dpr[j] = pr[j] * (dpr[j] - s);
+            }
+            // dQ = scale dS K, dK = scale dS^T Q
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, scale, dP, N, k, C3,
+                        0.0f, dq, C3);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, hd, N, scale, dP, N, q, C3,
+                        0.0f, dk, C3);
+        }
+        free(dP);
+    }
+}
+
+// --- patch embedding -------------------------------------------------------------------------
+void ser_patch_im2col(float *cols, const float *img, int B, int H, int W, int P) {
+    int gh = H / P, gw = W / P, K = 3 * P * P;
+    SER_ASSERT(gh * P == H && gw * P == W);
+#pragma omp parallel for schedule(static)
+    for (int bp = 0; bp < B * gh; bp++) {
+        int b = bp / gh, r = bp % gh;
+        for (int c = 0; c < gw; c++) {
+            float *dst = cols + ((size_t)(b * gh + r) * gw + c) * K;
+            for (int ch = 0; ch < 3; ch++)
+                for (int ky = 0; ky < P; ky++)
+                    memcpy(dst + (ch * P + ky) * P,
+                           img + (((size_t)b * 3 + ch) * H + (size_t)r * P + ky) * W +
+                               (size_t)c * P,
+                           sizeof(float) * (size_t)P);
+        }
+    }
+}
+
+// --- elementwise -----------------------------------------------------------------------------
+void ser_add_inplace(float *x, const float *y, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+void ser_scale_rows(float *x, const float *s, int M, int C, int rows_per_group) {
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++) {
+        float f = s[m / rows_per_group];
+        float *row = x + (size_t)m * C;
+        for (int c = 0; c < C; c++) row[c] *= f;
+    }
+}

@@ -1,0 +1,97 @@
+// ser_kernels.h — the fp32 compute kernels of the ViT, forward and backward side by side.
+//
+// Conventions (STYLE.md rule 3): outputs first, then inputs, then sizes; every shape is in a
+// comment; backward kernels ACCUMULATE (+=) into parameter gradients, which the caller zeroes
+// once per step. Input gradients (dinp) are written or accumulated as the `acc` flag says, so
+// scratch buffers need no zeroing. Every BLAS-backed or vectorised kernel has a _naive twin in
+// ser_kernels_naive.c: the test oracle.
+//
+// Determinism: each kernel gives bitwise the same result for any OpenMP thread count. Loops
+// are split across rows or columns so that every output element is reduced by exactly one
+// thread in a fixed order; BLAS is called on fixed-size problems whose results do not depend
+// on the thread count (OpenBLAS level 3 splits M and N, never K).
+//
+// defines:
+//   ser_matmul_forward/_backward          out = inp @ w^T + b (PyTorch nn.Linear)
+//   ser_layernorm_forward/_backward       LayerNorm over the last dim
+//   ser_gelu_forward/_backward            exact (erf) GELU
+//   ser_attention_forward/_backward       multi-head softmax attention on a packed qkv
+//   ser_softmax_rows                      in-place row softmax
+//   ser_patch_im2col                      (B,3,H,W) image -> (B*gh*gw, 3*P*P) patches
+//   ser_add_inplace, ser_scale_rows       residual add, per-row scaling (drop path)
+//   ser_colsum_acc                        db += column sums of a (M,N) matrix
+//   ser_kernels_set_threads/get_threads   OpenMP + OpenBLAS thread count
+//   *_naive twins (ser_kernels_naive.c)
+#ifndef SER_KERNELS_H
+#define SER_KERNELS_H
+
+#include <stddef.h>
+
+void ser_kernels_set_threads(int n);
+int ser_kernels_get_threads(void);
+
+// --- linear ----------------------------------------------------------------------------------
+// inp (M,K), w (N,K), b (N,) or NULL -> out (M,N).
+void ser_matmul_forward(float *out, const float *inp, const float *w, const float *b, int M, int K,
+                        int N);
+// dout (M,N). dinp (M,K) (skipped if NULL; acc=0 writes, acc=1 adds), dw (N,K) +=, db (N,) +=
+// (skipped if NULL).
+void ser_matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                         const float *w, int M, int K, int N, int acc);
+void ser_matmul_forward_naive(float *out, const float *inp, const float *w, const float *b, int M,
+                              int K, int N);
+void ser_matmul_backward_naive(float *dinp, float *dw, float *db, const float *dout,
+                               const float *inp, const float *w, int M, int K, int N, int acc);
+
+// db (N,) += column sums of x (M,N).
+void ser_colsum_acc(float *db, const float *x, int M, int N);
+
+// --- layernorm -------------------------------------------------------------------------------
+// inp (M,C), w/b (C,) -> out (M,C); mean/rstd (M,) saved for backward (may be NULL in eval).
+void ser_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                           const float *b, int M, int C, float eps);
+// dinp (M,C) (acc=0 writes, acc=1 adds), dw/db (C,) +=.
+void ser_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                            const float *w, const float *mean, const float *rstd, int M, int C,
+                            int acc);
+void ser_layernorm_forward_naive(float *out, float *mean, float *rstd, const float *inp,
+                                 const float *w, const float *b, int M, int C, float eps);
+void ser_layernorm_backward_naive(float *dinp, float *dw, float *db, const float *dout,
+                                  const float *inp, const float *w, const float *mean,
+                                  const float *rstd, int M, int C, int acc);
+
+// --- GELU (exact: 0.5 x (1 + erf(x / sqrt 2))) ----------------------------------------------
+void ser_gelu_forward(float *out, const float *inp, size_t n);
+// dinp = dout * gelu'(inp) (acc=0 writes, acc=1 adds).
+void ser_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int acc);
+void ser_gelu_forward_naive(float *out, const float *inp, size_t n);
+void ser_gelu_backward_naive(float *dinp, const float *inp, const float *dout, size_t n, int acc);
+
+// --- attention -------------------------------------------------------------------------------
+// qkv (B,N,3C) packed as PyTorch's reshape(B,N,3,H,hd): q = qkv[..., 0:C], k = [C:2C], v =
+// [2C:3C], head h uses columns h*hd..(h+1)*hd of each. out (B,N,C) = concat_h softmax(q k^T *
+// hd^-0.5) v. att (B,H,N,N) keeps the probabilities for backward.
+void ser_attention_forward(float *out, float *att, const float *qkv, int B, int N, int C, int H);
+// dout (B,N,C) -> dqkv (B,N,3C) (written, not accumulated). scratch: see _scratch_floats.
+void ser_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
+                            int B, int N, int C, int H);
+void ser_attention_forward_naive(float *out, float *att, const float *qkv, int B, int N, int C,
+                                 int H);
+void ser_attention_backward_naive(float *dqkv, const float *dout, const float *qkv,
+                                  const float *att, int B, int N, int C, int H);
+
+// In-place softmax of each row of x (M,N).
+void ser_softmax_rows(float *x, int M, int N);
+
+// --- patch embedding -------------------------------------------------------------------------
+// img (B,3,H,W) with H = gh*P, W = gw*P -> cols (B*gh*gw, 3*P*P), column order (c, ky, kx) to
+// match a Conv2d weight (D,3,P,P) flattened to (D, 3*P*P); row order (b, row, col).
+void ser_patch_im2col(float *cols, const float *img, int B, int H, int W, int P);
+
+// --- elementwise -----------------------------------------------------------------------------
+// x (n,) += y (n,).
+void ser_add_inplace(float *x, const float *y, size_t n);
+// x (M,C): row m *= s[m / rows_per_group]. Used for drop path (one scale per sample).
+void ser_scale_rows(float *x, const float *s, int M, int C, int rows_per_group);
+
+#endif

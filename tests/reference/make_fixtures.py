@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Writes the numerical fixtures of ser's compute core (tests/reference/fixtures/*.safetensors).
+
+Every reference value is computed in float64 from float32-representable inputs, then stored as
+float32: the C tests measure ser's fp32 error against (nearly) exact values. Run with Debian's
+python3-torch:  /usr/bin/python3 tests/reference/make_fixtures.py
+The fixtures are committed; the test suite does not need PyTorch.
+"""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ser_ref import ViT, Attention  # noqa: E402
+from st_io import save_file  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+torch.set_default_dtype(torch.float64)
+
+
+def r(*shape, scale=1.0, shift=0.0):
+    """Random float64 tensor whose values are exactly representable in float32."""
+    return (torch.randn(*shape) * scale + shift).float().double()
+
+
+def f32(d):
+    return {k: v.detach().float().contiguous() for k, v in d.items()}
+
+
+def grads(out, dout, inputs):
+    g = torch.autograd.grad((out * dout).sum(), inputs)
+    return g
+
+
+def kernels():
+    torch.manual_seed(1)
+    t = {}
+    # Linear: out = x w^T + b.
+    x, w, b = r(5, 7).requires_grad_(), r(4, 7).requires_grad_(), r(4).requires_grad_()
+    out = F.linear(x, w, b)
+    dout = r(5, 4)
+    gx, gw, gb = grads(out, dout, [x, w, b])
+    t.update({"linear.x": x, "linear.w": w, "linear.b": b, "linear.out": out,
+              "linear.dout": dout, "linear.dx": gx, "linear.dw": gw, "linear.db": gb})
+    # LayerNorm, eps 1e-6.
+    x = r(6, 10, scale=2.0, shift=0.5).requires_grad_()
+    w, b = r(10, scale=0.1, shift=1.0).requires_grad_(), r(10, scale=0.1).requires_grad_()
+    out = F.layer_norm(x, (10,), w, b, 1e-6)
+    dout = r(6, 10)
+    gx, gw, gb = grads(out, dout, [x, w, b])
+    t.update({"layernorm.x": x, "layernorm.w": w, "layernorm.b": b, "layernorm.out": out,
+              "layernorm.dout": dout, "layernorm.dx": gx, "layernorm.dw": gw,
+              "layernorm.db": gb})
+    # Exact GELU over a sweep.
+    x = (torch.linspace(-6, 6, 200) + r(200, scale=0.01)).float().double().requires_grad_()
+    out = F.gelu(x)
+    dout = r(200)
+    (gx,) = grads(out, dout, [x])
+    t.update({"gelu.x": x, "gelu.out": out, "gelu.dout": dout, "gelu.dx": gx})
+    # Attention core on a packed qkv (B=2, N=5, C=8, H=2).
+    qkv = r(2, 5, 24).requires_grad_()
+    B, N, C, H = 2, 5, 8, 2
+    q, k, v = qkv.reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+    att = ((q @ k.transpose(-2, -1)) * (C // H) ** -0.5).softmax(-1)
+    out = (att @ v).transpose(1, 2).reshape(B, N, C)
+    dout = r(2, 5, 8)
+    (gq,) = grads(out, dout, [qkv])
+    t.update({"attention.qkv": qkv, "attention.out": out, "attention.att": att,
+              "attention.dout": dout, "attention.dqkv": gq})
+    # Row softmax.
+    x = r(4, 9, scale=3.0)
+    t.update({"softmax.x": x, "softmax.out": x.softmax(-1)})
+    # Patch embedding: conv kernel = stride = 4 on a 8x12 image -> 2x3 grid.
+    img = r(2, 3, 8, 12).requires_grad_()
+    w, b = r(6, 3, 4, 4, scale=0.2).requires_grad_(), r(6).requires_grad_()
+    out = F.conv2d(img, w, b, stride=4).flatten(2).transpose(1, 2)
+    dout = r(2, 6, 6)
+    gw, gb = grads(out, dout, [w, b])
+    t.update({"patch.img": img, "patch.w": w, "patch.b": b, "patch.out": out,
+              "patch.dout": dout, "patch.dw": gw, "patch.db": gb})
+    # Bicubic with the position-embedding scale-factor rule, 4x4 grid of C=5 channels.
+    pos = r(1, 5, 4, 4).requires_grad_()
+    for gh, gw_ in [(3, 5), (4, 6), (2, 2), (5, 5), (7, 3)]:
+        out = F.interpolate(pos, scale_factor=((gh + 0.1) / 4, (gw_ + 0.1) / 4), mode="bicubic",
+                            align_corners=False)
+        assert out.shape[-2:] == (gh, gw_)
+        dout = r(*out.shape)
+        (gp,) = grads(out, dout, [pos])
+        key = f"bicubic_sf.{gh}x{gw_}"
+        # Stored channels-last (H, W, C) as ser's token maps are.
+        t[key + ".out"] = out[0].permute(1, 2, 0)
+        t[key + ".dout"] = dout[0].permute(1, 2, 0)
+        t[key + ".dpos"] = gp[0].permute(1, 2, 0)
+    t["bicubic_sf.pos"] = pos[0].permute(1, 2, 0)
+    # Bicubic with size semantics (the feature-space scaling action): 3x4 map -> 5x7 and 2x3.
+    m = r(1, 5, 3, 4).requires_grad_()
+    for oh, ow in [(5, 7), (2, 3), (3, 4), (6, 2)]:
+        out = F.interpolate(m, size=(oh, ow), mode="bicubic", align_corners=False)
+        dout = r(*out.shape)
+        (gm,) = grads(out, dout, [m])
+        key = f"bicubic_size.{oh}x{ow}"
+        t[key + ".out"] = out[0].permute(1, 2, 0)
+        t[key + ".dout"] = dout[0].permute(1, 2, 0)
+        t[key + ".din"] = gm[0].permute(1, 2, 0)
+    t["bicubic_size.in"] = m[0].permute(1, 2, 0)
+    save_file(f32(t), os.path.join(OUT, "kernels.safetensors"), metadata={"generator": "make_fixtures.py"})
+
+
+# The tiny ViT shared by every whole-model case.
+VIT = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48)
+CASES = {
+    # name: (cls_layer, H, W, drop_path_rate, n_last)
+    "vit_square": (2, 16, 16, 0.3, 2),
+    "vit_nonsquare_3x5": (2, 12, 20, 0.0, 2),
+    "vit_cls1": (1, 16, 16, 0.0, 3),
+    "vit_baseline": (4, 16, 16, 0.0, 4),
+    "vit_baseline_3x5": (4, 12, 20, 0.0, 2),
+}
+
+
+def vit_case(name, cls_layer, H, W, dpr, n_last, seed):
+    torch.manual_seed(seed)
+    m = ViT(VIT["img_size"], VIT["patch"], VIT["dim"], VIT["depth"], VIT["heads"], VIT["hidden"],
+            cls_layer)
+    with torch.no_grad():
+        for pname, p in m.named_parameters():
+            if pname.endswith("norm1.weight") or pname.endswith("norm2.weight") or \
+                    pname.startswith("norm"):
+                p.copy_(r(*p.shape, scale=0.1, shift=1.0) if pname.endswith("weight")
+                        else r(*p.shape, scale=0.1))
+            elif pname.endswith("bias"):
+                p.copy_(r(*p.shape, scale=0.1))
+            elif p.dim() >= 2 and pname not in ("pos_embed", "cls_token"):
+                fan_in = p[0].numel()
+                p.copy_(r(*p.shape, scale=fan_in ** -0.5))
+            else:
+                p.copy_(r(*p.shape, scale=0.5))
+    B, L = 3, VIT["depth"]
+    img = r(B, 3, H, W)
+    keep = None
+    flags = torch.ones(L, 2, B)
+    if dpr > 0:
+        flags = (torch.rand(L, 2, B) > 0.4).double()
+        rates = [dpr * l / (L - 1) for l in range(L)]
+        flags[0] = 1.0  # rate 0 at block 0 (linspace(0, dpr, L)[0]): nothing is dropped
+        keep = torch.stack([flags[l] / (1 - rates[l]) for l in range(L)])
+    cls, fmap, last = m(img, keep, n_last)
+    dcls = r(*cls.shape)
+    loss = (cls * dcls).sum()
+    t = {"img": img, "out.cls": cls, "dcls": dcls, "drop_masks": flags}
+    if fmap is not None:
+        dmap = r(*fmap.shape)
+        loss = loss + (fmap * dmap).sum()
+        t.update({"out.map": fmap, "dmap": dmap})
+    if last is not None:
+        t["out.last_cls"] = last
+    names = [n for n, _ in m.named_parameters()]
+    gs = torch.autograd.grad(loss, [p for _, p in m.named_parameters()])
+    for n, p in m.named_parameters():
+        t["param." + n] = p
+    for n, g in zip(names, gs):
+        t["grad." + n] = g
+    meta = {k: str(v) for k, v in VIT.items()}
+    meta.update(cls_layer=str(cls_layer), H=str(H), W=str(W), drop_path_rate=str(dpr),
+                n_last=str(n_last), batch=str(B))
+    save_file(f32(t), os.path.join(OUT, name + ".safetensors"), metadata=meta)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    kernels()
+    for i, (name, args) in enumerate(CASES.items()):
+        vit_case(name, *args, seed=100 + i)
+    print("fixtures written to", OUT)
+
+
+if __name__ == "__main__":
+    main()

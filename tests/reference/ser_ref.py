@@ -1,0 +1,122 @@
+"""PyTorch reference of ser's Vision Transformer (the SER layout of aitrics-chris/SER).
+
+Mirrors vision_transformer.py of the public code (ser-reference.md §1): pre-norm blocks,
+qkv with bias, exact-erf GELU, LayerNorm eps 1e-6, learnable position embedding resampled
+by F.interpolate(mode='bicubic', scale_factor=(g+0.1)/g0) unless the grid is the base
+square grid, [CLS] inserted after block k without position embedding (k == depth: the
+baseline layout with [CLS] and pos_embed row 0 at the input), norm_equiv on the block-k
+patch map. Drop path takes explicit keep masks so that C and PyTorch see the same ones.
+
+Used by make_fixtures.py (fixtures, in float64) and bench_vit_peer.py (the peer benchmark).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.num_heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn.softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj(x)
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, hidden)
+
+    def forward(self, x, keep=None):
+        # keep: (2, B) scale factors (0 or 1/keep_prob) per residual branch, or None.
+        a = self.attn(self.norm1(x))
+        if keep is not None:
+            a = a * keep[0].view(-1, 1, 1)
+        x = x + a
+        m = self.mlp(self.norm2(x))
+        if keep is not None:
+            m = m * keep[1].view(-1, 1, 1)
+        return x + m
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ViT(nn.Module):
+    def __init__(self, img_size, patch, dim, depth, heads, hidden, cls_layer):
+        super().__init__()
+        self.patch, self.depth, self.cls_layer = patch, depth, cls_layer
+        self.baseline = cls_layer == depth
+        self.g0 = img_size // patch
+        n = self.g0 * self.g0 + (1 if self.baseline else 0)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, dim))
+        self.patch_embed = PatchEmbed(patch, dim)
+        self.blocks = nn.ModuleList([Block(dim, heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        if not self.baseline:
+            self.norm_equiv = nn.LayerNorm(dim, eps=1e-6)
+
+    def interpolate_pos(self, gh, gw):
+        """interpolate_pos_encoding{,_baseline} of the reference (§1.4), patch rows only."""
+        pos = self.pos_embed[:, 1:] if self.baseline else self.pos_embed
+        N, dim = pos.shape[1], pos.shape[2]
+        if gh * gw == N and gh == gw:
+            return pos
+        g0 = int(math.sqrt(N))
+        p = pos.reshape(1, g0, g0, dim).permute(0, 3, 1, 2)
+        p = F.interpolate(p, scale_factor=((gh + 0.1) / g0, (gw + 0.1) / g0), mode="bicubic",
+                          align_corners=False)
+        assert p.shape[-2] == gh and p.shape[-1] == gw
+        return p.permute(0, 2, 3, 1).reshape(1, gh * gw, dim)
+
+    def forward(self, img, keep=None, n_last=0):
+        """Returns (cls after final norm (B,C), map (B,h*w,C) or None, last-n CLS (B,n*C))."""
+        B, _, H, W = img.shape
+        gh, gw = H // self.patch, W // self.patch
+        x = self.patch_embed(img) + self.interpolate_pos(gh, gw)
+        if self.baseline:
+            cls = self.cls_token.expand(B, -1, -1) + self.pos_embed[:, :1]
+            x = torch.cat([cls, x], dim=1)
+        fmap, last = None, []
+        for l, blk in enumerate(self.blocks):
+            x = blk(x, None if keep is None else keep[l])
+            if not self.baseline and l == self.cls_layer - 1:
+                fmap = self.norm_equiv(x)
+                x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+            if n_last and l >= self.depth - n_last:
+                last.append(self.norm(x)[:, 0])
+        cls = self.norm(x)[:, 0]
+        return cls, fmap, (torch.cat(last, dim=-1) if last else None)

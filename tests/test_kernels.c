@@ -1,0 +1,310 @@
+// test_kernels.c — every kernel against PyTorch float64 fixtures, against its naive twin at
+// larger and awkward shapes, and bitwise across thread counts.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ser_fmath.h"
+#include "ser_interp.h"
+#include "ser_kernels.h"
+#include "ser_test.h"
+
+// Fixture comparisons use rtol 1e-4 (the bound) and an atol of 1e-6 times the
+// tensor's largest magnitude, which only matters for entries that cancel to near zero.
+#define RTOL 1e-4f
+static float s_atol(const float *ref, size_t n) { return 1e-6f * ser_test_maxabs(ref, n) + 1e-7f; }
+
+#define CHECK(label, got, ref, n) SER_ASSERT_CLOSE(label, got, ref, n, s_atol(ref, n), RTOL)
+
+static ser_st_file *s_fx;
+
+static int setup(void **state) {
+    (void)state;
+    s_fx = ser_test_open_fixture("kernels.safetensors");
+    ser_kernels_set_threads(2);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    ser_st_destroy(&s_fx);
+    return 0;
+}
+
+#define T(name) ser_test_tensor(s_fx, name, NULL)
+
+static void test_linear_fixture(void **state) {
+    (void)state;
+    float *x = T("linear.x"), *w = T("linear.w"), *b = T("linear.b"), *out = T("linear.out");
+    float *dout = T("linear.dout"), *dx = T("linear.dx"), *dw = T("linear.dw"), *db = T("linear.db");
+    float got[20], gx[35], gw[28], gb[4];
+    for (int naive = 0; naive < 2; naive++) {
+        memset(gw, 0, sizeof gw);
+        memset(gb, 0, sizeof gb);
+        (naive ? ser_matmul_forward_naive : ser_matmul_forward)(got, x, w, b, 5, 7, 4);
+        CHECK("linear.out", got, out, 20);
+        (naive ? ser_matmul_backward_naive : ser_matmul_backward)(gx, gw, gb, dout, x, w, 5, 7, 4, 0);
+        CHECK("linear.dx", gx, dx, 35);
+        CHECK("linear.dw", gw, dw, 28);
+        CHECK("linear.db", gb, db, 4);
+    }
+    free(x), free(w), free(b), free(out), free(dout), free(dx), free(dw), free(db);
+}
+
+static void test_layernorm_fixture(void **state) {
+    (void)state;
+    float *x = T("layernorm.x"), *w = T("layernorm.w"), *b = T("layernorm.b");
+    float *out = T("layernorm.out"), *dout = T("layernorm.dout"), *dx = T("layernorm.dx");
+    float *dw = T("layernorm.dw"), *db = T("layernorm.db");
+    float got[60], mean[6], rstd[6], gx[60], gw[10], gb[10];
+    for (int naive = 0; naive < 2; naive++) {
+        memset(gw, 0, sizeof gw);
+        memset(gb, 0, sizeof gb);
+        (naive ? ser_layernorm_forward_naive : ser_layernorm_forward)(got, mean, rstd, x, w, b, 6,
+                                                                      10, 1e-6f);
+        CHECK("layernorm.out", got, out, 60);
+        (naive ? ser_layernorm_backward_naive : ser_layernorm_backward)(gx, gw, gb, dout, x, w,
+                                                                        mean, rstd, 6, 10, 0);
+        CHECK("layernorm.dx", gx, dx, 60);
+        CHECK("layernorm.dw", gw, dw, 10);
+        CHECK("layernorm.db", gb, db, 10);
+    }
+    free(x), free(w), free(b), free(out), free(dout), free(dx), free(dw), free(db);
+}
+
+static void test_gelu_fixture(void **state) {
+    (void)state;
+    float *x = T("gelu.x"), *out = T("gelu.out"), *dout = T("gelu.dout"), *dx = T("gelu.dx");
+    float got[200], gx[200];
+    ser_gelu_forward(got, x, 200);
+    CHECK("gelu.out", got, out, 200);
+    ser_gelu_backward(gx, x, dout, 200, 0);
+    CHECK("gelu.dx", gx, dx, 200);
+    ser_gelu_forward_naive(got, x, 200);
+    CHECK("gelu.out(naive)", got, out, 200);
+    ser_gelu_backward_naive(gx, x, dout, 200, 0);
+    CHECK("gelu.dx(naive)", gx, dx, 200);
+    free(x), free(out), free(dout), free(dx);
+}
+
+static void test_attention_fixture(void **state) {
+    (void)state;
+    float *qkv = T("attention.qkv"), *out = T("attention.out"), *att = T("attention.att");
+    float *dout = T("attention.dout"), *dqkv = T("attention.dqkv");
+    float got[80], gatt[100], gq[240];
+    for (int naive = 0; naive < 2; naive++) {
+        (naive ? ser_attention_forward_naive : ser_attention_forward)(got, gatt, qkv, 2, 5, 8, 2);
+        CHECK("attention.out", got, out, 80);
+        CHECK("attention.att", gatt, att, 100);
+        (naive ? ser_attention_backward_naive : ser_attention_backward)(gq, dout, qkv, gatt, 2, 5,
+                                                                        8, 2);
+        CHECK("attention.dqkv", gq, dqkv, 240);
+    }
+    free(qkv), free(out), free(att), free(dout), free(dqkv);
+}
+
+static void test_softmax_fixture(void **state) {
+    (void)state;
+    float *x = T("softmax.x"), *out = T("softmax.out");
+    ser_softmax_rows(x, 4, 9);
+    CHECK("softmax.out", x, out, 36);
+    free(x), free(out);
+}
+
+static void test_patch_fixture(void **state) {
+    (void)state;
+    float *img = T("patch.img"), *w = T("patch.w"), *b = T("patch.b"), *out = T("patch.out");
+    float *dout = T("patch.dout"), *dw = T("patch.dw"), *db = T("patch.db");
+    float cols[12 * 48], got[72], gw[288], gb[6];
+    ser_patch_im2col(cols, img, 2, 8, 12, 4);
+    ser_matmul_forward(got, cols, w, b, 12, 48, 6);
+    CHECK("patch.out", got, out, 72);
+    memset(gw, 0, sizeof gw);
+    memset(gb, 0, sizeof gb);
+    ser_matmul_backward(NULL, gw, gb, dout, cols, w, 12, 48, 6, 0);
+    CHECK("patch.dw", gw, dw, 288);
+    CHECK("patch.db", gb, db, 6);
+    free(img), free(w), free(b), free(out), free(dout), free(dw), free(db);
+}
+
+static void test_bicubic_fixture(void **state) {
+    (void)state;
+    float *pos = T("bicubic_sf.pos");  // (4,4,5) channels-last
+    int grids[5][2] = {{3, 5}, {4, 6}, {2, 2}, {5, 5}, {7, 3}};
+    char key[96];
+    for (int i = 0; i < 5; i++) {
+        int gh = grids[i][0], gw = grids[i][1];
+        size_t n = (size_t)gh * gw * 5;
+        float *got = calloc(n, 4), *gpos = calloc(80, 4);
+        double sh = (gh + 0.1) / 4, sw = (gw + 0.1) / 4;
+        assert_int_equal(ser_bicubic_out_size(4, sh), gh);
+        assert_int_equal(ser_bicubic_out_size(4, sw), gw);
+        ser_bicubic_hwc(got, gh, gw, pos, 4, 4, 5, sh, sw);
+        snprintf(key, sizeof key, "bicubic_sf.%dx%d.out", gh, gw);
+        float *ref = T(key);
+        CHECK(key, got, ref, n);
+        snprintf(key, sizeof key, "bicubic_sf.%dx%d.dout", gh, gw);
+        float *dout = T(key);
+        ser_bicubic_hwc_backward(gpos, 4, 4, dout, gh, gw, 5, sh, sw);
+        snprintf(key, sizeof key, "bicubic_sf.%dx%d.dpos", gh, gw);
+        float *dref = T(key);
+        CHECK(key, gpos, dref, 80);
+        free(got), free(gpos), free(ref), free(dout), free(dref);
+    }
+    float *in = T("bicubic_size.in");  // (3,4,5)
+    int sizes[4][2] = {{5, 7}, {2, 3}, {3, 4}, {6, 2}};
+    for (int i = 0; i < 4; i++) {
+        int oh = sizes[i][0], ow = sizes[i][1];
+        size_t n = (size_t)oh * ow * 5;
+        float *got = calloc(n, 4), *gin = calloc(60, 4);
+        ser_bicubic_hwc(got, oh, ow, in, 3, 4, 5, 0, 0);
+        snprintf(key, sizeof key, "bicubic_size.%dx%d.out", oh, ow);
+        float *ref = T(key);
+        CHECK(key, got, ref, n);
+        snprintf(key, sizeof key, "bicubic_size.%dx%d.dout", oh, ow);
+        float *dout = T(key);
+        ser_bicubic_hwc_backward(gin, 3, 4, dout, oh, ow, 5, 0, 0);
+        snprintf(key, sizeof key, "bicubic_size.%dx%d.din", oh, ow);
+        float *dref = T(key);
+        CHECK(key, gin, dref, 60);
+        free(got), free(gin), free(ref), free(dout), free(dref);
+    }
+    free(pos), free(in);
+}
+
+// --- fast vs naive at larger and awkward shapes ------------------------------------------------
+static float *s_rand(size_t n, uint64_t seed, float lo, float hi) {
+    float *x = malloc(n * sizeof(float));
+    ser_test_fill_uniform(x, n, seed, lo, hi);
+    return x;
+}
+
+static void test_matmul_vs_naive(void **state) {
+    (void)state;
+    int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {33, 17, 65}, {197, 64, 96}, {128, 130, 3}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        float *x = s_rand((size_t)M * K, 1 + s, -1, 1), *w = s_rand((size_t)N * K, 2 + s, -1, 1);
+        float *b = s_rand((size_t)N, 3 + s, -1, 1), *dout = s_rand((size_t)M * N, 4 + s, -1, 1);
+        float *o1 = calloc((size_t)M * N, 4), *o2 = calloc((size_t)M * N, 4);
+        float *dx1 = s_rand((size_t)M * K, 5, -1, 1), *dx2 = malloc((size_t)M * K * 4);
+        memcpy(dx2, dx1, (size_t)M * K * 4);
+        float *dw1 = calloc((size_t)N * K, 4), *dw2 = calloc((size_t)N * K, 4);
+        float *db1 = calloc((size_t)N, 4), *db2 = calloc((size_t)N, 4);
+        ser_matmul_forward(o1, x, w, b, M, K, N);
+        ser_matmul_forward_naive(o2, x, w, b, M, K, N);
+        assert_true(ser_test_nmse(o1, o2, (size_t)M * N) < 1e-10);
+        ser_matmul_backward(dx1, dw1, db1, dout, x, w, M, K, N, 1);  // accumulate mode
+        ser_matmul_backward_naive(dx2, dw2, db2, dout, x, w, M, K, N, 1);
+        assert_true(ser_test_nmse(dx1, dx2, (size_t)M * K) < 1e-10);
+        assert_true(ser_test_nmse(dw1, dw2, (size_t)N * K) < 1e-10);
+        assert_true(ser_test_nmse(db1, db2, (size_t)N) < 1e-10);
+        free(x), free(w), free(b), free(dout), free(o1), free(o2), free(dx1), free(dx2);
+        free(dw1), free(dw2), free(db1), free(db2);
+    }
+}
+
+static void test_layernorm_attention_vs_naive(void **state) {
+    (void)state;
+    // LayerNorm at a ViT-S row width with a large offset (catastrophic-cancellation check).
+    int M = 50, C = 384;
+    float *x = s_rand((size_t)M * C, 11, 99, 101), *w = s_rand(C, 12, 0.5, 1.5);
+    float *b = s_rand(C, 13, -1, 1), *dout = s_rand((size_t)M * C, 14, -1, 1);
+    float *o1 = malloc((size_t)M * C * 4), *o2 = malloc((size_t)M * C * 4);
+    float m1[50], r1[50], m2[50], r2[50];
+    ser_layernorm_forward(o1, m1, r1, x, w, b, M, C, 1e-6f);
+    ser_layernorm_forward_naive(o2, m2, r2, x, w, b, M, C, 1e-6f);
+    SER_ASSERT_CLOSE("layernorm(offset 100)", o1, o2, (size_t)M * C, 2e-4f, 1e-4f);
+    free(x), free(w), free(b), free(dout), free(o1), free(o2);
+    // Attention with an odd token count and 3 heads.
+    int B = 2, N = 17, Cq = 24, H = 3;
+    float *qkv = s_rand((size_t)B * N * 3 * Cq, 21, -2, 2);
+    float *dq = s_rand((size_t)B * N * Cq, 22, -1, 1);
+    float *a1 = malloc((size_t)B * N * Cq * 4), *a2 = malloc((size_t)B * N * Cq * 4);
+    float *p1 = malloc((size_t)B * H * N * N * 4), *p2 = malloc((size_t)B * H * N * N * 4);
+    float *g1 = malloc((size_t)B * N * 3 * Cq * 4), *g2 = malloc((size_t)B * N * 3 * Cq * 4);
+    ser_attention_forward(a1, p1, qkv, B, N, Cq, H);
+    ser_attention_forward_naive(a2, p2, qkv, B, N, Cq, H);
+    SER_ASSERT_CLOSE("attention(17 tokens)", a1, a2, (size_t)B * N * Cq, 1e-6f, 1e-5f);
+    ser_attention_backward(g1, dq, qkv, p1, B, N, Cq, H);
+    ser_attention_backward_naive(g2, dq, qkv, p2, B, N, Cq, H);
+    SER_ASSERT_CLOSE("attention.dqkv(17 tokens)", g1, g2, (size_t)B * N * 3 * Cq, 1e-6f, 1e-4f);
+    free(qkv), free(dq), free(a1), free(a2), free(p1), free(p2), free(g1), free(g2);
+}
+
+static void test_fmath_accuracy(void **state) {
+    (void)state;
+    double max_rel = 0, max_abs = 0;
+    for (float x = -87.0f; x < 88.0f; x += 0.00731f) {
+        double e = exp((double)x);
+        double r = fabs((double)ser_fexp(x) - e) / e;
+        max_rel = r > max_rel ? r : max_rel;
+    }
+    for (float x = -8.0f; x < 8.0f; x += 1e-4f) {
+        double d = fabs((double)ser_ferf(x) - erf((double)x));
+        max_abs = d > max_abs ? d : max_abs;
+    }
+    print_message("ser_fexp max rel err %.3g, ser_ferf max abs err %.3g\n", max_rel, max_abs);
+    assert_true(max_rel < 4e-7);
+    assert_true(max_abs < 1e-6);
+    assert_true(ser_fexp(-200.0f) == 0.0f);
+    assert_true(isfinite(ser_fexp(100.0f)));
+}
+
+// --- bitwise identical for any thread count ---------------------------------------------------
+static void test_threads_bitwise(void **state) {
+    (void)state;
+    int M = 301, K = 96, N = 130, B = 3, T = 37, C = 48, H = 4;
+    float *x = s_rand((size_t)M * K, 31, -1, 1), *w = s_rand((size_t)N * K, 32, -1, 1);
+    float *b = s_rand(N, 33, -1, 1), *dout = s_rand((size_t)M * N, 34, -1, 1);
+    float *qkv = s_rand((size_t)B * T * 3 * C, 35, -2, 2), *dq = s_rand((size_t)B * T * C, 36, -1, 1);
+    float *lw = s_rand(K, 37, 0.5, 1.5);
+    float *res[2][8];
+    for (int run = 0; run < 2; run++) {
+        ser_kernels_set_threads(run == 0 ? 1 : 3);
+        float **r = res[run];
+        r[0] = calloc((size_t)M * N, 4);
+        r[1] = calloc((size_t)M * K, 4);
+        r[2] = calloc((size_t)N * K, 4);
+        r[3] = calloc(N, 4);
+        r[4] = calloc((size_t)B * T * C, 4);
+        r[5] = calloc((size_t)B * H * T * T, 4);
+        r[6] = calloc((size_t)B * T * 3 * C, 4);
+        r[7] = calloc((size_t)M * K + 2 * K + 2 * (size_t)M, 4);
+        ser_matmul_forward(r[0], x, w, b, M, K, N);
+        ser_matmul_backward(r[1], r[2], r[3], dout, x, w, M, K, N, 0);
+        ser_attention_forward(r[4], r[5], qkv, B, T, C, H);
+        ser_attention_backward(r[6], dq, qkv, r[5], B, T, C, H);
+        float *ln = r[7], *dw = ln + (size_t)M * K, *db = dw + K, *mu = db + K, *rs = mu + M;
+        ser_layernorm_forward(ln, mu, rs, x, lw, b, M, K, 1e-6f);
+        ser_layernorm_backward(ln, dw, db, x, x, lw, mu, rs, M, K, 1);
+        ser_gelu_backward(r[1], x, r[1], (size_t)M * K, 1);
+    }
+    size_t sizes[8] = {(size_t)M * N, (size_t)M * K, (size_t)N * K, (size_t)N,
+                       (size_t)B * T * C, (size_t)B * H * T * T, (size_t)B * T * 3 * C,
+                       (size_t)M * K + 2 * K + 2 * (size_t)M};
+    for (int i = 0; i < 8; i++) {
+        assert_memory_equal(res[0][i], res[1][i], sizes[i] * 4);
+        free(res[0][i]), free(res[1][i]);
+    }
+    ser_kernels_set_threads(2);
+    free(x), free(w), free(b), free(dout), free(qkv), free(dq), free(lw);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear_fixture),
+        cmocka_unit_test(test_layernorm_fixture),
+        cmocka_unit_test(test_gelu_fixture),
+        cmocka_unit_test(test_attention_fixture),
+        cmocka_unit_test(test_softmax_fixture),
+        cmocka_unit_test(test_patch_fixture),
+        cmocka_unit_test(test_bicubic_fixture),
+        cmocka_unit_test(test_matmul_vs_naive),
+        cmocka_unit_test(test_layernorm_attention_vs_naive),
+        cmocka_unit_test(test_fmath_accuracy),
+        cmocka_unit_test(test_threads_bitwise),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
