@@ -5,10 +5,14 @@
 //   ser_fexp: relative error < 4e-7 on [-87, 88]; returns 0 below -87.3 (flushes).
 //   ser_ferf: absolute error < 1e-6 everywhere (rational approximation on [-4, 4]).
 //
+// Vectorising the selects needs -fno-trapping-math (set in CMakeLists.txt): it changes no
+// result and keeps NaN/Inf semantics, unlike -ffast-math.
+//
 // defines: ser_fexp(x), ser_ferf(x)   (static inline: definitions must be visible to vectorise)
 #ifndef SER_FMATH_H
 #define SER_FMATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -18,7 +22,7 @@ static inline float ser_fexp(float x) {
     x = x < 88.3762626647949f ? x : 88.3762626647949f;
     int under = x < -87.3365447505531f;
     x = x > -87.3365447505531f ? x : -87.3365447505531f;
-    float n = __builtin_roundevenf(x * 1.44269504088896341f);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500E-4f;

@@ -174,14 +174,19 @@ void ser_gelu_forward(float *out, const float *inp, size_t n) {
     }
 }
 
+static inline float s_gelu_grad(float x, float dy) {
+    float cdf = 0.5f * (1.0f + ser_ferf(x * SER_SQRT1_2));
+    float pdf = SER_GELU_PDF_K * ser_fexp(-0.5f * x * x);
+    return dy * (cdf + x * pdf);
+}
+
 void ser_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int acc) {
+    if (acc) {
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float cdf = 0.5f * (1.0f + ser_ferf(x * SER_SQRT1_2));
-        float pdf = SER_GELU_PDF_K * ser_fexp(-0.5f * x * x);
-        float d = dout[i] * (cdf + x * pdf);
-        dinp[i] = acc ? dinp[i] + d : d;
+        for (size_t i = 0; i < n; i++) dinp[i] += s_gelu_grad(inp[i], dout[i]);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) dinp[i] = s_gelu_grad(inp[i], dout[i]);
     }
 }
 
