@@ -55,24 +55,37 @@ int ser_vit_config_check(const ser_vit_config *c, char err[SER_ERR_LEN]) {
 }
 
 // --- parameters ------------------------------------------------------------------------------
+static const char *s_prefix;
+
 static size_t s_add(ser_vit *v, const char *name, unsigned flags, int ndim, int64_t d0, int64_t d1,
                     int64_t d2, int64_t d3) {
     int64_t shape[4] = {d0, d1, d2, d3};
-    return ser_ptab_add(&v->tab, name, flags, ndim, shape);
+    char full[SER_TINFO_NAME_LEN];
+    int n = snprintf(full, sizeof full, "%s%s", s_prefix, name);
+    SER_ASSERT(n > 0 && (size_t)n < sizeof full);
+    return ser_ptab_add(v->tabp, full, flags, ndim, shape);
 }
 
-int ser_vit_init(ser_vit *v, const ser_vit_config *cfg, char err[SER_ERR_LEN]) {
+int ser_vit_register(ser_vit *v, const ser_vit_config *cfg, ser_ptab *tab, const char *prefix,
+                     char err[SER_ERR_LEN]) {
     memset(v, 0, sizeof *v);
     int rc = ser_vit_config_check(cfg, err);
     if (rc) return rc;
+    if (strlen(prefix) > 64) {
+        snprintf(err, SER_ERR_LEN, "vit: prefix '%s' longer than 64 characters", prefix);
+        return SER_EINVAL;
+    }
     v->cfg = *cfg;
+    v->tabp = tab;
+    v->first = tab->n;
+    v->prefix_len = (int)strlen(prefix);
+    s_prefix = prefix;
     int C = cfg->dim, P = cfg->patch, Hd = cfg->mlp_hidden;
     v->g0h = v->g0w = cfg->img_size / P;
     v->baseline = cfg->cls_layer == cfg->depth;
     int N0 = v->g0h * v->g0w + (v->baseline ? 1 : 0);
     unsigned nd = SER_TINFO_NO_DECAY;
     unsigned pf = cfg->freeze_patch_embed ? SER_TINFO_FROZEN : 0;
-    ser_ptab_init(&v->tab);
     v->off_cls = s_add(v, "cls_token", 0, 3, 1, 1, C, 0);
     v->off_pos = s_add(v, "pos_embed", 0, 3, 1, N0, C, 0);
     v->off_pw = s_add(v, "patch_embed.proj.weight", pf, 4, C, 3, P, P);
@@ -106,21 +119,52 @@ int ser_vit_init(ser_vit *v, const ser_vit_config *cfg, char err[SER_ERR_LEN]) {
         v->off_neq_w = s_add(v, "norm_equiv.weight", nd, 1, C, 0, 0, 0);
         v->off_neq_b = s_add(v, "norm_equiv.bias", nd, 1, C, 0, 0, 0);
     }
-    v->params = ser_xaligned(sizeof(float) * v->tab.total);
-    v->grads = ser_xaligned(sizeof(float) * v->tab.total);
+    v->count = tab->n - v->first;
+    return SER_OK;
+}
+
+void ser_vit_bind(ser_vit *v, float *params, float *grads) {
+    v->params = params;
+    v->grads = grads;
+}
+
+int ser_vit_init(ser_vit *v, const ser_vit_config *cfg, char err[SER_ERR_LEN]) {
+    ser_ptab tab;
+    ser_ptab_init(&tab);
+    int rc = ser_vit_register(v, cfg, &tab, "", err);
+    if (rc) {
+        ser_ptab_free(&tab);
+        return rc;
+    }
+    v->own_tab = tab;
+    v->tabp = &v->own_tab;
+    v->owns_arena = 1;
+    v->params = ser_xaligned(sizeof(float) * tab.total);
+    v->grads = ser_xaligned(sizeof(float) * tab.total);
     return SER_OK;
 }
 
 void ser_vit_free(ser_vit *v) {
     if (!v) return;
-    free(v->params);
-    free(v->grads);
+    if (v->owns_arena) {
+        free(v->params);
+        free(v->grads);
+        ser_ptab_free(&v->own_tab);
+    }
     free(v->blk);
-    ser_ptab_free(&v->tab);
     memset(v, 0, sizeof *v);
 }
 
-void ser_vit_zero_grad(ser_vit *v) { memset(v->grads, 0, sizeof(float) * v->tab.total); }
+size_t ser_vit_span(const ser_vit *v, size_t *first_offset) {
+    const ser_tinfo *a = &v->tabp->t[v->first], *b = &v->tabp->t[v->first + v->count - 1];
+    if (first_offset) *first_offset = a->offset;
+    return b->offset + ((b->numel + 15) & ~(size_t)15) - a->offset;
+}
+
+void ser_vit_zero_grad(ser_vit *v) {
+    size_t off, n = ser_vit_span(v, &off);
+    memset(v->grads + off, 0, sizeof(float) * n);
+}
 
 static void s_fill_uniform(float *x, size_t n, ser_rng *r, double bound) {
     for (size_t i = 0; i < n; i++) x[i] = (float)((2.0 * ser_rng_uniform_double(r) - 1.0) * bound);
@@ -137,14 +181,14 @@ static void s_fill_trunc_normal(float *x, size_t n, ser_rng *r, double std) {
 }
 
 void ser_vit_init_weights(ser_vit *v, int scheme, uint64_t seed) {
-    memset(v->params, 0, sizeof(float) * v->tab.total);
-    int C = v->cfg.dim, P = v->cfg.patch;
-    for (int i = 0; i < v->tab.n; i++) {
-        const ser_tinfo *t = &v->tab.t[i];
+    int P = v->cfg.patch;
+    for (int i = 0; i < v->count; i++) {
+        const ser_tinfo *t = &v->tabp->t[v->first + i];
         float *x = v->params + t->offset;
+        memset(x, 0, sizeof(float) * t->numel);
         ser_rng r;
         ser_rng_init(&r, seed, (uint32_t)i, 0, SER_RNG_INIT);
-        const char *nm = t->name;
+        const char *nm = t->name + v->prefix_len;
         size_t len = strlen(nm);
         int is_w = len > 7 && strcmp(nm + len - 7, ".weight") == 0;
         int is_norm = strstr(nm, "norm") != NULL;
@@ -172,7 +216,6 @@ void ser_vit_init_weights(ser_vit *v, int scheme, uint64_t seed) {
             }
         }  // Linear biases stay 0.
     }
-    (void)C;
 }
 
 double ser_vit_flops(const ser_vit_config *c, int B, int gh, int gw) {

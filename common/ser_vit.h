@@ -18,6 +18,7 @@
 // defines:
 //   ser_vit_config, ser_vit_config_preset()     vit_tiny / vit_small / vit_base
 //   ser_vit_init(), ser_vit_free(), ser_vit_init_weights(), ser_vit_zero_grad()
+//   ser_vit_register(), ser_vit_bind()   share one table/arena with other modules (prefixes)
 //   ser_vit_acts (saved activations of one forward), ser_vit_acts_free()
 //   ser_vit_forward(), ser_vit_backward()
 //   ser_vit_flops()                             model FLOPs of one forward
@@ -56,8 +57,12 @@ typedef struct ser_vit {
     ser_vit_config cfg;
     int g0h, g0w;  // base grid
     int baseline;  // cls_layer == depth
-    ser_ptab tab;
-    float *params, *grads;  // arenas of tab.total floats (64-byte aligned)
+    ser_ptab own_tab;       // used by ser_vit_init (standalone); unused after ser_vit_register
+    ser_ptab *tabp;         // the table holding this ViT's tensors (own_tab or external)
+    int first, count;       // this ViT's entries are tabp->t[first .. first+count)
+    int prefix_len;         // length of the name prefix of its entries
+    int owns_arena;
+    float *params, *grads;  // arena bases (offsets are into these); grads may be NULL
     size_t off_cls, off_pos, off_pw, off_pb, off_norm_w, off_norm_b, off_neq_w, off_neq_b;
     ser_vit_block_off *blk;
 } ser_vit;
@@ -67,10 +72,20 @@ enum ser_vit_init_scheme {
     SER_VIT_INIT_MOCO = 1,     // MoCo-v3 (§1.7): xavier Linear, per-part qkv, cls N(0,1e-6)
 };
 
+// Standalone: own table (bare names: cls_token, blocks.0...) and own zeroed arenas.
 int ser_vit_init(ser_vit *v, const ser_vit_config *cfg, char err[SER_ERR_LEN]);
+// Shared: appends this ViT's tensors to tab with names prefix+name ("base_encoder."). Bind the
+// arenas (allocated by the owner of tab, tab->total floats each) before use.
+int ser_vit_register(ser_vit *v, const ser_vit_config *cfg, ser_ptab *tab, const char *prefix,
+                     char err[SER_ERR_LEN]);
+void ser_vit_bind(ser_vit *v, float *params, float *grads);
 void ser_vit_free(ser_vit *v);
+// Fills this ViT's tensors (only its own entries of a shared table).
 void ser_vit_init_weights(ser_vit *v, int scheme, uint64_t seed);
+// Zeroes this ViT's gradient entries.
 void ser_vit_zero_grad(ser_vit *v);
+// Number of floats spanned by this ViT's entries, and its first offset (for flat copies).
+size_t ser_vit_span(const ser_vit *v, size_t *first_offset);
 
 // Saved activations of one forward. The buffers are reused by the next forward of the same
 // or smaller size.

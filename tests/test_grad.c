@@ -204,10 +204,10 @@ static void s_vit_fd(int cls_layer, int H, int W, float dpr) {
     assert_int_equal(ser_vit_init(&v, &cfg, err), 0);
     ser_vit_init_weights(&v, SER_VIT_INIT_GENERIC, 11);
     // Larger weights than the init so that every path carries signal.
-    for (size_t i = 0; i < v.tab.total; i++) v.params[i] *= 10.0f;
-    for (int i = 0; i < v.tab.n; i++)
-        if (strstr(v.tab.t[i].name, "norm") && strstr(v.tab.t[i].name, "weight"))
-            for (size_t j = 0; j < v.tab.t[i].numel; j++) v.params[v.tab.t[i].offset + j] = 1.0f + 0.1f * (float)(j % 3);
+    for (size_t i = 0; i < v.tabp->total; i++) v.params[i] *= 10.0f;
+    for (int i = 0; i < v.tabp->n; i++)
+        if (strstr(v.tabp->t[i].name, "norm") && strstr(v.tabp->t[i].name, "weight"))
+            for (size_t j = 0; j < v.tabp->t[i].numel; j++) v.params[v.tabp->t[i].offset + j] = 1.0f + 0.1f * (float)(j % 3);
     int B = 2, NP = (H / 2) * (W / 2);
     ser_vit_acts a;
     memset(&a, 0, sizeof a);
@@ -217,8 +217,8 @@ static void s_vit_fd(int cls_layer, int H, int W, float dpr) {
     ser_vit_zero_grad(&v);
     ser_vit_backward(&v, &a, c.dcls, c.dmap);
     int ok = 1;
-    for (int i = 0; i < v.tab.n; i++) {
-        const ser_tinfo *t = &v.tab.t[i];
+    for (int i = 0; i < v.tabp->n; i++) {
+        const ser_tinfo *t = &v.tabp->t[i];
         size_t idx[6], n = t->numel < 6 ? t->numel : 6;
         for (size_t k = 0; k < n; k++) idx[k] = t->offset + (k * 7919) % t->numel;
         ok &= s_fd_check(t->name, s_vit_f, &c, v.params, v.grads, n, idx);

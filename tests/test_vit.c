@@ -48,7 +48,7 @@ static void s_run_case(const char *file) {
     ser_vit v;
     assert_int_equal(ser_vit_init(&v, &cfg, err), 0);
     // PyTorch's state_dict loads strictly into ser's parameter table.
-    int rc = ser_st_load_ptab(f, &v.tab, v.params, "param.", 1, err);
+    int rc = ser_st_load_ptab(f, v.tabp, v.params, "param.", 1, err);
     if (rc) fail_msg("load_ptab: %s", err);
     float *img = ser_test_tensor(f, "img", NULL), *masks = ser_test_tensor(f, "drop_masks", NULL);
     ser_vit_fwd_opts o = {.train = cfg.drop_path_rate > 0, .drop_masks = masks, .n_last = n_last};
@@ -77,8 +77,8 @@ static void s_run_case(const char *file) {
     ser_vit_zero_grad(&v);
     ser_vit_backward(&v, &a, dcls, dmap);
     char key[SER_TINFO_NAME_LEN + 8];
-    for (int i = 0; i < v.tab.n; i++) {
-        const ser_tinfo *t = &v.tab.t[i];
+    for (int i = 0; i < v.tabp->n; i++) {
+        const ser_tinfo *t = &v.tabp->t[i];
         snprintf(key, sizeof key, "grad.%s", t->name);
         ref = ser_test_tensor(f, key, &n);
         assert_int_equal(n, t->numel);
@@ -131,11 +131,11 @@ static void test_threads_bitwise(void **state) {
         assert_int_equal(ser_vit_forward(&v, &a, img, B, H, W, &o, err), 0);
         ser_vit_zero_grad(&v);
         ser_vit_backward(&v, &a, dcls, dmap);
-        g[run] = malloc(sizeof(float) * v.tab.total);
-        memcpy(g[run], v.grads, sizeof(float) * v.tab.total);
+        g[run] = malloc(sizeof(float) * v.tabp->total);
+        memcpy(g[run], v.grads, sizeof(float) * v.tabp->total);
         ser_vit_acts_free(&a);
     }
-    assert_memory_equal(g[0], g[1], sizeof(float) * v.tab.total);
+    assert_memory_equal(g[0], g[1], sizeof(float) * v.tabp->total);
     ser_kernels_set_threads(2);
     free(g[0]), free(g[1]), free(img), free(dcls), free(dmap);
     ser_vit_free(&v);
@@ -187,8 +187,8 @@ static void test_frozen_patch_embed(void **state) {
     assert_int_equal(ser_vit_forward(&v, &a, img, 2, 16, 16, NULL, err), 0);
     ser_vit_zero_grad(&v);
     ser_vit_backward(&v, &a, dcls, NULL);
-    const ser_tinfo *pw = ser_ptab_find(&v.tab, "patch_embed.proj.weight");
-    const ser_tinfo *pos = ser_ptab_find(&v.tab, "pos_embed");
+    const ser_tinfo *pw = ser_ptab_find(v.tabp, "patch_embed.proj.weight");
+    const ser_tinfo *pos = ser_ptab_find(v.tabp, "pos_embed");
     assert_true(pw->flags & SER_TINFO_FROZEN);
     assert_true(ser_test_maxabs(v.grads + pw->offset, pw->numel) == 0.0f);
     assert_true(ser_test_maxabs(v.grads + pos->offset, pos->numel) > 0.0f);
@@ -216,36 +216,36 @@ static void test_init_schemes(void **state) {
     double mean, std, mx;
     // MoCo (§1.7): qkv U(+-sqrt(6/(C+C))), fc1 xavier U(+-sqrt(6/(C+4C))), cls N(0, 1e-6).
     ser_vit_init_weights(&v, SER_VIT_INIT_MOCO, 1);
-    const ser_tinfo *t = ser_ptab_find(&v.tab, "blocks.0.attn.qkv.weight");
+    const ser_tinfo *t = ser_ptab_find(v.tabp, "blocks.0.attn.qkv.weight");
     s_moments(v.params + t->offset, t->numel, &mean, &std, &mx);
     assert_true(mx <= sqrt(6.0 / 768) && mx > 0.99 * sqrt(6.0 / 768));
     assert_true(fabs(std - sqrt(6.0 / 768) / sqrt(3.0)) < 1e-3);
-    t = ser_ptab_find(&v.tab, "blocks.5.mlp.fc1.weight");
+    t = ser_ptab_find(v.tabp, "blocks.5.mlp.fc1.weight");
     s_moments(v.params + t->offset, t->numel, &mean, &std, &mx);
     assert_true(mx <= sqrt(6.0 / (384 + 1536)) && mx > 0.99 * sqrt(6.0 / (384 + 1536)));
-    t = ser_ptab_find(&v.tab, "cls_token");
+    t = ser_ptab_find(v.tabp, "cls_token");
     s_moments(v.params + t->offset, t->numel, &mean, &std, &mx);
     assert_true(std > 5e-7 && std < 2e-6);
-    t = ser_ptab_find(&v.tab, "patch_embed.proj.weight");
+    t = ser_ptab_find(v.tabp, "patch_embed.proj.weight");
     s_moments(v.params + t->offset, t->numel, &mean, &std, &mx);
     assert_true(mx <= 1.0 / sqrt(768.0) && mx > 0.99 / sqrt(768.0));
     // Generic: Linear trunc_normal(.02), LayerNorm (1, 0), biases 0.
     ser_vit_init_weights(&v, SER_VIT_INIT_GENERIC, 1);
-    t = ser_ptab_find(&v.tab, "blocks.3.attn.proj.weight");
+    t = ser_ptab_find(v.tabp, "blocks.3.attn.proj.weight");
     s_moments(v.params + t->offset, t->numel, &mean, &std, &mx);
     assert_true(fabs(std - 0.02) < 5e-4 && fabs(mean) < 5e-4);
-    t = ser_ptab_find(&v.tab, "blocks.3.norm2.weight");
+    t = ser_ptab_find(v.tabp, "blocks.3.norm2.weight");
     s_moments(v.params + t->offset, t->numel, &mean, &std, &mx);
     assert_true(mean == 1.0 && std == 0.0);
-    t = ser_ptab_find(&v.tab, "blocks.3.mlp.fc2.bias");
+    t = ser_ptab_find(v.tabp, "blocks.3.mlp.fc2.bias");
     assert_true(ser_test_maxabs(v.params + t->offset, t->numel) == 0.0f);
     // Same seed, same weights; another seed, other weights.
-    float *w1 = malloc(sizeof(float) * v.tab.total);
-    memcpy(w1, v.params, sizeof(float) * v.tab.total);
+    float *w1 = malloc(sizeof(float) * v.tabp->total);
+    memcpy(w1, v.params, sizeof(float) * v.tabp->total);
     ser_vit_init_weights(&v, SER_VIT_INIT_GENERIC, 1);
-    assert_memory_equal(w1, v.params, sizeof(float) * v.tab.total);
+    assert_memory_equal(w1, v.params, sizeof(float) * v.tabp->total);
     ser_vit_init_weights(&v, SER_VIT_INIT_GENERIC, 2);
-    assert_true(memcmp(w1, v.params, sizeof(float) * v.tab.total) != 0);
+    assert_true(memcmp(w1, v.params, sizeof(float) * v.tabp->total) != 0);
     free(w1);
     ser_vit_free(&v);
 }
@@ -258,20 +258,56 @@ static void test_param_names_and_count(void **state) {
     char err[SER_ERR_LEN];
     assert_int_equal(ser_vit_init(&v, &c, err), 0);
     size_t n = 0;
-    for (int i = 0; i < v.tab.n; i++) n += v.tab.t[i].numel;
+    for (int i = 0; i < v.tabp->n; i++) n += v.tabp->t[i].numel;
     // timm ViT-S/16 has 21,665,664 parameters with a 197-row pos_embed and no head; the SER
     // layout has 196 rows (-384) and adds norm_equiv (+768).
     assert_int_equal(n, 21665664 - 384 + 768);
-    assert_non_null(ser_ptab_find(&v.tab, "blocks.11.mlp.fc2.bias"));
-    assert_non_null(ser_ptab_find(&v.tab, "norm_equiv.weight"));
-    const ser_tinfo *pos = ser_ptab_find(&v.tab, "pos_embed");
+    assert_non_null(ser_ptab_find(v.tabp, "blocks.11.mlp.fc2.bias"));
+    assert_non_null(ser_ptab_find(v.tabp, "norm_equiv.weight"));
+    const ser_tinfo *pos = ser_ptab_find(v.tabp, "pos_embed");
     assert_int_equal(pos->shape[1], 196);
     ser_vit_free(&v);
     c.cls_layer = 12;  // baseline: CLS position row, no norm_equiv
     assert_int_equal(ser_vit_init(&v, &c, err), 0);
-    assert_null(ser_ptab_find(&v.tab, "norm_equiv.weight"));
-    assert_int_equal(ser_ptab_find(&v.tab, "pos_embed")->shape[1], 197);
+    assert_null(ser_ptab_find(v.tabp, "norm_equiv.weight"));
+    assert_int_equal(ser_ptab_find(v.tabp, "pos_embed")->shape[1], 197);
     ser_vit_free(&v);
+}
+
+// Two encoders in one table and arena (as the momentum encoder sits beside the student):
+// prefixed names, and init/zero_grad touch only their own entries.
+static void test_shared_table_prefixes(void **state) {
+    (void)state;
+    ser_vit_config c;
+    ser_vit_config_preset(&c, "vit_tiny", 16, 4);
+    c.depth = 2, c.cls_layer = 1;
+    ser_ptab tab;
+    ser_ptab_init(&tab);
+    ser_vit a, b;
+    char err[SER_ERR_LEN];
+    assert_int_equal(ser_vit_register(&a, &c, &tab, "base_encoder.", err), 0);
+    size_t split = tab.total;
+    assert_int_equal(ser_vit_register(&b, &c, &tab, "momentum_encoder.", err), 0);
+    assert_non_null(ser_ptab_find(&tab, "base_encoder.blocks.1.mlp.fc2.weight"));
+    assert_non_null(ser_ptab_find(&tab, "momentum_encoder.norm_equiv.bias"));
+    float *params = calloc(tab.total, sizeof(float)), *grads = calloc(tab.total, sizeof(float));
+    ser_vit_bind(&a, params, grads);
+    ser_vit_bind(&b, params, grads);
+    ser_vit_init_weights(&a, SER_VIT_INIT_MOCO, 1);
+    assert_true(ser_test_maxabs(params + split, tab.total - split) == 0.0f);
+    ser_vit_init_weights(&b, SER_VIT_INIT_MOCO, 1);
+    // Same scheme and seed: the two encoders start identical (as after the reference's copy).
+    assert_memory_equal(params, params + split, split * sizeof(float));
+    for (size_t i = 0; i < tab.total; i++) grads[i] = 1.0f;
+    ser_vit_zero_grad(&b);
+    assert_true(grads[0] == 1.0f && grads[split - 1] == 1.0f && grads[split] == 0.0f);
+    size_t off, n = ser_vit_span(&b, &off);
+    assert_int_equal(off, split);
+    assert_int_equal(off + n, tab.total);
+    free(params), free(grads);
+    ser_vit_free(&a);
+    ser_vit_free(&b);
+    ser_ptab_free(&tab);
 }
 
 static void test_bad_inputs(void **state) {
@@ -325,7 +361,7 @@ static void test_torch_loads_our_weights(void **state) {
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     ser_st_writer *wr = ser_st_writer_new();
-    ser_st_writer_add_ptab(wr, &v.tab, v.params, "");
+    ser_st_writer_add_ptab(wr, v.tabp, v.params, "");
     int64_t ishape[4] = {B, 3, H, W}, cshape[2] = {B, 24}, mshape[3] = {B, 15, 24};
     ser_st_writer_add(wr, "__test__.img", SER_DT_F32, 4, ishape, img);
     ser_st_writer_add(wr, "__test__.cls", SER_DT_F32, 2, cshape, a.cls);
@@ -358,6 +394,7 @@ int main(void) {
         cmocka_unit_test(test_frozen_patch_embed),
         cmocka_unit_test(test_init_schemes),
         cmocka_unit_test(test_param_names_and_count),
+        cmocka_unit_test(test_shared_table_prefixes),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_torch_loads_our_weights),
     };
