@@ -20,6 +20,8 @@
 enum {
     SER_TINFO_FROZEN = 1u << 0,    // never updated by the optimizer (e.g. frozen patch embedding)
     SER_TINFO_NO_DECAY = 1u << 1,  // excluded from weight decay when decay exclusions are on
+    SER_TINFO_COUNTER = 1u << 2,   // an integer counter kept as float (BatchNorm's
+                                   // num_batches_tracked); files store it as a 0-d I64
 };
 
 typedef struct ser_tinfo {

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ser_ref import ViT, Attention  # noqa: E402
+from ser_ref import ViT, build_mlp, moco_ctr, projector_equiv  # noqa: E402
 from st_io import save_file  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -108,6 +108,54 @@ def kernels():
     save_file(f32(t), os.path.join(OUT, "kernels.safetensors"), metadata={"generator": "make_fixtures.py"})
 
 
+def heads():
+    """MoCo projector/predictor (BatchNorm over the batch, running stats), the contrastive loss
+    and projector_equiv, at small widths."""
+    torch.manual_seed(2)
+    t = {}
+    for name, (L, din, hid, dout_, last_bn) in {"proj": (3, 12, 16, 8, True),
+                                                 "pred": (2, 8, 16, 8, True),
+                                                 "nolast": (2, 12, 10, 6, False)}.items():
+        m = build_mlp(L, din, hid, dout_, last_bn)
+        with torch.no_grad():
+            for pn, p in m.named_parameters():
+                p.copy_(r(*p.shape, scale=0.3, shift=1.0 if pn.endswith("weight") and p.dim() == 1 else 0.0))
+        x = r(6, din, scale=1.5).requires_grad_()
+        m.train()
+        out = m(x)
+        dout = r(*out.shape)
+        gs = torch.autograd.grad((out * dout).sum(), [x] + list(m.parameters()))
+        t[f"{name}.x"], t[f"{name}.out"], t[f"{name}.dout"], t[f"{name}.dx"] = x, out, dout, gs[0]
+        for (pn, p), g in zip(m.named_parameters(), gs[1:]):
+            t[f"{name}.param.{pn}"] = p
+            t[f"{name}.grad.{pn}"] = g
+        for bn, b in m.named_buffers():
+            if not bn.endswith("num_batches_tracked"):
+                t[f"{name}.buffer.{bn}"] = b
+    # Contrastive loss, T = 0.2, on un-normalised q and k.
+    q, k = r(6, 8, scale=2.0).requires_grad_(), r(6, 8, scale=2.0)
+    loss = moco_ctr(q, k, 0.2)
+    (gq,) = torch.autograd.grad(loss, [q])
+    t.update({"ctr.q": q, "ctr.k": k, "ctr.loss": loss.reshape(1), "ctr.dq": gq})
+    # projector_equiv on a (B=2, C=12, 3x5) map; stored channels-last as ser's token rows.
+    pe = projector_equiv(12, 16)
+    with torch.no_grad():
+        for pn, p in pe.named_parameters():
+            p.copy_(r(*p.shape, scale=0.3))
+    x = r(2, 12, 3, 5).requires_grad_()
+    out = pe(x)
+    dout = r(*out.shape)
+    gs = torch.autograd.grad((out * dout).sum(), [x] + list(pe.parameters()))
+    t["pe.x"] = x.permute(0, 2, 3, 1).reshape(-1, 12)
+    t["pe.out"] = out.permute(0, 2, 3, 1).reshape(-1, 16)
+    t["pe.dout"] = dout.permute(0, 2, 3, 1).reshape(-1, 16)
+    t["pe.dx"] = gs[0].permute(0, 2, 3, 1).reshape(-1, 12)
+    for (pn, p), g in zip(pe.named_parameters(), gs[1:]):
+        t[f"pe.param.{pn}"] = p
+        t[f"pe.grad.{pn}"] = g
+    save_file(f32(t), os.path.join(OUT, "heads.safetensors"), metadata={"generator": "make_fixtures.py"})
+
+
 # The tiny ViT shared by every whole-model case.
 VIT = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48)
 CASES = {
@@ -171,6 +219,7 @@ def vit_case(name, cls_layer, H, W, dpr, n_last, seed):
 def main():
     os.makedirs(OUT, exist_ok=True)
     kernels()
+    heads()
     for i, (name, args) in enumerate(CASES.items()):
         vit_case(name, *args, seed=100 + i)
     print("fixtures written to", OUT)

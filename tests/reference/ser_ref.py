@@ -120,3 +120,34 @@ class ViT(nn.Module):
                 last.append(self.norm(x)[:, 0])
         cls = self.norm(x)[:, 0]
         return cls, fmap, (torch.cat(last, dim=-1) if last else None)
+
+
+# --- MoCo-v3 heads and loss (builder/moco.py of the reference; ser-reference.md §2.1, §2.3) ---
+def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True):
+    """MoCo-v3 _build_mlp: Linear(no bias) [BN, ReLU] ... Linear(no bias) [BN(affine=False)]."""
+    mlp = []
+    for l in range(num_layers):
+        dim1 = input_dim if l == 0 else mlp_dim
+        dim2 = output_dim if l == num_layers - 1 else mlp_dim
+        mlp.append(nn.Linear(dim1, dim2, bias=False))
+        if l < num_layers - 1:
+            mlp.append(nn.BatchNorm1d(dim2))
+            mlp.append(nn.ReLU(inplace=True))
+        elif last_bn:
+            mlp.append(nn.BatchNorm1d(dim2, affine=False))
+    return nn.Sequential(*mlp)
+
+
+def moco_ctr(q, k, T):
+    """contrastive_loss of builder/moco.py on the whole global batch (keys are constants)."""
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k, dim=1).detach()
+    logits = torch.einsum("nc,mc->nm", [q, k]) / T
+    labels = torch.arange(logits.shape[0], dtype=torch.long)
+    return F.cross_entropy(logits, labels) * (2 * T)
+
+
+def projector_equiv(dim, proj_dim=512):
+    """projector_equiv of the erl modes: Conv 1x1 dim->512, GELU, Conv 1x1 512->512, no bias."""
+    return nn.Sequential(nn.Conv2d(dim, proj_dim, 1, bias=False), nn.GELU(),
+                         nn.Conv2d(proj_dim, proj_dim, 1, bias=False))
