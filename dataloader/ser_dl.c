@@ -1,0 +1,441 @@
+// ser_dl.c — see ser_dl.h.
+#include "ser_dl.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <turbojpeg.h>
+#include <unistd.h>
+
+#include "ser_base.h"
+#include "ser_rng.h"
+
+#define S_SHARD_STREAM 0x80000000u
+
+// --- config ------------------------------------------------------------------------------------
+
+void ser_dl_config_defaults(ser_dl_config *c) {
+    memset(c, 0, sizeof *c);
+    c->kind = SER_DL_KIND_AUTO;
+    c->split = SER_DL_SPLIT_TRAIN;
+    snprintf(c->job_id, sizeof c->job_id, "default");
+    c->img = 224;
+    c->patch = 16;
+    c->global_batch = 256;
+    c->shards = 1;
+    c->eq_ratio = 0.01;
+    c->policy = SER_DL_POLICY_TORCHVISION;
+    c->group_sampling = SER_DL_GROUP_PAPER;
+    c->interp = SER_DL_INTERP_BILINEAR;
+    c->crop_min = 0.08;
+    c->group_scale_min = 0.7;
+    c->group_scale_max = 1.3;
+    c->photometric = 1;
+}
+
+int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
+    const char *why = NULL;
+    if (c->img < 8 || c->img > 4096) why = "img must be in [8, 4096]";
+    else if (c->patch < 1 || c->img % c->patch) why = "img must be a multiple of patch";
+    else if (c->global_batch < 1 || c->shards < 1 || c->global_batch % c->shards)
+        why = "global_batch must be a positive multiple of shards";
+    else if (!(c->eq_ratio >= 0 && c->eq_ratio <= 1)) why = "eq_ratio must be in [0, 1]";
+    else if (c->policy != SER_DL_POLICY_TORCHVISION && c->policy != SER_DL_POLICY_KORNIA)
+        why = "policy must be torchvision or kornia";
+    else if (c->group_sampling != SER_DL_GROUP_PAPER && c->group_sampling != SER_DL_GROUP_REFERENCE)
+        why = "group_sampling must be paper or reference";
+    else if (c->interp != SER_DL_INTERP_BILINEAR && c->interp != SER_DL_INTERP_BICUBIC)
+        why = "interp must be bilinear or bicubic";
+    else if (!(c->crop_min > 0 && c->crop_min <= 1)) why = "crop_min must be in (0, 1]";
+    else if (!(c->group_scale_min > 0 && c->group_scale_min <= c->group_scale_max))
+        why = "group scale range is empty";
+    else if (c->threads < 0 || c->threads > 256) why = "threads must be in [0, 256]";
+    if (!why) return SER_OK;
+    snprintf(err, 256, "%s", why);
+    return SER_ECONFIG;
+}
+
+static uint64_t s_fnv(uint64_t h, const void *p, size_t n) {
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+uint64_t ser_dl_config_hash(const ser_dl_config *c) {
+    char s[512];
+    int n = snprintf(s, sizeof s,
+                     "ser-dl-v1 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
+                     "policy=%d gs=%d interp=%d crop=%.17g gsc=%.17g,%.17g photo=%d",
+                     c->kind, c->split, c->img, c->patch, c->global_batch, c->shards, c->eq_ratio,
+                     (unsigned long long)c->seed, c->policy, c->group_sampling, c->interp,
+                     c->crop_min, c->group_scale_min, c->group_scale_max, c->photometric);
+    return s_fnv(0xcbf29ce484222325ull, s, (size_t)n);
+}
+
+// --- thread pool -------------------------------------------------------------------------------
+// Helper threads plus the calling thread split the items of one job through an atomic counter.
+// Each thread has its own TurboJPEG handle. The pool signals ready on start-up and exits on
+// stop (the actor contract of STYLE.md rule 9, with a condition variable for a pipe).
+
+typedef struct s_pool s_pool;
+typedef void (*s_pool_fn)(void *arg, int item, void *tj);
+
+struct s_pool {
+    pthread_t *th;
+    void **tj;  // (nthreads,) one handle per thread, [0] for the caller
+    int nthreads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    uint64_t gen;
+    int stop, busy, ready;
+    s_pool_fn fn;
+    void *arg;
+    int count, next;
+};
+
+typedef struct s_pool_arg {
+    s_pool *p;
+    int tid;
+} s_pool_arg;
+
+static void s_pool_drain(s_pool *p, void *tj) {
+    for (;;) {
+        int i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
+        if (i >= p->count) break;
+        p->fn(p->arg, i, tj);
+    }
+}
+
+static void *s_pool_main(void *a) {
+    s_pool_arg *pa = a;
+    s_pool *p = pa->p;
+    int tid = pa->tid;
+    free(pa);
+    pthread_mutex_lock(&p->mu);
+    p->ready++;
+    pthread_cond_broadcast(&p->cv_done);
+    uint64_t seen = p->gen;
+    for (;;) {
+        while (!p->stop && p->gen == seen) pthread_cond_wait(&p->cv_work, &p->mu);
+        if (p->stop) break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        s_pool_drain(p, p->tj[tid]);
+        pthread_mutex_lock(&p->mu);
+        if (--p->busy == 0) pthread_cond_broadcast(&p->cv_done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void s_pool_init(s_pool *p, int nthreads) {
+    memset(p, 0, sizeof *p);
+    p->nthreads = nthreads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_work, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    p->tj = ser_xcalloc((size_t)nthreads, sizeof *p->tj);
+    for (int i = 0; i < nthreads; i++) {
+        p->tj[i] = tjInitDecompress();
+        SER_ASSERT(p->tj[i]);
+    }
+    p->th = ser_xcalloc((size_t)nthreads, sizeof *p->th);
+    for (int i = 1; i < nthreads; i++) {
+        s_pool_arg *a = ser_xmalloc(sizeof *a);
+        a->p = p;
+        a->tid = i;
+        SER_ASSERT(pthread_create(&p->th[i], NULL, s_pool_main, a) == 0);
+    }
+    pthread_mutex_lock(&p->mu);
+    while (p->ready < nthreads - 1) pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void s_pool_run(s_pool *p, s_pool_fn fn, void *arg, int count) {
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->count = count;
+    p->next = 0;
+    p->busy = p->nthreads - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    s_pool_drain(p, p->tj[0]);
+    pthread_mutex_lock(&p->mu);
+    while (p->busy > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void s_pool_free(s_pool *p) {
+    if (!p->tj) return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->nthreads; i++) pthread_join(p->th[i], NULL);
+    for (int i = 0; i < p->nthreads; i++) tjDestroy(p->tj[i]);
+    free(p->tj);
+    free(p->th);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_work);
+    pthread_cond_destroy(&p->cv_done);
+    p->tj = NULL;
+}
+
+// --- the pipeline ------------------------------------------------------------------------------
+
+struct ser_dl {
+    ser_dl_config cfg;
+    ser_dl_data *data;
+    uint32_t n;
+    int n_eq, per_shard;
+    s_pool pool;
+    // The permutations of the two most recent epochs (a step can straddle two).
+    uint32_t *perm[2];
+    int64_t perm_epoch[2];
+    int perm_lru;
+};
+
+ser_dl *ser_dl_new(const ser_dl_config *cfg, char err[256]) {
+    if (ser_dl_config_check(cfg, err)) return NULL;
+    ser_dl_data *d = ser_dl_data_open(cfg->data, cfg->kind, cfg->split,
+                                      cfg->cache_dir[0] ? cfg->cache_dir : NULL, err);
+    if (!d) return NULL;
+    ser_dl *dl = ser_xcalloc(1, sizeof *dl);
+    dl->cfg = *cfg;
+    dl->data = d;
+    dl->n = ser_dl_data_count(d);
+    dl->n_eq = (int)rint(cfg->eq_ratio * cfg->global_batch);  // round half to even
+    dl->per_shard = cfg->global_batch / cfg->shards;
+    int nt = cfg->threads;
+    if (nt <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        nt = c > 0 ? (int)c : 1;
+    }
+    s_pool_init(&dl->pool, nt);
+    dl->perm_epoch[0] = dl->perm_epoch[1] = -1;
+    return dl;
+}
+
+void ser_dl_destroy(ser_dl **dlp) {
+    if (!dlp || !*dlp) return;
+    ser_dl *dl = *dlp;
+    s_pool_free(&dl->pool);
+    ser_dl_data_destroy(&dl->data);
+    free(dl->perm[0]);
+    free(dl->perm[1]);
+    free(dl);
+    *dlp = NULL;
+}
+
+int ser_dl_num_eq(const ser_dl *dl) { return dl->n_eq; }
+int ser_dl_shard_size(const ser_dl *dl) { return dl->per_shard; }
+uint32_t ser_dl_count(const ser_dl *dl) { return dl->n; }
+const ser_dl_config *ser_dl_config_of(const ser_dl *dl) { return &dl->cfg; }
+int ser_dl_threads(const ser_dl *dl) { return dl->pool.nthreads; }
+uint64_t ser_dl_bad_files(const ser_dl *dl) { return ser_dl_data_bad_files(dl->data); }
+uint64_t ser_dl_replacements(const ser_dl *dl) { return ser_dl_data_replacements(dl->data); }
+
+void ser_dl_shard_free(ser_dl_shard *s) {
+    free(s->samples);
+    free(s->data);
+    s->samples = NULL;
+    s->data = NULL;
+    s->n = 0;
+    s->nbytes = 0;
+}
+
+static const uint32_t *s_perm(ser_dl *dl, uint32_t epoch) {
+    for (int k = 0; k < 2; k++)
+        if (dl->perm_epoch[k] == (int64_t)epoch) return dl->perm[k];
+    int k = dl->perm_lru;
+    dl->perm_lru ^= 1;
+    if (!dl->perm[k]) dl->perm[k] = ser_xmalloc(sizeof(uint32_t) * dl->n);
+    ser_rng_permutation(dl->perm[k], dl->n, dl->cfg.seed, epoch);
+    dl->perm_epoch[k] = epoch;
+    return dl->perm[k];
+}
+
+// gh, gw from a target area factor and a log-aspect, as Aug_equi.get_params.
+static void s_group_grid(const ser_dl_config *c, ser_rng *r, ser_dl_group *g) {
+    double side = (double)c->img / c->patch;
+    double area = side * side *
+                  (c->group_scale_min +
+                   (c->group_scale_max - c->group_scale_min) * ser_rng_uniform_double(r));
+    double la = log(3.0 / 4.0), lb = log(4.0 / 3.0);
+    double aspect = exp(la + (lb - la) * ser_rng_uniform_double(r));
+    g->gh = (int)rint(sqrt(area * aspect));
+    g->gw = (int)rint(sqrt(area / aspect));
+    if (g->gh < 1) g->gh = 1;
+    if (g->gw < 1) g->gw = 1;
+    g->rot90 = (int)ser_rng_below(r, 4);
+}
+
+static void s_draw_groups(const ser_dl_config *c, uint64_t step, uint32_t shard, uint32_t epoch,
+                          uint32_t index, ser_dl_group g[2]) {
+    ser_rng r;
+    if (c->group_sampling == SER_DL_GROUP_PAPER) {
+        for (int v = 0; v < 2; v++) {
+            ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_GROUP);
+            s_group_grid(c, &r, &g[v]);
+            g[v].rot180 = ser_rng_uniform(&r) < 0.5f;
+            g[v].hflip = ser_rng_uniform(&r) < 0.5f;
+        }
+        return;
+    }
+    for (int v = 0; v < 2; v++) {
+        ser_rng_init(&r, c->seed, (uint32_t)step, shard,
+                     S_SHARD_STREAM | (uint32_t)v << 16 | SER_RNG_GROUP);
+        s_group_grid(c, &r, &g[v]);
+    }
+    ser_rng_init(&r, c->seed, epoch, index, SER_RNG_GROUP);
+    g[0].rot180 = ser_rng_uniform(&r) < 0.5f;
+    g[0].hflip = ser_rng_uniform(&r) < 0.5f;
+    g[1].rot180 = !g[0].rot180;
+    g[1].hflip = !g[0].hflip;
+}
+
+typedef struct s_job {
+    ser_dl *dl;
+    ser_dl_shard *sh;
+    uint32_t *epochs;
+    int kornia_order[2][4];
+    int rc;
+} s_job;
+
+// RandomResizedCrop + hflip of view v's draws, resized into out (img, img, 3).
+static void s_crop_view(const ser_dl_config *c, const ser_dl_image *im, uint32_t epoch,
+                        uint32_t index, int v, uint8_t *out) {
+    ser_rng r;
+    int i, j, h, w;
+    ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_CROP);
+    ser_dl_rrc_params(&r, im->w, im->h, c->crop_min, 1.0, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
+    ser_dl_pil_resize(out, c->img, c->img, im->px, im->w * 3, j, i, w, h, c->interp);
+    ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_FLIP);
+    if (ser_rng_uniform(&r) < 0.5f) ser_dl_hflip_u8(out, c->img, c->img);
+}
+
+static void s_photo(const s_job *jb, uint8_t *img, int w, int h, uint32_t epoch, uint32_t index,
+                    int v, float *fbuf, float *ftmp) {
+    const ser_dl_config *c = &jb->dl->cfg;
+    if (!c->photometric) return;
+    ser_dl_photo p;
+    int kornia = c->policy == SER_DL_POLICY_KORNIA;
+    ser_dl_photo_draw(&p, c->policy, c->seed, epoch, index, v, kornia ? jb->kornia_order[v] : NULL);
+    if (!kornia) {
+        ser_dl_photo_apply_u8(img, w, h, &p);
+        return;
+    }
+    int n = w * h * 3;
+    ser_dl_u8_to_f32(fbuf, img, n);
+    ser_dl_photo_apply_f32(fbuf, w, h, &p, ftmp);
+    ser_dl_f32_to_u8(img, fbuf, n);
+}
+
+static void s_make_sample(void *arg, int k, void *tj) {
+    s_job *jb = arg;
+    ser_dl *dl = jb->dl;
+    const ser_dl_config *c = &dl->cfg;
+    ser_dl_sample *s = &jb->sh->samples[k];
+    uint32_t epoch = jb->epochs[k];
+    ser_dl_image im = {0};
+    int rc = ser_dl_data_load(dl->data, s->index, tj, &im, &s->source);
+    if (rc) {
+        __atomic_store_n(&jb->rc, rc, __ATOMIC_RELAXED);
+        memset(s->view[0], 0, (size_t)s->h[0] * s->w[0] * 3);
+        memset(s->view[1], 0, (size_t)s->h[1] * s->w[1] * 3);
+        return;
+    }
+    s->label = ser_dl_data_label(dl->data, s->source);
+    const int S = c->img, n = S * S * 3;
+    if (!s->equivariant) {
+        float *f = c->policy == SER_DL_POLICY_KORNIA ? ser_xmalloc(sizeof(float) * 2 * n) : NULL;
+        for (int v = 0; v < 2; v++) {
+            s_crop_view(c, &im, epoch, s->index, v, s->view[v]);
+            s_photo(jb, s->view[v], S, S, epoch, s->index, v, f, f ? f + n : NULL);
+        }
+        free(f);
+    } else {
+        // One crop; both views made from it.
+        uint8_t *base = ser_xmalloc((size_t)n), *tmp8 = ser_xmalloc((size_t)n);
+        s_crop_view(c, &im, epoch, s->index, 0, base);
+        int P = c->patch, big = n;
+        for (int v = 0; v < 2; v++) {
+            int rs = P * s->g[v].gh * P * s->g[v].gw * 3;
+            if (rs > big) big = rs;
+        }
+        float *fin = ser_xmalloc(sizeof(float) * n), *ftmp = ser_xmalloc(sizeof(float) * 2 * big);
+        float *fout = ser_xmalloc(sizeof(float) * big), *fk = ser_xmalloc(sizeof(float) * 2 * n);
+        for (int v = 0; v < 2; v++) {
+            memcpy(tmp8, base, (size_t)n);
+            s_photo(jb, tmp8, S, S, epoch, s->index, v, fk, fk + n);
+            ser_dl_u8_to_f32(fin, tmp8, n);
+            ser_dl_group_apply(fout, fin, S, S, &s->g[v], P, ftmp);
+            ser_dl_f32_to_u8(s->view[v], fout, s->h[v] * s->w[v] * 3);
+        }
+        free(base);
+        free(tmp8);
+        free(fin);
+        free(ftmp);
+        free(fout);
+        free(fk);
+    }
+    ser_dl_image_free(&im);
+}
+
+int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *out) {
+    const ser_dl_config *c = &dl->cfg;
+    memset(out, 0, sizeof *out);
+    if (shard >= (uint32_t)c->shards || step > UINT32_MAX) return SER_EINVAL;
+    const int n = dl->per_shard, B = c->global_batch;
+    out->step = step;
+    out->shard = shard;
+    out->n = n;
+    out->samples = ser_xcalloc((size_t)n, sizeof *out->samples);
+    uint32_t *epochs = ser_xmalloc(sizeof(uint32_t) * (size_t)n);
+    // Pass 1 (serial, cheap): positions, indices, group elements, sizes.
+    size_t total = 0;
+    for (int k = 0; k < n; k++) {
+        ser_dl_sample *s = &out->samples[k];
+        uint64_t p = (uint64_t)shard * n + (uint64_t)k;
+        uint64_t q = step * (uint64_t)B + p;
+        uint64_t e = q / dl->n;
+        SER_ASSERT(e <= UINT32_MAX);
+        epochs[k] = (uint32_t)e;
+        s->position = p;
+        s->index = s_perm(dl, (uint32_t)e)[q % dl->n];
+        s->source = s->index;
+        s->equivariant = p >= (uint64_t)(B - dl->n_eq);
+        for (int v = 0; v < 2; v++) s->h[v] = s->w[v] = c->img;
+        if (s->equivariant) {
+            s_draw_groups(c, step, shard, (uint32_t)e, s->index, s->g);
+            for (int v = 0; v < 2; v++) ser_dl_group_out_size(&s->g[v], c->patch, &s->h[v], &s->w[v]);
+        }
+        total += (size_t)(s->h[0] * s->w[0] + s->h[1] * s->w[1]) * 3;
+    }
+    out->data = ser_xmalloc(total ? total : 1);
+    out->nbytes = total;
+    size_t off = 0;
+    for (int k = 0; k < n; k++)
+        for (int v = 0; v < 2; v++) {
+            ser_dl_sample *s = &out->samples[k];
+            s->view[v] = out->data + off;
+            off += (size_t)s->h[v] * s->w[v] * 3;
+        }
+    // Pass 2 (parallel across samples): decode and augment.
+    s_job jb = {.dl = dl, .sh = out, .epochs = epochs, .rc = SER_OK};
+    if (c->policy == SER_DL_POLICY_KORNIA)
+        for (int v = 0; v < 2; v++) {
+            ser_rng r;
+            ser_rng_init(&r, c->seed, (uint32_t)step, shard,
+                         S_SHARD_STREAM | (uint32_t)v << 16 | SER_RNG_COLOR);
+            ser_dl_photo_draw_order(jb.kornia_order[v], &r);
+        }
+    s_pool_run(&dl->pool, s_make_sample, &jb, n);
+    free(epochs);
+    if (jb.rc) ser_dl_shard_free(out);
+    return jb.rc;
+}

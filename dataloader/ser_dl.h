@@ -1,0 +1,116 @@
+// ser_dl.h — the in-process data pipeline: deterministic shards of augmented view pairs.
+//
+// Batch geometry. A job has a global batch B split into S shards (B % S == 0). Shard s of
+// step t holds global positions p in [s*B/S, (s+1)*B/S). The sample at position p of step t is
+// q = t*B + p in the endless stream of epochs: epoch e = q / N, dataset index
+// perm_e[q mod N], where perm_e = ser_rng_permutation(N, seed, e). The equivariant sub-batch
+// is the LAST n_eq = round_half_even(eq_ratio * B) positions of the global batch.
+//
+// Samples. Invariant: two views of img x img, each its own RandomResizedCrop + hflip +
+// photometric draw (view 0: blur p 1.0, solarize p 0; view 1: blur p 0.1, solarize p 0.2).
+// Equivariant: one crop (view 0's crop + flip) resized to img x img, then per view v the
+// photometric draw of view v, then the group element g_v (ser_dl_group) in float, then
+// rounding to uint8: a view of (P*gh, P*gw), transposed when rot90 is odd.
+//
+// Randomness (design.md §4). Every per-sample draw comes from
+// ser_rng_init(seed, epoch, dataset index, view<<16 | purpose): the dataset index, not the
+// position, so an image's augmentation in an epoch does not depend on B, S, the process or
+// the thread; (epoch, index) is unique since an epoch visits each index once. A bad file's
+// replacement keeps the draws of the original index. Per-shard draws (kornia's op order,
+// the reference-mode scale/aspect/rot90) come from
+// ser_rng_init(seed, step, shard, 1<<31 | view<<16 | purpose).
+//
+// The content of shard (t, s) is a pure function of (config, t, s): each sample is made by
+// one thread from its own inputs, threads only split the samples.
+//
+// defines:
+//   ser_dl_config, ser_dl_config_defaults(), ser_dl_config_hash(), ser_dl_config_check()
+//   ser_dl_sample, ser_dl_shard, ser_dl_shard_free()
+//   ser_dl (opaque), ser_dl_new(), ser_dl_destroy(), ser_dl_make_shard()
+//   ser_dl_num_eq(), ser_dl_shard_size(), ser_dl_count(), ser_dl_config_of()
+//   ser_dl_bad_files(), ser_dl_replacements()
+#ifndef SER_DL_H
+#define SER_DL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ser_dl_data.h"
+#include "ser_dl_ops.h"
+
+enum ser_dl_group_sampling {
+    SER_DL_GROUP_PAPER = 0,      // g0, g1 independent per sample, every field
+    SER_DL_GROUP_REFERENCE = 1,  // ser-reference.md §3.3: scale/aspect/rot90 per shard and
+                                 // view; view 1's rot180/hflip = NOT view 0's
+};
+
+typedef struct ser_dl_config {
+    char data[1024];      // dataset root
+    int kind;             // enum ser_dl_kind
+    int split;            // enum ser_dl_split
+    char cache_dir[1024]; // index cache folder; "" = none
+    char job_id[64];
+    int img;              // view size (invariant views, equivariant crop); 224
+    int patch;            // patch size P; 16
+    int global_batch;     // B; 256
+    int shards;           // S; 1
+    double eq_ratio;      // 0.01
+    uint64_t seed;        // 0
+    int policy;           // enum ser_dl_policy; torchvision
+    int group_sampling;   // enum ser_dl_group_sampling; paper
+    int interp;           // enum ser_dl_interp; bilinear (MoCo); bicubic for DINO/BT
+    double crop_min;      // RandomResizedCrop scale (crop_min, 1); 0.08
+    double group_scale_min, group_scale_max;  // target area factor; 0.7, 1.3
+    int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
+    int threads;          // decode/augment threads; 0 = all online cores
+} ser_dl_config;
+
+void ser_dl_config_defaults(ser_dl_config *c);
+// Returns SER_OK or SER_ECONFIG with a reason in err.
+int ser_dl_config_check(const ser_dl_config *c, char err[256]);
+// FNV-1a over every field that changes shard content (not paths, cache or threads).
+uint64_t ser_dl_config_hash(const ser_dl_config *c);
+
+typedef struct ser_dl_sample {
+    uint64_t position;   // global position p in the step's batch
+    uint32_t index;      // dataset index (keys the draws)
+    uint32_t source;     // index actually decoded (!= index when the file was bad)
+    int32_t label;       // label of `source`
+    int equivariant;
+    ser_dl_group g[2];   // equivariant only
+    int h[2], w[2];      // each view's size
+    uint8_t *view[2];    // (h, w, 3) uint8, pointing into the shard's data
+} ser_dl_sample;
+
+typedef struct ser_dl_shard {
+    uint64_t step;
+    uint32_t shard;
+    int n;                  // samples
+    ser_dl_sample *samples;
+    uint8_t *data;          // all views, sample-major, view 0 then view 1
+    size_t nbytes;
+} ser_dl_shard;
+
+// Releases the internals; safe on a zeroed struct.
+void ser_dl_shard_free(ser_dl_shard *s);
+
+typedef struct ser_dl ser_dl;
+
+// Opens the dataset and starts the thread pool. NULL with a reason in err on failure
+// (bad config, missing or unreadable dataset root).
+ser_dl *ser_dl_new(const ser_dl_config *cfg, char err[256]);
+void ser_dl_destroy(ser_dl **dlp);
+
+// Fills *out (caller frees with ser_dl_shard_free). Not reentrant: one call at a time per dl.
+// Returns SER_OK, SER_EINVAL (shard out of range) or SER_EFORMAT (nothing decodable).
+int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *out);
+
+int ser_dl_num_eq(const ser_dl *dl);
+int ser_dl_shard_size(const ser_dl *dl);
+uint32_t ser_dl_count(const ser_dl *dl);
+const ser_dl_config *ser_dl_config_of(const ser_dl *dl);
+int ser_dl_threads(const ser_dl *dl);
+uint64_t ser_dl_bad_files(const ser_dl *dl);
+uint64_t ser_dl_replacements(const ser_dl *dl);
+
+#endif

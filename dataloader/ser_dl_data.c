@@ -1,0 +1,835 @@
+// ser_dl_data.c — see ser_dl_data.h.
+#include "ser_dl_data.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <turbojpeg.h>
+#include <unistd.h>
+#include <zlib.h>
+#include <math.h>
+
+#include "ser_base.h"
+#include "ser_rng.h"
+
+#define SER_DL_INDEX_MAGIC 0x58444c53u  // "SLDX"
+#define SER_DL_INDEX_VERSION 1u
+
+typedef struct s_entry {
+    uint32_t path;  // offset into the string arena
+    int32_t label;
+} s_entry;
+
+typedef struct s_dirstamp {
+    uint32_t path;  // offset into the string arena (relative folder, "" = the split folder)
+    int64_t mtime_ns;
+} s_dirstamp;
+
+struct ser_dl_data {
+    int kind, split;
+    char dir[PATH_MAX];  // ImageFolder: the split folder
+    // ImageFolder index: entries and dir stamps point into one string arena.
+    s_entry *entries;
+    uint32_t n;
+    char *strings;
+    size_t strings_len, strings_cap;
+    s_dirstamp *dirs;
+    uint32_t ndirs, dirs_cap;
+    uint32_t nclasses;
+    int from_cache;
+    // CIFAR-10 / Fashion-MNIST: everything in memory.
+    uint8_t *pixels;  // (n, rec) records
+    uint8_t *labels;  // (n,)
+    int rec_w, rec_h, rec_c;
+    // Bad-file bookkeeping: 0 unknown/good, 1 bad (logged).
+    uint8_t *bad;
+    uint64_t n_bad, n_replaced;
+};
+
+// --- helpers ---------------------------------------------------------------------------------
+
+void ser_dl_image_free(ser_dl_image *im) {
+    free(im->px);
+    im->px = NULL;
+    im->w = im->h = 0;
+}
+
+static uint32_t s_str_add(ser_dl_data *d, const char *s) {
+    size_t len = strlen(s) + 1;
+    if (d->strings_len + len > d->strings_cap) {
+        d->strings_cap = (d->strings_cap + len) * 2;
+        d->strings = realloc(d->strings, d->strings_cap);
+        SER_ASSERT(d->strings);
+    }
+    SER_ASSERT(d->strings_len + len < UINT32_MAX);
+    uint32_t off = (uint32_t)d->strings_len;
+    memcpy(d->strings + off, s, len);
+    d->strings_len += len;
+    return off;
+}
+
+static int s_is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int s_is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int64_t s_mtime_ns(const char *p) {
+    struct stat st;
+    if (stat(p, &st) != 0) return -1;
+    return (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+static int s_has_ext(const char *name, const char *const *exts) {
+    const char *dot = strrchr(name, '.');
+    if (!dot) return 0;
+    for (int i = 0; exts[i]; i++)
+        if (strcasecmp(dot + 1, exts[i]) == 0) return 1;
+    return 0;
+}
+
+static const char *const s_jpeg_exts[] = {"jpg", "jpeg", "jpe", "jfif", NULL};
+// The rest of torchvision's IMG_EXTENSIONS: recognised, counted, skipped.
+static const char *const s_other_exts[] = {"png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+                                           NULL};
+
+static int s_strcmp_p(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static uint64_t s_fnv1a(uint64_t h, const void *p, size_t n) {
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+// --- ImageFolder scan ------------------------------------------------------------------------
+
+typedef struct s_file {
+    char *dir;   // relative folder of the file
+    char *name;  // file name
+    int32_t label;
+} s_file;
+
+typedef struct s_scan {
+    s_file *files;
+    size_t n, cap;
+    uint64_t skipped;
+} s_scan;
+
+static int s_file_cmp(const void *a, const void *b) {
+    const s_file *x = a, *y = b;
+    if (x->label != y->label) return x->label < y->label ? -1 : 1;
+    int c = strcmp(x->dir, y->dir);
+    return c ? c : strcmp(x->name, y->name);
+}
+
+// Reads the names in folder `abs` into a sorted array (strcmp order, like Python's sorted()).
+static int s_list_dir(const char *abs, char ***names_p, size_t *n_p) {
+    DIR *dir = opendir(abs);
+    if (!dir) return SER_EIO;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            names = realloc(names, cap * sizeof *names);
+            SER_ASSERT(names);
+        }
+        names[n++] = ser_xstrdup(e->d_name);
+    }
+    closedir(dir);
+    if (n) qsort(names, n, sizeof *names, s_strcmp_p);
+    *names_p = names;
+    *n_p = n;
+    return SER_OK;
+}
+
+static void s_free_names(char **names, size_t n) {
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+static void s_add_dirstamp(ser_dl_data *d, const char *rel, const char *abs) {
+    if (d->ndirs == d->dirs_cap) {
+        d->dirs_cap = d->dirs_cap ? d->dirs_cap * 2 : 64;
+        d->dirs = realloc(d->dirs, d->dirs_cap * sizeof *d->dirs);
+        SER_ASSERT(d->dirs);
+    }
+    d->dirs[d->ndirs].path = s_str_add(d, rel);
+    d->dirs[d->ndirs].mtime_ns = s_mtime_ns(abs);
+    d->ndirs++;
+}
+
+// Walks folder rel (relative to d->dir) recursively (following links, like os.walk with
+// followlinks=True), adding JPEG files with the given label.
+static void s_walk(ser_dl_data *d, s_scan *sc, const char *rel, int32_t label, int depth) {
+    char abs[PATH_MAX];
+    snprintf(abs, sizeof abs, "%s/%s", d->dir, rel);
+    s_add_dirstamp(d, rel, abs);
+    char **names;
+    size_t n;
+    if (s_list_dir(abs, &names, &n) != SER_OK) {
+        ser_log(SER_LL_WARNING, "dataloader: cannot read folder %s: %s", abs, strerror(errno));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char child_rel[PATH_MAX], child_abs[PATH_MAX];
+        snprintf(child_rel, sizeof child_rel, "%s/%s", rel, names[i]);
+        snprintf(child_abs, sizeof child_abs, "%s/%s", d->dir, child_rel);
+        if (s_is_dir(child_abs)) {
+            if (depth < 16) s_walk(d, sc, child_rel, label, depth + 1);
+        } else if (s_has_ext(names[i], s_jpeg_exts)) {
+            if (sc->n == sc->cap) {
+                sc->cap = sc->cap ? sc->cap * 2 : 1024;
+                sc->files = realloc(sc->files, sc->cap * sizeof *sc->files);
+                SER_ASSERT(sc->files);
+            }
+            sc->files[sc->n++] = (s_file){ser_xstrdup(rel), ser_xstrdup(names[i]), label};
+        } else if (s_has_ext(names[i], s_other_exts)) {
+            sc->skipped++;
+        }
+    }
+    s_free_names(names, n);
+}
+
+static int s_scan_imagefolder(ser_dl_data *d, char *err) {
+    char **classes;
+    size_t nc;
+    int rc = s_list_dir(d->dir, &classes, &nc);
+    if (rc) {
+        snprintf(err, 256, "cannot read dataset folder %s: %s", d->dir, strerror(errno));
+        return SER_EIO;
+    }
+    s_add_dirstamp(d, "", d->dir);
+    s_scan sc = {0};
+    int32_t label = 0;
+    for (size_t i = 0; i < nc; i++) {
+        char abs[PATH_MAX];
+        snprintf(abs, sizeof abs, "%s/%s", d->dir, classes[i]);
+        if (!s_is_dir(abs)) continue;
+        s_walk(d, &sc, classes[i], label++, 0);
+    }
+    s_free_names(classes, nc);
+    d->nclasses = (uint32_t)label;
+    if (sc.skipped)
+        ser_log(SER_LL_WARNING, "dataloader: %s: skipped %llu non-JPEG image files", d->dir,
+                (unsigned long long)sc.skipped);
+    if (sc.n) qsort(sc.files, sc.n, sizeof *sc.files, s_file_cmp);
+    if (sc.n == 0 || sc.n >= UINT32_MAX) {
+        snprintf(err, 256, "no JPEG files in class folders under %s", d->dir);
+        rc = SER_ENOENT;
+    } else {
+        d->n = (uint32_t)sc.n;
+        d->entries = ser_xmalloc(sc.n * sizeof *d->entries);
+        for (size_t i = 0; i < sc.n; i++) {
+            char p[PATH_MAX];
+            snprintf(p, sizeof p, "%s/%s", sc.files[i].dir, sc.files[i].name);
+            d->entries[i].path = s_str_add(d, p);
+            d->entries[i].label = sc.files[i].label;
+        }
+    }
+    for (size_t i = 0; i < sc.n; i++) {
+        free(sc.files[i].dir);
+        free(sc.files[i].name);
+    }
+    free(sc.files);
+    return rc;
+}
+
+// --- index cache -----------------------------------------------------------------------------
+// File: u32 magic, u32 version, u64 key hash, u32 n, u32 ndirs, u32 nclasses, u64 strings_len,
+// then entries (n x {u32 path, i32 label}), dirs (ndirs x {u32 path, i64 mtime}), strings.
+// Host byte order: the cache is a local file, never shipped.
+
+static void s_cache_path(const ser_dl_data *d, const char *cache_dir, char *out, size_t n) {
+    uint64_t h = s_fnv1a(0xcbf29ce484222325ull, d->dir, strlen(d->dir));
+    snprintf(out, n, "%s/index-%016llx.bin", cache_dir, (unsigned long long)h);
+}
+
+static int s_cache_load(ser_dl_data *d, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return SER_ENOENT;
+    int rc = SER_EFORMAT;
+    uint32_t hdr[6];
+    uint64_t key, slen;
+    if (fread(hdr, 4, 2, f) != 2 || fread(&key, 8, 1, f) != 1 || fread(hdr + 2, 4, 3, f) != 3 ||
+        fread(&slen, 8, 1, f) != 1)
+        goto done;
+    if (hdr[0] != SER_DL_INDEX_MAGIC || hdr[1] != SER_DL_INDEX_VERSION) {
+        ser_log(SER_LL_INFO, "dataloader: index cache %s has another version; rebuilding", path);
+        goto done;
+    }
+    if (key != s_fnv1a(0xcbf29ce484222325ull, d->dir, strlen(d->dir))) goto done;
+    uint32_t n = hdr[2], ndirs = hdr[3];
+    if (n == 0 || slen > ((uint64_t)1 << 32)) goto done;
+    d->entries = ser_xmalloc((size_t)n * sizeof *d->entries);
+    d->dirs = ser_xmalloc((size_t)(ndirs ? ndirs : 1) * sizeof *d->dirs);
+    d->strings = ser_xmalloc(slen ? slen : 1);
+    if (fread(d->entries, sizeof *d->entries, n, f) != n ||
+        fread(d->dirs, sizeof *d->dirs, ndirs, f) != ndirs || fread(d->strings, 1, slen, f) != slen)
+        goto done;
+    d->n = n;
+    d->ndirs = d->dirs_cap = ndirs;
+    d->nclasses = hdr[4];
+    d->strings_len = d->strings_cap = slen;
+    // Validate offsets, then the folder stamps: any file added to or removed from any folder
+    // changes that folder's mtime.
+    for (uint32_t i = 0; i < n; i++)
+        if (d->entries[i].path >= slen) goto done;
+    if (slen == 0 || d->strings[slen - 1] != 0) goto done;
+    for (uint32_t i = 0; i < ndirs; i++) {
+        if (d->dirs[i].path >= slen) goto done;
+        char abs[PATH_MAX];
+        const char *rel = d->strings + d->dirs[i].path;
+        snprintf(abs, sizeof abs, "%s%s%s", d->dir, *rel ? "/" : "", rel);
+        if (s_mtime_ns(abs) != d->dirs[i].mtime_ns) {
+            rc = SER_EVERSION;
+            goto done;
+        }
+    }
+    rc = SER_OK;
+done:
+    fclose(f);
+    if (rc) {
+        free(d->entries);
+        free(d->dirs);
+        free(d->strings);
+        d->entries = NULL, d->dirs = NULL, d->strings = NULL;
+        d->n = d->ndirs = d->dirs_cap = d->nclasses = 0;
+        d->strings_len = d->strings_cap = 0;
+    }
+    return rc;
+}
+
+// mkdir -p: creates every missing folder of the path.
+static void s_mkdirs(const char *dir) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *c = p + 1; *c; c++)
+        if (*c == '/') {
+            *c = 0;
+            mkdir(p, 0755);
+            *c = '/';
+        }
+    mkdir(p, 0755);
+}
+
+static void s_cache_save(const ser_dl_data *d, const char *cache_dir, const char *path) {
+    s_mkdirs(cache_dir);
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        ser_log(SER_LL_WARNING, "dataloader: cannot write index cache %s: %s", tmp,
+                strerror(errno));
+        return;
+    }
+    uint32_t hdr[2] = {SER_DL_INDEX_MAGIC, SER_DL_INDEX_VERSION};
+    uint64_t key = s_fnv1a(0xcbf29ce484222325ull, d->dir, strlen(d->dir));
+    uint32_t cnt[3] = {d->n, d->ndirs, d->nclasses};
+    uint64_t slen = d->strings_len;
+    int ok = fwrite(hdr, 4, 2, f) == 2 && fwrite(&key, 8, 1, f) == 1 &&
+             fwrite(cnt, 4, 3, f) == 3 && fwrite(&slen, 8, 1, f) == 1 &&
+             fwrite(d->entries, sizeof *d->entries, d->n, f) == d->n &&
+             fwrite(d->dirs, sizeof *d->dirs, d->ndirs, f) == d->ndirs &&
+             fwrite(d->strings, 1, slen, f) == slen;
+    ok = (fclose(f) == 0) && ok;
+    // Atomic publish: several loader processes may build the same index at once.
+    if (!ok || rename(tmp, path) != 0) {
+        ser_log(SER_LL_WARNING, "dataloader: cannot write index cache %s", path);
+        unlink(tmp);
+    }
+}
+
+// --- CIFAR-10 and Fashion-MNIST --------------------------------------------------------------
+
+static int s_read_file(const char *path, uint8_t **buf_p, size_t *n_p) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return SER_EIO;
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    int rc = SER_OK;
+    for (;;) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 65536;
+            uint8_t *nb = realloc(buf, cap);
+            if (!nb) {
+                rc = SER_ENOMEM;
+                break;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) rc = SER_EIO;
+            break;
+        }
+    }
+    fclose(f);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    *buf_p = buf;
+    *n_p = n;
+    return SER_OK;
+}
+
+static int s_open_cifar10(ser_dl_data *d, const char *root, char *err) {
+    const char *train[] = {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                           "data_batch_4.bin", "data_batch_5.bin"};
+    const char *val[] = {"test_batch.bin"};
+    const char **files = d->split == SER_DL_SPLIT_TRAIN ? train : val;
+    int nf = d->split == SER_DL_SPLIT_TRAIN ? 5 : 1;
+    const size_t rec = 1 + 3072;
+    d->rec_w = d->rec_h = 32;
+    d->rec_c = 3;
+    size_t total = 0;
+    for (int i = 0; i < nf; i++) {
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/%s", root, files[i]);
+        uint8_t *buf;
+        size_t n;
+        if (s_read_file(p, &buf, &n) != SER_OK) {
+            snprintf(err, 256, "cannot read CIFAR-10 file %s: %s", p, strerror(errno));
+            return SER_EIO;
+        }
+        if (n == 0 || n % rec != 0) {
+            snprintf(err, 256, "%s: size %zu is not a multiple of %zu (CIFAR-10 binary?)", p, n,
+                     rec);
+            free(buf);
+            return SER_EFORMAT;
+        }
+        size_t cnt = n / rec;
+        d->pixels = realloc(d->pixels, (total + cnt) * 3072);
+        d->labels = realloc(d->labels, total + cnt);
+        SER_ASSERT(d->pixels && d->labels);
+        for (size_t r = 0; r < cnt; r++) {
+            d->labels[total + r] = buf[r * rec];
+            if (buf[r * rec] > 9) {
+                snprintf(err, 256, "%s: record %zu has label %d > 9", p, r, buf[r * rec]);
+                free(buf);
+                return SER_EFORMAT;
+            }
+            memcpy(d->pixels + (total + r) * 3072, buf + r * rec + 1, 3072);
+        }
+        total += cnt;
+        free(buf);
+    }
+    d->n = (uint32_t)total;
+    d->nclasses = 10;
+    return SER_OK;
+}
+
+static int s_gz_read_all(const char *path, uint8_t **buf_p, size_t *n_p) {
+    gzFile g = gzopen(path, "rb");
+    if (!g) return SER_EIO;
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    int rc = SER_OK;
+    for (;;) {
+        if (cap - n < 65536) {
+            cap = cap ? cap * 2 : 1 << 20;
+            uint8_t *nb = realloc(buf, cap);
+            if (!nb) {
+                rc = SER_ENOMEM;
+                break;
+            }
+            buf = nb;
+        }
+        int got = gzread(g, buf + n, (unsigned)(cap - n > (1u << 30) ? 1u << 30 : cap - n));
+        if (got < 0) {
+            rc = SER_EFORMAT;
+            break;
+        }
+        if (got == 0) break;
+        n += (size_t)got;
+    }
+    gzclose(g);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    *buf_p = buf;
+    *n_p = n;
+    return SER_OK;
+}
+
+static uint32_t s_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int s_open_fmnist(ser_dl_data *d, const char *root, char *err) {
+    const char *pre = d->split == SER_DL_SPLIT_TRAIN ? "train" : "t10k";
+    char pi[PATH_MAX], pl[PATH_MAX];
+    snprintf(pi, sizeof pi, "%s/%s-images-idx3-ubyte.gz", root, pre);
+    snprintf(pl, sizeof pl, "%s/%s-labels-idx1-ubyte.gz", root, pre);
+    uint8_t *img = NULL, *lab = NULL;
+    size_t ni = 0, nl = 0;
+    int rc = SER_OK;
+    if (s_gz_read_all(pi, &img, &ni) || s_gz_read_all(pl, &lab, &nl)) {
+        snprintf(err, 256, "cannot read Fashion-MNIST files %s, %s", pi, pl);
+        rc = SER_EIO;
+        goto fail;
+    }
+    if (ni < 16 || nl < 8 || s_be32(img) != 0x00000803u || s_be32(lab) != 0x00000801u) {
+        snprintf(err, 256, "%s or %s: bad IDX magic (expected 0x803 / 0x801)", pi, pl);
+        rc = SER_EFORMAT;
+        goto fail;
+    }
+    uint32_t n = s_be32(img + 4), h = s_be32(img + 8), w = s_be32(img + 12);
+    if (s_be32(lab + 4) != n || h == 0 || w == 0 || h > 4096 || w > 4096 ||
+        ni != 16 + (size_t)n * h * w || nl != 8 + (size_t)n || n == 0) {
+        snprintf(err, 256, "%s: IDX sizes do not match the file lengths", pi);
+        rc = SER_EFORMAT;
+        goto fail;
+    }
+    d->n = n;
+    d->rec_w = (int)w;
+    d->rec_h = (int)h;
+    d->rec_c = 1;
+    d->pixels = ser_xmalloc((size_t)n * h * w);
+    memcpy(d->pixels, img + 16, (size_t)n * h * w);
+    d->labels = ser_xmalloc(n);
+    memcpy(d->labels, lab + 8, n);
+    d->nclasses = 10;
+fail:
+    free(img);
+    free(lab);
+    return rc;
+}
+
+// --- open / close ----------------------------------------------------------------------------
+
+ser_dl_data *ser_dl_data_open(const char *root, int kind, int split, const char *cache_dir,
+                              char err[256]) {
+    err[0] = 0;
+    if (!root || !*root) {
+        snprintf(err, 256, "no dataset root given");
+        return NULL;
+    }
+    if (!s_is_dir(root)) {
+        snprintf(err, 256, "dataset root %s is missing or not a folder", root);
+        return NULL;
+    }
+    if (access(root, R_OK | X_OK) != 0) {
+        snprintf(err, 256, "dataset root %s is not readable: %s", root, strerror(errno));
+        return NULL;
+    }
+    char p[PATH_MAX];
+    if (kind == SER_DL_KIND_AUTO) {
+        snprintf(p, sizeof p, "%s/data_batch_1.bin", root);
+        char q[PATH_MAX];
+        snprintf(q, sizeof q, "%s/train-images-idx3-ubyte.gz", root);
+        kind = s_is_file(p) ? SER_DL_KIND_CIFAR10
+                            : (s_is_file(q) ? SER_DL_KIND_FMNIST : SER_DL_KIND_IMAGEFOLDER);
+    }
+    ser_dl_data *d = ser_xcalloc(1, sizeof *d);
+    d->kind = kind;
+    d->split = split;
+    int rc = SER_OK;
+    if (kind == SER_DL_KIND_CIFAR10) {
+        rc = s_open_cifar10(d, root, err);
+    } else if (kind == SER_DL_KIND_FMNIST) {
+        rc = s_open_fmnist(d, root, err);
+    } else if (kind == SER_DL_KIND_IMAGEFOLDER) {
+        char real[PATH_MAX];
+        if (!realpath(root, real)) {
+            snprintf(err, 256, "dataset root %s: %s", root, strerror(errno));
+            rc = SER_EIO;
+            goto fail;
+        }
+        const char *sub = split == SER_DL_SPLIT_TRAIN ? "train" : "val";
+        snprintf(d->dir, sizeof d->dir, "%s/%s", real, sub);
+        if (!s_is_dir(d->dir)) {
+            if (split == SER_DL_SPLIT_VAL) {
+                snprintf(err, 256, "dataset root %s has no val/ folder", root);
+                rc = SER_ENOENT;
+                goto fail;
+            }
+            snprintf(d->dir, sizeof d->dir, "%s", real);  // ROOT is the train split
+        }
+        char cpath[PATH_MAX + 64];
+        if (cache_dir && *cache_dir) {
+            s_cache_path(d, cache_dir, cpath, sizeof cpath);
+            if (s_cache_load(d, cpath) == SER_OK) {
+                d->from_cache = 1;
+            }
+        }
+        if (!d->from_cache) {
+            rc = s_scan_imagefolder(d, err);
+            if (rc == SER_OK && cache_dir && *cache_dir) s_cache_save(d, cache_dir, cpath);
+        }
+    } else {
+        snprintf(err, 256, "unknown dataset kind %d", kind);
+        rc = SER_EINVAL;
+    }
+    if (rc) goto fail;
+    d->bad = ser_xcalloc(d->n, 1);
+    return d;
+fail:
+    ser_dl_data_destroy(&d);
+    return NULL;
+}
+
+void ser_dl_data_destroy(ser_dl_data **dp) {
+    if (!dp || !*dp) return;
+    ser_dl_data *d = *dp;
+    free(d->entries);
+    free(d->strings);
+    free(d->dirs);
+    free(d->pixels);
+    free(d->labels);
+    free(d->bad);
+    free(d);
+    *dp = NULL;
+}
+
+uint32_t ser_dl_data_count(const ser_dl_data *d) { return d->n; }
+int ser_dl_data_kind(const ser_dl_data *d) { return d->kind; }
+int ser_dl_data_num_classes(const ser_dl_data *d) { return (int)d->nclasses; }
+int ser_dl_data_index_from_cache(const ser_dl_data *d) { return d->from_cache; }
+
+int ser_dl_data_label(const ser_dl_data *d, uint32_t idx) {
+    SER_ASSERT(idx < d->n);
+    return d->kind == SER_DL_KIND_IMAGEFOLDER ? d->entries[idx].label : d->labels[idx];
+}
+
+const char *ser_dl_data_path(const ser_dl_data *d, uint32_t idx, char *buf, size_t n) {
+    SER_ASSERT(idx < d->n);
+    if (d->kind == SER_DL_KIND_IMAGEFOLDER)
+        snprintf(buf, n, "%s/%s", d->dir, d->strings + d->entries[idx].path);
+    else
+        snprintf(buf, n, "%s[%u]", d->kind == SER_DL_KIND_CIFAR10 ? "cifar10" : "fmnist", idx);
+    return buf;
+}
+
+uint64_t ser_dl_data_bad_files(const ser_dl_data *d) {
+    return __atomic_load_n(&d->n_bad, __ATOMIC_RELAXED);
+}
+uint64_t ser_dl_data_replacements(const ser_dl_data *d) {
+    return __atomic_load_n(&d->n_replaced, __ATOMIC_RELAXED);
+}
+
+// --- decoding --------------------------------------------------------------------------------
+
+// 1 if the JPEG stream has an APP14 "Adobe" marker before the first SOS (then PIL reads its
+// CMYK as inverted, rawmode "CMYK;I").
+static int s_has_adobe_marker(const uint8_t *b, size_t n) {
+    size_t i = 2;
+    while (i + 4 <= n) {
+        if (b[i] != 0xFF) return 0;
+        uint8_t m = b[i + 1];
+        if (m == 0xFF) {
+            i++;
+            continue;
+        }
+        if (m == 0xDA || m == 0xD9) return 0;
+        size_t len = (size_t)b[i + 2] << 8 | b[i + 3];
+        if (m == 0xEE && len >= 7 && i + 9 <= n && memcmp(b + i + 4, "Adobe", 5) == 0) return 1;
+        i += 2 + len;
+    }
+    return 0;
+}
+
+static inline uint8_t s_muldiv255(int a, int b) {
+    int t = a * b + 128;
+    return (uint8_t)(((t >> 8) + t) >> 8);
+}
+
+int ser_dl_decode_jpeg(void *tjp, const uint8_t *buf, size_t n, ser_dl_image *out,
+                       char err[256]) {
+    tjhandle tj = tjp ? (tjhandle)tjp : tjInitDecompress();
+    int rc = SER_EFORMAT;
+    uint8_t *cmyk = NULL;
+    out->px = NULL;
+    if (!tj) {
+        snprintf(err, 256, "tjInitDecompress failed");
+        return SER_ENOMEM;
+    }
+    int w, h, subsamp, cs;
+    if (n < 4 || buf[0] != 0xFF || buf[1] != 0xD8) {
+        snprintf(err, 256, "not a JPEG file (%zu bytes)", n);
+        goto done;
+    }
+    if (tjDecompressHeader3(tj, buf, (unsigned long)n, &w, &h, &subsamp, &cs) != 0) {
+        snprintf(err, 256, "bad JPEG header: %s", tjGetErrorStr2(tj));
+        goto done;
+    }
+    if (w <= 0 || h <= 0 || (int64_t)w * h > ((int64_t)1 << 28)) {
+        snprintf(err, 256, "JPEG size %dx%d out of range", w, h);
+        goto done;
+    }
+    int is_cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+    out->w = w;
+    out->h = h;
+    out->px = malloc((size_t)w * h * 3);
+    if (is_cmyk) cmyk = malloc((size_t)w * h * 4);
+    if (!out->px || (is_cmyk && !cmyk)) {
+        rc = SER_ENOMEM;
+        goto done;
+    }
+    int r = tjDecompress2(tj, buf, (unsigned long)n, is_cmyk ? cmyk : out->px, w, 0, h,
+                          is_cmyk ? TJPF_CMYK : TJPF_RGB, 0);
+    if (r != 0) {
+        const char *msg = tjGetErrorStr2(tj);
+        // Warnings (for example extraneous bytes before a marker) are accepted, as PIL does;
+        // a premature end of data is not (PIL raises "image file is truncated").
+        if (tjGetErrorCode(tj) != TJERR_WARNING || strstr(msg, "Premature end")) {
+            snprintf(err, 256, "JPEG decode failed: %s", msg);
+            goto done;
+        }
+    }
+    if (is_cmyk) {
+        int inv = s_has_adobe_marker(buf, n);
+        for (size_t i = 0; i < (size_t)w * h; i++) {
+            int c = cmyk[4 * i], m = cmyk[4 * i + 1], y = cmyk[4 * i + 2], k = cmyk[4 * i + 3];
+            if (inv) c = 255 - c, m = 255 - m, y = 255 - y, k = 255 - k;
+            int nk = 255 - k;
+            out->px[3 * i + 0] = (uint8_t)(nk - s_muldiv255(c, nk));
+            out->px[3 * i + 1] = (uint8_t)(nk - s_muldiv255(m, nk));
+            out->px[3 * i + 2] = (uint8_t)(nk - s_muldiv255(y, nk));
+        }
+    }
+    rc = SER_OK;
+done:
+    if (rc) ser_dl_image_free(out);
+    free(cmyk);
+    if (!tjp) tjDestroy(tj);
+    return rc;
+}
+
+// Decodes one index without replacement; SER_EFORMAT/SER_EIO with err on a bad file.
+static int s_load_one(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out, char *err) {
+    if (d->kind != SER_DL_KIND_IMAGEFOLDER) {
+        int w = d->rec_w, h = d->rec_h, hw = w * h;
+        out->w = w;
+        out->h = h;
+        out->px = ser_xmalloc((size_t)hw * 3);
+        const uint8_t *src = d->pixels + (size_t)idx * hw * d->rec_c;
+        for (int i = 0; i < hw; i++) {
+            if (d->rec_c == 3) {
+                out->px[3 * i] = src[i];  // planar R, G, B -> HWC
+                out->px[3 * i + 1] = src[hw + i];
+                out->px[3 * i + 2] = src[2 * hw + i];
+            } else {
+                out->px[3 * i] = out->px[3 * i + 1] = out->px[3 * i + 2] = src[i];
+            }
+        }
+        return SER_OK;
+    }
+    char path[PATH_MAX];
+    ser_dl_data_path(d, idx, path, sizeof path);
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    int rc = s_read_file(path, &buf, &n);
+    if (rc) {
+        snprintf(err, 256, "cannot read: %s", strerror(errno));
+        return SER_EIO;
+    }
+    if (n == 0) {
+        snprintf(err, 256, "empty file");
+        rc = SER_EFORMAT;
+    } else {
+        rc = ser_dl_decode_jpeg(tj, buf, n, out, err);
+    }
+    free(buf);
+    return rc;
+}
+
+int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out,
+                     uint32_t *source) {
+    SER_ASSERT(idx < d->n);
+    for (uint32_t k = 0; k < d->n; k++) {
+        uint32_t j = (uint32_t)(((uint64_t)idx + k) % d->n);
+        if (__atomic_load_n(&d->bad[j], __ATOMIC_RELAXED)) continue;  // known bad: same result
+        char err[256] = "";
+        int rc = s_load_one(d, j, tj, out, err);
+        if (rc == SER_OK) {
+            if (source) *source = j;
+            if (k > 0) __atomic_add_fetch(&d->n_replaced, 1, __ATOMIC_RELAXED);
+            return SER_OK;
+        }
+        ser_dl_image_free(out);
+        if (rc == SER_ENOMEM) return rc;
+        if (__atomic_exchange_n(&d->bad[j], 1, __ATOMIC_RELAXED) == 0) {
+            char path[PATH_MAX];
+            __atomic_add_fetch(&d->n_bad, 1, __ATOMIC_RELAXED);
+            ser_log(SER_LL_WARNING, "dataloader: bad file %s (%s); replaced by the next index",
+                    ser_dl_data_path(d, j, path, sizeof path), err);
+        }
+    }
+    return SER_EFORMAT;
+}
+
+// --- synthetic data ------------------------------------------------------------------------------
+
+int ser_dl_encode_jpeg(const char *path, const uint8_t *rgb, int w, int h, int q) {
+    tjhandle tj = tjInitCompress();
+    if (!tj) return SER_ENOMEM;
+    unsigned char *jpg = NULL;
+    unsigned long len = 0;
+    int rc = SER_EIO;
+    if (tjCompress2(tj, rgb, w, 0, h, TJPF_RGB, &jpg, &len, TJSAMP_420, q, 0) == 0) {
+        FILE *f = fopen(path, "wb");
+        if (f) {
+            if (fwrite(jpg, 1, len, f) == len) rc = SER_OK;
+            if (fclose(f) != 0) rc = SER_EIO;
+        }
+    }
+    tjFree(jpg);
+    tjDestroy(tj);
+    return rc;
+}
+
+int ser_dl_data_make_synthetic(const char *root, int nclasses, int per_class, int w, int h,
+                               uint64_t seed, char err[256]) {
+    char p[PATH_MAX];
+    mkdir(root, 0755);
+    snprintf(p, sizeof p, "%s/train", root);
+    mkdir(p, 0755);
+    ser_rng r;
+    ser_rng_init(&r, seed, 0, 0, SER_RNG_FIXTURE);
+    uint8_t *px = ser_xmalloc((size_t)(2 * w) * (2 * h) * 3);
+    int rc = SER_OK;
+    for (int c = 0; c < nclasses && !rc; c++) {
+        snprintf(p, sizeof p, "%s/train/c%02d", root, c);
+        mkdir(p, 0755);
+        for (int i = 0; i < per_class && !rc; i++) {
+            int iw = w / 2 + (int)ser_rng_below(&r, (uint32_t)w + 1);
+            int ih = h / 2 + (int)ser_rng_below(&r, (uint32_t)h + 1);
+            float fx = 1.0f + 3.0f * ser_rng_uniform(&r), fy = 1.0f + 3.0f * ser_rng_uniform(&r);
+            float ph = 6.28f * ser_rng_uniform(&r);
+            for (int y = 0; y < ih; y++)
+                for (int x = 0; x < iw; x++) {
+                    float u = (float)x / (float)iw, v = (float)y / (float)ih;
+                    uint8_t *o = px + ((size_t)y * iw + x) * 3;
+                    o[0] = (uint8_t)(20.0f + 215.0f * u);
+                    o[1] = (uint8_t)(20.0f + 215.0f * v);
+                    o[2] = (uint8_t)(128.0f + 100.0f * sinf(6.28f * (fx * u + (float)c * 0.1f) + ph) *
+                                                  cosf(6.28f * fy * v));
+                }
+            snprintf(p, sizeof p, "%s/train/c%02d/i%04d.jpg", root, c, i);
+            if (ser_dl_encode_jpeg(p, px, iw, ih, 92)) {
+                snprintf(err, 256, "cannot write %s", p);
+                rc = SER_EIO;
+            }
+        }
+    }
+    free(px);
+    return rc;
+}

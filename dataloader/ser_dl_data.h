@@ -1,0 +1,105 @@
+// ser_dl_data.h — datasets for the loader: an index of samples, and decoding one sample to RGB.
+//
+// Three kinds of dataset, each with a train and a val split:
+//   ImageFolder  ROOT/{train,val}/<class>/<file>.jpg (the ImageNet layout; if ROOT has no
+//                train/ folder, ROOT itself is the train split). Classes are the sorted folder
+//                names, files are sorted by name within a class (torchvision's order). Only
+//                JPEG files are indexed (.jpg/.jpeg/.jpe/.jfif, any case); other image files
+//                are counted and skipped with one warning. Grayscale and CMYK JPEGs are
+//                converted to RGB the way PIL's convert("RGB") does.
+//   CIFAR-10     the binary version: ROOT/data_batch_{1..5}.bin (train), ROOT/test_batch.bin
+//                (val); records of 1 label byte + 3072 bytes (R, G, B planes of 32x32).
+//   Fashion-MNIST  gzipped IDX: ROOT/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz; 28x28
+//                grayscale, replicated to RGB.
+//
+// The ImageFolder index (relative paths, labels, file sizes) is built once and cached in a
+// versioned binary file under cfg->cache_dir, keyed by the root's real path and split, and
+// revalidated by the modification times of the class folders. CIFAR-10 and Fashion-MNIST are
+// small enough to be read whole into memory at open.
+//
+// Bad input: a file that is empty, truncated, corrupt or not a JPEG is logged once with its
+// path, counted, and replaced by the first good index in the fixed probe sequence
+// idx+1, idx+2, ... (mod N), which depends on the index only. A missing or unreadable root is
+// an error at open.
+//
+// defines:
+//   ser_dl_data (opaque), ser_dl_data_open(), ser_dl_data_destroy()
+//   ser_dl_data_count(), ser_dl_data_label(), ser_dl_data_path(), ser_dl_data_classes()
+//   ser_dl_data_load(): decode one sample (with replacement of bad files) to RGB HWC uint8
+//   ser_dl_data_bad_files(), ser_dl_data_replacements(): counters
+//   ser_dl_image, ser_dl_image_free()
+//   ser_dl_decode_jpeg(): the JPEG decoder on its own (TurboJPEG)
+//   ser_dl_encode_jpeg(), ser_dl_data_make_synthetic(): JPEG writing, synthetic trees for
+//   tests, previews and benchmarks
+#ifndef SER_DL_DATA_H
+#define SER_DL_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum ser_dl_kind {
+    SER_DL_KIND_AUTO = 0,  // CIFAR-10 if data_batch_1.bin exists, F-MNIST if its files
+                           // exist, else ImageFolder
+    SER_DL_KIND_IMAGEFOLDER = 1,
+    SER_DL_KIND_CIFAR10 = 2,
+    SER_DL_KIND_FMNIST = 3,
+};
+
+enum ser_dl_split { SER_DL_SPLIT_TRAIN = 0, SER_DL_SPLIT_VAL = 1 };
+
+// An RGB image, rows of w*3 bytes (HWC), owned by the struct.
+typedef struct ser_dl_image {
+    int w, h;
+    uint8_t *px;
+} ser_dl_image;
+
+void ser_dl_image_free(ser_dl_image *im);
+
+typedef struct ser_dl_data ser_dl_data;
+
+// Opens a dataset. cache_dir may be NULL (no index cache); it is created if missing.
+// Returns NULL on failure with a message in err (a missing root, no images, bad files).
+ser_dl_data *ser_dl_data_open(const char *root, int kind, int split, const char *cache_dir,
+                              char err[256]);
+void ser_dl_data_destroy(ser_dl_data **dp);
+
+uint32_t ser_dl_data_count(const ser_dl_data *d);
+int ser_dl_data_kind(const ser_dl_data *d);
+int ser_dl_data_label(const ser_dl_data *d, uint32_t idx);
+int ser_dl_data_num_classes(const ser_dl_data *d);
+// ImageFolder: the file's path (relative to the split folder); others: a synthetic name.
+// Writes into buf and returns it.
+const char *ser_dl_data_path(const ser_dl_data *d, uint32_t idx, char *buf, size_t n);
+// 1 if the index was loaded from the cache file (ImageFolder only).
+int ser_dl_data_index_from_cache(const ser_dl_data *d);
+
+// Decodes sample idx into *out (RGB). If the file is bad it is logged (once per file and
+// process), counted, and the first good index of idx+1, idx+2, ... is decoded instead;
+// *source receives the index actually decoded (may be NULL). Thread-safe; tj is the calling
+// thread's TurboJPEG decompressor (tjhandle) or NULL for a temporary one.
+// Returns SER_OK, or SER_EFORMAT if no sample of the dataset can be decoded.
+int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out,
+                     uint32_t *source);
+
+// Distinct bad files seen by this process, and loads that needed a replacement.
+uint64_t ser_dl_data_bad_files(const ser_dl_data *d);
+uint64_t ser_dl_data_replacements(const ser_dl_data *d);
+
+// Decodes a JPEG held in memory to RGB with TurboJPEG (accurate DCT, fancy upsampling, as
+// PIL's decoder). Grayscale is replicated; CMYK/YCCK is converted as PIL does (Adobe
+// inverted CMYK, then cmyk2rgb). Truncated data is an error (as PIL without
+// LOAD_TRUNCATED_IMAGES). tj is a TurboJPEG decompressor handle (tjhandle) or NULL to make
+// a temporary one. Returns SER_OK or SER_EFORMAT with a reason in err.
+int ser_dl_decode_jpeg(void *tj, const uint8_t *buf, size_t n, ser_dl_image *out,
+                       char err[256]);
+
+// Encodes RGB (h, w, 3) to a JPEG file (4:2:0, quality q). Returns SER_OK or SER_EIO.
+int ser_dl_encode_jpeg(const char *path, const uint8_t *rgb, int w, int h, int q);
+
+// Writes ROOT/train/cNN/iNNNN.jpg: nclasses x per_class JPEGs with smooth, distinctive content
+// (colour ramps plus a class-dependent pattern), sizes varying around w x h, drawn from
+// (seed, SER_RNG_FIXTURE). Creates the folders. Returns SER_OK or SER_EIO with err.
+int ser_dl_data_make_synthetic(const char *root, int nclasses, int per_class, int w, int h,
+                               uint64_t seed, char err[256]);
+
+#endif

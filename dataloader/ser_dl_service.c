@@ -1,0 +1,602 @@
+// ser_dl_service.c — see ser_dl_service.h.
+#include "ser_dl_service.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "loader.pb-c.h"
+#include "ser_base.h"
+
+// protobuf-c's string fields are `char *` and its INIT macros cast away const; messages built
+// here only ever point at data that outlives the pack call and is never written through.
+#pragma GCC diagnostic ignored "-Wcast-qual"
+
+#define S_MAX_FRAMES (2 * SER_DL_WIRE_MAX_SAMPLES + 3)
+#define S_QUEUE_CAP 64
+
+// --- multipart helpers -----------------------------------------------------------------------
+
+typedef struct s_parts {
+    zmq_msg_t *m;
+    int n, cap;
+    int truncated;  // more frames than cap arrived; they were drained and dropped
+} s_parts;
+
+static void s_parts_free(s_parts *p) {
+    for (int i = 0; i < p->n; i++) zmq_msg_close(&p->m[i]);
+    free(p->m);
+    memset(p, 0, sizeof *p);
+}
+
+// Receives one whole multipart message (non-blocking when flags has ZMQ_DONTWAIT).
+static int s_recv_parts(void *sock, s_parts *p, int flags) {
+    memset(p, 0, sizeof *p);
+    int more = 1;
+    while (more) {
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        int rc;
+        do rc = zmq_msg_recv(&msg, sock, p->n == 0 ? flags : 0);
+        while (rc < 0 && zmq_errno() == EINTR);
+        if (rc < 0) {
+            zmq_msg_close(&msg);
+            s_parts_free(p);
+            return zmq_errno() == EAGAIN ? SER_ETIMEDOUT : SER_EIO;
+        }
+        more = zmq_msg_more(&msg);
+        if (p->n >= S_MAX_FRAMES) {
+            p->truncated = 1;
+            zmq_msg_close(&msg);
+            continue;
+        }
+        if (p->n == p->cap) {
+            p->cap = p->cap ? p->cap * 2 : 8;
+            p->m = realloc(p->m, sizeof(zmq_msg_t) * (size_t)p->cap);
+            SER_ASSERT(p->m);
+        }
+        memcpy(&p->m[p->n++], &msg, sizeof msg);  // zmq_msg_t may be moved while unused
+    }
+    return SER_OK;
+}
+
+static int s_send(void *sock, zmq_msg_t *m, int more) {
+    int rc;
+    do rc = zmq_msg_send(m, sock, more ? ZMQ_SNDMORE : 0);
+    while (rc < 0 && zmq_errno() == EINTR);
+    return rc < 0 ? SER_EIO : SER_OK;
+}
+
+static int s_send_buf(void *sock, const void *b, size_t n, int more) {
+    zmq_msg_t m;
+    zmq_msg_init_size(&m, n);
+    if (n) memcpy(zmq_msg_data(&m), b, n);
+    int rc = s_send(sock, &m, more);
+    if (rc) zmq_msg_close(&m);
+    return rc;
+}
+
+// --- service ---------------------------------------------------------------------------------
+
+// A built shard shared by the cache and the frames in flight; freed on the last release.
+typedef struct s_ref {
+    ser_dl_shard sh;
+    int refs;
+} s_ref;
+
+static void s_ref_release(s_ref *r) {
+    if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        ser_dl_shard_free(&r->sh);
+        free(r);
+    }
+}
+
+static void s_frame_free(void *data, void *hint) {
+    (void)data;
+    s_ref_release(hint);
+}
+
+typedef struct s_key {
+    uint64_t step;
+    uint32_t shard;
+} s_key;
+
+typedef struct s_slot {
+    s_key key;
+    s_ref *ref;  // NULL = empty
+    uint64_t age;
+} s_slot;
+
+struct ser_dl_service {
+    ser_dl *dl;
+    void *ctx, *sock;
+    char endpoint[256];
+    uint64_t hash;
+    int prefetch;
+    s_slot *cache;
+    int ncache;
+    uint64_t clock;
+    s_key queue[S_QUEUE_CAP];
+    int qlen;
+    ser_dl_service_stats st;
+};
+
+ser_dl_service *ser_dl_service_new(ser_dl *dl, const char *endpoint, int prefetch,
+                                   int cache_shards, char err[256]) {
+    ser_dl_service *s = ser_xcalloc(1, sizeof *s);
+    s->dl = dl;
+    s->hash = ser_dl_config_hash(ser_dl_config_of(dl));
+    s->prefetch = prefetch < 0 ? 0 : prefetch;
+    s->ncache = cache_shards < 1 ? 1 : cache_shards;
+    s->cache = ser_xcalloc((size_t)s->ncache, sizeof *s->cache);
+    s->ctx = zmq_ctx_new();
+    s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
+    if (!s->sock) {
+        snprintf(err, 256, "zmq: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    int linger = 0, hwm = 0;
+    zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);  // never drop a reply's frames
+    int64_t maxmsg = 1 << 20;  // requests are tiny: refuse big inbound frames at the socket
+    zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_bind(s->sock, endpoint) != 0) {
+        snprintf(err, 256, "cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    size_t len = sizeof s->endpoint;
+    zmq_getsockopt(s->sock, ZMQ_LAST_ENDPOINT, s->endpoint, &len);
+    return s;
+fail:
+    ser_dl_service_destroy(&s);
+    return NULL;
+}
+
+const char *ser_dl_service_endpoint(const ser_dl_service *s) { return s->endpoint; }
+
+void ser_dl_service_get_stats(const ser_dl_service *s, ser_dl_service_stats *out) {
+    *out = s->st;
+    out->bad_files = ser_dl_bad_files(s->dl);
+    out->replacements = ser_dl_replacements(s->dl);
+}
+
+void ser_dl_service_destroy(ser_dl_service **sp) {
+    if (!sp || !*sp) return;
+    ser_dl_service *s = *sp;
+    if (s->sock) zmq_close(s->sock);
+    if (s->ctx) zmq_ctx_term(s->ctx);  // after this, no frame is in flight
+    for (int i = 0; s->cache && i < s->ncache; i++)
+        if (s->cache[i].ref) s_ref_release(s->cache[i].ref);
+    free(s->cache);
+    free(s);
+    *sp = NULL;
+}
+
+static s_slot *s_cache_find(ser_dl_service *s, s_key k) {
+    for (int i = 0; i < s->ncache; i++)
+        if (s->cache[i].ref && s->cache[i].key.step == k.step && s->cache[i].key.shard == k.shard)
+            return &s->cache[i];
+    return NULL;
+}
+
+static void s_cache_put(ser_dl_service *s, s_key k, s_ref *r) {
+    s_slot *victim = &s->cache[0];
+    for (int i = 0; i < s->ncache; i++) {
+        if (!s->cache[i].ref) {
+            victim = &s->cache[i];
+            break;
+        }
+        if (s->cache[i].age < victim->age) victim = &s->cache[i];
+    }
+    if (victim->ref) s_ref_release(victim->ref);
+    victim->key = k;
+    victim->ref = r;
+    victim->age = ++s->clock;
+}
+
+static s_ref *s_build(ser_dl_service *s, s_key k, int *rc) {
+    s_ref *r = ser_xcalloc(1, sizeof *r);
+    *rc = ser_dl_make_shard(s->dl, k.step, k.shard, &r->sh);
+    if (*rc) {
+        free(r);
+        return NULL;
+    }
+    r->refs = 1;
+    return r;
+}
+
+static void s_fill_group(Ser__LoaderGroup *m, const ser_dl_group *g) {
+    m->rot180 = g->rot180;
+    m->hflip = g->hflip;
+    m->gh = (uint32_t)g->gh;
+    m->gw = (uint32_t)g->gw;
+    m->rot90 = (uint32_t)g->rot90;
+}
+
+// Sends [identity, "", LoaderShard, frames...]; r may be NULL for an error reply.
+static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint32_t shard,
+                    s_ref *r, int status, const char *error) {
+    Ser__LoaderShard m = SER__LOADER_SHARD__INIT;
+    m.protocol_version = SER_DL_PROTOCOL_VERSION;
+    m.job_id = (char *)ser_dl_config_of(s->dl)->job_id;
+    m.config_hash = s->hash;
+    m.step = step;
+    m.shard = shard;
+    m.status = status;
+    m.error = (char *)(error ? error : "");
+    m.bad_files = ser_dl_bad_files(s->dl);
+    m.replacements = ser_dl_replacements(s->dl);
+    int n = r ? r->sh.n : 0;
+    Ser__LoaderSample *smp = ser_xcalloc((size_t)n + 1, sizeof *smp);
+    Ser__LoaderSample **sp = ser_xcalloc((size_t)n + 1, sizeof *sp);
+    Ser__LoaderGroup *gr = ser_xcalloc(2 * (size_t)n + 1, sizeof *gr);
+    for (int i = 0; i < n; i++) {
+        const ser_dl_sample *x = &r->sh.samples[i];
+        Ser__LoaderSample init = SER__LOADER_SAMPLE__INIT;
+        smp[i] = init;
+        smp[i].position = x->position;
+        smp[i].dataset_index = x->index;
+        smp[i].source_index = x->source;
+        smp[i].label = x->label;
+        smp[i].equivariant = x->equivariant;
+        smp[i].h0 = (uint32_t)x->h[0];
+        smp[i].w0 = (uint32_t)x->w[0];
+        smp[i].h1 = (uint32_t)x->h[1];
+        smp[i].w1 = (uint32_t)x->w[1];
+        if (x->equivariant) {
+            Ser__LoaderGroup ginit = SER__LOADER_GROUP__INIT;
+            gr[2 * i] = ginit;
+            gr[2 * i + 1] = ginit;
+            s_fill_group(&gr[2 * i], &x->g[0]);
+            s_fill_group(&gr[2 * i + 1], &x->g[1]);
+            smp[i].g0 = &gr[2 * i];
+            smp[i].g1 = &gr[2 * i + 1];
+        }
+        sp[i] = &smp[i];
+    }
+    m.n_samples = (size_t)n;
+    m.samples = sp;
+    size_t len = ser__loader_shard__get_packed_size(&m);
+    uint8_t *buf = ser_xmalloc(len ? len : 1);
+    ser__loader_shard__pack(&m, buf);
+    int rc = s_send(s->sock, identity, 1);
+    if (rc == SER_OK) rc = s_send_buf(s->sock, "", 0, 1);
+    if (rc == SER_OK) rc = s_send_buf(s->sock, buf, len, n > 0);
+    for (int i = 0; rc == SER_OK && i < n; i++)
+        for (int v = 0; v < 2 && rc == SER_OK; v++) {
+            const ser_dl_sample *x = &r->sh.samples[i];
+            zmq_msg_t f;
+            __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
+            zmq_msg_init_data(&f, x->view[v], (size_t)x->h[v] * x->w[v] * 3, s_frame_free, r);
+            rc = s_send(s->sock, &f, !(i == n - 1 && v == 1));
+            if (rc) zmq_msg_close(&f);  // releases the reference
+        }
+    if (rc) ser_log(SER_LL_WARNING, "dataloader: reply for step %llu shard %u not sent",
+                    (unsigned long long)step, shard);
+    free(buf);
+    free(smp);
+    free(sp);
+    free(gr);
+}
+
+static void s_enqueue(ser_dl_service *s, s_key k) {
+    if (s_cache_find(s, k)) return;
+    for (int i = 0; i < s->qlen; i++)
+        if (s->queue[i].step == k.step && s->queue[i].shard == k.shard) return;
+    if (s->qlen == S_QUEUE_CAP) return;
+    s->queue[s->qlen++] = k;
+}
+
+static void s_handle(ser_dl_service *s, s_parts *p) {
+    s->st.requests++;
+    // [identity, "", request]
+    if (p->truncated || p->n != 3 || zmq_msg_size(&p->m[1]) != 0) {
+        ser_log(SER_LL_WARNING, "dataloader: dropped a malformed request (%d frames)", p->n);
+        s->st.dropped++;
+        return;
+    }
+    Ser__LoaderShardRequest *req = ser__loader_shard_request__unpack(
+        NULL, zmq_msg_size(&p->m[2]), zmq_msg_data(&p->m[2]));
+    if (!req) {
+        ser_log(SER_LL_WARNING, "dataloader: dropped a request that does not parse (%zu bytes)",
+                zmq_msg_size(&p->m[2]));
+        s->st.dropped++;
+        return;
+    }
+    const ser_dl_config *cfg = ser_dl_config_of(s->dl);
+    char why[256] = "";
+    int status = SER_OK;
+    if (req->protocol_version != SER_DL_PROTOCOL_VERSION) {
+        snprintf(why, sizeof why, "protocol version %u, this loader speaks %u",
+                 req->protocol_version, SER_DL_PROTOCOL_VERSION);
+        status = SER_EVERSION;
+    } else if (!req->job_id || strcmp(req->job_id, cfg->job_id) != 0) {
+        snprintf(why, sizeof why, "job '%s', this loader serves job '%s'",
+                 req->job_id ? req->job_id : "", cfg->job_id);
+        status = SER_ECONFIG;
+    } else if (req->config_hash != s->hash) {
+        snprintf(why, sizeof why, "config hash %016llx, this loader has %016llx",
+                 (unsigned long long)req->config_hash, (unsigned long long)s->hash);
+        status = SER_ECONFIG;
+    } else if (req->shard >= (uint32_t)cfg->shards || req->step > UINT32_MAX) {
+        snprintf(why, sizeof why, "shard %u / step %llu out of range (%d shards)", req->shard,
+                 (unsigned long long)req->step, cfg->shards);
+        status = SER_EINVAL;
+    }
+    s_key k = {req->step, req->shard};
+    if (status) {
+        ser_log(SER_LL_WARNING, "dataloader: refused a request: %s", why);
+        s->st.refused++;
+        s_reply(s, &p->m[0], k.step, k.shard, NULL, status, why);
+    } else {
+        s_ref *r;
+        s_slot *slot = s_cache_find(s, k);
+        if (slot) {
+            r = slot->ref;
+            slot->ref = NULL;  // served shards leave the cache
+            s->st.cache_hits++;
+        } else {
+            int rc;
+            r = s_build(s, k, &rc);
+            if (!r) {
+                snprintf(why, sizeof why, "cannot build the shard: %s", ser_strerror(rc));
+                s_reply(s, &p->m[0], k.step, k.shard, NULL, rc, why);
+            }
+        }
+        if (r) {
+            s_reply(s, &p->m[0], k.step, k.shard, r, SER_OK, NULL);
+            s_ref_release(r);
+            s->st.served++;
+        }
+        for (int d = 1; d <= s->prefetch; d++) s_enqueue(s, (s_key){k.step + (uint64_t)d, k.shard});
+    }
+    ser__loader_shard_request__free_unpacked(req, NULL);
+}
+
+int ser_dl_service_run(ser_dl_service *s, volatile sig_atomic_t *stop) {
+    int64_t last_stats = ser_clock_now_ms();
+    while (!*stop) {
+        zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&it, 1, s->qlen ? 0 : 100);
+        if (rc < 0 && zmq_errno() != EINTR) {
+            ser_log(SER_LL_ERROR, "dataloader: poll: %s", zmq_strerror(zmq_errno()));
+            return SER_EIO;
+        }
+        if (rc > 0 && (it.revents & ZMQ_POLLIN)) {
+            s_parts p;
+            if (s_recv_parts(s->sock, &p, ZMQ_DONTWAIT) == SER_OK) {
+                s_handle(s, &p);
+                s_parts_free(&p);
+            }
+            continue;
+        }
+        if (s->qlen) {  // idle: prefetch the oldest queued shard
+            s_key k = s->queue[0];
+            memmove(s->queue, s->queue + 1, sizeof(s_key) * (size_t)--s->qlen);
+            int brc;
+            s_ref *r = s_build(s, k, &brc);
+            if (r) {
+                s_cache_put(s, k, r);
+                s->st.prefetched++;
+            }
+        }
+        int64_t now = ser_clock_now_ms();
+        if (now - last_stats >= 10000) {
+            last_stats = now;
+            ser_dl_service_stats st;
+            ser_dl_service_get_stats(s, &st);
+            ser_log(SER_LL_INFO,
+                    "dataloader: requests:%llu served:%llu cache_hits:%llu prefetched:%llu "
+                    "dropped:%llu refused:%llu bad_files:%llu replacements:%llu",
+                    (unsigned long long)st.requests, (unsigned long long)st.served,
+                    (unsigned long long)st.cache_hits, (unsigned long long)st.prefetched,
+                    (unsigned long long)st.dropped, (unsigned long long)st.refused,
+                    (unsigned long long)st.bad_files, (unsigned long long)st.replacements);
+        }
+    }
+    return SER_OK;
+}
+
+// --- client ----------------------------------------------------------------------------------
+
+struct ser_dl_client {
+    void *ctx, *sock;
+    char job_id[64];
+    uint64_t hash;
+};
+
+ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint64_t config_hash,
+                                 char err[256]) {
+    ser_dl_client *c = ser_xcalloc(1, sizeof *c);
+    snprintf(c->job_id, sizeof c->job_id, "%s", job_id);
+    c->hash = config_hash;
+    c->ctx = zmq_ctx_new();
+    c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
+    if (!c->sock) {
+        snprintf(err, 256, "zmq: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    int linger = 0;
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    char *list = ser_xstrdup(endpoints), *save = NULL;
+    int nconn = 0;
+    for (char *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+        if (zmq_connect(c->sock, e) != 0) {
+            snprintf(err, 256, "cannot connect to %s: %s", e, zmq_strerror(zmq_errno()));
+            free(list);
+            goto fail;
+        }
+        nconn++;
+    }
+    free(list);
+    if (!nconn) {
+        snprintf(err, 256, "no loader endpoint given");
+        goto fail;
+    }
+    return c;
+fail:
+    ser_dl_client_destroy(&c);
+    return NULL;
+}
+
+void ser_dl_client_destroy(ser_dl_client **cp) {
+    if (!cp || !*cp) return;
+    ser_dl_client *c = *cp;
+    if (c->sock) zmq_close(c->sock);
+    if (c->ctx) zmq_ctx_term(c->ctx);
+    free(c);
+    *cp = NULL;
+}
+
+static int s_group_ok(const Ser__LoaderGroup *g) {
+    return g && g->gh >= 1 && g->gw >= 1 && g->gh <= SER_DL_WIRE_MAX_SIDE &&
+           g->gw <= SER_DL_WIRE_MAX_SIDE && g->rot90 < 4;
+}
+
+// Validates a reply [ "", LoaderShard, frames ] for (step, shard) and fills out.
+// Returns SER_OK, SER_EFORMAT (malformed: dropped), SER_EAGAIN-like 1 (another request's
+// reply: dropped quietly), or the loader's negative status.
+static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t shard,
+                         ser_dl_shard *out, char *err) {
+    if (p->truncated || p->n < 2 || zmq_msg_size(&p->m[0]) != 0) {
+        snprintf(err, 256, "malformed reply (%d frames)", p->n);
+        return SER_EFORMAT;
+    }
+    Ser__LoaderShard *m =
+        ser__loader_shard__unpack(NULL, zmq_msg_size(&p->m[1]), zmq_msg_data(&p->m[1]));
+    if (!m) {
+        snprintf(err, 256, "reply does not parse");
+        return SER_EFORMAT;
+    }
+    int rc = SER_EFORMAT;
+    if (m->protocol_version != SER_DL_PROTOCOL_VERSION) {
+        snprintf(err, 256, "reply has protocol version %u, want %u", m->protocol_version,
+                 SER_DL_PROTOCOL_VERSION);
+        rc = SER_EVERSION;
+        goto done;
+    }
+    if (m->step != step || m->shard != shard) {
+        rc = 1;  // a late reply to an earlier request
+        goto done;
+    }
+    if (m->status != 0) {
+        snprintf(err, 256, "loader refused: %s (%s)", m->error ? m->error : "",
+                 ser_strerror(m->status));
+        rc = m->status < 0 ? m->status : SER_EPEER;
+        goto done;
+    }
+    if (!m->job_id || strcmp(m->job_id, c->job_id) != 0 || m->config_hash != c->hash) {
+        snprintf(err, 256, "reply for another job or config");
+        rc = SER_ECONFIG;
+        goto done;
+    }
+    size_t n = m->n_samples;
+    if (n > SER_DL_WIRE_MAX_SAMPLES || (size_t)p->n != 2 + 2 * n) {
+        snprintf(err, 256, "reply has %zu samples but %d frames", n, p->n);
+        goto done;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Ser__LoaderSample *x = m->samples[i];
+        uint32_t hw[2][2] = {{x->h0, x->w0}, {x->h1, x->w1}};
+        for (int v = 0; v < 2; v++) {
+            if (hw[v][0] < 1 || hw[v][1] < 1 || hw[v][0] > SER_DL_WIRE_MAX_SIDE ||
+                hw[v][1] > SER_DL_WIRE_MAX_SIDE ||
+                zmq_msg_size(&p->m[2 + 2 * i + (size_t)v]) != (size_t)hw[v][0] * hw[v][1] * 3) {
+                snprintf(err, 256, "sample %zu view %d: frame size does not match %ux%u", i, v,
+                         hw[v][0], hw[v][1]);
+                goto done;
+            }
+            total += (size_t)hw[v][0] * hw[v][1] * 3;
+        }
+        if (x->equivariant && (!s_group_ok(x->g0) || !s_group_ok(x->g1))) {
+            snprintf(err, 256, "sample %zu: equivariant without a valid g", i);
+            goto done;
+        }
+    }
+    memset(out, 0, sizeof *out);
+    out->step = step;
+    out->shard = shard;
+    out->n = (int)n;
+    out->samples = ser_xcalloc(n ? n : 1, sizeof *out->samples);
+    out->data = ser_xmalloc(total ? total : 1);
+    out->nbytes = total;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Ser__LoaderSample *x = m->samples[i];
+        ser_dl_sample *s = &out->samples[i];
+        s->position = x->position;
+        s->index = x->dataset_index;
+        s->source = x->source_index;
+        s->label = x->label;
+        s->equivariant = x->equivariant;
+        s->h[0] = (int)x->h0, s->w[0] = (int)x->w0, s->h[1] = (int)x->h1, s->w[1] = (int)x->w1;
+        if (x->equivariant) {
+            const Ser__LoaderGroup *g[2] = {x->g0, x->g1};
+            for (int v = 0; v < 2; v++)
+                s->g[v] = (ser_dl_group){g[v]->rot180, g[v]->hflip, (int)g[v]->gh, (int)g[v]->gw,
+                                         (int)g[v]->rot90};
+        }
+        for (int v = 0; v < 2; v++) {
+            size_t len = zmq_msg_size(&p->m[2 + 2 * i + (size_t)v]);
+            s->view[v] = out->data + off;
+            memcpy(s->view[v], zmq_msg_data(&p->m[2 + 2 * i + (size_t)v]), len);
+            off += len;
+        }
+    }
+    rc = SER_OK;
+done:
+    ser__loader_shard__free_unpacked(m, NULL);
+    return rc;
+}
+
+int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int timeout_ms,
+                        ser_dl_shard *out, char err[256]) {
+    memset(out, 0, sizeof *out);
+    err[0] = 0;
+    Ser__LoaderShardRequest req = SER__LOADER_SHARD_REQUEST__INIT;
+    req.protocol_version = SER_DL_PROTOCOL_VERSION;
+    req.job_id = c->job_id;
+    req.config_hash = c->hash;
+    req.step = step;
+    req.shard = shard;
+    uint8_t buf[256];
+    size_t len = ser__loader_shard_request__get_packed_size(&req);
+    SER_ASSERT(len <= sizeof buf);
+    ser__loader_shard_request__pack(&req, buf);
+    if (s_send_buf(c->sock, "", 0, 1) || s_send_buf(c->sock, buf, len, 0)) {
+        snprintf(err, 256, "send failed: %s", zmq_strerror(zmq_errno()));
+        return SER_EIO;
+    }
+    int64_t deadline = ser_clock_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - ser_clock_now_ms();
+        if (left < 0) left = 0;
+        zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&it, 1, (long)left);
+        if (rc < 0 && zmq_errno() != EINTR) {
+            snprintf(err, 256, "poll: %s", zmq_strerror(zmq_errno()));
+            return SER_EIO;
+        }
+        if (rc <= 0) {
+            if (ser_clock_now_ms() >= deadline) {
+                snprintf(err, 256, "no reply for step %llu shard %u in %d ms",
+                         (unsigned long long)step, shard, timeout_ms);
+                return SER_ETIMEDOUT;
+            }
+            continue;
+        }
+        s_parts p;
+        if (s_recv_parts(c->sock, &p, ZMQ_DONTWAIT) != SER_OK) continue;
+        rc = s_parse_reply(c, &p, step, shard, out, err);
+        s_parts_free(&p);
+        if (rc == 1) continue;  // stale
+        if (rc == SER_EFORMAT) {
+            ser_log(SER_LL_WARNING, "dataloader client: dropped a reply: %s", err);
+            continue;
+        }
+        return rc;
+    }
+}

@@ -1,0 +1,286 @@
+// test_dl_service.c — `ser dataloader` as two child processes on 127.0.0.1 (ephemeral ports):
+// the same shard has the same bytes from either process (1 and 2 threads) and from the
+// in-process pipeline; mismatched job, config or version is refused with a reason; garbage
+// frames do not crash the service. Children are killed by pid on every exit path, and a
+// hard alarm ends the test if anything hangs.
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ser_base.h"
+#include "ser_dl.h"
+#include "ser_dl_service.h"
+#include "ser_test.h"
+
+#define NCHILD 2
+
+static char s_tmp[256], s_root[300];
+static pid_t s_child[NCHILD];
+static char s_ep[NCHILD][256];
+
+static void s_kill_children(void) {
+    for (int i = 0; i < NCHILD; i++) {
+        if (s_child[i] <= 0) continue;
+        kill(s_child[i], SIGTERM);
+        int status = 0;
+        for (int t = 0; t < 200; t++) {  // 2 s for a clean exit, then SIGKILL
+            if (waitpid(s_child[i], &status, WNOHANG) == s_child[i]) break;
+            usleep(10000);
+            if (t == 199) {
+                kill(s_child[i], SIGKILL);
+                waitpid(s_child[i], &status, 0);
+            }
+        }
+        s_child[i] = 0;
+    }
+}
+
+static void s_on_alarm(int sig) {
+    (void)sig;
+    for (int i = 0; i < NCHILD; i++)
+        if (s_child[i] > 0) kill(s_child[i], SIGKILL);
+    static const char msg[] = "test_dl_service: hard timeout, children killed\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(1);
+}
+
+static void s_config(ser_dl_config *c) {
+    ser_dl_config_defaults(c);
+    snprintf(c->data, sizeof c->data, "%s", s_root);
+    snprintf(c->job_id, sizeof c->job_id, "test-job");
+    c->img = 32;
+    c->patch = 8;
+    c->global_batch = 8;
+    c->shards = 2;
+    c->eq_ratio = 0.25;
+    c->seed = 77;
+}
+
+static int s_setup(void **state) {
+    (void)state;
+    char err[256];
+    signal(SIGALRM, s_on_alarm);
+    alarm(60);
+    snprintf(s_tmp, sizeof s_tmp, "/tmp/ser_test_dl_service_XXXXXX");
+    if (!mkdtemp(s_tmp)) return -1;
+    snprintf(s_root, sizeof s_root, "%s/data", s_tmp);
+    if (ser_dl_data_make_synthetic(s_root, 2, 5, 48, 40, 3, err)) return -1;
+    for (int i = 0; i < NCHILD; i++) {
+        char epf[300], threads[8];
+        snprintf(epf, sizeof epf, "%s/endpoint%d", s_tmp, i);
+        snprintf(threads, sizeof threads, "%d", i + 1);
+        pid_t pid = fork();
+        if (pid < 0) return -1;
+        if (pid == 0) {
+            char *argv[] = {"ser", "dataloader", "--data", s_root, "--job", "test-job", "--img",
+                            "32", "--patch", "8", "--batch", "8", "--shards", "2", "--eq-ratio",
+                            "0.25", "--seed", "77", "--threads", threads, "--cache", "",
+                            "--bind", "tcp://127.0.0.1:*", "--endpoint-file", epf,
+                            "--log-level", "warning", NULL};
+            execv(SER_BINARY, argv);
+            _exit(127);
+        }
+        s_child[i] = pid;
+    }
+    for (int i = 0; i < NCHILD; i++) {  // wait for each endpoint file (10 s at most)
+        char epf[300];
+        snprintf(epf, sizeof epf, "%s/endpoint%d", s_tmp, i);
+        for (int t = 0; t < 1000 && !s_ep[i][0]; t++) {
+            FILE *f = fopen(epf, "r");
+            if (f) {
+                if (!fgets(s_ep[i], sizeof s_ep[i], f)) s_ep[i][0] = 0;
+                s_ep[i][strcspn(s_ep[i], "\n")] = 0;
+                fclose(f);
+            }
+            if (!s_ep[i][0]) usleep(10000);
+        }
+        if (!s_ep[i][0]) {
+            fprintf(stderr, "loader %d did not start\n", i);
+            s_kill_children();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int s_teardown(void **state) {
+    (void)state;
+    s_kill_children();
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_tmp);
+    alarm(0);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void s_assert_same(const ser_dl_shard *a, const ser_dl_shard *b) {
+    assert_int_equal(a->n, b->n);
+    assert_int_equal(a->nbytes, b->nbytes);
+    for (int k = 0; k < a->n; k++) {
+        const ser_dl_sample *x = &a->samples[k], *y = &b->samples[k];
+        assert_int_equal(x->position, y->position);
+        assert_int_equal(x->index, y->index);
+        assert_int_equal(x->label, y->label);
+        assert_int_equal(x->equivariant, y->equivariant);
+        assert_memory_equal(x->g, y->g, sizeof x->g);
+        assert_memory_equal(x->h, y->h, sizeof x->h);
+        assert_memory_equal(x->w, y->w, sizeof x->w);
+        for (int v = 0; v < 2; v++)
+            assert_memory_equal(x->view[v], y->view[v], (size_t)x->h[v] * x->w[v] * 3);
+    }
+}
+
+static void test_two_processes_same_bytes(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    uint64_t hash = ser_dl_config_hash(&c);
+    char err[256];
+    ser_dl *local = ser_dl_new(&c, err);
+    assert_non_null(local);
+    ser_dl_client *cl[NCHILD];
+    for (int i = 0; i < NCHILD; i++) {
+        cl[i] = ser_dl_client_new(s_ep[i], "test-job", hash, err);
+        assert_non_null(cl[i]);
+    }
+    // Steps 0..3 (step 2 straddles the epoch boundary: N = 10, B = 8), both shards.
+    for (uint64_t t = 0; t < 4; t++)
+        for (uint32_t s = 0; s < 2; s++) {
+            ser_dl_shard a, b, ref;
+            assert_int_equal(ser_dl_client_fetch(cl[0], t, s, 10000, &a, err), SER_OK);
+            assert_int_equal(ser_dl_client_fetch(cl[1], t, s, 10000, &b, err), SER_OK);
+            assert_int_equal(ser_dl_make_shard(local, t, s, &ref), SER_OK);
+            s_assert_same(&a, &b);
+            s_assert_same(&a, &ref);
+            if (s == 1) assert_true(a.samples[3].equivariant);
+            ser_dl_shard_free(&a);
+            ser_dl_shard_free(&b);
+            ser_dl_shard_free(&ref);
+        }
+    // A client connected to both loaders (round robin) gets the same shards.
+    char both[600];
+    snprintf(both, sizeof both, "%s,%s", s_ep[0], s_ep[1]);
+    ser_dl_client *rr = ser_dl_client_new(both, "test-job", hash, err);
+    assert_non_null(rr);
+    for (uint64_t t = 0; t < 3; t++) {
+        ser_dl_shard a, ref;
+        assert_int_equal(ser_dl_client_fetch(rr, t, 1, 10000, &a, err), SER_OK);
+        assert_int_equal(ser_dl_make_shard(local, t, 1, &ref), SER_OK);
+        s_assert_same(&a, &ref);
+        ser_dl_shard_free(&a);
+        ser_dl_shard_free(&ref);
+    }
+    ser_dl_client_destroy(&rr);
+    for (int i = 0; i < NCHILD; i++) ser_dl_client_destroy(&cl[i]);
+    ser_dl_destroy(&local);
+}
+
+static void test_refusals(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    char err[256];
+    ser_dl_shard sh;
+    ser_dl_client *cl = ser_dl_client_new(s_ep[0], "other-job", ser_dl_config_hash(&c), err);
+    assert_non_null(cl);
+    assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 5000, &sh, err), SER_ECONFIG);
+    fprintf(stderr, "expected refusal: %s\n", err);
+    ser_dl_client_destroy(&cl);
+    cl = ser_dl_client_new(s_ep[0], "test-job", ser_dl_config_hash(&c) ^ 1, err);
+    assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 5000, &sh, err), SER_ECONFIG);
+    fprintf(stderr, "expected refusal: %s\n", err);
+    ser_dl_client_destroy(&cl);
+    cl = ser_dl_client_new(s_ep[0], "test-job", ser_dl_config_hash(&c), err);
+    assert_int_equal(ser_dl_client_fetch(cl, 0, 7, 5000, &sh, err), SER_EINVAL);
+    fprintf(stderr, "expected refusal: %s\n", err);
+    ser_dl_client_destroy(&cl);
+}
+
+// Garbage on the wire: wrong frame counts, bytes that do not parse, a wrong protocol
+// version, a huge frame. The loader survives and still serves.
+static void test_garbage_does_not_crash(void **state) {
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(d, s_ep[1]), 0);
+    uint8_t junk[512];
+    for (int i = 0; i < 512; i++) junk[i] = (uint8_t)(i * 37 + 11);
+    zmq_send(d, junk, 100, 0);                        // one frame, no delimiter
+    zmq_send(d, "", 0, ZMQ_SNDMORE);                  // delimiter + junk: does not parse
+    zmq_send(d, junk, 512, 0);
+    zmq_send(d, "", 0, ZMQ_SNDMORE);                  // too many frames
+    zmq_send(d, junk, 10, ZMQ_SNDMORE);
+    zmq_send(d, junk, 10, 0);
+    // A request with protocol version 99 (field 1 = 99): refused with a reply.
+    const uint8_t v99[] = {0x08, 99, 0x12, 3, 'j', 'o', 'b'};
+    zmq_send(d, "", 0, ZMQ_SNDMORE);
+    zmq_send(d, v99, sizeof v99, 0);
+    zmq_pollitem_t it = {d, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&it, 1, 5000), 1);
+    int got_frames = 0, more = 1;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        assert_true(zmq_msg_recv(&m, d, 0) >= 0);
+        more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+        got_frames++;
+    }
+    assert_int_equal(got_frames, 2);  // "", LoaderShard with an error status
+    zmq_close(d);
+    // A frame above the socket's size limit: the loader drops that connection.
+    void *big = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(big, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(big, s_ep[1]), 0);
+    size_t bn = 4 << 20;
+    uint8_t *bb = calloc(bn, 1);
+    zmq_send(big, "", 0, ZMQ_SNDMORE);
+    zmq_send(big, bb, bn, 0);
+    free(bb);
+    usleep(200000);
+    zmq_close(big);
+    zmq_ctx_term(ctx);
+    // Still alive and serving.
+    ser_dl_config c;
+    s_config(&c);
+    char err[256];
+    ser_dl_client *cl = ser_dl_client_new(s_ep[1], "test-job", ser_dl_config_hash(&c), err);
+    ser_dl_shard sh;
+    assert_int_equal(ser_dl_client_fetch(cl, 5, 0, 10000, &sh, err), SER_OK);
+    assert_int_equal(sh.n, 4);
+    ser_dl_shard_free(&sh);
+    ser_dl_client_destroy(&cl);
+    int status;
+    assert_int_equal(waitpid(s_child[1], &status, WNOHANG), 0);  // not exited
+}
+
+static void test_timeout(void **state) {
+    (void)state;
+    char err[256];
+    // Nothing listens there: the fetch times out, it does not hang.
+    ser_dl_client *cl = ser_dl_client_new("tcp://127.0.0.1:1", "test-job", 1, err);
+    assert_non_null(cl);
+    ser_dl_shard sh;
+    int64_t t0 = ser_clock_now_ms();
+    assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 300, &sh, err), SER_ETIMEDOUT);
+    assert_true(ser_clock_now_ms() - t0 < 2000);
+    ser_dl_client_destroy(&cl);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_two_processes_same_bytes),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_garbage_does_not_crash),
+        cmocka_unit_test(test_timeout),
+    };
+    int rc = cmocka_run_group_tests(tests, s_setup, s_teardown);
+    s_kill_children();
+    return rc;
+}

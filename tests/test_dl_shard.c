@@ -1,0 +1,335 @@
+// test_dl_shard.c — deterministic shard assembly: batch geometry, bytes independent of the
+// thread count, both policies and group-sampling modes, bad files in a shard, and the
+// equivariant pair's relative transform checked against the g0, g1 sent with it.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ser_base.h"
+#include "ser_dl.h"
+#include "ser_interp.h"
+#include "ser_test.h"
+
+static char s_tmp[256], s_root[300];
+
+static int s_setup(void **state) {
+    (void)state;
+    char err[256];
+    snprintf(s_tmp, sizeof s_tmp, "/tmp/ser_test_dl_shard_XXXXXX");
+    if (!mkdtemp(s_tmp)) return -1;
+    snprintf(s_root, sizeof s_root, "%s/data", s_tmp);
+    if (ser_dl_data_make_synthetic(s_root, 3, 6, 64, 48, 7, err)) return -1;
+    // One bad file: it is replaced, the shards stay deterministic.
+    char p[400];
+    snprintf(p, sizeof p, "%s/train/c01/i0002.jpg", s_root);
+    FILE *f = fopen(p, "wb");
+    if (!f) return -1;
+    fputs("garbage", f);
+    fclose(f);
+    return 0;
+}
+
+static int s_teardown(void **state) {
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_tmp);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void s_config(ser_dl_config *c) {
+    ser_dl_config_defaults(c);
+    snprintf(c->data, sizeof c->data, "%s", s_root);
+    c->img = 32;
+    c->patch = 8;
+    c->global_batch = 12;
+    c->shards = 3;
+    c->eq_ratio = 0.25;  // 3 equivariant samples: the whole of the last shard but one
+    c->seed = 1234;
+    c->threads = 1;
+}
+
+static void s_assert_same_shard(const ser_dl_shard *a, const ser_dl_shard *b) {
+    assert_int_equal(a->n, b->n);
+    assert_int_equal(a->nbytes, b->nbytes);
+    for (int k = 0; k < a->n; k++) {
+        const ser_dl_sample *x = &a->samples[k], *y = &b->samples[k];
+        assert_int_equal(x->position, y->position);
+        assert_int_equal(x->index, y->index);
+        assert_int_equal(x->source, y->source);
+        assert_int_equal(x->label, y->label);
+        assert_int_equal(x->equivariant, y->equivariant);
+        assert_memory_equal(x->g, y->g, sizeof x->g);
+        assert_memory_equal(x->h, y->h, sizeof x->h);
+        assert_memory_equal(x->w, y->w, sizeof x->w);
+    }
+    assert_memory_equal(a->data, b->data, a->nbytes);
+}
+
+static ser_dl *s_new(const ser_dl_config *c) {
+    char err[256] = "";
+    ser_dl *dl = ser_dl_new(c, err);
+    if (!dl) fprintf(stderr, "ser_dl_new: %s\n", err);
+    assert_non_null(dl);
+    return dl;
+}
+
+static void test_geometry(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    ser_dl *dl = s_new(&c);
+    uint32_t N = ser_dl_count(dl);
+    assert_int_equal(N, 18);
+    assert_int_equal(ser_dl_num_eq(dl), 3);
+    assert_int_equal(ser_dl_shard_size(dl), 4);
+    // Three steps = 36 samples = 2 epochs: each epoch visits every index once.
+    int seen[2][18];
+    memset(seen, 0, sizeof seen);
+    for (uint64_t t = 0; t < 3; t++)
+        for (uint32_t s = 0; s < 3; s++) {
+            ser_dl_shard sh;
+            assert_int_equal(ser_dl_make_shard(dl, t, s, &sh), SER_OK);
+            for (int k = 0; k < sh.n; k++) {
+                const ser_dl_sample *x = &sh.samples[k];
+                assert_int_equal(x->position, s * 4 + (uint32_t)k);
+                uint64_t q = t * 12 + x->position;
+                seen[q / N][x->index]++;
+                assert_int_equal(x->equivariant, x->position >= 9);
+                if (!x->equivariant) {
+                    assert_int_equal(x->h[0], 32);
+                    assert_int_equal(x->w[1], 32);
+                } else {
+                    int oh, ow;
+                    ser_dl_group_out_size(&x->g[1], 8, &oh, &ow);
+                    assert_int_equal(x->h[1], oh);
+                    assert_int_equal(x->w[1], ow);
+                    assert_true(x->g[0].gh >= 3 && x->g[0].gh <= 5);  // sqrt(16*[0.7,1.3]*..)
+                }
+                assert_true(x->label >= 0 && x->label < 3);
+            }
+            ser_dl_shard_free(&sh);
+        }
+    for (int e = 0; e < 2; e++)
+        for (int i = 0; i < 18; i++) assert_int_equal(seen[e][i], 1);
+    ser_dl_shard sh;
+    assert_int_equal(ser_dl_make_shard(dl, 0, 3, &sh), SER_EINVAL);
+    assert_int_equal(ser_dl_bad_files(dl), 1);
+    ser_dl_destroy(&dl);
+    assert_null(dl);
+    // n_eq is Python's round(ratio * B): half to even.
+    const struct { double r; int B, want; } cases[] = {
+        {0.01, 256, 3}, {0.125, 4, 0}, {0.375, 4, 2}, {0.0, 8, 0}, {1.0, 8, 8}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        s_config(&c);
+        c.eq_ratio = cases[i].r;
+        c.global_batch = cases[i].B;
+        c.shards = 1;
+        dl = s_new(&c);
+        assert_int_equal(ser_dl_num_eq(dl), cases[i].want);
+        ser_dl_destroy(&dl);
+    }
+    // Config errors are reported, not fatal.
+    char err[256];
+    s_config(&c);
+    c.shards = 5;
+    assert_null(ser_dl_new(&c, err));
+    fprintf(stderr, "expected error: %s\n", err);
+}
+
+// Same bytes for 1, 2 and 3 threads, for every policy and group-sampling mode, and from two
+// independent pipelines (as two loader processes would be).
+static void test_thread_count_independence(void **state) {
+    (void)state;
+    for (int policy = 0; policy < 2; policy++)
+        for (int gs = 0; gs < 2; gs++) {
+            ser_dl_config c;
+            s_config(&c);
+            c.policy = policy;
+            c.group_sampling = gs;
+            c.interp = policy ? SER_DL_INTERP_BICUBIC : SER_DL_INTERP_BILINEAR;
+            ser_dl *a = s_new(&c);
+            c.threads = 2;
+            ser_dl *b = s_new(&c);
+            c.threads = 3;
+            ser_dl *d = s_new(&c);
+            for (uint64_t t = 0; t < 3; t++)
+                for (uint32_t s = 0; s < 3; s++) {
+                    ser_dl_shard x, y, z;
+                    assert_int_equal(ser_dl_make_shard(a, t, s, &x), SER_OK);
+                    // Out of order on the others: no state carries over between shards.
+                    assert_int_equal(ser_dl_make_shard(b, t, 2 - s, &y), SER_OK);
+                    ser_dl_shard_free(&y);
+                    assert_int_equal(ser_dl_make_shard(b, t, s, &y), SER_OK);
+                    assert_int_equal(ser_dl_make_shard(d, t, s, &z), SER_OK);
+                    s_assert_same_shard(&x, &y);
+                    s_assert_same_shard(&x, &z);
+                    ser_dl_shard_free(&x);
+                    ser_dl_shard_free(&y);
+                    ser_dl_shard_free(&z);
+                }
+            ser_dl_destroy(&a);
+            ser_dl_destroy(&b);
+            ser_dl_destroy(&d);
+        }
+}
+
+static void test_views_differ_and_seed_matters(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    ser_dl *a = s_new(&c);
+    c.seed = 99;
+    ser_dl *b = s_new(&c);
+    ser_dl_shard x, y;
+    assert_int_equal(ser_dl_make_shard(a, 1, 0, &x), SER_OK);
+    assert_int_equal(ser_dl_make_shard(b, 1, 0, &y), SER_OK);
+    assert_true(memcmp(x.data, y.data, x.nbytes < y.nbytes ? x.nbytes : y.nbytes) != 0);
+    for (int k = 0; k < x.n; k++)
+        assert_true(memcmp(x.samples[k].view[0], x.samples[k].view[1], 32 * 32 * 3) != 0);
+    ser_dl_shard_free(&x);
+    ser_dl_shard_free(&y);
+    ser_dl_destroy(&a);
+    ser_dl_destroy(&b);
+}
+
+static void test_reference_group_sampling(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    c.group_sampling = SER_DL_GROUP_REFERENCE;
+    c.global_batch = 16;
+    c.shards = 2;
+    c.eq_ratio = 0.75;  // 12: 4 in shard 0, 8 in shard 1
+    ser_dl *dl = s_new(&c);
+    for (uint64_t t = 0; t < 4; t++)
+        for (uint32_t s = 0; s < 2; s++) {
+            ser_dl_shard sh;
+            assert_int_equal(ser_dl_make_shard(dl, t, s, &sh), SER_OK);
+            const ser_dl_sample *first = NULL;
+            for (int k = 0; k < sh.n; k++) {
+                const ser_dl_sample *x = &sh.samples[k];
+                if (!x->equivariant) continue;
+                assert_int_equal(x->g[1].rot180, !x->g[0].rot180);
+                assert_int_equal(x->g[1].hflip, !x->g[0].hflip);
+                if (!first) first = x;
+                for (int v = 0; v < 2; v++) {  // scale, aspect, rot90 shared in the shard
+                    assert_int_equal(x->g[v].gh, first->g[v].gh);
+                    assert_int_equal(x->g[v].gw, first->g[v].gw);
+                    assert_int_equal(x->g[v].rot90, first->g[v].rot90);
+                }
+            }
+            ser_dl_shard_free(&sh);
+        }
+    ser_dl_destroy(&dl);
+}
+
+// Undoes g on a view: rot90 back, bicubic back to S x S, the flips back (the flips commute
+// with the symmetric resize). out is (S, S, 3) float.
+static void s_undo_group(float *out, const uint8_t *view, int h, int w, const ser_dl_group *g,
+                         int P, int S) {
+    int rh = P * g->gh, rw = P * g->gw, k = g->rot90 & 3;
+    float *a = ser_xmalloc(sizeof(float) * rh * rw * 3), *b = ser_xmalloc(sizeof(float) * S * S * 3);
+    assert_int_equal(h * w, rh * rw);
+    for (int i = 0; i < rh; i++)
+        for (int j = 0; j < rw; j++) {
+            int oi, oj;  // where (i, j) of the resized image went under rot90(k)
+            switch (k) {
+                case 0: oi = i, oj = j; break;
+                case 1: oi = rw - 1 - j, oj = i; break;
+                case 2: oi = rh - 1 - i, oj = rw - 1 - j; break;
+                default: oi = j, oj = rh - 1 - i; break;
+            }
+            for (int c = 0; c < 3; c++) a[(i * rw + j) * 3 + c] = view[(oi * w + oj) * 3 + c];
+        }
+    ser_bicubic_hwc(b, S, S, a, rh, rw, 3, 0.0, 0.0);
+    int fy = g->rot180, fx = g->rot180 ^ g->hflip;
+    for (int i = 0; i < S; i++)
+        for (int j = 0; j < S; j++)
+            for (int c = 0; c < 3; c++)
+                out[(i * S + j) * 3 + c] = b[((fy ? S - 1 - i : i) * S + (fx ? S - 1 - j : j)) * 3 + c];
+    free(a);
+    free(b);
+}
+
+// Mean absolute difference of token means (P x P blocks) of two (S, S, 3) images.
+static double s_token_diff(const float *x, const float *y, int S, int P) {
+    double tot = 0;
+    int T = S / P;
+    for (int ti = 0; ti < T; ti++)
+        for (int tj = 0; tj < T; tj++)
+            for (int c = 0; c < 3; c++) {
+                double sx = 0, sy = 0;
+                for (int i = 0; i < P; i++)
+                    for (int j = 0; j < P; j++) {
+                        sx += (double)x[((ti * P + i) * S + tj * P + j) * 3 + c];
+                        sy += (double)y[((ti * P + i) * S + tj * P + j) * 3 + c];
+                    }
+                tot += fabs(sx - sy) / (P * P);
+            }
+    return tot / (T * T * 3);
+}
+
+// With photometrics off, view1 = A(g1) A(g0)^-1 view0 at token granularity: undoing each
+// view's g must give back the same crop. A wrong g (the other view's rot90 or flips) must not.
+static void test_equivariant_relative_transform(void **state) {
+    (void)state;
+    for (int gs = 0; gs < 2; gs++) {
+        ser_dl_config c;
+        s_config(&c);
+        c.img = 64;
+        c.patch = 8;
+        c.photometric = 0;
+        c.eq_ratio = 1.0;
+        c.global_batch = 18;
+        c.shards = 1;
+        c.crop_min = 0.5;
+        c.group_sampling = gs;
+        ser_dl *dl = s_new(&c);
+        ser_dl_shard sh;
+        assert_int_equal(ser_dl_make_shard(dl, 0, 0, &sh), SER_OK);
+        const int S = 64, P = 8;
+        float *r0 = ser_xmalloc(sizeof(float) * S * S * 3), *r1 = ser_xmalloc(sizeof(float) * S * S * 3);
+        double worst_ok = 0, best_wrong = 1e9;
+        int wrong_cases = 0;
+        for (int k = 0; k < sh.n; k++) {
+            const ser_dl_sample *x = &sh.samples[k];
+            assert_true(x->equivariant);
+            s_undo_group(r0, x->view[0], x->h[0], x->w[0], &x->g[0], P, S);
+            s_undo_group(r1, x->view[1], x->h[1], x->w[1], &x->g[1], P, S);
+            double d = s_token_diff(r0, r1, S, P);
+            if (d > worst_ok) worst_ok = d;
+            // A wrong element: view 1 undone with view 1's grid but another rotation/flip.
+            ser_dl_group wrong = x->g[1];
+            wrong.hflip ^= 1;
+            if (x->w[1] * x->h[1] == P * wrong.gh * P * wrong.gw) {
+                s_undo_group(r1, x->view[1], x->h[1], x->w[1], &wrong, P, S);
+                double dw = s_token_diff(r0, r1, S, P);
+                if (dw < best_wrong) best_wrong = dw;
+                wrong_cases++;
+            }
+        }
+        fprintf(stderr, "group sampling %s: token-mean |diff| right g <= %.4f, wrong g >= %.4f "
+                        "(%d samples)\n", gs ? "reference" : "paper", worst_ok, best_wrong, sh.n);
+        // Bicubic down- and up-sampling of a smooth image: a few grey levels at most.
+        assert_true(worst_ok < 4.0);
+        assert_true(wrong_cases > 0 && best_wrong > 4 * worst_ok);
+        free(r0);
+        free(r1);
+        ser_dl_shard_free(&sh);
+        ser_dl_destroy(&dl);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_geometry),
+        cmocka_unit_test(test_thread_count_independence),
+        cmocka_unit_test(test_views_differ_and_seed_matters),
+        cmocka_unit_test(test_reference_group_sampling),
+        cmocka_unit_test(test_equivariant_relative_transform),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
