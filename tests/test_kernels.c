@@ -1,5 +1,5 @@
 // test_kernels.c — every kernel against PyTorch float64 fixtures, against its naive twin at
-// larger and awkward shapes, and bitwise across thread counts.
+// larger and awkward shapes, and their determinism (ser_kernels.h).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,44 +252,67 @@ static void test_fmath_accuracy(void **state) {
     assert_true(isfinite(ser_fexp(100.0f)));
 }
 
-// --- bitwise identical for any thread count ---------------------------------------------------
-static void test_threads_bitwise(void **state) {
+// --- determinism ----------------------------------------------------------------------------
+// ser's own loops: bitwise identical for any thread count.
+static void test_own_kernels_bitwise_across_threads(void **state) {
     (void)state;
-    int M = 301, K = 96, N = 130, B = 3, T = 37, C = 48, H = 4;
-    float *x = s_rand((size_t)M * K, 31, -1, 1), *w = s_rand((size_t)N * K, 32, -1, 1);
-    float *b = s_rand(N, 33, -1, 1), *dout = s_rand((size_t)M * N, 34, -1, 1);
-    float *qkv = s_rand((size_t)B * T * 3 * C, 35, -2, 2), *dq = s_rand((size_t)B * T * C, 36, -1, 1);
-    float *lw = s_rand(K, 37, 0.5, 1.5);
-    float *res[2][8];
+    int M = 301, K = 96, B = 3, T = 37;
+    float *x = s_rand((size_t)M * K, 31, -1, 1), *lw = s_rand(K, 37, 0.5, 1.5);
+    float *lb = s_rand(K, 38, -1, 1), *dy = s_rand((size_t)M * K, 39, -1, 1);
+    float *img = s_rand((size_t)B * 3 * 8 * 12, 40, -1, 1);
+    float *res[2][6];
+    size_t sizes[6] = {(size_t)M * K, (size_t)M * K + 2 * (size_t)K, (size_t)M * K, (size_t)M * K,
+                       (size_t)K, (size_t)B * 6 * 48};
     for (int run = 0; run < 2; run++) {
         ser_kernels_set_threads(run == 0 ? 1 : 3);
         float **r = res[run];
-        r[0] = calloc((size_t)M * N, 4);
-        r[1] = calloc((size_t)M * K, 4);
-        r[2] = calloc((size_t)N * K, 4);
-        r[3] = calloc(N, 4);
-        r[4] = calloc((size_t)B * T * C, 4);
-        r[5] = calloc((size_t)B * H * T * T, 4);
-        r[6] = calloc((size_t)B * T * 3 * C, 4);
-        r[7] = calloc((size_t)M * K + 2 * K + 2 * (size_t)M, 4);
-        ser_matmul_forward(r[0], x, w, b, M, K, N);
-        ser_matmul_backward(r[1], r[2], r[3], dout, x, w, M, K, N, 0);
-        ser_attention_forward(r[4], r[5], qkv, B, T, C, H);
-        ser_attention_backward(r[6], dq, qkv, r[5], B, T, C, H);
-        float *ln = r[7], *dw = ln + (size_t)M * K, *db = dw + K, *mu = db + K, *rs = mu + M;
-        ser_layernorm_forward(ln, mu, rs, x, lw, b, M, K, 1e-6f);
-        ser_layernorm_backward(ln, dw, db, x, x, lw, mu, rs, M, K, 1);
-        ser_gelu_backward(r[1], x, r[1], (size_t)M * K, 1);
+        for (int i = 0; i < 6; i++) r[i] = calloc(sizes[i] + 2 * (size_t)M, 4);
+        float *mu = r[0] + (size_t)M * K, *rs = mu + M;
+        ser_layernorm_forward(r[0], mu, rs, x, lw, lb, M, K, 1e-6f);
+        float *dw = r[1] + (size_t)M * K, *db = dw + K;
+        ser_layernorm_backward(r[1], dw, db, dy, x, lw, mu, rs, M, K, 0);
+        ser_gelu_forward(r[2], x, (size_t)M * K);
+        ser_gelu_backward(r[3], x, dy, (size_t)M * K, 0);
+        memcpy(r[3] + (size_t)M * K, x, 4 * (size_t)M);  // softmax of 37-wide rows, in place
+        ser_softmax_rows(r[3], M * K / T, T);
+        ser_colsum_acc(r[4], dy, M, K);
+        ser_patch_im2col(r[5], img, B, 8, 12, 4);
     }
-    size_t sizes[8] = {(size_t)M * N, (size_t)M * K, (size_t)N * K, (size_t)N,
-                       (size_t)B * T * C, (size_t)B * H * T * T, (size_t)B * T * 3 * C,
-                       (size_t)M * K + 2 * K + 2 * (size_t)M};
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 6; i++) {
         assert_memory_equal(res[0][i], res[1][i], sizes[i] * 4);
         free(res[0][i]), free(res[1][i]);
     }
     ser_kernels_set_threads(2);
-    free(x), free(w), free(b), free(dout), free(qkv), free(dq), free(lw);
+    free(x), free(lw), free(lb), free(dy), free(img);
+}
+
+// BLAS-backed kernels: bitwise identical from run to run at a fixed thread count (here at a
+// shape where 1 and 3 threads do differ, 1000x500x300).
+static void test_blas_kernels_repeatable(void **state) {
+    (void)state;
+    int M = 1000, K = 500, N = 300, B = 3, T = 37, C = 48, H = 4;
+    float *x = s_rand((size_t)M * K, 31, -1, 1), *w = s_rand((size_t)N * K, 32, -1, 1);
+    float *dout = s_rand((size_t)M * N, 34, -1, 1);
+    float *qkv = s_rand((size_t)B * T * 3 * C, 35, -2, 2), *dq = s_rand((size_t)B * T * C, 36, -1, 1);
+    size_t sizes[5] = {(size_t)M * N, (size_t)M * K, (size_t)N * K, (size_t)B * H * T * T,
+                       (size_t)B * T * 3 * C};
+    float *res[2][5];
+    ser_kernels_set_threads(2);
+    for (int run = 0; run < 2; run++) {
+        float **r = res[run];
+        for (int i = 0; i < 5; i++) r[i] = calloc(sizes[i], 4);
+        float *ao = calloc((size_t)B * T * C, 4);
+        ser_matmul_forward(r[0], x, w, NULL, M, K, N);
+        ser_matmul_backward(r[1], r[2], NULL, dout, x, w, M, K, N, 0);
+        ser_attention_forward(ao, r[3], qkv, B, T, C, H);
+        ser_attention_backward(r[4], dq, qkv, r[3], B, T, C, H);
+        free(ao);
+    }
+    for (int i = 0; i < 5; i++) {
+        assert_memory_equal(res[0][i], res[1][i], sizes[i] * 4);
+        free(res[0][i]), free(res[1][i]);
+    }
+    free(x), free(w), free(dout), free(qkv), free(dq);
 }
 
 int main(void) {
@@ -304,7 +327,8 @@ int main(void) {
         cmocka_unit_test(test_matmul_vs_naive),
         cmocka_unit_test(test_layernorm_attention_vs_naive),
         cmocka_unit_test(test_fmath_accuracy),
-        cmocka_unit_test(test_threads_bitwise),
+        cmocka_unit_test(test_own_kernels_bitwise_across_threads),
+        cmocka_unit_test(test_blas_kernels_repeatable),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
