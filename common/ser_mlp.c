@@ -12,6 +12,7 @@
 int ser_mlp_moco_spec(ser_mlp_layer_spec *spec, int num_layers, int in, int hidden, int out,
                       int last_bn) {
     SER_ASSERT(num_layers >= 1 && num_layers <= SER_MLP_MAX_LAYERS);
+    memset(spec, 0, sizeof *spec * (size_t)num_layers);
     for (int l = 0; l < num_layers; l++) {
         int last = l == num_layers - 1;
         spec[l].in = l == 0 ? in : hidden;

@@ -734,8 +734,20 @@ static int s_join(char *buf, const char *prefix, const char *name) {
     return n >= 0 && n < SER_TINFO_NAME_LEN;
 }
 
-int ser_st_load_ptab(const ser_st_file *f, const ser_ptab *p, float *arena, const char *prefix,
-                     int strict, char err[SER_ERR_LEN]) {
+// The entry of any of the n tables named `name`, or NULL; *which gets its table index.
+static const ser_tinfo *s_find_any(const ser_ptab *const *p, int n, const char *name, int *which) {
+    for (int k = 0; k < n; k++) {
+        const ser_tinfo *t = ser_ptab_find(p[k], name);
+        if (t) {
+            if (which) *which = k;
+            return t;
+        }
+    }
+    return NULL;
+}
+
+int ser_st_load_ptabs(const ser_st_file *f, const ser_ptab *const *p, float *const *arena, int np,
+                      const char *prefix, int strict, char err[SER_ERR_LEN]) {
     if (!prefix) prefix = "";
     size_t plen = strlen(prefix);
     char full[SER_TINFO_NAME_LEN];
@@ -743,14 +755,15 @@ int ser_st_load_ptab(const ser_st_file *f, const ser_ptab *p, float *arena, cons
     // Key sets first, like load_state_dict: count missing and unexpected names.
     int nmiss = 0, nunexp = 0;
     char first_miss[SER_TINFO_NAME_LEN] = "", first_unexp[SER_TINFO_NAME_LEN] = "";
-    for (int i = 0; i < p->n; i++) {
-        int fits = s_join(full, prefix, p->t[i].name);
-        if (fits && ser_st_find(f, full)) continue;
-        if (!nmiss++) snprintf(first_miss, sizeof first_miss, "%s%s", prefix, p->t[i].name);
-    }
+    for (int k = 0; k < np; k++)
+        for (int i = 0; i < p[k]->n; i++) {
+            int fits = s_join(full, prefix, p[k]->t[i].name);
+            if (fits && ser_st_find(f, full)) continue;
+            if (!nmiss++) snprintf(first_miss, sizeof first_miss, "%s%s", prefix, p[k]->t[i].name);
+        }
     for (int i = 0; i < f->n; i++) {
         const char *name = f->e[i].name;
-        if (strncmp(name, prefix, plen) != 0 || ser_ptab_find(p, name + plen)) continue;
+        if (strncmp(name, prefix, plen) != 0 || s_find_any(p, np, name + plen, NULL)) continue;
         if (!nunexp++) snprintf(first_unexp, sizeof first_unexp, "%s", name);
     }
     if (strict && (nmiss || nunexp)) {
@@ -761,18 +774,42 @@ int ser_st_load_ptab(const ser_st_file *f, const ser_ptab *p, float *arena, cons
                       f->label, prefix, a, b);
     }
 
-    // Shapes and dtypes of everything present, before touching the arena.
-    for (int i = 0; i < p->n; i++) {
-        const ser_st_entry *e = s_join(full, prefix, p->t[i].name) ? ser_st_find(f, full) : NULL;
-        if (!e) continue;
-        int rc = s_check_f32(f, e, p->t[i].ndim, p->t[i].shape, err);
-        if (rc != SER_OK) return rc;
-    }
-    for (int i = 0; i < p->n; i++) {
-        const ser_st_entry *e = s_join(full, prefix, p->t[i].name) ? ser_st_find(f, full) : NULL;
-        if (e) s_to_f32(arena + p->t[i].offset, e);
-    }
+    // Shapes and dtypes of everything present, before touching any arena. A counter
+    // (num_batches_tracked) is a 0-d integer in PyTorch files and may also come as F32.
+    for (int k = 0; k < np; k++)
+        for (int i = 0; i < p[k]->n; i++) {
+            const ser_tinfo *t = &p[k]->t[i];
+            const ser_st_entry *e = s_join(full, prefix, t->name) ? ser_st_find(f, full) : NULL;
+            if (!e) continue;
+            if ((t->flags & SER_TINFO_COUNTER) && e->ndim == 0 &&
+                (e->dtype == SER_DT_I64 || e->dtype == SER_DT_I32))
+                continue;
+            int rc = s_check_f32(f, e, t->ndim, t->shape, err);
+            if (rc != SER_OK) return rc;
+        }
+    for (int k = 0; k < np; k++)
+        for (int i = 0; i < p[k]->n; i++) {
+            const ser_tinfo *t = &p[k]->t[i];
+            const ser_st_entry *e = s_join(full, prefix, t->name) ? ser_st_find(f, full) : NULL;
+            if (!e) continue;
+            if (e->dtype == SER_DT_I64 && e->ndim == 0) {
+                int64_t v;
+                memcpy(&v, e->data, sizeof v);
+                arena[k][t->offset] = (float)v;
+            } else if (e->dtype == SER_DT_I32 && e->ndim == 0) {
+                int32_t v;
+                memcpy(&v, e->data, sizeof v);
+                arena[k][t->offset] = (float)v;
+            } else {
+                s_to_f32(arena[k] + t->offset, e);
+            }
+        }
     return SER_OK;
+}
+
+int ser_st_load_ptab(const ser_st_file *f, const ser_ptab *p, float *arena, const char *prefix,
+                     int strict, char err[SER_ERR_LEN]) {
+    return ser_st_load_ptabs(f, &p, &arena, 1, prefix, strict, err);
 }
 
 // --- writer ----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
 //   ser_st_entry                        one tensor of an opened file
 //   ser_st_file (opaque reader)         ser_st_open(), ser_st_open_mem(), ser_st_destroy(),
 //                                       ser_st_count(), ser_st_at(), ser_st_find(),
-//                                       ser_st_meta(), ser_st_read_f32(), ser_st_load_ptab()
+//                                       ser_st_meta(), ser_st_read_f32(), ser_st_load_ptab(),
+//                                       ser_st_load_ptabs()
 //   ser_st_writer (opaque writer)       ser_st_writer_new(), ser_st_writer_destroy(),
 //                                       ser_st_writer_add(), ser_st_writer_add_ptab(),
 //                                       ser_st_writer_meta(), ser_st_writer_save(),
@@ -101,6 +102,11 @@ int ser_st_read_f32(const ser_st_file *f, const char *name, float *dst, int ndim
 // (names the tensor and both shapes) or SER_EDTYPE.
 int ser_st_load_ptab(const ser_st_file *f, const ser_ptab *p, float *arena, const char *prefix,
                      int strict, char err[SER_ERR_LEN]);
+// The same over several tables at once (a model made of modules in separate tables, e.g.
+// trainable parameters and the momentum encoder): strict checks the union of their names.
+// Counters (SER_TINFO_COUNTER) also accept a 0-d I64/I32 tensor, as PyTorch writes them.
+int ser_st_load_ptabs(const ser_st_file *f, const ser_ptab *const *p, float *const *arena, int np,
+                      const char *prefix, int strict, char err[SER_ERR_LEN]);
 
 // --- writer ----------------------------------------------------------------------------------
 typedef struct ser_st_writer ser_st_writer;

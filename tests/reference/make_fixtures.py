@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ser_ref import ViT, build_mlp, moco_ctr, projector_equiv  # noqa: E402
+from ser_ref import MoCoSER, image_action, ViT, build_mlp, moco_ctr, projector_equiv  # noqa: E402
 from st_io import save_file  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -216,10 +216,70 @@ def vit_case(name, cls_layer, H, W, dpr, n_last, seed):
     save_file(f32(t), os.path.join(OUT, name + ".safetensors"), metadata=meta)
 
 
+MOCO_GROUP = [  # (view 0, view 1) per equivariant sample: (rot180, hflip, rot90, gh, gw)
+    ((0, 1, 1, 3, 5), (1, 0, 2, 4, 4)),
+    ((0, 0, 3, 5, 3), (1, 1, 0, 4, 6)),
+    ((1, 0, 0, 4, 4), (0, 1, 1, 3, 4)),
+]
+
+
+def moco_case(name, ser_grad, seed):
+    """A whole MoCo-v3 + SER forward/backward on 5 invariant + 3 equivariant samples."""
+    torch.manual_seed(seed)
+    vit = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48, cls_layer=2)
+    m = MoCoSER(vit, mlp_dim=32, dim=16, T=0.2, lam=0.7, tau=0.4, proj_dim=20, ser_grad=ser_grad)
+    with torch.no_grad():
+        for pname, p in list(m.named_parameters()):
+            if p.dim() == 1 and pname.endswith("weight"):
+                p.copy_(r(*p.shape, scale=0.1, shift=1.0))
+            elif p.dim() == 1:
+                p.copy_(r(*p.shape, scale=0.1))
+            elif pname.endswith("cls_token") or pname.endswith("pos_embed"):
+                p.copy_(r(*p.shape, scale=0.5))
+            else:
+                p.copy_(r(*p.shape, scale=p[0].numel() ** -0.5))
+        for bname, b in m.named_buffers():
+            if "running" in bname:
+                b.copy_(r(*b.shape, scale=0.1, shift=1.0 if "var" in bname else 0.0).abs())
+    t = {}
+    for n_, p in m.named_parameters():
+        t["param." + n_] = p.detach().clone()
+    for n_, b in m.named_buffers():
+        t["buffer." + n_] = b.detach().clone().double()
+    inv0, inv1 = r(5, 3, 16, 16), r(5, 3, 16, 16)
+    g0 = [g[0] for g in MOCO_GROUP]
+    g1 = [g[1] for g in MOCO_GROUP]
+    eq0, eq1 = [], []
+    for e, (ga, gb) in enumerate(MOCO_GROUP):
+        base = r(1, 3, 16, 16)
+        eq0.append(image_action(base, ga, 4).float().double())
+        eq1.append(image_action(base, gb, 4).float().double())
+        t[f"eq.view0.{e}"] = eq0[-1][0]
+        t[f"eq.view1.{e}"] = eq1[-1][0]
+    t.update({"inv.view0": inv0, "inv.view1": inv1,
+              "eq.g": torch.tensor([[list(ga), list(gb)] for ga, gb in MOCO_GROUP]).double()})
+    loss, loss_inv, loss_equiv = m(inv0, inv1, eq0, eq1, g0, g1, 0.9)
+    params = [(n_, p) for n_, p in m.named_parameters() if p.requires_grad]
+    gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    for (n_, p), g in zip(params, gs):
+        t["grad." + n_] = g if g is not None else torch.zeros_like(p)
+    for n_, p in m.momentum_encoder.named_parameters():
+        t["after.momentum_encoder." + n_] = p.detach().clone()
+    for n_, b in m.named_buffers():
+        t["after." + n_] = b.detach().clone().double()
+    t.update({"loss": loss.reshape(1), "loss_inv": loss_inv.reshape(1),
+              "loss_equiv": loss_equiv.reshape(1)})
+    save_file(f32(t), os.path.join(OUT, name + ".safetensors"),
+              metadata={"momentum": "0.9", "ser_grad": str(int(ser_grad)), "lambda": "0.7",
+                        "tau": "0.4", "T": "0.2", "mlp_dim": "32", "dim": "16", "proj_dim": "20"})
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     kernels()
     heads()
+    moco_case("moco_ser_on", True, 300)
+    moco_case("moco_ser_off", False, 301)
     for i, (name, args) in enumerate(CASES.items()):
         vit_case(name, *args, seed=100 + i)
     print("fixtures written to", OUT)

@@ -151,3 +151,117 @@ def projector_equiv(dim, proj_dim=512):
     """projector_equiv of the erl modes: Conv 1x1 dim->512, GELU, Conv 1x1 512->512, no bias."""
     return nn.Sequential(nn.Conv2d(dim, proj_dim, 1, bias=False), nn.GELU(),
                          nn.Conv2d(proj_dim, proj_dim, 1, bias=False))
+
+
+# --- SER: feature-space group action and patch-wise NT-Xent (ser-reference.md §2.7-2.8) -------
+def rel_action(z, ga, gb):
+    """Moves a map z (1, E, rows_a, cols_a) from view a's grid onto view b's grid.
+    g = (rot180, hflip, rot90, gh, gw); view_v = R^r_v S_v F^f_v D^d_v x, hence
+    T_ab = R^{r_b} S_b F^{f_a^f_b} D^{d_a^d_b} R^{-r_a}. With f_b = !f_a and d_b = !d_a this is
+    the reference's rot90_{k_t}(resize(hflip(rot90_{k_inv+2}(Z))))."""
+    da, fa, ra, _, _ = ga
+    db, fb, rb, ghb, gwb = gb
+    z = torch.rot90(z, (-ra) % 4, dims=[2, 3])
+    if da ^ db:
+        z = torch.rot90(z, 2, dims=[2, 3])
+    if fa ^ fb:
+        z = torch.flip(z, dims=[3])
+    if tuple(z.shape[-2:]) != (ghb, gwb):
+        z = F.interpolate(z, size=(ghb, gwb), mode="bicubic", align_corners=False)
+    return torch.rot90(z, rb % 4, dims=[2, 3])
+
+
+def image_action(x, g, patch):
+    """The image action of g on x (B, C, H, W): rot180, hflip, bicubic resize, rot90."""
+    d, f, r, gh, gw = g
+    if d:
+        x = torch.rot90(x, 2, dims=[2, 3])
+    if f:
+        x = torch.flip(x, dims=[3])
+    x = F.interpolate(x, size=(patch * gh, patch * gw), mode="bicubic", align_corners=False)
+    return torch.rot90(x, r % 4, dims=[2, 3])
+
+
+def ntxent(q, k, tokens, tau):
+    """Patch-wise NT-Xent as coded (builder/moco.py:953-1018), per direction: anchors are the
+    student rows q_j, S_ij = k_i.q_j / tau, same-image other locations masked, sum over i."""
+    qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    S = kn @ qn.t() / tau
+    N = S.shape[0]
+    mask = torch.ones(N, N, dtype=torch.bool)
+    s = 0
+    for t in tokens:
+        mask[s:s + t, s:s + t] = False
+        s += t
+    mask |= torch.eye(N, dtype=torch.bool)
+    lse = torch.logsumexp(S.masked_fill(~mask, float("-inf")), dim=0)
+    return (lse - torch.diagonal(S)).mean()
+
+
+class MoCoSER(nn.Module):
+    """MoCo_ViT + SER of the reference (erl_inv), the SER term with or without gradient."""
+
+    def __init__(self, vit, mlp_dim, dim, T, lam, tau, proj_dim, ser_grad):
+        super().__init__()
+        self.T, self.lam, self.tau, self.ser_grad = T, lam, tau, ser_grad
+        C = vit["dim"]
+        self.base_encoder = ViT(**vit)
+        self.momentum_encoder = ViT(**vit)
+        self.base_encoder.head = build_mlp(3, C, mlp_dim, dim)
+        self.momentum_encoder.head = build_mlp(3, C, mlp_dim, dim)
+        self.predictor = build_mlp(2, dim, mlp_dim, dim)
+        self.projector_equiv = projector_equiv(C, proj_dim)
+        self.patch = vit["patch"]
+        for p in self.momentum_encoder.parameters():
+            p.requires_grad = False
+
+    def _proj(self, fmap, g):
+        rows, cols = (g[3], g[4]) if g[2] % 2 == 0 else (g[4], g[3])
+        x = fmap.reshape(1, rows, cols, -1).permute(0, 3, 1, 2)
+        return self.projector_equiv(x)  # (1, E, rows, cols)
+
+    def forward(self, inv0, inv1, eq0, eq1, g0, g1, m):
+        with torch.no_grad():  # momentum update before any key (params only, not buffers)
+            for pb, pm in zip(self.base_encoder.parameters(), self.momentum_encoder.parameters()):
+                pm.data = pm.data * m + pb.data * (1.0 - m)
+        inv, eq, gs = [inv0, inv1], [eq0, eq1], [g0, g1]
+        qcls, kcls, qmaps, kmaps = [], [], [], []
+        for v in range(2):
+            rows = [self.base_encoder(inv[v])[0]]
+            krows = []
+            with torch.no_grad():
+                krows.append(self.momentum_encoder(inv[v])[0])
+            qm, km = [], []
+            for x in eq[v]:
+                c, fm, _ = self.base_encoder(x)
+                rows.append(c)
+                qm.append(fm)
+                with torch.no_grad():
+                    c, fm, _ = self.momentum_encoder(x)
+                krows.append(c)
+                km.append(fm)
+            qcls.append(torch.cat(rows))
+            kcls.append(torch.cat(krows))
+            qmaps.append(qm)
+            kmaps.append(km)
+        p = [self.predictor(self.base_encoder.head(qcls[v])) for v in range(2)]
+        with torch.no_grad():
+            k = [self.momentum_encoder.head(kcls[v]) for v in range(2)]
+        loss_inv = moco_ctr(p[0], k[1], self.T) + moco_ctr(p[1], k[0], self.T)
+        L = []
+        for w in range(2):  # anchors: student view w; teacher view 1-w moved onto w's grid
+            Q, K, tokens = [], [], []
+            for e in range(len(eq0)):
+                ga, gb = gs[1 - w][e], gs[w][e]
+                pq = self._proj(qmaps[w][e], gb)
+                pk = rel_action(self._proj(kmaps[1 - w][e], ga), ga, gb)
+                Q.append(pq.permute(0, 2, 3, 1).reshape(-1, pq.shape[1]))
+                K.append(pk.permute(0, 2, 3, 1).reshape(-1, pk.shape[1]))
+                tokens.append(Q[-1].shape[0])
+            Q, K = torch.cat(Q), torch.cat(K)
+            if not self.ser_grad:
+                Q, K = Q.detach(), K.detach()
+            L.append(ntxent(Q, K, tokens, self.tau))
+        loss_equiv = 0.5 * (L[0] + L[1])
+        loss = loss_inv + self.lam * loss_equiv if self.ser_grad else loss_inv + self.lam * loss_equiv.detach()
+        return loss, loss_inv, loss_equiv

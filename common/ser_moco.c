@@ -1,0 +1,389 @@
+// ser_moco.c — see ser_moco.h.
+#include "ser_moco.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ser_loss.h"
+#include "ser_ntxent.h"
+
+void ser_moco_config_default(ser_moco_config *c) {
+    memset(c, 0, sizeof *c);
+    ser_vit_config_preset(&c->vit, "vit_small", 224, 16);
+    c->vit.cls_layer = 3;
+    c->vit.freeze_patch_embed = 1;  // reference MoCo: frozen at its random init
+    c->init_scheme = SER_VIT_INIT_MOCO;
+    c->mlp_dim = 4096;
+    c->dim = 256;
+    c->T = 0.2f;
+    c->ser = 1;
+    c->ser_grad = 1;
+    c->ser_lambda = 1.0f;
+    c->ser_tau = 0.5f;
+    c->ser_proj_dim = 512;
+}
+
+static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
+static int s_fail(char *err, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, SER_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]) {
+    memset(m, 0, sizeof *m);
+    if (cfg->mlp_dim < 1 || cfg->dim < 1 || !(cfg->T > 0.0f))
+        return s_fail(err, SER_ECONFIG, "moco: mlp_dim %d, dim %d, temperature %g must be positive",
+                      cfg->mlp_dim, cfg->dim, (double)cfg->T);
+    if (cfg->ser && (cfg->ser_proj_dim < 1 || !(cfg->ser_tau > 0.0f) || !(cfg->ser_lambda >= 0.0f)))
+        return s_fail(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
+                      cfg->ser_proj_dim, (double)cfg->ser_tau, (double)cfg->ser_lambda);
+    if (cfg->ser && cfg->vit.cls_layer == cfg->vit.depth)
+        return s_fail(err, SER_ECONFIG,
+                      "ser: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
+                      "has no block-k patch map", cfg->vit.cls_layer, cfg->vit.depth);
+    m->cfg = *cfg;
+    ser_ptab_init(&m->tab);
+    ser_ptab_init(&m->mtab);
+    ser_ptab_init(&m->btab);
+    int C = cfg->vit.dim, rc;
+    ser_mlp_layer_spec spec[SER_MLP_MAX_LAYERS];
+    if ((rc = ser_vit_register(&m->vit, &cfg->vit, &m->tab, "base_encoder.", err))) goto fail;
+    int n = ser_mlp_moco_spec(spec, 3, C, cfg->mlp_dim, cfg->dim, 1);
+    if ((rc = ser_mlp_register(&m->head, spec, n, &m->tab, &m->btab, "base_encoder.head.", err)))
+        goto fail;
+    m->n_base = m->tab.n;
+    n = ser_mlp_moco_spec(spec, 2, cfg->dim, cfg->mlp_dim, cfg->dim, 1);
+    if ((rc = ser_mlp_register(&m->pred, spec, n, &m->tab, &m->btab, "predictor.", err))) goto fail;
+    if (cfg->ser) {
+        ser_mlp_layer_spec pe[2] = {{C, cfg->ser_proj_dim, 0, SER_BN_NONE, SER_ACT_GELU, 1},
+                                    {cfg->ser_proj_dim, cfg->ser_proj_dim, 0, SER_BN_NONE,
+                                     SER_ACT_NONE, 1}};
+        if ((rc = ser_mlp_register(&m->proj, pe, 2, &m->tab, &m->btab, "projector_equiv.", err)))
+            goto fail;
+    }
+    if ((rc = ser_vit_register(&m->mvit, &cfg->vit, &m->mtab, "momentum_encoder.", err))) goto fail;
+    n = ser_mlp_moco_spec(spec, 3, C, cfg->mlp_dim, cfg->dim, 1);
+    if ((rc = ser_mlp_register(&m->mhead, spec, n, &m->mtab, &m->btab, "momentum_encoder.head.",
+                               err)))
+        goto fail;
+    SER_ASSERT(m->mtab.n == m->n_base);
+    for (int i = 0; i < m->n_base; i++) SER_ASSERT(m->mtab.t[i].offset == m->tab.t[i].offset);
+    // The public code's SER loss has no gradient, so DDP leaves projector_equiv and norm_equiv
+    // without grads and AdamW skips them entirely (no decay either): freeze them.
+    if (cfg->ser && !cfg->ser_grad)
+        for (int i = 0; i < m->tab.n; i++)
+            if (strncmp(m->tab.t[i].name, "projector_equiv.", 16) == 0 ||
+                strncmp(m->tab.t[i].name, "base_encoder.norm_equiv.", 24) == 0)
+                m->tab.t[i].flags |= SER_TINFO_FROZEN;
+    m->params = ser_xaligned(sizeof(float) * m->tab.total);
+    m->grads = ser_xaligned(sizeof(float) * m->tab.total);
+    m->shard_grads = ser_xaligned(sizeof(float) * m->tab.total);
+    m->mparams = ser_xaligned(sizeof(float) * m->mtab.total);
+    m->buffers = ser_xaligned(sizeof(float) * (m->btab.total ? m->btab.total : 1));
+    ser_vit_bind(&m->vit, m->params, m->grads);
+    ser_mlp_bind(&m->head, m->params, m->grads, m->buffers);
+    ser_mlp_bind(&m->pred, m->params, m->grads, m->buffers);
+    if (cfg->ser) ser_mlp_bind(&m->proj, m->params, m->grads, m->buffers);
+    ser_vit_bind(&m->mvit, m->mparams, NULL);
+    ser_mlp_bind(&m->mhead, m->mparams, NULL, m->buffers);
+    return SER_OK;
+fail:
+    ser_moco_free(m);
+    return rc;
+}
+
+void ser_moco_free(ser_moco *m) {
+    if (!m) return;
+    for (int i = 0; i < m->nacts; i++) ser_vit_acts_free(&m->acts[i]);
+    free(m->acts);
+    ser_vit_acts_free(&m->macts);
+    ser_vit_free(&m->vit);
+    ser_vit_free(&m->mvit);
+    free(m->params), free(m->grads), free(m->shard_grads), free(m->mparams), free(m->buffers);
+    ser_ptab_free(&m->tab);
+    ser_ptab_free(&m->mtab);
+    ser_ptab_free(&m->btab);
+    memset(m, 0, sizeof *m);
+}
+
+static size_t s_base_span(const ser_moco *m) {
+    const ser_tinfo *t = &m->tab.t[m->n_base - 1];
+    return t->offset + ((t->numel + 15) & ~(size_t)15);
+}
+
+void ser_moco_init_weights(ser_moco *m, uint64_t seed) {
+    ser_vit_init_weights(&m->vit, m->cfg.init_scheme, seed);
+    ser_mlp_init_weights(&m->head, seed + 1);
+    ser_mlp_init_weights(&m->pred, seed + 2);
+    if (m->cfg.ser) ser_mlp_init_weights(&m->proj, seed + 3);
+    ser_mlp_init_weights(&m->mhead, seed + 4);  // sets its BN buffers; weights copied below
+    memcpy(m->mparams, m->params, sizeof(float) * s_base_span(m));
+}
+
+void ser_moco_momentum_update(ser_moco *m, float momentum) {
+    // builder/moco.py: param_m.data = param_m.data * m + param_b.data * (1. - m)
+    float om = 1.0f - momentum;
+    size_t n = s_base_span(m);
+    float *pm = m->mparams;
+    const float *pb = m->params;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) pm[i] = pm[i] * momentum + pb[i] * om;
+}
+
+int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
+                    char err[SER_ERR_LEN]) {
+    int B = b->n_inv + b->n_eq;
+    if (b->n_inv < 0 || b->n_eq < 0 || B < 2)
+        return s_fail(err, SER_ESHAPE, "batch: %d invariant + %d equivariant samples (need >= 2)",
+                      b->n_inv, b->n_eq);
+    if (shards < 1 || B % shards)
+        return s_fail(err, SER_ESHAPE, "batch: global batch %d is not divisible into %d shards", B,
+                      shards);
+    if (b->n_inv && (b->img % vit->patch || b->img < vit->patch || !b->inv[0] || !b->inv[1]))
+        return s_fail(err, SER_ESHAPE, "batch: invariant views of %d px with patch %d", b->img,
+                      vit->patch);
+    for (int e = 0; e < b->n_eq; e++)
+        for (int v = 0; v < 2; v++) {
+            if (!b->eq[v] || !b->eq[v][e] || !b->g[v])
+                return s_fail(err, SER_EINVAL, "batch: equivariant sample %d view %d missing", e, v);
+            if (ser_group_elem_check(&b->g[v][e]))
+                return s_fail(err, SER_EINVAL,
+                              "batch: equivariant sample %d view %d: invalid group element "
+                              "(rot180 %d hflip %d rot90 %d grid %dx%d)",
+                              e, v, b->g[v][e].rot180, b->g[v][e].hflip, b->g[v][e].rot90,
+                              b->g[v][e].gh, b->g[v][e].gw);
+        }
+    return SER_OK;
+}
+
+// --- the step --------------------------------------------------------------------------------
+typedef struct s_call {
+    int view, eq;  // eq: -1 for an invariant slice
+    int i0, i1;    // invariant rows [i0, i1)
+} s_call;
+
+typedef struct s_step {
+    int B, C, n_inv, n_eq;
+    float *qcls[2], *kcls[2], *dqcls[2];
+    int *tok[2];         // tokens per equivariant sample and view
+    size_t *tokoff[2];   // row offset of each sample's map in qmap/kmap
+    size_t ntok[2];
+    float *qmap[2], *kmap[2], *dqmap[2];
+} s_step;
+
+static int s_shard_calls(const ser_batch *b, int s, int shards, s_call *calls) {
+    int B = b->n_inv + b->n_eq, per = B / shards, p0 = s * per, p1 = p0 + per, n = 0;
+    int i0 = p0, i1 = p1 < b->n_inv ? p1 : b->n_inv;
+    if (i1 > i0)
+        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, -1, i0, i1};
+    for (int p = p0 > b->n_inv ? p0 : b->n_inv; p < p1; p++)
+        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, p - b->n_inv, 0, 0};
+    return n;
+}
+
+// Runs the ViT of one call (student with its activations kept in a, or momentum) and copies
+// the CLS rows (and the map of an equivariant sample) into the step's global arrays.
+static int s_call_forward(ser_moco *m, const ser_batch *b, const s_call *c, ser_vit *vit,
+                          ser_vit_acts *a, int student, uint64_t seed, uint32_t step, s_step *st,
+                          char *err) {
+    int C = st->C, B, H, W;
+    const float *img;
+    size_t pos;
+    uint32_t ids[4096];
+    if (c->eq < 0) {
+        B = c->i1 - c->i0, H = W = b->img;
+        img = b->inv[c->view] + (size_t)c->i0 * 3 * H * W;
+        pos = (size_t)c->i0;
+    } else {
+        B = 1;
+        ser_group_image_size(&b->g[c->view][c->eq], m->cfg.vit.patch, &H, &W);
+        img = b->eq[c->view][c->eq];
+        pos = (size_t)(b->n_inv + c->eq);
+    }
+    uint32_t *idp = B <= 4096 ? ids : ser_xmalloc(sizeof(uint32_t) * (size_t)B);
+    for (int i = 0; i < B; i++) {
+        uint32_t id = b->ids ? b->ids[pos + (size_t)i] : (uint32_t)(pos + (size_t)i);
+        idp[i] = id * 2u + (uint32_t)c->view;  // two views of a sample draw different masks
+    }
+    ser_vit_fwd_opts o = {.train = student, .seed = seed, .step = step, .sample_ids = idp};
+    int rc = ser_vit_forward(vit, a, img, B, H, W, &o, err);
+    if (idp != ids) free(idp);
+    if (rc) return rc;
+    memcpy((student ? st->qcls : st->kcls)[c->view] + pos * C, a->cls, sizeof(float) * (size_t)B * C);
+    if (c->eq >= 0 && m->cfg.ser) {
+        float *dst = (student ? st->qmap : st->kmap)[c->view] + st->tokoff[c->view][c->eq] * C;
+        memcpy(dst, a->map, sizeof(float) * (size_t)a->NP * C);
+    }
+    return SER_OK;
+}
+
+// The batch-coupled part: heads, contrastive loss, projector_equiv, group action, NT-Xent.
+static int s_objective(ser_moco *m, const ser_batch *b, s_step *st, ser_moco_losses *out,
+                       char *err) {
+    const ser_moco_config *cfg = &m->cfg;
+    int B = st->B, D = cfg->dim, rc = SER_OK;
+    ser_mlp_acts ha[2], pa[2], ma, pq[2], pk[2];
+    memset(ha, 0, sizeof ha), memset(pa, 0, sizeof pa), memset(&ma, 0, sizeof ma);
+    memset(pq, 0, sizeof pq), memset(pk, 0, sizeof pk);
+    float *P[2], *KZ[2], *dP[2], *dz = ser_xaligned(sizeof(float) * (size_t)B * D);
+    for (int v = 0; v < 2; v++) {
+        P[v] = ser_xaligned(sizeof(float) * (size_t)B * D);
+        KZ[v] = ser_xaligned(sizeof(float) * (size_t)B * D);
+        dP[v] = ser_xaligned(sizeof(float) * (size_t)B * D);
+        const float *z = ser_mlp_forward(&m->head, &ha[v], st->qcls[v], B, 1);
+        memcpy(P[v], ser_mlp_forward(&m->pred, &pa[v], z, B, 1), sizeof(float) * (size_t)B * D);
+    }
+    for (int v = 0; v < 2; v++)
+        memcpy(KZ[v], ser_mlp_forward(&m->mhead, &ma, st->kcls[v], B, 1),
+               sizeof(float) * (size_t)B * D);
+    out->loss_inv = ser_moco_ctr(dP[0], P[0], KZ[1], B, D, cfg->T, 1.0f) +
+                    ser_moco_ctr(dP[1], P[1], KZ[0], B, D, cfg->T, 1.0f);
+    for (int v = 0; v < 2; v++) {
+        ser_mlp_backward(&m->pred, &pa[v], dz, dP[v]);
+        ser_mlp_backward(&m->head, &ha[v], st->dqcls[v], dz);
+    }
+    out->loss_equiv = 0;
+    if (cfg->ser && b->n_eq > 0) {
+        int E = cfg->ser_proj_dim, C = st->C;
+        float *PQ[2], *PK[2], *K[2], *dPQ[2], *dK[2], *dPK[2];
+        for (int v = 0; v < 2; v++) {
+            size_t n = st->ntok[v] * E;
+            PQ[v] = ser_xaligned(sizeof(float) * n), PK[v] = ser_xaligned(sizeof(float) * n);
+            K[v] = ser_xaligned(sizeof(float) * n);
+            dPQ[v] = ser_xaligned(sizeof(float) * n), dK[v] = ser_xaligned(sizeof(float) * n);
+            dPK[v] = ser_xaligned(sizeof(float) * n);
+            memcpy(PQ[v], ser_mlp_forward(&m->proj, &pq[v], st->qmap[v], (int)st->ntok[v], 0),
+                   sizeof(float) * n);
+            memcpy(PK[v], ser_mlp_forward(&m->proj, &pk[v], st->kmap[v], (int)st->ntok[v], 0),
+                   sizeof(float) * n);
+        }
+        // K[w] = teacher map of view 1-w moved onto view w's grid (w = 1: K0 of the reference).
+        for (int w = 0; w < 2 && !rc; w++)
+            for (int e = 0; e < b->n_eq && !rc; e++)
+                rc = ser_group_rel_action(K[w] + st->tokoff[w][e] * E,
+                                          PK[1 - w] + st->tokoff[1 - w][e] * E, E,
+                                          &b->g[1 - w][e], &b->g[w][e]);
+        double L[2] = {0, 0};
+        float scale = cfg->ser_grad ? 0.5f * cfg->ser_lambda : 0.0f;
+        for (int w = 0; w < 2 && !rc; w++)
+            rc = ser_ntxent_forward_backward(&L[w], cfg->ser_grad ? dPQ[w] : NULL,
+                                             cfg->ser_grad ? dK[w] : NULL, PQ[w], K[w], st->tok[w],
+                                             b->n_eq, E, cfg->ser_tau, scale);
+        if (rc) snprintf(err, SER_ERR_LEN, "ser: group action or NT-Xent failed (%s)", ser_strerror(rc));
+        out->loss_equiv = 0.5 * (L[0] + L[1]);
+        if (!rc && cfg->ser_grad) {
+            for (int w = 0; w < 2 && !rc; w++)
+                for (int e = 0; e < b->n_eq && !rc; e++)
+                    rc = ser_group_rel_action_backward(dPK[1 - w] + st->tokoff[1 - w][e] * E,
+                                                       dK[w] + st->tokoff[w][e] * E, E,
+                                                       &b->g[1 - w][e], &b->g[w][e]);
+            for (int v = 0; v < 2 && !rc; v++) {
+                ser_mlp_backward(&m->proj, &pq[v], st->dqmap[v], dPQ[v]);
+                ser_mlp_backward(&m->proj, &pk[v], NULL, dPK[v]);  // teacher map: no gradient
+            }
+        }
+        for (int v = 0; v < 2; v++) {
+            free(PQ[v]), free(PK[v]), free(K[v]), free(dPQ[v]), free(dK[v]), free(dPK[v]);
+            ser_mlp_acts_free(&pq[v]), ser_mlp_acts_free(&pk[v]);
+        }
+        (void)C;
+    }
+    out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;
+    for (int v = 0; v < 2; v++) {
+        free(P[v]), free(KZ[v]), free(dP[v]);
+        ser_mlp_acts_free(&ha[v]), ser_mlp_acts_free(&pa[v]);
+    }
+    ser_mlp_acts_free(&ma);
+    free(dz);
+    return rc;
+}
+
+int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float momentum,
+                              uint64_t drop_seed, uint32_t step, ser_moco_losses *out,
+                              char err[SER_ERR_LEN]) {
+    int rc = ser_batch_check(b, &m->cfg.vit, shards, err);
+    if (rc) return rc;
+    const ser_moco_config *cfg = &m->cfg;
+    s_step st;
+    memset(&st, 0, sizeof st);
+    st.B = b->n_inv + b->n_eq, st.C = cfg->vit.dim, st.n_inv = b->n_inv, st.n_eq = b->n_eq;
+    int C = st.C, P = cfg->vit.patch;
+    for (int v = 0; v < 2; v++) {
+        st.qcls[v] = ser_xaligned(sizeof(float) * (size_t)st.B * C);
+        st.kcls[v] = ser_xaligned(sizeof(float) * (size_t)st.B * C);
+        st.dqcls[v] = ser_xaligned(sizeof(float) * (size_t)st.B * C);
+        st.tok[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(int));
+        st.tokoff[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(size_t));
+        for (int e = 0; e < b->n_eq; e++) {
+            int r, c;
+            ser_group_view_grid(&b->g[v][e], &r, &c);
+            st.tok[v][e] = r * c;
+            st.tokoff[v][e] = st.ntok[v];
+            st.ntok[v] += (size_t)r * c;
+        }
+        st.qmap[v] = ser_xaligned(sizeof(float) * (st.ntok[v] + 1) * C);
+        st.kmap[v] = ser_xaligned(sizeof(float) * (st.ntok[v] + 1) * C);
+        st.dqmap[v] = ser_xaligned(sizeof(float) * (st.ntok[v] + 1) * C);
+    }
+    (void)P;
+    // Calls of every shard, in shard order.
+    int per = st.B / shards, maxcalls = 2 + 2 * per;
+    s_call *calls = ser_xcalloc((size_t)shards * maxcalls, sizeof *calls);
+    int *ncalls = ser_xcalloc((size_t)shards, sizeof(int));
+    for (int s = 0; s < shards; s++) ncalls[s] = s_shard_calls(b, s, shards, calls + s * maxcalls);
+    int need = shards * maxcalls;
+    if (need > m->nacts) {
+        m->acts = realloc(m->acts, sizeof *m->acts * (size_t)need);
+        SER_ASSERT(m->acts);
+        memset(m->acts + m->nacts, 0, sizeof *m->acts * (size_t)(need - m->nacts));
+        m->nacts = need;
+    }
+    ser_vit_acts *acts = m->acts, *macts = &m->macts;
+
+    if (momentum >= 0.0f) ser_moco_momentum_update(m, momentum);
+    memset(m->grads, 0, sizeof(float) * m->tab.total);
+    // Phase 1: per-shard forwards.
+    for (int s = 0; s < shards && !rc; s++)
+        for (int i = 0; i < ncalls[s] && !rc; i++) {
+            const s_call *c = &calls[s * maxcalls + i];
+            rc = s_call_forward(m, b, c, &m->vit, &acts[s * maxcalls + i], 1, drop_seed, step, &st, err);
+            if (!rc) rc = s_call_forward(m, b, c, &m->mvit, macts, 0, drop_seed, step, &st, err);
+        }
+    // Phase 2: the batch-coupled objective.
+    if (!rc) rc = s_objective(m, b, &st, out, err);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
+        rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
+                    out->loss_inv, out->loss_equiv);
+    // Phase 3: per-shard backwards, each into a zeroed buffer, summed in shard order.
+    size_t off, span = ser_vit_span(&m->vit, &off);
+    int map_grad = cfg->ser && cfg->ser_grad;
+    for (int s = 0; s < shards && !rc; s++) {
+        memset(m->shard_grads + off, 0, sizeof(float) * span);
+        ser_vit_bind(&m->vit, m->params, m->shard_grads);
+        for (int i = 0; i < ncalls[s]; i++) {
+            const s_call *c = &calls[s * maxcalls + i];
+            ser_vit_acts *a = &acts[s * maxcalls + i];
+            size_t pos = c->eq < 0 ? (size_t)c->i0 : (size_t)(b->n_inv + c->eq);
+            const float *dmap = c->eq >= 0 && map_grad
+                                    ? st.dqmap[c->view] + st.tokoff[c->view][c->eq] * C
+                                    : NULL;
+            ser_vit_backward(&m->vit, a, st.dqcls[c->view] + pos * C, dmap);
+        }
+        ser_vit_bind(&m->vit, m->params, m->grads);
+        float *g = m->grads + off;
+        const float *sg = m->shard_grads + off;
+        for (size_t i = 0; i < span; i++) g[i] += sg[i];
+    }
+    free(calls), free(ncalls);
+    for (int v = 0; v < 2; v++) {
+        free(st.qcls[v]), free(st.kcls[v]), free(st.dqcls[v]), free(st.tok[v]), free(st.tokoff[v]);
+        free(st.qmap[v]), free(st.kmap[v]), free(st.dqmap[v]);
+    }
+    return rc;
+}

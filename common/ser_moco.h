@@ -1,0 +1,100 @@
+// ser_moco.h — MoCo-v3 + SER: the model (student, momentum encoder, heads, projector_equiv)
+// and one forward/backward over a global batch split into shards.
+//
+// A step has two kinds of work (design.md §3, docs/batch-coupling.md):
+//   per shard   the student ViT forward (final [CLS]; for equivariant samples also the block-k
+//               map) and the momentum ViT forward; later the student ViT backward;
+//   per batch   everything that couples samples, computed once over the gathered features:
+//               projector (BatchNorm over the global batch), predictor, momentum projector,
+//               the contrastive loss over all keys, projector_equiv, the feature-space group
+//               action and the patch-wise NT-Xent over all equivariant tokens.
+// The ViT gradient of each shard is computed into a zeroed buffer and the shard gradients are
+// summed in shard order, so any split of the shards over processes gives the same bits.
+//
+// State-dict names follow the reference MoCo_ViT: base_encoder.* (ViT and .head.*),
+// momentum_encoder.* (same layout), predictor.*, projector_equiv.0/.2.weight (1x1 convs).
+//
+// defines:
+//   ser_moco_config, ser_moco_config_default()
+//   ser_moco, ser_moco_init(), ser_moco_free(), ser_moco_init_weights()
+//   ser_batch (one global batch), ser_batch_check()
+//   ser_moco_losses, ser_moco_forward_backward()
+//   ser_moco_momentum_update()
+#ifndef SER_MOCO_H
+#define SER_MOCO_H
+
+#include <stdint.h>
+
+#include "ser_base.h"
+#include "ser_group.h"
+#include "ser_mlp.h"
+#include "ser_ptab.h"
+#include "ser_vit.h"
+
+typedef struct ser_moco_config {
+    ser_vit_config vit;
+    int init_scheme;   // SER_VIT_INIT_MOCO (reference) or SER_VIT_INIT_GENERIC
+    int mlp_dim;       // hidden width of projector and predictor (4096)
+    int dim;           // output width (256)
+    float T;           // contrastive temperature (0.2)
+    int ser;           // SER term on/off
+    int ser_grad;      // 1: the paper's gradient (default); 0: the public code (no gradient)
+    float ser_lambda;  // lambda (1.0 for MoCo in run_pretrain.sh)
+    float ser_tau;     // NT-Xent temperature
+    int ser_proj_dim;  // projector_equiv width (512)
+} ser_moco_config;
+
+// The reference ViT-S/16 run (ser-reference.md §8) with the paper's gradient.
+void ser_moco_config_default(ser_moco_config *c);
+
+typedef struct ser_moco {
+    ser_moco_config cfg;
+    ser_ptab tab;   // trainable: base_encoder.* (ViT, head), predictor.*, projector_equiv.*
+    ser_ptab mtab;  // momentum_encoder.* (ViT, head): entry i mirrors tab entry i (i < n_base)
+    ser_ptab btab;  // BatchNorm buffers of every head
+    int n_base;     // tab entries of base_encoder (EMA'd onto mtab)
+    float *params, *grads, *mparams, *buffers;
+    float *shard_grads;  // scratch: one shard's ViT gradient
+    // Activations kept across steps (re-used, so a step touches no fresh pages): one per ViT
+    // call of the student (acts[nacts]) and one for the momentum encoder.
+    ser_vit_acts *acts, macts;
+    int nacts;
+    ser_vit vit, mvit;
+    ser_mlp head, mhead, pred, proj;
+} ser_moco;
+
+int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]);
+void ser_moco_free(ser_moco *m);
+// Fills every module; the momentum encoder starts as a copy of the base encoder.
+void ser_moco_init_weights(ser_moco *m, uint64_t seed);
+// p_m <- m * p_m + (1 - m) * p_b over base_encoder/momentum_encoder parameters (not buffers).
+void ser_moco_momentum_update(ser_moco *m, float momentum);
+
+// One global batch: positions [0, n_inv) are invariant samples, [n_inv, n_inv + n_eq) the
+// equivariant ones (the reference puts the equivariant sub-batch last). Images are normalised
+// float CHW.
+typedef struct ser_batch {
+    int n_inv, n_eq;
+    int img;                   // invariant views are img x img
+    const float *inv[2];       // [view] (n_inv, 3, img, img)
+    const float *const *eq[2]; // [view][e] (3, H, W) with (H, W) = ser_group_image_size(g)
+    const ser_group_elem *g[2];  // [view] (n_eq,)
+    const uint32_t *ids;       // (n_inv + n_eq,) global sample ids for drop path, or NULL
+} ser_batch;
+
+// Checks sizes and group elements against the model; a message names the offending sample.
+int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
+                    char err[SER_ERR_LEN]);
+
+typedef struct ser_moco_losses {
+    double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv
+} ser_moco_losses;
+
+// One step's forward and backward: momentum update (momentum < 0 skips it), forwards, losses,
+// backward. m->grads is overwritten with d loss / d params; BN running buffers advance.
+// drop_seed/step key the drop-path masks. shards >= 1 and (n_inv + n_eq) % shards == 0.
+int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float momentum,
+                              uint64_t drop_seed, uint32_t step, ser_moco_losses *out,
+                              char err[SER_ERR_LEN]);
+
+#endif

@@ -1,0 +1,183 @@
+// test_moco.c — a whole MoCo-v3 + SER forward/backward against the PyTorch reference
+// (tests/reference/ser_ref.py MoCoSER): every loss term, every parameter gradient, the
+// momentum update and the BatchNorm buffers, with the SER gradient on (the paper) and off
+// (the public code); shard splits; bad batches.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ser_kernels.h"
+#include "ser_moco.h"
+#include "ser_test.h"
+
+#define RTOL 1e-4f
+// atol: 1e-5 of the tensor's scale, with a floor of 1e-6 for gradients that are exactly zero in
+// exact arithmetic (base_encoder.norm.bias: a constant shift of the CLS is removed by the
+// projector's first BatchNorm, so float32 leaves only rounding noise there).
+static float s_atol(const float *ref, size_t n) { return 1e-5f * ser_test_maxabs(ref, n) + 1e-6f; }
+
+typedef struct {
+    ser_st_file *f;
+    ser_moco m;
+    float *inv[2], *eqimg[2][3];
+    const float *eqp[2][3];
+    ser_group_elem g[2][3];
+    ser_batch b;
+} s_case;
+
+static void s_load(s_case *c, const char *file) {
+    c->f = ser_test_open_fixture(file);
+    ser_moco_config cfg;
+    ser_moco_config_default(&cfg);
+    ser_vit_config_preset(&cfg.vit, "vit_tiny", 16, 4);
+    cfg.vit.dim = 24, cfg.vit.heads = 3, cfg.vit.depth = 4, cfg.vit.mlp_hidden = 48;
+    cfg.vit.cls_layer = 2, cfg.vit.freeze_patch_embed = 0;
+    cfg.mlp_dim = 32, cfg.dim = 16, cfg.T = 0.2f, cfg.ser_lambda = 0.7f, cfg.ser_tau = 0.4f;
+    cfg.ser_proj_dim = 20;
+    cfg.ser_grad = atoi(ser_st_meta(c->f, "ser_grad"));
+    char err[SER_ERR_LEN];
+    if (ser_moco_init(&c->m, &cfg, err)) fail_msg("%s", err);
+    const ser_ptab *tabs[2] = {&c->m.tab, &c->m.mtab};
+    float *arenas[2] = {c->m.params, c->m.mparams};
+    if (ser_st_load_ptabs(c->f, tabs, arenas, 2, "param.", 1, err)) fail_msg("%s", err);
+    int lrc = ser_st_load_ptab(c->f, &c->m.btab, c->m.buffers, "buffer.", 1, err);
+    if (lrc) fail_msg("buffers: %s (%s)", err, ser_strerror(lrc));
+    c->inv[0] = ser_test_tensor(c->f, "inv.view0", NULL);
+    c->inv[1] = ser_test_tensor(c->f, "inv.view1", NULL);
+    float *g = ser_test_tensor(c->f, "eq.g", NULL);  // (3, 2, 5)
+    char key[64];
+    for (int e = 0; e < 3; e++)
+        for (int v = 0; v < 2; v++) {
+            const float *q = g + (e * 2 + v) * 5;
+            c->g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2],
+                                          (int16_t)q[3], (int16_t)q[4]};
+            snprintf(key, sizeof key, "eq.view%d.%d", v, e);
+            c->eqimg[v][e] = ser_test_tensor(c->f, key, NULL);
+            c->eqp[v][e] = c->eqimg[v][e];
+        }
+    free(g);
+    c->b = (ser_batch){.n_inv = 5, .n_eq = 3, .img = 16, .inv = {c->inv[0], c->inv[1]},
+                       .eq = {c->eqp[0], c->eqp[1]}, .g = {c->g[0], c->g[1]}};
+}
+
+static void s_free(s_case *c) {
+    for (int v = 0; v < 2; v++) {
+        free(c->inv[v]);
+        for (int e = 0; e < 3; e++) free(c->eqimg[v][e]);
+    }
+    ser_moco_free(&c->m);
+    ser_st_destroy(&c->f);
+}
+
+static int s_check_table(const ser_st_file *f, const ser_ptab *t, const float *arena,
+                         const char *prefix, const char *strip) {
+    int ok = 1;
+    char key[SER_TINFO_NAME_LEN + 32];
+    for (int i = 0; i < t->n; i++) {
+        const ser_tinfo *e = &t->t[i];
+        if (e->flags & SER_TINFO_COUNTER) continue;
+        const char *name = e->name;
+        if (strip && strncmp(name, strip, strlen(strip)) == 0) name += 0;
+        snprintf(key, sizeof key, "%s%s", prefix, name);
+        size_t n;
+        float *ref = ser_test_tensor(f, key, &n);
+        ok &= ser_test_allclose(key, arena + e->offset, ref, n, s_atol(ref, n), RTOL);
+        free(ref);
+    }
+    return ok;
+}
+
+static void s_run(const char *file, int shards) {
+    s_case c;
+    s_load(&c, file);
+    ser_moco_losses L;
+    char err[SER_ERR_LEN];
+    int rc = ser_moco_forward_backward(&c.m, &c.b, shards, 0.9f, 0, 0, &L, err);
+    if (rc) fail_msg("forward_backward: %s", err);
+    float got[3] = {(float)L.loss, (float)L.loss_inv, (float)L.loss_equiv};
+    float *ref[3] = {ser_test_tensor(c.f, "loss", NULL), ser_test_tensor(c.f, "loss_inv", NULL),
+                     ser_test_tensor(c.f, "loss_equiv", NULL)};
+    int ok = ser_test_allclose("loss", &got[0], ref[0], 1, 1e-6f, RTOL);
+    ok &= ser_test_allclose("loss_inv", &got[1], ref[1], 1, 1e-6f, RTOL);
+    ok &= ser_test_allclose("loss_equiv", &got[2], ref[2], 1, 1e-6f, RTOL);
+    ok &= s_check_table(c.f, &c.m.tab, c.m.grads, "grad.", NULL);
+    ok &= s_check_table(c.f, &c.m.mtab, c.m.mparams, "after.", NULL);
+    ok &= s_check_table(c.f, &c.m.btab, c.m.buffers, "after.", NULL);
+    assert_true(ok);
+    for (int i = 0; i < 3; i++) free(ref[i]);
+    s_free(&c);
+}
+
+static void test_ser_on_4_shards(void **s) { (void)s, s_run("moco_ser_on.safetensors", 4); }
+static void test_ser_on_1_shard(void **s) { (void)s, s_run("moco_ser_on.safetensors", 1); }
+static void test_ser_off_2_shards(void **s) { (void)s, s_run("moco_ser_off.safetensors", 2); }
+
+// ser_grad=off is the public code: projector_equiv and norm_equiv get no gradient and are frozen.
+static void test_ser_off_freezes_the_ser_modules(void **state) {
+    (void)state;
+    s_case c;
+    s_load(&c, "moco_ser_off.safetensors");
+    const ser_tinfo *t = ser_ptab_find(&c.m.tab, "projector_equiv.0.weight");
+    assert_true(t->flags & SER_TINFO_FROZEN);
+    assert_true(ser_ptab_find(&c.m.tab, "base_encoder.norm_equiv.weight")->flags & SER_TINFO_FROZEN);
+    assert_false(ser_ptab_find(&c.m.tab, "base_encoder.norm.weight")->flags & SER_TINFO_FROZEN);
+    s_free(&c);
+}
+
+// The same shard split computed twice gives the same bits at a fixed thread count (the
+// property the runtime extends to any assignment of shards to workers).
+static void test_repeatable_bitwise(void **state) {
+    (void)state;
+    float *g[2];
+    size_t n = 0;
+    for (int run = 0; run < 2; run++) {
+        s_case c;
+        s_load(&c, "moco_ser_on.safetensors");
+        ser_moco_losses L;
+        char err[SER_ERR_LEN];
+        assert_int_equal(ser_moco_forward_backward(&c.m, &c.b, 4, 0.9f, 0, 0, &L, err), 0);
+        n = c.m.tab.total;
+        g[run] = malloc(n * sizeof(float));
+        memcpy(g[run], c.m.grads, n * sizeof(float));
+        s_free(&c);
+    }
+    assert_memory_equal(g[0], g[1], n * sizeof(float));
+    free(g[0]), free(g[1]);
+}
+
+static void test_bad_batches(void **state) {
+    (void)state;
+    s_case c;
+    s_load(&c, "moco_ser_on.safetensors");
+    ser_moco_losses L;
+    char err[SER_ERR_LEN];
+    assert_int_equal(ser_moco_forward_backward(&c.m, &c.b, 3, 0.9f, 0, 0, &L, err), SER_ESHAPE);
+    assert_non_null(strstr(err, "3 shards"));
+    c.g[1][2].rot90 = 7;
+    assert_int_equal(ser_moco_forward_backward(&c.m, &c.b, 4, 0.9f, 0, 0, &L, err), SER_EINVAL);
+    assert_non_null(strstr(err, "sample 2 view 1"));
+    c.g[1][2].rot90 = 1;
+    c.b.img = 15;
+    assert_int_equal(ser_moco_forward_backward(&c.m, &c.b, 4, 0.9f, 0, 0, &L, err), SER_ESHAPE);
+    s_free(&c);
+    ser_moco_config cfg;
+    ser_moco_config_default(&cfg);
+    cfg.vit.cls_layer = cfg.vit.depth;
+    ser_moco m;
+    assert_int_equal(ser_moco_init(&m, &cfg, err), SER_ECONFIG);
+    assert_non_null(strstr(err, "SER layout"));
+}
+
+int main(void) {
+    ser_kernels_set_threads(2);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ser_on_4_shards),
+        cmocka_unit_test(test_ser_on_1_shard),
+        cmocka_unit_test(test_ser_off_2_shards),
+        cmocka_unit_test(test_ser_off_freezes_the_ser_modules),
+        cmocka_unit_test(test_repeatable_bitwise),
+        cmocka_unit_test(test_bad_batches),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
