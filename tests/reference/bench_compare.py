@@ -16,7 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-PEERS = {"vit": "bench_vit_peer.py"}
+PEERS = {"vit": "bench_vit_peer.py", "step": "bench_step_peer.py"}
 
 
 def run_json(cmd):
@@ -40,8 +40,14 @@ def main():
         peer.append(run_json(["/usr/bin/python3", os.path.join(HERE, PEERS[what])] + args))
     o = statistics.median(r["images_per_s"] for r in ours)
     p = statistics.median(r["images_per_s"] for r in peer)
-    mfu = statistics.median(r["mfu"] for r in ours)
     r0 = ours[0]
+    if what == "step":
+        print(f"| {r0['method']}{'+ser' if r0['ser'] else ''} | {r0['model']}/{r0['patch']} | "
+              f"{r0['img']} | {r0['batch']} ({r0['n_eq']} eq) | {r0['threads']} | "
+              f"{r0['median_step_s']:.3f} s | {statistics.median(r['median_step_s'] for r in peer):.3f} s | "
+              f"{o / p:.2f}x |")
+        return
+    mfu = statistics.median(r["mfu"] for r in ours)
     print(f"| {r0['model']}/{r0['patch']} | {r0['img']} | {r0['batch']} | {r0['threads']} | "
           f"{o:.2f} | {p:.2f} | {o / p:.2f}x | {100 * mfu:.1f}% "
           f"({statistics.median(r['gflops'] for r in ours):.0f} of "

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""PyTorch peer of `ser bench step --method moco`: the same MoCo-v3 + SER model
+(ser_ref.MoCoSER: ViT in the SER layout, projector 3x mlp_dim, predictor, momentum encoder,
+projector_equiv, NT-Xent), the same batch split into invariant and equivariant samples,
+float32, same thread count. One step = momentum update, forwards, losses, backward.
+Prints one JSON line like `ser bench step --json`."""
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ser_ref import MoCoSER  # noqa: E402
+
+PRESETS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}
+
+
+def sample_g(g0, rng):
+    area = g0 * g0 * rng.uniform(0.7, 1.3)
+    aspect = 2.718281828459045 ** rng.uniform(-0.2876820724517809, 0.2876820724517809)
+    gh, gw = max(1, round((area * aspect) ** 0.5)), max(1, round((area / aspect) ** 0.5))
+    return (rng.randint(0, 1), rng.randint(0, 1), rng.randint(0, 3), gh, gw)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", default="moco")
+    ap.add_argument("--ser", default="on", choices=["on", "off"])
+    ap.add_argument("--model", default="vit_small")
+    ap.add_argument("--img", type=int, default=224)
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--ratio", type=float, default=0.01)
+    ap.add_argument("--eq", type=int, default=-1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--mlp-dim", type=int, default=4096)
+    a = ap.parse_args()
+    assert a.method == "moco", "only moco has a peer so far"
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    dim, heads = PRESETS[a.model]
+    vit = dict(img_size=a.img, patch=a.patch, dim=dim, depth=12, heads=heads, hidden=4 * dim,
+               cls_layer=3)
+    m = MoCoSER(vit, mlp_dim=a.mlp_dim, dim=256, T=0.2, lam=1.0, tau=0.5, proj_dim=512,
+                ser_grad=True)
+    m.base_encoder.patch_embed.proj.weight.requires_grad = False  # frozen, as the reference
+    m.base_encoder.patch_embed.proj.bias.requires_grad = False
+    n_eq = 0
+    if a.ser == "on":
+        n_eq = a.eq if a.eq >= 0 else round(a.ratio * a.batch)
+    n_inv = a.batch - n_eq
+    g0 = a.img // a.patch
+    inv = [torch.randn(n_inv, 3, a.img, a.img) for _ in range(2)]
+    gs = [[], []]
+    eq = [[], []]
+    for _ in range(n_eq):
+        for v in range(2):
+            g = sample_g(g0, rng)
+            gs[v].append(g)
+            h, w = (g[3], g[4]) if g[2] % 2 == 0 else (g[4], g[3])
+            eq[v].append(torch.randn(1, 3, a.patch * h, a.patch * w))
+    times = []
+    for r in range(a.runs + 1):
+        t0 = time.perf_counter()
+        m.zero_grad(set_to_none=False)
+        if n_eq:
+            loss, _, _ = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.99)
+        else:  # MoCo-v3 alone: no equivariant samples, no SER term
+            loss = moco_only(m, inv[0], inv[1])
+        loss.backward()
+        if r > 0:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(json.dumps({"bench": "step_peer", "impl": f"pytorch {torch.__version__}",
+                      "method": "moco", "ser": int(a.ser == "on"), "model": a.model,
+                      "img": a.img, "patch": a.patch, "batch": a.batch, "n_eq": n_eq,
+                      "threads": a.threads, "runs": a.runs, "mlp_dim": a.mlp_dim,
+                      "median_step_s": med, "images_per_s": a.batch / med}))
+
+
+def moco_only(m, x0, x1):
+    from ser_ref import moco_ctr
+    with torch.no_grad():
+        for pb, pm in zip(m.base_encoder.parameters(), m.momentum_encoder.parameters()):
+            pm.data = pm.data * 0.99 + pb.data * 0.01
+    p = [m.predictor(m.base_encoder.head(m.base_encoder(x)[0])) for x in (x0, x1)]
+    with torch.no_grad():
+        k = [m.momentum_encoder.head(m.momentum_encoder(x)[0]) for x in (x0, x1)]
+    return moco_ctr(p[0], k[1], m.T) + moco_ctr(p[1], k[0], m.T)
+
+
+if __name__ == "__main__":
+    main()
