@@ -13,6 +13,8 @@ int ser_cmd_bench(int argc, char **argv);
 // `ser bench step ...` (argv[0] is "step"), worker/ser_bench_step.c.
 int ser_bench_step(int argc, char **argv);
 int ser_cmd_dataloader(int argc, char **argv);
+// `ser step` (worker/ser_step.c).
+int ser_cmd_step(int argc, char **argv);
 // `ser bench loader ...` (argv[0] is "loader").
 int ser_bench_loader(int argc, char **argv);
 

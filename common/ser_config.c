@@ -53,6 +53,11 @@ static const ser_config_option s_options[] = {
     ENUM(model, arch, s_arch, "vit_small", 0,
          "ViT size: vit_tiny (192 wide, 3 heads), vit_small (384, 6), vit_base (768, 12); 12 "
          "blocks, MLP ratio 4, LayerNorm eps 1e-6."),
+    INT(model, dim, 0, 4096, "0", 0,
+        "Embedding width override; 0 = the arch's (small custom models for tests and CPU runs)."),
+    INT(model, depth, 0, 64, "0", 0, "Number of blocks override; 0 = the arch's (12)."),
+    INT(model, heads, 0, 64, "0", 0, "Attention heads override; 0 = the arch's."),
+    INT(model, mlp_hidden, 0, 16384, "0", 0, "MLP hidden width override; 0 = 4 x dim."),
     INT(model, img_size, 8, 1024, "224", 0,
         "Base image size: the learnable position embedding covers (img_size/patch)^2 patches; "
         "other grids (equivariant views) resample it bicubically as the reference does."),
@@ -722,6 +727,10 @@ int ser_config_to_vit(const ser_config *cfg, ser_vit_config *out, char err[SER_E
         s_err(err, "model.arch = %s: unknown", s_arch[m->arch]);
         return SER_ECONFIG;
     }
+    if (m->dim) out->dim = m->dim, out->mlp_hidden = 4 * m->dim;
+    if (m->depth) out->depth = m->depth;
+    if (m->heads) out->heads = m->heads;
+    if (m->mlp_hidden) out->mlp_hidden = m->mlp_hidden;
     out->cls_layer = m->cls_layer;
     out->drop_path_rate = (float)m->drop_path_rate;
     out->freeze_patch_embed = m->freeze_patch_embed;
@@ -742,6 +751,7 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
     ser_vit_config vc;
     RULE(ser_vit_config_preset(&vc, s_arch[m->arch], m->img_size, m->patch) == SER_OK,
          "model.arch = %s: unknown", s_arch[m->arch]);
+    if (m->depth) vc.depth = m->depth;
     RULE(m->cls_layer >= 1 && m->cls_layer <= vc.depth,
          "model.cls_layer = %d must be in [1, %d] (the depth of %s)", m->cls_layer, vc.depth,
          s_arch[m->arch]);

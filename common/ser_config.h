@@ -87,7 +87,7 @@ enum { SER_CONFIG_NONFINITE_ABORT = 0, SER_CONFIG_NONFINITE_SKIP, SER_CONFIG_NON
 // --- the configuration -------------------------------------------------------------------------
 // Field meanings, ranges and defaults: docs/config.md (generated from the table).
 typedef struct ser_config_model {
-    int arch, img_size, patch, cls_layer;
+    int arch, dim, depth, heads, mlp_hidden, img_size, patch, cls_layer;
     double drop_path_rate;
     int freeze_patch_embed, init;
 } ser_config_model;
@@ -242,7 +242,7 @@ int ser_config_to_vit(const ser_config *cfg, ser_vit_config *out, char err[SER_E
 void ser_config_to_optim(const ser_config *cfg, ser_optim_config *out);
 // Every schedule of the job for iters_per_epoch iterations per epoch (see ser_sched.h).
 void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sched_params *out);
-// global_batch / shards: the batch one shard computes and the one ser.ratio applies to.
+// global_batch / shards: the batch one shard computes (ser.ratio applies to the global batch).
 int ser_config_shard_batch(const ser_config *cfg);
 
 #endif

@@ -17,7 +17,7 @@ typedef struct ser_command {
 
 static const ser_command s_commands[] = {
     {"bench", ser_cmd_bench, "benchmarks: vit (forward+backward vs. sgemm peak)"},
-    {"step", NULL, "run K training steps in one process on given weights and batch"},
+    {"step", ser_cmd_step, "run K training steps in one process on given weights and batch"},
     {"local", NULL, "coordinator + N workers + a loader on this machine"},
     {"coordinator", NULL, "the coordinator daemon"},
     {"worker", NULL, "a worker process"},

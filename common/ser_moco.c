@@ -35,6 +35,25 @@ static int s_fail(char *err, int rc, const char *fmt, ...) {
     return rc;
 }
 
+int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
+    ser_moco_config_default(c);
+    if (job->method.name != SER_CONFIG_METHOD_MOCO)
+        return s_fail(err, SER_ECONFIG, "method.name: only moco is implemented so far");
+    int rc = ser_config_to_vit(job, &c->vit, err);
+    if (rc) return rc;
+    c->init_scheme = job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO
+                                                             : SER_VIT_INIT_GENERIC;
+    c->mlp_dim = job->moco.mlp_dim;
+    c->dim = job->moco.dim;
+    c->T = (float)job->moco.temperature;
+    c->ser = job->ser.enabled;
+    c->ser_grad = job->ser.grad;
+    c->ser_lambda = (float)job->ser.lambda;
+    c->ser_tau = (float)job->ser.tau;
+    c->ser_proj_dim = job->ser.proj_dim;
+    return SER_OK;
+}
+
 int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]) {
     memset(m, 0, sizeof *m);
     if (cfg->mlp_dim < 1 || cfg->dim < 1 || !(cfg->T > 0.0f))

@@ -15,7 +15,7 @@
 // momentum_encoder.* (same layout), predictor.*, projector_equiv.0/.2.weight (1x1 convs).
 //
 // defines:
-//   ser_moco_config, ser_moco_config_default()
+//   ser_moco_config, ser_moco_config_default(), ser_moco_config_from_job()
 //   ser_moco, ser_moco_init(), ser_moco_free(), ser_moco_init_weights()
 //   ser_batch (one global batch), ser_batch_check()
 //   ser_moco_losses, ser_moco_forward_backward()
@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "ser_base.h"
+#include "ser_config.h"
 #include "ser_group.h"
 #include "ser_mlp.h"
 #include "ser_ptab.h"
@@ -46,6 +47,8 @@ typedef struct ser_moco_config {
 
 // The reference ViT-S/16 run (ser-reference.md §8) with the paper's gradient.
 void ser_moco_config_default(ser_moco_config *c);
+// From a job configuration ([model], [moco], [ser]); SER_ECONFIG if method.name is not moco.
+int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]);
 
 typedef struct ser_moco {
     ser_moco_config cfg;

@@ -269,9 +269,38 @@ def moco_case(name, ser_grad, seed):
         t["after." + n_] = b.detach().clone().double()
     t.update({"loss": loss.reshape(1), "loss_inv": loss_inv.reshape(1),
               "loss_equiv": loss_equiv.reshape(1)})
+    if ser_grad:
+        step_files(m, t, gs, params)
     save_file(f32(t), os.path.join(OUT, name + ".safetensors"),
               metadata={"momentum": "0.9", "ser_grad": str(int(ser_grad)), "lambda": "0.7",
                         "tau": "0.4", "T": "0.2", "mlp_dim": "32", "dim": "16", "proj_dim": "20"})
+
+
+def step_files(m, t, gs, params):
+    """`ser step` end to end: the weights and batch files in docs/step-format.md layouts and the
+    state after one AdamW step (lr 0.05, wd 0.1 on every tensor, eps 1e-3; see test_step.c)."""
+    weights = {k[len("param."):]: v for k, v in t.items() if k.startswith("param.")}
+    for k, v in t.items():
+        if k.startswith("buffer.") and not k.endswith("num_batches_tracked"):
+            weights[k[len("buffer."):]] = v
+    w32 = f32(weights)
+    for bn, b in m.named_buffers():
+        if bn.endswith("num_batches_tracked"):
+            w32[bn] = torch.zeros((), dtype=torch.int64)
+    save_file(w32, os.path.join(OUT, "step_weights.safetensors"))
+    batch = {k: v for k, v in t.items() if k.startswith("inv.") or k.startswith("eq.view")}
+    b32 = f32(batch)
+    b32["eq.g"] = t["eq.g"].long()
+    save_file(b32, os.path.join(OUT, "step_batch.safetensors"))
+    with torch.no_grad():
+        ps = [p for _, p in params]
+        for p, g in zip(ps, gs):
+            p.grad = g if g is not None else torch.zeros_like(p)
+        opt = torch.optim.AdamW(ps, lr=0.05, betas=(0.9, 0.999), eps=1e-3, weight_decay=0.1)
+        opt.step()
+    after = {n_: p.detach().clone() for n_, p in m.named_parameters()}
+    save_file(f32(after), os.path.join(OUT, "step_expected.safetensors"),
+              metadata={"lr": "0.05", "wd": "0.1", "eps": "0.001", "momentum": "0.9"})
 
 
 def main():

@@ -1,0 +1,205 @@
+// test_step.c — `ser step`, the reference interface, run as a real process: one step on the
+// PyTorch fixture's weights and batch must give PyTorch's loss terms, gradients and weights
+// after one AdamW step; 40 steps on one batch must overfit it; bad inputs give clear errors.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ser_test.h"
+
+static char s_dir[64], s_cfg[128];
+// Command lines: fixture paths are < 1024 bytes each.
+#define ARGS_LEN 8192
+
+// The tiny model of tests/reference/make_fixtures.py (moco_case).
+static const char *s_ini =
+    "[model]\narch = vit_tiny\ndim = 24\ndepth = 4\nheads = 3\nmlp_hidden = 48\nimg_size = 16\n"
+    "patch = 4\ncls_layer = 2\nfreeze_patch_embed = false\n"
+    "[moco]\ndim = 16\nmlp_dim = 32\ntemperature = 0.2\n"
+    "[ser]\nlambda = 0.7\ntau = 0.4\nproj_dim = 20\nratio = 0.375\n"
+    "[optim]\neps = 0.001\nclip = 0\n"
+    "[data]\nglobal_batch = 8\nshards = 4\n"
+    "[run]\nthreads = 2\n";
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(s_dir, sizeof s_dir, "/tmp/ser_step_XXXXXX");
+    if (!mkdtemp(s_dir)) return -1;
+    snprintf(s_cfg, sizeof s_cfg, "%s/job.ini", s_dir);
+    FILE *f = fopen(s_cfg, "w");
+    if (!f) return -1;
+    fputs(s_ini, f);
+    fclose(f);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+// Runs `ser ARGS` with stdout+stderr into DIR/log; returns the exit status.
+static int s_ser(const char *args) {
+    char cmd[ARGS_LEN + 512];
+    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/log' 2>&1", SER_BINARY, args, s_dir);
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static int s_log_has(const char *needle) {
+    char path[128], buf[8192];
+    snprintf(path, sizeof path, "%s/log", s_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    if (!strstr(buf, needle)) {
+        fprintf(stderr, "log does not contain '%s':\n%s\n", needle, buf);
+        return 0;
+    }
+    return 1;
+}
+
+static void test_one_step_matches_pytorch(void **state) {
+    (void)state;
+    char args[ARGS_LEN], w[1024], b[1024], out[256];
+    ser_test_fixture_path(w, sizeof w, "step_weights.safetensors");
+    ser_test_fixture_path(b, sizeof b, "step_batch.safetensors");
+    snprintf(out, sizeof out, "%s/out.safetensors", s_dir);
+    snprintf(args, sizeof args, "step --config '%s' --weights '%s' --batch '%s' --out '%s' "
+             "--lr 0.05 --wd 0.1 --momentum 0.9", s_cfg, w, b, out);
+    assert_int_equal(s_ser(args), 0);
+    char err[SER_ERR_LEN];
+    ser_st_file *o = NULL;
+    assert_int_equal(ser_st_open(&o, out, err), 0);
+    ser_st_file *exp = ser_test_open_fixture("step_expected.safetensors");
+    ser_st_file *ref = ser_test_open_fixture("moco_ser_on.safetensors");
+    int ok = 1;
+    // Loss terms and first-step gradients: as test_moco (rtol 1e-4).
+    const char *terms[3] = {"loss", "loss_inv", "loss_equiv"};
+    for (int i = 0; i < 3; i++) {
+        float *got = ser_test_tensor(o, terms[i], NULL), *r = ser_test_tensor(ref, terms[i], NULL);
+        ok &= ser_test_allclose(terms[i], got, r, 1, 1e-6f, 1e-4f);
+        free(got), free(r);
+    }
+    // Weights after the step (trainable and momentum encoder): PyTorch's AdamW in float64 from
+    // float32 gradients; moves are ~lr = 0.05, so atol 1e-4 is 0.2% of a move.
+    int n_checked = 0;
+    for (int i = 0; i < ser_st_count(exp); i++) {
+        const ser_st_entry *e = ser_st_at(exp, i);
+        size_t n;
+        float *want = ser_test_tensor(exp, e->name, &n), *got = ser_test_tensor(o, e->name, NULL);
+        ok &= ser_test_allclose(e->name, got, want, n, 1e-4f, 1e-4f);
+        free(want), free(got);
+        n_checked++;
+    }
+    for (int i = 0; i < ser_st_count(ref); i++) {
+        const ser_st_entry *e = ser_st_at(ref, i);
+        if (strncmp(e->name, "grad.", 5) != 0) continue;
+        size_t n;
+        float *want = ser_test_tensor(ref, e->name, &n), *got = ser_test_tensor(o, e->name, NULL);
+        ok &= ser_test_allclose(e->name, got, want, n, 1e-5f * ser_test_maxabs(want, n) + 1e-6f, 1e-4f);
+        free(want), free(got);
+    }
+    assert_true(n_checked > 100);
+    // The optimizer state is there for every trainable tensor, with step 1.
+    const ser_st_entry *st = ser_st_find(o, "optimizer.base_encoder.blocks.0.attn.qkv.weight.step");
+    assert_non_null(st);
+    assert_int_equal(st->dtype, SER_DT_I64);
+    assert_int_equal(*(const int64_t *)st->data, 1);
+    assert_non_null(ser_st_find(o, "optimizer.projector_equiv.2.weight.exp_avg_sq"));
+    assert_true(ok);
+    ser_st_destroy(&o), ser_st_destroy(&exp), ser_st_destroy(&ref);
+}
+
+static void test_overfits_one_batch(void **state) {
+    (void)state;
+    char args[ARGS_LEN], w[1024], b[1024], out[256];
+    ser_test_fixture_path(w, sizeof w, "step_weights.safetensors");
+    ser_test_fixture_path(b, sizeof b, "step_batch.safetensors");
+    snprintf(out, sizeof out, "%s/out40.safetensors", s_dir);
+    snprintf(args, sizeof args, "step --config '%s' --weights '%s' --batch '%s' --out '%s' "
+             "--steps 40 --lr 0.002 --wd 0.0 --momentum 0.99", s_cfg, w, b, out);
+    assert_int_equal(s_ser(args), 0);
+    char err[SER_ERR_LEN];
+    ser_st_file *o = NULL;
+    assert_int_equal(ser_st_open(&o, out, err), 0);
+    size_t n;
+    float *loss = ser_test_tensor(o, "loss", &n), *inv = ser_test_tensor(o, "loss_inv", NULL);
+    float *eq = ser_test_tensor(o, "loss_equiv", NULL);
+    assert_int_equal(n, 40);
+    print_message("overfit: loss %.4f -> %.4f, inv %.4f -> %.4f, equiv %.4f -> %.4f\n",
+                  (double)loss[0], (double)loss[39], (double)inv[0], (double)inv[39],
+                  (double)eq[0], (double)eq[39]);
+    assert_true(loss[39] < 0.5f * loss[0]);
+    assert_true(inv[39] < inv[0] && eq[39] < eq[0]);
+    free(loss), free(inv), free(eq);
+    ser_st_destroy(&o);
+}
+
+static void test_bad_inputs(void **state) {
+    (void)state;
+    char args[ARGS_LEN], w[1024], b[1024], bad[256];
+    ser_test_fixture_path(w, sizeof w, "step_weights.safetensors");
+    ser_test_fixture_path(b, sizeof b, "step_batch.safetensors");
+    assert_int_equal(s_ser("step --out /tmp/x.safetensors"), 2);
+    assert_true(s_log_has("--batch and --out are required"));
+    snprintf(args, sizeof args, "step --config '%s' --batch '%s' --out '%s/o' --set method.name=dino",
+             s_cfg, b, s_dir);
+    assert_int_equal(s_ser(args), 2);
+    assert_true(s_log_has("only moco is implemented"));
+    snprintf(args, sizeof args, "step --config '%s' --batch '%s' --out '%s/o' --set optim.lr=-1",
+             s_cfg, b, s_dir);
+    assert_int_equal(s_ser(args), 2);
+    assert_true(s_log_has("optim.lr"));
+    // The weights of another model: a strict-load error naming the tensor.
+    snprintf(args, sizeof args, "step --config '%s' --weights '%s' --batch '%s' --out '%s/o' "
+             "--set model.depth=3", s_cfg, w, b, s_dir);
+    assert_int_equal(s_ser(args), 1);
+    assert_true(s_log_has("unexpected, first 'base_encoder.blocks.3"));
+    // A corrupt batch file.
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", s_dir);
+    FILE *f = fopen(bad, "w");
+    fputs("not a safetensors file at all", f);
+    fclose(f);
+    snprintf(args, sizeof args, "step --config '%s' --batch '%s' --out '%s/o'", s_cfg, bad, s_dir);
+    assert_int_equal(s_ser(args), 1);
+    assert_true(s_log_has("bad.safetensors"));
+    // A batch whose group element does not match its image size.
+    ser_st_file *bf = ser_test_open_fixture("step_batch.safetensors");
+    ser_st_writer *wr = ser_st_writer_new();
+    int64_t g[30];
+    for (int i = 0; i < ser_st_count(bf); i++) {
+        const ser_st_entry *e = ser_st_at(bf, i);
+        if (strcmp(e->name, "eq.g") == 0) {
+            memcpy(g, e->data, sizeof g);
+            g[3] += 1;  // sample 0, view 0: gh one larger than its image
+            ser_st_writer_add(wr, e->name, e->dtype, e->ndim, e->shape, g);
+        } else {
+            ser_st_writer_add(wr, e->name, e->dtype, e->ndim, e->shape, e->data);
+        }
+    }
+    snprintf(bad, sizeof bad, "%s/badg.safetensors", s_dir);
+    char err[SER_ERR_LEN];
+    assert_int_equal(ser_st_writer_save(wr, bad, err), 0);
+    ser_st_writer_destroy(&wr);
+    ser_st_destroy(&bf);
+    snprintf(args, sizeof args, "step --config '%s' --batch '%s' --out '%s/o'", s_cfg, bad, s_dir);
+    assert_int_equal(s_ser(args), 1);
+    assert_true(s_log_has("eq.view0.0"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_one_step_matches_pytorch),
+        cmocka_unit_test(test_overfits_one_batch),
+        cmocka_unit_test(test_bad_inputs),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
