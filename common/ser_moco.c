@@ -102,7 +102,6 @@ int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]
                 m->tab.t[i].flags |= SER_TINFO_FROZEN;
     m->params = ser_xaligned(sizeof(float) * m->tab.total);
     m->grads = ser_xaligned(sizeof(float) * m->tab.total);
-    m->shard_grads = ser_xaligned(sizeof(float) * m->tab.total);
     m->mparams = ser_xaligned(sizeof(float) * m->mtab.total);
     m->buffers = ser_xaligned(sizeof(float) * (m->btab.total ? m->btab.total : 1));
     ser_vit_bind(&m->vit, m->params, m->grads);
@@ -119,12 +118,10 @@ fail:
 
 void ser_moco_free(ser_moco *m) {
     if (!m) return;
-    for (int i = 0; i < m->nacts; i++) ser_vit_acts_free(&m->acts[i]);
-    free(m->acts);
-    ser_vit_acts_free(&m->macts);
+    ser_engine_free(&m->eng);
     ser_vit_free(&m->vit);
     ser_vit_free(&m->mvit);
-    free(m->params), free(m->grads), free(m->shard_grads), free(m->mparams), free(m->buffers);
+    free(m->params), free(m->grads), free(m->mparams), free(m->buffers);
     ser_ptab_free(&m->tab);
     ser_ptab_free(&m->mtab);
     ser_ptab_free(&m->btab);
@@ -155,95 +152,9 @@ void ser_moco_momentum_update(ser_moco *m, float momentum) {
     for (size_t i = 0; i < n; i++) pm[i] = pm[i] * momentum + pb[i] * om;
 }
 
-int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
-                    char err[SER_ERR_LEN]) {
-    int B = b->n_inv + b->n_eq;
-    if (b->n_inv < 0 || b->n_eq < 0 || B < 2)
-        return s_fail(err, SER_ESHAPE, "batch: %d invariant + %d equivariant samples (need >= 2)",
-                      b->n_inv, b->n_eq);
-    if (shards < 1 || B % shards)
-        return s_fail(err, SER_ESHAPE, "batch: global batch %d is not divisible into %d shards", B,
-                      shards);
-    if (b->n_inv && (b->img % vit->patch || b->img < vit->patch || !b->inv[0] || !b->inv[1]))
-        return s_fail(err, SER_ESHAPE, "batch: invariant views of %d px with patch %d", b->img,
-                      vit->patch);
-    for (int e = 0; e < b->n_eq; e++)
-        for (int v = 0; v < 2; v++) {
-            if (!b->eq[v] || !b->eq[v][e] || !b->g[v])
-                return s_fail(err, SER_EINVAL, "batch: equivariant sample %d view %d missing", e, v);
-            if (ser_group_elem_check(&b->g[v][e]))
-                return s_fail(err, SER_EINVAL,
-                              "batch: equivariant sample %d view %d: invalid group element "
-                              "(rot180 %d hflip %d rot90 %d grid %dx%d)",
-                              e, v, b->g[v][e].rot180, b->g[v][e].hflip, b->g[v][e].rot90,
-                              b->g[v][e].gh, b->g[v][e].gw);
-        }
-    return SER_OK;
-}
-
 // --- the step --------------------------------------------------------------------------------
-typedef struct s_call {
-    int view, eq;  // eq: -1 for an invariant slice
-    int i0, i1;    // invariant rows [i0, i1)
-} s_call;
-
-typedef struct s_step {
-    int B, C, n_inv, n_eq;
-    float *qcls[2], *kcls[2], *dqcls[2];
-    int *tok[2];         // tokens per equivariant sample and view
-    size_t *tokoff[2];   // row offset of each sample's map in qmap/kmap
-    size_t ntok[2];
-    float *qmap[2], *kmap[2], *dqmap[2];
-} s_step;
-
-static int s_shard_calls(const ser_batch *b, int s, int shards, s_call *calls) {
-    int B = b->n_inv + b->n_eq, per = B / shards, p0 = s * per, p1 = p0 + per, n = 0;
-    int i0 = p0, i1 = p1 < b->n_inv ? p1 : b->n_inv;
-    if (i1 > i0)
-        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, -1, i0, i1};
-    for (int p = p0 > b->n_inv ? p0 : b->n_inv; p < p1; p++)
-        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, p - b->n_inv, 0, 0};
-    return n;
-}
-
-// Runs the ViT of one call (student with its activations kept in a, or momentum) and copies
-// the CLS rows (and the map of an equivariant sample) into the step's global arrays.
-static int s_call_forward(ser_moco *m, const ser_batch *b, const s_call *c, ser_vit *vit,
-                          ser_vit_acts *a, int student, uint64_t seed, uint32_t step, s_step *st,
-                          char *err) {
-    int C = st->C, B, H, W;
-    const float *img;
-    size_t pos;
-    uint32_t ids[4096];
-    if (c->eq < 0) {
-        B = c->i1 - c->i0, H = W = b->img;
-        img = b->inv[c->view] + (size_t)c->i0 * 3 * H * W;
-        pos = (size_t)c->i0;
-    } else {
-        B = 1;
-        ser_group_image_size(&b->g[c->view][c->eq], m->cfg.vit.patch, &H, &W);
-        img = b->eq[c->view][c->eq];
-        pos = (size_t)(b->n_inv + c->eq);
-    }
-    uint32_t *idp = B <= 4096 ? ids : ser_xmalloc(sizeof(uint32_t) * (size_t)B);
-    for (int i = 0; i < B; i++) {
-        uint32_t id = b->ids ? b->ids[pos + (size_t)i] : (uint32_t)(pos + (size_t)i);
-        idp[i] = id * 2u + (uint32_t)c->view;  // two views of a sample draw different masks
-    }
-    ser_vit_fwd_opts o = {.train = student, .seed = seed, .step = step, .sample_ids = idp};
-    int rc = ser_vit_forward(vit, a, img, B, H, W, &o, err);
-    if (idp != ids) free(idp);
-    if (rc) return rc;
-    memcpy((student ? st->qcls : st->kcls)[c->view] + pos * C, a->cls, sizeof(float) * (size_t)B * C);
-    if (c->eq >= 0 && m->cfg.ser) {
-        float *dst = (student ? st->qmap : st->kmap)[c->view] + st->tokoff[c->view][c->eq] * C;
-        memcpy(dst, a->map, sizeof(float) * (size_t)a->NP * C);
-    }
-    return SER_OK;
-}
-
 // The batch-coupled part: heads, contrastive loss, projector_equiv, group action, NT-Xent.
-static int s_objective(ser_moco *m, const ser_batch *b, s_step *st, ser_moco_losses *out,
+static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_moco_losses *out,
                        char *err) {
     const ser_moco_config *cfg = &m->cfg;
     int B = st->B, D = cfg->dim, rc = SER_OK;
@@ -328,81 +239,17 @@ int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float
                               char err[SER_ERR_LEN]) {
     int rc = ser_batch_check(b, &m->cfg.vit, shards, err);
     if (rc) return rc;
-    const ser_moco_config *cfg = &m->cfg;
-    s_step st;
-    memset(&st, 0, sizeof st);
-    st.B = b->n_inv + b->n_eq, st.C = cfg->vit.dim, st.n_inv = b->n_inv, st.n_eq = b->n_eq;
-    int C = st.C, P = cfg->vit.patch;
-    for (int v = 0; v < 2; v++) {
-        st.qcls[v] = ser_xaligned(sizeof(float) * (size_t)st.B * C);
-        st.kcls[v] = ser_xaligned(sizeof(float) * (size_t)st.B * C);
-        st.dqcls[v] = ser_xaligned(sizeof(float) * (size_t)st.B * C);
-        st.tok[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(int));
-        st.tokoff[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(size_t));
-        for (int e = 0; e < b->n_eq; e++) {
-            int r, c;
-            ser_group_view_grid(&b->g[v][e], &r, &c);
-            st.tok[v][e] = r * c;
-            st.tokoff[v][e] = st.ntok[v];
-            st.ntok[v] += (size_t)r * c;
-        }
-        st.qmap[v] = ser_xaligned(sizeof(float) * (st.ntok[v] + 1) * C);
-        st.kmap[v] = ser_xaligned(sizeof(float) * (st.ntok[v] + 1) * C);
-        st.dqmap[v] = ser_xaligned(sizeof(float) * (st.ntok[v] + 1) * C);
-    }
-    (void)P;
-    // Calls of every shard, in shard order.
-    int per = st.B / shards, maxcalls = 2 + 2 * per;
-    s_call *calls = ser_xcalloc((size_t)shards * maxcalls, sizeof *calls);
-    int *ncalls = ser_xcalloc((size_t)shards, sizeof(int));
-    for (int s = 0; s < shards; s++) ncalls[s] = s_shard_calls(b, s, shards, calls + s * maxcalls);
-    int need = shards * maxcalls;
-    if (need > m->nacts) {
-        m->acts = realloc(m->acts, sizeof *m->acts * (size_t)need);
-        SER_ASSERT(m->acts);
-        memset(m->acts + m->nacts, 0, sizeof *m->acts * (size_t)(need - m->nacts));
-        m->nacts = need;
-    }
-    ser_vit_acts *acts = m->acts, *macts = &m->macts;
-
     if (momentum >= 0.0f) ser_moco_momentum_update(m, momentum);
     memset(m->grads, 0, sizeof(float) * m->tab.total);
-    // Phase 1: per-shard forwards.
-    for (int s = 0; s < shards && !rc; s++)
-        for (int i = 0; i < ncalls[s] && !rc; i++) {
-            const s_call *c = &calls[s * maxcalls + i];
-            rc = s_call_forward(m, b, c, &m->vit, &acts[s * maxcalls + i], 1, drop_seed, step, &st, err);
-            if (!rc) rc = s_call_forward(m, b, c, &m->mvit, macts, 0, drop_seed, step, &st, err);
-        }
-    // Phase 2: the batch-coupled objective.
-    if (!rc) rc = s_objective(m, b, &st, out, err);
+    ser_gathered g;
+    rc = ser_engine_forward(&m->eng, &m->vit, &m->mvit, b, shards, m->cfg.ser, drop_seed, step, &g,
+                            err);
+    if (rc) return rc;
+    rc = s_objective(m, b, &g, out, err);
     if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
         rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
                     out->loss_inv, out->loss_equiv);
-    // Phase 3: per-shard backwards, each into a zeroed buffer, summed in shard order.
-    size_t off, span = ser_vit_span(&m->vit, &off);
-    int map_grad = cfg->ser && cfg->ser_grad;
-    for (int s = 0; s < shards && !rc; s++) {
-        memset(m->shard_grads + off, 0, sizeof(float) * span);
-        ser_vit_bind(&m->vit, m->params, m->shard_grads);
-        for (int i = 0; i < ncalls[s]; i++) {
-            const s_call *c = &calls[s * maxcalls + i];
-            ser_vit_acts *a = &acts[s * maxcalls + i];
-            size_t pos = c->eq < 0 ? (size_t)c->i0 : (size_t)(b->n_inv + c->eq);
-            const float *dmap = c->eq >= 0 && map_grad
-                                    ? st.dqmap[c->view] + st.tokoff[c->view][c->eq] * C
-                                    : NULL;
-            ser_vit_backward(&m->vit, a, st.dqcls[c->view] + pos * C, dmap);
-        }
-        ser_vit_bind(&m->vit, m->params, m->grads);
-        float *g = m->grads + off;
-        const float *sg = m->shard_grads + off;
-        for (size_t i = 0; i < span; i++) g[i] += sg[i];
-    }
-    free(calls), free(ncalls);
-    for (int v = 0; v < 2; v++) {
-        free(st.qcls[v]), free(st.kcls[v]), free(st.dqcls[v]), free(st.tok[v]), free(st.tokoff[v]);
-        free(st.qmap[v]), free(st.kmap[v]), free(st.dqmap[v]);
-    }
+    if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);
+    ser_gathered_free(&g);
     return rc;
 }

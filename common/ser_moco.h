@@ -2,8 +2,8 @@
 // and one forward/backward over a global batch split into shards.
 //
 // A step has two kinds of work (design.md §3, docs/batch-coupling.md):
-//   per shard   the student ViT forward (final [CLS]; for equivariant samples also the block-k
-//               map) and the momentum ViT forward; later the student ViT backward;
+//   per shard   (ser_engine) the student ViT forward (final [CLS]; for equivariant samples also
+//               the block-k map) and the momentum ViT forward; later the student ViT backward;
 //   per batch   everything that couples samples, computed once over the gathered features:
 //               projector (BatchNorm over the global batch), predictor, momentum projector,
 //               the contrastive loss over all keys, projector_equiv, the feature-space group
@@ -17,7 +17,6 @@
 // defines:
 //   ser_moco_config, ser_moco_config_default(), ser_moco_config_from_job()
 //   ser_moco, ser_moco_init(), ser_moco_free(), ser_moco_init_weights()
-//   ser_batch (one global batch), ser_batch_check()
 //   ser_moco_losses, ser_moco_forward_backward()
 //   ser_moco_momentum_update()
 #ifndef SER_MOCO_H
@@ -27,6 +26,7 @@
 
 #include "ser_base.h"
 #include "ser_config.h"
+#include "ser_engine.h"
 #include "ser_group.h"
 #include "ser_mlp.h"
 #include "ser_ptab.h"
@@ -57,11 +57,7 @@ typedef struct ser_moco {
     ser_ptab btab;  // BatchNorm buffers of every head
     int n_base;     // tab entries of base_encoder (EMA'd onto mtab)
     float *params, *grads, *mparams, *buffers;
-    float *shard_grads;  // scratch: one shard's ViT gradient
-    // Activations kept across steps (re-used, so a step touches no fresh pages): one per ViT
-    // call of the student (acts[nacts]) and one for the momentum encoder.
-    ser_vit_acts *acts, macts;
-    int nacts;
+    ser_engine eng;  // per-shard ViT passes; activations kept across steps
     ser_vit vit, mvit;
     ser_mlp head, mhead, pred, proj;
 } ser_moco;
@@ -72,22 +68,6 @@ void ser_moco_free(ser_moco *m);
 void ser_moco_init_weights(ser_moco *m, uint64_t seed);
 // p_m <- m * p_m + (1 - m) * p_b over base_encoder/momentum_encoder parameters (not buffers).
 void ser_moco_momentum_update(ser_moco *m, float momentum);
-
-// One global batch: positions [0, n_inv) are invariant samples, [n_inv, n_inv + n_eq) the
-// equivariant ones (the reference puts the equivariant sub-batch last). Images are normalised
-// float CHW.
-typedef struct ser_batch {
-    int n_inv, n_eq;
-    int img;                   // invariant views are img x img
-    const float *inv[2];       // [view] (n_inv, 3, img, img)
-    const float *const *eq[2]; // [view][e] (3, H, W) with (H, W) = ser_group_image_size(g)
-    const ser_group_elem *g[2];  // [view] (n_eq,)
-    const uint32_t *ids;       // (n_inv + n_eq,) global sample ids for drop path, or NULL
-} ser_batch;
-
-// Checks sizes and group elements against the model; a message names the offending sample.
-int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
-                    char err[SER_ERR_LEN]);
 
 typedef struct ser_moco_losses {
     double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv

@@ -1,0 +1,195 @@
+// ser_engine.c — see ser_engine.h.
+#include "ser_engine.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
+static int s_fail(char *err, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, SER_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
+                    char err[SER_ERR_LEN]) {
+    int B = b->n_inv + b->n_eq;
+    if (b->n_inv < 0 || b->n_eq < 0 || B < 2)
+        return s_fail(err, SER_ESHAPE, "batch: %d invariant + %d equivariant samples (need >= 2)",
+                      b->n_inv, b->n_eq);
+    if (shards < 1 || B % shards)
+        return s_fail(err, SER_ESHAPE, "batch: global batch %d is not divisible into %d shards", B,
+                      shards);
+    if (b->n_inv && (b->img % vit->patch || b->img < vit->patch || !b->inv[0] || !b->inv[1]))
+        return s_fail(err, SER_ESHAPE, "batch: invariant views of %d px with patch %d", b->img,
+                      vit->patch);
+    for (int e = 0; e < b->n_eq; e++)
+        for (int v = 0; v < 2; v++) {
+            if (!b->eq[v] || !b->eq[v][e] || !b->g[v])
+                return s_fail(err, SER_EINVAL, "batch: equivariant sample %d view %d missing", e, v);
+            if (ser_group_elem_check(&b->g[v][e]))
+                return s_fail(err, SER_EINVAL,
+                              "batch: equivariant sample %d view %d: invalid group element "
+                              "(rot180 %d hflip %d rot90 %d grid %dx%d)",
+                              e, v, b->g[v][e].rot180, b->g[v][e].hflip, b->g[v][e].rot90,
+                              b->g[v][e].gh, b->g[v][e].gw);
+        }
+    return SER_OK;
+}
+
+void ser_gathered_free(ser_gathered *g) {
+    if (!g) return;
+    for (int v = 0; v < 2; v++) {
+        free(g->qcls[v]), free(g->kcls[v]), free(g->dqcls[v]), free(g->tok[v]), free(g->tokoff[v]);
+        free(g->qmap[v]), free(g->kmap[v]), free(g->dqmap[v]);
+    }
+    memset(g, 0, sizeof *g);
+}
+
+void ser_engine_free(ser_engine *e) {
+    if (!e) return;
+    for (int i = 0; i < e->nacts; i++) ser_vit_acts_free(&e->acts[i]);
+    free(e->acts);
+    ser_vit_acts_free(&e->tacts);
+    free(e->shard_grads);
+    memset(e, 0, sizeof *e);
+}
+
+// --- calls -----------------------------------------------------------------------------------
+typedef struct s_call {
+    int view, eq;  // eq: -1 for an invariant slice
+    int i0, i1;    // invariant rows [i0, i1)
+} s_call;
+
+static int s_max_calls(int B, int shards) { return 2 + 2 * (B / shards); }
+
+static int s_shard_calls(const ser_batch *b, int s, int shards, s_call *calls) {
+    int B = b->n_inv + b->n_eq, per = B / shards, p0 = s * per, p1 = p0 + per, n = 0;
+    int i0 = p0, i1 = p1 < b->n_inv ? p1 : b->n_inv;
+    if (i1 > i0)
+        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, -1, i0, i1};
+    for (int p = p0 > b->n_inv ? p0 : b->n_inv; p < p1; p++)
+        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, p - b->n_inv, 0, 0};
+    return n;
+}
+
+static size_t s_call_pos(const ser_batch *b, const s_call *c) {
+    return c->eq < 0 ? (size_t)c->i0 : (size_t)(b->n_inv + c->eq);
+}
+
+// Runs one ViT call (student with its activations kept in a, or the teacher) and copies the
+// CLS rows (and the map of an equivariant sample) into the gathered arrays.
+static int s_call_forward(const ser_batch *b, const s_call *c, ser_vit *vit, ser_vit_acts *a,
+                          int student, int maps, uint64_t seed, uint32_t step, ser_gathered *g,
+                          char *err) {
+    int C = g->C, B, H, W;
+    const float *img;
+    size_t pos = s_call_pos(b, c);
+    if (c->eq < 0) {
+        B = c->i1 - c->i0, H = W = b->img;
+        img = b->inv[c->view] + (size_t)c->i0 * 3 * H * W;
+    } else {
+        B = 1;
+        ser_group_image_size(&b->g[c->view][c->eq], vit->cfg.patch, &H, &W);
+        img = b->eq[c->view][c->eq];
+    }
+    uint32_t *ids = ser_xmalloc(sizeof(uint32_t) * (size_t)B);
+    for (int i = 0; i < B; i++) {
+        uint32_t id = b->ids ? b->ids[pos + (size_t)i] : (uint32_t)(pos + (size_t)i);
+        ids[i] = id * 2u + (uint32_t)c->view;  // two views of a sample draw different masks
+    }
+    ser_vit_fwd_opts o = {.train = student, .seed = seed, .step = step, .sample_ids = ids};
+    int rc = ser_vit_forward(vit, a, img, B, H, W, &o, err);
+    free(ids);
+    if (rc) return rc;
+    memcpy((student ? g->qcls : g->kcls)[c->view] + pos * C, a->cls, sizeof(float) * (size_t)B * C);
+    if (c->eq >= 0 && maps) {
+        float *dst = (student ? g->qmap : g->kmap)[c->view] + g->tokoff[c->view][c->eq] * C;
+        memcpy(dst, a->map, sizeof(float) * (size_t)a->NP * C);
+    }
+    return SER_OK;
+}
+
+// --- the two halves --------------------------------------------------------------------------
+int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const ser_batch *b,
+                       int shards, int maps, uint64_t seed, uint32_t step, ser_gathered *g,
+                       char err[SER_ERR_LEN]) {
+    memset(g, 0, sizeof *g);
+    int rc = ser_batch_check(b, &student->cfg, shards, err);
+    if (rc) return rc;
+    g->B = b->n_inv + b->n_eq, g->C = student->cfg.dim, g->n_inv = b->n_inv, g->n_eq = b->n_eq;
+    size_t BC = (size_t)g->B * g->C;
+    for (int v = 0; v < 2; v++) {
+        g->qcls[v] = ser_xaligned(sizeof(float) * BC);
+        g->kcls[v] = ser_xaligned(sizeof(float) * BC);
+        g->dqcls[v] = ser_xaligned(sizeof(float) * BC);
+        g->tok[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(int));
+        g->tokoff[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(size_t));
+        for (int i = 0; i < b->n_eq; i++) {
+            int r, c;
+            ser_group_view_grid(&b->g[v][i], &r, &c);
+            g->tok[v][i] = r * c;
+            g->tokoff[v][i] = g->ntok[v];
+            g->ntok[v] += (size_t)r * c;
+        }
+        size_t nm = (g->ntok[v] + 1) * (size_t)g->C;
+        g->qmap[v] = ser_xaligned(sizeof(float) * nm);
+        g->kmap[v] = ser_xaligned(sizeof(float) * nm);
+        g->dqmap[v] = ser_xaligned(sizeof(float) * nm);
+    }
+    int maxc = s_max_calls(g->B, shards), need = shards * maxc;
+    if (need > e->nacts) {
+        e->acts = realloc(e->acts, sizeof *e->acts * (size_t)need);
+        SER_ASSERT(e->acts);
+        memset(e->acts + e->nacts, 0, sizeof *e->acts * (size_t)(need - e->nacts));
+        e->nacts = need;
+    }
+    s_call *calls = ser_xcalloc((size_t)maxc, sizeof *calls);
+    for (int s = 0; s < shards && !rc; s++) {
+        int n = s_shard_calls(b, s, shards, calls);
+        for (int i = 0; i < n && !rc; i++) {
+            rc = s_call_forward(b, &calls[i], student, &e->acts[s * maxc + i], 1, maps, seed, step,
+                                g, err);
+            if (!rc && teacher)
+                rc = s_call_forward(b, &calls[i], teacher, &e->tacts, 0, maps, seed, step, g, err);
+        }
+    }
+    free(calls);
+    if (rc) ser_gathered_free(g);
+    return rc;
+}
+
+void ser_engine_backward(ser_engine *e, ser_vit *student, const ser_batch *b, int shards,
+                         const ser_gathered *g, int map_grad) {
+    size_t off, span = ser_vit_span(student, &off);
+    if (off + span > e->cap) {
+        free(e->shard_grads);
+        e->shard_grads = ser_xaligned(sizeof(float) * (off + span));
+        e->cap = off + span;
+    }
+    float *grads = student->grads, *total = grads + off;
+    memset(total, 0, sizeof(float) * span);
+    int maxc = s_max_calls(g->B, shards), C = g->C;
+    s_call *calls = ser_xcalloc((size_t)maxc, sizeof *calls);
+    for (int s = 0; s < shards; s++) {
+        memset(e->shard_grads + off, 0, sizeof(float) * span);
+        ser_vit_bind(student, student->params, e->shard_grads);
+        int n = s_shard_calls(b, s, shards, calls);
+        for (int i = 0; i < n; i++) {
+            const s_call *c = &calls[i];
+            size_t pos = s_call_pos(b, c);
+            const float *dmap = c->eq >= 0 && map_grad
+                                    ? g->dqmap[c->view] + g->tokoff[c->view][c->eq] * C
+                                    : NULL;
+            ser_vit_backward(student, &e->acts[s * maxc + i], g->dqcls[c->view] + pos * C, dmap);
+        }
+        ser_vit_bind(student, student->params, grads);
+        const float *sg = e->shard_grads + off;
+        for (size_t i = 0; i < span; i++) total[i] += sg[i];
+    }
+    free(calls);
+}

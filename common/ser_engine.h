@@ -1,0 +1,82 @@
+// ser_engine.h — the per-shard half of a two-view SSL step, shared by every objective.
+//
+// A global batch (ser_batch) is split into S fixed shards. For each shard, in shard order, the
+// engine runs the student ViT on every view of every sample (keeping the activations), and
+// optionally a teacher ViT (the MoCo momentum encoder, the DINO EMA teacher); it gathers the
+// final [CLS] rows and the SER maps of the whole batch into ser_gathered. The objective then
+// computes the batch-coupled terms on those (docs/batch-coupling.md) and fills the gradients
+// dqcls/dqmap; the engine runs each shard's student backward into a zeroed buffer and adds
+// the shard gradients in shard order. Which process computes a shard does not change a bit.
+//
+// Calls within a shard, in order: invariant view 0 (all its invariant rows), invariant view 1,
+// then for each equivariant sample: view 0, view 1 (one image each: their sizes differ).
+// Drop-path masks are keyed by (seed, step, 2*id + view) with id the global sample id.
+//
+// defines:
+//   ser_batch, ser_batch_check()         one global batch (views, group elements, ids)
+//   ser_gathered, ser_gathered_free()    the batch-wide CLS rows and maps, and their gradients
+//   ser_engine, ser_engine_free()        activations and scratch kept across steps
+//   ser_engine_forward(), ser_engine_backward()
+#ifndef SER_ENGINE_H
+#define SER_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ser_base.h"
+#include "ser_group.h"
+#include "ser_vit.h"
+
+// One global batch: positions [0, n_inv) are invariant samples, [n_inv, n_inv + n_eq) the
+// equivariant ones (the reference puts the equivariant sub-batch last). Images are normalised
+// float CHW.
+typedef struct ser_batch {
+    int n_inv, n_eq;
+    int img;                     // invariant views are img x img
+    const float *inv[2];         // [view] (n_inv, 3, img, img)
+    const float *const *eq[2];   // [view][e] (3, H, W) with (H, W) = ser_group_image_size(g)
+    const ser_group_elem *g[2];  // [view] (n_eq,)
+    const uint32_t *ids;         // (n_inv + n_eq,) global sample ids for drop path, or NULL
+} ser_batch;
+
+// Checks sizes and group elements against the model; a message names the offending sample.
+int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
+                    char err[SER_ERR_LEN]);
+
+typedef struct ser_gathered {
+    int B, C, n_inv, n_eq;
+    float *qcls[2], *kcls[2];  // [view] (B, C) student / teacher final [CLS] by position
+    float *dqcls[2];           // [view] (B, C) gradient w.r.t. qcls, filled by the objective
+    int *tok[2];               // [view] (n_eq,) tokens of each equivariant view
+    size_t *tokoff[2];         // [view] (n_eq,) first row of each sample's map
+    size_t ntok[2];            // [view] total rows
+    float *qmap[2], *kmap[2];  // [view] (ntok, C) student / teacher SER maps (norm_equiv)
+    float *dqmap[2];           // [view] gradient w.r.t. qmap, filled by the objective
+} ser_gathered;
+
+void ser_gathered_free(ser_gathered *g);
+
+typedef struct ser_engine {
+    ser_vit_acts *acts;  // one per student call of every shard, kept between the two halves
+    int nacts;
+    ser_vit_acts tacts;  // the teacher's (no backward)
+    float *shard_grads;  // one shard's gradient (the student's span of the arena)
+    size_t cap;
+} ser_engine;
+
+void ser_engine_free(ser_engine *e);
+
+// Forward half. teacher may be NULL (no kcls/kmap). maps: gather the SER maps of the
+// equivariant samples. *g is allocated here (release with ser_gathered_free) and dqcls/dqmap
+// are zeroed for the objective to fill.
+int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const ser_batch *b,
+                       int shards, int maps, uint64_t seed, uint32_t step, ser_gathered *g,
+                       char err[SER_ERR_LEN]);
+
+// Backward half: for each shard, the student's gradient from dqcls (and dqmap when map_grad)
+// into a zeroed buffer, then added to student->grads in shard order. student->grads must hold
+// the other modules' gradients already; its ViT span is overwritten, not accumulated into.
+void ser_engine_backward(ser_engine *e, ser_vit *student, const ser_batch *b, int shards,
+                         const ser_gathered *g, int map_grad);
+
+#endif
