@@ -12,10 +12,13 @@
 #include "ser_test.h"
 
 #define RTOL 1e-4f
-// atol: 1e-5 of the tensor's scale, with a floor of 1e-6 for gradients that are exactly zero in
+// atol: 2e-5 of the tensor's scale, with a floor of 1e-6 for gradients that are exactly zero in
 // exact arithmetic (base_encoder.norm.bias: a constant shift of the CLS is removed by the
-// projector's first BatchNorm, so float32 leaves only rounding noise there).
-static float s_atol(const float *ref, size_t n) { return 1e-5f * ser_test_maxabs(ref, n) + 1e-6f; }
+// projector's first BatchNorm, so float32 leaves only rounding noise there). A whole step in
+// float32 sits close to 1e-5 of scale: PyTorch's own float32 run of this step reaches 47% of
+// that (tensor predictor.0.weight, BatchNorm over 8 rows), ser's Release build 33%, and a -O0
+// build without FMA contraction 104%; 2e-5 leaves margin for every build.
+static float s_atol(const float *ref, size_t n) { return 2e-5f * ser_test_maxabs(ref, n) + 1e-6f; }
 
 typedef struct {
     ser_st_file *f;
