@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "ser_loss.h"
-#include "ser_ntxent.h"
+#include "ser_equiv.h"
 
 void ser_moco_config_default(ser_moco_config *c) {
     memset(c, 0, sizeof *c);
@@ -158,9 +158,8 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
                        char *err) {
     const ser_moco_config *cfg = &m->cfg;
     int B = st->B, D = cfg->dim, rc = SER_OK;
-    ser_mlp_acts ha[2], pa[2], ma, pq[2], pk[2];
+    ser_mlp_acts ha[2], pa[2], ma;
     memset(ha, 0, sizeof ha), memset(pa, 0, sizeof pa), memset(&ma, 0, sizeof ma);
-    memset(pq, 0, sizeof pq), memset(pk, 0, sizeof pk);
     float *P[2], *KZ[2], *dP[2], *dz = ser_xaligned(sizeof(float) * (size_t)B * D);
     for (int v = 0; v < 2; v++) {
         P[v] = ser_xaligned(sizeof(float) * (size_t)B * D);
@@ -179,50 +178,10 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
         ser_mlp_backward(&m->head, &ha[v], st->dqcls[v], dz);
     }
     out->loss_equiv = 0;
-    if (cfg->ser && b->n_eq > 0) {
-        int E = cfg->ser_proj_dim, C = st->C;
-        float *PQ[2], *PK[2], *K[2], *dPQ[2], *dK[2], *dPK[2];
-        for (int v = 0; v < 2; v++) {
-            size_t n = st->ntok[v] * E;
-            PQ[v] = ser_xaligned(sizeof(float) * n), PK[v] = ser_xaligned(sizeof(float) * n);
-            K[v] = ser_xaligned(sizeof(float) * n);
-            dPQ[v] = ser_xaligned(sizeof(float) * n), dK[v] = ser_xaligned(sizeof(float) * n);
-            dPK[v] = ser_xaligned(sizeof(float) * n);
-            memcpy(PQ[v], ser_mlp_forward(&m->proj, &pq[v], st->qmap[v], (int)st->ntok[v], 0),
-                   sizeof(float) * n);
-            memcpy(PK[v], ser_mlp_forward(&m->proj, &pk[v], st->kmap[v], (int)st->ntok[v], 0),
-                   sizeof(float) * n);
-        }
-        // K[w] = teacher map of view 1-w moved onto view w's grid (w = 1: K0 of the reference).
-        for (int w = 0; w < 2 && !rc; w++)
-            for (int e = 0; e < b->n_eq && !rc; e++)
-                rc = ser_group_rel_action(K[w] + st->tokoff[w][e] * E,
-                                          PK[1 - w] + st->tokoff[1 - w][e] * E, E,
-                                          &b->g[1 - w][e], &b->g[w][e]);
-        double L[2] = {0, 0};
-        float scale = cfg->ser_grad ? 0.5f * cfg->ser_lambda : 0.0f;
-        for (int w = 0; w < 2 && !rc; w++)
-            rc = ser_ntxent_forward_backward(&L[w], cfg->ser_grad ? dPQ[w] : NULL,
-                                             cfg->ser_grad ? dK[w] : NULL, PQ[w], K[w], st->tok[w],
-                                             b->n_eq, E, cfg->ser_tau, scale);
-        if (rc) snprintf(err, SER_ERR_LEN, "ser: group action or NT-Xent failed (%s)", ser_strerror(rc));
-        out->loss_equiv = 0.5 * (L[0] + L[1]);
-        if (!rc && cfg->ser_grad) {
-            for (int w = 0; w < 2 && !rc; w++)
-                for (int e = 0; e < b->n_eq && !rc; e++)
-                    rc = ser_group_rel_action_backward(dPK[1 - w] + st->tokoff[1 - w][e] * E,
-                                                       dK[w] + st->tokoff[w][e] * E, E,
-                                                       &b->g[1 - w][e], &b->g[w][e]);
-            for (int v = 0; v < 2 && !rc; v++) {
-                ser_mlp_backward(&m->proj, &pq[v], st->dqmap[v], dPQ[v]);
-                ser_mlp_backward(&m->proj, &pk[v], NULL, dPK[v]);  // teacher map: no gradient
-            }
-        }
-        for (int v = 0; v < 2; v++) {
-            free(PQ[v]), free(PK[v]), free(K[v]), free(dPQ[v]), free(dK[v]), free(dPK[v]);
-            ser_mlp_acts_free(&pq[v]), ser_mlp_acts_free(&pk[v]);
-        }
-        (void)C;
+    if (cfg->ser) {
+        ser_equiv_opts eo = {.tau = cfg->ser_tau, .lambda = cfg->ser_lambda, .grad = cfg->ser_grad,
+                             .both_directions = 1, .keys_from_student = 0};
+        rc = ser_equiv_term(&m->proj, b, st, &eo, &out->loss_equiv, err);
     }
     out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;
     for (int v = 0; v < 2; v++) {
