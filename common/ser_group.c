@@ -123,20 +123,36 @@ static void s_transfer_backward(float *din, s_view iv, int64_t ics, const float 
 }
 
 // --- image action ----------------------------------------------------------------------------
-int ser_group_image_action(float *out, const float *in, int C, int H, int W, int P,
-                           const ser_group_elem *g) {
+// Both layouts run this one path; only the strides differ. Planar (C, H, W): element stride 1,
+// channel stride H*W. Channels-last (H, W, C): element stride C, channel stride 1. Every output
+// value is the same ser_bicubic_forward sum over the same source values in the same order, so
+// the two layouts give the same bits (tests/test_group.c checks it).
+static int s_image_action(float *out, const float *in, int C, int H, int W, int P,
+                          const ser_group_elem *g, int channels_last) {
     if (ser_group_elem_check(g) || C < 1 || H < 1 || W < 1 || P < 1) return SER_EINVAL;
     if (P > SER_GROUP_MAX_PATCH) return SER_EINVAL;
     int OH, OW;
     ser_group_image_size(g, P, &OH, &OW);
-    s_view iv = s_view_plain(H, W, W, 1);
+    int64_t ies = channels_last ? C : 1, ics = channels_last ? 1 : (int64_t)H * W;
+    int64_t oes = channels_last ? C : 1, ocs = channels_last ? 1 : (int64_t)OH * OW;
+    s_view iv = s_view_plain(H, W, W * ies, ies);
     s_view_flips(&iv, g->rot180, g->hflip);
     // The resize writes W' = rot90_{-r}(out), so that out = rot90_r(W').
-    s_view ov = s_view_plain(OH, OW, OW, 1);
+    s_view ov = s_view_plain(OH, OW, OW * oes, oes);
     s_view_rot90(&ov, -g->rot90);
     SER_ASSERT(ov.rows == P * g->gh && ov.cols == P * g->gw);
-    s_transfer(out, ov, (int64_t)OH * OW, in, iv, (int64_t)H * W, C);
+    s_transfer(out, ov, ocs, in, iv, ics, C);
     return SER_OK;
+}
+
+int ser_group_image_action(float *out, const float *in, int C, int H, int W, int P,
+                           const ser_group_elem *g) {
+    return s_image_action(out, in, C, H, W, P, g, 0);
+}
+
+int ser_group_image_action_hwc(float *out, const float *in, int C, int H, int W, int P,
+                               const ser_group_elem *g) {
+    return s_image_action(out, in, C, H, W, P, g, 1);
 }
 
 // --- token-map permutations ------------------------------------------------------------------
@@ -364,27 +380,50 @@ int ser_group_sample_paper(ser_group_elem *g0, ser_group_elem *g1, int g0grid, u
     return SER_OK;
 }
 
+// Reference mode's two kinds of draw, shared by the plain and the keyed sampler. First
+// (gh, gw, r) of both views from the shard's streams.
+static void s_draw_shared(ser_group_elem shared[2], int g0grid, uint64_t seed,
+                          ser_group_key shard) {
+    for (uint32_t v = 0; v < 2; v++) {
+        ser_rng r;
+        ser_rng_init(&r, seed, shard.c0, shard.c1,
+                     (uint32_t)(SER_GROUP_TAG_SHARED + v) << 16 | SER_RNG_GROUP);
+        s_draw_geometry(&r, g0grid, &shared[v]);
+    }
+}
+
+// d, f of view 0 from the sample's stream; view 1 gets their NOT.
+static void s_draw_pair(ser_group_elem *g0, ser_group_elem *g1, const ser_group_elem shared[2],
+                        uint64_t seed, ser_group_key sample) {
+    ser_rng r;
+    ser_rng_init(&r, seed, sample.c0, sample.c1,
+                 (uint32_t)SER_GROUP_TAG_FLAGS << 16 | SER_RNG_GROUP);
+    *g0 = shared[0];
+    *g1 = shared[1];
+    s_draw_flags(&r, g0);
+    g1->rot180 = !g0->rot180;
+    g1->hflip = !g0->hflip;
+}
+
 int ser_group_sample_reference(ser_group_elem *g0, ser_group_elem *g1, int n,
                                const uint32_t *sample_ids, int g0grid, uint64_t seed, uint32_t step,
                                uint32_t shard_id) {
     if (n < 0 || g0grid < 1 || g0grid > SER_GROUP_MAX_BASE_GRID) return SER_EINVAL;
     if (n > 0 && (!g0 || !g1 || !sample_ids)) return SER_EINVAL;
     ser_group_elem shared[2];
-    for (uint32_t v = 0; v < 2; v++) {
-        ser_rng r;
-        ser_rng_init(&r, seed, step, shard_id,
-                     (uint32_t)(SER_GROUP_TAG_SHARED + v) << 16 | SER_RNG_GROUP);
-        s_draw_geometry(&r, g0grid, &shared[v]);
-    }
-    for (int s = 0; s < n; s++) {
-        ser_rng r;
-        ser_rng_init(&r, seed, step, sample_ids[s],
-                     (uint32_t)SER_GROUP_TAG_FLAGS << 16 | SER_RNG_GROUP);
-        g0[s] = shared[0];
-        g1[s] = shared[1];
-        s_draw_flags(&r, &g0[s]);
-        g1[s].rot180 = !g0[s].rot180;
-        g1[s].hflip = !g0[s].hflip;
-    }
+    s_draw_shared(shared, g0grid, seed, (ser_group_key){step, shard_id});
+    for (int s = 0; s < n; s++)
+        s_draw_pair(&g0[s], &g1[s], shared, seed, (ser_group_key){step, sample_ids[s]});
+    return SER_OK;
+}
+
+int ser_group_sample_reference_keyed(ser_group_elem *g0, ser_group_elem *g1, int n,
+                                     const ser_group_key *sample_keys, int g0grid, uint64_t seed,
+                                     ser_group_key shard_key) {
+    if (n < 0 || g0grid < 1 || g0grid > SER_GROUP_MAX_BASE_GRID) return SER_EINVAL;
+    if (n > 0 && (!g0 || !g1 || !sample_keys)) return SER_EINVAL;
+    ser_group_elem shared[2];
+    s_draw_shared(shared, g0grid, seed, shard_key);
+    for (int s = 0; s < n; s++) s_draw_pair(&g0[s], &g1[s], shared, seed, sample_keys[s]);
     return SER_OK;
 }

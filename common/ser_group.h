@@ -33,8 +33,10 @@
 // equal sizes is an exact copy.
 //
 // --- layouts ---------------------------------------------------------------------------------
-// Images are channel-planar (C, H, W). Token maps are channels-last (h, w, C), row-major,
-// token index row*w + col. Permutation primitives follow torch.rot90(x, k, dims=[0,1]):
+// Images are channel-planar (C, H, W), or channels-last (H, W, C) through the _hwc variant of
+// the image action (the data loader's layout); both run the same strided code. Token maps are
+// channels-last (h, w, C), row-major, token index row*w + col. Permutation primitives follow
+// torch.rot90(x, k, dims=[0,1]):
 //   k=1: out[i,j] = in[j, w-1-i] (out is (w,h));  k=2: out[i,j] = in[h-1-i, w-1-j];
 //   k=3: out[i,j] = in[h-1-j, i] (out is (w,h)); k is taken mod 4 (negative allowed).
 //   hflip: out[i,j] = in[i, w-1-j].
@@ -54,6 +56,12 @@
 //                   (seed, step, sample_id, SER_GROUP_TAG_FLAGS<<16 | SER_RNG_GROUP);
 //                   view 1's d and f are the logical NOT of view 0's (ser-reference §3.3), so
 //                   every relative transform contains the vertical flip F.D.
+//   reference mode, keyed   the same draws and tags with the two counter words given
+//                   explicitly: (seed, shard_key.c0, shard_key.c1, (SHARED+view)<<16 | GROUP)
+//                   and (seed, sample_key.c0, sample_key.c1, FLAGS<<16 | GROUP). The plain
+//                   function is the keyed one with shard_key = (step, shard_id) and
+//                   sample_key = (step, sample_id). The data loader keys the shared draws by
+//                   (step, shard) and the flags by (epoch, dataset index) (dataloader/ser_dl.h).
 // The uniforms are 24-bit floats mapped in double; the reference draws float32 uniforms from a
 // torch.Generator, so individual draws are not bit-identical to it, only the distribution is.
 // Ranges (tests/test_group.c): g0 = 14 (224 px, P=16): gh, gw in [10, 18];
@@ -69,10 +77,12 @@
 //   ser_group_view_grid(g, &rows, &cols)        token grid of the view
 //   ser_group_image_size(g, P, &H, &W)          pixel size of the view
 //   ser_group_image_action(out, in, C,H,W, P, g)      CHW image -> CHW view
+//   ser_group_image_action_hwc(out, in, C,H,W, P, g)  HWC image -> HWC view (same code, same bits)
 //   ser_group_rot90_hwc[_backward], ser_group_hflip_hwc[_backward]   token-map permutations
 //   ser_group_rel_action[_backward](out, z, C, ga, gb)    T_ab on channels-last maps
 //   ser_group_rel_action_naive[_backward]       the same composed from the primitives (oracle)
 //   ser_group_sample_paper(), ser_group_sample_reference()    Philox-driven sampling
+//   ser_group_key, ser_group_sample_reference_keyed()  reference mode with explicit stream keys
 //   SER_GROUP_* constants
 #ifndef SER_GROUP_H
 #define SER_GROUP_H
@@ -115,6 +125,11 @@ void ser_group_image_size(const ser_group_elem *g, int P, int *H, int *W);
 // Returns SER_OK, or SER_EINVAL for a bad element, C, H, W, P < 1 or P > SER_GROUP_MAX_PATCH.
 int ser_group_image_action(float *out, const float *in, int C, int H, int W, int P,
                            const ser_group_elem *g);
+// The same action on channels-last images: in (H, W, C) -> out (P*rows, P*cols, C). Same
+// arguments, checks and return codes; out equals the CHW action on the transposed data bit for
+// bit (the one code path, with other strides).
+int ser_group_image_action_hwc(float *out, const float *in, int C, int H, int W, int P,
+                               const ser_group_elem *g);
 
 // --- token-map permutations (channels-last (h, w, C)) ----------------------------------------
 // in (h, w, C) -> out (w, h, C) for odd k, (h, w, C) for even k; torch.rot90(in, k, [0, 1]).
@@ -155,5 +170,18 @@ int ser_group_sample_paper(ser_group_elem *g0, ser_group_elem *g1, int g0grid, u
 int ser_group_sample_reference(ser_group_elem *g0, ser_group_elem *g1, int n,
                                const uint32_t *sample_ids, int g0grid, uint64_t seed, uint32_t step,
                                uint32_t shard_id);
+
+// The first two Philox counter words of a sampling stream; the third is tag<<16 | SER_RNG_GROUP.
+typedef struct ser_group_key {
+    uint32_t c0, c1;
+} ser_group_key;
+
+// Reference mode with explicit keys: (gh, gw, r) of both views from shard_key, d and f of
+// sample s from sample_keys[s] (see "sampling" above). The keys of one call need not share a
+// word: the data loader's samples of one shard may come from two epochs. Same checks and
+// return codes as ser_group_sample_reference.
+int ser_group_sample_reference_keyed(ser_group_elem *g0, ser_group_elem *g1, int n,
+                                     const ser_group_key *sample_keys, int g0grid, uint64_t seed,
+                                     ser_group_key shard_key);
 
 #endif

@@ -30,8 +30,6 @@ void ser_dl_config_defaults(ser_dl_config *c) {
     c->group_sampling = SER_DL_GROUP_PAPER;
     c->interp = SER_DL_INTERP_BILINEAR;
     c->crop_min = 0.08;
-    c->group_scale_min = 0.7;
-    c->group_scale_max = 1.3;
     c->photometric = 1;
 }
 
@@ -39,6 +37,7 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
     const char *why = NULL;
     if (c->img < 8 || c->img > 4096) why = "img must be in [8, 4096]";
     else if (c->patch < 1 || c->img % c->patch) why = "img must be a multiple of patch";
+    else if (c->patch > SER_GROUP_MAX_PATCH) why = "patch must be at most 2048";
     else if (c->global_batch < 1 || c->shards < 1 || c->global_batch % c->shards)
         why = "global_batch must be a positive multiple of shards";
     else if (!(c->eq_ratio >= 0 && c->eq_ratio <= 1)) why = "eq_ratio must be in [0, 1]";
@@ -49,8 +48,6 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
     else if (c->interp != SER_DL_INTERP_BILINEAR && c->interp != SER_DL_INTERP_BICUBIC)
         why = "interp must be bilinear or bicubic";
     else if (!(c->crop_min > 0 && c->crop_min <= 1)) why = "crop_min must be in (0, 1]";
-    else if (!(c->group_scale_min > 0 && c->group_scale_min <= c->group_scale_max))
-        why = "group scale range is empty";
     else if (c->threads < 0 || c->threads > 256) why = "threads must be in [0, 256]";
     if (!why) return SER_OK;
     snprintf(err, 256, "%s", why);
@@ -64,13 +61,15 @@ static uint64_t s_fnv(uint64_t h, const void *p, size_t n) {
 }
 
 uint64_t ser_dl_config_hash(const ser_dl_config *c) {
+    // v2: group elements drawn by common/ser_group.c (v1 had the loader's own sampler and a
+    // configurable scale range), so a v1 peer is refused rather than sent other content.
     char s[512];
     int n = snprintf(s, sizeof s,
-                     "ser-dl-v1 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
-                     "policy=%d gs=%d interp=%d crop=%.17g gsc=%.17g,%.17g photo=%d",
+                     "ser-dl-v2 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
+                     "policy=%d gs=%d interp=%d crop=%.17g photo=%d",
                      c->kind, c->split, c->img, c->patch, c->global_batch, c->shards, c->eq_ratio,
                      (unsigned long long)c->seed, c->policy, c->group_sampling, c->interp,
-                     c->crop_min, c->group_scale_min, c->group_scale_max, c->photometric);
+                     c->crop_min, c->photometric);
     return s_fnv(0xcbf29ce484222325ull, s, (size_t)n);
 }
 
@@ -259,43 +258,20 @@ static const uint32_t *s_perm(ser_dl *dl, uint32_t epoch) {
     return dl->perm[k];
 }
 
-// gh, gw from a target area factor and a log-aspect, as Aug_equi.get_params.
-static void s_group_grid(const ser_dl_config *c, ser_rng *r, ser_dl_group *g) {
-    double side = (double)c->img / c->patch;
-    double area = side * side *
-                  (c->group_scale_min +
-                   (c->group_scale_max - c->group_scale_min) * ser_rng_uniform_double(r));
-    double la = log(3.0 / 4.0), lb = log(4.0 / 3.0);
-    double aspect = exp(la + (lb - la) * ser_rng_uniform_double(r));
-    g->gh = (int)rint(sqrt(area * aspect));
-    g->gw = (int)rint(sqrt(area / aspect));
-    if (g->gh < 1) g->gh = 1;
-    if (g->gw < 1) g->gw = 1;
-    g->rot90 = (int)ser_rng_below(r, 4);
-}
-
+// g0, g1 of an equivariant sample from the common samplers, keyed as ser_dl.h describes. In
+// reference mode each sample redraws its shard's two geometry streams (cheap next to decoding):
+// the result is the same for every sample of the shard, and no state is shared between threads.
 static void s_draw_groups(const ser_dl_config *c, uint64_t step, uint32_t shard, uint32_t epoch,
-                          uint32_t index, ser_dl_group g[2]) {
-    ser_rng r;
+                          uint32_t index, ser_group_elem g[2]) {
+    int g0grid = c->img / c->patch, rc;
     if (c->group_sampling == SER_DL_GROUP_PAPER) {
-        for (int v = 0; v < 2; v++) {
-            ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_GROUP);
-            s_group_grid(c, &r, &g[v]);
-            g[v].rot180 = ser_rng_uniform(&r) < 0.5f;
-            g[v].hflip = ser_rng_uniform(&r) < 0.5f;
-        }
-        return;
+        rc = ser_group_sample_paper(&g[0], &g[1], g0grid, c->seed, epoch, index);
+    } else {
+        ser_group_key sample = {epoch, index}, shard_key = {(uint32_t)step, shard};
+        rc = ser_group_sample_reference_keyed(&g[0], &g[1], 1, &sample, g0grid, c->seed,
+                                              shard_key);
     }
-    for (int v = 0; v < 2; v++) {
-        ser_rng_init(&r, c->seed, (uint32_t)step, shard,
-                     S_SHARD_STREAM | (uint32_t)v << 16 | SER_RNG_GROUP);
-        s_group_grid(c, &r, &g[v]);
-    }
-    ser_rng_init(&r, c->seed, epoch, index, SER_RNG_GROUP);
-    g[0].rot180 = ser_rng_uniform(&r) < 0.5f;
-    g[0].hflip = ser_rng_uniform(&r) < 0.5f;
-    g[1].rot180 = !g[0].rot180;
-    g[1].hflip = !g[0].hflip;
+    SER_ASSERT(rc == SER_OK);  // ser_dl_config_check keeps img / patch in 1..4096
 }
 
 typedef struct s_job {
@@ -362,24 +338,23 @@ static void s_make_sample(void *arg, int k, void *tj) {
         // One crop; both views made from it.
         uint8_t *base = ser_xmalloc((size_t)n), *tmp8 = ser_xmalloc((size_t)n);
         s_crop_view(c, &im, epoch, s->index, 0, base);
-        int P = c->patch, big = n;
-        for (int v = 0; v < 2; v++) {
-            int rs = P * s->g[v].gh * P * s->g[v].gw * 3;
-            if (rs > big) big = rs;
-        }
-        float *fin = ser_xmalloc(sizeof(float) * n), *ftmp = ser_xmalloc(sizeof(float) * 2 * big);
-        float *fout = ser_xmalloc(sizeof(float) * big), *fk = ser_xmalloc(sizeof(float) * 2 * n);
+        int big = n;
+        for (int v = 0; v < 2; v++)
+            if (s->h[v] * s->w[v] * 3 > big) big = s->h[v] * s->w[v] * 3;
+        float *fin = ser_xmalloc(sizeof(float) * n), *fout = ser_xmalloc(sizeof(float) * big);
+        float *fk = ser_xmalloc(sizeof(float) * 2 * n);
         for (int v = 0; v < 2; v++) {
             memcpy(tmp8, base, (size_t)n);
             s_photo(jb, tmp8, S, S, epoch, s->index, v, fk, fk + n);
             ser_dl_u8_to_f32(fin, tmp8, n);
-            ser_dl_group_apply(fout, fin, S, S, &s->g[v], P, ftmp);
+            // (S, S, 3) -> (h[v], w[v], 3); g and P were checked when the shard was laid out.
+            int arc = ser_group_image_action_hwc(fout, fin, 3, S, S, c->patch, &s->g[v]);
+            SER_ASSERT(arc == SER_OK);
             ser_dl_f32_to_u8(s->view[v], fout, s->h[v] * s->w[v] * 3);
         }
         free(base);
         free(tmp8);
         free(fin);
-        free(ftmp);
         free(fout);
         free(fk);
     }
@@ -412,7 +387,10 @@ int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *o
         for (int v = 0; v < 2; v++) s->h[v] = s->w[v] = c->img;
         if (s->equivariant) {
             s_draw_groups(c, step, shard, (uint32_t)e, s->index, s->g);
-            for (int v = 0; v < 2; v++) ser_dl_group_out_size(&s->g[v], c->patch, &s->h[v], &s->w[v]);
+            for (int v = 0; v < 2; v++) {
+                SER_ASSERT(ser_group_elem_check(&s->g[v]) == SER_OK);
+                ser_group_image_size(&s->g[v], c->patch, &s->h[v], &s->w[v]);
+            }
         }
         total += (size_t)(s->h[0] * s->w[0] + s->h[1] * s->w[1]) * 3;
     }

@@ -9,16 +9,33 @@
 // Samples. Invariant: two views of img x img, each its own RandomResizedCrop + hflip +
 // photometric draw (view 0: blur p 1.0, solarize p 0; view 1: blur p 0.1, solarize p 0.2).
 // Equivariant: one crop (view 0's crop + flip) resized to img x img, then per view v the
-// photometric draw of view v, then the group element g_v (ser_dl_group) in float, then
-// rounding to uint8: a view of (P*gh, P*gw), transposed when rot90 is odd.
+// photometric draw of view v, then the group element g_v (ser_group_elem of common/ser_group.h,
+// the type the worker's objective consumes) applied in float by ser_group_image_action_hwc,
+// then rounding to uint8: a view of ser_group_image_size(g_v, P), i.e. (P*gh, P*gw),
+// transposed when rot90 is odd.
 //
 // Randomness (design.md §4). Every per-sample draw comes from
 // ser_rng_init(seed, epoch, dataset index, view<<16 | purpose): the dataset index, not the
 // position, so an image's augmentation in an epoch does not depend on B, S, the process or
 // the thread; (epoch, index) is unique since an epoch visits each index once. A bad file's
-// replacement keeps the draws of the original index. Per-shard draws (kornia's op order,
-// the reference-mode scale/aspect/rot90) come from
-// ser_rng_init(seed, step, shard, 1<<31 | view<<16 | purpose).
+// replacement keeps the draws of the original index. Per-shard draws come from
+// ser_rng_init(seed, step, shard, 1<<31 | view<<16 | purpose) (kornia's op order), or from
+// the group sampler's shard streams below.
+//
+// Group elements come from common/ser_group.h's samplers (one definition of G and of its
+// distribution), the loader's keys passed through their counter words:
+//   paper      ser_group_sample_paper(seed, step := epoch, sample_id := dataset index):
+//              g_v from (seed, epoch, index, v<<16 | GROUP), v = 0, 1.
+//   reference  ser_group_sample_reference_keyed(seed, shard_key := (step, shard),
+//              sample_key := (epoch, index)): (gh, gw, rot90) of view v from
+//              (seed, step, shard, (SER_GROUP_TAG_SHARED+v)<<16 | GROUP), view 0's rot180 and
+//              hflip from (seed, epoch, index, SER_GROUP_TAG_FLAGS<<16 | GROUP), view 1's
+//              their NOT.
+// The plain ser_group_sample_reference keys both kinds of draw by one word (its step), so it
+// cannot key the geometry by step and the flags by epoch; the keyed form can. The tags in
+// bits 16.. (0, 1: paper, per sample; 2, 3: per shard; 4: flags, per sample) keep the GROUP
+// streams apart where (step, shard) equals some (epoch, index). The scale range is the group's
+// SER_GROUP_SCALE_MIN/MAX (0.7, 1.3).
 //
 // The content of shard (t, s) is a pure function of (config, t, s): each sample is made by
 // one thread from its own inputs, threads only split the samples.
@@ -37,6 +54,7 @@
 
 #include "ser_dl_data.h"
 #include "ser_dl_ops.h"
+#include "ser_group.h"
 
 enum ser_dl_group_sampling {
     SER_DL_GROUP_PAPER = 0,      // g0, g1 independent per sample, every field
@@ -51,7 +69,7 @@ typedef struct ser_dl_config {
     char cache_dir[1024]; // index cache folder; "" = none
     char job_id[64];
     int img;              // view size (invariant views, equivariant crop); 224
-    int patch;            // patch size P; 16
+    int patch;            // patch size P; 16 (at most SER_GROUP_MAX_PATCH)
     int global_batch;     // B; 256
     int shards;           // S; 1
     double eq_ratio;      // 0.01
@@ -60,7 +78,6 @@ typedef struct ser_dl_config {
     int group_sampling;   // enum ser_dl_group_sampling; paper
     int interp;           // enum ser_dl_interp; bilinear (MoCo); bicubic for DINO/BT
     double crop_min;      // RandomResizedCrop scale (crop_min, 1); 0.08
-    double group_scale_min, group_scale_max;  // target area factor; 0.7, 1.3
     int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
     int threads;          // decode/augment threads; 0 = all online cores
 } ser_dl_config;
@@ -68,7 +85,8 @@ typedef struct ser_dl_config {
 void ser_dl_config_defaults(ser_dl_config *c);
 // Returns SER_OK or SER_ECONFIG with a reason in err.
 int ser_dl_config_check(const ser_dl_config *c, char err[256]);
-// FNV-1a over every field that changes shard content (not paths, cache or threads).
+// FNV-1a over every field that changes shard content (not paths, cache or threads), and a
+// version tag that changes with the content's definition.
 uint64_t ser_dl_config_hash(const ser_dl_config *c);
 
 typedef struct ser_dl_sample {
@@ -77,7 +95,7 @@ typedef struct ser_dl_sample {
     uint32_t source;     // index actually decoded (!= index when the file was bad)
     int32_t label;       // label of `source`
     int equivariant;
-    ser_dl_group g[2];   // equivariant only
+    ser_group_elem g[2]; // equivariant only
     int h[2], w[2];      // each view's size
     uint8_t *view[2];    // (h, w, 3) uint8, pointing into the shard's data
 } ser_dl_sample;

@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "ser_base.h"
-#include "ser_interp.h"
 
 // --- RandomResizedCrop ----------------------------------------------------------------------
 
@@ -755,51 +754,7 @@ void ser_dl_photo_apply_f32(float *x, int w, int h, const ser_dl_photo *p, float
     if (p->solarize) ser_dl_kornia_solarize(x, n, p->threshold);
 }
 
-// --- group action -----------------------------------------------------------------------------
-
-void ser_dl_group_out_size(const ser_dl_group *g, int P, int *oh, int *ow) {
-    int h = P * g->gh, w = P * g->gw;
-    if (g->rot90 & 1) {
-        *oh = w;
-        *ow = h;
-    } else {
-        *oh = h;
-        *ow = w;
-    }
-}
-
-void ser_dl_group_apply(float *out, const float *in, int H, int W, const ser_dl_group *g, int P,
-                        float *tmp) {
-    int rh = P * g->gh, rw = P * g->gw;
-    size_t big = (size_t)(H * W > rh * rw ? H * W : rh * rw) * 3;
-    float *a = tmp, *b = tmp + big;
-    // rot180 then hflip: rows reversed iff rot180, columns reversed iff rot180 xor hflip.
-    int fy = g->rot180, fx = g->rot180 ^ g->hflip;
-    for (int i = 0; i < H; i++) {
-        const float *src = in + (size_t)(fy ? H - 1 - i : i) * W * 3;
-        float *dst = a + (size_t)i * W * 3;
-        for (int j = 0; j < W; j++) {
-            const float *s = src + (size_t)(fx ? W - 1 - j : j) * 3;
-            dst[3 * j] = s[0], dst[3 * j + 1] = s[1], dst[3 * j + 2] = s[2];
-        }
-    }
-    ser_bicubic_hwc(b, rh, rw, a, H, W, 3, 0.0, 0.0);
-    int k = ((g->rot90 % 4) + 4) % 4;
-    int oh = (k & 1) ? rw : rh, ow = (k & 1) ? rh : rw;
-    for (int i = 0; i < oh; i++)
-        for (int j = 0; j < ow; j++) {
-            int si, sj;
-            switch (k) {
-                case 0: si = i, sj = j; break;
-                case 1: si = j, sj = rw - 1 - i; break;       // out[i,j] = in[j, W-1-i]
-                case 2: si = rh - 1 - i, sj = rw - 1 - j; break;
-                default: si = rh - 1 - j, sj = i; break;      // out[i,j] = in[H-1-j, i]
-            }
-            const float *s = b + ((size_t)si * rw + sj) * 3;
-            float *d = out + ((size_t)i * ow + j) * 3;
-            d[0] = s[0], d[1] = s[1], d[2] = s[2];
-        }
-}
+// --- float conversions ---------------------------------------------------------------------------
 
 void ser_dl_u8_to_f32(float *out, const uint8_t *in, int n) {
     for (int i = 0; i < n; i++) out[i] = (float)in[i] * (1.0f / 255.0f);

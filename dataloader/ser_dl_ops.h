@@ -9,7 +9,8 @@
 //   kornia       kornia 0.8.0 on [0,1] floats (ser-reference.md §3.2): additive brightness,
 //                multiplicative contrast, HSV saturation/hue in radians, 9x9 truncated Gaussian
 //                with reflect border, solarize with a random threshold.
-// The equivariant group action (ser-reference.md §2.5) works on floats.
+// The equivariant group action is not here: the loader applies common/ser_group.h's
+// ser_group_image_action_hwc, the one definition of G that the worker's objective also uses.
 //
 // defines:
 //   ser_dl_rrc_params()                      torchvision RandomResizedCrop.get_params
@@ -20,7 +21,6 @@
 //   ser_dl_kornia_brightness/contrast/saturation/hue/grayscale/blur/solarize()
 //   ser_dl_photo (parameters of one view's photometric draw), ser_dl_photo_draw(),
 //   ser_dl_photo_apply_u8() (torchvision), ser_dl_photo_apply_f32() (kornia)
-//   ser_dl_group, ser_dl_group_out_size(), ser_dl_group_apply()
 //   ser_dl_u8_to_f32(), ser_dl_f32_to_u8()
 #ifndef SER_DL_OPS_H
 #define SER_DL_OPS_H
@@ -112,23 +112,7 @@ void ser_dl_photo_apply_u8(uint8_t *img, int w, int h, const ser_dl_photo *p);
 // tmp holds w*h*3 floats.
 void ser_dl_photo_apply_f32(float *x, int w, int h, const ser_dl_photo *p, float *tmp);
 
-// --- the equivariant group action -------------------------------------------------------------
-
-// g = (rot180 d, hflip f, token grid gh x gw, rot90 count r). Image action on an (H, W) view:
-// rot180 if d, then hflip if f, then PyTorch bicubic resize (size semantics, align_corners
-// False, no antialias) to (P*gh, P*gw), then torch.rot90(k=r) over (H, W).
-// Naming: gh counts token rows and gw token columns (the reference calls them w and h).
-typedef struct ser_dl_group {
-    int rot180, hflip;
-    int gh, gw;
-    int rot90;
-} ser_dl_group;
-
-// The size of the view after the action: (P*gh, P*gw), transposed when r is odd.
-void ser_dl_group_out_size(const ser_dl_group *g, int P, int *oh, int *ow);
-// out is the size above; in is (H, W, 3); tmp holds max(H*W, P*gh*P*gw)*3 floats, twice.
-void ser_dl_group_apply(float *out, const float *in, int H, int W, const ser_dl_group *g, int P,
-                        float *tmp);
+// --- float conversions ---------------------------------------------------------------------------
 
 void ser_dl_u8_to_f32(float *out, const uint8_t *in, int n);  // x / 255
 // Clamps x*255 to [0,255] and rounds half up.

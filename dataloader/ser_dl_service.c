@@ -207,7 +207,7 @@ static s_ref *s_build(ser_dl_service *s, s_key k, int *rc) {
     return r;
 }
 
-static void s_fill_group(Ser__LoaderGroup *m, const ser_dl_group *g) {
+static void s_fill_group(Ser__LoaderGroup *m, const ser_group_elem *g) {
     m->rot180 = g->rot180;
     m->hflip = g->hflip;
     m->gh = (uint32_t)g->gh;
@@ -450,9 +450,21 @@ void ser_dl_client_destroy(ser_dl_client **cp) {
     *cp = NULL;
 }
 
-static int s_group_ok(const Ser__LoaderGroup *g) {
-    return g && g->gh >= 1 && g->gw >= 1 && g->gh <= SER_DL_WIRE_MAX_SIDE &&
-           g->gw <= SER_DL_WIRE_MAX_SIDE && g->rot90 < 4;
+// A wire g as a ser_group_elem: SER_OK when every field is in range (ser_group_elem_check)
+// and the view's frame size (h, w) is P*(rows, cols) of its grid for some patch size P.
+static int s_group_from_wire(ser_group_elem *out, const Ser__LoaderGroup *g, uint32_t h,
+                             uint32_t w) {
+    if (!g || g->gh > SER_GROUP_MAX_GRID || g->gw > SER_GROUP_MAX_GRID || g->rot90 > 3)
+        return SER_EFORMAT;
+    ser_group_elem e = {(uint8_t)(g->rot180 != 0), (uint8_t)(g->hflip != 0), (uint8_t)g->rot90,
+                        (int16_t)g->gh, (int16_t)g->gw};
+    if (ser_group_elem_check(&e)) return SER_EFORMAT;
+    int rows, cols;
+    ser_group_view_grid(&e, &rows, &cols);
+    if (h % (uint32_t)rows || w % (uint32_t)cols || h / (uint32_t)rows != w / (uint32_t)cols)
+        return SER_EFORMAT;
+    *out = e;
+    return SER_OK;
 }
 
 // Validates a reply [ "", LoaderShard, frames ] for (step, shard) and fills out.
@@ -511,7 +523,9 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
             }
             total += (size_t)hw[v][0] * hw[v][1] * 3;
         }
-        if (x->equivariant && (!s_group_ok(x->g0) || !s_group_ok(x->g1))) {
+        ser_group_elem g[2];
+        if (x->equivariant && (s_group_from_wire(&g[0], x->g0, x->h0, x->w0) ||
+                               s_group_from_wire(&g[1], x->g1, x->h1, x->w1))) {
             snprintf(err, 256, "sample %zu: equivariant without a valid g", i);
             goto done;
         }
@@ -533,11 +547,10 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         s->label = x->label;
         s->equivariant = x->equivariant;
         s->h[0] = (int)x->h0, s->w[0] = (int)x->w0, s->h[1] = (int)x->h1, s->w[1] = (int)x->w1;
-        if (x->equivariant) {
-            const Ser__LoaderGroup *g[2] = {x->g0, x->g1};
-            for (int v = 0; v < 2; v++)
-                s->g[v] = (ser_dl_group){g[v]->rot180, g[v]->hflip, (int)g[v]->gh, (int)g[v]->gw,
-                                         (int)g[v]->rot90};
+        if (x->equivariant) {  // validated above, so this cannot fail
+            int ok = s_group_from_wire(&s->g[0], x->g0, x->h0, x->w0) == SER_OK &&
+                     s_group_from_wire(&s->g[1], x->g1, x->h1, x->w1) == SER_OK;
+            SER_ASSERT(ok);
         }
         for (int v = 0; v < 2; v++) {
             size_t len = zmq_msg_size(&p->m[2 + 2 * i + (size_t)v]);

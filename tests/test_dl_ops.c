@@ -1,6 +1,7 @@
 // test_dl_ops.c — the loader's augmentation ops against torchvision 0.14 / PIL 9.4 fixtures
 // (tests/reference/make_loader_fixtures.py), their naive twins, the kornia-semantics ops and
-// the group action.
+// the photometric draws. The group action the loader applies is common/ser_group.h's, tested
+// in tests/test_group.c.
 //
 // Tolerances: every torchvision/PIL op is integer or replays PIL's own float steps, so the
 // comparison is exact (max |diff| 0) for decode, resize, brightness, contrast, saturation,
@@ -247,39 +248,6 @@ static void test_rrc_params(void **state) {
     assert_int_equal(j, (400 - 13) / 2);
 }
 
-// rot90 and flips are pure index maps: check them on distinct values with an identity resize.
-static void test_group_index_maps(void **state) {
-    (void)state;
-    const int P = 2, H = 4, W = 6;  // grid 2 x 3 tokens of 2 px: the resize is the identity
-    float in[H * W * 3], out[H * W * 3], tmp[2 * H * W * 3];
-    for (int i = 0; i < H * W * 3; i++) in[i] = (float)i;
-    for (int r = 0; r < 4; r++)
-        for (int d = 0; d < 2; d++)
-            for (int f = 0; f < 2; f++) {
-                ser_dl_group g = {.rot180 = d, .hflip = f, .gh = H / P, .gw = W / P, .rot90 = r};
-                int oh, ow;
-                ser_dl_group_out_size(&g, P, &oh, &ow);
-                assert_int_equal(oh * ow, H * W);
-                ser_dl_group_apply(out, in, H, W, &g, P, tmp);
-                for (int a = 0; a < oh; a++)
-                    for (int b = 0; b < ow; b++) {
-                        // Invert rot90 (torch convention), then hflip, then rot180.
-                        int y, x;
-                        switch (r) {
-                            case 0: y = a, x = b; break;
-                            case 1: y = b, x = W - 1 - a; break;
-                            case 2: y = H - 1 - a, x = W - 1 - b; break;
-                            default: y = H - 1 - b, x = a; break;
-                        }
-                        if (f) x = W - 1 - x;
-                        if (d) y = H - 1 - y, x = W - 1 - x;
-                        for (int c = 0; c < 3; c++)
-                            assert_float_equal(out[(a * ow + b) * 3 + c], in[(y * W + x) * 3 + c],
-                                               1e-3);
-                    }
-            }
-}
-
 static void test_photo_draw_is_pure(void **state) {
     (void)state;
     ser_dl_photo a, b, c;
@@ -309,8 +277,7 @@ int main(void) {
         cmocka_unit_test(test_torchvision_fixtures), cmocka_unit_test(test_resize_naive_twin),
         cmocka_unit_test(test_blur_naive_twin),      cmocka_unit_test(test_hue_naive_twin),
         cmocka_unit_test(test_kornia_ops),
-        cmocka_unit_test(test_rrc_params),           cmocka_unit_test(test_group_index_maps),
-        cmocka_unit_test(test_photo_draw_is_pure),
+        cmocka_unit_test(test_rrc_params),           cmocka_unit_test(test_photo_draw_is_pure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

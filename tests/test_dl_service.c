@@ -117,6 +117,17 @@ static int s_teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+// ser_group_elem has a padding byte: compare its fields, not its memory.
+static void s_assert_same_g(const ser_group_elem g[2], const ser_group_elem h[2]) {
+    for (int v = 0; v < 2; v++) {
+        assert_int_equal(g[v].rot180, h[v].rot180);
+        assert_int_equal(g[v].hflip, h[v].hflip);
+        assert_int_equal(g[v].rot90, h[v].rot90);
+        assert_int_equal(g[v].gh, h[v].gh);
+        assert_int_equal(g[v].gw, h[v].gw);
+    }
+}
+
 static void s_assert_same(const ser_dl_shard *a, const ser_dl_shard *b) {
     assert_int_equal(a->n, b->n);
     assert_int_equal(a->nbytes, b->nbytes);
@@ -126,7 +137,7 @@ static void s_assert_same(const ser_dl_shard *a, const ser_dl_shard *b) {
         assert_int_equal(x->index, y->index);
         assert_int_equal(x->label, y->label);
         assert_int_equal(x->equivariant, y->equivariant);
-        assert_memory_equal(x->g, y->g, sizeof x->g);
+        s_assert_same_g(x->g, y->g);
         assert_memory_equal(x->h, y->h, sizeof x->h);
         assert_memory_equal(x->w, y->w, sizeof x->w);
         for (int v = 0; v < 2; v++)

@@ -1,5 +1,6 @@
 // test_dl_shard.c — deterministic shard assembly: batch geometry, bytes independent of the
-// thread count, both policies and group-sampling modes, bad files in a shard, and the
+// thread count, both policies and group-sampling modes, bad files in a shard, the group
+// elements equal to common/ser_group.h's samplers under the documented keys, and the
 // equivariant pair's relative transform checked against the g0, g1 sent with it.
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 
 #include "ser_base.h"
 #include "ser_dl.h"
+#include "ser_group.h"
 #include "ser_interp.h"
 #include "ser_test.h"
 
@@ -51,6 +53,17 @@ static void s_config(ser_dl_config *c) {
     c->threads = 1;
 }
 
+// ser_group_elem has a padding byte: compare its fields, not its memory.
+static void s_assert_same_g(const ser_group_elem g[2], const ser_group_elem h[2]) {
+    for (int v = 0; v < 2; v++) {
+        assert_int_equal(g[v].rot180, h[v].rot180);
+        assert_int_equal(g[v].hflip, h[v].hflip);
+        assert_int_equal(g[v].rot90, h[v].rot90);
+        assert_int_equal(g[v].gh, h[v].gh);
+        assert_int_equal(g[v].gw, h[v].gw);
+    }
+}
+
 static void s_assert_same_shard(const ser_dl_shard *a, const ser_dl_shard *b) {
     assert_int_equal(a->n, b->n);
     assert_int_equal(a->nbytes, b->nbytes);
@@ -61,7 +74,7 @@ static void s_assert_same_shard(const ser_dl_shard *a, const ser_dl_shard *b) {
         assert_int_equal(x->source, y->source);
         assert_int_equal(x->label, y->label);
         assert_int_equal(x->equivariant, y->equivariant);
-        assert_memory_equal(x->g, y->g, sizeof x->g);
+        s_assert_same_g(x->g, y->g);
         assert_memory_equal(x->h, y->h, sizeof x->h);
         assert_memory_equal(x->w, y->w, sizeof x->w);
     }
@@ -103,7 +116,7 @@ static void test_geometry(void **state) {
                     assert_int_equal(x->w[1], 32);
                 } else {
                     int oh, ow;
-                    ser_dl_group_out_size(&x->g[1], 8, &oh, &ow);
+                    ser_group_image_size(&x->g[1], 8, &oh, &ow);
                     assert_int_equal(x->h[1], oh);
                     assert_int_equal(x->w[1], ow);
                     assert_true(x->g[0].gh >= 3 && x->g[0].gh <= 5);  // sqrt(16*[0.7,1.3]*..)
@@ -226,10 +239,66 @@ static void test_reference_group_sampling(void **state) {
     ser_dl_destroy(&dl);
 }
 
+// The g0, g1 of every equivariant sample are the common samplers' output under the keys of
+// ser_dl.h: paper mode (seed, epoch, dataset index); reference mode geometry (seed, step,
+// shard) and flags (seed, epoch, dataset index). Steps 0..5 of B = 16 over N = 18 images cross
+// epochs inside a shard, so a reference-mode shard holds samples of two epochs.
+static void test_group_keys(void **state) {
+    (void)state;
+    for (int gs = 0; gs < 2; gs++) {
+        ser_dl_config c;
+        s_config(&c);
+        c.group_sampling = gs;
+        c.global_batch = 16;
+        c.shards = 2;
+        c.eq_ratio = 0.75;
+        c.photometric = 0;
+        ser_dl *dl = s_new(&c);
+        const uint32_t N = ser_dl_count(dl);
+        int checked = 0, straddles = 0;
+        for (uint64_t t = 0; t < 6; t++)
+            for (uint32_t s = 0; s < 2; s++) {
+                ser_dl_shard sh;
+                assert_int_equal(ser_dl_make_shard(dl, t, s, &sh), SER_OK);
+                uint32_t first_epoch = UINT32_MAX;
+                for (int k = 0; k < sh.n; k++) {
+                    const ser_dl_sample *x = &sh.samples[k];
+                    if (!x->equivariant) continue;
+                    uint32_t e = (uint32_t)((t * 16 + x->position) / N);
+                    if (first_epoch == UINT32_MAX) first_epoch = e;
+                    straddles += e != first_epoch;
+                    ser_group_elem g[2];
+                    if (gs == SER_DL_GROUP_PAPER) {
+                        assert_int_equal(
+                            ser_group_sample_paper(&g[0], &g[1], 32 / 8, c.seed, e, x->index),
+                            SER_OK);
+                    } else {
+                        ser_group_key key = {e, x->index}, shard = {(uint32_t)t, s};
+                        assert_int_equal(ser_group_sample_reference_keyed(&g[0], &g[1], 1, &key,
+                                                                          32 / 8, c.seed, shard),
+                                         SER_OK);
+                    }
+                    s_assert_same_g(x->g, g);
+                    for (int v = 0; v < 2; v++) {
+                        int h, w;
+                        ser_group_image_size(&g[v], 8, &h, &w);
+                        assert_int_equal(x->h[v], h);
+                        assert_int_equal(x->w[v], w);
+                    }
+                    checked++;
+                }
+                ser_dl_shard_free(&sh);
+            }
+        assert_int_equal(checked, 6 * 12);
+        if (gs == SER_DL_GROUP_REFERENCE) assert_true(straddles > 0);
+        ser_dl_destroy(&dl);
+    }
+}
+
 // Undoes g on a view: rot90 back, bicubic back to S x S, the flips back (the flips commute
 // with the symmetric resize). out is (S, S, 3) float.
-static void s_undo_group(float *out, const uint8_t *view, int h, int w, const ser_dl_group *g,
-                         int P, int S) {
+static void s_undo_group(float *out, const uint8_t *view, int h, int w,
+                         const ser_group_elem *g, int P, int S) {
     int rh = P * g->gh, rw = P * g->gw, k = g->rot90 & 3;
     float *a = ser_xmalloc(sizeof(float) * rh * rw * 3), *b = ser_xmalloc(sizeof(float) * S * S * 3);
     assert_int_equal(h * w, rh * rw);
@@ -302,7 +371,7 @@ static void test_equivariant_relative_transform(void **state) {
             double d = s_token_diff(r0, r1, S, P);
             if (d > worst_ok) worst_ok = d;
             // A wrong element: view 1 undone with view 1's grid but another rotation/flip.
-            ser_dl_group wrong = x->g[1];
+            ser_group_elem wrong = x->g[1];
             wrong.hflip ^= 1;
             if (x->w[1] * x->h[1] == P * wrong.gh * P * wrong.gw) {
                 s_undo_group(r1, x->view[1], x->h[1], x->w[1], &wrong, P, S);
@@ -329,6 +398,7 @@ int main(void) {
         cmocka_unit_test(test_thread_count_independence),
         cmocka_unit_test(test_views_differ_and_seed_matters),
         cmocka_unit_test(test_reference_group_sampling),
+        cmocka_unit_test(test_group_keys),
         cmocka_unit_test(test_equivariant_relative_transform),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -1,8 +1,9 @@
 // test_group.c — the geometric group of SER (common/ser_group.c): permutation primitives on
 // hand-written torch.rot90 examples, the fused relative action against its composed twin and
 // the reference's formula (bitwise), the closed-form index maps on synthetic (row, col) maps,
-// the image action commuting with patchify, PyTorch fixtures (forward and backward), the
-// adjoint identity, and the samplers (ranges, distribution, determinism, reference mode).
+// the image action commuting with patchify, the channels-last image action equal to the planar
+// one bit for bit, PyTorch fixtures (forward and backward), the adjoint identity, and the
+// samplers (ranges, distribution, determinism, reference mode, its keyed form).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,12 @@ static void test_elem_grid_and_errors(void **state) {
     assert_int_equal(ser_group_rel_action(out, z, 0, &g, &g), SER_EINVAL);
     assert_int_equal(ser_group_image_action(out, z, 1, 8, 8, 0, &g), SER_EINVAL);
     assert_int_equal(ser_group_image_action(out, z, 1, 0, 8, 2, &g), SER_EINVAL);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(ser_group_image_action_hwc(out, z, 1, 8, 8, 2, &bad[i]), SER_EINVAL);
+    assert_int_equal(ser_group_image_action_hwc(out, z, 1, 8, 8, 0, &g), SER_EINVAL);
+    assert_int_equal(ser_group_image_action_hwc(out, z, 0, 8, 8, 2, &g), SER_EINVAL);
+    assert_int_equal(ser_group_image_action_hwc(out, z, 1, 8, 8, SER_GROUP_MAX_PATCH + 1, &g),
+                     SER_EINVAL);
 
     ser_group_elem a, b;
     uint32_t ids[1] = {0};
@@ -77,6 +84,11 @@ static void test_elem_grid_and_errors(void **state) {
     assert_int_equal(ser_group_sample_reference(&a, &b, -1, ids, 14, 1, 0, 0), SER_EINVAL);
     assert_int_equal(ser_group_sample_reference(&a, &b, 1, NULL, 14, 1, 0, 0), SER_EINVAL);
     assert_int_equal(ser_group_sample_reference(NULL, NULL, 0, NULL, 14, 1, 0, 0), SER_OK);
+    ser_group_key keys[1] = {{0, 0}}, shard = {0, 0};
+    assert_int_equal(ser_group_sample_reference_keyed(&a, &b, 1, keys, 0, 1, shard), SER_EINVAL);
+    assert_int_equal(ser_group_sample_reference_keyed(&a, &b, -1, keys, 14, 1, shard), SER_EINVAL);
+    assert_int_equal(ser_group_sample_reference_keyed(&a, &b, 1, NULL, 14, 1, shard), SER_EINVAL);
+    assert_int_equal(ser_group_sample_reference_keyed(NULL, NULL, 0, NULL, 14, 1, shard), SER_OK);
 }
 
 // --- permutation primitives ------------------------------------------------------------------
@@ -444,6 +456,75 @@ static void test_commutes_with_patchify(void **state) {
     free(img), free(sm);
 }
 
+// --- channels-last image action ---------------------------------------------------------------
+// (C, H, W) <-> (H, W, C).
+static void s_chw_to_hwc(float *dst, const float *src, int C, int H, int W) {
+    for (int c = 0; c < C; c++)
+        for (int t = 0; t < H * W; t++) dst[(size_t)t * C + c] = src[(size_t)c * H * W + t];
+}
+
+// The _hwc action on transposed data is the CHW action transposed, bit for bit: every (d, f, r)
+// with an identity resize, downscales, upscales and non-square grids, on a non-square input.
+static void test_image_action_hwc_equals_chw(void **state) {
+    (void)state;
+    const int grids[][3] = {{6, 4, 4}, {3, 2, 8}, {9, 7, 4}, {5, 8, 4}, {1, 1, 4}, {20, 13, 2}};
+    int H = 24, W = 16, checked = 0;
+    for (int C = 1; C <= 3; C++) {
+        size_t n = (size_t)C * H * W;
+        float *chw = s_rand(n, 100 + (uint64_t)C, -1, 2), *hwc = malloc(n * 4);
+        s_chw_to_hwc(hwc, chw, C, H, W);
+        for (size_t gi = 0; gi < sizeof grids / sizeof grids[0]; gi++)
+            for (int code = 0; code < 16; code++) {
+                int P = grids[gi][2];
+                ser_group_elem g = s_elem(code & 1, (code >> 1) & 1, code >> 2, grids[gi][0],
+                                          grids[gi][1]);
+                int OH, OW;
+                ser_group_image_size(&g, P, &OH, &OW);
+                size_t no = (size_t)C * OH * OW;
+                float *a = malloc(no * 4), *b = malloc(no * 4), *bt = malloc(no * 4);
+                assert_int_equal(ser_group_image_action(a, chw, C, H, W, P, &g), SER_OK);
+                assert_int_equal(ser_group_image_action_hwc(b, hwc, C, H, W, P, &g), SER_OK);
+                s_chw_to_hwc(bt, a, C, OH, OW);
+                assert_memory_equal(b, bt, no * 4);
+                free(a), free(b), free(bt);
+                checked++;
+            }
+        free(chw), free(hwc);
+    }
+    print_message("image action: HWC == transposed CHW bitwise in %d cases\n", checked);
+}
+
+// With an identity resize the channels-last action is a pure index map: out[a, b] = in[y, x]
+// exactly, with (y, x) from inverting torch.rot90, then hflip, then rot180 (what the data
+// loader's HWC views rely on).
+static void test_image_action_hwc_index_maps(void **state) {
+    (void)state;
+    enum { P = 2, H = 4, W = 6, C = 3 };  // grid 2 x 3 tokens of 2 px
+    float in[H * W * C], out[H * W * C];
+    for (int i = 0; i < H * W * C; i++) in[i] = (float)i;
+    for (int code = 0; code < 16; code++) {
+        int d = code & 1, f = (code >> 1) & 1, r = code >> 2, oh, ow;
+        ser_group_elem g = s_elem(d, f, r, H / P, W / P);
+        ser_group_image_size(&g, P, &oh, &ow);
+        assert_int_equal(oh * ow, H * W);
+        assert_int_equal(ser_group_image_action_hwc(out, in, C, H, W, P, &g), SER_OK);
+        for (int a = 0; a < oh; a++)
+            for (int b = 0; b < ow; b++) {
+                int y, x;
+                switch (r) {
+                    case 0: y = a, x = b; break;
+                    case 1: y = b, x = W - 1 - a; break;
+                    case 2: y = H - 1 - a, x = W - 1 - b; break;
+                    default: y = H - 1 - b, x = a; break;
+                }
+                if (f) x = W - 1 - x;
+                if (d) y = H - 1 - y, x = W - 1 - x;
+                for (int c = 0; c < C; c++)
+                    assert_true(out[(a * ow + b) * C + c] == in[(y * W + x) * C + c]);
+            }
+    }
+}
+
 // --- PyTorch fixtures ------------------------------------------------------------------------
 #define RTOL 1e-5f
 static float s_atol(const float *ref, size_t n) {
@@ -510,7 +591,13 @@ static void test_fixture_image_action(void **state) {
         assert_int_equal(ser_group_image_action(got, x, 3, 8, 8, P, &g), SER_OK);
         snprintf(label, sizeof label, "img.%d.out", i);
         SER_ASSERT_CLOSE(label, got, out, no, s_atol(out, no), RTOL);
-        free(p), free(x), free(out), free(got);
+        // The channels-last action gives the same bits on the transposed image.
+        float *xt = malloc(nx * 4), *gt = malloc(no * 4), *got_t = malloc(no * 4);
+        s_chw_to_hwc(xt, x, 3, 8, 8);
+        assert_int_equal(ser_group_image_action_hwc(gt, xt, 3, 8, 8, P, &g), SER_OK);
+        s_chw_to_hwc(got_t, got, 3, H, W);
+        assert_memory_equal(gt, got_t, no * 4);
+        free(p), free(x), free(out), free(got), free(xt), free(gt), free(got_t);
     }
     ser_st_destroy(&fx);
 }
@@ -656,6 +743,49 @@ static void test_sample_reference_mode(void **state) {
     assert_true(shard_differs > 90);
 }
 
+// The keyed reference sampler: with keys (step, shard_id) and (step, sample_id) it is the plain
+// one; the geometry follows the shard key alone and the flags the sample key alone, so samples
+// of one shard may carry keys from different words (the loader's epochs).
+static void test_sample_reference_keyed(void **state) {
+    (void)state;
+    enum { n = 5 };
+    uint32_t ids[n] = {0, 3, 9, 4096, 123456};
+    int flags_moved = 0, geo_moved = 0;
+    for (uint32_t step = 0; step < 200; step++) {
+        ser_group_elem a0[n], a1[n], b0[n], b1[n], c0[n], c1[n];
+        ser_group_key keys[n], other[n];
+        for (int s = 0; s < n; s++) {
+            keys[s] = (ser_group_key){step, ids[s]};
+            other[s] = (ser_group_key){step + 1000 + (uint32_t)s, ids[s]};
+        }
+        ser_group_key shard = {step, step % 4};
+        assert_int_equal(ser_group_sample_reference(a0, a1, n, ids, 14, 5, step, step % 4), SER_OK);
+        assert_int_equal(ser_group_sample_reference_keyed(b0, b1, n, keys, 14, 5, shard), SER_OK);
+        for (int s = 0; s < n; s++)
+            assert_true(s_elem_eq(&a0[s], &b0[s]) && s_elem_eq(&a1[s], &b1[s]));
+        // Other sample keys: same geometry, per-view, shared; flags redrawn and still NOT.
+        assert_int_equal(ser_group_sample_reference_keyed(c0, c1, n, other, 14, 5, shard), SER_OK);
+        for (int s = 0; s < n; s++) {
+            assert_true(c0[s].gh == a0[s].gh && c0[s].gw == a0[s].gw && c0[s].rot90 == a0[s].rot90);
+            assert_true(c1[s].gh == a1[s].gh && c1[s].gw == a1[s].gw && c1[s].rot90 == a1[s].rot90);
+            assert_int_equal(c0[s].rot180 ^ c1[s].rot180, 1);
+            assert_int_equal(c0[s].hflip ^ c1[s].hflip, 1);
+            flags_moved += c0[s].rot180 != a0[s].rot180 || c0[s].hflip != a0[s].hflip;
+        }
+        // Another shard key: same flags, new geometry.
+        ser_group_key shard2 = {step + 7, step % 4};
+        assert_int_equal(ser_group_sample_reference_keyed(c0, c1, n, keys, 14, 5, shard2), SER_OK);
+        for (int s = 0; s < n; s++)
+            assert_true(c0[s].rot180 == a0[s].rot180 && c0[s].hflip == a0[s].hflip);
+        geo_moved += c0[0].gh != a0[0].gh || c0[0].gw != a0[0].gw || c0[0].rot90 != a0[0].rot90;
+    }
+    // Independent flags agree with probability 1/4, independent geometry about 1/(4*9*9).
+    print_message("keyed reference mode: flags redrawn in %d/1000, geometry in %d/200\n",
+                  flags_moved, geo_moved);
+    assert_true(flags_moved > 650 && flags_moved < 850);
+    assert_true(geo_moved > 180);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elem_grid_and_errors),
@@ -667,12 +797,15 @@ int main(void) {
         cmocka_unit_test(test_rel_index_map_permutations),
         cmocka_unit_test(test_rel_index_map_scaling),
         cmocka_unit_test(test_commutes_with_patchify),
+        cmocka_unit_test(test_image_action_hwc_equals_chw),
+        cmocka_unit_test(test_image_action_hwc_index_maps),
         cmocka_unit_test(test_fixture_rel_action),
         cmocka_unit_test(test_fixture_image_action),
         cmocka_unit_test(test_rel_adjoint),
         cmocka_unit_test(test_sample_paper_ranges_and_distribution),
         cmocka_unit_test(test_sample_determinism),
         cmocka_unit_test(test_sample_reference_mode),
+        cmocka_unit_test(test_sample_reference_keyed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
