@@ -193,6 +193,15 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
     return rc;
 }
 
+int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moco_losses *out,
+                       char err[SER_ERR_LEN]) {
+    int rc = s_objective(m, b, g, out, err);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
+        rc = s_fail(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g)", out->loss_inv,
+                    out->loss_equiv);
+    return rc;
+}
+
 int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float momentum,
                               uint64_t drop_seed, uint32_t step, ser_moco_losses *out,
                               char err[SER_ERR_LEN]) {
@@ -204,10 +213,12 @@ int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float
     rc = ser_engine_forward(&m->eng, &m->vit, &m->mvit, b, shards, m->cfg.ser, drop_seed, step, &g,
                             err);
     if (rc) return rc;
-    rc = s_objective(m, b, &g, out, err);
-    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
-        rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
-                    out->loss_inv, out->loss_equiv);
+    rc = ser_moco_objective(m, b, &g, out, err);
+    if (rc == SER_ENONFINITE) {
+        char why[SER_ERR_LEN];
+        snprintf(why, sizeof why, "step %u: %s", step, err);
+        snprintf(err, SER_ERR_LEN, "%s", why);
+    }
     if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);
     ser_gathered_free(&g);
     return rc;

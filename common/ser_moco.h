@@ -17,7 +17,7 @@
 // defines:
 //   ser_moco_config, ser_moco_config_default(), ser_moco_config_from_job()
 //   ser_moco, ser_moco_init(), ser_moco_free(), ser_moco_init_weights()
-//   ser_moco_losses, ser_moco_forward_backward()
+//   ser_moco_losses, ser_moco_forward_backward(), ser_moco_objective()
 //   ser_moco_momentum_update()
 #ifndef SER_MOCO_H
 #define SER_MOCO_H
@@ -72,6 +72,13 @@ void ser_moco_momentum_update(ser_moco *m, float momentum);
 typedef struct ser_moco_losses {
     double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv
 } ser_moco_losses;
+
+// The batch-coupled half on gathered features (used by ser_moco_forward_backward and by the
+// coordinator): heads, losses, SER term; fills g->dqcls/dqmap and the head-side gradients
+// (m->grads must be zeroed before). Only b->n_inv, b->n_eq and b->g are read. SER_ENONFINITE
+// names the loss term when a loss is not finite.
+int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moco_losses *out,
+                       char err[SER_ERR_LEN]);
 
 // One step's forward and backward: momentum update (momentum < 0 skips it), forwards, losses,
 // backward. m->grads is overwritten with d loss / d params; BN running buffers advance.

@@ -1,0 +1,192 @@
+// ser_batchfile.c — see ser_batchfile.h.
+#include "ser_batchfile.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ser_safetensors.h"
+
+// ImageNet normalisation applied to uint8 images (the worker normalises; loaders ship uint8).
+static const float s_mean[3] = {0.485f, 0.456f, 0.406f}, s_std[3] = {0.229f, 0.224f, 0.225f};
+
+// Images of one tensor: F32 (n,3,H,W) already normalised, or U8 (n,H,W,3) raw RGB. With
+// single = 1 the leading n is absent. Writes n*3*H*W floats to *out (malloc'ed).
+static int s_images(const ser_st_file *f, const char *name, int single, int *n, int *H, int *W,
+                    float **out, char *err) {
+    const ser_st_entry *e = ser_st_find(f, name);
+    if (!e) {
+        snprintf(err, SER_ERR_LEN, "batch: tensor '%s' missing", name);
+        return SER_ENOENT;
+    }
+    int nd = single ? 3 : 4, o = single ? 0 : 1;
+    int64_t cnt = single ? 1 : e->shape[0];
+    if (e->ndim != nd || cnt < 1) goto shape;
+    if (e->dtype == SER_DT_F32) {
+        if (e->shape[o] != 3) goto shape;
+        *H = (int)e->shape[o + 1], *W = (int)e->shape[o + 2];
+        *out = ser_xmalloc(e->nbytes ? e->nbytes : 4);
+        memcpy(*out, e->data, e->nbytes);
+    } else if (e->dtype == SER_DT_U8) {
+        if (e->shape[o + 2] != 3) goto shape;
+        *H = (int)e->shape[o], *W = (int)e->shape[o + 1];
+        size_t hw = (size_t)*H * *W;
+        float *x = ser_xmalloc(sizeof(float) * 3 * hw * (size_t)cnt);
+        const uint8_t *u = e->data;
+        for (int64_t i = 0; i < cnt; i++)
+            for (size_t p = 0; p < hw; p++)
+                for (int c = 0; c < 3; c++)
+                    x[((size_t)i * 3 + c) * hw + p] =
+                        ((float)u[((size_t)i * hw + p) * 3 + c] / 255.0f - s_mean[c]) / s_std[c];
+        *out = x;
+    } else {
+        snprintf(err, SER_ERR_LEN, "batch: tensor '%s' has dtype %s (F32 CHW or U8 HWC expected)",
+                 name, ser_dtype_name(e->dtype));
+        return SER_EDTYPE;
+    }
+    *n = (int)cnt;
+    return SER_OK;
+shape:
+    snprintf(err, SER_ERR_LEN, "batch: tensor '%s' has the wrong shape (%s expected)", name,
+             single ? "F32 (3,H,W) or U8 (H,W,3)" : "F32 (n,3,H,W) or U8 (n,H,W,3)");
+    return SER_ESHAPE;
+}
+
+static int s_int_at(const ser_st_entry *e, size_t i, int64_t *v) {
+    switch (e->dtype) {
+    case SER_DT_I64: *v = ((const int64_t *)e->data)[i]; return 0;
+    case SER_DT_I32: *v = ((const int32_t *)e->data)[i]; return 0;
+    case SER_DT_U8: *v = ((const uint8_t *)e->data)[i]; return 0;
+    case SER_DT_F32: {
+        float x = ((const float *)e->data)[i];
+        if (x != floorf(x)) return -1;
+        *v = (int64_t)x;
+        return 0;
+    }
+    default: return -1;
+    }
+}
+
+void ser_batchfile_free(ser_batchfile *sb) {
+    for (int v = 0; v < 2; v++) {
+        free(sb->inv[v]);
+        for (int e = 0; sb->eq[v] && e < sb->b.n_eq; e++) free(sb->eq[v][e]);
+        free(sb->eq[v]), free(sb->g[v]);
+    }
+    free(sb->ids);
+    memset(sb, 0, sizeof *sb);  // safe to call again
+}
+
+int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[SER_ERR_LEN]) {
+    memset(sb, 0, sizeof *sb);
+    ser_st_file *f = NULL;
+    int rc = ser_st_open(&f, path, err);
+    if (rc) return rc;
+    int n[2] = {0, 0}, H[2] = {0, 0}, W[2] = {0, 0};
+    for (int v = 0; v < 2 && !rc; v++) {
+        char name[32];
+        snprintf(name, sizeof name, "inv.view%d", v);
+        if (ser_st_find(f, name)) rc = s_images(f, name, 0, &n[v], &H[v], &W[v], &sb->inv[v], err);
+    }
+    if (!rc && (n[0] != n[1] || H[0] != H[1] || W[0] != W[1] || H[0] != W[0])) {
+        snprintf(err, SER_ERR_LEN, "batch: inv.view0 and inv.view1 must hold the same number of "
+                 "square images of one size (got %d of %dx%d and %d of %dx%d)", n[0], H[0], W[0],
+                 n[1], H[1], W[1]);
+        rc = SER_ESHAPE;
+    }
+    sb->b.n_inv = n[0], sb->b.img = H[0];
+    const ser_st_entry *ge = rc ? NULL : ser_st_find(f, "eq.g");
+    if (ge) {
+        if (ge->ndim != 3 || ge->shape[1] != 2 || ge->shape[2] != 5) {
+            snprintf(err, SER_ERR_LEN, "batch: eq.g must be (n_eq, 2, 5): [rot180, hflip, rot90, "
+                     "gh, gw] per view");
+            rc = SER_ESHAPE;
+        }
+        int ne = rc ? 0 : (int)ge->shape[0];
+        sb->b.n_eq = ne;
+        for (int v = 0; v < 2 && !rc; v++) {
+            sb->g[v] = ser_xcalloc((size_t)ne + 1, sizeof(ser_group_elem));
+            sb->eq[v] = ser_xcalloc((size_t)ne + 1, sizeof(float *));
+        }
+        for (int e = 0; e < ne && !rc; e++)
+            for (int v = 0; v < 2 && !rc; v++) {
+                int64_t q[5];
+                for (int k = 0; k < 5 && !rc; k++)
+                    if (s_int_at(ge, ((size_t)e * 2 + v) * 5 + k, &q[k]) || q[k] < 0 || q[k] > 8192)
+                        rc = SER_EINVAL;
+                if (rc) {
+                    snprintf(err, SER_ERR_LEN, "batch: eq.g[%d][%d] is not a list of small "
+                             "non-negative integers", e, v);
+                    break;
+                }
+                ser_group_elem *g = &sb->g[v][e];
+                *g = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
+                                      (int16_t)q[4]};
+                if (ser_group_elem_check(g)) {
+                    snprintf(err, SER_ERR_LEN, "batch: eq.g[%d][%d] = (%d,%d,%d,%d,%d) is not a "
+                             "group element", e, v, g->rot180, g->hflip, g->rot90, g->gh, g->gw);
+                    rc = SER_EINVAL;
+                    break;
+                }
+                char name[48];
+                snprintf(name, sizeof name, "eq.view%d.%d", v, e);
+                int one, h, w, eh, ew;
+                rc = s_images(f, name, 1, &one, &h, &w, &sb->eq[v][e], err);
+                ser_group_image_size(g, patch, &eh, &ew);
+                if (!rc && (h != eh || w != ew)) {
+                    snprintf(err, SER_ERR_LEN, "batch: %s is %dx%d but its group element gives "
+                             "%dx%d (patch %d)", name, h, w, eh, ew, patch);
+                    rc = SER_ESHAPE;
+                }
+            }
+    }
+    const ser_st_entry *ie = rc ? NULL : ser_st_find(f, "ids");
+    if (ie) {
+        int B = sb->b.n_inv + sb->b.n_eq;
+        if (ie->ndim != 1 || ie->shape[0] != B) {
+            snprintf(err, SER_ERR_LEN, "batch: ids must have shape (%d,)", B);
+            rc = SER_ESHAPE;
+        } else {
+            sb->ids = ser_xcalloc((size_t)B, sizeof(uint32_t));
+            for (int i = 0; i < B && !rc; i++) {
+                int64_t v;
+                if (s_int_at(ie, (size_t)i, &v) || v < 0 || v > UINT32_MAX) {
+                    snprintf(err, SER_ERR_LEN, "batch: ids[%d] is not a sample id", i);
+                    rc = SER_EINVAL;
+                } else {
+                    sb->ids[i] = (uint32_t)v;
+                }
+            }
+        }
+    }
+    ser_st_destroy(&f);
+    if (rc) {
+        ser_batchfile_free(sb);
+        return rc;
+    }
+    sb->b.inv[0] = sb->inv[0], sb->b.inv[1] = sb->inv[1];
+    for (int v = 0; v < 2; v++) {
+        sb->b.eq[v] = (const float *const *)sb->eq[v];
+        sb->b.g[v] = sb->g[v];
+    }
+    sb->b.ids = sb->ids;
+    return SER_OK;
+}
+
+
+void ser_batch_shard(const ser_batch *b, int s, int shards, ser_batch *out, uint32_t *ids) {
+    int B = b->n_inv + b->n_eq, per = B / shards, p0 = s * per, p1 = p0 + per;
+    int i0 = p0 < b->n_inv ? p0 : b->n_inv, i1 = p1 < b->n_inv ? p1 : b->n_inv;
+    int e0 = (p0 > b->n_inv ? p0 : b->n_inv) - b->n_inv, e1 = p1 - b->n_inv > 0 ? p1 - b->n_inv : 0;
+    memset(out, 0, sizeof *out);
+    out->n_inv = i1 - i0, out->n_eq = e1 - e0, out->img = b->img;
+    size_t per_img = (size_t)3 * b->img * b->img;
+    for (int v = 0; v < 2; v++) {
+        out->inv[v] = b->inv[v] ? b->inv[v] + (size_t)i0 * per_img : NULL;
+        out->eq[v] = b->eq[v] ? b->eq[v] + e0 : NULL;
+        out->g[v] = b->g[v] ? b->g[v] + e0 : NULL;
+    }
+    for (int p = p0; p < p1; p++) ids[p - p0] = b->ids ? b->ids[p] : (uint32_t)p;
+    out->ids = ids;
+}

@@ -1,0 +1,54 @@
+// ser_wire.h — ZeroMQ messages of the runtime: one protobuf Envelope frame + raw tensor frames.
+//
+// Every received message is validated before use (ser_wire_recv): the envelope unpacks, the
+// protocol version and job id match, the frame count equals the tensor count, and each frame's
+// size equals its metadata's shape x dtype. A bad message is reported as SER_EFORMAT with a
+// reason and dropped by the caller; nothing crashes on garbage.
+//
+// defines:
+//   SER_PROTOCOL_VERSION
+//   ser_wire_tensor (outgoing), ser_wire_send()
+//   ser_wire_msg (incoming), ser_wire_recv(), ser_wire_msg_free(), ser_wire_find()
+#ifndef SER_WIRE_H
+#define SER_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ser.pb-c.h"
+#include "ser_base.h"
+
+#define SER_PROTOCOL_VERSION 1
+#define SER_WIRE_MAX_TENSORS 16
+#define SER_WIRE_MAX_IDENTITY 64
+
+typedef struct ser_wire_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[4];
+    const float *data;  // F32 only on this wire; not copied (sent with zero-copy semantics)
+} ser_wire_tensor;
+
+// Sends [identity,] envelope, tensors. env->protocol_version and env->tensors are filled here.
+// identity is the ROUTER-side peer id (NULL on a DEALER). Returns SER_OK or SER_EIO.
+int ser_wire_send(void *sock, const char *identity, Ser__Envelope *env, const ser_wire_tensor *t,
+                  int n);
+
+typedef struct ser_wire_msg {
+    char identity[SER_WIRE_MAX_IDENTITY];  // "" on a DEALER
+    Ser__Envelope *env;
+    int n;                                  // tensors
+    void *frames;                           // zmq_msg_t[n]
+} ser_wire_msg;
+
+// Receives one whole message (non-blocking: SER_ETIMEDOUT when none is waiting). router: the
+// socket is a ROUTER (first frame is the identity). job_id: checked when not NULL (HELLO is
+// checked by the caller instead). Returns SER_OK, SER_ETIMEDOUT, or SER_EFORMAT/SER_EVERSION
+// with a reason (the message was consumed and must be dropped).
+int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
+                  char err[SER_ERR_LEN]);
+void ser_wire_msg_free(ser_wire_msg *m);
+// The data of tensor `name` if present with exactly numel F32 elements, else NULL.
+const float *ser_wire_find(const ser_wire_msg *m, const char *name, size_t numel);
+
+#endif
