@@ -15,6 +15,10 @@ int ser_bench_step(int argc, char **argv);
 int ser_cmd_dataloader(int argc, char **argv);
 // `ser step` (worker/ser_step.c).
 int ser_cmd_step(int argc, char **argv);
+// `ser worker` (worker/ser_worker.c), `ser coordinator` and `ser local` (coordinator/).
+int ser_cmd_worker(int argc, char **argv);
+int ser_cmd_coordinator(int argc, char **argv);
+int ser_cmd_local(int argc, char **argv);
 // `ser bench loader ...` (argv[0] is "loader").
 int ser_bench_loader(int argc, char **argv);
 

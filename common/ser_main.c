@@ -18,9 +18,9 @@ typedef struct ser_command {
 static const ser_command s_commands[] = {
     {"bench", ser_cmd_bench, "benchmarks: vit (forward+backward vs. sgemm peak)"},
     {"step", ser_cmd_step, "run K training steps in one process on given weights and batch"},
-    {"local", NULL, "coordinator + N workers + a loader on this machine"},
-    {"coordinator", NULL, "the coordinator daemon"},
-    {"worker", NULL, "a worker process"},
+    {"local", ser_cmd_local, "coordinator + N workers + a loader on this machine"},
+    {"coordinator", ser_cmd_coordinator, "the coordinator daemon"},
+    {"worker", ser_cmd_worker, "a worker process"},
     {"dataloader", ser_cmd_dataloader, "a data-loader service"},
     {"status", NULL, "print a coordinator's status"},
     {"eval", NULL, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},

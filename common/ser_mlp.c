@@ -234,7 +234,8 @@ const float *ser_mlp_forward(const ser_mlp *m, ser_mlp_acts *a, const float *x, 
         size_t n = (size_t)M * s->out;
         float *pre = a->a[l], *y = a->x[l + 1];
         if (s->act == SER_ACT_RELU) {
-            for (size_t i = 0; i < n; i++) y[i] = pre[i] > 0.0f ? pre[i] : 0.0f;
+            // !(x <= 0) keeps NaN as NaN, as torch.relu does (x > 0 ? x : 0 would hide it).
+            for (size_t i = 0; i < n; i++) y[i] = !(pre[i] <= 0.0f) ? pre[i] : 0.0f;
         } else if (s->act == SER_ACT_GELU) {
             ser_gelu_forward(y, pre, n);
         } else {
@@ -255,7 +256,7 @@ void ser_mlp_backward(const ser_mlp *m, ser_mlp_acts *a, float *dx, const float 
         size_t n = (size_t)M * s->out;
         if (s->act == SER_ACT_RELU) {
             const float *pre = a->a[l];
-            for (size_t i = 0; i < n; i++) d[i] = pre[i] > 0.0f ? d[i] : 0.0f;
+            for (size_t i = 0; i < n; i++) d[i] = !(pre[i] <= 0.0f) ? d[i] : 0.0f;
         } else if (s->act == SER_ACT_GELU) {
             ser_gelu_backward(d, a->a[l], d, n, 0);
         }

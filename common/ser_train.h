@@ -5,6 +5,7 @@
 //   ser_trainer, ser_trainer_init(), ser_trainer_free()
 //   ser_trainer_values()   lr, wd, momentum of an iteration (schedules or fixed overrides)
 //   ser_trainer_apply()    clip, non-finite guard, AdamW on m.grads
+//   ser_trainer_write()    the state in `ser step`'s output layout
 #ifndef SER_TRAIN_H
 #define SER_TRAIN_H
 
@@ -36,6 +37,13 @@ void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd
 // Clips t->m.grads per the config, refuses non-finite gradients (SER_ENONFINITE, nothing
 // applied), then one AdamW step. *gnorm gets the global norm before clipping.
 int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *gnorm,
+                      char err[SER_ERR_LEN]);
+
+// Writes the state in `ser step`'s output layout (docs/step-format.md): the K loss terms
+// (losses: K x 3 of loss, loss_inv, loss_equiv), the first step's gradients (grads0, or NULL),
+// every weight, buffer and the AdamW state. Atomic (tmp + rename).
+int ser_trainer_write(const ser_trainer *t, const char *path, const float *grads0,
+                      const float *losses, int64_t steps, int64_t first_iter,
                       char err[SER_ERR_LEN]);
 
 #endif

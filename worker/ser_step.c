@@ -110,7 +110,6 @@ int ser_cmd_step(int argc, char **argv) {
     }
     tr.lr_fix = lr_fix, tr.wd_fix = wd_fix, tr.mom_fix = mom_fix;
     ser_moco *mp = &tr.m;
-    ser_optim *op = &tr.opt;
     if (weights) {
         ser_st_file *wf = NULL;
         rc = ser_st_open(&wf, weights, err);
@@ -140,49 +139,7 @@ int ser_cmd_step(int argc, char **argv) {
         printf("step %lld: loss %.6f  inv %.6f  equiv %.6f  lr %.3g  wd %.3g  m %.6f  |g| %.4g\n",
                (long long)it, L.loss, L.loss_inv, L.loss_equiv, lr, wd, mom, gnorm);
     }
-    // Output: losses, first-step gradients, weights, buffers, optimizer state.
-    ser_st_writer *w = ser_st_writer_new();
-    float *lcol[3];
-    for (int j = 0; j < 3; j++) {
-        lcol[j] = ser_xcalloc((size_t)steps, sizeof(float));
-        for (int k = 0; k < steps; k++) lcol[j][k] = losses[k * 3 + j];
-    }
-    int64_t kshape[1] = {steps};
-    ser_st_writer_add(w, "loss", SER_DT_F32, 1, kshape, lcol[0]);
-    ser_st_writer_add(w, "loss_inv", SER_DT_F32, 1, kshape, lcol[1]);
-    ser_st_writer_add(w, "loss_equiv", SER_DT_F32, 1, kshape, lcol[2]);
-    ser_st_writer_add_ptab(w, &mp->tab, grads0, "grad.");
-    ser_st_writer_add_ptab(w, &mp->tab, mp->params, "");
-    ser_st_writer_add_ptab(w, &mp->mtab, mp->mparams, "");
-    ser_st_writer_add_ptab(w, &mp->btab, mp->buffers, "");
-    char key[SER_TINFO_NAME_LEN + 48];
-    char (*names)[SER_TINFO_NAME_LEN + 48] = ser_xcalloc((size_t)mp->tab.n * 3, sizeof *names);
-    for (int i = 0; i < mp->tab.n; i++) {
-        const ser_tinfo *t = &mp->tab.t[i];
-        if (op->step[i] == 0) continue;  // frozen: no state, as torch keeps none
-        for (int part = 0; part < 3; part++) {
-            ser_optim_state_key(op, i, part, key, sizeof key);
-            memcpy(names[i * 3 + part], key, sizeof key);
-            if (part == SER_OPTIM_STATE_STEP)
-                ser_st_writer_add(w, names[i * 3 + part], SER_DT_I64, 0, NULL, &op->step[i]);
-            else
-                ser_st_writer_add(w, names[i * 3 + part], SER_DT_F32, t->ndim, t->shape,
-                                  (part ? op->exp_avg_sq : op->exp_avg) + t->offset);
-        }
-    }
-    char hash[17], nbuf[32];
-    ser_config_hash_hex(&cfg, hash);
-    ser_st_writer_meta(w, "config_hash", hash);
-    snprintf(nbuf, sizeof nbuf, "%d", steps);
-    ser_st_writer_meta(w, "steps", nbuf);
-    snprintf(nbuf, sizeof nbuf, "%ld", iter);
-    ser_st_writer_meta(w, "first_iter", nbuf);
-    ser_st_writer_meta(w, "format", "ser-step-v1");
-    rc = ser_st_writer_save(w, out_path, err);
-    ser_st_writer_destroy(&w);
-    for (int j = 0; j < 3; j++) free(lcol[j]);
-    free(names);
-    if (rc) goto fail;
+    if ((rc = ser_trainer_write(&tr, out_path, grads0, losses, steps, iter, err))) goto fail;
     printf("wrote %s\n", out_path);
     status = 0;
 fail:

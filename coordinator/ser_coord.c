@@ -1,0 +1,543 @@
+// ser_coord.c — see ser_coord.h.
+#include "ser_coord.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ser_batchfile.h"
+#include "ser_cmd.h"
+#include "ser_kernels.h"
+#include "ser_safetensors.h"
+#include "ser_train.h"
+#include "ser_wire.h"
+
+#define SER_COORD_MAX_WORKERS 256
+
+static volatile sig_atomic_t s_stop;
+static void s_on_signal(int sig) {
+    (void)sig;
+    s_stop = 1;
+}
+
+typedef struct s_worker {
+    char id[SER_WIRE_MAX_IDENTITY];
+    int alive;
+    int64_t last_heard_ms;
+    int64_t teacher_version;  // the step of the teacher it holds (INT64_MIN: none)
+} s_worker;
+
+enum { SH_IDLE = 0, SH_FWD_SENT, SH_FWD_DONE, SH_BWD_SENT, SH_BWD_DONE };
+
+typedef struct s_shard {
+    int state;
+    int worker;        // index into workers
+    uint32_t attempt;
+    int redo;          // the worker holding its activations died: forward again, then backward
+    int p0, p1;        // global positions
+    int i0, i1, e0, e1;  // invariant rows / equivariant samples
+    float *grad;       // its ViT gradient (span floats)
+} s_shard;
+
+typedef struct s_coord {
+    const ser_coord_opts *o;
+    ser_trainer tr;
+    ser_batchfile bf;
+    void *ctx, *sock;
+    char job_id[SER_CONFIG_STR_LEN];
+    uint64_t hash;
+    s_worker w[SER_COORD_MAX_WORKERS];
+    int nw;
+    s_shard *sh;
+    int S;
+    size_t off, span;  // the student ViT's span of the arena
+    ser_gathered g;
+    int64_t step;
+    double momentum;
+} s_coord;
+
+static int64_t s_now(void) { return ser_clock_now_ms(); }
+
+static int s_find_worker(s_coord *c, const char *id) {
+    for (int i = 0; i < c->nw; i++)
+        if (strcmp(c->w[i].id, id) == 0) return i;
+    return -1;
+}
+
+static void s_env(s_coord *c, Ser__Envelope *e, Ser__MsgType type) {
+    ser__envelope__init(e);
+    e->job_id = c->job_id;
+    e->type = type;
+    e->step = (uint64_t)c->step;
+}
+
+static void s_refuse(s_coord *c, const char *id, const char *why) {
+    Ser__Envelope e;
+    s_env(c, &e, SER__MSG_TYPE__MSG_REFUSE);
+    e.text = (char *)(uintptr_t)why;
+    ser_wire_send(c->sock, id, &e, NULL, 0);
+    ser_log(SER_LL_WARNING, "refused peer %s: %s", id, why);
+}
+
+static int s_live_count(const s_coord *c) {
+    int n = 0;
+    for (int i = 0; i < c->nw; i++) n += c->w[i].alive;
+    return n;
+}
+
+// PARAMS to one worker: the student backbone of this step, and the teacher when the worker
+// does not hold the previous step's (it then gets the teacher after this step's EMA).
+static void s_send_params(s_coord *c, int wi) {
+    s_worker *w = &c->w[wi];
+    Ser__Envelope e;
+    s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS);
+    e.params_version = (uint64_t)c->step;
+    ser_wire_tensor t[2] = {{"student", 1, {(int64_t)c->span}, c->tr.m.params + c->off}};
+    int n = 1;
+    if (w->teacher_version != c->step - 1 && w->teacher_version != c->step) {
+        t[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)c->span}, c->tr.m.mparams + c->off};
+        n = 2;
+        w->teacher_version = c->step;
+    }
+    ser_wire_send(c->sock, w->id, &e, t, n);
+}
+
+static int s_pick_worker(s_coord *c, int s) {
+    int live[SER_COORD_MAX_WORKERS], n = 0;
+    for (int i = 0; i < c->nw; i++)
+        if (c->w[i].alive) live[n++] = i;
+    return n ? live[s % n] : -1;
+}
+
+static void s_send_forward(s_coord *c, int s) {
+    s_shard *sh = &c->sh[s];
+    int wi = s_pick_worker(c, s);
+    if (wi < 0) return;
+    sh->worker = wi;
+    sh->attempt++;
+    sh->state = SH_FWD_SENT;
+    Ser__Envelope e;
+    s_env(c, &e, SER__MSG_TYPE__MSG_FORWARD);
+    e.shard = (uint32_t)s;
+    e.attempt = sh->attempt;
+    e.momentum = c->momentum;
+    e.params_version = (uint64_t)c->step;
+    ser_wire_send(c->sock, c->w[wi].id, &e, NULL, 0);
+}
+
+static void s_send_backward(s_coord *c, int s) {
+    s_shard *sh = &c->sh[s];
+    int C = c->g.C;
+    size_t nr = (size_t)(sh->p1 - sh->p0);
+    size_t m0 = sh->e1 > sh->e0 ? c->g.tokoff[0][sh->e0] : 0, m1 = sh->e1 > sh->e0 ? c->g.tokoff[1][sh->e0] : 0;
+    size_t n0 = 0, n1 = 0;
+    for (int e = sh->e0; e < sh->e1; e++) n0 += (size_t)c->g.tok[0][e], n1 += (size_t)c->g.tok[1][e];
+    ser_wire_tensor t[4] = {
+        {"dqcls0", 2, {(int64_t)nr, C}, c->g.dqcls[0] + (size_t)sh->p0 * C},
+        {"dqcls1", 2, {(int64_t)nr, C}, c->g.dqcls[1] + (size_t)sh->p0 * C},
+        {"dqmap0", 2, {(int64_t)n0, C}, c->g.dqmap[0] + m0 * C},
+        {"dqmap1", 2, {(int64_t)n1, C}, c->g.dqmap[1] + m1 * C},
+    };
+    Ser__Envelope e;
+    s_env(c, &e, SER__MSG_TYPE__MSG_BACKWARD);
+    e.shard = (uint32_t)s;
+    e.attempt = sh->attempt;
+    sh->state = SH_BWD_SENT;
+    ser_wire_send(c->sock, c->w[sh->worker].id, &e, t, 4);
+}
+
+// Copies a shard's forward rows into the gathered batch; SER_EFORMAT when sizes disagree.
+static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
+    s_shard *sh = &c->sh[s];
+    int C = c->g.C;
+    size_t nr = (size_t)(sh->p1 - sh->p0);
+    const char *cls[4] = {"qcls0", "qcls1", "kcls0", "kcls1"};
+    float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
+    const float *src[4];
+    for (int i = 0; i < 4; i++)
+        if (!(src[i] = ser_wire_find(m, cls[i], nr * C))) return SER_EFORMAT;
+    const char *maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
+    const float *msrc[4] = {0};
+    size_t mn[2] = {0, 0};
+    for (int e = sh->e0; e < sh->e1; e++) mn[0] += (size_t)c->g.tok[0][e], mn[1] += (size_t)c->g.tok[1][e];
+    if (sh->e1 > sh->e0)
+        for (int i = 0; i < 4; i++)
+            if (!(msrc[i] = ser_wire_find(m, maps[i], mn[i & 1] * C))) return SER_EFORMAT;
+    for (int i = 0; i < 4; i++) memcpy(dst[i] + (size_t)sh->p0 * C, src[i], sizeof(float) * nr * C);
+    if (sh->e1 > sh->e0) {
+        float *mdst[4] = {c->g.qmap[0], c->g.qmap[1], c->g.kmap[0], c->g.kmap[1]};
+        for (int i = 0; i < 4; i++)
+            memcpy(mdst[i] + c->g.tokoff[i & 1][sh->e0] * C, msrc[i],
+                   sizeof(float) * mn[i & 1] * C);
+    }
+    return SER_OK;
+}
+
+static void s_hello(s_coord *c, const ser_wire_msg *m) {
+    const Ser__Envelope *e = m->env;
+    char why[SER_ERR_LEN];
+    if (strcmp(e->job_id ? e->job_id : "", c->job_id) != 0 && e->job_id && e->job_id[0]) {
+        snprintf(why, sizeof why, "job id '%s' differs from this job's '%s'", e->job_id, c->job_id);
+        s_refuse(c, m->identity, why);
+        return;
+    }
+    if (e->config_hash && e->config_hash != c->hash) {
+        snprintf(why, sizeof why, "config hash %016llx differs from this job's %016llx",
+                 (unsigned long long)e->config_hash, (unsigned long long)c->hash);
+        s_refuse(c, m->identity, why);
+        return;
+    }
+    int wi = s_find_worker(c, m->identity);
+    if (wi < 0) {
+        if (c->nw == SER_COORD_MAX_WORKERS) {
+            s_refuse(c, m->identity, "too many workers");
+            return;
+        }
+        wi = c->nw++;
+        snprintf(c->w[wi].id, sizeof c->w[wi].id, "%s", m->identity);
+    }
+    s_worker *w = &c->w[wi];
+    w->alive = 1;
+    w->last_heard_ms = s_now();
+    w->teacher_version = INT64_MIN;  // none held
+    // The job's canonical configuration travels with the welcome.
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    ser_config_dump(&c->tr.cfg, f);
+    fclose(f);
+    Ser__Envelope out;
+    s_env(c, &out, SER__MSG_TYPE__MSG_WELCOME);
+    out.text = text;
+    out.config_hash = c->hash;
+    ser_wire_send(c->sock, w->id, &out, NULL, 0);
+    free(text);
+    ser_log(SER_LL_INFO, "worker %s joined (%d live)", w->id, s_live_count(c));
+}
+
+// Workers not heard from within timeout_ms are dead; their unfinished shards move.
+static void s_check_liveness(s_coord *c, int in_step) {
+    int64_t now = s_now();
+    for (int i = 0; i < c->nw; i++) {
+        s_worker *w = &c->w[i];
+        if (!w->alive || now - w->last_heard_ms <= c->tr.cfg.cluster.timeout_ms) continue;
+        w->alive = 0;
+        ser_log(SER_LL_WARNING, "step %lld: worker %s lost (last heard %lld ms ago)",
+                (long long)c->step, w->id, (long long)(now - w->last_heard_ms));
+        if (!in_step) continue;
+        for (int s = 0; s < c->S; s++) {
+            s_shard *sh = &c->sh[s];
+            if (sh->worker != i) continue;
+            if (sh->state == SH_FWD_SENT) {
+                sh->state = SH_IDLE;  // forward again elsewhere (a redo stays a redo)
+            } else if (sh->state == SH_FWD_DONE) {
+                sh->redo = 1;  // rows gathered, activations lost: forward again before backward
+            } else if (sh->state == SH_BWD_SENT) {
+                sh->redo = 1;
+                sh->state = SH_IDLE;
+            }
+        }
+    }
+}
+
+static void s_handle(s_coord *c, ser_wire_msg *m) {
+    const Ser__Envelope *e = m->env;
+    int wi = s_find_worker(c, m->identity);
+    if (e->type == SER__MSG_TYPE__MSG_HELLO) {
+        s_hello(c, m);
+        if ((wi = s_find_worker(c, m->identity)) >= 0 && c->step >= 0 && c->w[wi].alive)
+            s_send_params(c, wi);
+        return;
+    }
+    if (wi < 0) {
+        ser_log(SER_LL_WARNING, "message type %d from unknown peer %s dropped", e->type, m->identity);
+        return;
+    }
+    s_worker *w = &c->w[wi];
+    w->last_heard_ms = s_now();
+    if (!w->alive) {  // a worker we had given up on is back: it gets the current state again
+        w->alive = 1;
+        w->teacher_version = INT64_MIN;  // none held
+        s_send_params(c, wi);
+    }
+    if (e->type == SER__MSG_TYPE__MSG_HEARTBEAT) return;
+    if (e->type != SER__MSG_TYPE__MSG_FORWARD_DONE && e->type != SER__MSG_TYPE__MSG_BACKWARD_DONE) {
+        ser_log(SER_LL_WARNING, "unexpected message type %d from %s dropped", e->type, w->id);
+        return;
+    }
+    if ((int64_t)e->step != c->step || e->shard >= (uint32_t)c->S) {
+        ser_log(SER_LL_DEBUG, "late message (step %llu shard %u) from %s dropped",
+                (unsigned long long)e->step, e->shard, w->id);
+        return;
+    }
+    s_shard *sh = &c->sh[e->shard];
+    if (sh->worker != wi || sh->attempt != e->attempt) {
+        ser_log(SER_LL_DEBUG, "stale attempt %u of shard %u from %s dropped", e->attempt, e->shard,
+                w->id);
+        return;
+    }
+    if (e->type == SER__MSG_TYPE__MSG_FORWARD_DONE && sh->state == SH_FWD_SENT) {
+        if (sh->redo) {  // activations rebuilt; the rows were already gathered
+            sh->redo = 0;
+            s_send_backward(c, (int)e->shard);
+            return;
+        }
+        if (s_take_forward(c, (int)e->shard, m)) {
+            ser_log(SER_LL_WARNING, "shard %u: forward rows of the wrong size from %s dropped",
+                    e->shard, w->id);
+            return;
+        }
+        sh->state = SH_FWD_DONE;
+    } else if (e->type == SER__MSG_TYPE__MSG_BACKWARD_DONE && sh->state == SH_BWD_SENT) {
+        const float *g = ser_wire_find(m, "grad", c->span);
+        if (!g) {
+            ser_log(SER_LL_WARNING, "shard %u: gradient of the wrong size from %s dropped", e->shard,
+                    w->id);
+            return;
+        }
+        memcpy(sh->grad, g, sizeof(float) * c->span);
+        sh->state = SH_BWD_DONE;
+    } else {
+        ser_log(SER_LL_DEBUG, "duplicate message for shard %u from %s dropped", e->shard, w->id);
+    }
+}
+
+// Polls and handles messages for up to ms milliseconds.
+static void s_poll(s_coord *c, int ms) {
+    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, ms) <= 0) return;
+    for (int k = 0; k < 64; k++) {
+        ser_wire_msg m;
+        char err[SER_ERR_LEN];
+        int rc = ser_wire_recv(c->sock, 1, NULL, &m, err);
+        if (rc == SER_ETIMEDOUT) break;
+        if (rc) {
+            ser_log(SER_LL_WARNING, "bad message from %s dropped: %s",
+                    m.identity[0] ? m.identity : "?", err);
+            continue;
+        }
+        if (m.env->type != SER__MSG_TYPE__MSG_HELLO && strcmp(m.env->job_id ? m.env->job_id : "", c->job_id)) {
+            ser_log(SER_LL_WARNING, "message for job '%s' from %s dropped", m.env->job_id, m.identity);
+        } else {
+            s_handle(c, &m);
+        }
+        ser_wire_msg_free(&m);
+    }
+}
+
+static int s_all(const s_coord *c, int state) {
+    for (int s = 0; s < c->S; s++)
+        if (c->sh[s].state != state) return 0;
+    return 1;
+}
+
+// Runs one phase until every shard reaches `target`; sends work to idle shards as workers
+// appear; logs what it waits for. Returns SER_OK, SER_ETIMEDOUT or SER_EIO (stopped).
+static int s_phase(s_coord *c, int target, const char *name) {
+    int64_t start = s_now(), last_log = start;
+    while (!s_all(c, target)) {
+        if (s_stop) return SER_EIO;
+        s_check_liveness(c, 1);
+        for (int s = 0; s < c->S; s++)
+            if (c->sh[s].state == SH_IDLE && s_live_count(c) > 0) {
+                for (int i = 0; i < c->nw; i++)
+                    if (c->w[i].alive && c->w[i].teacher_version < c->step - 1) s_send_params(c, i);
+                s_send_forward(c, s);
+            }
+        s_poll(c, 20);
+        int64_t now = s_now();
+        if (now - last_log > c->tr.cfg.cluster.timeout_ms) {
+            last_log = now;
+            for (int s = 0; s < c->S; s++)
+                if (c->sh[s].state != target) {
+                    const s_worker *w = c->sh[s].worker >= 0 && c->sh[s].worker < c->nw ? &c->w[c->sh[s].worker] : NULL;
+                    ser_log(SER_LL_WARNING, "step %lld %s: waiting on shard %d%s%s, last heard %lld ms ago",
+                            (long long)c->step, name, s, w ? " at worker " : " (no live worker)",
+                            w ? w->id : "", w ? (long long)(now - w->last_heard_ms) : -1LL);
+                    break;
+                }
+        }
+        if (s_live_count(c) == 0 && now - start > c->o->wait_workers_ms) {
+            ser_log(SER_LL_ERROR, "step %lld %s: no live worker for %d ms; giving up",
+                    (long long)c->step, name, c->o->wait_workers_ms);
+            return SER_ETIMEDOUT;
+        }
+    }
+    return SER_OK;
+}
+
+static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *grads0, char *err) {
+    ser_moco *m = &c->tr.m;
+    ser_moco_momentum_update(m, (float)c->momentum);
+    for (int i = 0; i < c->nw; i++)
+        if (c->w[i].alive) s_send_params(c, i);
+    for (int s = 0; s < c->S; s++) c->sh[s].state = SH_IDLE, c->sh[s].redo = 0;
+    int rc = s_phase(c, SH_FWD_DONE, "forward");
+    if (rc) return rc;
+    memset(m->grads, 0, sizeof(float) * m->tab.total);
+    for (int v = 0; v < 2; v++) {
+        memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
+        memset(c->g.dqmap[v], 0, sizeof(float) * (c->g.ntok[v] + 1) * c->g.C);
+    }
+    if ((rc = ser_moco_objective(m, &c->bf.b, &c->g, L, err))) return rc;
+    for (int s = 0; s < c->S; s++) {
+        if (c->sh[s].redo)
+            c->sh[s].state = SH_IDLE;  // its worker died after the forward: s_phase redoes it
+        else
+            s_send_backward(c, s);
+    }
+    if ((rc = s_phase(c, SH_BWD_DONE, "backward"))) return rc;
+    // The shard gradients, summed in shard order (as ser_engine_backward does in one process).
+    float *total = m->grads + c->off;
+    memset(total, 0, sizeof(float) * c->span);
+    for (int s = 0; s < c->S; s++) {
+        const float *g = c->sh[s].grad;
+        for (size_t i = 0; i < c->span; i++) total[i] += g[i];
+    }
+    if (grads0) memcpy(grads0, m->grads, sizeof(float) * m->tab.total);
+    return ser_trainer_apply(&c->tr, c->step, lr, wd, NULL, err);
+}
+
+int ser_coord_run(const ser_coord_opts *o) {
+    s_coord c;
+    memset(&c, 0, sizeof c);
+    c.o = o;
+    char err[SER_ERR_LEN];
+    int status = 1, rc;
+    float *grads0 = NULL, *losses = NULL;
+    if ((rc = ser_trainer_init(&c.tr, &o->cfg, o->iters_per_epoch, err))) {
+        fprintf(stderr, "ser coordinator: %s\n", err);
+        return 2;
+    }
+    c.tr.lr_fix = o->lr_fix, c.tr.wd_fix = o->wd_fix, c.tr.mom_fix = o->mom_fix;
+    ser_moco *m = &c.tr.m;
+    int threads = o->cfg.run.threads > 0 ? o->cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    ser_kernels_set_threads(threads);
+    c.hash = ser_config_hash(&o->cfg);
+    snprintf(c.job_id, sizeof c.job_id, "%s", o->cfg.run.name[0] ? o->cfg.run.name : "ser");
+    if (o->weights) {
+        ser_st_file *wf = NULL;
+        rc = ser_st_open(&wf, o->weights, err);
+        const ser_ptab *tabs[3] = {&m->tab, &m->mtab, &m->btab};
+        float *arenas[3] = {m->params, m->mparams, m->buffers};
+        if (!rc) rc = ser_st_load_ptabs(wf, tabs, arenas, 3, "", 1, err);
+        ser_st_destroy(&wf);
+        if (rc) goto done;
+    } else {
+        ser_moco_init_weights(m, o->cfg.data.seed);
+    }
+    if ((rc = ser_batchfile_load(&c.bf, o->batch_file, m->cfg.vit.patch, err))) goto done;
+    if ((rc = ser_batch_check(&c.bf.b, &m->cfg.vit, o->cfg.data.shards, err))) goto done;
+    c.span = ser_vit_span(&m->vit, &c.off);
+    c.S = o->cfg.data.shards;
+    c.sh = ser_xcalloc((size_t)c.S, sizeof *c.sh);
+    {
+        const ser_batch *b = &c.bf.b;
+        int B = b->n_inv + b->n_eq, per = B / c.S;
+        for (int s = 0; s < c.S; s++) {
+            s_shard *sh = &c.sh[s];
+            sh->p0 = s * per, sh->p1 = sh->p0 + per, sh->worker = -1;
+            sh->i0 = sh->p0 < b->n_inv ? sh->p0 : b->n_inv;
+            sh->i1 = sh->p1 < b->n_inv ? sh->p1 : b->n_inv;
+            sh->e0 = (sh->p0 > b->n_inv ? sh->p0 : b->n_inv) - b->n_inv;
+            sh->e1 = sh->p1 - b->n_inv > 0 ? sh->p1 - b->n_inv : 0;
+            sh->grad = ser_xaligned(sizeof(float) * c.span);
+        }
+        // The gathered batch: the layout ser_engine_forward builds, filled from the workers.
+        ser_gathered *g = &c.g;
+        g->B = B, g->C = m->cfg.vit.dim, g->n_inv = b->n_inv, g->n_eq = b->n_eq;
+        for (int v = 0; v < 2; v++) {
+            g->qcls[v] = ser_xaligned(sizeof(float) * (size_t)B * g->C);
+            g->kcls[v] = ser_xaligned(sizeof(float) * (size_t)B * g->C);
+            g->dqcls[v] = ser_xaligned(sizeof(float) * (size_t)B * g->C);
+            g->tok[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(int));
+            g->tokoff[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(size_t));
+            for (int e = 0; e < b->n_eq; e++) {
+                int r, cc;
+                ser_group_view_grid(&b->g[v][e], &r, &cc);
+                g->tok[v][e] = r * cc;
+                g->tokoff[v][e] = g->ntok[v];
+                g->ntok[v] += (size_t)r * cc;
+            }
+            size_t nm = (g->ntok[v] + 1) * (size_t)g->C;
+            g->qmap[v] = ser_xaligned(sizeof(float) * nm);
+            g->kmap[v] = ser_xaligned(sizeof(float) * nm);
+            g->dqmap[v] = ser_xaligned(sizeof(float) * nm);
+        }
+    }
+    c.ctx = zmq_ctx_new();
+    c.sock = zmq_socket(c.ctx, ZMQ_ROUTER);
+    int linger = 0, mandatory = 0;
+    zmq_setsockopt(c.sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(c.sock, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
+    char ep[256];
+    if (o->cfg.cluster.port)
+        snprintf(ep, sizeof ep, "tcp://%s:%d", o->cfg.cluster.coordinator, o->cfg.cluster.port);
+    else
+        snprintf(ep, sizeof ep, "tcp://%s:*", o->cfg.cluster.coordinator);
+    if (zmq_bind(c.sock, ep) != 0) {
+        snprintf(err, SER_ERR_LEN, "cannot bind %.160s: %s", ep, zmq_strerror(zmq_errno()));
+        rc = SER_EIO;
+        goto done;
+    }
+    size_t eplen = sizeof ep;
+    zmq_getsockopt(c.sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
+    ser_log(SER_LL_INFO, "coordinator of job '%s' (config %016llx) on %s; %d shards of %d",
+            c.job_id, (unsigned long long)c.hash, ep, c.S, (c.bf.b.n_inv + c.bf.b.n_eq) / c.S);
+    if (o->endpoint_file) {
+        char tmp[1100];
+        snprintf(tmp, sizeof tmp, "%s.tmp", o->endpoint_file);
+        FILE *f = fopen(tmp, "w");
+        if (!f || fprintf(f, "%s\n", ep) < 0 || fclose(f) != 0 || rename(tmp, o->endpoint_file)) {
+            snprintf(err, SER_ERR_LEN, "cannot write %s", o->endpoint_file);
+            rc = SER_EIO;
+            goto done;
+        }
+    }
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    grads0 = ser_xaligned(sizeof(float) * m->tab.total);
+    losses = ser_xcalloc((size_t)o->steps * 3 + 1, sizeof(float));
+    double t0 = ser_time_sec();
+    for (int64_t k = 0; k < o->steps; k++) {
+        c.step = o->iter + k;
+        double lr, wd;
+        ser_trainer_values(&c.tr, c.step, &lr, &wd, &c.momentum);
+        ser_moco_losses L;
+        if ((rc = s_step(&c, lr, wd, &L, k == 0 ? grads0 : NULL, err))) {
+            if (rc == SER_EIO) snprintf(err, SER_ERR_LEN, "stopped by a signal at step %lld", (long long)c.step);
+            if (rc == SER_ETIMEDOUT) snprintf(err, SER_ERR_LEN, "step %lld: no worker", (long long)c.step);
+            goto done;
+        }
+        losses[k * 3] = (float)L.loss, losses[k * 3 + 1] = (float)L.loss_inv;
+        losses[k * 3 + 2] = (float)L.loss_equiv;
+        if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == o->steps)
+            ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g (%d workers, %.2f s/step)",
+                    (long long)c.step, L.loss, L.loss_inv, L.loss_equiv, lr, s_live_count(&c),
+                    (ser_time_sec() - t0) / (double)(k + 1));
+    }
+    if (o->out && (rc = ser_trainer_write(&c.tr, o->out, grads0, losses, o->steps, o->iter, err)))
+        goto done;
+    status = 0;
+done:
+    if (status && rc) fprintf(stderr, "ser coordinator: %s\n", err);
+    if (c.sock) {
+        Ser__Envelope e;
+        s_env(&c, &e, SER__MSG_TYPE__MSG_SHUTDOWN);
+        for (int i = 0; i < c.nw; i++)
+            if (c.w[i].alive) ser_wire_send(c.sock, c.w[i].id, &e, NULL, 0);
+        zmq_close(c.sock);
+    }
+    if (c.ctx) zmq_ctx_term(c.ctx);
+    for (int s = 0; c.sh && s < c.S; s++) free(c.sh[s].grad);
+    free(c.sh), free(grads0), free(losses);
+    ser_gathered_free(&c.g);
+    ser_batchfile_free(&c.bf);
+    ser_trainer_free(&c.tr);
+    return status;
+}

@@ -1,0 +1,38 @@
+// ser_coord.h — the coordinator: owns the parameters, AdamW state and teacher, schedules the
+// two-phase steps over the workers, reduces in shard order, applies the update.
+//
+// A step t (docs/batch-coupling.md):
+//   1. teacher EMA with m_t; PARAMS: the student backbone at t to every worker (and the teacher
+//      to a worker that does not hold the previous one: workers apply the same EMA themselves);
+//   2. FORWARD (t, s, attempt) for every shard, round-robin over live workers;
+//   3. when every shard's rows are in: the objective over the gathered batch (by position);
+//   4. BACKWARD (t, s, attempt) with the shard's gradient rows to the worker holding its
+//      activations; a worker that died after its forward is replaced by a survivor that redoes
+//      FORWARD then BACKWARD (same bits: the forward is deterministic);
+//   5. when every shard's gradient is in: the sum in shard order, clipping, AdamW.
+// Contributions are accepted only for the current (step, shard, attempt): late or duplicate
+// ones are dropped. Every wait has a deadline (cluster.timeout_ms) and logs what it waits for.
+//
+// defines: ser_coord_opts, ser_coord_run(), ser_cmd_coordinator()
+#ifndef SER_COORD_H
+#define SER_COORD_H
+
+#include <stdint.h>
+
+#include "ser_config.h"
+
+typedef struct ser_coord_opts {
+    ser_config cfg;
+    const char *batch_file;     // the global batch of every step (docs/step-format.md)
+    const char *weights;        // initial weights (strict), or NULL: init from data.seed
+    const char *out;            // final state, in `ser step`'s output layout
+    const char *endpoint_file;  // written with the bound control endpoint (ephemeral ports)
+    int64_t steps, iter, iters_per_epoch;
+    double lr_fix, wd_fix, mom_fix;  // NAN: schedules
+    int wait_workers_ms;        // how long to wait for the first worker
+} ser_coord_opts;
+
+// Runs the job to the end; returns a process exit status (0 done, 1 failure).
+int ser_coord_run(const ser_coord_opts *o);
+
+#endif

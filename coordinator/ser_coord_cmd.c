@@ -1,0 +1,232 @@
+// ser_coord_cmd.c — `ser coordinator` and `ser local`.
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ser_cmd.h"
+#include "ser_coord.h"
+
+#define SER_MAX_SET 64
+
+static void s_coord_usage(FILE *f, const char *cmd) {
+    fprintf(f,
+            "usage: ser %s --batch-file B.safetensors [--config job.ini] [--set section.key=value]...\n"
+            "       [--steps K] [--weights W.safetensors] [--out O.safetensors] [--iter N]\n"
+            "       [--iters-per-epoch N] [--lr X] [--wd X] [--momentum X] [--wait-workers-ms T]%s\n"
+            "  Trains K steps (default run.max_steps, else 1) of the job on the global batch of\n"
+            "  B (docs/step-format.md), split into data.shards shards computed by workers, and\n"
+            "  writes the final state in `ser step`'s layout: the same bits as `ser step`\n"
+            "  with the same options, for any number of workers. With no live worker for T ms\n"
+            "  (default 60000) the coordinator gives up and exits 1.\n",
+            cmd, strcmp(cmd, "local") == 0 ? " [--workers N]" : " [--endpoint-file F]");
+}
+
+// Parses the options shared by both commands into o; returns 0, or 2 after a message.
+static int s_parse(int argc, char **argv, const char *cmd, ser_coord_opts *o, int *workers,
+                   const char **cfg_path, const char **sets, int *nset) {
+    static const struct option opts[] = {
+        {"config", required_argument, 0, 'c'},  {"set", required_argument, 0, 's'},
+        {"batch-file", required_argument, 0, 'b'}, {"weights", required_argument, 0, 'w'},
+        {"out", required_argument, 0, 'o'},     {"steps", required_argument, 0, 'k'},
+        {"iter", required_argument, 0, 'i'},    {"iters-per-epoch", required_argument, 0, 'I'},
+        {"lr", required_argument, 0, 'l'},      {"wd", required_argument, 0, 'd'},
+        {"momentum", required_argument, 0, 'm'}, {"endpoint-file", required_argument, 0, 'e'},
+        {"workers", required_argument, 0, 'W'}, {"wait-workers-ms", required_argument, 0, 'T'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    int c, bad = 0;
+    char *end;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': *cfg_path = optarg; break;
+        case 's':
+            if (*nset == SER_MAX_SET) bad = 1; else sets[(*nset)++] = optarg;
+            break;
+        case 'b': o->batch_file = optarg; break;
+        case 'w': o->weights = optarg; break;
+        case 'o': o->out = optarg; break;
+        case 'k': o->steps = strtoll(optarg, &end, 10); bad |= *end || o->steps < 1; break;
+        case 'i': o->iter = strtoll(optarg, &end, 10); bad |= *end || o->iter < 0; break;
+        case 'I': o->iters_per_epoch = strtoll(optarg, &end, 10); bad |= *end || o->iters_per_epoch < 1; break;
+        case 'l': o->lr_fix = strtod(optarg, &end); bad |= *end || !(o->lr_fix >= 0); break;
+        case 'd': o->wd_fix = strtod(optarg, &end); bad |= *end || !(o->wd_fix >= 0); break;
+        case 'm': o->mom_fix = strtod(optarg, &end); bad |= *end || !(o->mom_fix >= 0 && o->mom_fix <= 1); break;
+        case 'e': o->endpoint_file = optarg; break;
+        case 'W': *workers = (int)strtol(optarg, &end, 10); bad |= *end || *workers < 1 || *workers > 64; break;
+        case 'T': o->wait_workers_ms = (int)strtol(optarg, &end, 10); bad |= *end || o->wait_workers_ms < 1; break;
+        case 'h': s_coord_usage(stdout, cmd); return 1;
+        default: bad = 1;
+        }
+    }
+    if (bad || optind != argc || !o->batch_file) {
+        fprintf(stderr, "ser %s: %s\n", cmd, !o->batch_file ? "--batch-file is required"
+                                                            : "bad option or value");
+        s_coord_usage(stderr, cmd);
+        return 2;
+    }
+    return 0;
+}
+
+static int s_load_config(ser_coord_opts *o, const char *cfg_path, const char **sets, int nset,
+                         const char *cmd) {
+    char err[SER_ERR_LEN];
+    ser_config_defaults(&o->cfg);
+    int rc = 0;
+    if (cfg_path) {
+        rc = ser_config_load(&o->cfg, cfg_path, nset, sets, err);
+    } else {
+        for (int i = 0; i < nset && !rc; i++) rc = ser_config_set_arg(&o->cfg, sets[i], err);
+        if (!rc) rc = ser_config_validate(&o->cfg, err);
+    }
+    if (rc) fprintf(stderr, "ser %s: %s\n", cmd, err);
+    if (!o->steps) o->steps = o->cfg.run.max_steps > 0 ? o->cfg.run.max_steps : 1;
+    return rc ? 2 : 0;
+}
+
+static void s_defaults(ser_coord_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->iters_per_epoch = 1000;
+    o->lr_fix = o->wd_fix = o->mom_fix = NAN;
+    o->wait_workers_ms = 60000;
+}
+
+int ser_cmd_coordinator(int argc, char **argv) {
+    ser_coord_opts o;
+    s_defaults(&o);
+    const char *cfg_path = NULL, *sets[SER_MAX_SET];
+    int nset = 0, workers = 0;
+    int rc = s_parse(argc, argv, "coordinator", &o, &workers, &cfg_path, sets, &nset);
+    if (rc) return rc == 1 ? 0 : rc;
+    if ((rc = s_load_config(&o, cfg_path, sets, nset, "coordinator"))) return rc;
+    return ser_coord_run(&o);
+}
+
+// --- ser local -------------------------------------------------------------------------------
+static pid_t s_spawn(char *const *args) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        execv("/proc/self/exe", args);
+        _exit(127);
+    }
+    return pid;
+}
+
+static volatile sig_atomic_t s_local_stop;
+static void s_local_signal(int sig) {
+    (void)sig;
+    s_local_stop = 1;
+}
+
+int ser_cmd_local(int argc, char **argv) {
+    ser_coord_opts o;
+    s_defaults(&o);
+    const char *cfg_path = NULL, *sets[SER_MAX_SET];
+    int nset = 0, workers = 2;
+    int rc = s_parse(argc, argv, "local", &o, &workers, &cfg_path, sets, &nset);
+    if (rc) return rc == 1 ? 0 : rc;
+    if ((rc = s_load_config(&o, cfg_path, sets, nset, "local"))) return rc;
+    // The coordinator: the same options with an ephemeral port and an endpoint file.
+    char dir[] = "/tmp/ser_local_XXXXXX";
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "ser local: cannot create a temporary directory: %s\n", strerror(errno));
+        return 1;
+    }
+    char epfile[128], ep[256] = "";
+    snprintf(epfile, sizeof epfile, "%s/endpoint", dir);
+    char *cargs[2 * SER_MAX_SET + 32];
+    int n = 0;
+    cargs[n++] = (char *)(uintptr_t)"ser";
+    cargs[n++] = (char *)(uintptr_t)"coordinator";
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--workers") == 0) {
+            i++;
+            continue;
+        }
+        if (strncmp(argv[i], "--workers=", 10) == 0) continue;
+        cargs[n++] = argv[i];
+    }
+    cargs[n++] = (char *)(uintptr_t)"--set";
+    cargs[n++] = (char *)(uintptr_t)"cluster.port=0";
+    cargs[n++] = (char *)(uintptr_t)"--endpoint-file";
+    cargs[n++] = epfile;
+    cargs[n] = NULL;
+    signal(SIGINT, s_local_signal);
+    signal(SIGTERM, s_local_signal);
+    pid_t coord = s_spawn(cargs), pids[64];
+    int nw = 0, status = 1;
+    for (int k = 0; k < 600 && !ep[0]; k++) {  // up to 60 s for the coordinator to bind
+        FILE *f = fopen(epfile, "r");
+        if (f) {
+            if (!fgets(ep, sizeof ep, f)) ep[0] = 0;
+            fclose(f);
+            ep[strcspn(ep, "\n")] = 0;
+        }
+        if (!ep[0]) {
+            int st;
+            if (waitpid(coord, &st, WNOHANG) == coord) {
+                fprintf(stderr, "ser local: the coordinator exited before listening\n");
+                coord = -1;
+                goto out;
+            }
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (!ep[0]) {
+        fprintf(stderr, "ser local: the coordinator did not start listening within 60 s\n");
+        goto out;
+    }
+    fprintf(stderr, "ser local: coordinator on %s, starting %d workers\n", ep, workers);
+    for (; nw < workers; nw++) {
+        char name[32];
+        snprintf(name, sizeof name, "w%d", nw);
+        char *wargs[] = {(char *)(uintptr_t)"ser", (char *)(uintptr_t)"worker",
+                         (char *)(uintptr_t)"--coordinator", ep, (char *)(uintptr_t)"--batch-file",
+                         (char *)(uintptr_t)o.batch_file, (char *)(uintptr_t)"--name", name, NULL};
+        pids[nw] = s_spawn(wargs);
+    }
+    // Wait for the coordinator; forward a stop request to it.
+    for (;;) {
+        int st;
+        pid_t r = waitpid(coord, &st, 0);
+        if (r == coord) {
+            status = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+            coord = -1;
+            break;
+        }
+        if (r < 0 && errno == EINTR && s_local_stop) kill(coord, SIGTERM);
+        else if (r < 0 && errno != EINTR) break;
+    }
+out:
+    // Workers end on the coordinator's SHUTDOWN; give them a moment, then make sure.
+    for (int i = 0; i < nw; i++) {
+        int st, done = 0;
+        for (int k = 0; k < 50 && !done; k++) {
+            done = waitpid(pids[i], &st, WNOHANG) == pids[i];
+            if (!done) {
+                struct timespec ts = {0, 100000000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        if (!done) {
+            kill(pids[i], SIGKILL);
+            waitpid(pids[i], &st, 0);
+        }
+    }
+    if (coord > 0) {
+        kill(coord, SIGKILL);
+        waitpid(coord, NULL, 0);
+    }
+    unlink(epfile);
+    rmdir(dir);
+    return status;
+}

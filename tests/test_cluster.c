@@ -1,0 +1,312 @@
+// test_cluster.c — the distributed runtime with real processes on 127.0.0.1 (ephemeral ports):
+// N workers give the same bits as `ser step`; a worker killed with SIGKILL mid-run changes
+// nothing; garbage frames crash nothing; a peer of another job is refused; a coordinator whose
+// workers are all gone says so and exits. Every child is killed by pid on every exit path and
+// the whole test runs under a hard alarm.
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ser_test.h"
+#include "ser_wire.h"
+
+#define MAX_CHILD 16
+static pid_t s_kids[MAX_CHILD];
+static int s_nkids;
+static char s_dir[64], s_cfg[128], s_w[1024], s_b[1024];
+
+static void s_kill_all(void) {
+    for (int i = 0; i < s_nkids; i++)
+        if (s_kids[i] > 0) {
+            kill(s_kids[i], SIGKILL);
+            waitpid(s_kids[i], NULL, 0);
+            s_kids[i] = 0;
+        }
+    s_nkids = 0;
+}
+
+static void s_on_alarm(int sig) {
+    (void)sig;
+    s_kill_all();
+    _exit(3);
+}
+
+static const char *s_ini =
+    "[model]\narch = vit_tiny\ndim = 24\ndepth = 4\nheads = 3\nmlp_hidden = 48\nimg_size = 16\n"
+    "patch = 4\ncls_layer = 2\nfreeze_patch_embed = false\n"
+    "[moco]\ndim = 16\nmlp_dim = 32\n"
+    "[ser]\nlambda = 0.7\ntau = 0.4\nproj_dim = 20\nratio = 0.375\n"
+    "[data]\nglobal_batch = 8\nshards = 4\n"
+    "[run]\nthreads = 1\nlog_every = 1\n"
+    "[cluster]\nheartbeat_ms = 100\ntimeout_ms = 1500\n";
+
+static int setup(void **state) {
+    (void)state;
+    signal(SIGALRM, s_on_alarm);
+    alarm(240);
+    snprintf(s_dir, sizeof s_dir, "/tmp/ser_cluster_XXXXXX");
+    if (!mkdtemp(s_dir)) return -1;
+    snprintf(s_cfg, sizeof s_cfg, "%s/job.ini", s_dir);
+    FILE *f = fopen(s_cfg, "w");
+    if (!f) return -1;
+    fputs(s_ini, f);
+    fclose(f);
+    ser_test_fixture_path(s_w, sizeof s_w, "step_weights.safetensors");
+    ser_test_fixture_path(s_b, sizeof s_b, "step_batch.safetensors");
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    s_kill_all();
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+    alarm(0);
+    if (getenv("SER_TEST_KEEP")) {  // keep the logs for a post-mortem
+        fprintf(stderr, "kept %s\n", s_dir);
+        return 0;
+    }
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+// Starts `ser ARGS...` with stdout/stderr to DIR/<log>; returns its pid (recorded for cleanup).
+static pid_t s_start(const char *log, char *const *args) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", s_dir, log);
+        if (!freopen(path, "w", stdout) || !freopen(path, "a", stderr)) _exit(126);
+        execv(SER_BINARY, args);
+        _exit(127);
+    }
+    assert_true(s_nkids < MAX_CHILD);
+    s_kids[s_nkids++] = pid;
+    return pid;
+}
+
+static int s_wait(pid_t pid) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+    for (int i = 0; i < s_nkids; i++)
+        if (s_kids[i] == pid) s_kids[i] = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void s_sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+// Waits for DIR/name to hold a line; returns it in buf.
+static int s_read_line(const char *name, char *buf, size_t n, int timeout_ms) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", s_dir, name);
+    for (int t = 0; t < timeout_ms; t += 50) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            int ok = fgets(buf, (int)n, f) != NULL;
+            fclose(f);
+            if (ok) {
+                buf[strcspn(buf, "\n")] = 0;
+                return 0;
+            }
+        }
+        s_sleep_ms(50);
+    }
+    return -1;
+}
+
+static int s_log_has(const char *log, const char *needle) {
+    char path[256], buf[65536];
+    snprintf(path, sizeof path, "%s/%s", s_dir, log);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, needle) != NULL;
+}
+
+// Every tensor of two `ser step`-layout files, byte for byte.
+static void s_assert_same_bits(const char *a, const char *b) {
+    char err[SER_ERR_LEN];
+    ser_st_file *fa = NULL, *fb = NULL;
+    assert_int_equal(ser_st_open(&fa, a, err), 0);
+    assert_int_equal(ser_st_open(&fb, b, err), 0);
+    assert_int_equal(ser_st_count(fa), ser_st_count(fb));
+    int differ = 0;
+    for (int i = 0; i < ser_st_count(fa); i++) {
+        const ser_st_entry *x = ser_st_at(fa, i), *y = ser_st_find(fb, x->name);
+        if (!y || x->nbytes != y->nbytes || memcmp(x->data, y->data, x->nbytes)) {
+            if (differ++ < 5) fprintf(stderr, "  differs: %s\n", x->name);
+        }
+    }
+    print_message("%s vs %s: %d tensors, %d differ\n", a, b, ser_st_count(fa), differ);
+    assert_int_equal(differ, 0);
+    assert_true(ser_st_count(fa) > 400);
+    ser_st_destroy(&fa);
+    ser_st_destroy(&fb);
+}
+
+#define COMMON "--lr", "0.01", "--wd", "0.1", "--momentum", "0.9"
+
+static void s_reference(const char *out, const char *steps) {
+    char *args[] = {"ser", "step", "--config", s_cfg, "--weights", s_w, "--batch", s_b, "--out",
+                    (char *)(uintptr_t)out, "--steps", (char *)(uintptr_t)steps, COMMON, NULL};
+    assert_int_equal(s_wait(s_start("step.log", args)), 0);
+}
+
+static void test_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    char ref[128], out[128], nw[8];
+    snprintf(ref, sizeof ref, "%s/ref.safetensors", s_dir);
+    s_reference(ref, "4");
+    for (int n = 1; n <= 3; n++) {
+        snprintf(out, sizeof out, "%s/local%d.safetensors", s_dir, n);
+        snprintf(nw, sizeof nw, "%d", n);
+        char *args[] = {"ser", "local", "--workers", nw, "--config", s_cfg, "--weights", s_w,
+                        "--batch-file", s_b, "--out", out, "--steps", "4", COMMON, NULL};
+        int rc = s_wait(s_start("local.log", args));
+        if (rc) system("tail -20 /tmp/ser_cluster_*/local.log");
+        assert_int_equal(rc, 0);
+        s_assert_same_bits(ref, out);
+    }
+}
+
+// Starts a coordinator on an ephemeral port; returns its pid and endpoint.
+static pid_t s_coordinator(const char *out, const char *steps, const char *wait_ms, char *ep,
+                           size_t n) {
+    char epf[128];
+    snprintf(epf, sizeof epf, "%s/endpoint", s_dir);
+    unlink(epf);
+    char *args[] = {"ser", "coordinator", "--config", s_cfg, "--weights", s_w, "--batch-file", s_b,
+                    "--out", (char *)(uintptr_t)out, "--steps", (char *)(uintptr_t)steps,
+                    "--set", "cluster.port=0", "--endpoint-file", epf, "--wait-workers-ms",
+                    (char *)(uintptr_t)wait_ms, COMMON, NULL};
+    pid_t pid = s_start("coord.log", args);
+    assert_int_equal(s_read_line("endpoint", ep, n, 30000), 0);
+    return pid;
+}
+
+static pid_t s_worker(const char *ep, const char *name) {
+    char log[64];
+    snprintf(log, sizeof log, "%s.log", name);
+    char *args[] = {"ser", "worker", "--coordinator", (char *)(uintptr_t)ep, "--batch-file", s_b,
+                    "--name", (char *)(uintptr_t)name, NULL};
+    return s_start(log, args);
+}
+
+static void test_worker_killed_mid_run(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256];
+    snprintf(ref, sizeof ref, "%s/ref60.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/killed.safetensors", s_dir);
+    s_reference(ref, "60");  // ~10 ms a step: long enough to kill a worker mid-run
+    pid_t coord = s_coordinator(out, "60", "30000", ep, sizeof ep);
+    pid_t w0 = s_worker(ep, "wa"), w1 = s_worker(ep, "wb");
+    (void)w0;
+    // Kill worker b once the job is under way (after its first step's log line), in the middle
+    // of whatever phase it is in.
+    for (int t = 0; t < 600 && !s_log_has("coord.log", "step 3:"); t++) s_sleep_ms(5);
+    assert_false(s_log_has("coord.log", "step 59:"));
+    kill(w1, SIGKILL);
+    s_wait(w1);
+    int rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    assert_true(s_log_has("coord.log", "worker wb lost"));
+    s_assert_same_bits(ref, out);
+    s_kill_all();
+}
+
+static void test_garbage_and_wrong_peers(void **state) {
+    (void)state;
+    char out[128], ep[256];
+    snprintf(out, sizeof out, "%s/garbage.safetensors", s_dir);
+    pid_t coord = s_coordinator(out, "2", "30000", ep, sizeof ep);
+    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, tmo = 5000;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, "intruder", 8);
+    assert_int_equal(zmq_connect(d, ep), 0);
+    // Garbage: random bytes, an empty frame, a truncated envelope, a huge tensor claim.
+    zmq_send(d, "\x01\x02\x03garbage", 10, 0);
+    zmq_send(d, "", 0, 0);
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.protocol_version = SER_PROTOCOL_VERSION;
+    e.type = SER__MSG_TYPE__MSG_FORWARD_DONE;
+    uint8_t buf[256];
+    size_t len = ser__envelope__pack(&e, buf);
+    zmq_send(d, buf, len / 2, 0);
+    zmq_send(d, buf, len, ZMQ_SNDMORE);
+    zmq_send(d, "xx", 2, 0);  // a frame no tensor announced
+    // A HELLO with another config: refused with the reason.
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_HELLO;
+    e.text = "intruder";
+    e.config_hash = 0x1234;
+    assert_int_equal(ser_wire_send(d, NULL, &e, NULL, 0), 0);
+    ser_wire_msg m;
+    char err[SER_ERR_LEN];
+    int rc = SER_ETIMEDOUT;
+    for (int t = 0; t < 100 && rc == SER_ETIMEDOUT; t++) {
+        rc = ser_wire_recv(d, 0, NULL, &m, err);
+        if (rc == SER_ETIMEDOUT) s_sleep_ms(50);
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(m.env->type, SER__MSG_TYPE__MSG_REFUSE);
+    assert_non_null(strstr(m.env->text, "config hash"));
+    ser_wire_msg_free(&m);
+    // Another protocol version: dropped with a log line, nothing else.
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_HELLO;
+    assert_int_equal(ser_wire_send(d, NULL, &e, NULL, 0), 0);  // fills version; corrupt it:
+    e.protocol_version = 99;
+    len = ser__envelope__pack(&e, buf);
+    zmq_send(d, buf, len, 0);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    // The job still runs to completion with a real worker.
+    s_worker(ep, "wc");
+    rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    assert_true(s_log_has("coord.log", "refused peer intruder"));
+    assert_true(s_log_has("coord.log", "dropped"));
+    s_kill_all();
+}
+
+static void test_all_workers_gone(void **state) {
+    (void)state;
+    char out[128], ep[256];
+    snprintf(out, sizeof out, "%s/gone.safetensors", s_dir);
+    pid_t coord = s_coordinator(out, "50", "3000", ep, sizeof ep);
+    pid_t w = s_worker(ep, "wd");
+    for (int t = 0; t < 600 && !s_log_has("coord.log", "step 0:"); t++) s_sleep_ms(50);
+    kill(w, SIGKILL);
+    s_wait(w);
+    time_t t0 = time(NULL);
+    int rc = s_wait(coord);
+    assert_int_equal(rc, 1);
+    assert_true(time(NULL) - t0 < 30);
+    assert_true(s_log_has("coord.log", "worker wd lost"));
+    assert_true(s_log_has("coord.log", "no live worker"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_n_workers_equal_ser_step),
+        cmocka_unit_test(test_worker_killed_mid_run),
+        cmocka_unit_test(test_garbage_and_wrong_peers),
+        cmocka_unit_test(test_all_workers_gone),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,336 @@
+// ser_worker.c — `ser worker`: connects to the coordinator, computes the shards it is given.
+//
+// Protocol (proto/ser.proto, coordinator/ser_coord.h): HELLO -> WELCOME (the job's config) ->
+// PARAMS (student backbone; the teacher when it has none) -> FORWARD (step, shard, attempt,
+// momentum) -> FORWARD_DONE with the shard's rows -> BACKWARD with their gradients ->
+// BACKWARD_DONE with the shard's ViT gradient. The worker applies the teacher EMA itself once
+// per step (the same float operations as the coordinator's, so the same bits). Heartbeats go
+// out every cluster.heartbeat_ms; a coordinator silent for cluster.timeout_ms is reconnected
+// to (a restarted coordinator), and every invalid message is logged and dropped.
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ser_batchfile.h"
+#include "ser_cmd.h"
+#include "ser_config.h"
+#include "ser_kernels.h"
+#include "ser_moco.h"
+#include "ser_wire.h"
+
+static volatile sig_atomic_t s_stop;
+static void s_on_signal(int sig) {
+    (void)sig;
+    s_stop = 1;
+}
+
+typedef struct s_wshard {
+    int have;          // activations of (step, attempt) are held
+    int64_t step;
+    uint32_t attempt;
+    ser_engine eng;
+    ser_gathered g;
+    ser_batch b;
+    uint32_t *ids;
+} s_wshard;
+
+typedef struct s_worker {
+    const char *endpoint, *name, *batch_file;
+    void *ctx, *sock;
+    char job_id[SER_CONFIG_STR_LEN];
+    ser_config cfg;
+    int have_model;
+    ser_moco m;
+    ser_batchfile bf;
+    s_wshard *sh;
+    int S;
+    size_t off, span;
+    int64_t params_version, teacher_version;
+    int64_t last_heard, last_sent;
+} s_worker;
+
+static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type) {
+    ser__envelope__init(e);
+    e->job_id = w->job_id;
+    e->type = type;
+}
+
+static int s_connect(s_worker *w) {
+    if (w->sock) zmq_close(w->sock);
+    w->sock = zmq_socket(w->ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, w->name, strlen(w->name));
+    if (zmq_connect(w->sock, w->endpoint) != 0) {
+        ser_log(SER_LL_ERROR, "worker %s: cannot connect to %s: %s", w->name, w->endpoint,
+                zmq_strerror(zmq_errno()));
+        return SER_EIO;
+    }
+    Ser__Envelope e;
+    s_env(w, &e, SER__MSG_TYPE__MSG_HELLO);
+    e.text = (char *)(uintptr_t)w->name;
+    e.config_hash = w->have_model ? ser_config_hash(&w->cfg) : 0;
+    e.threads = (uint32_t)ser_kernels_get_threads();
+    w->last_heard = w->last_sent = ser_clock_now_ms();
+    return ser_wire_send(w->sock, NULL, &e, NULL, 0);
+}
+
+static int s_welcome(s_worker *w, const Ser__Envelope *e) {
+    char err[SER_ERR_LEN];
+    ser_config cfg;
+    ser_config_defaults(&cfg);
+    int rc = ser_config_load_string(&cfg, e->text ? e->text : "", "<coordinator>", err);
+    if (rc) {
+        ser_log(SER_LL_ERROR, "worker %s: the coordinator's config does not load: %s", w->name, err);
+        return rc;
+    }
+    if (w->have_model) {
+        if (ser_config_hash(&cfg) != ser_config_hash(&w->cfg)) {
+            ser_log(SER_LL_ERROR, "worker %s: the coordinator now runs another job config", w->name);
+            return SER_EPEER;
+        }
+        return SER_OK;  // a restarted coordinator of the same job
+    }
+    w->cfg = cfg;
+    snprintf(w->job_id, sizeof w->job_id, "%s", e->job_id ? e->job_id : "");
+    int threads = cfg.run.threads > 0 ? cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    ser_kernels_set_threads(threads);
+    ser_moco_config mc;
+    if ((rc = ser_moco_config_from_job(&mc, &cfg, err)) || (rc = ser_moco_init(&w->m, &mc, err))) {
+        ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
+        return rc;
+    }
+    if ((rc = ser_batchfile_load(&w->bf, w->batch_file, mc.vit.patch, err)) ||
+        (rc = ser_batch_check(&w->bf.b, &mc.vit, cfg.data.shards, err))) {
+        ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
+        ser_moco_free(&w->m);
+        return rc;
+    }
+    w->have_model = 1;
+    w->span = ser_vit_span(&w->m.vit, &w->off);
+    w->S = cfg.data.shards;
+    w->sh = ser_xcalloc((size_t)w->S, sizeof *w->sh);
+    int per = (w->bf.b.n_inv + w->bf.b.n_eq) / w->S;
+    for (int s = 0; s < w->S; s++) {
+        w->sh[s].ids = ser_xcalloc((size_t)per, sizeof(uint32_t));
+        ser_batch_shard(&w->bf.b, s, w->S, &w->sh[s].b, w->sh[s].ids);
+    }
+    w->params_version = w->teacher_version = INT64_MIN;  // none held
+    ser_log(SER_LL_INFO, "worker %s: joined job '%s' (%d threads)", w->name, w->job_id, threads);
+    return SER_OK;
+}
+
+static void s_forward(s_worker *w, const Ser__Envelope *e) {
+    int s = (int)e->shard;
+    int64_t step = (int64_t)e->step;
+    if (s < 0 || s >= w->S || (int64_t)e->params_version != w->params_version || step != w->params_version) {
+        ser_log(SER_LL_WARNING, "worker %s: FORWARD step %lld shard %d without its parameters "
+                "(have %lld): dropped", w->name, (long long)step, s, (long long)w->params_version);
+        return;
+    }
+    if (w->teacher_version == step - 1) {
+        ser_moco_momentum_update(&w->m, (float)e->momentum);
+        w->teacher_version = step;
+    } else if (w->teacher_version != step) {
+        ser_log(SER_LL_WARNING, "worker %s: no teacher for step %lld: FORWARD dropped", w->name,
+                (long long)step);
+        return;
+    }
+    s_wshard *sh = &w->sh[s];
+    if (sh->have) ser_gathered_free(&sh->g);
+    sh->have = 0;
+    char err[SER_ERR_LEN];
+    int rc = ser_engine_forward(&sh->eng, &w->m.vit, &w->m.mvit, &sh->b, 1, w->m.cfg.ser,
+                                (uint64_t)w->cfg.data.seed, (uint32_t)step, &sh->g, err);
+    if (rc) {
+        ser_log(SER_LL_ERROR, "worker %s: shard %d forward failed: %s", w->name, s, err);
+        return;
+    }
+    sh->have = 1, sh->step = step, sh->attempt = e->attempt;
+    int C = sh->g.C, B = sh->g.B;
+    ser_wire_tensor t[8] = {
+        {"qcls0", 2, {B, C}, sh->g.qcls[0]}, {"qcls1", 2, {B, C}, sh->g.qcls[1]},
+        {"kcls0", 2, {B, C}, sh->g.kcls[0]}, {"kcls1", 2, {B, C}, sh->g.kcls[1]},
+        {"qmap0", 2, {(int64_t)sh->g.ntok[0], C}, sh->g.qmap[0]},
+        {"qmap1", 2, {(int64_t)sh->g.ntok[1], C}, sh->g.qmap[1]},
+        {"kmap0", 2, {(int64_t)sh->g.ntok[0], C}, sh->g.kmap[0]},
+        {"kmap1", 2, {(int64_t)sh->g.ntok[1], C}, sh->g.kmap[1]},
+    };
+    Ser__Envelope out;
+    s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
+    out.step = (uint64_t)step, out.shard = (uint32_t)s, out.attempt = e->attempt;
+    ser_wire_send(w->sock, NULL, &out, t, sh->b.n_eq > 0 ? 8 : 4);
+    w->last_sent = ser_clock_now_ms();
+}
+
+static void s_backward(s_worker *w, const ser_wire_msg *m) {
+    const Ser__Envelope *e = m->env;
+    int s = (int)e->shard;
+    if (s < 0 || s >= w->S || !w->sh[s].have || w->sh[s].step != (int64_t)e->step ||
+        w->sh[s].attempt != e->attempt) {
+        ser_log(SER_LL_WARNING, "worker %s: BACKWARD step %llu shard %d attempt %u without its "
+                "forward: dropped", w->name, (unsigned long long)e->step, s, e->attempt);
+        return;
+    }
+    s_wshard *sh = &w->sh[s];
+    int C = sh->g.C;
+    size_t BC = (size_t)sh->g.B * C;
+    const float *d[4] = {ser_wire_find(m, "dqcls0", BC), ser_wire_find(m, "dqcls1", BC),
+                         ser_wire_find(m, "dqmap0", sh->g.ntok[0] * C),
+                         ser_wire_find(m, "dqmap1", sh->g.ntok[1] * C)};
+    if (!d[0] || !d[1] || !d[2] || !d[3]) {
+        ser_log(SER_LL_WARNING, "worker %s: BACKWARD for shard %d with wrong sizes: dropped", w->name, s);
+        return;
+    }
+    memcpy(sh->g.dqcls[0], d[0], sizeof(float) * BC);
+    memcpy(sh->g.dqcls[1], d[1], sizeof(float) * BC);
+    memcpy(sh->g.dqmap[0], d[2], sizeof(float) * sh->g.ntok[0] * C);
+    memcpy(sh->g.dqmap[1], d[3], sizeof(float) * sh->g.ntok[1] * C);
+    ser_engine_backward(&sh->eng, &w->m.vit, &sh->b, 1, &sh->g, w->m.cfg.ser && w->m.cfg.ser_grad);
+    ser_wire_tensor t = {"grad", 1, {(int64_t)w->span}, w->m.grads + w->off};
+    Ser__Envelope out;
+    s_env(w, &out, SER__MSG_TYPE__MSG_BACKWARD_DONE);
+    out.step = e->step, out.shard = e->shard, out.attempt = e->attempt;
+    ser_wire_send(w->sock, NULL, &out, &t, 1);
+    w->last_sent = ser_clock_now_ms();
+    ser_gathered_free(&sh->g);
+    sh->have = 0;
+}
+
+static void s_params(s_worker *w, const ser_wire_msg *m) {
+    const float *st = ser_wire_find(m, "student", w->span);
+    if (!st) {
+        ser_log(SER_LL_WARNING, "worker %s: PARAMS without a student of %zu floats: dropped", w->name, w->span);
+        return;
+    }
+    memcpy(w->m.params + w->off, st, sizeof(float) * w->span);
+    w->params_version = (int64_t)m->env->params_version;
+    const float *te = ser_wire_find(m, "teacher", w->span);
+    if (te) {
+        memcpy(w->m.mparams + w->off, te, sizeof(float) * w->span);
+        w->teacher_version = w->params_version;
+    }
+}
+
+static int s_run(s_worker *w) {
+    int64_t hb = 1000, timeout = 10000;
+    for (;;) {
+        if (s_stop) return 0;
+        if (w->have_model) hb = w->cfg.cluster.heartbeat_ms, timeout = w->cfg.cluster.timeout_ms;
+        zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
+        zmq_poll(&it, 1, (long)(hb / 2 > 0 ? hb / 2 : 1));
+        int64_t now = ser_clock_now_ms();
+        if (w->have_model && now - w->last_sent >= hb) {
+            Ser__Envelope e;
+            s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
+            ser_wire_send(w->sock, NULL, &e, NULL, 0);
+            w->last_sent = now;
+        }
+        if (now - w->last_heard > timeout) {
+            ser_log(SER_LL_WARNING, "worker %s: coordinator silent for %lld ms; reconnecting to %s",
+                    w->name, (long long)(now - w->last_heard), w->endpoint);
+            if (s_connect(w)) return 1;
+            continue;
+        }
+        for (int k = 0; k < 16; k++) {
+            ser_wire_msg m;
+            char err[SER_ERR_LEN];
+            int rc = ser_wire_recv(w->sock, 0, w->have_model ? w->job_id : NULL, &m, err);
+            if (rc == SER_ETIMEDOUT) break;
+            w->last_heard = ser_clock_now_ms();
+            if (rc) {
+                ser_log(SER_LL_WARNING, "worker %s: bad message dropped: %s", w->name, err);
+                continue;
+            }
+            int done = 0, fail = 0;
+            switch (m.env->type) {
+            case SER__MSG_TYPE__MSG_WELCOME: fail = s_welcome(w, m.env) != SER_OK; break;
+            case SER__MSG_TYPE__MSG_REFUSE:
+                ser_log(SER_LL_ERROR, "worker %s: refused by the coordinator: %s", w->name,
+                        m.env->text ? m.env->text : "");
+                fail = 1;
+                break;
+            case SER__MSG_TYPE__MSG_SHUTDOWN: done = 1; break;
+            case SER__MSG_TYPE__MSG_HEARTBEAT: break;
+            default:
+                if (!w->have_model) {
+                    ser_log(SER_LL_WARNING, "worker %s: message type %d before WELCOME dropped", w->name, m.env->type);
+                } else if (m.env->type == SER__MSG_TYPE__MSG_PARAMS) {
+                    s_params(w, &m);
+                } else if (m.env->type == SER__MSG_TYPE__MSG_FORWARD) {
+                    s_forward(w, m.env);
+                } else if (m.env->type == SER__MSG_TYPE__MSG_BACKWARD) {
+                    s_backward(w, &m);
+                } else {
+                    ser_log(SER_LL_WARNING, "worker %s: unexpected message type %d dropped", w->name, m.env->type);
+                }
+            }
+            ser_wire_msg_free(&m);
+            if (fail) return 1;
+            if (done) {
+                ser_log(SER_LL_INFO, "worker %s: job over", w->name);
+                return 0;
+            }
+        }
+    }
+}
+
+static void s_usage(FILE *f) {
+    fprintf(f, "usage: ser worker --coordinator tcp://HOST:PORT --batch-file B.safetensors [--name N]\n"
+               "  Computes shards for the coordinator until it shuts the job down. The job's\n"
+               "  configuration comes from the coordinator. --batch-file: the global batch of\n"
+               "  every step (the loader-fed data path is not wired into workers yet).\n");
+}
+
+int ser_cmd_worker(int argc, char **argv) {
+    s_worker w;
+    memset(&w, 0, sizeof w);
+    char name[64];
+    snprintf(name, sizeof name, "w%d", (int)getpid());
+    w.name = name;
+    static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
+                                          {"batch-file", required_argument, 0, 'b'},
+                                          {"name", required_argument, 0, 'n'},
+                                          {"help", no_argument, 0, 'h'},
+                                          {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': w.endpoint = optarg; break;
+        case 'b': w.batch_file = optarg; break;
+        case 'n':
+            if (strlen(optarg) == 0 || strlen(optarg) >= SER_WIRE_MAX_IDENTITY) {
+                fprintf(stderr, "ser worker: --name must have 1 to %d characters\n", SER_WIRE_MAX_IDENTITY - 1);
+                return 2;
+            }
+            w.name = optarg;
+            break;
+        case 'h': s_usage(stdout); return 0;
+        default: s_usage(stderr); return 2;
+        }
+    }
+    if (!w.endpoint || !w.batch_file || optind != argc) {
+        s_usage(stderr);
+        return 2;
+    }
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    w.ctx = zmq_ctx_new();
+    int status = s_connect(&w) ? 1 : s_run(&w);
+    if (w.sock) zmq_close(w.sock);
+    zmq_ctx_term(w.ctx);
+    for (int s = 0; w.sh && s < w.S; s++) {
+        ser_engine_free(&w.sh[s].eng);
+        ser_gathered_free(&w.sh[s].g);
+        free(w.sh[s].ids);
+    }
+    free(w.sh);
+    ser_batchfile_free(&w.bf);
+    if (w.have_model) ser_moco_free(&w.m);
+    return status;
+}
