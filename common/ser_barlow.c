@@ -1,0 +1,311 @@
+// ser_barlow.c — see ser_barlow.h.
+#include "ser_barlow.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ser_equiv.h"
+
+// Rows of the output per BLAS call in s_sgemm_rows.
+#define S_GEMM_ROWS 128
+
+void ser_barlow_config_default(ser_barlow_config *c) {
+    memset(c, 0, sizeof *c);
+    ser_vit_config_preset(&c->vit, "vit_small", 224, 16);
+    c->vit.cls_layer = 3;
+    c->vit.freeze_patch_embed = 0;  // reference BT: trainable patch embedding
+    c->vit.drop_path_rate = 0.0f;
+    c->init_scheme = SER_VIT_INIT_GENERIC;
+    c->proj_dim = 8192;
+    c->lambda_offdiag = 0.0051f;
+    c->ser = 1;
+    c->ser_grad = 1;
+    c->ser_lambda = 1.0f;
+    c->ser_tau = 0.4f;
+    c->ser_proj_dim = 512;
+    c->ser_symmetric = 0;
+}
+
+static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
+static int s_fail(char *err, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, SER_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int ser_barlow_config_from_job(ser_barlow_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
+    ser_barlow_config_default(c);
+    if (job->method.name != SER_CONFIG_METHOD_BARLOW)
+        return s_fail(err, SER_ECONFIG, "method.name: not barlow (ser_barlow_config_from_job)");
+    int rc = ser_config_to_vit(job, &c->vit, err);
+    if (rc) return rc;
+    c->init_scheme =
+        job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO : SER_VIT_INIT_GENERIC;
+    c->proj_dim = job->barlow.proj_dim;
+    c->lambda_offdiag = (float)job->barlow.lambda_offdiag;
+    c->ser = job->ser.enabled;
+    c->ser_grad = job->ser.grad;
+    c->ser_lambda = (float)job->ser.lambda;
+    c->ser_tau = (float)job->ser.tau;
+    c->ser_proj_dim = job->ser.proj_dim;
+    c->ser_symmetric = job->ser.symmetric;
+    return SER_OK;
+}
+
+int ser_barlow_init(ser_barlow *m, const ser_barlow_config *cfg, char err[SER_ERR_LEN]) {
+    memset(m, 0, sizeof *m);
+    if (cfg->proj_dim < 1 || cfg->proj_dim > SER_BARLOW_MAX_DIM || !(cfg->lambda_offdiag >= 0.0f) ||
+        !isfinite(cfg->lambda_offdiag))
+        return s_fail(err, SER_ECONFIG,
+                      "barlow: proj_dim %d not in [1, %d] or lambda_offdiag %g not finite >= 0",
+                      cfg->proj_dim, SER_BARLOW_MAX_DIM, (double)cfg->lambda_offdiag);
+    if (cfg->ser && (cfg->ser_proj_dim < 1 || !(cfg->ser_tau > 0.0f) || !isfinite(cfg->ser_tau) ||
+                     !(cfg->ser_lambda >= 0.0f) || !isfinite(cfg->ser_lambda)))
+        return s_fail(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
+                      cfg->ser_proj_dim, (double)cfg->ser_tau, (double)cfg->ser_lambda);
+    if (cfg->ser && cfg->vit.cls_layer == cfg->vit.depth)
+        return s_fail(err, SER_ECONFIG,
+                      "ser: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
+                      "has no block-k patch map",
+                      cfg->vit.cls_layer, cfg->vit.depth);
+    m->cfg = *cfg;
+    ser_ptab_init(&m->tab);
+    ser_ptab_init(&m->btab);
+    int C = cfg->vit.dim, P = cfg->proj_dim, rc;
+    // Registration order = BarlowTwins.__init__: backbone, projector_equiv, projector, bn (so
+    // table index i is the i-th of model.parameters(), the reference's AdamW order).
+    if ((rc = ser_vit_register(&m->vit, &cfg->vit, &m->tab, "backbone.", err))) goto fail;
+    if (cfg->ser) {
+        ser_mlp_layer_spec pe[2] = {
+            {C, cfg->ser_proj_dim, 0, SER_BN_NONE, SER_ACT_GELU, 1},
+            {cfg->ser_proj_dim, cfg->ser_proj_dim, 0, SER_BN_NONE, SER_ACT_NONE, 1}};
+        if ((rc = ser_mlp_register(&m->pequiv, pe, 2, &m->tab, &m->btab, "projector_equiv.", err)))
+            goto fail;
+    }
+    // sizes = [C, P, P, P]: (Linear, BN, ReLU) x 2, then Linear: the MoCo builder without last_bn.
+    ser_mlp_layer_spec spec[SER_MLP_MAX_LAYERS];
+    int n = ser_mlp_moco_spec(spec, 3, C, P, P, 0);
+    if ((rc = ser_mlp_register(&m->proj, spec, n, &m->tab, &m->btab, "projector.", err))) goto fail;
+    int64_t shape[1] = {P};
+    m->bn_rm = ser_ptab_add(&m->btab, "bn.running_mean", 0, 1, shape);
+    m->bn_rv = ser_ptab_add(&m->btab, "bn.running_var", 0, 1, shape);
+    m->bn_nbt = ser_ptab_add(&m->btab, "bn.num_batches_tracked", SER_TINFO_COUNTER, 0, NULL);
+    // The public code's SER loss has no gradient: DDP leaves projector_equiv and norm_equiv
+    // without grads and AdamW skips them entirely (no decay either): freeze them.
+    if (cfg->ser && !cfg->ser_grad)
+        for (int i = 0; i < m->tab.n; i++)
+            if (strncmp(m->tab.t[i].name, "projector_equiv.", 16) == 0 ||
+                strncmp(m->tab.t[i].name, "backbone.norm_equiv.", 20) == 0)
+                m->tab.t[i].flags |= SER_TINFO_FROZEN;
+    m->params = ser_xaligned(sizeof(float) * m->tab.total);
+    m->grads = ser_xaligned(sizeof(float) * m->tab.total);
+    m->buffers = ser_xaligned(sizeof(float) * m->btab.total);
+    ser_vit_bind(&m->vit, m->params, m->grads);
+    ser_mlp_bind(&m->proj, m->params, m->grads, m->buffers);
+    if (cfg->ser) ser_mlp_bind(&m->pequiv, m->params, m->grads, m->buffers);
+    return SER_OK;
+fail:
+    ser_barlow_free(m);
+    return rc;
+}
+
+void ser_barlow_free(ser_barlow *m) {
+    if (!m) return;
+    ser_engine_free(&m->eng);
+    ser_vit_free(&m->vit);
+    free(m->params), free(m->grads), free(m->buffers);
+    ser_ptab_free(&m->tab);
+    ser_ptab_free(&m->btab);
+    memset(m, 0, sizeof *m);
+}
+
+void ser_barlow_init_weights(ser_barlow *m, uint64_t seed) {
+    ser_vit_init_weights(&m->vit, m->cfg.init_scheme, seed);
+    ser_mlp_init_weights(&m->proj, seed + 1);
+    if (m->cfg.ser) ser_mlp_init_weights(&m->pequiv, seed + 3);
+    for (int i = 0; i < m->cfg.proj_dim; i++)
+        m->buffers[m->bn_rm + i] = 0.0f, m->buffers[m->bn_rv + i] = 1.0f;
+    m->buffers[m->bn_nbt] = 0.0f;
+}
+
+// --- the cross-correlation loss ----------------------------------------------------------------
+// C (M, n) = alpha * op(A) op(B), in fixed blocks of S_GEMM_ROWS rows of C with one BLAS call
+// per block, the blocks spread over OpenMP threads (OpenBLAS runs single-threaded inside the
+// parallel region): the summation order does not depend on the thread count. The same scheme
+// as ser_ntxent.c, whose header explains why one threaded call is not enough.
+// op(A) is A (M, K) with lda, or A^T for A (K, M) with lda when trans_a; op(B) is B (K, n) with
+// ldb, or B^T for B (n, K) when trans_b.
+static void s_sgemm_rows(float *C, int ldc, int trans_a, const float *A, int lda, const float *B,
+                         int ldb, int trans_b, int M, int n, int K, float alpha) {
+    int nblk = (M + S_GEMM_ROWS - 1) / S_GEMM_ROWS;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        int r0 = blk * S_GEMM_ROWS, m = M - r0 < S_GEMM_ROWS ? M - r0 : S_GEMM_ROWS;
+        const float *Ab = trans_a ? A + r0 : A + (size_t)r0 * lda;
+        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                    trans_b ? CblasTrans : CblasNoTrans, m, n, K, alpha, Ab, lda, B, ldb, 0.0f,
+                    C + (size_t)r0 * ldc, ldc);
+    }
+}
+
+static int s_xcorr_check(const double *on, const double *off, const float *a, const float *b, int N,
+                         int P, float lambda, float scale) {
+    if (!on || !off || !a || !b || N < 1 || P < 1 || P > SER_BARLOW_MAX_DIM) return SER_EINVAL;
+    if (!isfinite(lambda) || !isfinite(scale)) return SER_EINVAL;
+    return SER_OK;
+}
+
+int ser_barlow_xcorr_loss(double *on_diag, double *off_diag, float *da, float *db, const float *a,
+                          const float *b, int N, int P, float lambda, float scale) {
+    int rc = s_xcorr_check(on_diag, off_diag, a, b, N, P, lambda, scale);
+    if (rc) return rc;
+    // c (P, P) = a^T b / N: row i is embedding dimension i of view 0 against every one of view 1.
+    float *c = ser_xmalloc(sizeof(float) * (size_t)P * (size_t)P);
+    double *on = ser_xmalloc(sizeof(double) * (size_t)P),
+           *off = ser_xmalloc(sizeof(double) * (size_t)P);
+    float inv_n = (float)(1.0 / N);
+    s_sgemm_rows(c, P, 1, a, P, b, P, 0, P, P, N, inv_n);
+    // Loss terms per row in double; c becomes G * scale in place (G = dL/dc).
+    float g_on = 2.0f * scale, g_off = 2.0f * lambda * scale;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < P; i++) {
+        float *r = c + (size_t)i * P;
+        double s = 0, d = (double)r[i] - 1.0;
+        for (int j = 0; j < P; j++)
+            if (j != i) s += (double)r[j] * (double)r[j];
+        on[i] = d * d;
+        off[i] = s;
+        float cii = r[i];
+        for (int j = 0; j < P; j++) r[j] *= g_off;
+        r[i] = (cii - 1.0f) * g_on;
+    }
+    double son = 0, soff = 0;
+    for (int i = 0; i < P; i++) son += on[i], soff += off[i];
+    *on_diag = son, *off_diag = soff;
+    // da (N, P) = b G^T / N, db (N, P) = a G / N.
+    if (da) s_sgemm_rows(da, P, 0, b, P, c, P, 1, N, P, P, inv_n);
+    if (db) s_sgemm_rows(db, P, 0, a, P, c, P, 0, N, P, P, inv_n);
+    free(c), free(on), free(off);
+    return SER_OK;
+}
+
+int ser_barlow_xcorr_loss_naive(double *on_diag, double *off_diag, float *da, float *db,
+                                const float *a, const float *b, int N, int P, float lambda,
+                                float scale) {
+    int rc = s_xcorr_check(on_diag, off_diag, a, b, N, P, lambda, scale);
+    if (rc) return rc;
+    size_t PP = (size_t)P * (size_t)P;
+    double *G = ser_xmalloc(sizeof(double) * PP);
+    double son = 0, soff = 0;
+    for (int i = 0; i < P; i++)
+        for (int j = 0; j < P; j++) {
+            double cij = 0;
+            for (int n = 0; n < N; n++)
+                cij += (double)a[(size_t)n * P + i] * (double)b[(size_t)n * P + j];
+            cij /= N;
+            if (i == j) {
+                son += (cij - 1.0) * (cij - 1.0);
+                G[(size_t)i * P + j] = 2.0 * (cij - 1.0);
+            } else {
+                soff += cij * cij;
+                G[(size_t)i * P + j] = 2.0 * (double)lambda * cij;
+            }
+        }
+    *on_diag = son, *off_diag = soff;
+    for (int n = 0; n < N && (da || db); n++)
+        for (int k = 0; k < P; k++) {
+            // dL/da_nk = sum_j G_kj b_nj / N; dL/db_nk = sum_j a_nj G_jk / N.
+            double ga = 0, gb = 0;
+            for (int j = 0; j < P; j++) {
+                ga += G[(size_t)k * P + j] * (double)b[(size_t)n * P + j];
+                gb += (double)a[(size_t)n * P + j] * G[(size_t)j * P + k];
+            }
+            if (da) da[(size_t)n * P + k] = (float)((double)scale * ga / N);
+            if (db) db[(size_t)n * P + k] = (float)((double)scale * gb / N);
+        }
+    free(G);
+    return SER_OK;
+}
+
+// --- the step --------------------------------------------------------------------------------
+// The batch-coupled part: projector, bn, cross-correlation loss, then the SER term.
+static int s_objective(ser_barlow *m, const ser_batch *b, ser_gathered *st, ser_barlow_losses *out,
+                       char *err) {
+    const ser_barlow_config *cfg = &m->cfg;
+    int B = st->B, P = cfg->proj_dim, rc = SER_OK;
+    size_t BP = (size_t)B * P;
+    ser_mlp_acts pa[2];
+    memset(pa, 0, sizeof pa);
+    const float *z[2];
+    float *y[2], *dy[2], *mean[2], *rstd[2];
+    float *rm = m->buffers + m->bn_rm, *rv = m->buffers + m->bn_rv;
+    // Forward, view 0 then view 1 (the running statistics advance in the reference's order).
+    for (int v = 0; v < 2; v++) {
+        z[v] = ser_mlp_forward(&m->proj, &pa[v], st->qcls[v], B, 1);  // owned by pa[v]
+        y[v] = ser_xaligned(sizeof(float) * BP), dy[v] = ser_xaligned(sizeof(float) * BP);
+        mean[v] = ser_xaligned(sizeof(float) * (size_t)P);
+        rstd[v] = ser_xaligned(sizeof(float) * (size_t)P);
+    }
+    for (int v = 0; v < 2; v++) {
+        ser_batchnorm_forward(y[v], mean[v], rstd[v], z[v], NULL, NULL, B, P, rm, rv);
+        m->buffers[m->bn_nbt] += 1.0f;
+    }
+    rc = ser_barlow_xcorr_loss(&out->on_diag, &out->off_diag, dy[0], dy[1], y[0], y[1], B, P,
+                               cfg->lambda_offdiag, 1.0f);
+    SER_ASSERT(rc == SER_OK);  // shapes and lambda were checked by ser_barlow_init
+    out->loss_inv = out->on_diag + (double)cfg->lambda_offdiag * out->off_diag;
+    // Backward through bn (into y, no longer needed) and the projector into both views' [CLS].
+    for (int v = 0; v < 2; v++) {
+        ser_batchnorm_backward(y[v], NULL, NULL, dy[v], z[v], NULL, mean[v], rstd[v], B, P);
+        ser_mlp_backward(&m->proj, &pa[v], st->dqcls[v], y[v]);
+    }
+    out->loss_equiv = 0;
+    if (cfg->ser) {
+        ser_equiv_opts eo = {.tau = cfg->ser_tau,
+                             .lambda = cfg->ser_lambda,
+                             .grad = cfg->ser_grad,
+                             .both_directions = cfg->ser_symmetric,
+                             .keys_from_student = 1};
+        rc = ser_equiv_term(&m->pequiv, b, st, &eo, &out->loss_equiv, err);
+    }
+    out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;
+    for (int v = 0; v < 2; v++) {
+        free(y[v]), free(dy[v]), free(mean[v]), free(rstd[v]);
+        ser_mlp_acts_free(&pa[v]);
+    }
+    return rc;
+}
+
+int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, uint64_t drop_seed,
+                                uint32_t step, ser_barlow_losses *out, char err[SER_ERR_LEN]) {
+    memset(out, 0, sizeof *out);
+    int rc = ser_batch_check(b, &m->cfg.vit, shards, err);
+    if (rc) return rc;
+    memset(m->grads, 0, sizeof(float) * m->tab.total);
+    ser_gathered g;
+    rc =
+        ser_engine_forward(&m->eng, &m->vit, NULL, b, shards, m->cfg.ser, drop_seed, step, &g, err);
+    if (rc) return rc;
+    // A non-finite [CLS] row must stop the step here: the projector's ReLU would turn the NaN
+    // it spreads through the first BatchNorm into zeros and leave a finite, meaningless loss.
+    for (int v = 0; v < 2 && !rc; v++)
+        for (size_t i = 0; i < (size_t)g.B * g.C && !rc; i++)
+            if (!isfinite(g.qcls[v][i]))
+                rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite [CLS] (view %d, sample %zu)",
+                            step, v, i / (size_t)g.C);
+    if (!rc) rc = s_objective(m, b, &g, out, err);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv))) {
+        memset(m->grads, 0, sizeof(float) * m->tab.total);
+        rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
+                    out->loss_inv, out->loss_equiv);
+    }
+    if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);
+    ser_gathered_free(&g);
+    return rc;
+}
