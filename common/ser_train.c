@@ -12,14 +12,32 @@ int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_ep
                      char err[SER_ERR_LEN]) {
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
+    t->method = cfg->method.name;
     t->lr_fix = t->wd_fix = t->mom_fix = NAN;
-    ser_moco_config mc;
-    int rc = ser_moco_config_from_job(&mc, cfg, err);
-    if (rc) return rc;
-    if ((rc = ser_moco_init(&t->m, &mc, err))) return rc;
+    int rc;
+    if (t->method == SER_CONFIG_METHOD_MOCO) {
+        ser_moco_config mc;
+        if ((rc = ser_moco_config_from_job(&mc, cfg, err)) || (rc = ser_moco_init(&t->m, &mc, err)))
+            return rc;
+        t->tab = &t->m.tab, t->params = t->m.params, t->grads = t->m.grads;
+        t->tabs[0] = &t->m.tab, t->tabs[1] = &t->m.mtab, t->tabs[2] = &t->m.btab;
+        t->arenas[0] = t->m.params, t->arenas[1] = t->m.mparams, t->arenas[2] = t->m.buffers;
+        t->ntabs = 3;
+    } else if (t->method == SER_CONFIG_METHOD_BARLOW) {
+        ser_barlow_config bc;
+        if ((rc = ser_barlow_config_from_job(&bc, cfg, err)) || (rc = ser_barlow_init(&t->bt, &bc, err)))
+            return rc;
+        t->tab = &t->bt.tab, t->params = t->bt.params, t->grads = t->bt.grads;
+        t->tabs[0] = &t->bt.tab, t->tabs[1] = &t->bt.btab;
+        t->arenas[0] = t->bt.params, t->arenas[1] = t->bt.buffers;
+        t->ntabs = 2;
+    } else {
+        snprintf(err, SER_ERR_LEN, "method.name: dino is not wired into training yet");
+        return SER_ENOTSUP;
+    }
     ser_optim_config oc;
     ser_config_to_optim(cfg, &oc);
-    if ((rc = ser_optim_init(&t->opt, &t->m.tab, &oc, err))) {
+    if ((rc = ser_optim_init(&t->opt, t->tab, &oc, err))) {
         ser_trainer_free(t);
         return rc;
     }
@@ -30,7 +48,38 @@ int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_ep
 void ser_trainer_free(ser_trainer *t) {
     if (!t) return;
     ser_optim_free(&t->opt);
-    ser_moco_free(&t->m);
+    if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_free(&t->m);
+    if (t->method == SER_CONFIG_METHOD_BARLOW) ser_barlow_free(&t->bt);
+    t->ntabs = 0;
+}
+
+void ser_trainer_init_weights(ser_trainer *t, uint64_t seed) {
+    if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_init_weights(&t->m, seed);
+    if (t->method == SER_CONFIG_METHOD_BARLOW) ser_barlow_init_weights(&t->bt, seed);
+}
+
+int ser_trainer_load(ser_trainer *t, const char *path, char err[SER_ERR_LEN]) {
+    ser_st_file *f = NULL;
+    int rc = ser_st_open(&f, path, err);
+    if (!rc) rc = ser_st_load_ptabs(f, t->tabs, t->arenas, t->ntabs, "", 1, err);
+    ser_st_destroy(&f);
+    return rc;
+}
+
+int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards, int64_t it,
+                                 double momentum, double losses[3], char err[SER_ERR_LEN]) {
+    int rc;
+    uint64_t seed = (uint64_t)t->cfg.data.seed;
+    if (t->method == SER_CONFIG_METHOD_MOCO) {
+        ser_moco_losses L;
+        rc = ser_moco_forward_backward(&t->m, b, shards, (float)momentum, seed, (uint32_t)it, &L, err);
+        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    } else {
+        ser_barlow_losses L;
+        rc = ser_barlow_forward_backward(&t->bt, b, shards, seed, (uint32_t)it, &L, err);
+        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    }
+    return rc;
 }
 
 void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd, double *momentum) {
@@ -43,7 +92,7 @@ void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd
 
 int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *gnorm,
                       char err[SER_ERR_LEN]) {
-    double g = ser_optim_clip_grad(&t->m.tab, t->m.grads, t->cfg.optim.clip, t->cfg.optim.clip_mode,
+    double g = ser_optim_clip_grad(t->tab, t->grads, t->cfg.optim.clip, t->cfg.optim.clip_mode,
                                    NULL, NULL, NULL);
     if (gnorm) *gnorm = g;
     if (!isfinite(g)) {
@@ -51,14 +100,14 @@ int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *
                  (long long)it, g);
         return SER_ENONFINITE;
     }
-    ser_optim_step(&t->opt, t->m.params, t->m.grads, lr, wd, NULL);
+    ser_optim_step(&t->opt, t->params, t->grads, lr, wd, NULL);
     return SER_OK;
 }
 
 int ser_trainer_write(const ser_trainer *t, const char *path, const float *grads0,
                       const float *losses, int64_t steps, int64_t first_iter,
                       char err[SER_ERR_LEN]) {
-    const ser_moco *mp = &t->m;
+    const ser_ptab *tab = t->tab;
     const ser_optim *op = &t->opt;
     ser_st_writer *w = ser_st_writer_new();
     float *lcol[3];
@@ -70,14 +119,12 @@ int ser_trainer_write(const ser_trainer *t, const char *path, const float *grads
     ser_st_writer_add(w, "loss", SER_DT_F32, 1, kshape, lcol[0]);
     ser_st_writer_add(w, "loss_inv", SER_DT_F32, 1, kshape, lcol[1]);
     ser_st_writer_add(w, "loss_equiv", SER_DT_F32, 1, kshape, lcol[2]);
-    if (grads0) ser_st_writer_add_ptab(w, &mp->tab, grads0, "grad.");
-    ser_st_writer_add_ptab(w, &mp->tab, mp->params, "");
-    ser_st_writer_add_ptab(w, &mp->mtab, mp->mparams, "");
-    ser_st_writer_add_ptab(w, &mp->btab, mp->buffers, "");
+    if (grads0) ser_st_writer_add_ptab(w, tab, grads0, "grad.");
+    for (int k = 0; k < t->ntabs; k++) ser_st_writer_add_ptab(w, t->tabs[k], t->arenas[k], "");
     typedef char name_t[SER_TINFO_NAME_LEN + 48];
-    name_t *names = ser_xcalloc((size_t)mp->tab.n * 3 + 1, sizeof *names);
-    for (int i = 0; i < mp->tab.n; i++) {
-        const ser_tinfo *ti = &mp->tab.t[i];
+    name_t *names = ser_xcalloc((size_t)tab->n * 3 + 1, sizeof *names);
+    for (int i = 0; i < tab->n; i++) {
+        const ser_tinfo *ti = &tab->t[i];
         if (op->step[i] == 0) continue;  // frozen: no state, as torch keeps none
         for (int part = 0; part < 3; part++) {
             ser_optim_state_key(op, i, part, names[i * 3 + part], sizeof names[0]);

@@ -2,7 +2,8 @@
 // the schedules, with the step-level operations shared by `ser step` and the coordinator.
 //
 // defines:
-//   ser_trainer, ser_trainer_init(), ser_trainer_free()
+//   ser_trainer, ser_trainer_init(), ser_trainer_free(), ser_trainer_init_weights(),
+//   ser_trainer_load(), ser_trainer_forward_backward()
 //   ser_trainer_values()   lr, wd, momentum of an iteration (schedules or fixed overrides)
 //   ser_trainer_apply()    clip, non-finite guard, AdamW on m.grads
 //   ser_trainer_write()    the state in `ser step`'s output layout
@@ -13,24 +14,43 @@
 
 #include "ser_base.h"
 #include "ser_config.h"
+#include "ser_barlow.h"
 #include "ser_moco.h"
 #include "ser_optim.h"
 #include "ser_sched.h"
 
 typedef struct ser_trainer {
     ser_config cfg;
-    ser_moco m;
+    int method;       // SER_CONFIG_METHOD_*
+    ser_moco m;       // method moco
+    ser_barlow bt;    // method barlow
+    // The method's state, as the views every method has: its trainable table and arenas, and
+    // the tables of a checkpoint / weights file (trainable, teacher if any, buffers).
+    ser_ptab *tab;
+    float *params, *grads;
+    const ser_ptab *tabs[3];
+    float *arenas[3];
+    int ntabs;
     ser_optim opt;
     ser_sched_params sp;
     double lr_fix, wd_fix, mom_fix;  // NAN: follow the schedule
 } ser_trainer;
 
-// Builds the model from cfg (method must be moco so far), zero optimizer state, schedules for
+// Builds the model of cfg's method (moco or barlow so far), zero optimizer state, schedules for
 // iters_per_epoch iterations per epoch. Weights are not initialised: call
-// ser_moco_init_weights() or load them.
+// ser_trainer_init_weights() or ser_trainer_load().
 int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_epoch,
                      char err[SER_ERR_LEN]);
 void ser_trainer_free(ser_trainer *t);
+
+void ser_trainer_init_weights(ser_trainer *t, uint64_t seed);
+// Strict load of every table from a weights file in the method's state_dict names.
+int ser_trainer_load(ser_trainer *t, const char *path, char err[SER_ERR_LEN]);
+
+// One step's forward and backward over the batch in `shards` shards; fills t->grads.
+// losses: total, invariance, equivariance. momentum: the teacher EMA (MoCo; ignored otherwise).
+int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards, int64_t it,
+                                 double momentum, double losses[3], char err[SER_ERR_LEN]);
 
 void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd, double *momentum);
 

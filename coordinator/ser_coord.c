@@ -415,21 +415,21 @@ int ser_coord_run(const ser_coord_opts *o) {
         return 2;
     }
     c.tr.lr_fix = o->lr_fix, c.tr.wd_fix = o->wd_fix, c.tr.mom_fix = o->mom_fix;
+    if (c.tr.method != SER_CONFIG_METHOD_MOCO) {
+        snprintf(err, SER_ERR_LEN, "method.name: the distributed runtime runs moco so far; use "
+                 "`ser step` for barlow");
+        rc = SER_ENOTSUP;
+        goto done;
+    }
     ser_moco *m = &c.tr.m;
     int threads = o->cfg.run.threads > 0 ? o->cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ser_kernels_set_threads(threads);
     c.hash = ser_config_hash(&o->cfg);
     snprintf(c.job_id, sizeof c.job_id, "%s", o->cfg.run.name[0] ? o->cfg.run.name : "ser");
     if (o->weights) {
-        ser_st_file *wf = NULL;
-        rc = ser_st_open(&wf, o->weights, err);
-        const ser_ptab *tabs[3] = {&m->tab, &m->mtab, &m->btab};
-        float *arenas[3] = {m->params, m->mparams, m->buffers};
-        if (!rc) rc = ser_st_load_ptabs(wf, tabs, arenas, 3, "", 1, err);
-        ser_st_destroy(&wf);
-        if (rc) goto done;
+        if ((rc = ser_trainer_load(&c.tr, o->weights, err))) goto done;
     } else {
-        ser_moco_init_weights(m, o->cfg.data.seed);
+        ser_trainer_init_weights(&c.tr, o->cfg.data.seed);
     }
     if ((rc = ser_batchfile_load(&c.bf, o->batch_file, m->cfg.vit.patch, err))) goto done;
     if ((rc = ser_batch_check(&c.bf.b, &m->cfg.vit, o->cfg.data.shards, err))) goto done;

@@ -109,35 +109,26 @@ int ser_cmd_step(int argc, char **argv) {
         return 2;
     }
     tr.lr_fix = lr_fix, tr.wd_fix = wd_fix, tr.mom_fix = mom_fix;
-    ser_moco *mp = &tr.m;
     if (weights) {
-        ser_st_file *wf = NULL;
-        rc = ser_st_open(&wf, weights, err);
-        const ser_ptab *tabs[3] = {&mp->tab, &mp->mtab, &mp->btab};
-        float *arenas[3] = {mp->params, mp->mparams, mp->buffers};
-        if (!rc) rc = ser_st_load_ptabs(wf, tabs, arenas, 3, "", 1, err);
-        ser_st_destroy(&wf);
-        if (rc) goto fail;
+        if ((rc = ser_trainer_load(&tr, weights, err))) goto fail;
     } else {
-        ser_moco_init_weights(mp, cfg.data.seed);
+        ser_trainer_init_weights(&tr, cfg.data.seed);
     }
-    if ((rc = ser_batchfile_load(&sb, batch_path, mp->cfg.vit.patch, err))) goto fail;
-    grads0 = ser_xaligned(sizeof(float) * mp->tab.total);
+    if ((rc = ser_batchfile_load(&sb, batch_path, cfg.model.patch, err))) goto fail;
+    grads0 = ser_xaligned(sizeof(float) * tr.tab->total);
     losses = ser_xcalloc((size_t)steps * 3, sizeof(float));
     for (int k = 0; k < steps; k++) {
         int64_t it = iter + k;
         double lr, wd, mom, gnorm;
         ser_trainer_values(&tr, it, &lr, &wd, &mom);
-        ser_moco_losses L;
-        rc = ser_moco_forward_backward(mp, &sb.b, cfg.data.shards, (float)mom, cfg.data.seed,
-                                       (uint32_t)it, &L, err);
+        double L[3];
+        rc = ser_trainer_forward_backward(&tr, &sb.b, cfg.data.shards, it, mom, L, err);
         if (rc) goto fail;
-        if (k == 0) memcpy(grads0, mp->grads, sizeof(float) * mp->tab.total);
+        if (k == 0) memcpy(grads0, tr.grads, sizeof(float) * tr.tab->total);
         if ((rc = ser_trainer_apply(&tr, it, lr, wd, &gnorm, err))) goto fail;
-        losses[k * 3 + 0] = (float)L.loss, losses[k * 3 + 1] = (float)L.loss_inv;
-        losses[k * 3 + 2] = (float)L.loss_equiv;
+        for (int j = 0; j < 3; j++) losses[k * 3 + j] = (float)L[j];
         printf("step %lld: loss %.6f  inv %.6f  equiv %.6f  lr %.3g  wd %.3g  m %.6f  |g| %.4g\n",
-               (long long)it, L.loss, L.loss_inv, L.loss_equiv, lr, wd, mom, gnorm);
+               (long long)it, L[0], L[1], L[2], lr, wd, mom, gnorm);
     }
     if ((rc = ser_trainer_write(&tr, out_path, grads0, losses, steps, iter, err))) goto fail;
     printf("wrote %s\n", out_path);
