@@ -10,7 +10,8 @@
 #include "ser_cmd.h"
 #include "ser_group.h"
 #include "ser_kernels.h"
-#include "ser_moco.h"
+#include "ser_config.h"
+#include "ser_train.h"
 #include "ser_rng.h"
 #include "ser_sched.h"
 
@@ -21,14 +22,14 @@ static int s_cmp(const void *a, const void *b) {
 
 static void s_usage(FILE *f) {
     fprintf(f,
-            "usage: ser bench step [--method moco] [--ser on|off] [--model M] [--img N]\n"
+            "usage: ser bench step [--method moco|barlow] [--ser on|off] [--model M] [--img N]\n"
             "                      [--patch P] [--batch B] [--ratio R | --eq N] [--threads T]\n"
-            "                      [--runs R] [--mlp-dim D] [--json]\n"
-            "  times one MoCo-v3 (+ SER) training step: student and momentum ViT on both\n"
-            "  views, heads, losses, backward, momentum update. --ser off is MoCo-v3 alone on\n"
-            "  the whole batch; on splits off round(R*B) equivariant samples (or --eq N).\n"
+            "                      [--runs R] [--mlp-dim D | --proj-dim D] [--json]\n"
+            "  times one whole training step (student and teacher ViT on both views, heads,\n"
+            "  losses, SER, backward, AdamW) on synthetic data. --ser off is the base method\n"
+            "  alone on the whole batch; on splits off round(R*B) equivariant samples (or --eq N).\n"
             "  defaults: moco, ser on, vit_small, 224, patch 16, batch 32, ratio 0.01, 2 threads,\n"
-            "  5 runs, mlp-dim 4096\n");
+            "  5 runs, the method's head widths (moco mlp 4096, barlow projector 8192)\n");
 }
 
 static void s_fill(float *x, size_t n, uint32_t stream) {
@@ -41,7 +42,7 @@ static void s_fill(float *x, size_t n, uint32_t stream) {
 int ser_bench_step(int argc, char **argv) {
     const char *method = "moco", *model = "vit_small";
     int ser = 1, img = 224, patch = 16, batch = 32, threads = 2, runs = 5, json = 0, eq = -1;
-    int mlp_dim = 4096;
+    int head = 0;  // moco: mlp_dim; barlow: proj_dim (0 = the method's default)
     double ratio = 0.01;
     static const struct option opts[] = {
         {"method", required_argument, 0, 'M'}, {"ser", required_argument, 0, 's'},
@@ -49,8 +50,9 @@ int ser_bench_step(int argc, char **argv) {
         {"patch", required_argument, 0, 'p'},  {"batch", required_argument, 0, 'b'},
         {"ratio", required_argument, 0, 'r'},  {"eq", required_argument, 0, 'e'},
         {"threads", required_argument, 0, 't'}, {"runs", required_argument, 0, 'R'},
-        {"mlp-dim", required_argument, 0, 'd'}, {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+        {"mlp-dim", required_argument, 0, 'd'}, {"proj-dim", required_argument, 0, 'd'},
+        {"json", no_argument, 0, 'j'},         {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -71,39 +73,51 @@ int ser_bench_step(int argc, char **argv) {
         case 'e': eq = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
         case 'R': runs = atoi(optarg); break;
-        case 'd': mlp_dim = atoi(optarg); break;
+        case 'd': head = atoi(optarg); break;
         case 'j': json = 1; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }
     }
-    if (strcmp(method, "moco") != 0)
-        return ser_cmd_unimplemented("bench step", "methods other than moco");
-    if (batch < 2 || threads < 1 || runs < 1 || runs > 1000 || ratio < 0 || ratio > 1 ||
-        mlp_dim < 1) {
+    if (batch < 2 || threads < 1 || runs < 1 || runs > 1000 || ratio < 0 || ratio > 1 || head < 0) {
         fprintf(stderr, "ser bench step: need --batch >= 2, --threads >= 1, 1 <= --runs <= 1000, "
-                        "0 <= --ratio <= 1, --mlp-dim >= 1\n");
+                        "0 <= --ratio <= 1, head width >= 0\n");
         return 2;
     }
-    ser_moco_config cfg;
-    ser_moco_config_default(&cfg);
-    if (ser_vit_config_preset(&cfg.vit, model, img, patch)) {
-        fprintf(stderr, "ser bench step: unknown model '%s'\n", model);
-        return 2;
-    }
-    cfg.vit.freeze_patch_embed = 1;
-    cfg.mlp_dim = mlp_dim;
-    cfg.ser = ser;
+    // The job: defaults (the reference MoCo run) with the benchmark's overrides.
+    ser_config cfg;
+    ser_config_defaults(&cfg);
+    char err[SER_ERR_LEN], kv[128];
     int n_eq = ser ? (eq >= 0 ? eq : ser_sched_equiv_count(ratio, batch)) : 0;
-    if (n_eq > batch - 2 && n_eq != batch) n_eq = batch;
-    ser_moco m;
-    char err[SER_ERR_LEN];
-    if (ser_moco_init(&m, &cfg, err)) {
+    const char *sets[16];
+    char buf[16][128];
+    int ns = 0;
+#define SET(...) (snprintf(buf[ns], sizeof buf[ns], __VA_ARGS__), sets[ns] = buf[ns], ns++)
+    SET("method.name=%s", method);
+    SET("model.arch=%s", model);
+    SET("model.img_size=%d", img);
+    SET("model.patch=%d", patch);
+    SET("data.global_batch=%d", batch);
+    SET("data.shards=1");
+    SET("run.threads=%d", threads);
+    SET("ser.enabled=%s", ser && n_eq > 0 ? "true" : "false");
+    SET("ser.ratio=%g", n_eq > 0 ? (double)n_eq / batch : 0.5);
+    if (strcmp(method, "barlow") == 0) SET("ser.symmetric=false"), SET("ser.tau=0.4");
+    if (head && strcmp(method, "moco") == 0) SET("moco.mlp_dim=%d", head);
+    if (head && strcmp(method, "barlow") == 0) SET("barlow.proj_dim=%d", head);
+#undef SET
+    int rc = 0;
+    for (int i = 0; i < ns && !rc; i++) rc = ser_config_set_arg(&cfg, sets[i], err);
+    if (!rc) rc = ser_config_validate(&cfg, err);
+    (void)kv;
+    ser_trainer tr;
+    if (rc || (rc = ser_trainer_init(&tr, &cfg, 1000, err))) {
         fprintf(stderr, "ser bench step: %s\n", err);
         return 2;
     }
     ser_kernels_set_threads(threads);
-    ser_moco_init_weights(&m, 0);
+    ser_trainer_init_weights(&tr, 0);
+    tr.lr_fix = 1e-4, tr.wd_fix = 0.1, tr.mom_fix = 0.99;
     int n_inv = batch - n_eq, g0 = img / patch;
     size_t per = (size_t)3 * img * img;
     float *inv[2];
@@ -127,12 +141,12 @@ int ser_bench_step(int argc, char **argv) {
     ser_batch b = {.n_inv = n_inv, .n_eq = n_eq, .img = img, .inv = {inv[0], inv[1]},
                    .eq = {(const float *const *)eqimg[0], (const float *const *)eqimg[1]},
                    .g = {g[0], g[1]}};
-    double *t = ser_xcalloc((size_t)runs, sizeof(double));
-    ser_moco_losses L = {0};
-    int rc = 0;
-    for (int r = -1; r < runs && !rc; r++) {
-        double t0 = ser_time_sec();
-        rc = ser_moco_forward_backward(&m, &b, 1, 0.99f, 0, (uint32_t)(r + 1), &L, err);
+    double *t = ser_xcalloc((size_t)runs, sizeof(double)), L[3] = {0, 0, 0};
+    for (int r = -1; r < runs && !rc; r++) {  // r = -1: warm-up
+        double t0 = ser_time_sec(), lr, wd, mom;
+        ser_trainer_values(&tr, r + 1, &lr, &wd, &mom);
+        rc = ser_trainer_forward_backward(&tr, &b, 1, r + 1, mom, L, err);
+        if (!rc) rc = ser_trainer_apply(&tr, r + 1, lr, wd, NULL, err);
         if (r >= 0) t[r] = ser_time_sec() - t0;
     }
     if (rc) {
@@ -141,22 +155,22 @@ int ser_bench_step(int argc, char **argv) {
         qsort(t, (size_t)runs, sizeof *t, s_cmp);
         double med = runs % 2 ? t[runs / 2] : 0.5 * (t[runs / 2 - 1] + t[runs / 2]);
         if (json)
-            printf("{\"bench\":\"step\",\"method\":\"moco\",\"ser\":%d,\"model\":\"%s\",\"img\":%d,"
+            printf("{\"bench\":\"step\",\"method\":\"%s\",\"ser\":%d,\"model\":\"%s\",\"img\":%d,"
                    "\"patch\":%d,\"batch\":%d,\"n_eq\":%d,\"threads\":%d,\"runs\":%d,"
-                   "\"mlp_dim\":%d,\"median_step_s\":%.6f,\"images_per_s\":%.3f,\"loss\":%.6f}\n",
-                   ser, model, img, patch, batch, n_eq, threads, runs, mlp_dim, med, batch / med,
-                   L.loss);
+                   "\"median_step_s\":%.6f,\"images_per_s\":%.3f,\"loss\":%.6f}\n",
+                   method, ser && n_eq > 0, model, img, patch, batch, n_eq, threads, runs, med,
+                   batch / med, L[0]);
         else
-            printf("ser bench step: moco%s %s/%d img %d batch %d (%d equivariant) threads %d "
+            printf("ser bench step: %s%s %s/%d img %d batch %d (%d equivariant) threads %d "
                    "(median of %d)\n  step %.4f s  %.2f images/s  loss %.4f\n",
-                   ser ? "+ser" : "", model, patch, img, batch, n_eq, threads, runs, med,
-                   batch / med, L.loss);
+                   method, ser && n_eq > 0 ? "+ser" : "", model, patch, img, batch, n_eq, threads,
+                   runs, med, batch / med, L[0]);
     }
     for (int v = 0; v < 2; v++) {
         for (int e = 0; e < n_eq; e++) free(eqimg[v][e]);
         free(eqimg[v]), free(g[v]), free(inv[v]);
     }
     free(t);
-    ser_moco_free(&m);
+    ser_trainer_free(&tr);
     return rc ? 1 : 0;
 }
