@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch peer of `ser bench step --method moco`: the same MoCo-v3 + SER model
-(ser_ref.MoCoSER: ViT in the SER layout, projector 3x mlp_dim, predictor, momentum encoder,
-projector_equiv, NT-Xent), the same batch split into invariant and equivariant samples,
-float32, same thread count. One step = momentum update, forwards, losses, backward.
-Prints one JSON line like `ser bench step --json`."""
+"""PyTorch peer of `ser bench step`: the same model (MoCo-v3 + SER: ser_ref.MoCoSER; Barlow
+Twins + SER: ser_ref_barlow.BarlowSER), the same batch split into invariant and equivariant
+samples, float32, same thread count. One step = (momentum update,) forwards, losses, backward,
+AdamW. Prints one JSON line like `ser bench step --json`."""
 import argparse
 import json
 import os
@@ -39,19 +38,28 @@ def main():
     ap.add_argument("--eq", type=int, default=-1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--mlp-dim", type=int, default=4096)
+    ap.add_argument("--mlp-dim", type=int, default=0)
+    ap.add_argument("--proj-dim", type=int, default=0)
     a = ap.parse_args()
-    assert a.method == "moco", "only moco has a peer so far"
+    assert a.method in ("moco", "barlow"), "peers exist for moco and barlow"
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     rng = random.Random(0)
     dim, heads = PRESETS[a.model]
     vit = dict(img_size=a.img, patch=a.patch, dim=dim, depth=12, heads=heads, hidden=4 * dim,
                cls_layer=3)
-    m = MoCoSER(vit, mlp_dim=a.mlp_dim, dim=256, T=0.2, lam=1.0, tau=0.5, proj_dim=512,
-                ser_grad=True)
-    m.base_encoder.patch_embed.proj.weight.requires_grad = False  # frozen, as the reference
-    m.base_encoder.patch_embed.proj.bias.requires_grad = False
+    head = a.mlp_dim or a.proj_dim
+    if a.method == "moco":
+        m = MoCoSER(vit, mlp_dim=head or 4096, dim=256, T=0.2, lam=1.0, tau=0.5, proj_dim=512,
+                    ser_grad=True)
+        m.base_encoder.patch_embed.proj.weight.requires_grad = False  # frozen, as the reference
+        m.base_encoder.patch_embed.proj.bias.requires_grad = False
+    else:
+        from ser_ref_barlow import BarlowSER
+        m = BarlowSER(vit, proj_dim=head or 8192, lambd=0.0051, lam=1.0, tau=0.4,
+                      ser_proj_dim=512, ser_grad=True, symmetric=False)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4,
+                            weight_decay=0.1)
     n_eq = 0
     if a.ser == "on":
         n_eq = a.eq if a.eq >= 0 else round(a.ratio * a.batch)
@@ -70,18 +78,21 @@ def main():
     for r in range(a.runs + 1):
         t0 = time.perf_counter()
         m.zero_grad(set_to_none=False)
-        if n_eq:
+        if a.method == "barlow":
+            loss = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1])[0]
+        elif n_eq:
             loss, _, _ = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.99)
         else:  # MoCo-v3 alone: no equivariant samples, no SER term
             loss = moco_only(m, inv[0], inv[1])
         loss.backward()
+        opt.step()
         if r > 0:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(json.dumps({"bench": "step_peer", "impl": f"pytorch {torch.__version__}",
-                      "method": "moco", "ser": int(a.ser == "on"), "model": a.model,
+                      "method": a.method, "ser": int(a.ser == "on" and n_eq > 0), "model": a.model,
                       "img": a.img, "patch": a.patch, "batch": a.batch, "n_eq": n_eq,
-                      "threads": a.threads, "runs": a.runs, "mlp_dim": a.mlp_dim,
+                      "threads": a.threads, "runs": a.runs,
                       "median_step_s": med, "images_per_s": a.batch / med}))
 
 
