@@ -10,7 +10,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "ser_batchfile.h"
 #include "ser_cmd.h"
 #include "ser_kernels.h"
 #include "ser_safetensors.h"
@@ -40,23 +39,27 @@ typedef struct s_shard {
     uint32_t attempt;
     int redo;          // the worker holding its activations died: forward again, then backward
     int p0, p1;        // global positions
-    int i0, i1, e0, e1;  // invariant rows / equivariant samples
+    int n_eq, e0;      // its equivariant samples (the last positions) and the first's index
+    ser_group_elem *g[2];  // [view] (n_eq,) as computed by the worker
+    float *maps[4];    // qmap0, qmap1, kmap0, kmap1 rows of this step
+    size_t ntok[2];
     float *grad;       // its ViT gradient (span floats)
 } s_shard;
 
 typedef struct s_coord {
     const ser_coord_opts *o;
     ser_trainer tr;
-    ser_batchfile bf;
     void *ctx, *sock;
     char job_id[SER_CONFIG_STR_LEN];
     uint64_t hash;
     s_worker w[SER_COORD_MAX_WORKERS];
     int nw;
     s_shard *sh;
-    int S;
+    int S, B;
     size_t off, span;  // the student ViT's span of the arena
-    ser_gathered g;
+    ser_gathered g;    // the batch of this step, assembled from the shards
+    ser_batch b;       // its composition (no images: the objective reads n_inv, n_eq, g)
+    ser_group_elem *gall[2];
     int64_t step;
     double momentum;
 } s_coord;
@@ -134,14 +137,12 @@ static void s_send_backward(s_coord *c, int s) {
     s_shard *sh = &c->sh[s];
     int C = c->g.C;
     size_t nr = (size_t)(sh->p1 - sh->p0);
-    size_t m0 = sh->e1 > sh->e0 ? c->g.tokoff[0][sh->e0] : 0, m1 = sh->e1 > sh->e0 ? c->g.tokoff[1][sh->e0] : 0;
-    size_t n0 = 0, n1 = 0;
-    for (int e = sh->e0; e < sh->e1; e++) n0 += (size_t)c->g.tok[0][e], n1 += (size_t)c->g.tok[1][e];
+    size_t m0 = sh->n_eq ? c->g.tokoff[0][sh->e0] : 0, m1 = sh->n_eq ? c->g.tokoff[1][sh->e0] : 0;
     ser_wire_tensor t[4] = {
         {"dqcls0", 2, {(int64_t)nr, C}, c->g.dqcls[0] + (size_t)sh->p0 * C},
         {"dqcls1", 2, {(int64_t)nr, C}, c->g.dqcls[1] + (size_t)sh->p0 * C},
-        {"dqmap0", 2, {(int64_t)n0, C}, c->g.dqmap[0] + m0 * C},
-        {"dqmap1", 2, {(int64_t)n1, C}, c->g.dqmap[1] + m1 * C},
+        {"dqmap0", 2, {(int64_t)sh->ntok[0], C}, c->g.dqmap[0] + m0 * C},
+        {"dqmap1", 2, {(int64_t)sh->ntok[1], C}, c->g.dqmap[1] + m1 * C},
     };
     Ser__Envelope e;
     s_env(c, &e, SER__MSG_TYPE__MSG_BACKWARD);
@@ -151,7 +152,8 @@ static void s_send_backward(s_coord *c, int s) {
     ser_wire_send(c->sock, c->w[sh->worker].id, &e, t, 4);
 }
 
-// Copies a shard's forward rows into the gathered batch; SER_EFORMAT when sizes disagree.
+// Takes a shard's forward results: [CLS] rows into the batch (by position), its group
+// elements and maps kept per shard until every shard is in. SER_EFORMAT when sizes disagree.
 static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     s_shard *sh = &c->sh[s];
     int C = c->g.C;
@@ -161,20 +163,100 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     const float *src[4];
     for (int i = 0; i < 4; i++)
         if (!(src[i] = ser_wire_find(m, cls[i], nr * C))) return SER_EFORMAT;
+    // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
+    int n_eq = 0;
+    const float *gf = NULL;
+    for (int i = 0; i < m->n; i++)
+        if (strcmp(m->env->tensors[i]->name, "g") == 0 && m->env->tensors[i]->n_shape == 3 &&
+            m->env->tensors[i]->shape[1] == 2 && m->env->tensors[i]->shape[2] == 5 &&
+            m->env->tensors[i]->shape[0] <= (int64_t)nr) {
+            n_eq = (int)m->env->tensors[i]->shape[0];
+            gf = ser_wire_find(m, "g", (size_t)n_eq * 10);
+        }
+    if (n_eq && !gf) return SER_EFORMAT;
+    ser_group_elem *g[2] = {ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem)),
+                            ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem))};
+    size_t ntok[2] = {0, 0};
+    int bad = 0;
+    for (int e = 0; e < n_eq && !bad; e++)
+        for (int v = 0; v < 2 && !bad; v++) {
+            const float *q = gf + (e * 2 + v) * 5;
+            for (int k = 0; k < 5; k++) bad |= !(q[k] >= 0 && q[k] <= 4096 && q[k] == (float)(int)q[k]);
+            if (bad) break;
+            g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
+                                       (int16_t)q[4]};
+            bad |= ser_group_elem_check(&g[v][e]) != SER_OK;
+            int r, cc;
+            ser_group_view_grid(&g[v][e], &r, &cc);
+            ntok[v] += (size_t)r * cc;
+        }
     const char *maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
     const float *msrc[4] = {0};
-    size_t mn[2] = {0, 0};
-    for (int e = sh->e0; e < sh->e1; e++) mn[0] += (size_t)c->g.tok[0][e], mn[1] += (size_t)c->g.tok[1][e];
-    if (sh->e1 > sh->e0)
-        for (int i = 0; i < 4; i++)
-            if (!(msrc[i] = ser_wire_find(m, maps[i], mn[i & 1] * C))) return SER_EFORMAT;
-    for (int i = 0; i < 4; i++) memcpy(dst[i] + (size_t)sh->p0 * C, src[i], sizeof(float) * nr * C);
-    if (sh->e1 > sh->e0) {
-        float *mdst[4] = {c->g.qmap[0], c->g.qmap[1], c->g.kmap[0], c->g.kmap[1]};
-        for (int i = 0; i < 4; i++)
-            memcpy(mdst[i] + c->g.tokoff[i & 1][sh->e0] * C, msrc[i],
-                   sizeof(float) * mn[i & 1] * C);
+    for (int i = 0; i < 4 && !bad && n_eq; i++)
+        bad |= !(msrc[i] = ser_wire_find(m, maps[i], ntok[i & 1] * C));
+    if (bad) {
+        free(g[0]), free(g[1]);
+        return SER_EFORMAT;
     }
+    for (int i = 0; i < 4; i++) memcpy(dst[i] + (size_t)sh->p0 * C, src[i], sizeof(float) * nr * C);
+    for (int v = 0; v < 2; v++) free(sh->g[v]), sh->g[v] = g[v];
+    for (int i = 0; i < 4; i++) {
+        free(sh->maps[i]);
+        sh->maps[i] = ser_xaligned(sizeof(float) * (ntok[i & 1] * C + 1));
+        if (n_eq) memcpy(sh->maps[i], msrc[i], sizeof(float) * ntok[i & 1] * C);
+    }
+    sh->n_eq = n_eq, sh->ntok[0] = ntok[0], sh->ntok[1] = ntok[1];
+    return SER_OK;
+}
+
+// Once every shard's forward is in: the batch's composition and maps, in shard order. The
+// equivariant samples must be the last positions of the batch (the loader's and the batch
+// file's layout); SER_EFORMAT otherwise.
+static int s_assemble(s_coord *c, char *err) {
+    int n_eq = 0;
+    for (int s = 0; s < c->S; s++) {
+        s_shard *sh = &c->sh[s];
+        if (sh->n_eq && sh->n_eq != sh->p1 - sh->p0 && s + 1 < c->S && c->sh[s + 1].n_eq != c->sh[s + 1].p1 - c->sh[s + 1].p0) {
+            snprintf(err, SER_ERR_LEN, "shard %d: equivariant samples are not at the end of the batch", s);
+            return SER_EFORMAT;
+        }
+        sh->e0 = n_eq;
+        n_eq += sh->n_eq;
+    }
+    ser_gathered *g = &c->g;
+    for (int v = 0; v < 2; v++) {
+        free(g->tok[v]), free(g->tokoff[v]), free(g->qmap[v]), free(g->kmap[v]), free(g->dqmap[v]);
+        free(c->gall[v]);
+        c->gall[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem));
+        g->tok[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(int));
+        g->tokoff[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(size_t));
+        g->ntok[v] = 0;
+        for (int s = 0; s < c->S; s++)
+            for (int e = 0; e < c->sh[s].n_eq; e++) {
+                const ser_group_elem *ge = &c->sh[s].g[v][e];
+                int idx = c->sh[s].e0 + e, r, cc;
+                c->gall[v][idx] = *ge;
+                ser_group_view_grid(ge, &r, &cc);
+                g->tok[v][idx] = r * cc;
+                g->tokoff[v][idx] = g->ntok[v];
+                g->ntok[v] += (size_t)r * cc;
+            }
+        size_t nm = (g->ntok[v] + 1) * (size_t)g->C;
+        g->qmap[v] = ser_xaligned(sizeof(float) * nm);
+        g->kmap[v] = ser_xaligned(sizeof(float) * nm);
+        g->dqmap[v] = ser_xaligned(sizeof(float) * nm);
+        for (int s = 0; s < c->S; s++) {
+            const s_shard *sh = &c->sh[s];
+            if (!sh->n_eq) continue;
+            size_t at = g->tokoff[v][sh->e0] * (size_t)g->C, n = sh->ntok[v] * (size_t)g->C;
+            memcpy(g->qmap[v] + at, sh->maps[v], sizeof(float) * n);
+            memcpy(g->kmap[v] + at, sh->maps[2 + v], sizeof(float) * n);
+        }
+    }
+    g->n_eq = n_eq, g->n_inv = c->B - n_eq;
+    memset(&c->b, 0, sizeof c->b);
+    c->b.n_inv = g->n_inv, c->b.n_eq = n_eq;
+    c->b.g[0] = c->gall[0], c->b.g[1] = c->gall[1];
     return SER_OK;
 }
 
@@ -379,12 +461,10 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
     for (int s = 0; s < c->S; s++) c->sh[s].state = SH_IDLE, c->sh[s].redo = 0;
     int rc = s_phase(c, SH_FWD_DONE, "forward");
     if (rc) return rc;
+    if ((rc = s_assemble(c, err))) return rc;
     memset(m->grads, 0, sizeof(float) * m->tab.total);
-    for (int v = 0; v < 2; v++) {
-        memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
-        memset(c->g.dqmap[v], 0, sizeof(float) * (c->g.ntok[v] + 1) * c->g.C);
-    }
-    if ((rc = ser_moco_objective(m, &c->bf.b, &c->g, L, err))) return rc;
+    for (int v = 0; v < 2; v++) memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
+    if ((rc = ser_moco_objective(m, &c->b, &c->g, L, err))) return rc;
     for (int s = 0; s < c->S; s++) {
         if (c->sh[s].redo)
             c->sh[s].state = SH_IDLE;  // its worker died after the forward: s_phase redoes it
@@ -431,44 +511,20 @@ int ser_coord_run(const ser_coord_opts *o) {
     } else {
         ser_trainer_init_weights(&c.tr, o->cfg.data.seed);
     }
-    if ((rc = ser_batchfile_load(&c.bf, o->batch_file, m->cfg.vit.patch, err))) goto done;
-    if ((rc = ser_batch_check(&c.bf.b, &m->cfg.vit, o->cfg.data.shards, err))) goto done;
     c.span = ser_vit_span(&m->vit, &c.off);
     c.S = o->cfg.data.shards;
+    c.B = o->cfg.data.global_batch;
     c.sh = ser_xcalloc((size_t)c.S, sizeof *c.sh);
-    {
-        const ser_batch *b = &c.bf.b;
-        int B = b->n_inv + b->n_eq, per = B / c.S;
-        for (int s = 0; s < c.S; s++) {
-            s_shard *sh = &c.sh[s];
-            sh->p0 = s * per, sh->p1 = sh->p0 + per, sh->worker = -1;
-            sh->i0 = sh->p0 < b->n_inv ? sh->p0 : b->n_inv;
-            sh->i1 = sh->p1 < b->n_inv ? sh->p1 : b->n_inv;
-            sh->e0 = (sh->p0 > b->n_inv ? sh->p0 : b->n_inv) - b->n_inv;
-            sh->e1 = sh->p1 - b->n_inv > 0 ? sh->p1 - b->n_inv : 0;
-            sh->grad = ser_xaligned(sizeof(float) * c.span);
-        }
-        // The gathered batch: the layout ser_engine_forward builds, filled from the workers.
-        ser_gathered *g = &c.g;
-        g->B = B, g->C = m->cfg.vit.dim, g->n_inv = b->n_inv, g->n_eq = b->n_eq;
-        for (int v = 0; v < 2; v++) {
-            g->qcls[v] = ser_xaligned(sizeof(float) * (size_t)B * g->C);
-            g->kcls[v] = ser_xaligned(sizeof(float) * (size_t)B * g->C);
-            g->dqcls[v] = ser_xaligned(sizeof(float) * (size_t)B * g->C);
-            g->tok[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(int));
-            g->tokoff[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(size_t));
-            for (int e = 0; e < b->n_eq; e++) {
-                int r, cc;
-                ser_group_view_grid(&b->g[v][e], &r, &cc);
-                g->tok[v][e] = r * cc;
-                g->tokoff[v][e] = g->ntok[v];
-                g->ntok[v] += (size_t)r * cc;
-            }
-            size_t nm = (g->ntok[v] + 1) * (size_t)g->C;
-            g->qmap[v] = ser_xaligned(sizeof(float) * nm);
-            g->kmap[v] = ser_xaligned(sizeof(float) * nm);
-            g->dqmap[v] = ser_xaligned(sizeof(float) * nm);
-        }
+    for (int s = 0; s < c.S; s++) {
+        s_shard *sh = &c.sh[s];
+        sh->p0 = s * (c.B / c.S), sh->p1 = sh->p0 + c.B / c.S, sh->worker = -1;
+        sh->grad = ser_xaligned(sizeof(float) * c.span);
+    }
+    c.g.B = c.B, c.g.C = m->cfg.vit.dim;
+    for (int v = 0; v < 2; v++) {
+        c.g.qcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
+        c.g.kcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
+        c.g.dqcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
     }
     c.ctx = zmq_ctx_new();
     c.sock = zmq_socket(c.ctx, ZMQ_ROUTER);
@@ -488,7 +544,7 @@ int ser_coord_run(const ser_coord_opts *o) {
     size_t eplen = sizeof ep;
     zmq_getsockopt(c.sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
     ser_log(SER_LL_INFO, "coordinator of job '%s' (config %016llx) on %s; %d shards of %d",
-            c.job_id, (unsigned long long)c.hash, ep, c.S, (c.bf.b.n_inv + c.bf.b.n_eq) / c.S);
+            c.job_id, (unsigned long long)c.hash, ep, c.S, c.B / c.S);
     if (o->endpoint_file) {
         char tmp[1100];
         snprintf(tmp, sizeof tmp, "%s.tmp", o->endpoint_file);
@@ -534,10 +590,12 @@ done:
         zmq_close(c.sock);
     }
     if (c.ctx) zmq_ctx_term(c.ctx);
-    for (int s = 0; c.sh && s < c.S; s++) free(c.sh[s].grad);
-    free(c.sh), free(grads0), free(losses);
+    for (int s = 0; c.sh && s < c.S; s++) {
+        free(c.sh[s].grad), free(c.sh[s].g[0]), free(c.sh[s].g[1]);
+        for (int i = 0; i < 4; i++) free(c.sh[s].maps[i]);
+    }
+    free(c.sh), free(grads0), free(losses), free(c.gall[0]), free(c.gall[1]);
     ser_gathered_free(&c.g);
-    ser_batchfile_free(&c.bf);
     ser_trainer_free(&c.tr);
     return status;
 }

@@ -23,7 +23,9 @@
 
 typedef struct ser_coord_opts {
     ser_config cfg;
-    const char *batch_file;     // the global batch of every step (docs/step-format.md)
+    const char *batch_file;     // for `ser local`: the workers' batch file (the coordinator
+                                // itself reads no data: shards' results carry their layout)
+    const char *loader;         // for `ser local`: loader endpoints handed to the workers
     const char *weights;        // initial weights (strict), or NULL: init from data.seed
     const char *out;            // final state, in `ser step`'s output layout
     const char *endpoint_file;  // written with the bound control endpoint (ephemeral ports)

@@ -1,6 +1,8 @@
 // ser_dl.c — see ser_dl.h.
 #include "ser_dl.h"
 
+#include "ser_config.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -416,4 +418,29 @@ int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *o
     free(epochs);
     if (jb.rc) ser_dl_shard_free(out);
     return jb.rc;
+}
+
+void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
+    ser_dl_config_defaults(c);
+    snprintf(c->data, sizeof c->data, "%s", job->data.path);
+    c->kind = job->data.kind == SER_CONFIG_DATA_IMAGEFOLDER   ? SER_DL_KIND_IMAGEFOLDER
+              : job->data.kind == SER_CONFIG_DATA_CIFAR10       ? SER_DL_KIND_CIFAR10
+              : job->data.kind == SER_CONFIG_DATA_FASHION_MNIST ? SER_DL_KIND_FMNIST
+                                                                 : SER_DL_KIND_AUTO;
+    snprintf(c->job_id, sizeof c->job_id, "%s", job->run.name[0] ? job->run.name : "ser");
+    c->img = job->model.img_size;
+    c->patch = job->model.patch;
+    c->global_batch = job->data.global_batch;
+    c->shards = job->data.shards;
+    c->eq_ratio = job->ser.enabled ? job->ser.ratio : 0.0;
+    c->seed = (uint64_t)job->data.seed;
+    c->policy = job->data.policy == SER_CONFIG_POLICY_KORNIA ? SER_DL_POLICY_KORNIA
+                                                             : SER_DL_POLICY_TORCHVISION;
+    c->group_sampling = job->ser.group_sampling == SER_CONFIG_GROUP_REFERENCE
+                            ? SER_DL_GROUP_REFERENCE
+                            : SER_DL_GROUP_PAPER;
+    c->interp = job->data.interpolation == SER_CONFIG_INTERP_BICUBIC ? SER_DL_INTERP_BICUBIC
+                                                                    : SER_DL_INTERP_BILINEAR;
+    c->crop_min = job->data.crop_min;
+    c->threads = job->data.workers;
 }

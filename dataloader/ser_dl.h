@@ -41,7 +41,8 @@
 // one thread from its own inputs, threads only split the samples.
 //
 // defines:
-//   ser_dl_config, ser_dl_config_defaults(), ser_dl_config_hash(), ser_dl_config_check()
+//   ser_dl_config, ser_dl_config_defaults(), ser_dl_config_hash(), ser_dl_config_check(),
+//   ser_dl_config_from_job()
 //   ser_dl_sample, ser_dl_shard, ser_dl_shard_free()
 //   ser_dl (opaque), ser_dl_new(), ser_dl_destroy(), ser_dl_make_shard()
 //   ser_dl_num_eq(), ser_dl_shard_size(), ser_dl_count(), ser_dl_config_of()
@@ -83,6 +84,10 @@ typedef struct ser_dl_config {
 } ser_dl_config;
 
 void ser_dl_config_defaults(ser_dl_config *c);
+// The loader configuration of a job ([data], [model] img_size/patch, [ser] ratio/sampling,
+// run.name as the job id): every process of a job derives the same loader config, and hash.
+struct ser_config;
+void ser_dl_config_from_job(ser_dl_config *c, const struct ser_config *job);
 // Returns SER_OK or SER_ECONFIG with a reason in err.
 int ser_dl_config_check(const ser_dl_config *c, char err[256]);
 // FNV-1a over every field that changes shard content (not paths, cache or threads), and a

@@ -8,6 +8,7 @@
 
 #include "ser_base.h"
 #include "ser_cmd.h"
+#include "ser_config.h"
 #include "ser_dl.h"
 #include "ser_dl_service.h"
 
@@ -29,7 +30,9 @@ typedef struct s_opts {
 
 static void s_usage(FILE *f, const char *cmd) {
     fprintf(f,
-            "usage: %s --data DIR [options]\n"
+            "usage: %s (--config job.ini | --data DIR) [options]\n"
+            "  --config F            take every setting from a job file (docs/config.md); later\n"
+            "                        options override it\n"
             "  --data DIR            dataset root (ImageFolder, CIFAR-10 binary or Fashion-MNIST)\n"
             "  --kind K              auto|imagefolder|cifar10|fmnist (auto)\n"
             "  --split S             train|val (train)\n"
@@ -81,6 +84,20 @@ static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
         } else if (!v) {
             fprintf(stderr, "%s: %s needs a value\n", cmd, a);
             return 2;
+        } else if (strcmp(a, "--config") == 0) {
+            // A job file: the loader config every process of the job derives; options that
+            // follow still override it.
+            ser_config job;
+            char jerr[SER_ERR_LEN];
+            ser_config_defaults(&job);
+            if (ser_config_load(&job, v, 0, NULL, jerr)) {
+                fprintf(stderr, "%s: %s\n", cmd, jerr);
+                return 2;
+            }
+            char cache[sizeof c->cache_dir];
+            memcpy(cache, c->cache_dir, sizeof cache);
+            ser_dl_config_from_job(c, &job);
+            memcpy(c->cache_dir, cache, sizeof cache);
         } else if (strcmp(a, "--data") == 0) {
             snprintf(c->data, sizeof c->data, "%s", v);
         } else if (strcmp(a, "--cache") == 0) {

@@ -18,6 +18,8 @@
 #include "ser_batchfile.h"
 #include "ser_cmd.h"
 #include "ser_config.h"
+#include "ser_dl.h"
+#include "ser_dl_service.h"
 #include "ser_kernels.h"
 #include "ser_moco.h"
 #include "ser_wire.h"
@@ -36,10 +38,15 @@ typedef struct s_wshard {
     ser_gathered g;
     ser_batch b;
     uint32_t *ids;
+    // Loader-fed data of this shard's current step (normalised float CHW).
+    float *inv[2], **eq[2];
+    ser_group_elem *gel[2];
+    int neq_cap;
 } s_wshard;
 
 typedef struct s_worker {
-    const char *endpoint, *name, *batch_file;
+    const char *endpoint, *name, *batch_file, *loader;
+    ser_dl_client *dl;
     void *ctx, *sock;
     char job_id[SER_CONFIG_STR_LEN];
     ser_config cfg;
@@ -104,23 +111,110 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
         return rc;
     }
-    if ((rc = ser_batchfile_load(&w->bf, w->batch_file, mc.vit.patch, err)) ||
-        (rc = ser_batch_check(&w->bf.b, &mc.vit, cfg.data.shards, err))) {
-        ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
-        ser_moco_free(&w->m);
-        return rc;
+    if (w->batch_file) {
+        if ((rc = ser_batchfile_load(&w->bf, w->batch_file, mc.vit.patch, err)) ||
+            (rc = ser_batch_check(&w->bf.b, &mc.vit, cfg.data.shards, err))) {
+            ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
+            ser_moco_free(&w->m);
+            return rc;
+        }
+        if (w->bf.b.n_inv + w->bf.b.n_eq != cfg.data.global_batch) {
+            ser_log(SER_LL_ERROR, "worker %s: %s holds %d samples, the job's data.global_batch is %d",
+                    w->name, w->batch_file, w->bf.b.n_inv + w->bf.b.n_eq, cfg.data.global_batch);
+            ser_moco_free(&w->m);
+            return SER_ESHAPE;
+        }
+    } else {
+        ser_dl_config dc;
+        ser_dl_config_from_job(&dc, &cfg);
+        char derr[256];
+        w->dl = ser_dl_client_new(w->loader, dc.job_id, ser_dl_config_hash(&dc), derr);
+        if (!w->dl) {
+            ser_log(SER_LL_ERROR, "worker %s: loader %s: %s", w->name, w->loader, derr);
+            ser_moco_free(&w->m);
+            return SER_EIO;
+        }
     }
     w->have_model = 1;
     w->span = ser_vit_span(&w->m.vit, &w->off);
     w->S = cfg.data.shards;
     w->sh = ser_xcalloc((size_t)w->S, sizeof *w->sh);
-    int per = (w->bf.b.n_inv + w->bf.b.n_eq) / w->S;
+    int per = cfg.data.global_batch / w->S;
     for (int s = 0; s < w->S; s++) {
         w->sh[s].ids = ser_xcalloc((size_t)per, sizeof(uint32_t));
-        ser_batch_shard(&w->bf.b, s, w->S, &w->sh[s].b, w->sh[s].ids);
+        if (w->batch_file) ser_batch_shard(&w->bf.b, s, w->S, &w->sh[s].b, w->sh[s].ids);
     }
     w->params_version = w->teacher_version = INT64_MIN;  // none held
     ser_log(SER_LL_INFO, "worker %s: joined job '%s' (%d threads)", w->name, w->job_id, threads);
+    return SER_OK;
+}
+
+// ImageNet normalisation: the worker normalises, loaders ship uint8 (design.md §4).
+static void s_normalise(float *out, const uint8_t *in, int h, int wd) {
+    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
+    size_t hw = (size_t)h * wd;
+    for (size_t p = 0; p < hw; p++)
+        for (int c = 0; c < 3; c++) out[c * hw + p] = ((float)in[p * 3 + c] / 255.0f - mean[c]) / std[c];
+}
+
+// Fetches shard (step, s) from the loaders into sh->b (normalised floats).
+static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s) {
+    ser_dl_shard d;
+    char err[256];
+    int rc = ser_dl_client_fetch(w->dl, (uint64_t)step, (uint32_t)s, w->cfg.cluster.timeout_ms, &d, err);
+    if (rc) {
+        ser_log(SER_LL_ERROR, "worker %s: step %lld shard %d from the loader: %s (%s)", w->name,
+                (long long)step, s, ser_strerror(rc), err);
+        return rc;
+    }
+    int per = w->cfg.data.global_batch / w->S, img = w->cfg.model.img_size, n_inv = 0, n_eq = 0;
+    if (d.n != per) {
+        ser_log(SER_LL_ERROR, "worker %s: the loader sent %d samples for a shard of %d", w->name, d.n, per);
+        ser_dl_shard_free(&d);
+        return SER_ESHAPE;
+    }
+    for (int i = 0; i < d.n; i++) d.samples[i].equivariant ? n_eq++ : n_inv++;
+    size_t pix = (size_t)3 * img * img;
+    for (int v = 0; v < 2; v++) {
+        free(sh->inv[v]);
+        sh->inv[v] = ser_xaligned(sizeof(float) * pix * (size_t)(n_inv ? n_inv : 1));
+        for (int q = 0; q < sh->neq_cap; q++) free(sh->eq[v][q]);
+        free(sh->eq[v]), free(sh->gel[v]);
+        sh->eq[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(float *));
+        sh->gel[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem));
+    }
+    sh->neq_cap = n_eq;
+    int ii = 0, qq = 0;
+    rc = SER_OK;
+    for (int i = 0; i < d.n && !rc; i++) {
+        const ser_dl_sample *x = &d.samples[i];
+        sh->ids[i] = (uint32_t)x->position;
+        if ((x->equivariant && i < n_inv) || (!x->equivariant && i >= n_inv)) rc = SER_EFORMAT;
+        for (int v = 0; v < 2 && !rc; v++) {
+            if (!x->equivariant) {
+                if (x->h[v] != img || x->w[v] != img) rc = SER_ESHAPE;
+                else s_normalise(sh->inv[v] + (size_t)ii * pix, x->view[v], img, img);
+            } else {
+                sh->gel[v][qq] = x->g[v];
+                sh->eq[v][qq] = ser_xaligned(sizeof(float) * 3 * (size_t)x->h[v] * x->w[v]);
+                s_normalise(sh->eq[v][qq], x->view[v], x->h[v], x->w[v]);
+            }
+        }
+        x->equivariant ? qq++ : ii++;
+    }
+    ser_dl_shard_free(&d);
+    if (rc) {
+        ser_log(SER_LL_ERROR, "worker %s: loader shard %d of step %lld is not laid out as the job's "
+                "(%s)", w->name, s, (long long)step, ser_strerror(rc));
+        return rc;
+    }
+    memset(&sh->b, 0, sizeof sh->b);
+    sh->b.n_inv = n_inv, sh->b.n_eq = n_eq, sh->b.img = img, sh->b.ids = sh->ids;
+    for (int v = 0; v < 2; v++) {
+        sh->b.inv[v] = sh->inv[v];
+        sh->b.eq[v] = (const float *const *)sh->eq[v];
+        sh->b.g[v] = sh->gel[v];
+    }
     return SER_OK;
 }
 
@@ -144,6 +238,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     if (sh->have) ser_gathered_free(&sh->g);
     sh->have = 0;
     char err[SER_ERR_LEN];
+    if (w->dl && s_fetch(w, sh, step, s) != SER_OK) return;
     int rc = ser_engine_forward(&sh->eng, &w->m.vit, &w->m.mvit, &sh->b, 1, w->m.cfg.ser,
                                 (uint64_t)w->cfg.data.seed, (uint32_t)step, &sh->g, err);
     if (rc) {
@@ -160,10 +255,23 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
         {"kmap0", 2, {(int64_t)sh->g.ntok[0], C}, sh->g.kmap[0]},
         {"kmap1", 2, {(int64_t)sh->g.ntok[1], C}, sh->g.kmap[1]},
     };
+    // The group elements travel with the rows: the coordinator reads no data.
+    float *gf = ser_xcalloc((size_t)sh->b.n_eq * 10 + 1, sizeof(float));
+    for (int q = 0; q < sh->b.n_eq; q++)
+        for (int v = 0; v < 2; v++) {
+            const ser_group_elem *ge = &sh->b.g[v][q];
+            float *o = gf + (q * 2 + v) * 5;
+            o[0] = ge->rot180, o[1] = ge->hflip, o[2] = ge->rot90, o[3] = ge->gh, o[4] = ge->gw;
+        }
+    ser_wire_tensor all[9];
+    int nt = 0;
+    for (int i = 0; i < (sh->b.n_eq > 0 ? 8 : 4); i++) all[nt++] = t[i];
+    if (sh->b.n_eq > 0) all[nt++] = (ser_wire_tensor){"g", 3, {sh->b.n_eq, 2, 5}, gf};
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
     out.step = (uint64_t)step, out.shard = (uint32_t)s, out.attempt = e->attempt;
-    ser_wire_send(w->sock, NULL, &out, t, sh->b.n_eq > 0 ? 8 : 4);
+    ser_wire_send(w->sock, NULL, &out, all, nt);
+    free(gf);
     w->last_sent = ser_clock_now_ms();
 }
 
@@ -280,10 +388,12 @@ static int s_run(s_worker *w) {
 }
 
 static void s_usage(FILE *f) {
-    fprintf(f, "usage: ser worker --coordinator tcp://HOST:PORT --batch-file B.safetensors [--name N]\n"
+    fprintf(f, "usage: ser worker --coordinator tcp://HOST:PORT (--loader EP[,EP...] | --batch-file B)\n"
+               "                  [--name N]\n"
                "  Computes shards for the coordinator until it shuts the job down. The job's\n"
-               "  configuration comes from the coordinator. --batch-file: the global batch of\n"
-               "  every step (the loader-fed data path is not wired into workers yet).\n");
+               "  configuration comes from the coordinator. Data: each shard from the data-loader\n"
+               "  services at EP (tcp://HOST:PORT, comma-separated), or the global batch of every\n"
+               "  step from a batch file (docs/step-format.md; the reference/testing path).\n");
 }
 
 int ser_cmd_worker(int argc, char **argv) {
@@ -294,6 +404,7 @@ int ser_cmd_worker(int argc, char **argv) {
     w.name = name;
     static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
                                           {"batch-file", required_argument, 0, 'b'},
+                                          {"loader", required_argument, 0, 'l'},
                                           {"name", required_argument, 0, 'n'},
                                           {"help", no_argument, 0, 'h'},
                                           {0, 0, 0, 0}};
@@ -303,6 +414,7 @@ int ser_cmd_worker(int argc, char **argv) {
         switch (c) {
         case 'c': w.endpoint = optarg; break;
         case 'b': w.batch_file = optarg; break;
+        case 'l': w.loader = optarg; break;
         case 'n':
             if (strlen(optarg) == 0 || strlen(optarg) >= SER_WIRE_MAX_IDENTITY) {
                 fprintf(stderr, "ser worker: --name must have 1 to %d characters\n", SER_WIRE_MAX_IDENTITY - 1);
@@ -314,7 +426,7 @@ int ser_cmd_worker(int argc, char **argv) {
         default: s_usage(stderr); return 2;
         }
     }
-    if (!w.endpoint || !w.batch_file || optind != argc) {
+    if (!w.endpoint || !w.batch_file == !w.loader || optind != argc) {
         s_usage(stderr);
         return 2;
     }
@@ -325,10 +437,17 @@ int ser_cmd_worker(int argc, char **argv) {
     if (w.sock) zmq_close(w.sock);
     zmq_ctx_term(w.ctx);
     for (int s = 0; w.sh && s < w.S; s++) {
-        ser_engine_free(&w.sh[s].eng);
-        ser_gathered_free(&w.sh[s].g);
-        free(w.sh[s].ids);
+        s_wshard *sh = &w.sh[s];
+        ser_engine_free(&sh->eng);
+        ser_gathered_free(&sh->g);
+        free(sh->ids);
+        for (int v = 0; v < 2; v++) {
+            free(sh->inv[v]);
+            for (int q = 0; sh->eq[v] && q < sh->neq_cap; q++) free(sh->eq[v][q]);
+            free(sh->eq[v]), free(sh->gel[v]);
+        }
     }
+    ser_dl_client_destroy(&w.dl);
     free(w.sh);
     ser_batchfile_free(&w.bf);
     if (w.have_model) ser_moco_free(&w.m);
