@@ -19,6 +19,8 @@ int ser_cmd_step(int argc, char **argv);
 int ser_cmd_worker(int argc, char **argv);
 int ser_cmd_coordinator(int argc, char **argv);
 int ser_cmd_local(int argc, char **argv);
+// `ser status HOST:PORT` (coordinator/ser_status_cmd.c).
+int ser_cmd_status(int argc, char **argv);
 // `ser bench loader ...` (argv[0] is "loader").
 int ser_bench_loader(int argc, char **argv);
 

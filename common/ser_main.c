@@ -22,7 +22,7 @@ static const ser_command s_commands[] = {
     {"coordinator", ser_cmd_coordinator, "the coordinator daemon"},
     {"worker", ser_cmd_worker, "a worker process"},
     {"dataloader", ser_cmd_dataloader, "a data-loader service"},
-    {"status", NULL, "print a coordinator's status"},
+    {"status", ser_cmd_status, "print a coordinator's status (HOST:PORT [--json] [--watch S])"},
     {"eval", NULL, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},
     {"export", NULL, "export a backbone with timm names"},
 };

@@ -7,12 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "ser_cmd.h"
 #include "ser_kernels.h"
 #include "ser_safetensors.h"
+#include "ser_status.h"
 #include "ser_train.h"
 #include "ser_wire.h"
 
@@ -62,7 +64,62 @@ typedef struct s_coord {
     ser_group_elem *gall[2];
     int64_t step;
     double momentum;
+    // The status port (NULL when cluster.status_port < 0) and what it shows.
+    ser_status *st;
+    int phase, state;
+    char waiting[SER_STATUS_TEXT_LEN];
+    int64_t waiting_since;
+    double lr, wd, ips, start_unix;
+    ser_moco_losses last;
+    int64_t last_step, steps_total, first_step;
 } s_coord;
+
+// Publishes the coordinator's state to the status port.
+static void s_publish(s_coord *c) {
+    if (!c->st) return;
+    ser_status_snapshot snap;
+    memset(&snap, 0, sizeof snap);
+    snprintf(snap.job_id, sizeof snap.job_id, "%s", c->job_id);
+    snprintf(snap.job_name, sizeof snap.job_name, "%s", c->tr.cfg.run.name);
+    snap.state = c->state;
+    snap.config_hash = c->hash;
+    snap.start_time_unix = c->start_unix;
+    snprintf(snap.waiting_for, sizeof snap.waiting_for, "%s", c->waiting);
+    snap.waiting_since_ms = c->waiting_since;
+    snap.step = c->step;
+    snap.phase = c->phase;
+    snap.terms_step = c->last_step;
+    if (c->last_step >= 0) {
+        snap.n_terms = 3;
+        const char *names[3] = {"loss", "loss_inv", "loss_equiv"};
+        double vals[3] = {c->last.loss, c->last.loss_inv, c->last.loss_equiv};
+        for (int i = 0; i < 3; i++) {
+            snprintf(snap.terms[i].name, sizeof snap.terms[i].name, "%s", names[i]);
+            snap.terms[i].value = vals[i];
+        }
+    }
+    snap.lr = c->lr, snap.momentum = c->momentum, snap.weight_decay = c->wd;
+    snap.images_per_second = c->ips;
+    int64_t done = c->last_step - c->first_step + 1, left = c->steps_total - done;
+    snap.eta_s = done > 0 && c->ips > 0 ? (double)left * c->B / c->ips : -1;
+    ser_status_worker ws[SER_COORD_MAX_WORKERS];
+    for (int i = 0; i < c->nw; i++) {
+        ser_status_worker *w = &ws[i];
+        memset(w, 0, sizeof *w);
+        snprintf(w->id, sizeof w->id, "%s", c->w[i].id);
+        w->last_heard_ms = c->w[i].last_heard_ms;
+        for (int sh = 0; sh < c->S; sh++)
+            if (c->sh && c->sh[sh].worker == i && c->sh[sh].state != SH_BWD_DONE &&
+                w->n_shards < SER_STATUS_MAX_SHARDS)
+                w->shards[w->n_shards++] = sh;
+        w->state = !c->w[i].alive ? SER_STATUS_WORKER_LOST
+                   : w->n_shards  ? SER_STATUS_WORKER_BUSY
+                                  : SER_STATUS_WORKER_IDLE;
+    }
+    snap.n_workers = c->nw;
+    snap.workers = ws;
+    ser_status_update(c->st, &snap);
+}
 
 static int64_t s_now(void) { return ser_clock_now_ms(); }
 
@@ -421,8 +478,13 @@ static int s_all(const s_coord *c, int state) {
 // Runs one phase until every shard reaches `target`; sends work to idle shards as workers
 // appear; logs what it waits for. Returns SER_OK, SER_ETIMEDOUT or SER_EIO (stopped).
 static int s_phase(s_coord *c, int target, const char *name) {
-    int64_t start = s_now(), last_log = start;
+    int64_t start = s_now(), last_log = start, last_pub = 0;
+    c->phase = target == SH_FWD_DONE ? SER_STATUS_PHASE_FORWARD : SER_STATUS_PHASE_BACKWARD;
     while (!s_all(c, target)) {
+        if (s_now() - last_pub > 250) {
+            last_pub = s_now();
+            s_publish(c);
+        }
         if (s_stop) return SER_EIO;
         s_check_liveness(c, 1);
         for (int s = 0; s < c->S; s++)
@@ -438,12 +500,17 @@ static int s_phase(s_coord *c, int target, const char *name) {
             for (int s = 0; s < c->S; s++)
                 if (c->sh[s].state != target) {
                     const s_worker *w = c->sh[s].worker >= 0 && c->sh[s].worker < c->nw ? &c->w[c->sh[s].worker] : NULL;
-                    ser_log(SER_LL_WARNING, "step %lld %s: waiting on shard %d%s%s, last heard %lld ms ago",
-                            (long long)c->step, name, s, w ? " at worker " : " (no live worker)",
-                            w ? w->id : "", w ? (long long)(now - w->last_heard_ms) : -1LL);
+                    snprintf(c->waiting, sizeof c->waiting,
+                             "step %lld %s: waiting on shard %d%s%.64s, last heard %lld ms ago",
+                             (long long)c->step, name, s, w ? " at worker " : " (no live worker)",
+                             w ? w->id : "", w ? (long long)(now - w->last_heard_ms) : -1LL);
+                    c->waiting_since = now;
+                    c->state = SER_STATUS_STATE_WAITING;
+                    ser_log(SER_LL_WARNING, "%s", c->waiting);
                     break;
                 }
         }
+        if (c->state == SER_STATUS_STATE_WAITING && s_all(c, target)) c->state = SER_STATUS_STATE_RUNNING;
         if (s_live_count(c) == 0 && now - start > c->o->wait_workers_ms) {
             ser_log(SER_LL_ERROR, "step %lld %s: no live worker for %d ms; giving up",
                     (long long)c->step, name, c->o->wait_workers_ms);
@@ -461,6 +528,9 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
     for (int s = 0; s < c->S; s++) c->sh[s].state = SH_IDLE, c->sh[s].redo = 0;
     int rc = s_phase(c, SH_FWD_DONE, "forward");
     if (rc) return rc;
+    c->waiting[0] = 0;
+    c->state = SER_STATUS_STATE_RUNNING;
+    c->phase = SER_STATUS_PHASE_OBJECTIVE;
     if ((rc = s_assemble(c, err))) return rc;
     memset(m->grads, 0, sizeof(float) * m->tab.total);
     for (int v = 0; v < 2; v++) memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
@@ -480,6 +550,8 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
         for (size_t i = 0; i < c->span; i++) total[i] += g[i];
     }
     if (grads0) memcpy(grads0, m->grads, sizeof(float) * m->tab.total);
+    c->phase = SER_STATUS_PHASE_APPLY;
+    c->waiting[0] = 0;
     return ser_trainer_apply(&c->tr, c->step, lr, wd, NULL, err);
 }
 
@@ -555,6 +627,21 @@ int ser_coord_run(const ser_coord_opts *o) {
             goto done;
         }
     }
+    c.last_step = -1, c.first_step = o->iter, c.steps_total = o->steps;
+    c.start_unix = (double)time(NULL);
+    c.state = SER_STATUS_STATE_STARTING;
+    if (o->cfg.cluster.status_port >= 0) {
+        char serr[SER_ERR_LEN];
+        c.st = ser_status_new(o->cfg.cluster.status_bind, o->cfg.cluster.status_port, NULL, serr);
+        if (!c.st) {
+            snprintf(err, SER_ERR_LEN, "status port: %.200s", serr);
+            rc = SER_EIO;
+            goto done;
+        }
+        ser_log(SER_LL_INFO, "status on http://%s:%d/", o->cfg.cluster.status_bind,
+                ser_status_port(c.st));
+        s_publish(&c);
+    }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
     grads0 = ser_xaligned(sizeof(float) * m->tab.total);
@@ -564,12 +651,17 @@ int ser_coord_run(const ser_coord_opts *o) {
         c.step = o->iter + k;
         double lr, wd;
         ser_trainer_values(&c.tr, c.step, &lr, &wd, &c.momentum);
+        c.lr = lr, c.wd = wd;
+        if (c.state == SER_STATUS_STATE_STARTING) c.state = SER_STATUS_STATE_RUNNING;
         ser_moco_losses L;
         if ((rc = s_step(&c, lr, wd, &L, k == 0 ? grads0 : NULL, err))) {
             if (rc == SER_EIO) snprintf(err, SER_ERR_LEN, "stopped by a signal at step %lld", (long long)c.step);
             if (rc == SER_ETIMEDOUT) snprintf(err, SER_ERR_LEN, "step %lld: no worker", (long long)c.step);
             goto done;
         }
+        c.last = L, c.last_step = c.step, c.phase = SER_STATUS_PHASE_IDLE;
+        c.ips = (double)c.B * (double)(k + 1) / (ser_time_sec() - t0);
+        s_publish(&c);
         losses[k * 3] = (float)L.loss, losses[k * 3 + 1] = (float)L.loss_inv;
         losses[k * 3 + 2] = (float)L.loss_equiv;
         if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == o->steps)
@@ -582,6 +674,9 @@ int ser_coord_run(const ser_coord_opts *o) {
     status = 0;
 done:
     if (status && rc) fprintf(stderr, "ser coordinator: %s\n", err);
+    c.state = SER_STATUS_STATE_STOPPED;
+    s_publish(&c);
+    ser_status_destroy(&c.st);
     if (c.sock) {
         Ser__Envelope e;
         s_env(&c, &e, SER__MSG_TYPE__MSG_SHUTDOWN);

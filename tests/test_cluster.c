@@ -44,7 +44,7 @@ static const char *s_ini =
     "[ser]\nlambda = 0.7\ntau = 0.4\nproj_dim = 20\nratio = 0.375\n"
     "[data]\nglobal_batch = 8\nshards = 4\n"
     "[run]\nthreads = 1\nlog_every = 1\n"
-    "[cluster]\nheartbeat_ms = 100\ntimeout_ms = 1500\n";
+    "[cluster]\nheartbeat_ms = 100\ntimeout_ms = 1500\nstatus_port = 0\n";
 
 static int setup(void **state) {
     (void)state;
@@ -284,6 +284,39 @@ static void test_garbage_and_wrong_peers(void **state) {
     s_kill_all();
 }
 
+// The status port of a running job: `ser status HOST:PORT --json` names the job, its step and
+// its worker with a fresh heartbeat.
+static void test_status_port(void **state) {
+    (void)state;
+    char out[128], ep[256];
+    snprintf(out, sizeof out, "%s/status.safetensors", s_dir);
+    pid_t coord = s_coordinator(out, "400", "30000", ep, sizeof ep);
+    s_worker(ep, "ws");
+    for (int t = 0; t < 600 && !s_log_has("coord.log", "step 5:"); t++) s_sleep_ms(20);
+    // "status on http://127.0.0.1:PORT/"
+    char path[256], line[512], url[64] = "";
+    snprintf(path, sizeof path, "%s/coord.log", s_dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, "status on http://");
+        if (p) sscanf(p + strlen("status on http://"), "%63[^/]", url);
+    }
+    fclose(f);
+    assert_true(url[0]);
+    char *args[] = {"ser", "status", url, "--json", NULL};
+    assert_int_equal(s_wait(s_start("status.json", args)), 0);
+    assert_true(s_log_has("status.json", "\"ws\""));
+    assert_true(s_log_has("status.json", "\"step\""));
+    assert_true(s_log_has("status.json", "\"loss_equiv\""));
+    char *args2[] = {"ser", "status", url, NULL};
+    assert_int_equal(s_wait(s_start("status.txt", args2)), 0);
+    assert_true(s_log_has("status.txt", "ws"));
+    kill(coord, SIGTERM);
+    s_wait(coord);
+    s_kill_all();
+}
+
 static void test_all_workers_gone(void **state) {
     (void)state;
     char out[128], ep[256];
@@ -306,6 +339,7 @@ int main(void) {
         cmocka_unit_test(test_n_workers_equal_ser_step),
         cmocka_unit_test(test_worker_killed_mid_run),
         cmocka_unit_test(test_garbage_and_wrong_peers),
+        cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_all_workers_gone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -22,7 +22,7 @@ static const char *s_ini =
     "[ser]\nlambda = 0.7\ntau = 0.4\nproj_dim = 20\nratio = 0.375\n"
     "[optim]\neps = 1\nclip = 0\n"
     "[data]\nglobal_batch = 8\nshards = 4\n"
-    "[run]\nthreads = 2\n";
+    "[run]\nthreads = 2\n[cluster]\nstatus_port = -1\n";
 
 static int setup(void **state) {
     (void)state;
