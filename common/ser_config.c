@@ -94,6 +94,10 @@ static const ser_config_option s_options[] = {
     INT(dino, hidden_dim, 1, BIG, "2048", 0, "Hidden width of the 3-layer DINO head MLP."),
     INT(dino, bottleneck_dim, 1, BIG, "256", 0,
         "Bottleneck before the L2 normalisation and the weight-normalised last layer."),
+    BOOL(dino, projector_ema_quirk, "false", 0,
+         "Reproduce the public code's teacher EMA of the shared projector_equiv, which scales it by "
+         "m(2-m) every step (an in-place aliasing effect). Off: the projector is shared, not "
+         "averaged."),
     BOOL(dino, norm_last_layer, "false", 0,
          "Freeze the weight-norm gain g of the last layer at 1 (reference ViT-S: false)."),
     INT(dino, freeze_last_layer_epochs, 0, 100000, "1", 0,

@@ -106,6 +106,7 @@ typedef struct ser_config_dino {
     double student_temp, teacher_temp, teacher_temp_final;
     int teacher_temp_warmup_epochs;
     double center_momentum, momentum;
+    int projector_ema_quirk;
 } ser_config_dino;
 
 typedef struct ser_config_barlow {

@@ -32,9 +32,16 @@ int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_ep
         t->arenas[0] = t->bt.params, t->arenas[1] = t->bt.buffers;
         t->ntabs = 2;
     } else {
-        snprintf(err, SER_ERR_LEN, "method.name: dino is not wired into training yet");
-        return SER_ENOTSUP;
+        ser_dino_config dc;
+        if ((rc = ser_dino_config_from_job(&dc, cfg, err)) || (rc = ser_dino_init(&t->dino, &dc, err)))
+            return rc;
+        t->tab = &t->dino.tab, t->params = t->dino.params, t->grads = t->dino.grads;
+        t->tabs[0] = &t->dino.tab, t->tabs[1] = &t->dino.ttab, t->tabs[2] = &t->dino.btab;
+        t->arenas[0] = t->dino.params, t->arenas[1] = t->dino.tparams, t->arenas[2] = t->dino.buffers;
+        t->ntabs = 3;
     }
+    t->ipe = iters_per_epoch;
+    t->active = ser_xcalloc((size_t)t->tab->n + 1, 1);
     ser_optim_config oc;
     ser_config_to_optim(cfg, &oc);
     if ((rc = ser_optim_init(&t->opt, t->tab, &oc, err))) {
@@ -50,12 +57,16 @@ void ser_trainer_free(ser_trainer *t) {
     ser_optim_free(&t->opt);
     if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_free(&t->m);
     if (t->method == SER_CONFIG_METHOD_BARLOW) ser_barlow_free(&t->bt);
+    if (t->method == SER_CONFIG_METHOD_DINO) ser_dino_free(&t->dino);
+    free(t->active);
+    t->active = NULL;
     t->ntabs = 0;
 }
 
 void ser_trainer_init_weights(ser_trainer *t, uint64_t seed) {
     if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_init_weights(&t->m, seed);
     if (t->method == SER_CONFIG_METHOD_BARLOW) ser_barlow_init_weights(&t->bt, seed);
+    if (t->method == SER_CONFIG_METHOD_DINO) ser_dino_init_weights(&t->dino, seed);
 }
 
 int ser_trainer_load(ser_trainer *t, const char *path, char err[SER_ERR_LEN]) {
@@ -74,9 +85,16 @@ int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards,
         ser_moco_losses L;
         rc = ser_moco_forward_backward(&t->m, b, shards, (float)momentum, seed, (uint32_t)it, &L, err);
         losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    } else {
+    } else if (t->method == SER_CONFIG_METHOD_BARLOW) {
         ser_barlow_losses L;
         rc = ser_barlow_forward_backward(&t->bt, b, shards, seed, (uint32_t)it, &L, err);
+        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    } else {
+        ser_sched_values sv;
+        ser_sched_eval(&t->sp, it, &sv);
+        ser_dino_losses L;
+        rc = ser_dino_forward_backward(&t->dino, b, shards, sv.teacher_temp, seed, (uint32_t)it, &L,
+                                       err);
         losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
     }
     return rc;
@@ -99,6 +117,15 @@ int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *
         snprintf(err, SER_ERR_LEN, "step %lld: non-finite gradient (global norm %g); not applied",
                  (long long)it, g);
         return SER_ENONFINITE;
+    }
+    if (t->method == SER_CONFIG_METHOD_DINO) {
+        // The reference clips, then drops the last layer's gradient during its frozen epochs.
+        double lr2, wd2, mom;
+        ser_trainer_values(t, it, &lr2, &wd2, &mom);
+        ser_dino_active(&t->dino, it / t->ipe, t->active);
+        ser_optim_step(&t->opt, t->params, t->grads, lr, wd, t->active);
+        ser_dino_after_step(&t->dino, mom);
+        return SER_OK;
     }
     ser_optim_step(&t->opt, t->params, t->grads, lr, wd, NULL);
     return SER_OK;

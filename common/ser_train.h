@@ -15,6 +15,7 @@
 #include "ser_base.h"
 #include "ser_config.h"
 #include "ser_barlow.h"
+#include "ser_dino.h"
 #include "ser_moco.h"
 #include "ser_optim.h"
 #include "ser_sched.h"
@@ -24,6 +25,9 @@ typedef struct ser_trainer {
     int method;       // SER_CONFIG_METHOD_*
     ser_moco m;       // method moco
     ser_barlow bt;    // method barlow
+    ser_dino dino;    // method dino
+    int64_t ipe;      // iterations per epoch (DINO's last-layer freeze, schedules)
+    unsigned char *active;  // per trainable tensor: torch's "has a gradient" (DINO's freeze)
     // The method's state, as the views every method has: its trainable table and arenas, and
     // the tables of a checkpoint / weights file (trainable, teacher if any, buffers).
     ser_ptab *tab;
@@ -36,7 +40,7 @@ typedef struct ser_trainer {
     double lr_fix, wd_fix, mom_fix;  // NAN: follow the schedule
 } ser_trainer;
 
-// Builds the model of cfg's method (moco or barlow so far), zero optimizer state, schedules for
+// Builds the model of cfg's method (moco, barlow, dino), zero optimizer state, schedules for
 // iters_per_epoch iterations per epoch. Weights are not initialised: call
 // ser_trainer_init_weights() or ser_trainer_load().
 int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_epoch,
@@ -54,8 +58,9 @@ int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards,
 
 void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd, double *momentum);
 
-// Clips t->m.grads per the config, refuses non-finite gradients (SER_ENONFINITE, nothing
-// applied), then one AdamW step. *gnorm gets the global norm before clipping.
+// Clips the gradients per the config, refuses non-finite ones (SER_ENONFINITE, nothing
+// applied), then one AdamW step (DINO: without the last layer while it is frozen, then the
+// centre update and the teacher EMA). *gnorm gets the global norm before clipping.
 int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *gnorm,
                       char err[SER_ERR_LEN]);
 

@@ -22,14 +22,15 @@ static int s_cmp(const void *a, const void *b) {
 
 static void s_usage(FILE *f) {
     fprintf(f,
-            "usage: ser bench step [--method moco|barlow] [--ser on|off] [--model M] [--img N]\n"
-            "                      [--patch P] [--batch B] [--ratio R | --eq N] [--threads T]\n"
-            "                      [--runs R] [--mlp-dim D | --proj-dim D] [--json]\n"
+            "usage: ser bench step [--method moco|dino|barlow] [--ser on|off] [--model M]\n"
+            "                      [--img N] [--patch P] [--batch B] [--ratio R | --eq N]\n"
+            "                      [--threads T] [--runs R] [--mlp-dim D | --out-dim D |\n"
+            "                      --proj-dim D] [--json]\n"
             "  times one whole training step (student and teacher ViT on both views, heads,\n"
             "  losses, SER, backward, AdamW) on synthetic data. --ser off is the base method\n"
             "  alone on the whole batch; on splits off round(R*B) equivariant samples (or --eq N).\n"
             "  defaults: moco, ser on, vit_small, 224, patch 16, batch 32, ratio 0.01, 2 threads,\n"
-            "  5 runs, the method's head widths (moco mlp 4096, barlow projector 8192)\n");
+            "  5 runs, the method's head widths (moco mlp 4096, dino out 65536, barlow 8192)\n");
 }
 
 static void s_fill(float *x, size_t n, uint32_t stream) {
@@ -51,6 +52,7 @@ int ser_bench_step(int argc, char **argv) {
         {"ratio", required_argument, 0, 'r'},  {"eq", required_argument, 0, 'e'},
         {"threads", required_argument, 0, 't'}, {"runs", required_argument, 0, 'R'},
         {"mlp-dim", required_argument, 0, 'd'}, {"proj-dim", required_argument, 0, 'd'},
+        {"out-dim", required_argument, 0, 'd'},
         {"json", no_argument, 0, 'j'},         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
@@ -89,8 +91,8 @@ int ser_bench_step(int argc, char **argv) {
     ser_config_defaults(&cfg);
     char err[SER_ERR_LEN], kv[128];
     int n_eq = ser ? (eq >= 0 ? eq : ser_sched_equiv_count(ratio, batch)) : 0;
-    const char *sets[16];
-    char buf[16][128];
+    const char *sets[20];
+    char buf[20][128];
     int ns = 0;
 #define SET(...) (snprintf(buf[ns], sizeof buf[ns], __VA_ARGS__), sets[ns] = buf[ns], ns++)
     SET("method.name=%s", method);
@@ -105,6 +107,8 @@ int ser_bench_step(int argc, char **argv) {
     if (strcmp(method, "barlow") == 0) SET("ser.symmetric=false"), SET("ser.tau=0.4");
     if (head && strcmp(method, "moco") == 0) SET("moco.mlp_dim=%d", head);
     if (head && strcmp(method, "barlow") == 0) SET("barlow.proj_dim=%d", head);
+    if (head && strcmp(method, "dino") == 0) SET("dino.out_dim=%d", head);
+    if (strcmp(method, "dino") == 0) SET("optim.decay=no_bias_1d"), SET("model.init=generic");
 #undef SET
     int rc = 0;
     for (int i = 0; i < ns && !rc; i++) rc = ser_config_set_arg(&cfg, sets[i], err);

@@ -40,20 +40,26 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--mlp-dim", type=int, default=0)
     ap.add_argument("--proj-dim", type=int, default=0)
+    ap.add_argument("--out-dim", type=int, default=0)
     a = ap.parse_args()
-    assert a.method in ("moco", "barlow"), "peers exist for moco and barlow"
+    assert a.method in ("moco", "barlow", "dino")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     rng = random.Random(0)
     dim, heads = PRESETS[a.model]
     vit = dict(img_size=a.img, patch=a.patch, dim=dim, depth=12, heads=heads, hidden=4 * dim,
                cls_layer=3)
-    head = a.mlp_dim or a.proj_dim
+    head = a.mlp_dim or a.proj_dim or a.out_dim
     if a.method == "moco":
         m = MoCoSER(vit, mlp_dim=head or 4096, dim=256, T=0.2, lam=1.0, tau=0.5, proj_dim=512,
                     ser_grad=True)
         m.base_encoder.patch_embed.proj.weight.requires_grad = False  # frozen, as the reference
         m.base_encoder.patch_embed.proj.bias.requires_grad = False
+    elif a.method == "dino":
+        from ser_ref_dino import DINOSER
+        m = DINOSER(vit, out_dim=head or 65536, hidden_dim=2048, bottleneck_dim=256,
+                    norm_last_layer=False, student_temp=0.1, center_momentum=0.9, lam=0.3,
+                    tau=0.4, proj_dim=512, ser_grad=True)
     else:
         from ser_ref_barlow import BarlowSER
         m = BarlowSER(vit, proj_dim=head or 8192, lambd=0.0051, lam=1.0, tau=0.4,
@@ -80,12 +86,19 @@ def main():
         m.zero_grad(set_to_none=False)
         if a.method == "barlow":
             loss = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1])[0]
+        elif a.method == "dino":
+            out = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.04)
+            loss = out[0]
         elif n_eq:
             loss, _, _ = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.99)
         else:  # MoCo-v3 alone: no equivariant samples, no SER term
             loss = moco_only(m, inv[0], inv[1])
         loss.backward()
         opt.step()
+        if a.method == "dino":  # after the step: centre and teacher EMA, as main_dino.py
+            with torch.no_grad():
+                m.dino_loss.update_center(out[3])
+                m.ema(0.996, False)
         if r > 0:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)

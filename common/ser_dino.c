@@ -1,0 +1,520 @@
+// ser_dino.c — see ser_dino.h.
+#include "ser_dino.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ser_equiv.h"
+#include "ser_kernels.h"
+#include "ser_loss.h"
+#include "ser_optim.h"
+#include "ser_rng.h"
+#include "ser_sched.h"
+
+void ser_dino_config_default(ser_dino_config *c) {
+    memset(c, 0, sizeof *c);
+    ser_vit_config_preset(&c->vit, "vit_small", 224, 16);
+    c->vit.cls_layer = 3;
+    c->vit.drop_path_rate = 0.1f;
+    c->vit.freeze_patch_embed = 0;
+    c->init_scheme = SER_VIT_INIT_GENERIC;
+    c->out_dim = 65536;
+    c->hidden_dim = 2048;
+    c->bottleneck_dim = 256;
+    c->norm_last_layer = 0;
+    c->freeze_last_layer_epochs = 1;
+    c->student_temp = 0.1f;
+    c->teacher_temp = 0.04;
+    c->teacher_temp_final = 0.07;
+    c->teacher_temp_warmup_epochs = 10;
+    c->center_momentum = 0.9;
+    c->ser = 1;
+    c->ser_grad = 1;
+    c->ser_lambda = 0.3f;
+    c->ser_tau = 0.4f;
+    c->ser_proj_dim = 512;
+    c->ser_symmetric = 1;
+    c->projector_ema_quirk = 0;
+}
+
+static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
+static int s_fail(char *err, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, SER_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int ser_dino_config_from_job(ser_dino_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
+    ser_dino_config_default(c);
+    if (job->method.name != SER_CONFIG_METHOD_DINO)
+        return s_fail(err, SER_ECONFIG, "method.name: ser_dino needs dino");
+    int rc = ser_config_to_vit(job, &c->vit, err);
+    if (rc) return rc;
+    c->init_scheme = job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO
+                                                             : SER_VIT_INIT_GENERIC;
+    const ser_config_dino *dj = &job->dino;
+    c->out_dim = dj->out_dim;
+    c->hidden_dim = dj->hidden_dim;
+    c->bottleneck_dim = dj->bottleneck_dim;
+    c->norm_last_layer = dj->norm_last_layer;
+    c->freeze_last_layer_epochs = dj->freeze_last_layer_epochs;
+    c->student_temp = (float)dj->student_temp;
+    c->teacher_temp = dj->teacher_temp;
+    c->teacher_temp_final = dj->teacher_temp_final;
+    c->teacher_temp_warmup_epochs = dj->teacher_temp_warmup_epochs;
+    c->center_momentum = dj->center_momentum;
+    c->ser = job->ser.enabled;
+    c->ser_grad = job->ser.grad;
+    c->ser_lambda = (float)job->ser.lambda;
+    c->ser_tau = (float)job->ser.tau;
+    c->ser_proj_dim = job->ser.proj_dim;
+    c->ser_symmetric = job->ser.symmetric;
+    c->projector_ema_quirk = job->dino.projector_ema_quirk;
+    return SER_OK;
+}
+
+double ser_dino_teacher_temp(const ser_dino_config *c, int64_t epoch) {
+    return ser_sched_dino_teacher_temp(epoch, c->teacher_temp, c->teacher_temp_final,
+                                       c->teacher_temp_warmup_epochs);
+}
+
+// --- the DINO head -----------------------------------------------------------------------------
+int ser_dino_head_register(ser_dino_head *h, int in, int hidden, int bottleneck, int out,
+                           int norm_last_layer, ser_ptab *tab, const char *prefix,
+                           char err[SER_ERR_LEN]) {
+    memset(h, 0, sizeof *h);
+    if (in < 1 || hidden < 1 || bottleneck < 1 || out < 1)
+        return s_fail(err, SER_ECONFIG, "dino head %s: widths %d -> %d -> %d -> %d must be >= 1",
+                      prefix, in, hidden, bottleneck, out);
+    char name[SER_TINFO_NAME_LEN];
+    int n = snprintf(name, sizeof name, "%smlp.", prefix);
+    if (n < 0 || (size_t)n + 32 > sizeof name)
+        return s_fail(err, SER_EINVAL, "dino head: prefix '%s' too long", prefix);
+    ser_mlp_layer_spec spec[3] = {{in, hidden, 1, SER_BN_NONE, SER_ACT_GELU, 0},
+                                  {hidden, hidden, 1, SER_BN_NONE, SER_ACT_GELU, 0},
+                                  {hidden, bottleneck, 1, SER_BN_NONE, SER_ACT_NONE, 0}};
+    ser_ptab nobuf;  // no BatchNorm in the DINO head (use_bn=False): nothing is added here
+    ser_ptab_init(&nobuf);
+    int rc = ser_mlp_register(&h->mlp, spec, 3, tab, &nobuf, name, err);
+    SER_ASSERT(nobuf.n == 0);
+    ser_ptab_free(&nobuf);
+    if (rc) return rc;
+    int64_t gshape[2] = {out, 1}, vshape[2] = {out, bottleneck};
+    snprintf(name, sizeof name, "%slast_layer.weight_g", prefix);
+    h->off_g = ser_ptab_add(tab, name, norm_last_layer ? SER_TINFO_FROZEN : 0, 2, gshape);
+    snprintf(name, sizeof name, "%slast_layer.weight_v", prefix);
+    h->off_v = ser_ptab_add(tab, name, 0, 2, vshape);
+    h->in = in, h->bottleneck = bottleneck, h->out = out;
+    h->g_frozen = norm_last_layer;
+    return SER_OK;
+}
+
+void ser_dino_head_bind(ser_dino_head *h, float *params, float *grads) {
+    h->params = params;
+    h->grads = grads;
+    ser_mlp_bind(&h->mlp, params, grads, NULL);
+}
+
+// timm's trunc_normal_(std) truncates at absolute +-2 (as ser_vit.c does).
+static void s_fill_trunc_normal(float *x, size_t n, ser_rng *r, double std) {
+    for (size_t i = 0; i < n; i++) {
+        double g;
+        do g = ser_rng_normal(r) * std;
+        while (g < -2.0 || g > 2.0);
+        x[i] = (float)g;
+    }
+}
+
+void ser_dino_head_init_weights(ser_dino_head *h, uint64_t seed) {
+    for (int l = 0; l < h->mlp.n; l++) {
+        const ser_mlp_layer *L = &h->mlp.layer[l];
+        ser_rng r;
+        ser_rng_init(&r, seed, (uint32_t)l, 2, SER_RNG_INIT);
+        s_fill_trunc_normal(h->params + L->w, (size_t)L->s.out * L->s.in, &r, 0.02);
+        memset(h->params + L->b, 0, sizeof(float) * (size_t)L->s.out);
+    }
+    // last_layer: nn.Linear's default init of v (kaiming_uniform(a=sqrt 5) = U(+-1/sqrt(D))),
+    // created after DINOHead's _init_weights ran; then weight_g.fill_(1).
+    ser_rng r;
+    ser_rng_init(&r, seed, (uint32_t)h->mlp.n, 2, SER_RNG_INIT);
+    double bound = 1.0 / sqrt((double)h->bottleneck);
+    float *v = h->params + h->off_v;
+    for (size_t i = 0; i < (size_t)h->out * h->bottleneck; i++)
+        v[i] = (float)((2.0 * ser_rng_uniform_double(&r) - 1.0) * bound);
+    for (int k = 0; k < h->out; k++) h->params[h->off_g + k] = 1.0f;
+}
+
+void ser_dino_head_acts_free(ser_dino_head_acts *a) {
+    if (!a) return;
+    ser_mlp_acts_free(&a->mlp);
+    free(a->mem);
+    memset(a, 0, sizeof *a);
+}
+
+static size_t s_head_layout(const ser_dino_head *h, ser_dino_head_acts *a, int M, int alloc) {
+    size_t off = 0, D = (size_t)h->bottleneck, K = (size_t)h->out;
+#define TAKE(ptr, n)                             \
+    do {                                         \
+        if (alloc) (ptr) = a->mem + off;         \
+        off += ((size_t)(n) + 15) & ~(size_t)15; \
+    } while (0)
+    TAKE(a->z, (size_t)M * D);
+    TAKE(a->znorm, (size_t)M);
+    TAKE(a->w, K * D);
+    TAKE(a->vnorm, K);
+    TAKE(a->out, (size_t)M * K);
+    TAKE(a->dz, (size_t)M * D);
+    TAKE(a->dw, K * D);
+#undef TAKE
+    return off;
+}
+
+const float *ser_dino_head_forward(const ser_dino_head *h, ser_dino_head_acts *a, const float *x,
+                                   int M) {
+    SER_ASSERT(M >= 1);
+    int D = h->bottleneck, K = h->out;
+    size_t need = s_head_layout(h, a, M, 0);
+    if (need > a->cap) {
+        free(a->mem);
+        a->mem = ser_xaligned(sizeof(float) * need);
+        a->cap = need;
+    }
+    s_head_layout(h, a, M, 1);
+    a->M = M;
+    const float *y = ser_mlp_forward(&h->mlp, &a->mlp, x, M, 0);
+    ser_l2norm_rows_forward(a->z, a->znorm, y, M, D);
+    // weight_norm (dim 0): W = v * (g / ||v||) per output row, as torch._weight_norm.
+    const float *g = h->params + h->off_g, *v = h->params + h->off_v;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; k++) {
+        const float *vr = v + (size_t)k * D;
+        double s = 0;
+        for (int j = 0; j < D; j++) s += (double)vr[j] * (double)vr[j];
+        float n = (float)sqrt(s), scale = g[k] / n;
+        a->vnorm[k] = n;
+        for (int j = 0; j < D; j++) a->w[(size_t)k * D + j] = vr[j] * scale;
+    }
+    ser_matmul_forward(a->out, a->z, a->w, NULL, M, D, K);
+    return a->out;
+}
+
+void ser_dino_head_backward(const ser_dino_head *h, ser_dino_head_acts *a, float *dx,
+                            const float *dout) {
+    SER_ASSERT(h->grads && a->mem);
+    int M = a->M, D = h->bottleneck, K = h->out;
+    memset(a->dw, 0, sizeof(float) * (size_t)K * D);
+    ser_matmul_backward(a->dz, a->dw, NULL, dout, a->z, a->w, M, D, K, 0);
+    // W = g v / n with n = ||v||:  dg = dW.v / n,  dv = (g / n) (dW - dg v / n).
+    const float *g = h->params + h->off_g, *v = h->params + h->off_v;
+    float *gg = h->grads + h->off_g, *gv = h->grads + h->off_v;
+    int g_frozen = h->g_frozen;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; k++) {
+        const float *vr = v + (size_t)k * D, *dwr = a->dw + (size_t)k * D;
+        float n = a->vnorm[k];
+        double dot = 0;
+        for (int j = 0; j < D; j++) dot += (double)dwr[j] * (double)vr[j];
+        float dg = (float)(dot / (double)n), s = g[k] / n;
+        if (!g_frozen) gg[k] += dg;
+        for (int j = 0; j < D; j++) gv[(size_t)k * D + j] += s * (dwr[j] - dg * vr[j] / n);
+    }
+    // Through F.normalize (in place: each row's dot product is taken before it is written).
+    ser_l2norm_rows_backward(a->dz, a->dz, a->z, a->znorm, M, D, 0);
+    ser_mlp_backward(&h->mlp, &a->mlp, dx, a->dz);
+}
+
+// --- the loss ----------------------------------------------------------------------------------
+// Sum over the M samples of 1/2 [CE(t0_i, s1_i) + CE(t1_i, s0_i)], divided by `batch`; ds is
+// d/ds of that. s and t are (2M, K), view 0's rows first.
+static double s_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
+                          int K, float student_temp, float teacher_temp, int batch) {
+    int R = 2 * M;
+    float *p = ser_xaligned(sizeof(float) * (size_t)R * K);
+    double *rowloss = ser_xmalloc(sizeof(double) * (size_t)R);
+    // Teacher: softmax((t - center) / teacher_temp), row by row.
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; r++) {
+        const float *tr = t + (size_t)r * K;
+        float *pr = p + (size_t)r * K;
+        float mx = -INFINITY;
+        for (int k = 0; k < K; k++) {
+            pr[k] = (tr[k] - center[k]) / teacher_temp;
+            mx = pr[k] > mx ? pr[k] : mx;
+        }
+        double z = 0;
+        for (int k = 0; k < K; k++) z += exp((double)(pr[k] - mx));
+        for (int k = 0; k < K; k++) pr[k] = (float)(exp((double)(pr[k] - mx)) / z);
+    }
+    // Student row r (view v, sample i) against the teacher row of the other view.
+    double gscale = 0.5 / (double)batch;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; r++) {
+        int v = r / M, i = r % M;
+        const float *sr = s + (size_t)r * K, *q = p + ((size_t)(1 - v) * M + i) * K;
+        float mx = -INFINITY;
+        for (int k = 0; k < K; k++) {
+            float x = sr[k] / student_temp;
+            mx = x > mx ? x : mx;
+        }
+        double z = 0, sq = 0;
+        for (int k = 0; k < K; k++) z += exp((double)(sr[k] / student_temp - mx));
+        double lse = (double)mx + log(z), ce = 0;
+        for (int k = 0; k < K; k++) {
+            double x = (double)(sr[k] / student_temp);
+            ce -= (double)q[k] * (x - lse);
+            sq += (double)q[k];
+        }
+        rowloss[r] = ce;
+        if (ds) {
+            // d/dx of -sum q log_softmax(x) = softmax(x) * sum(q) - q; x = s / student_temp.
+            float *dr = ds + (size_t)r * K;
+            for (int k = 0; k < K; k++) {
+                double x = (double)(sr[k] / student_temp);
+                dr[k] = (float)((exp(x - lse) * sq - (double)q[k]) / (double)student_temp * gscale);
+            }
+        }
+    }
+    double loss = 0;
+    for (int r = 0; r < R; r++) loss += rowloss[r];
+    free(p), free(rowloss);
+    return loss * gscale;
+}
+
+double ser_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
+                     int K, float student_temp, float teacher_temp) {
+    return s_dino_loss(ds, s, t, center, M, K, student_temp, teacher_temp, M);
+}
+
+// --- the model ---------------------------------------------------------------------------------
+static int s_starts(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+int ser_dino_init(ser_dino *d, const ser_dino_config *cfg, char err[SER_ERR_LEN]) {
+    memset(d, 0, sizeof *d);
+    if (cfg->out_dim < 1 || cfg->hidden_dim < 1 || cfg->bottleneck_dim < 1)
+        return s_fail(err, SER_ECONFIG, "dino: out_dim %d, hidden_dim %d, bottleneck_dim %d "
+                      "must be >= 1", cfg->out_dim, cfg->hidden_dim, cfg->bottleneck_dim);
+    if (!(cfg->student_temp > 0.0f && isfinite(cfg->student_temp)) ||
+        !(cfg->teacher_temp > 0.0 && isfinite(cfg->teacher_temp)) ||
+        !(cfg->teacher_temp_final > 0.0 && isfinite(cfg->teacher_temp_final)))
+        return s_fail(err, SER_ECONFIG, "dino: temperatures (student %g, teacher %g -> %g) must "
+                      "be positive", (double)cfg->student_temp, cfg->teacher_temp,
+                      cfg->teacher_temp_final);
+    if (!(cfg->center_momentum >= 0.0 && cfg->center_momentum <= 1.0))
+        return s_fail(err, SER_ECONFIG, "dino: center_momentum %g not in [0, 1]",
+                      cfg->center_momentum);
+    if (cfg->freeze_last_layer_epochs < 0 || cfg->teacher_temp_warmup_epochs < 0)
+        return s_fail(err, SER_ECONFIG, "dino: freeze_last_layer_epochs %d and "
+                      "teacher_temp_warmup_epochs %d must be >= 0",
+                      cfg->freeze_last_layer_epochs, cfg->teacher_temp_warmup_epochs);
+    if (cfg->ser && (cfg->ser_proj_dim < 1 || !(cfg->ser_tau > 0.0f) || !(cfg->ser_lambda >= 0.0f)))
+        return s_fail(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
+                      cfg->ser_proj_dim, (double)cfg->ser_tau, (double)cfg->ser_lambda);
+    if (cfg->ser && cfg->vit.cls_layer == cfg->vit.depth)
+        return s_fail(err, SER_ECONFIG,
+                      "ser: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
+                      "has no block-k patch map", cfg->vit.cls_layer, cfg->vit.depth);
+    d->cfg = *cfg;
+    ser_ptab_init(&d->tab);
+    ser_ptab_init(&d->ttab);
+    ser_ptab_init(&d->btab);
+    int C = cfg->vit.dim, rc;
+    if ((rc = ser_vit_register(&d->vit, &cfg->vit, &d->tab, "student.backbone.", err))) goto fail;
+    if ((rc = ser_dino_head_register(&d->head, C, cfg->hidden_dim, cfg->bottleneck_dim,
+                                     cfg->out_dim, cfg->norm_last_layer, &d->tab, "student.head.",
+                                     err)))
+        goto fail;
+    d->n_base = d->tab.n;
+    if (cfg->ser) {
+        ser_mlp_layer_spec pe[2] = {{C, cfg->ser_proj_dim, 0, SER_BN_NONE, SER_ACT_GELU, 1},
+                                    {cfg->ser_proj_dim, cfg->ser_proj_dim, 0, SER_BN_NONE,
+                                     SER_ACT_NONE, 1}};
+        ser_ptab nobuf;
+        ser_ptab_init(&nobuf);
+        rc = ser_mlp_register(&d->proj, pe, 2, &d->tab, &nobuf, "student.projector_equiv.", err);
+        ser_ptab_free(&nobuf);
+        if (rc) goto fail;
+    }
+    d->n_proj = d->tab.n - d->n_base;
+    ser_vit_config tcfg = cfg->vit;
+    tcfg.drop_path_rate = 0.0f;  // the reference builds the teacher with drop_path_rate 0
+    if ((rc = ser_vit_register(&d->tvit, &tcfg, &d->ttab, "teacher.backbone.", err))) goto fail;
+    if ((rc = ser_dino_head_register(&d->thead, C, cfg->hidden_dim, cfg->bottleneck_dim,
+                                     cfg->out_dim, 1, &d->ttab, "teacher.head.", err)))
+        goto fail;
+    SER_ASSERT(d->ttab.n == d->n_base);
+    for (int i = 0; i < d->n_base; i++) SER_ASSERT(d->ttab.t[i].offset == d->tab.t[i].offset);
+    int64_t cshape[2] = {1, cfg->out_dim};
+    size_t coff = ser_ptab_add(&d->btab, "dino_loss.center", 0, 2, cshape);
+    SER_ASSERT(coff == 0 && d->btab.n == 1);  // batch_center shares its offset (update_center)
+    // The public code's SER loss has no gradient, so DDP leaves projector_equiv and norm_equiv
+    // without grads and AdamW skips them entirely (no decay either): freeze them.
+    if (cfg->ser && !cfg->ser_grad)
+        for (int i = 0; i < d->tab.n; i++)
+            if (s_starts(d->tab.t[i].name, "student.projector_equiv.") ||
+                s_starts(d->tab.t[i].name, "student.backbone.norm_equiv."))
+                d->tab.t[i].flags |= SER_TINFO_FROZEN;
+    d->params = ser_xaligned(sizeof(float) * d->tab.total);
+    d->grads = ser_xaligned(sizeof(float) * d->tab.total);
+    d->tparams = ser_xaligned(sizeof(float) * d->ttab.total);
+    d->buffers = ser_xaligned(sizeof(float) * d->btab.total);
+    d->center = d->buffers + coff;
+    d->batch_center = ser_xaligned(sizeof(float) * (size_t)cfg->out_dim);
+    ser_vit_bind(&d->vit, d->params, d->grads);
+    ser_dino_head_bind(&d->head, d->params, d->grads);
+    if (cfg->ser) ser_mlp_bind(&d->proj, d->params, d->grads, NULL);
+    ser_vit_bind(&d->tvit, d->tparams, NULL);
+    ser_dino_head_bind(&d->thead, d->tparams, NULL);
+    d->head_chunk = SER_DINO_HEAD_CHUNK;
+    return SER_OK;
+fail:
+    ser_dino_free(d);
+    return rc;
+}
+
+void ser_dino_free(ser_dino *d) {
+    if (!d) return;
+    ser_engine_free(&d->eng);
+    ser_vit_free(&d->vit);
+    ser_vit_free(&d->tvit);
+    free(d->params), free(d->grads), free(d->tparams), free(d->buffers), free(d->batch_center);
+    ser_ptab_free(&d->tab);
+    ser_ptab_free(&d->ttab);
+    ser_ptab_free(&d->btab);
+    memset(d, 0, sizeof *d);
+}
+
+static size_t s_base_span(const ser_dino *d) {
+    const ser_tinfo *t = &d->tab.t[d->n_base - 1];
+    return t->offset + ((t->numel + 15) & ~(size_t)15);
+}
+
+void ser_dino_init_weights(ser_dino *d, uint64_t seed) {
+    ser_vit_init_weights(&d->vit, d->cfg.init_scheme, seed);
+    ser_dino_head_init_weights(&d->head, seed + 1);
+    if (d->cfg.ser) ser_mlp_init_weights(&d->proj, seed + 3);  // PyTorch's Conv2d default
+    memcpy(d->tparams, d->params, sizeof(float) * s_base_span(d));
+    memset(d->buffers, 0, sizeof(float) * d->btab.total);
+    d->have_batch_center = 0;
+}
+
+int ser_dino_active(const ser_dino *d, int64_t epoch, unsigned char *active) {
+    int off = 0;
+    for (int i = 0; i < d->tab.n; i++) {
+        active[i] = 1;
+        if (epoch < d->cfg.freeze_last_layer_epochs &&
+            s_starts(d->tab.t[i].name, "student.head.last_layer."))
+            active[i] = 0, off++;
+    }
+    return off;
+}
+
+// --- after the optimizer step --------------------------------------------------------------------
+void ser_dino_update_center(ser_dino *d) {
+    SER_ASSERT(d->have_batch_center);
+    // self.center * m + batch_center * (1 - m): fp32 tensors times Python floats, each product
+    // rounded (the MoCo EMA formula; batch_center has the centre's offset 0 in btab).
+    ser_optim_ema(&d->btab, d->buffers, d->batch_center, d->cfg.center_momentum,
+                  SER_OPTIM_EMA_MOCO);
+    d->have_batch_center = 0;
+}
+
+void ser_dino_ema_update(ser_dino *d, double momentum) {
+    // ttab's offsets are tab's, so the student arena is the source as it is.
+    ser_optim_ema(&d->ttab, d->tparams, d->params, momentum, SER_OPTIM_EMA_DINO);
+    if (d->cfg.ser && d->cfg.projector_ema_quirk && d->n_proj > 0) {
+        // The reference zips the shared projector with itself: p.mul_(m).add_((1 - m) * p).
+        ser_ptab proj = {.t = d->tab.t + d->n_base, .n = d->n_proj, .cap = 0, .total = 0};
+        ser_optim_ema(&proj, d->params, d->params, momentum, SER_OPTIM_EMA_DINO);
+    }
+}
+
+void ser_dino_after_step(ser_dino *d, double momentum) {
+    ser_dino_update_center(d);
+    ser_dino_ema_update(d, momentum);
+}
+
+// --- the step --------------------------------------------------------------------------------
+// The batch-coupled part: heads and loss (in sample chunks), the centre's batch mean,
+// projector_equiv, group action, NT-Xent.
+static int s_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, float teacher_temp,
+                       ser_dino_losses *out, char *err) {
+    const ser_dino_config *cfg = &d->cfg;
+    int B = g->B, C = g->C, K = cfg->out_dim, rc = SER_OK;
+    SER_ASSERT(d->head_chunk >= 1);
+    int chunk = B < d->head_chunk ? B : d->head_chunk;
+    size_t xn = (size_t)2 * chunk * C, sn = (size_t)2 * chunk * K;
+    float *X = ser_xaligned(sizeof(float) * xn), *XT = ser_xaligned(sizeof(float) * xn);
+    float *dX = ser_xaligned(sizeof(float) * xn), *dS = ser_xaligned(sizeof(float) * sn);
+    double *csum = ser_xcalloc((size_t)K, sizeof(double));
+    ser_dino_head_acts sa, ta;
+    memset(&sa, 0, sizeof sa), memset(&ta, 0, sizeof ta);
+    double loss_inv = 0;
+    for (int i0 = 0; i0 < B; i0 += chunk) {
+        int M = B - i0 < chunk ? B - i0 : chunk;
+        size_t mc = (size_t)M * C;
+        for (int v = 0; v < 2; v++) {
+            memcpy(X + v * mc, g->qcls[v] + (size_t)i0 * C, sizeof(float) * mc);
+            memcpy(XT + v * mc, g->kcls[v] + (size_t)i0 * C, sizeof(float) * mc);
+        }
+        const float *S = ser_dino_head_forward(&d->head, &sa, X, 2 * M);
+        const float *T = ser_dino_head_forward(&d->thead, &ta, XT, 2 * M);
+        loss_inv += s_dino_loss(dS, S, T, d->center, M, K, cfg->student_temp, teacher_temp, B);
+        ser_dino_head_backward(&d->head, &sa, dX, dS);
+        for (int v = 0; v < 2; v++)
+            memcpy(g->dqcls[v] + (size_t)i0 * C, dX + v * mc, sizeof(float) * mc);
+        // The centre's batch sum: teacher rows in chunk order (view 0 then view 1 per chunk),
+        // columns in parallel blocks.
+        int nblk = (K + 63) / 64;
+#pragma omp parallel for schedule(static)
+        for (int blk = 0; blk < nblk; blk++) {
+            int k0 = blk * 64, k1 = k0 + 64 < K ? k0 + 64 : K;
+            for (int r = 0; r < 2 * M; r++)
+                for (int k = k0; k < k1; k++) csum[k] += (double)T[(size_t)r * K + k];
+        }
+    }
+    for (int k = 0; k < K; k++) d->batch_center[k] = (float)(csum[k] / (2.0 * B));
+    out->loss_inv = loss_inv;
+    out->loss_equiv = 0;
+    if (cfg->ser) {
+        ser_equiv_opts eo = {.tau = cfg->ser_tau, .lambda = cfg->ser_lambda, .grad = cfg->ser_grad,
+                             .both_directions = cfg->ser_symmetric, .keys_from_student = 0};
+        rc = ser_equiv_term(&d->proj, b, g, &eo, &out->loss_equiv, err);
+    }
+    out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;
+    free(X), free(XT), free(dX), free(dS), free(csum);
+    ser_dino_head_acts_free(&sa), ser_dino_head_acts_free(&ta);
+    return rc;
+}
+
+int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, double teacher_temp,
+                              uint64_t drop_seed, uint32_t step, ser_dino_losses *out,
+                              char err[SER_ERR_LEN]) {
+    d->have_batch_center = 0;
+    if (!(teacher_temp > 0.0 && isfinite(teacher_temp)))
+        return s_fail(err, SER_EINVAL, "dino: teacher temperature %g must be positive and finite",
+                      teacher_temp);
+    int rc = ser_batch_check(b, &d->cfg.vit, shards, err);
+    if (rc) return rc;
+    memset(d->grads, 0, sizeof(float) * d->tab.total);
+    ser_gathered g;
+    rc = ser_engine_forward(&d->eng, &d->vit, &d->tvit, b, shards, d->cfg.ser, drop_seed, step,
+                            &g, err);
+    if (rc) return rc;
+    rc = s_objective(d, b, &g, (float)teacher_temp, out, err);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
+        rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
+                    out->loss_inv, out->loss_equiv);
+    if (!rc) {
+        ser_engine_backward(&d->eng, &d->vit, b, shards, &g, d->cfg.ser && d->cfg.ser_grad);
+        d->have_batch_center = 1;
+    }
+    ser_gathered_free(&g);
+    return rc;
+}
