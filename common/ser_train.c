@@ -176,3 +176,10 @@ int ser_trainer_write(const ser_trainer *t, const char *path, const float *grads
     free(names);
     return rc;
 }
+
+ser_ckpt *ser_trainer_ckpt(ser_trainer *t) {
+    ser_ckpt *ck = ser_ckpt_new();
+    for (int k = 0; k < t->ntabs; k++) ser_ckpt_add_table(ck, t->tabs[k], t->arenas[k], NULL);
+    ser_ckpt_add_optim(ck, &t->opt);
+    return ck;
+}

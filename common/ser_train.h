@@ -7,6 +7,7 @@
 //   ser_trainer_values()   lr, wd, momentum of an iteration (schedules or fixed overrides)
 //   ser_trainer_apply()    clip, non-finite guard, AdamW on m.grads
 //   ser_trainer_write()    the state in `ser step`'s output layout
+//   ser_trainer_ckpt()     the checkpoint binding of the state (ser_ckpt.h)
 #ifndef SER_TRAIN_H
 #define SER_TRAIN_H
 
@@ -15,6 +16,7 @@
 #include "ser_base.h"
 #include "ser_config.h"
 #include "ser_barlow.h"
+#include "ser_ckpt.h"
 #include "ser_dino.h"
 #include "ser_moco.h"
 #include "ser_optim.h"
@@ -70,5 +72,10 @@ int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *
 int ser_trainer_write(const ser_trainer *t, const char *path, const float *grads0,
                       const float *losses, int64_t steps, int64_t first_iter,
                       char err[SER_ERR_LEN]);
+
+// The checkpoint binding of the job's state: every table of tabs[] (trainable, teacher,
+// buffers) and the AdamW state; the same binding saves and loads (docs/checkpoints.md).
+// Caller owns the result; release with ser_ckpt_destroy(). Valid while t is.
+ser_ckpt *ser_trainer_ckpt(ser_trainer *t);
 
 #endif

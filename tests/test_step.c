@@ -207,6 +207,50 @@ static void test_dino_through_ser_step(void **state) {
     ser_st_destroy(&o);
 }
 
+// Kill/resume through the CLI: 4 steps in one run == 2 steps, --save, then 2 steps --resume,
+// bitwise (weights, momentum encoder / buffers, AdamW state, the losses of steps 2 and 3), for
+// both wired methods. A checkpoint of another config is refused with the differing key.
+static void test_resume_bitwise(void **state) {
+    (void)state;
+    const char *methods[2] = {"", "--set method.name=barlow --set barlow.proj_dim=32"};
+    char args[ARGS_LEN], b[1024], ck[256], o[3][256], err[SER_ERR_LEN];
+    ser_test_fixture_path(b, sizeof b, "step_batch.safetensors");
+    for (int mth = 0; mth < 2; mth++) {
+        snprintf(ck, sizeof ck, "%s/ck%d", s_dir, mth);
+        for (int r = 0; r < 3; r++) snprintf(o[r], sizeof o[r], "%s/resume%d_%d.st", s_dir, mth, r);
+        const char *tail[3] = {"--steps 4", "--steps 2 --save", "--steps 2 --resume"};
+        for (int r = 0; r < 3; r++) {
+            snprintf(args, sizeof args, "step --config '%s' %s --batch '%s' --out '%s' "
+                     "--iters-per-epoch 4 --set optim.clip=0.5 %s %s", s_cfg, methods[mth], b,
+                     o[r], tail[r], r ? ck : "");
+            assert_int_equal(s_ser(args), 0);
+        }
+        ser_st_file *fa = NULL, *fb = NULL;
+        assert_int_equal(ser_st_open(&fa, o[0], err), 0);
+        assert_int_equal(ser_st_open(&fb, o[2], err), 0);
+        int compared = 0;
+        for (int i = 0; i < ser_st_count(fa); i++) {
+            const ser_st_entry *ea = ser_st_at(fa, i), *eb;
+            if (strncmp(ea->name, "grad.", 5) == 0 || strncmp(ea->name, "loss", 4) == 0) continue;
+            eb = ser_st_find(fb, ea->name);
+            assert_non_null(eb);
+            assert_int_equal(ea->nbytes, eb->nbytes);
+            if (memcmp(ea->data, eb->data, ea->nbytes) != 0) fail_msg("%s differs", ea->name);
+            compared++;
+        }
+        const float *la = ser_st_find(fa, "loss")->data, *lb = ser_st_find(fb, "loss")->data;
+        assert_memory_equal(la + 2, lb, 2 * sizeof(float));
+        fprintf(stderr, "%s: %d state tensors equal after resume\n", mth ? "barlow" : "moco",
+                compared);
+        ser_st_destroy(&fa);
+        ser_st_destroy(&fb);
+    }
+    snprintf(args, sizeof args, "step --config '%s' --batch '%s' --out '%s/x' --resume '%s/ck0' "
+             "--set optim.clip=0.5 --set optim.lr=0.001", s_cfg, b, s_dir, s_dir);
+    assert_int_equal(s_ser(args), 1);
+    assert_true(s_log_has("(differs: optim.lr)"));
+}
+
 static void test_bad_inputs(void **state) {
     (void)state;
     char args[ARGS_LEN], w[1024], b[1024], bad[256];
@@ -265,6 +309,7 @@ int main(void) {
         cmocka_unit_test(test_overfits_one_batch),
         cmocka_unit_test(test_barlow_through_ser_step),
         cmocka_unit_test(test_dino_through_ser_step),
+        cmocka_unit_test(test_resume_bitwise),
         cmocka_unit_test(test_bad_inputs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -10,6 +10,7 @@
 
 #include "ser_base.h"
 #include "ser_cmd.h"
+#include "ser_ckpt.h"
 #include "ser_config.h"
 #include "ser_kernels.h"
 #include "ser_moco.h"
@@ -26,16 +27,21 @@ static void s_usage(FILE *f) {
             "usage: ser step --batch B.safetensors --out O.safetensors [--config F.ini]\n"
             "                [--weights W.safetensors] [--steps K] [--set section.key=value]...\n"
             "                [--iter N] [--iters-per-epoch N] [--lr X] [--wd X] [--momentum X]\n"
+            "                [--resume DIR] [--save DIR]\n"
             "  Runs K training steps (default 1) of the configured objective in one process on\n"
             "  the same batch and writes loss terms, the first step's gradients, the updated\n"
             "  weights and the optimizer state. Without --weights the model is initialised from\n"
             "  data.seed. Schedules are evaluated at iterations N.. (default 0) for the given\n"
             "  iterations per epoch (default 1000); --lr/--wd/--momentum fix those values.\n"
+            "  --resume DIR continues from the newest valid checkpoint in DIR (weights, optimizer\n"
+            "  state and iteration, instead of --weights and --iter); --save DIR writes a\n"
+            "  checkpoint after the K steps (docs/checkpoints.md).\n"
             "  File layouts: docs/step-format.md.\n");
 }
 
 int ser_cmd_step(int argc, char **argv) {
     const char *cfg_path = NULL, *weights = NULL, *batch_path = NULL, *out_path = NULL;
+    const char *resume_dir = NULL, *save_dir = NULL;
     const char *sets[SER_STEP_MAX_SET];
     int nset = 0, steps = 1;
     long iter = 0, ipe = 1000;
@@ -47,6 +53,7 @@ int ser_cmd_step(int argc, char **argv) {
         {"iter", required_argument, 0, 'i'},   {"iters-per-epoch", required_argument, 0, 'I'},
         {"lr", required_argument, 0, 'l'},     {"wd", required_argument, 0, 'd'},
         {"momentum", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'},
+        {"resume", required_argument, 0, 'R'},   {"save", required_argument, 0, 'S'},
         {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -70,9 +77,16 @@ int ser_cmd_step(int argc, char **argv) {
         case 'l': lr_fix = strtod(optarg, &end); if (*end || !(lr_fix >= 0)) lr_fix = -1; break;
         case 'd': wd_fix = strtod(optarg, &end); if (*end || !(wd_fix >= 0)) wd_fix = -1; break;
         case 'm': mom_fix = strtod(optarg, &end); if (*end || !(mom_fix >= 0 && mom_fix <= 1)) mom_fix = -1; break;
+        case 'R': resume_dir = optarg; break;
+        case 'S': save_dir = optarg; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }
+    }
+    if (resume_dir && (weights || iter)) {
+        fprintf(stderr, "ser step: --resume takes the weights and the iteration from the "
+                        "checkpoint (no --weights, no --iter)\n");
+        return 2;
     }
     if (!batch_path || !out_path || optind != argc || steps < 1 || iter < 0 || ipe < 1 ||
         lr_fix < 0 || wd_fix < 0 || mom_fix < 0) {
@@ -103,13 +117,22 @@ int ser_cmd_step(int argc, char **argv) {
     ser_batchfile sb;
     memset(&sb, 0, sizeof sb);
     float *grads0 = NULL, *losses = NULL;
+    ser_ckpt *ck = NULL;
     int status = 1;
     if ((rc = ser_trainer_init(&tr, &cfg, ipe, err))) {
         fprintf(stderr, "ser step: %s\n", err);
         return 2;
     }
     tr.lr_fix = lr_fix, tr.wd_fix = wd_fix, tr.mom_fix = mom_fix;
-    if (weights) {
+    ck = ser_trainer_ckpt(&tr);
+    if (resume_dir) {
+        ser_ckpt_pos pos;
+        char from[4096];
+        if ((rc = ser_ckpt_load_latest_valid(ck, resume_dir, &cfg, &pos, from, sizeof from, err)))
+            goto fail;
+        iter = (long)pos.step;
+        printf("resumed from %s at iteration %ld\n", from, iter);
+    } else if (weights) {
         if ((rc = ser_trainer_load(&tr, weights, err))) goto fail;
     } else {
         ser_trainer_init_weights(&tr, cfg.data.seed);
@@ -132,11 +155,21 @@ int ser_cmd_step(int argc, char **argv) {
     }
     if ((rc = ser_trainer_write(&tr, out_path, grads0, losses, steps, iter, err))) goto fail;
     printf("wrote %s\n", out_path);
+    if (save_dir) {
+        int64_t next = iter + steps;
+        ser_ckpt_pos pos = {next, next / ipe, next * (sb.b.n_inv + sb.b.n_eq)};
+        char saved[4096];
+        if ((rc = ser_ckpt_save(ck, save_dir, &pos, &cfg, cfg.run.keep_checkpoints, saved,
+                                sizeof saved, err)))
+            goto fail;
+        printf("wrote checkpoint %s\n", saved);
+    }
     status = 0;
 fail:
     if (rc) fprintf(stderr, "ser step: %s\n", err);
     free(grads0), free(losses);
     ser_batchfile_free(&sb);
+    ser_ckpt_destroy(&ck);
     ser_trainer_free(&tr);
     return status;
 }
