@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "ser_ckpt.h"
 #include "ser_cmd.h"
 #include "ser_kernels.h"
 #include "ser_safetensors.h"
@@ -555,9 +556,25 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
     return ser_trainer_apply(&c->tr, c->step, lr, wd, NULL, err);
 }
 
+// Saves the state after step `next - 1` (the next to run is `next`) into run.out_dir.
+static int s_checkpoint(s_coord *c, ser_ckpt *ck, int64_t next, char *err) {
+    int prev = c->phase;
+    c->phase = SER_STATUS_PHASE_CHECKPOINT;
+    s_publish(c);
+    ser_ckpt_pos pos = {next, c->o->iters_per_epoch ? next / c->o->iters_per_epoch : 0,
+                        next * (int64_t)c->B};
+    char path[1024];
+    int rc = ser_ckpt_save(ck, c->tr.cfg.run.out_dir, &pos, &c->tr.cfg, c->tr.cfg.run.keep_checkpoints,
+                           path, sizeof path, err);
+    if (rc == SER_OK) ser_log(SER_LL_INFO, "checkpoint %s", path);
+    c->phase = prev;
+    return rc;
+}
+
 int ser_coord_run(const ser_coord_opts *o) {
     s_coord c;
     memset(&c, 0, sizeof c);
+    ser_ckpt *ck = NULL;
     c.o = o;
     char err[SER_ERR_LEN];
     int status = 1, rc;
@@ -582,6 +599,21 @@ int ser_coord_run(const ser_coord_opts *o) {
         if ((rc = ser_trainer_load(&c.tr, o->weights, err))) goto done;
     } else {
         ser_trainer_init_weights(&c.tr, o->cfg.data.seed);
+    }
+    // Restart == resume: the newest valid checkpoint of run.out_dir, if there is one.
+    ck = ser_trainer_ckpt(&c.tr);
+    int64_t first = o->iter, end = o->iter + o->steps;
+    {
+        ser_ckpt_pos pos;
+        char from[1024];
+        rc = ser_ckpt_load_latest_valid(ck, o->cfg.run.out_dir, &o->cfg, &pos, from, sizeof from, err);
+        if (rc == SER_OK) {
+            first = pos.step;
+            ser_log(SER_LL_INFO, "resumed from %s at step %lld", from, (long long)first);
+        } else if (rc != SER_ENOENT) {
+            goto done;
+        }
+        rc = SER_OK;
     }
     c.span = ser_vit_span(&m->vit, &c.off);
     c.S = o->cfg.data.shards;
@@ -627,7 +659,7 @@ int ser_coord_run(const ser_coord_opts *o) {
             goto done;
         }
     }
-    c.last_step = -1, c.first_step = o->iter, c.steps_total = o->steps;
+    c.last_step = -1, c.first_step = first, c.steps_total = end - first;
     c.start_unix = (double)time(NULL);
     c.state = SER_STATUS_STATE_STARTING;
     if (o->cfg.cluster.status_port >= 0) {
@@ -645,17 +677,25 @@ int ser_coord_run(const ser_coord_opts *o) {
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
     grads0 = ser_xaligned(sizeof(float) * m->tab.total);
-    losses = ser_xcalloc((size_t)o->steps * 3 + 1, sizeof(float));
+    int64_t nrun = end > first ? end - first : 0;
+    losses = ser_xcalloc((size_t)nrun * 3 + 1, sizeof(float));
     double t0 = ser_time_sec();
-    for (int64_t k = 0; k < o->steps; k++) {
-        c.step = o->iter + k;
+    for (int64_t k = 0; k < nrun; k++) {
+        c.step = first + k;
         double lr, wd;
         ser_trainer_values(&c.tr, c.step, &lr, &wd, &c.momentum);
         c.lr = lr, c.wd = wd;
         if (c.state == SER_STATUS_STATE_STARTING) c.state = SER_STATUS_STATE_RUNNING;
         ser_moco_losses L;
         if ((rc = s_step(&c, lr, wd, &L, k == 0 ? grads0 : NULL, err))) {
-            if (rc == SER_EIO) snprintf(err, SER_ERR_LEN, "stopped by a signal at step %lld", (long long)c.step);
+            if (rc == SER_EIO) {  // a stop signal: keep the last completed step, then exit
+                ser_log(SER_LL_INFO, "stop requested during step %lld: checkpointing step %lld",
+                        (long long)c.step, (long long)c.step - 1);
+                if (c.step > first && s_checkpoint(&c, ck, c.step, err)) goto done;
+                status = 0;
+                rc = SER_OK;
+                goto done;
+            }
             if (rc == SER_ETIMEDOUT) snprintf(err, SER_ERR_LEN, "step %lld: no worker", (long long)c.step);
             goto done;
         }
@@ -664,12 +704,15 @@ int ser_coord_run(const ser_coord_opts *o) {
         s_publish(&c);
         losses[k * 3] = (float)L.loss, losses[k * 3 + 1] = (float)L.loss_inv;
         losses[k * 3 + 2] = (float)L.loss_equiv;
-        if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == o->steps)
+        int every = o->cfg.run.checkpoint_every;
+        if ((every > 0 && (c.step + 1) % every == 0) || k + 1 == nrun)
+            if ((rc = s_checkpoint(&c, ck, c.step + 1, err))) goto done;
+        if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == nrun)
             ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g (%d workers, %.2f s/step)",
                     (long long)c.step, L.loss, L.loss_inv, L.loss_equiv, lr, s_live_count(&c),
                     (ser_time_sec() - t0) / (double)(k + 1));
     }
-    if (o->out && (rc = ser_trainer_write(&c.tr, o->out, grads0, losses, o->steps, o->iter, err)))
+    if (o->out && (rc = ser_trainer_write(&c.tr, o->out, nrun ? grads0 : NULL, losses, nrun, first, err)))
         goto done;
     status = 0;
 done:
@@ -677,6 +720,7 @@ done:
     c.state = SER_STATUS_STATE_STOPPED;
     s_publish(&c);
     ser_status_destroy(&c.st);
+    ser_ckpt_destroy(&ck);
     if (c.sock) {
         Ser__Envelope e;
         s_env(&c, &e, SER__MSG_TYPE__MSG_SHUTDOWN);

@@ -17,16 +17,23 @@
 #define SER_MAX_SET 64
 
 static void s_coord_usage(FILE *f, const char *cmd) {
+    int local = strcmp(cmd, "local") == 0;
     fprintf(f,
-            "usage: ser %s --batch-file B.safetensors [--config job.ini] [--set section.key=value]...\n"
-            "       [--steps K] [--weights W.safetensors] [--out O.safetensors] [--iter N]\n"
-            "       [--iters-per-epoch N] [--lr X] [--wd X] [--momentum X] [--wait-workers-ms T]%s\n"
-            "  Trains K steps (default run.max_steps, else 1) of the job on the global batch of\n"
-            "  B (docs/step-format.md), split into data.shards shards computed by workers, and\n"
-            "  writes the final state in `ser step`'s layout: the same bits as `ser step`\n"
-            "  with the same options, for any number of workers. With no live worker for T ms\n"
-            "  (default 60000) the coordinator gives up and exits 1.\n",
-            cmd, strcmp(cmd, "local") == 0 ? " [--workers N]" : " [--endpoint-file F]");
+            "usage: ser %s [--config job.ini] [--set section.key=value]... [--steps K]\n"
+            "       [--weights W.safetensors] [--out O.safetensors] [--iter N]\n"
+            "       [--iters-per-epoch N] [--lr X] [--wd X] [--momentum X] [--wait-workers-ms T]\n"
+            "       %s\n"
+            "  Trains K steps (default run.max_steps, else 1) of the job: data.shards shards per\n"
+            "  step computed by workers, reduced in shard order, so the result is the same bits\n"
+            "  for any number of workers. Writes the final state in `ser step`'s layout to --out.\n"
+            "  With no live worker for T ms (default 60000) the coordinator gives up (exit 1).\n%s",
+            cmd,
+            local ? "[--workers N] [--batch-file B.safetensors]"
+                  : "[--endpoint-file F]",
+            local ? "  ser local starts the coordinator, N workers (default 2) and, unless a batch\n"
+                    "  file is given (the same global batch every step; docs/step-format.md), one\n"
+                    "  data-loader service for the job's [data] on this machine.\n"
+                  : "  The coordinator reads no data: workers fetch shards from data loaders.\n");
 }
 
 // Parses the options shared by both commands into o; returns 0, or 2 after a message.
@@ -67,9 +74,8 @@ static int s_parse(int argc, char **argv, const char *cmd, ser_coord_opts *o, in
         default: bad = 1;
         }
     }
-    if (bad || optind != argc || !o->batch_file) {
-        fprintf(stderr, "ser %s: %s\n", cmd, !o->batch_file ? "--batch-file is required"
-                                                            : "bad option or value");
+    if (bad || optind != argc) {
+        fprintf(stderr, "ser %s: bad option or value\n", cmd);
         s_coord_usage(stderr, cmd);
         return 2;
     }
@@ -120,6 +126,29 @@ static pid_t s_spawn(char *const *args) {
     return pid;
 }
 
+// Waits up to 60 s for a child to write its endpoint into path (one line); 0 when read.
+static int s_wait_line(const char *path, char *buf, size_t n, pid_t child, const char *who) {
+    buf[0] = 0;
+    for (int k = 0; k < 600; k++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (!fgets(buf, (int)n, f)) buf[0] = 0;
+            fclose(f);
+            buf[strcspn(buf, "\n")] = 0;
+            if (buf[0]) return 0;
+        }
+        int st;
+        if (waitpid(child, &st, WNOHANG) == child) {
+            fprintf(stderr, "ser local: %s exited before listening\n", who);
+            return -1;
+        }
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "ser local: %s did not start listening within 60 s\n", who);
+    return -1;
+}
+
 static volatile sig_atomic_t s_local_stop;
 static void s_local_signal(int sig) {
     (void)sig;
@@ -161,28 +190,27 @@ int ser_cmd_local(int argc, char **argv) {
     cargs[n] = NULL;
     signal(SIGINT, s_local_signal);
     signal(SIGTERM, s_local_signal);
-    pid_t coord = s_spawn(cargs), pids[64];
+    pid_t coord = s_spawn(cargs), pids[64], loader = -1;
     int nw = 0, status = 1;
-    for (int k = 0; k < 600 && !ep[0]; k++) {  // up to 60 s for the coordinator to bind
-        FILE *f = fopen(epfile, "r");
-        if (f) {
-            if (!fgets(ep, sizeof ep, f)) ep[0] = 0;
-            fclose(f);
-            ep[strcspn(ep, "\n")] = 0;
+    char lep[256] = "", lepfile[128];
+    snprintf(lepfile, sizeof lepfile, "%s/loader", dir);
+    if (!o.batch_file) {
+        // One data-loader service for the job, on an ephemeral port.
+        char *largs[] = {(char *)(uintptr_t)"ser", (char *)(uintptr_t)"dataloader",
+                         (char *)(uintptr_t)"--config", (char *)(uintptr_t)(cfg_path ? cfg_path : ""),
+                         (char *)(uintptr_t)"--bind", (char *)(uintptr_t)"tcp://127.0.0.1:*",
+                         (char *)(uintptr_t)"--endpoint-file", lepfile, NULL};
+        if (!cfg_path) {
+            fprintf(stderr, "ser local: without --batch-file, a --config naming the job's [data] is "
+                            "needed for the data loader\n");
+            goto out;
         }
-        if (!ep[0]) {
-            int st;
-            if (waitpid(coord, &st, WNOHANG) == coord) {
-                fprintf(stderr, "ser local: the coordinator exited before listening\n");
-                coord = -1;
-                goto out;
-            }
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
-        }
+        loader = s_spawn(largs);
+        if (s_wait_line(lepfile, lep, sizeof lep, loader, "the data loader")) goto out;
+        fprintf(stderr, "ser local: data loader on %s\n", lep);
     }
-    if (!ep[0]) {
-        fprintf(stderr, "ser local: the coordinator did not start listening within 60 s\n");
+    if (s_wait_line(epfile, ep, sizeof ep, coord, "the coordinator")) {
+        if (waitpid(coord, NULL, WNOHANG) == coord) coord = -1;
         goto out;
     }
     fprintf(stderr, "ser local: coordinator on %s, starting %d workers\n", ep, workers);
@@ -190,8 +218,10 @@ int ser_cmd_local(int argc, char **argv) {
         char name[32];
         snprintf(name, sizeof name, "w%d", nw);
         char *wargs[] = {(char *)(uintptr_t)"ser", (char *)(uintptr_t)"worker",
-                         (char *)(uintptr_t)"--coordinator", ep, (char *)(uintptr_t)"--batch-file",
-                         (char *)(uintptr_t)o.batch_file, (char *)(uintptr_t)"--name", name, NULL};
+                         (char *)(uintptr_t)"--coordinator", ep,
+                         (char *)(uintptr_t)(o.batch_file ? "--batch-file" : "--loader"),
+                         o.batch_file ? (char *)(uintptr_t)o.batch_file : lep,
+                         (char *)(uintptr_t)"--name", name, NULL};
         pids[nw] = s_spawn(wargs);
     }
     // Wait for the coordinator; forward a stop request to it.
@@ -226,6 +256,22 @@ out:
         kill(coord, SIGKILL);
         waitpid(coord, NULL, 0);
     }
+    if (loader > 0) {
+        kill(loader, SIGTERM);
+        int st, done = 0;
+        for (int k = 0; k < 30 && !done; k++) {
+            done = waitpid(loader, &st, WNOHANG) == loader;
+            if (!done) {
+                struct timespec ts = {0, 100000000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        if (!done) {
+            kill(loader, SIGKILL);
+            waitpid(loader, NULL, 0);
+        }
+    }
+    unlink(lepfile);
     unlink(epfile);
     rmdir(dir);
     return status;

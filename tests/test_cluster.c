@@ -170,8 +170,11 @@ static void test_n_workers_equal_ser_step(void **state) {
     for (int n = 1; n <= 3; n++) {
         snprintf(out, sizeof out, "%s/local%d.safetensors", s_dir, n);
         snprintf(nw, sizeof nw, "%d", n);
+        char od[160];
+        snprintf(od, sizeof od, "run.out_dir=%s/local%d", s_dir, n);
         char *args[] = {"ser", "local", "--workers", nw, "--config", s_cfg, "--weights", s_w,
-                        "--batch-file", s_b, "--out", out, "--steps", "4", COMMON, NULL};
+                        "--batch-file", s_b, "--out", out, "--steps", "4", "--set", od, COMMON,
+                        NULL};
         int rc = s_wait(s_start("local.log", args));
         if (rc) system("tail -20 /tmp/ser_cluster_*/local.log");
         assert_int_equal(rc, 0);
@@ -180,18 +183,51 @@ static void test_n_workers_equal_ser_step(void **state) {
 }
 
 // Starts a coordinator on an ephemeral port; returns its pid and endpoint.
-static pid_t s_coordinator(const char *out, const char *steps, const char *wait_ms, char *ep,
-                           size_t n) {
-    char epf[128];
+// Starts a coordinator on an ephemeral port (port 0 unless port names one) with its
+// checkpoints in DIR/run (every 5 steps); returns its pid and endpoint.
+static pid_t s_coordinator_at(const char *out, const char *steps, const char *wait_ms, char *ep,
+                              size_t n, const char *port, const char *log) {
+    char epf[128], od[160], pset[64];
     snprintf(epf, sizeof epf, "%s/endpoint", s_dir);
+    snprintf(od, sizeof od, "run.out_dir=%s/run-%s", s_dir, out + strlen(s_dir) + 1);
+    snprintf(pset, sizeof pset, "cluster.port=%s", port);
     unlink(epf);
-    char *args[] = {"ser", "coordinator", "--config", s_cfg, "--weights", s_w, "--batch-file", s_b,
+    char *args[] = {"ser", "coordinator", "--config", s_cfg, "--weights", s_w,
                     "--out", (char *)(uintptr_t)out, "--steps", (char *)(uintptr_t)steps,
-                    "--set", "cluster.port=0", "--endpoint-file", epf, "--wait-workers-ms",
-                    (char *)(uintptr_t)wait_ms, COMMON, NULL};
-    pid_t pid = s_start("coord.log", args);
+                    "--set", pset, "--set", od, "--set", "run.checkpoint_every=5",
+                    "--endpoint-file", epf, "--wait-workers-ms", (char *)(uintptr_t)wait_ms,
+                    COMMON, NULL};
+    pid_t pid = s_start(log, args);
     assert_int_equal(s_read_line("endpoint", ep, n, 30000), 0);
     return pid;
+}
+
+static pid_t s_coordinator(const char *out, const char *steps, const char *wait_ms, char *ep,
+                           size_t n) {
+    return s_coordinator_at(out, steps, wait_ms, ep, n, "0", "coord.log");
+}
+
+// Weights, buffers and AdamW state of two `ser step`-layout files, byte for byte (not the loss
+// and first-gradient records, which cover only the steps a process ran).
+static void s_assert_same_state(const char *a, const char *b) {
+    char err[SER_ERR_LEN];
+    ser_st_file *fa = NULL, *fb = NULL;
+    assert_int_equal(ser_st_open(&fa, a, err), 0);
+    assert_int_equal(ser_st_open(&fb, b, err), 0);
+    int differ = 0, n = 0;
+    for (int i = 0; i < ser_st_count(fa); i++) {
+        const ser_st_entry *x = ser_st_at(fa, i);
+        if (strncmp(x->name, "loss", 4) == 0 || strncmp(x->name, "grad.", 5) == 0) continue;
+        const ser_st_entry *y = ser_st_find(fb, x->name);
+        n++;
+        if (!y || x->nbytes != y->nbytes || memcmp(x->data, y->data, x->nbytes))
+            if (differ++ < 5) fprintf(stderr, "  differs: %s\n", x->name);
+    }
+    print_message("%s vs %s: %d state tensors, %d differ\n", a, b, n, differ);
+    assert_int_equal(differ, 0);
+    assert_true(n > 300);
+    ser_st_destroy(&fa);
+    ser_st_destroy(&fb);
 }
 
 static pid_t s_worker(const char *ep, const char *name) {
@@ -222,6 +258,34 @@ static void test_worker_killed_mid_run(void **state) {
     assert_int_equal(rc, 0);
     assert_true(s_log_has("coord.log", "worker wb lost"));
     s_assert_same_bits(ref, out);
+    s_kill_all();
+}
+
+// The coordinator is killed with SIGKILL mid-run and restarted with the same command on the
+// same port: it resumes from its newest checkpoint, the workers reconnect by themselves, and
+// the final state equals the uninterrupted run's, bitwise.
+static void test_coordinator_killed_and_restarted(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256], port[16];
+    snprintf(ref, sizeof ref, "%s/ref60b.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/restarted.safetensors", s_dir);
+    s_reference(ref, "60");
+    pid_t coord = s_coordinator(out, "60", "30000", ep, sizeof ep);
+    const char *colon = strrchr(ep, ':');
+    assert_non_null(colon);
+    snprintf(port, sizeof port, "%s", colon + 1);
+    s_worker(ep, "wr0");
+    s_worker(ep, "wr1");
+    for (int t = 0; t < 2000 && !s_log_has("coord.log", "step 12:"); t++) s_sleep_ms(5);
+    assert_false(s_log_has("coord.log", "step 59:"));
+    kill(coord, SIGKILL);
+    s_wait(coord);
+    coord = s_coordinator_at(out, "60", "30000", ep, sizeof ep, port, "coord2.log");
+    int rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/coord2.log");
+    assert_int_equal(rc, 0);
+    assert_true(s_log_has("coord2.log", "resumed from"));
+    s_assert_same_state(ref, out);
     s_kill_all();
 }
 
@@ -338,6 +402,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_workers_equal_ser_step),
         cmocka_unit_test(test_worker_killed_mid_run),
+        cmocka_unit_test(test_coordinator_killed_and_restarted),
         cmocka_unit_test(test_garbage_and_wrong_peers),
         cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_all_workers_gone),
