@@ -163,6 +163,20 @@ int ser_cmd_local(int argc, char **argv) {
     int rc = s_parse(argc, argv, "local", &o, &workers, &cfg_path, sets, &nset);
     if (rc) return rc == 1 ? 0 : rc;
     if ((rc = s_load_config(&o, cfg_path, sets, nset, "local"))) return rc;
+    // One machine: the workers share its cores (run.threads each, unless the job sets it; it is
+    // part of the job, so every process gets the same value), and idle OpenMP threads sleep
+    // instead of spinning against the other processes.
+    char threads_set[48];
+    int add_threads = 0;
+    if (o.cfg.run.threads == 0 && nset < SER_MAX_SET) {
+        add_threads = 1;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        snprintf(threads_set, sizeof threads_set, "run.threads=%ld",
+                 cores / workers > 0 ? cores / workers : 1);
+        sets[nset++] = threads_set;
+        if ((rc = s_load_config(&o, cfg_path, sets, nset, "local"))) return rc;
+    }
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
     // The coordinator: the same options with an ephemeral port and an endpoint file.
     char dir[] = "/tmp/ser_local_XXXXXX";
     if (!mkdtemp(dir)) {
@@ -183,6 +197,10 @@ int ser_cmd_local(int argc, char **argv) {
         if (strncmp(argv[i], "--workers=", 10) == 0) continue;
         cargs[n++] = argv[i];
     }
+    if (add_threads) {
+        cargs[n++] = (char *)(uintptr_t)"--set";
+        cargs[n++] = threads_set;
+    }
     cargs[n++] = (char *)(uintptr_t)"--set";
     cargs[n++] = (char *)(uintptr_t)"cluster.port=0";
     cargs[n++] = (char *)(uintptr_t)"--endpoint-file";
@@ -196,10 +214,21 @@ int ser_cmd_local(int argc, char **argv) {
     snprintf(lepfile, sizeof lepfile, "%s/loader", dir);
     if (!o.batch_file) {
         // One data-loader service for the job, on an ephemeral port.
-        char *largs[] = {(char *)(uintptr_t)"ser", (char *)(uintptr_t)"dataloader",
-                         (char *)(uintptr_t)"--config", (char *)(uintptr_t)(cfg_path ? cfg_path : ""),
-                         (char *)(uintptr_t)"--bind", (char *)(uintptr_t)"tcp://127.0.0.1:*",
-                         (char *)(uintptr_t)"--endpoint-file", lepfile, NULL};
+        char *largs[2 * SER_MAX_SET + 16];
+        int nl = 0;
+        largs[nl++] = (char *)(uintptr_t)"ser";
+        largs[nl++] = (char *)(uintptr_t)"dataloader";
+        largs[nl++] = (char *)(uintptr_t)"--config";
+        largs[nl++] = (char *)(uintptr_t)(cfg_path ? cfg_path : "");
+        for (int i = 0; i < nset; i++) {  // the loader derives its config from the same job
+            largs[nl++] = (char *)(uintptr_t)"--set";
+            largs[nl++] = (char *)(uintptr_t)sets[i];
+        }
+        largs[nl++] = (char *)(uintptr_t)"--bind";
+        largs[nl++] = (char *)(uintptr_t)"tcp://127.0.0.1:*";
+        largs[nl++] = (char *)(uintptr_t)"--endpoint-file";
+        largs[nl++] = lepfile;
+        largs[nl] = NULL;
         if (!cfg_path) {
             fprintf(stderr, "ser local: without --batch-file, a --config naming the job's [data] is "
                             "needed for the data loader\n");

@@ -24,6 +24,8 @@ static void s_on_signal(int sig) {
 typedef struct s_opts {
     ser_dl_config cfg;
     const char *bind, *endpoint_file, *preview;
+    ser_config job;  // with --config: the job file, --set overrides applied
+    int have_job;
     int prefetch, cache_shards, preview_samples, steps, repeat;
     int64_t step;
 } s_opts;
@@ -33,6 +35,7 @@ static void s_usage(FILE *f, const char *cmd) {
             "usage: %s (--config job.ini | --data DIR) [options]\n"
             "  --config F            take every setting from a job file (docs/config.md); later\n"
             "                        options override it\n"
+            "  --set SECTION.KEY=V   override a key of that job file (after --config)\n"
             "  --data DIR            dataset root (ImageFolder, CIFAR-10 binary or Fashion-MNIST)\n"
             "  --kind K              auto|imagefolder|cifar10|fmnist (auto)\n"
             "  --split S             train|val (train)\n"
@@ -84,19 +87,28 @@ static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
         } else if (!v) {
             fprintf(stderr, "%s: %s needs a value\n", cmd, a);
             return 2;
-        } else if (strcmp(a, "--config") == 0) {
-            // A job file: the loader config every process of the job derives; options that
-            // follow still override it.
-            ser_config job;
+        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0) {
+            // A job file (and `section.key=value` overrides of it): the loader config every
+            // process of the job derives. Options that follow still override it.
             char jerr[SER_ERR_LEN];
-            ser_config_defaults(&job);
-            if (ser_config_load(&job, v, 0, NULL, jerr)) {
+            int rc;
+            if (a[2] == 'c') {
+                ser_config_defaults(&o->job);
+                rc = ser_config_load(&o->job, v, 0, NULL, jerr);
+                o->have_job = 1;
+            } else if (!o->have_job) {
+                snprintf(jerr, sizeof jerr, "--set needs a --config before it");
+                rc = SER_EINVAL;
+            } else {
+                rc = ser_config_set_arg(&o->job, v, jerr);
+            }
+            if (rc) {
                 fprintf(stderr, "%s: %s\n", cmd, jerr);
                 return 2;
             }
             char cache[sizeof c->cache_dir];
             memcpy(cache, c->cache_dir, sizeof cache);
-            ser_dl_config_from_job(c, &job);
+            ser_dl_config_from_job(c, &o->job);
             memcpy(c->cache_dir, cache, sizeof cache);
         } else if (strcmp(a, "--data") == 0) {
             snprintf(c->data, sizeof c->data, "%s", v);
