@@ -9,9 +9,7 @@
 #include <string.h>
 
 #include "ser_equiv.h"
-
-// Rows of the output per BLAS call in s_sgemm_rows.
-#define S_GEMM_ROWS 128
+#include "ser_kernels.h"
 
 void ser_barlow_config_default(ser_barlow_config *c) {
     memset(c, 0, sizeof *c);
@@ -30,19 +28,10 @@ void ser_barlow_config_default(ser_barlow_config *c) {
     c->ser_symmetric = 0;
 }
 
-static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
-static int s_fail(char *err, int rc, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SER_ERR_LEN, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 int ser_barlow_config_from_job(ser_barlow_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
     ser_barlow_config_default(c);
     if (job->method.name != SER_CONFIG_METHOD_BARLOW)
-        return s_fail(err, SER_ECONFIG, "method.name: not barlow (ser_barlow_config_from_job)");
+        return ser_errf(err, SER_ECONFIG, "method.name: not barlow (ser_barlow_config_from_job)");
     int rc = ser_config_to_vit(job, &c->vit, err);
     if (rc) return rc;
     c->init_scheme =
@@ -62,15 +51,15 @@ int ser_barlow_init(ser_barlow *m, const ser_barlow_config *cfg, char err[SER_ER
     memset(m, 0, sizeof *m);
     if (cfg->proj_dim < 1 || cfg->proj_dim > SER_BARLOW_MAX_DIM || !(cfg->lambda_offdiag >= 0.0f) ||
         !isfinite(cfg->lambda_offdiag))
-        return s_fail(err, SER_ECONFIG,
+        return ser_errf(err, SER_ECONFIG,
                       "barlow: proj_dim %d not in [1, %d] or lambda_offdiag %g not finite >= 0",
                       cfg->proj_dim, SER_BARLOW_MAX_DIM, (double)cfg->lambda_offdiag);
     if (cfg->ser && (cfg->ser_proj_dim < 1 || !(cfg->ser_tau > 0.0f) || !isfinite(cfg->ser_tau) ||
                      !(cfg->ser_lambda >= 0.0f) || !isfinite(cfg->ser_lambda)))
-        return s_fail(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
+        return ser_errf(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
                       cfg->ser_proj_dim, (double)cfg->ser_tau, (double)cfg->ser_lambda);
     if (cfg->ser && cfg->vit.cls_layer == cfg->vit.depth)
-        return s_fail(err, SER_ECONFIG,
+        return ser_errf(err, SER_ECONFIG,
                       "ser: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
                       "has no block-k patch map",
                       cfg->vit.cls_layer, cfg->vit.depth);
@@ -135,25 +124,6 @@ void ser_barlow_init_weights(ser_barlow *m, uint64_t seed) {
 }
 
 // --- the cross-correlation loss ----------------------------------------------------------------
-// C (M, n) = alpha * op(A) op(B), in fixed blocks of S_GEMM_ROWS rows of C with one BLAS call
-// per block, the blocks spread over OpenMP threads (OpenBLAS runs single-threaded inside the
-// parallel region): the summation order does not depend on the thread count. The same scheme
-// as ser_ntxent.c, whose header explains why one threaded call is not enough.
-// op(A) is A (M, K) with lda, or A^T for A (K, M) with lda when trans_a; op(B) is B (K, n) with
-// ldb, or B^T for B (n, K) when trans_b.
-static void s_sgemm_rows(float *C, int ldc, int trans_a, const float *A, int lda, const float *B,
-                         int ldb, int trans_b, int M, int n, int K, float alpha) {
-    int nblk = (M + S_GEMM_ROWS - 1) / S_GEMM_ROWS;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int blk = 0; blk < nblk; blk++) {
-        int r0 = blk * S_GEMM_ROWS, m = M - r0 < S_GEMM_ROWS ? M - r0 : S_GEMM_ROWS;
-        const float *Ab = trans_a ? A + r0 : A + (size_t)r0 * lda;
-        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                    trans_b ? CblasTrans : CblasNoTrans, m, n, K, alpha, Ab, lda, B, ldb, 0.0f,
-                    C + (size_t)r0 * ldc, ldc);
-    }
-}
-
 static int s_xcorr_check(const double *on, const double *off, const float *a, const float *b, int N,
                          int P, float lambda, float scale) {
     if (!on || !off || !a || !b || N < 1 || P < 1 || P > SER_BARLOW_MAX_DIM) return SER_EINVAL;
@@ -170,7 +140,7 @@ int ser_barlow_xcorr_loss(double *on_diag, double *off_diag, float *da, float *d
     double *on = ser_xmalloc(sizeof(double) * (size_t)P),
            *off = ser_xmalloc(sizeof(double) * (size_t)P);
     float inv_n = (float)(1.0 / N);
-    s_sgemm_rows(c, P, 1, a, P, b, P, 0, P, P, N, inv_n);
+    ser_sgemm_rows(c, P, 1, a, P, b, P, 0, P, P, N, inv_n);
     // Loss terms per row in double; c becomes G * scale in place (G = dL/dc).
     float g_on = 2.0f * scale, g_off = 2.0f * lambda * scale;
 #pragma omp parallel for schedule(static)
@@ -189,8 +159,8 @@ int ser_barlow_xcorr_loss(double *on_diag, double *off_diag, float *da, float *d
     for (int i = 0; i < P; i++) son += on[i], soff += off[i];
     *on_diag = son, *off_diag = soff;
     // da (N, P) = b G^T / N, db (N, P) = a G / N.
-    if (da) s_sgemm_rows(da, P, 0, b, P, c, P, 1, N, P, P, inv_n);
-    if (db) s_sgemm_rows(db, P, 0, a, P, c, P, 0, N, P, P, inv_n);
+    if (da) ser_sgemm_rows(da, P, 0, b, P, c, P, 1, N, P, P, inv_n);
+    if (db) ser_sgemm_rows(db, P, 0, a, P, c, P, 0, N, P, P, inv_n);
     free(c), free(on), free(off);
     return SER_OK;
 }
@@ -297,12 +267,12 @@ int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, u
     for (int v = 0; v < 2 && !rc; v++)
         for (size_t i = 0; i < (size_t)g.B * g.C && !rc; i++)
             if (!isfinite(g.qcls[v][i]))
-                rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite [CLS] (view %d, sample %zu)",
+                rc = ser_errf(err, SER_ENONFINITE, "step %u: non-finite [CLS] (view %d, sample %zu)",
                             step, v, i / (size_t)g.C);
     if (!rc) rc = s_objective(m, b, &g, out, err);
     if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv))) {
         memset(m->grads, 0, sizeof(float) * m->tab.total);
-        rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
+        rc = ser_errf(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
                     out->loss_inv, out->loss_equiv);
     }
     if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);

@@ -19,6 +19,16 @@ const char *ser_strerror(int rc) {
     }
 }
 
+int ser_errf(char *err, int rc, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, SER_ERR_LEN, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
 void ser__abort(const char *file, int line, const char *fmt, ...) {
     fflush(stdout);
     fprintf(stderr, "%s:%d: ", file, line);

@@ -49,17 +49,6 @@ static const char *const s_pos_names[S_NPOS] = {"train.step", "train.epoch", "tr
 static const char *const s_hashed_meta[4] = {"format", "format_version", "config_hash", "config"};
 
 // --- small helpers ---------------------------------------------------------------------------
-static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
-static int s_fail(char *err, int rc, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, SER_ERR_LEN, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 // The path as messages show it: shortened from the left so the reason still fits.
 static void s_label(char *buf, const char *path) {
     size_t n = strlen(path);
@@ -117,19 +106,19 @@ static int s_fsync_dir(const char *dir) {
 static int s_mkdir_p(const char *dir, char *err) {
     char buf[4096];
     if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return s_fail(err, SER_EINVAL, "checkpoint directory name is too long");
+        return ser_errf(err, SER_EINVAL, "checkpoint directory name is too long");
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/') continue;
         *p = 0;
         if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return s_fail(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
+            return ser_errf(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
         *p = '/';
     }
     if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return s_fail(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
+        return ser_errf(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
     struct stat st;
     if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
-        return s_fail(err, SER_EIO, "%s is not a directory", buf);
+        return ser_errf(err, SER_EIO, "%s is not a directory", buf);
     return SER_OK;
 }
 
@@ -438,7 +427,7 @@ int ser_ckpt_list(const char *dir, int64_t **steps, int *n, char err[SER_ERR_LEN
     *n = 0;
     DIR *d = opendir(dir);
     if (!d)
-        return s_fail(err, errno == ENOENT ? SER_ENOENT : SER_EIO, "%s: cannot open: %s", dir,
+        return ser_errf(err, errno == ENOENT ? SER_ENOENT : SER_EIO, "%s: cannot open: %s", dir,
                       strerror(errno));
     int64_t *v = NULL;
     int cnt = 0, cap = 0;
@@ -454,7 +443,7 @@ int ser_ckpt_list(const char *dir, int64_t **steps, int *n, char err[SER_ERR_LEN
             if (!nv) {
                 free(v);
                 closedir(d);
-                return s_fail(err, SER_ENOMEM, "%s: out of memory listing checkpoints", dir);
+                return ser_errf(err, SER_ENOMEM, "%s: out of memory listing checkpoints", dir);
             }
             v = nv;
         }
@@ -490,7 +479,7 @@ int ser_ckpt_find_latest(const char *dir, char *path, size_t path_len, int64_t *
     int n = 0, rc;
     if (!s_read_latest(dir, &s)) {
         if ((rc = ser_ckpt_list(dir, &steps, &n, err)) != SER_OK) return rc;
-        if (n == 0) return s_fail(err, SER_ENOENT, "%s: no checkpoint", dir);
+        if (n == 0) return ser_errf(err, SER_ENOENT, "%s: no checkpoint", dir);
         s = steps[n - 1];
         free(steps);
     }
@@ -498,7 +487,7 @@ int ser_ckpt_find_latest(const char *dir, char *path, size_t path_len, int64_t *
     if (path) {
         char name[64];
         if (!s_join(path, path_len, dir, ser_ckpt_name(name, sizeof name, s)))
-            return s_fail(err, SER_EINVAL, "%s: path buffer too small", dir);
+            return ser_errf(err, SER_EINVAL, "%s: path buffer too small", dir);
     }
     return SER_OK;
 }
@@ -508,20 +497,20 @@ static int s_write_latest(const char *dir, const char *name, char *err) {
     char tmp[4096], dst[4096], line[80];
     if (!s_join(dst, sizeof dst, dir, SER_CKPT_LATEST) ||
         snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dst, (long)getpid()) >= (int)sizeof tmp)
-        return s_fail(err, SER_EINVAL, "%s: path too long", dir);
+        return ser_errf(err, SER_EINVAL, "%s: path too long", dir);
     int n = snprintf(line, sizeof line, "%s\n", name);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return s_fail(err, SER_EIO, "cannot create %s: %s", tmp, strerror(errno));
+    if (fd < 0) return ser_errf(err, SER_EIO, "cannot create %s: %s", tmp, strerror(errno));
     int ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
     int e = errno;
     if (close(fd) != 0 && ok) ok = 0, e = errno;
     if (!ok || rename(tmp, dst) != 0) {
         if (ok) e = errno;
         unlink(tmp);
-        return s_fail(err, SER_EIO, "cannot update %s: %s", dst, strerror(e));
+        return ser_errf(err, SER_EIO, "cannot update %s: %s", dst, strerror(e));
     }
     if ((e = s_fsync_dir(dir)) != 0)
-        return s_fail(err, SER_EIO, "cannot fsync %s: %s", dir, strerror(e));
+        return ser_errf(err, SER_EIO, "cannot fsync %s: %s", dir, strerror(e));
     return SER_OK;
 }
 
@@ -578,18 +567,18 @@ static void s_rotate(const char *dir, int64_t step, int keep_last) {
 static int s_lock(const char *dir, char *err) {
     char p[4096];
     if (!s_join(p, sizeof p, dir, S_LOCK)) {
-        s_fail(err, SER_EINVAL, "%s: path too long", dir);
+        ser_errf(err, SER_EINVAL, "%s: path too long", dir);
         return -1;
     }
     int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
-        s_fail(err, SER_EIO, "cannot open %s: %s", p, strerror(errno));
+        ser_errf(err, SER_EIO, "cannot open %s: %s", p, strerror(errno));
         return -1;
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;
         close(fd);
-        s_fail(err, SER_EIO, "%s: %s", p,
+        ser_errf(err, SER_EIO, "%s: %s", p,
                e == EWOULDBLOCK ? "another process is saving checkpoints into this directory"
                                 : strerror(e));
         return -1;
@@ -616,7 +605,7 @@ int ser_ckpt_save(ser_ckpt *c, const char *dir, const ser_ckpt_pos *pos, const s
                   int keep_last, char *path, size_t path_len, char err[SER_ERR_LEN]) {
     SER_ASSERT(c && dir && pos && cfg);
     if (pos->step < 0 || pos->epoch < 0 || pos->data_cursor < 0)
-        return s_fail(err, SER_EINVAL,
+        return ser_errf(err, SER_EINVAL,
                       "checkpoint position must be >= 0 (step %lld, epoch %lld, "
                       "data cursor %lld)",
                       (long long)pos->step, (long long)pos->epoch, (long long)pos->data_cursor);
@@ -631,17 +620,17 @@ int ser_ckpt_save(ser_ckpt *c, const char *dir, const ser_ckpt_pos *pos, const s
     char name[64], file[4096];
 
     if (!s_join(file, sizeof file, dir, ser_ckpt_name(name, sizeof name, pos->step))) {
-        rc = s_fail(err, SER_EINVAL, "checkpoint directory name is too long");
+        rc = ser_errf(err, SER_EINVAL, "checkpoint directory name is too long");
         goto done;
     }
     cfgtext = s_config_text(cfg);
     if (!cfgtext) {
-        rc = s_fail(err, SER_ENOMEM, "checkpoint step %lld: cannot format the config",
+        rc = ser_errf(err, SER_ENOMEM, "checkpoint step %lld: cannot format the config",
                     (long long)pos->step);
         goto done;
     }
     if (!s_utf8_valid(cfgtext)) {
-        rc = s_fail(err, SER_EINVAL,
+        rc = ser_errf(err, SER_EINVAL,
                     "checkpoint step %lld: the config holds a string that is "
                     "not UTF-8 (a path?); safetensors metadata must be UTF-8",
                     (long long)pos->step);
@@ -766,17 +755,17 @@ static int s_check_config(const ser_st_file *f, const char *label, const ser_con
              stored, mine);
     ser_config_defaults(&old);
     if (ser_config_load_string(&old, text, "stored config", why) != SER_OK)
-        return s_fail(err, SER_ECONFIG, "%s (the stored config cannot be read by this ser: %s)",
+        return ser_errf(err, SER_ECONFIG, "%s (the stored config cannot be read by this ser: %s)",
                       head, why);
     // The key list gets the room the rest of the line leaves (every key is also logged).
     size_t room = SER_ERR_LEN - strlen(head) - strlen(" (differs: )");
     int nd = s_config_diff_keys(&old, cfg, label, keys, room > 16 ? room : 16);
     if (nd == 0)
-        return s_fail(err, SER_ECONFIG,
+        return ser_errf(err, SER_ECONFIG,
                       "%s (no option differs: the config hash of this ser is "
                       "defined differently)",
                       head);
-    return s_fail(err, SER_ECONFIG, "%s (differs: %s)", head, keys);
+    return ser_errf(err, SER_ECONFIG, "%s (differs: %s)", head, keys);
 }
 
 static int s_is_i64_scalar(const ser_st_entry *e) {
@@ -803,7 +792,7 @@ static int s_open_checked(const char *path, const ser_config *cfg, ser_st_file *
 
     const char *fmt = ser_st_meta(f, "format"), *ver = ser_st_meta(f, "format_version");
     if (!fmt || strcmp(fmt, SER_CKPT_FORMAT) != 0) {
-        rc = s_fail(err, SER_EFORMAT,
+        rc = ser_errf(err, SER_EFORMAT,
                     "%s: not a ser checkpoint (metadata format is %s%.40s%s, "
                     "expected \"" SER_CKPT_FORMAT "\")",
                     label, fmt ? "\"" : "", fmt ? fmt : "absent", fmt ? "\"" : "");
@@ -817,7 +806,7 @@ static int s_open_checked(const char *path, const ser_config *cfg, ser_st_file *
                                                     "that version"
                                                   : "it was written by an older ser; resume with "
                                                     "that version, or start a new run directory";
-        rc = s_fail(err, SER_EVERSION,
+        rc = ser_errf(err, SER_EVERSION,
                     "%s: checkpoint format version %.20s, this ser reads "
                     "version %d ---> HINT: %s",
                     label, ver ? ver : "(absent)", SER_CKPT_VERSION, hint);
@@ -828,13 +817,13 @@ static int s_open_checked(const char *path, const ser_config *cfg, ser_st_file *
         meta[k] = ser_st_meta(f, s_hashed_meta[k]);
         if (!meta[k]) {
             rc =
-                s_fail(err, SER_EFORMAT, "%s: metadata \"%s\" is missing", label, s_hashed_meta[k]);
+                ser_errf(err, SER_EFORMAT, "%s: metadata \"%s\" is missing", label, s_hashed_meta[k]);
             goto fail;
         }
     }
     const char *stored = ser_st_meta(f, "content_hash");
     if (!stored) {
-        rc = s_fail(err, SER_EFORMAT, "%s: metadata \"content_hash\" is missing", label);
+        rc = ser_errf(err, SER_EFORMAT, "%s: metadata \"content_hash\" is missing", label);
         goto fail;
     }
     int n = ser_st_count(f);
@@ -847,7 +836,7 @@ static int s_open_checked(const char *path, const ser_config *cfg, ser_st_file *
     char content[32];
     s_hash_hex(content, s_content_hash(items, n, meta));
     if (strcmp(content, stored) != 0) {
-        rc = s_fail(err, SER_EHASH,
+        rc = ser_errf(err, SER_EHASH,
                     "%s: content hash mismatch (stored %.40s, computed %s): the "
                     "file is corrupt or was modified; not loaded",
                     label, stored, content);
@@ -857,7 +846,7 @@ static int s_open_checked(const char *path, const ser_config *cfg, ser_st_file *
     for (int p = 0; p < S_NPOS; p++) {
         const ser_st_entry *e = ser_st_find(f, s_pos_names[p]);
         if (!s_is_i64_scalar(e) || s_i64(e) < 0) {
-            rc = s_fail(err, SER_EFORMAT, "%s: '%s' is %s (a 0-d I64 >= 0 expected)", label,
+            rc = ser_errf(err, SER_EFORMAT, "%s: '%s' is %s (a 0-d I64 >= 0 expected)", label,
                         s_pos_names[p], e ? "malformed" : "missing");
             goto fail;
         }
@@ -867,7 +856,7 @@ static int s_open_checked(const char *path, const ser_config *cfg, ser_st_file *
     base = base ? base + 1 : path;
     int64_t named;
     if (ser_ckpt_parse_name(base, &named) && named != pos[0]) {
-        rc = s_fail(err, SER_EFORMAT,
+        rc = ser_errf(err, SER_EFORMAT,
                     "%s: the file name says step %lld but it holds step %lld "
                     "(renamed?)",
                     label, (long long)named, (long long)pos[0]);
@@ -928,7 +917,7 @@ static int s_check_tensors(const ser_st_file *f, const s_slots *S, const char *l
         char a[SER_TINFO_NAME_LEN + 48] = "", b[SER_TINFO_NAME_LEN + 48] = "";
         if (nmiss) snprintf(a, sizeof a, "; %d missing, first '%s'", nmiss, first_miss);
         if (nunexp) snprintf(b, sizeof b, "; %d unexpected, first '%s'", nunexp, first_unexp);
-        return s_fail(err, SER_EFORMAT, "%s: tensors do not match this job's model%s%s", label, a,
+        return ser_errf(err, SER_EFORMAT, "%s: tensors do not match this job's model%s%s", label, a,
                       b);
     }
     // Optimizer state: all three parts of a tensor or none (none: no step taken yet).
@@ -942,7 +931,7 @@ static int s_check_tensors(const ser_st_file *f, const s_slots *S, const char *l
             have += ser_st_find(f, key) != NULL;
         }
         if (have != 0 && have != 3)
-            return s_fail(err, SER_EFORMAT,
+            return ser_errf(err, SER_EFORMAT,
                           "%s: optimizer state of '%s' is incomplete (%d of "
                           "exp_avg, exp_avg_sq, step)",
                           label, S->opt->tab->t[s->oi].name, have);
@@ -956,12 +945,12 @@ static int s_check_tensors(const ser_st_file *f, const s_slots *S, const char *l
             case S_SLOT_I64:
             case S_SLOT_OPT_STEP:
                 if (!s_is_i64_scalar(e))
-                    return s_fail(err, e->dtype == SER_DT_I64 ? SER_ESHAPE : SER_EDTYPE,
+                    return ser_errf(err, e->dtype == SER_DT_I64 ? SER_ESHAPE : SER_EDTYPE,
                                   "%s: tensor '%s' is %s %s, a 0-d I64 expected", label, s->name,
                                   ser_dtype_name(e->dtype),
                                   s_shape_str(a, sizeof a, e->ndim, e->shape));
                 if (s->kind == S_SLOT_OPT_STEP && s_i64(e) < 0)
-                    return s_fail(err, SER_EFORMAT, "%s: '%s' = %lld is negative", label, s->name,
+                    return ser_errf(err, SER_EFORMAT, "%s: '%s' = %lld is negative", label, s->name,
                                   (long long)s_i64(e));
                 continue;
             case S_SLOT_COUNTER:
@@ -971,12 +960,12 @@ static int s_check_tensors(const ser_st_file *f, const s_slots *S, const char *l
                 break;
         }
         if (e->dtype != SER_DT_F32)
-            return s_fail(err, SER_EDTYPE,
+            return ser_errf(err, SER_EDTYPE,
                           "%s: tensor '%s' is %s, F32 expected (checkpoints "
                           "keep exact fp32 bits)",
                           label, s->name, ser_dtype_name(e->dtype));
         if (!s_shape_eq(e, s))
-            return s_fail(err, SER_ESHAPE,
+            return ser_errf(err, SER_ESHAPE,
                           "%s: tensor '%s': shape %s in the checkpoint, %s in "
                           "this job",
                           label, s->name, s_shape_str(a, sizeof a, e->ndim, e->shape),
@@ -1038,7 +1027,7 @@ int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *c
     int n = 0, rc = ser_ckpt_list(dir, &steps, &n, err);
     if (rc == SER_ENOENT || (rc == SER_OK && n == 0)) {
         free(steps);
-        return s_fail(err, SER_ENOENT, "%s: no checkpoint", dir);
+        return ser_errf(err, SER_ENOENT, "%s: no checkpoint", dir);
     }
     if (rc != SER_OK) return rc;
     if (!s_read_latest(dir, &start)) start = steps[n - 1];
@@ -1074,5 +1063,5 @@ int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *c
         snprintf(first_err + used, SER_ERR_LEN - used, " [%d older refused too; see log]",
                  refused - 1);
     }
-    return s_fail(err, first_rc, "%s", first_err);
+    return ser_errf(err, first_rc, "%s", first_err);
 }

@@ -40,19 +40,10 @@ void ser_dino_config_default(ser_dino_config *c) {
     c->projector_ema_quirk = 0;
 }
 
-static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
-static int s_fail(char *err, int rc, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SER_ERR_LEN, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 int ser_dino_config_from_job(ser_dino_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
     ser_dino_config_default(c);
     if (job->method.name != SER_CONFIG_METHOD_DINO)
-        return s_fail(err, SER_ECONFIG, "method.name: ser_dino needs dino");
+        return ser_errf(err, SER_ECONFIG, "method.name: ser_dino needs dino");
     int rc = ser_config_to_vit(job, &c->vit, err);
     if (rc) return rc;
     c->init_scheme = job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO
@@ -89,12 +80,12 @@ int ser_dino_head_register(ser_dino_head *h, int in, int hidden, int bottleneck,
                            char err[SER_ERR_LEN]) {
     memset(h, 0, sizeof *h);
     if (in < 1 || hidden < 1 || bottleneck < 1 || out < 1)
-        return s_fail(err, SER_ECONFIG, "dino head %s: widths %d -> %d -> %d -> %d must be >= 1",
+        return ser_errf(err, SER_ECONFIG, "dino head %s: widths %d -> %d -> %d -> %d must be >= 1",
                       prefix, in, hidden, bottleneck, out);
     char name[SER_TINFO_NAME_LEN];
     int n = snprintf(name, sizeof name, "%smlp.", prefix);
     if (n < 0 || (size_t)n + 32 > sizeof name)
-        return s_fail(err, SER_EINVAL, "dino head: prefix '%s' too long", prefix);
+        return ser_errf(err, SER_EINVAL, "dino head: prefix '%s' too long", prefix);
     ser_mlp_layer_spec spec[3] = {{in, hidden, 1, SER_BN_NONE, SER_ACT_GELU, 0},
                                   {hidden, hidden, 1, SER_BN_NONE, SER_ACT_GELU, 0},
                                   {hidden, bottleneck, 1, SER_BN_NONE, SER_ACT_NONE, 0}};
@@ -298,26 +289,26 @@ static int s_starts(const char *s, const char *prefix) {
 int ser_dino_init(ser_dino *d, const ser_dino_config *cfg, char err[SER_ERR_LEN]) {
     memset(d, 0, sizeof *d);
     if (cfg->out_dim < 1 || cfg->hidden_dim < 1 || cfg->bottleneck_dim < 1)
-        return s_fail(err, SER_ECONFIG, "dino: out_dim %d, hidden_dim %d, bottleneck_dim %d "
+        return ser_errf(err, SER_ECONFIG, "dino: out_dim %d, hidden_dim %d, bottleneck_dim %d "
                       "must be >= 1", cfg->out_dim, cfg->hidden_dim, cfg->bottleneck_dim);
     if (!(cfg->student_temp > 0.0f && isfinite(cfg->student_temp)) ||
         !(cfg->teacher_temp > 0.0 && isfinite(cfg->teacher_temp)) ||
         !(cfg->teacher_temp_final > 0.0 && isfinite(cfg->teacher_temp_final)))
-        return s_fail(err, SER_ECONFIG, "dino: temperatures (student %g, teacher %g -> %g) must "
+        return ser_errf(err, SER_ECONFIG, "dino: temperatures (student %g, teacher %g -> %g) must "
                       "be positive", (double)cfg->student_temp, cfg->teacher_temp,
                       cfg->teacher_temp_final);
     if (!(cfg->center_momentum >= 0.0 && cfg->center_momentum <= 1.0))
-        return s_fail(err, SER_ECONFIG, "dino: center_momentum %g not in [0, 1]",
+        return ser_errf(err, SER_ECONFIG, "dino: center_momentum %g not in [0, 1]",
                       cfg->center_momentum);
     if (cfg->freeze_last_layer_epochs < 0 || cfg->teacher_temp_warmup_epochs < 0)
-        return s_fail(err, SER_ECONFIG, "dino: freeze_last_layer_epochs %d and "
+        return ser_errf(err, SER_ECONFIG, "dino: freeze_last_layer_epochs %d and "
                       "teacher_temp_warmup_epochs %d must be >= 0",
                       cfg->freeze_last_layer_epochs, cfg->teacher_temp_warmup_epochs);
     if (cfg->ser && (cfg->ser_proj_dim < 1 || !(cfg->ser_tau > 0.0f) || !(cfg->ser_lambda >= 0.0f)))
-        return s_fail(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
+        return ser_errf(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
                       cfg->ser_proj_dim, (double)cfg->ser_tau, (double)cfg->ser_lambda);
     if (cfg->ser && cfg->vit.cls_layer == cfg->vit.depth)
-        return s_fail(err, SER_ECONFIG,
+        return ser_errf(err, SER_ECONFIG,
                       "ser: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
                       "has no block-k patch map", cfg->vit.cls_layer, cfg->vit.depth);
     d->cfg = *cfg;
@@ -498,7 +489,7 @@ int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, doubl
                               char err[SER_ERR_LEN]) {
     d->have_batch_center = 0;
     if (!(teacher_temp > 0.0 && isfinite(teacher_temp)))
-        return s_fail(err, SER_EINVAL, "dino: teacher temperature %g must be positive and finite",
+        return ser_errf(err, SER_EINVAL, "dino: teacher temperature %g must be positive and finite",
                       teacher_temp);
     int rc = ser_batch_check(b, &d->cfg.vit, shards, err);
     if (rc) return rc;
@@ -509,7 +500,7 @@ int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, doubl
     if (rc) return rc;
     rc = s_objective(d, b, &g, (float)teacher_temp, out, err);
     if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
-        rc = s_fail(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
+        rc = ser_errf(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
                     out->loss_inv, out->loss_equiv);
     if (!rc) {
         ser_engine_backward(&d->eng, &d->vit, b, shards, &g, d->cfg.ser && d->cfg.ser_grad);

@@ -6,33 +6,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
-static int s_fail(char *err, int rc, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SER_ERR_LEN, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
                     char err[SER_ERR_LEN]) {
     int B = b->n_inv + b->n_eq;
     if (b->n_inv < 0 || b->n_eq < 0 || B < 2)
-        return s_fail(err, SER_ESHAPE, "batch: %d invariant + %d equivariant samples (need >= 2)",
+        return ser_errf(err, SER_ESHAPE, "batch: %d invariant + %d equivariant samples (need >= 2)",
                       b->n_inv, b->n_eq);
     if (shards < 1 || B % shards)
-        return s_fail(err, SER_ESHAPE, "batch: global batch %d is not divisible into %d shards", B,
+        return ser_errf(err, SER_ESHAPE, "batch: global batch %d is not divisible into %d shards", B,
                       shards);
     if (b->n_inv && (b->img % vit->patch || b->img < vit->patch || !b->inv[0] || !b->inv[1]))
-        return s_fail(err, SER_ESHAPE, "batch: invariant views of %d px with patch %d", b->img,
+        return ser_errf(err, SER_ESHAPE, "batch: invariant views of %d px with patch %d", b->img,
                       vit->patch);
     for (int e = 0; e < b->n_eq; e++)
         for (int v = 0; v < 2; v++) {
             if (!b->eq[v] || !b->eq[v][e] || !b->g[v])
-                return s_fail(err, SER_EINVAL, "batch: equivariant sample %d view %d missing", e, v);
+                return ser_errf(err, SER_EINVAL, "batch: equivariant sample %d view %d missing", e, v);
             if (ser_group_elem_check(&b->g[v][e]))
-                return s_fail(err, SER_EINVAL,
+                return ser_errf(err, SER_EINVAL,
                               "batch: equivariant sample %d view %d: invalid group element "
                               "(rot180 %d hflip %d rot90 %d grid %dx%d)",
                               e, v, b->g[v][e].rot180, b->g[v][e].hflip, b->g[v][e].rot90,

@@ -84,6 +84,19 @@ void ser_matmul_backward(float *dinp, float *dw, float *db, const float *dout, c
     if (db) ser_colsum_acc(db, dout, M, N);
 }
 
+void ser_sgemm_rows(float *C, int ldc, int trans_a, const float *A, int lda, const float *B, int ldb,
+                    int trans_b, int M, int n, int K, float alpha) {
+    int nblk = (M + SER_SGEMM_ROWS - 1) / SER_SGEMM_ROWS;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        int r0 = blk * SER_SGEMM_ROWS, m = M - r0 < SER_SGEMM_ROWS ? M - r0 : SER_SGEMM_ROWS;
+        const float *Ab = trans_a ? A + r0 : A + (size_t)r0 * lda;
+        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                    trans_b ? CblasTrans : CblasNoTrans, m, n, K, alpha, Ab, lda, B, ldb, 0.0f,
+                    C + (size_t)r0 * ldc, ldc);
+    }
+}
+
 // --- layernorm -------------------------------------------------------------------------------
 void ser_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                            const float *b, int M, int C, float eps) {

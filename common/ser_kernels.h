@@ -25,6 +25,7 @@
 //   ser_patch_im2col                      (B,3,H,W) image -> (B*gh*gw, 3*P*P) patches
 //   ser_add_inplace, ser_scale_rows       residual add, per-row scaling (drop path)
 //   ser_colsum_acc                        db += column sums of a (M,N) matrix
+//   ser_sgemm_rows                        a thread-count-invariant sgemm (fixed row blocks)
 //   ser_kernels_set_threads/get_threads   OpenMP + OpenBLAS thread count
 //   *_naive twins (ser_kernels_naive.c)
 #ifndef SER_KERNELS_H
@@ -50,6 +51,18 @@ void ser_matmul_backward_naive(float *dinp, float *dw, float *db, const float *d
 
 // db (N,) += column sums of x (M,N).
 void ser_colsum_acc(float *db, const float *x, int M, int N);
+
+// C (M, n) = alpha * op(A) op(B) in fixed blocks of SER_SGEMM_ROWS rows of C, one BLAS call
+// per block, the blocks spread over OpenMP threads. OpenBLAS runs single-threaded inside a
+// parallel region, and it picks its kernel and K-chunking from the call's shape and the threads
+// it may use, so letting it thread one big call changes the summation order with the thread
+// count (OpenBLAS 0.3.21: M=848, N=64, K=848 differs between 1 and 3 threads); fixed blocks
+// give the same bits for any thread count. Relies on the OpenMP build of OpenBLAS (preferred
+// by the top-level CMakeLists.txt). op(A) is A (M, K) with lda, or A^T for A (K, M) with lda
+// when trans_a; op(B) likewise with ldb. Used by the NT-Xent and Barlow Twins' cross-correlation.
+#define SER_SGEMM_ROWS 128
+void ser_sgemm_rows(float *C, int ldc, int trans_a, const float *A, int lda, const float *B, int ldb,
+                    int trans_b, int M, int n, int K, float alpha);
 
 // --- layernorm -------------------------------------------------------------------------------
 // inp (M,C), w/b (C,) -> out (M,C); mean/rstd (M,) saved for backward (may be NULL in eval).

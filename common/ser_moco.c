@@ -26,19 +26,10 @@ void ser_moco_config_default(ser_moco_config *c) {
     c->ser_proj_dim = 512;
 }
 
-static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
-static int s_fail(char *err, int rc, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SER_ERR_LEN, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
     ser_moco_config_default(c);
     if (job->method.name != SER_CONFIG_METHOD_MOCO)
-        return s_fail(err, SER_ECONFIG, "method.name: only moco is implemented so far");
+        return ser_errf(err, SER_ECONFIG, "method.name: only moco is implemented so far");
     int rc = ser_config_to_vit(job, &c->vit, err);
     if (rc) return rc;
     c->init_scheme = job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO
@@ -57,13 +48,13 @@ int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err
 int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]) {
     memset(m, 0, sizeof *m);
     if (cfg->mlp_dim < 1 || cfg->dim < 1 || !(cfg->T > 0.0f))
-        return s_fail(err, SER_ECONFIG, "moco: mlp_dim %d, dim %d, temperature %g must be positive",
+        return ser_errf(err, SER_ECONFIG, "moco: mlp_dim %d, dim %d, temperature %g must be positive",
                       cfg->mlp_dim, cfg->dim, (double)cfg->T);
     if (cfg->ser && (cfg->ser_proj_dim < 1 || !(cfg->ser_tau > 0.0f) || !(cfg->ser_lambda >= 0.0f)))
-        return s_fail(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
+        return ser_errf(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
                       cfg->ser_proj_dim, (double)cfg->ser_tau, (double)cfg->ser_lambda);
     if (cfg->ser && cfg->vit.cls_layer == cfg->vit.depth)
-        return s_fail(err, SER_ECONFIG,
+        return ser_errf(err, SER_ECONFIG,
                       "ser: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
                       "has no block-k patch map", cfg->vit.cls_layer, cfg->vit.depth);
     m->cfg = *cfg;
@@ -197,7 +188,7 @@ int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moc
                        char err[SER_ERR_LEN]) {
     int rc = s_objective(m, b, g, out, err);
     if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
-        rc = s_fail(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g)", out->loss_inv,
+        rc = ser_errf(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g)", out->loss_inv,
                     out->loss_equiv);
     return rc;
 }

@@ -11,10 +11,8 @@
 #include <string.h>
 
 #include "ser_base.h"
+#include "ser_kernels.h"
 #include "ser_fmath.h"
-
-// Rows of the output per BLAS call in s_sgemm_rows.
-#define S_GEMM_ROWS 128
 
 static int s_check(const double *loss, const float *q, const float *k, const int *tps, int n, int D,
                    float tau, float scale, int *N_out) {
@@ -41,27 +39,6 @@ static void s_blocks(int *lo, int *hi, const int *tps, int n) {
 }
 
 // --- fast path -------------------------------------------------------------------------------
-// C (M, n) = alpha * op(A) op(B), computed in fixed blocks of S_GEMM_ROWS rows of C with one
-// BLAS call per block, the blocks spread over OpenMP threads. OpenBLAS runs single-threaded
-// inside a parallel region, and it picks its kernel (sgemm_direct or the blocked driver) and
-// its K-chunking from the call's shape and the threads it may use. Letting it thread one big
-// call therefore changes the summation order with the thread count (measured with OpenBLAS
-// 0.3.21: M=848, N=64, K=848 differs between 1 and 3 threads); fixed blocks do not. This
-// relies on the OpenMP build of OpenBLAS, which the top-level CMakeLists.txt prefers.
-// op(A) is A (M, K) with lda, or A^T for A (K, M) with lda when trans_a; B is (K, n) row-major.
-static void s_sgemm_rows(float *C, int ldc, int trans_a, const float *A, int lda, const float *B,
-                         int ldb, int trans_b, int M, int n, int K, float alpha) {
-    int nblk = (M + S_GEMM_ROWS - 1) / S_GEMM_ROWS;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int blk = 0; blk < nblk; blk++) {
-        int r0 = blk * S_GEMM_ROWS, m = M - r0 < S_GEMM_ROWS ? M - r0 : S_GEMM_ROWS;
-        const float *Ab = trans_a ? A + r0 : A + (size_t)r0 * lda;
-        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                    trans_b ? CblasTrans : CblasNoTrans, m, n, K, alpha, Ab, lda, B, ldb, 0.0f,
-                    C + (size_t)r0 * ldc, ldc);
-    }
-}
-
 // xh (N, D) = x / max(||x||, eps) per row; nrm (N,) = ||x|| (accumulated in double).
 static void s_normalize(float *xh, float *nrm, const float *x, int N, int D) {
 #pragma omp parallel for schedule(static)
@@ -115,7 +92,7 @@ int ser_ntxent_forward_backward(double *loss, float *dq, float *dk, const float 
 
     // St (N, N) = Q^ K^^T / tau: row j = anchor j against every teacher row i.
     float inv_tau = 1.0f / tau;
-    s_sgemm_rows(St, N, 0, qh, D, kh, D, 1, N, N, D, inv_tau);
+    ser_sgemm_rows(St, N, 0, qh, D, kh, D, 1, N, N, D, inv_tau);
 
     int grads = dq || dk;
     float a_scale = (float)((double)scale / (double)N);
@@ -151,12 +128,12 @@ int ser_ntxent_forward_backward(double *loss, float *dq, float *dk, const float 
         float *g = ser_xmalloc(sizeof(float) * ND);
         if (dq) {
             // dq^ (N, D) = A K^ / tau.
-            s_sgemm_rows(g, D, 0, St, N, kh, D, 0, N, D, N, inv_tau);
+            ser_sgemm_rows(g, D, 0, St, N, kh, D, 0, N, D, N, inv_tau);
             s_normalize_backward(dq, g, qh, qn, N, D);
         }
         if (dk) {
             // dk^ (N, D) = A^T Q^ / tau.
-            s_sgemm_rows(g, D, 1, St, N, qh, D, 0, N, D, N, inv_tau);
+            ser_sgemm_rows(g, D, 1, St, N, qh, D, 0, N, D, N, inv_tau);
             s_normalize_backward(dk, g, kh, kn, N, D);
         }
         free(g);

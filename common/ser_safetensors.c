@@ -60,17 +60,6 @@ int ser_dtype_parse(const char *s, ser_dtype *out) {
 }
 
 // --- small helpers ---------------------------------------------------------------------------
-static int s_fail(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
-static int s_fail(char *err, int rc, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, SER_ERR_LEN, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 // "[3,4]" into buf (truncated to n bytes).
 static const char *s_shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     size_t used = (size_t)snprintf(buf, n, "[");
@@ -186,11 +175,11 @@ static int s_parse_entry(s_item *it, const cJSON *j, const char *label, uint64_t
                          char *err) {
     const char *name = j->string;
     if (strlen(name) >= SER_TINFO_NAME_LEN)
-        return s_fail(err, SER_EFORMAT, "%s: tensor name '%.40s...' is %zu bytes (max %d)", label,
+        return ser_errf(err, SER_EFORMAT, "%s: tensor name '%.40s...' is %zu bytes (max %d)", label,
                       name, strlen(name), SER_TINFO_NAME_LEN - 1);
     snprintf(it->e.name, sizeof it->e.name, "%s", name);
     if (!cJSON_IsObject(j))
-        return s_fail(err, SER_EFORMAT, "%s: tensor '%s': entry is not a JSON object", label, name);
+        return ser_errf(err, SER_EFORMAT, "%s: tensor '%s': entry is not a JSON object", label, name);
 
     const cJSON *jdt = NULL, *jshape = NULL, *joff = NULL, *c;
     cJSON_ArrayForEach(c, j) {
@@ -200,31 +189,31 @@ static int s_parse_entry(s_item *it, const cJSON *j, const char *label, uint64_t
                                                                       : NULL;
         if (!slot) continue;  // unknown fields are ignored, as the reference does
         if (*slot)
-            return s_fail(err, SER_EFORMAT, "%s: tensor '%s': duplicate field \"%s\"", label, name,
+            return ser_errf(err, SER_EFORMAT, "%s: tensor '%s': duplicate field \"%s\"", label, name,
                           c->string);
         *slot = c;
     }
     const char *missing = !jdt ? "dtype" : !jshape ? "shape" : !joff ? "data_offsets" : NULL;
     if (missing)
-        return s_fail(err, SER_EFORMAT, "%s: tensor '%s': missing \"%s\"", label, name, missing);
+        return ser_errf(err, SER_EFORMAT, "%s: tensor '%s': missing \"%s\"", label, name, missing);
 
     if (!cJSON_IsString(jdt))
-        return s_fail(err, SER_EFORMAT, "%s: tensor '%s': dtype is not a string", label, name);
+        return ser_errf(err, SER_EFORMAT, "%s: tensor '%s': dtype is not a string", label, name);
     if (ser_dtype_parse(jdt->valuestring, &it->e.dtype) != SER_OK)
-        return s_fail(err, SER_EDTYPE, "%s: tensor '%s': unsupported dtype '%.32s'", label, name,
+        return ser_errf(err, SER_EDTYPE, "%s: tensor '%s': unsupported dtype '%.32s'", label, name,
                       jdt->valuestring);
 
     if (!cJSON_IsArray(jshape))
-        return s_fail(err, SER_EFORMAT, "%s: tensor '%s': shape is not an array", label, name);
+        return ser_errf(err, SER_EFORMAT, "%s: tensor '%s': shape is not an array", label, name);
     int ndim = 0, has_zero = 0, overflow = 0;
     uint64_t numel = 1;
     cJSON_ArrayForEach(c, jshape) {
         if (ndim == SER_ST_MAX_DIM)
-            return s_fail(err, SER_EFORMAT, "%s: tensor '%s': shape has %d dims (max %d)", label,
+            return ser_errf(err, SER_EFORMAT, "%s: tensor '%s': shape has %d dims (max %d)", label,
                           name, cJSON_GetArraySize(jshape), SER_ST_MAX_DIM);
         uint64_t d;
         if (!s_json_uint(c, &d))
-            return s_fail(err, SER_EFORMAT,
+            return ser_errf(err, SER_EFORMAT,
                           "%s: tensor '%s': shape[%d] is not an integer in [0, 2^53)", label, name,
                           ndim);
         it->e.shape[ndim++] = (int64_t)d;
@@ -239,7 +228,7 @@ static int s_parse_entry(s_item *it, const cJSON *j, const char *label, uint64_t
     if (has_zero) {
         numel = nbytes = 0;  // a 0 dim makes the product 0 whatever overflowed on the way
     } else if (overflow) {
-        return s_fail(err, SER_EFORMAT, "%s: tensor '%s': shape %s x %s overflows 64 bits", label,
+        return ser_errf(err, SER_EFORMAT, "%s: tensor '%s': shape %s x %s overflows 64 bits", label,
                       name, s_shape_str(sh, sizeof sh, ndim, it->e.shape), jdt->valuestring);
     }
     it->e.numel = (size_t)numel;
@@ -248,27 +237,27 @@ static int s_parse_entry(s_item *it, const cJSON *j, const char *label, uint64_t
     uint64_t off[2];
     int noff = 0;
     if (!cJSON_IsArray(joff) || cJSON_GetArraySize(joff) != 2)
-        return s_fail(err, SER_EFORMAT,
+        return ser_errf(err, SER_EFORMAT,
                       "%s: tensor '%s': data_offsets is not an array [begin, end]", label, name);
     cJSON_ArrayForEach(c, joff) {
         if (!s_json_uint(c, &off[noff]))
-            return s_fail(err, SER_EFORMAT,
+            return ser_errf(err, SER_EFORMAT,
                           "%s: tensor '%s': data_offsets[%d] is not an integer in [0, 2^53)", label,
                           name, noff);
         noff++;
     }
     it->begin = off[0], it->end = off[1];
     if (off[1] < off[0])
-        return s_fail(err, SER_EFORMAT,
+        return ser_errf(err, SER_EFORMAT,
                       "%s: tensor '%s': data_offsets [%llu, %llu] end before begin", label, name,
                       (unsigned long long)off[0], (unsigned long long)off[1]);
     if (off[1] > data_len)
-        return s_fail(err, SER_EFORMAT,
+        return ser_errf(err, SER_EFORMAT,
                       "%s: tensor '%s': data_offsets [%llu, %llu] exceed the %llu-byte data buffer",
                       label, name, (unsigned long long)off[0], (unsigned long long)off[1],
                       (unsigned long long)data_len);
     if (off[1] - off[0] != nbytes)
-        return s_fail(err, SER_EFORMAT,
+        return ser_errf(err, SER_EFORMAT,
                       "%s: tensor '%s': data_offsets [%llu, %llu] do not match shape %s x %s = "
                       "%llu bytes",
                       label, name, (unsigned long long)off[0], (unsigned long long)off[1],
@@ -281,39 +270,39 @@ static int s_parse_entry(s_item *it, const cJSON *j, const char *label, uint64_t
 static int s_parse_meta(ser_st_file *f, const cJSON *j, const char *label, char *err) {
     if (cJSON_IsNull(j)) return SER_OK;  // the reference accepts a null (absent) metadata map
     if (!cJSON_IsObject(j))
-        return s_fail(err, SER_EFORMAT, "%s: __metadata__ is not a JSON object", label);
+        return ser_errf(err, SER_EFORMAT, "%s: __metadata__ is not a JSON object", label);
     int n = cJSON_GetArraySize(j);
     s_kv *kv = calloc((size_t)n + 1, sizeof *kv);
-    if (!kv) return s_fail(err, SER_ENOMEM, "%s: out of memory for metadata", label);
+    if (!kv) return ser_errf(err, SER_ENOMEM, "%s: out of memory for metadata", label);
     f->meta = kv;  // ser_st_destroy frees the first nmeta pairs, even half-filled ones
     const cJSON *c;
     cJSON_ArrayForEach(c, j) {
         if (!cJSON_IsString(c))
-            return s_fail(err, SER_EFORMAT, "%s: __metadata__ value of '%.64s' is not a string",
+            return ser_errf(err, SER_EFORMAT, "%s: __metadata__ value of '%.64s' is not a string",
                           label, c->string);
         kv[f->nmeta].k = strdup(c->string);
         kv[f->nmeta].v = strdup(c->valuestring);
         f->nmeta++;
         if (!kv[f->nmeta - 1].k || !kv[f->nmeta - 1].v)
-            return s_fail(err, SER_ENOMEM, "%s: out of memory for metadata", label);
+            return ser_errf(err, SER_ENOMEM, "%s: out of memory for metadata", label);
     }
     qsort(kv, (size_t)f->nmeta, sizeof *kv, s_cmp_kv);
     for (int i = 1; i < f->nmeta; i++)
         if (strcmp(kv[i - 1].k, kv[i].k) == 0)
-            return s_fail(err, SER_EFORMAT, "%s: duplicate __metadata__ key '%.64s'", label,
+            return ser_errf(err, SER_EFORMAT, "%s: duplicate __metadata__ key '%.64s'", label,
                           kv[i].k);
     return SER_OK;
 }
 
 // Checks the header length against the file size (n bytes in all).
 static int s_check_header_len(uint64_t hlen, uint64_t n, const char *label, char *err) {
-    if (hlen == 0) return s_fail(err, SER_EFORMAT, "%s: header length is 0", label);
+    if (hlen == 0) return ser_errf(err, SER_EFORMAT, "%s: header length is 0", label);
     if (hlen > S_MAX_HEADER)
-        return s_fail(err, SER_EFORMAT,
+        return ser_errf(err, SER_EFORMAT,
                       "%s: header length %llu exceeds the 100 MiB limit (not a safetensors file?)",
                       label, (unsigned long long)hlen);
     if (hlen > n - 8)
-        return s_fail(err, SER_EFORMAT,
+        return ser_errf(err, SER_EFORMAT,
                       "%s: header length %llu exceeds the %llu bytes after the length field "
                       "(truncated file?)",
                       label, (unsigned long long)hlen, (unsigned long long)(n - 8));
@@ -333,13 +322,13 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
     int nitems = 0;
 
     if (!s_utf8_valid(hdr, hlen)) {
-        rc = s_fail(err, SER_EFORMAT, "%s: header is not valid UTF-8", label);
+        rc = ser_errf(err, SER_EFORMAT, "%s: header is not valid UTF-8", label);
         goto done;
     }
     // cJSON wants a NUL-terminated string; the copy also makes an embedded NUL an error below.
     text = malloc(hlen + 1);
     if (!text) {
-        rc = s_fail(err, SER_ENOMEM, "%s: out of memory for a %zu-byte header", label, hlen);
+        rc = ser_errf(err, SER_ENOMEM, "%s: out of memory for a %zu-byte header", label, hlen);
         goto done;
     }
     memcpy(text, hdr, hlen);
@@ -348,27 +337,27 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
     root = cJSON_ParseWithOpts(text, &end, 0);
     if (!root) {
         size_t at = end ? (size_t)(end - text) : 0;
-        rc = s_fail(err, SER_EFORMAT, "%s: header is not valid JSON (error at byte %zu of %zu)",
+        rc = ser_errf(err, SER_EFORMAT, "%s: header is not valid JSON (error at byte %zu of %zu)",
                     label, at, hlen);
         goto done;
     }
     for (const char *p = end; p < text + hlen; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            rc = s_fail(err, SER_EFORMAT,
+            rc = ser_errf(err, SER_EFORMAT,
                         "%s: header has unexpected bytes after the JSON object (at byte %zu)",
                         label, (size_t)(p - text));
             goto done;
         }
     }
     if (!cJSON_IsObject(root)) {
-        rc = s_fail(err, SER_EFORMAT, "%s: header is not a JSON object", label);
+        rc = ser_errf(err, SER_EFORMAT, "%s: header is not a JSON object", label);
         goto done;
     }
 
     int nchild = cJSON_GetArraySize(root);
     items = calloc((size_t)nchild + 1, sizeof *items);
     if (!items) {
-        rc = s_fail(err, SER_ENOMEM, "%s: out of memory for %d header entries", label, nchild);
+        rc = ser_errf(err, SER_ENOMEM, "%s: out of memory for %d header entries", label, nchild);
         goto done;
     }
     int seen_meta = 0;
@@ -376,7 +365,7 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
     cJSON_ArrayForEach(c, root) {
         if (strcmp(c->string, S_META_KEY) == 0) {
             if (seen_meta++) {
-                rc = s_fail(err, SER_EFORMAT, "%s: duplicate __metadata__", label);
+                rc = ser_errf(err, SER_EFORMAT, "%s: duplicate __metadata__", label);
                 goto done;
             }
             if ((rc = s_parse_meta(f, c, label, err)) != SER_OK) goto done;
@@ -390,14 +379,14 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
     // Duplicate names: cJSON keeps every member of an object, so look for equal neighbours.
     byname = malloc(((size_t)nitems + 1) * sizeof *byname);
     if (!byname) {
-        rc = s_fail(err, SER_ENOMEM, "%s: out of memory", label);
+        rc = ser_errf(err, SER_ENOMEM, "%s: out of memory", label);
         goto done;
     }
     for (int i = 0; i < nitems; i++) byname[i] = &items[i].e;
     qsort(byname, (size_t)nitems, sizeof *byname, s_cmp_entry_name);
     for (int i = 1; i < nitems; i++) {
         if (strcmp(byname[i - 1]->name, byname[i]->name) == 0) {
-            rc = s_fail(err, SER_EFORMAT, "%s: duplicate tensor name '%s'", label, byname[i]->name);
+            rc = ser_errf(err, SER_EFORMAT, "%s: duplicate tensor name '%s'", label, byname[i]->name);
             goto done;
         }
     }
@@ -409,7 +398,7 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
     for (int i = 0; i < nitems; i++) {
         const s_item *it = &items[i];
         if (it->begin > cursor) {
-            rc = s_fail(err, SER_EFORMAT,
+            rc = ser_errf(err, SER_EFORMAT,
                         "%s: bytes [%llu, %llu) of the data buffer are not covered by any tensor "
                         "(hole before '%s')",
                         label, (unsigned long long)cursor, (unsigned long long)it->begin,
@@ -417,7 +406,7 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
             goto done;
         }
         if (it->begin < cursor) {
-            rc = s_fail(err, SER_EFORMAT,
+            rc = ser_errf(err, SER_EFORMAT,
                         "%s: tensor '%s' data_offsets [%llu, %llu] overlap tensor '%s' "
                         "(ends at %llu)",
                         label, it->e.name, (unsigned long long)it->begin,
@@ -428,7 +417,7 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
         cursor = it->end;
     }
     if (cursor != data_len) {
-        rc = s_fail(err, SER_EFORMAT,
+        rc = ser_errf(err, SER_EFORMAT,
                     "%s: bytes [%llu, %llu) at the end of the data buffer are not covered by any "
                     "tensor",
                     label, (unsigned long long)cursor, (unsigned long long)data_len);
@@ -438,7 +427,7 @@ static int s_parse_header(ser_st_file *f, const unsigned char *hdr, size_t hlen,
     // Entries in offset order, and the name index over them.
     f->e = calloc((size_t)nitems + 1, sizeof *f->e);
     if (!f->e) {
-        rc = s_fail(err, SER_ENOMEM, "%s: out of memory", label);
+        rc = ser_errf(err, SER_ENOMEM, "%s: out of memory", label);
         goto done;
     }
     f->n = nitems;
@@ -469,7 +458,7 @@ static int s_alloc_arena(ser_st_file *f, char *err) {
     for (int i = 0; i < f->n; i++) total += s_round64(f->e[i].nbytes);
     f->arena = aligned_alloc(64, total ? total : 64);
     if (!f->arena)
-        return s_fail(err, SER_ENOMEM, "%s: out of memory for %zu bytes of tensor data", f->label,
+        return ser_errf(err, SER_ENOMEM, "%s: out of memory for %zu bytes of tensor data", f->label,
                       total);
     size_t at = 0;
     for (int i = 0; i < f->n; i++) {
@@ -497,7 +486,7 @@ void ser_st_destroy(ser_st_file **fp) {
 static ser_st_file *s_file_new(const char *label, char *err) {
     ser_st_file *f = calloc(1, sizeof *f);
     if (!f) {
-        s_fail(err, SER_ENOMEM, "%s: out of memory", label);
+        ser_errf(err, SER_ENOMEM, "%s: out of memory", label);
         return NULL;
     }
     s_label(f->label, label);
@@ -512,7 +501,7 @@ int ser_st_open_mem(ser_st_file **out, const void *buf, size_t n, char err[SER_E
     if (!f) return SER_ENOMEM;
     int rc;
     if (n < 8) {
-        rc = s_fail(err, SER_EFORMAT, "%s: %zu bytes, shorter than the 8-byte header length",
+        rc = ser_errf(err, SER_EFORMAT, "%s: %zu bytes, shorter than the 8-byte header length",
                     f->label, n);
         goto fail;
     }
@@ -546,23 +535,23 @@ int ser_st_open(ser_st_file **out, const char *path, char err[SER_ERR_LEN]) {
 
     fp = fopen(path, "rb");
     if (!fp) {
-        rc = s_fail(err, errno == ENOENT ? SER_ENOENT : SER_EIO, "%s: cannot open: %s", f->label,
+        rc = ser_errf(err, errno == ENOENT ? SER_ENOENT : SER_EIO, "%s: cannot open: %s", f->label,
                     strerror(errno));
         goto fail;
     }
     struct stat st;
     if (fstat(fileno(fp), &st) != 0) {
-        rc = s_fail(err, SER_EIO, "%s: cannot stat: %s", f->label, strerror(errno));
+        rc = ser_errf(err, SER_EIO, "%s: cannot stat: %s", f->label, strerror(errno));
         goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
-        rc = s_fail(err, SER_EIO, "%s: not a regular file", f->label);
+        rc = ser_errf(err, SER_EIO, "%s: not a regular file", f->label);
         goto fail;
     }
     uint64_t n = (uint64_t)st.st_size;
     unsigned char lenbuf[8];
     if (n < 8) {
-        rc = s_fail(err, SER_EFORMAT, "%s: %llu bytes, shorter than the 8-byte header length",
+        rc = ser_errf(err, SER_EFORMAT, "%s: %llu bytes, shorter than the 8-byte header length",
                     f->label, (unsigned long long)n);
         goto fail;
     }
@@ -571,7 +560,7 @@ int ser_st_open(ser_st_file **out, const char *path, char err[SER_ERR_LEN]) {
     if ((rc = s_check_header_len(hlen, n, f->label, err)) != SER_OK) goto fail;
     hdr = malloc((size_t)hlen);
     if (!hdr) {
-        rc = s_fail(err, SER_ENOMEM, "%s: out of memory for the header", f->label);
+        rc = ser_errf(err, SER_ENOMEM, "%s: out of memory for the header", f->label);
         goto fail;
     }
     if (fread(hdr, 1, (size_t)hlen, fp) != hlen) goto short_read;
@@ -589,7 +578,7 @@ int ser_st_open(ser_st_file **out, const char *path, char err[SER_ERR_LEN]) {
     return SER_OK;
 
 short_read:
-    rc = s_fail(err, SER_EIO, "%s: short read (%s)", f->label,
+    rc = ser_errf(err, SER_EIO, "%s: short read (%s)", f->label,
                 ferror(fp) ? strerror(errno) : "file changed while reading?");
 fail:
     if (fp) fclose(fp);
@@ -707,12 +696,12 @@ static int s_check_f32(const ser_st_file *f, const ser_st_entry *e, int ndim, co
                        char *err) {
     if (!s_shape_eq(e, ndim, shape)) {
         char a[96], b[96];
-        return s_fail(err, SER_ESHAPE, "%s: tensor '%s': shape %s in the file, %s expected",
+        return ser_errf(err, SER_ESHAPE, "%s: tensor '%s': shape %s in the file, %s expected",
                       f->label, e->name, s_shape_str(a, sizeof a, e->ndim, e->shape),
                       s_shape_str(b, sizeof b, ndim, shape));
     }
     if (!s_is_float_dtype(e->dtype))
-        return s_fail(err, SER_EDTYPE,
+        return ser_errf(err, SER_EDTYPE,
                       "%s: tensor '%s': dtype %s cannot be read as F32 (F32/F64/F16/BF16 only)",
                       f->label, e->name, ser_dtype_name(e->dtype));
     return SER_OK;
@@ -721,7 +710,7 @@ static int s_check_f32(const ser_st_file *f, const ser_st_entry *e, int ndim, co
 int ser_st_read_f32(const ser_st_file *f, const char *name, float *dst, int ndim,
                     const int64_t *shape, char err[SER_ERR_LEN]) {
     const ser_st_entry *e = ser_st_find(f, name);
-    if (!e) return s_fail(err, SER_ENOENT, "%s: no tensor named '%s'", f->label, name);
+    if (!e) return ser_errf(err, SER_ENOENT, "%s: no tensor named '%s'", f->label, name);
     int rc = s_check_f32(f, e, ndim, shape, err);
     if (rc != SER_OK) return rc;
     s_to_f32(dst, e);
@@ -770,7 +759,7 @@ int ser_st_load_ptabs(const ser_st_file *f, const ser_ptab *const *p, float *con
         char a[SER_TINFO_NAME_LEN + 48] = "", b[SER_TINFO_NAME_LEN + 48] = "";
         if (nmiss) snprintf(a, sizeof a, "; %d missing, first '%s'", nmiss, first_miss);
         if (nunexp) snprintf(b, sizeof b, "; %d unexpected, first '%s'", nunexp, first_unexp);
-        return s_fail(err, nmiss ? SER_ENOENT : SER_EFORMAT, "%s: strict load (prefix '%.32s')%s%s",
+        return ser_errf(err, nmiss ? SER_ENOENT : SER_EFORMAT, "%s: strict load (prefix '%.32s')%s%s",
                       f->label, prefix, a, b);
     }
 
@@ -976,7 +965,7 @@ static int s_layout_make(s_layout *l, const ser_st_writer *w, char *err) {
     memset(l->header + len, ' ', l->hlen - len);
     goto done;
 oom:
-    rc = s_fail(err, SER_ENOMEM, "safetensors writer: out of memory building the header");
+    rc = ser_errf(err, SER_ENOMEM, "safetensors writer: out of memory building the header");
     s_layout_free(l);
 done:
     cJSON_free(text);
@@ -995,7 +984,7 @@ int ser_st_writer_to_mem(ser_st_writer *w, void **buf, size_t *n, char err[SER_E
     unsigned char *out = malloc(total);
     if (!out) {
         s_layout_free(&l);
-        return s_fail(err, SER_ENOMEM, "safetensors writer: out of memory for %zu bytes", total);
+        return ser_errf(err, SER_ENOMEM, "safetensors writer: out of memory for %zu bytes", total);
     }
     s_store_u64le(out, l.hlen);
     memcpy(out + 8, l.header, l.hlen);
@@ -1039,13 +1028,13 @@ int ser_st_writer_save(ser_st_writer *w, const char *path, char err[SER_ERR_LEN]
     size_t tlen = strlen(path) + 32;
     char *tmp = malloc(tlen);
     if (!tmp) {
-        rc = s_fail(err, SER_ENOMEM, "%s: out of memory", label);
+        rc = ser_errf(err, SER_ENOMEM, "%s: out of memory", label);
         goto done;
     }
     snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
     fp = fopen(tmp, "wb");
     if (!fp) {
-        rc = s_fail(err, SER_EIO, "%s: cannot create %s: %s", label, tmp, strerror(errno));
+        rc = ser_errf(err, SER_EIO, "%s: cannot create %s: %s", label, tmp, strerror(errno));
         free(tmp);
         tmp = NULL;  // nothing to remove
         goto done;
@@ -1058,24 +1047,24 @@ int ser_st_writer_save(ser_st_writer *w, const char *path, char err[SER_ERR_LEN]
         ok = t->nbytes == 0 || fwrite(t->data, 1, t->nbytes, fp) == t->nbytes;
     }
     if (!ok || fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
-        rc = s_fail(err, SER_EIO, "%s: cannot write %s: %s", label, tmp, strerror(errno));
+        rc = ser_errf(err, SER_EIO, "%s: cannot write %s: %s", label, tmp, strerror(errno));
         goto done;
     }
     int cl = fclose(fp);
     fp = NULL;
     if (cl != 0) {
-        rc = s_fail(err, SER_EIO, "%s: cannot close %s: %s", label, tmp, strerror(errno));
+        rc = ser_errf(err, SER_EIO, "%s: cannot close %s: %s", label, tmp, strerror(errno));
         goto done;
     }
     if (rename(tmp, path) != 0) {
-        rc = s_fail(err, SER_EIO, "%s: cannot rename %s over it: %s", label, tmp, strerror(errno));
+        rc = ser_errf(err, SER_EIO, "%s: cannot rename %s over it: %s", label, tmp, strerror(errno));
         goto done;
     }
     free(tmp);
     tmp = NULL;  // renamed: nothing to remove
     int e = s_fsync_dir(path);
     if (e)
-        rc = s_fail(err, SER_EIO, "%s: written, but fsync of its directory failed: %s", label,
+        rc = ser_errf(err, SER_EIO, "%s: written, but fsync of its directory failed: %s", label,
                     strerror(e));
 done:
     if (fp) fclose(fp);
