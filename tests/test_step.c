@@ -1,6 +1,6 @@
 // test_step.c — `ser step`, the reference interface, run as a real process: one step on the
 // PyTorch fixture's weights and batch must give PyTorch's loss terms, gradients and weights
-// after one AdamW step; 40 steps on one batch must overfit it; bad inputs give clear errors.
+// after one AdamW step; 50 steps on one batch must overfit it; bad inputs give clear errors.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,9 +126,9 @@ static void test_overfits_one_batch(void **state) {
     char args[ARGS_LEN], w[1024], b[1024], out[256];
     ser_test_fixture_path(w, sizeof w, "step_weights.safetensors");
     ser_test_fixture_path(b, sizeof b, "step_batch.safetensors");
-    snprintf(out, sizeof out, "%s/out40.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/out50.safetensors", s_dir);
     snprintf(args, sizeof args, "step --config '%s' --weights '%s' --batch '%s' --out '%s' "
-             "--steps 40 --lr 0.002 --wd 0.0 --momentum 0.99 --set optim.eps=1e-8", s_cfg, w, b, out);
+             "--steps 50 --lr 0.002 --wd 0.0 --momentum 0.99 --set optim.eps=1e-8", s_cfg, w, b, out);
     assert_int_equal(s_ser(args), 0);
     char err[SER_ERR_LEN];
     ser_st_file *o = NULL;
@@ -136,12 +136,12 @@ static void test_overfits_one_batch(void **state) {
     size_t n;
     float *loss = ser_test_tensor(o, "loss", &n), *inv = ser_test_tensor(o, "loss_inv", NULL);
     float *eq = ser_test_tensor(o, "loss_equiv", NULL);
-    assert_int_equal(n, 40);
+    assert_int_equal(n, 50);
     print_message("overfit: loss %.4f -> %.4f, inv %.4f -> %.4f, equiv %.4f -> %.4f\n",
-                  (double)loss[0], (double)loss[39], (double)inv[0], (double)inv[39],
-                  (double)eq[0], (double)eq[39]);
-    assert_true(loss[39] < 0.5f * loss[0]);
-    assert_true(inv[39] < inv[0] && eq[39] < eq[0]);
+                  (double)loss[0], (double)loss[49], (double)inv[0], (double)inv[49],
+                  (double)eq[0], (double)eq[49]);
+    assert_true(loss[49] < 0.5f * loss[0]);
+    assert_true(inv[49] < inv[0] && eq[49] < eq[0]);
     free(loss), free(inv), free(eq);
     ser_st_destroy(&o);
 }
