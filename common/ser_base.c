@@ -94,6 +94,13 @@ void *ser_xaligned(size_t n) {
     return p;
 }
 
+void *ser_xaligned_raw(size_t n) {
+    size_t sz = (n + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, sz ? sz : 64);
+    if (!p) SER_ABORT("out of memory allocating %zu bytes", n);
+    return p;
+}
+
 char *ser_xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = ser_xmalloc(n);

@@ -78,6 +78,9 @@ void *ser_xmalloc(size_t n);
 void *ser_xcalloc(size_t count, size_t size);
 // 64-byte aligned, zero-filled; release with free().
 void *ser_xaligned(size_t n);
+// 64-byte aligned, NOT initialised (for buffers always written before read: activations;
+// skips touching every page up front); release with free().
+void *ser_xaligned_raw(size_t n);
 char *ser_xstrdup(const char *s);
 
 // --- time ------------------------------------------------------------------------------------

@@ -447,8 +447,18 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
     }
 }
 
-// Polls and handles messages for up to ms milliseconds.
+// Polls and handles messages for up to ms milliseconds; heartbeats to live workers every
+// cluster.heartbeat_ms (they reconnect when the coordinator falls silent).
 static void s_poll(s_coord *c, int ms) {
+    static int64_t last_hb;
+    int64_t now = s_now();
+    if (now - last_hb >= c->tr.cfg.cluster.heartbeat_ms) {
+        last_hb = now;
+        Ser__Envelope e;
+        s_env(c, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
+        for (int i = 0; i < c->nw; i++)
+            if (c->w[i].alive) ser_wire_send(c->sock, c->w[i].id, &e, NULL, 0);
+    }
     zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
     if (zmq_poll(&it, 1, ms) <= 0) return;
     for (int k = 0; k < 64; k++) {

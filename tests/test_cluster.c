@@ -381,6 +381,46 @@ static void test_status_port(void **state) {
     s_kill_all();
 }
 
+// A shard whose computation takes several times cluster.timeout_ms: the worker heartbeats
+// between ViT blocks (and the coordinator to the workers), so nobody is declared lost.
+static void test_long_shard_keeps_heartbeating(void **state) {
+    (void)state;
+    char cfg[160], batch[160], out[160];
+    snprintf(cfg, sizeof cfg, "%s/slow.ini", s_dir);
+    snprintf(batch, sizeof batch, "%s/slow_batch.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/slow.safetensors", s_dir);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs("[model]\narch = vit_tiny\ndepth = 6\nimg_size = 32\npatch = 4\ncls_layer = 2\n"
+          "[moco]\ndim = 64\nmlp_dim = 256\n[ser]\nenabled = false\n"
+          "[data]\nglobal_batch = 96\nshards = 1\n[run]\nthreads = 1\n"
+          "[cluster]\nheartbeat_ms = 50\ntimeout_ms = 800\nstatus_port = -1\n", f);
+    fclose(f);
+    // 96 random 32-px images per view: one shard's forward+backward takes several times 800 ms.
+    size_t n = (size_t)96 * 3 * 32 * 32;
+    float *v0 = malloc(n * 4), *v1 = malloc(n * 4);
+    ser_test_fill_uniform(v0, n, 1, -2, 2);
+    ser_test_fill_uniform(v1, n, 2, -2, 2);
+    ser_st_writer *w = ser_st_writer_new();
+    int64_t shape[4] = {96, 3, 32, 32};
+    ser_st_writer_add(w, "inv.view0", SER_DT_F32, 4, shape, v0);
+    ser_st_writer_add(w, "inv.view1", SER_DT_F32, 4, shape, v1);
+    char err[SER_ERR_LEN], od[200];
+    assert_int_equal(ser_st_writer_save(w, batch, err), 0);
+    ser_st_writer_destroy(&w);
+    free(v0), free(v1);
+    snprintf(od, sizeof od, "run.out_dir=%s/slowrun", s_dir);
+    char *args[] = {"ser", "local", "--workers", "1", "--config", cfg, "--batch-file", batch,
+                    "--out", out, "--steps", "2", "--set", od, "--lr", "0.001", NULL};
+    time_t t0 = time(NULL);
+    int rc = s_wait(s_start("slow.log", args));
+    if (rc) system("tail -20 /tmp/ser_cluster_*/slow.log");
+    assert_int_equal(rc, 0);
+    assert_false(s_log_has("slow.log", "lost"));
+    print_message("2 steps of a slow shard in %lld s with an 800 ms liveness timeout\n",
+                  (long long)(time(NULL) - t0));
+}
+
 static void test_all_workers_gone(void **state) {
     (void)state;
     char out[128], ep[256];
@@ -405,6 +445,7 @@ int main(void) {
         cmocka_unit_test(test_coordinator_killed_and_restarted),
         cmocka_unit_test(test_garbage_and_wrong_peers),
         cmocka_unit_test(test_status_port),
+        cmocka_unit_test(test_long_shard_keeps_heartbeating),
         cmocka_unit_test(test_all_workers_gone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

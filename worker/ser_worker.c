@@ -60,6 +60,20 @@ typedef struct s_worker {
     int64_t last_heard, last_sent;
 } s_worker;
 
+static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type);
+
+// Heartbeat while computing (called between ViT blocks): the coordinator must not mistake a
+// long shard for a dead worker. Same thread as the socket's other users, so no locking.
+static void s_tick(void *ctx) {
+    s_worker *w = ctx;
+    int64_t now = ser_clock_now_ms();
+    if (!w->have_model || now - w->last_sent < w->cfg.cluster.heartbeat_ms) return;
+    Ser__Envelope e;
+    s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
+    ser_wire_send(w->sock, NULL, &e, NULL, 0);
+    w->last_sent = now;
+}
+
 static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type) {
     ser__envelope__init(e);
     e->job_id = w->job_id;
@@ -136,6 +150,8 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         }
     }
     w->have_model = 1;
+    w->m.vit.tick = w->m.mvit.tick = s_tick;
+    w->m.vit.tick_ctx = w->m.mvit.tick_ctx = w;
     w->span = ser_vit_span(&w->m.vit, &w->off);
     w->S = cfg.data.shards;
     w->sh = ser_xcalloc((size_t)w->S, sizeof *w->sh);
@@ -331,19 +347,6 @@ static int s_run(s_worker *w) {
         if (w->have_model) hb = w->cfg.cluster.heartbeat_ms, timeout = w->cfg.cluster.timeout_ms;
         zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
         zmq_poll(&it, 1, (long)(hb / 2 > 0 ? hb / 2 : 1));
-        int64_t now = ser_clock_now_ms();
-        if (w->have_model && now - w->last_sent >= hb) {
-            Ser__Envelope e;
-            s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
-            ser_wire_send(w->sock, NULL, &e, NULL, 0);
-            w->last_sent = now;
-        }
-        if (now - w->last_heard > timeout) {
-            ser_log(SER_LL_WARNING, "worker %s: coordinator silent for %lld ms; reconnecting to %s",
-                    w->name, (long long)(now - w->last_heard), w->endpoint);
-            if (s_connect(w)) return 1;
-            continue;
-        }
         for (int k = 0; k < 16; k++) {
             ser_wire_msg m;
             char err[SER_ERR_LEN];
@@ -383,6 +386,19 @@ static int s_run(s_worker *w) {
                 ser_log(SER_LL_INFO, "worker %s: job over", w->name);
                 return 0;
             }
+        }
+        // After draining what queued up (during a long task too): heartbeat, then judge silence.
+        int64_t now = ser_clock_now_ms();
+        if (w->have_model && now - w->last_sent >= hb) {
+            Ser__Envelope e;
+            s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
+            ser_wire_send(w->sock, NULL, &e, NULL, 0);
+            w->last_sent = now;
+        }
+        if (now - w->last_heard > timeout) {
+            ser_log(SER_LL_WARNING, "worker %s: coordinator silent for %lld ms; reconnecting to %s",
+                    w->name, (long long)(now - w->last_heard), w->endpoint);
+            if (s_connect(w)) return 1;
         }
     }
 }
