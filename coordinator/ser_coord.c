@@ -41,6 +41,7 @@ typedef struct s_shard {
     int worker;        // index into workers
     uint32_t attempt;
     int redo;          // the worker holding its activations died: forward again, then backward
+    int64_t sent_ms;   // when its last FORWARD or BACKWARD went out
     int p0, p1;        // global positions
     int n_eq, e0;      // its equivariant samples (the last positions) and the first's index
     ser_group_elem *g[2];  // [view] (n_eq,) as computed by the worker
@@ -189,6 +190,7 @@ static void s_send_forward(s_coord *c, int s) {
     e.momentum = c->momentum;
     e.params_version = (uint64_t)c->step;
     ser_wire_send(c->sock, c->w[wi].id, &e, NULL, 0);
+    sh->sent_ms = s_now();
 }
 
 static void s_send_backward(s_coord *c, int s) {
@@ -208,6 +210,7 @@ static void s_send_backward(s_coord *c, int s) {
     e.attempt = sh->attempt;
     sh->state = SH_BWD_SENT;
     ser_wire_send(c->sock, c->w[sh->worker].id, &e, t, 4);
+    sh->sent_ms = s_now();  // after the send, which a fault plan may delay
 }
 
 // Takes a shard's forward results: [CLS] rows into the batch (by position), its group
@@ -385,6 +388,28 @@ static void s_check_liveness(s_coord *c, int in_step) {
     }
 }
 
+// A worker says it is idle while shards sent to it long ago are unanswered: the task or its
+// answer was lost on the way (or the worker dropped it, e.g. for lack of its parameters).
+// Those shards go out again with a new attempt, parameters and teacher first; a late answer
+// to the old attempt is dropped as stale. "Long ago" is 3 heartbeats, so that an idle
+// heartbeat crossing a fresh task on the wire does not trigger a retry.
+static void s_retry_idle(s_coord *c, int wi) {
+    int64_t now = s_now(), grace = 3 * (int64_t)c->tr.cfg.cluster.heartbeat_ms;
+    for (int s = 0; s < c->S; s++) {
+        s_shard *sh = &c->sh[s];
+        if (sh->worker != wi || (sh->state != SH_FWD_SENT && sh->state != SH_BWD_SENT) ||
+            now - sh->sent_ms <= grace)
+            continue;
+        ser_log(SER_LL_WARNING, "step %lld: shard %d %s (attempt %u) unanswered for %lld ms by "
+                "idle worker %s; sending it again", (long long)c->step, s,
+                sh->state == SH_FWD_SENT ? "forward" : "backward", sh->attempt,
+                (long long)(now - sh->sent_ms), c->w[wi].id);
+        if (sh->state == SH_BWD_SENT) sh->redo = 1;  // rebuild the activations, then backward
+        sh->state = SH_IDLE;
+        c->w[wi].teacher_version = INT64_MIN;  // resend everything it needs
+    }
+}
+
 static void s_handle(s_coord *c, ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int wi = s_find_worker(c, m->identity);
@@ -405,7 +430,10 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
         w->teacher_version = INT64_MIN;  // none held
         s_send_params(c, wi);
     }
-    if (e->type == SER__MSG_TYPE__MSG_HEARTBEAT) return;
+    if (e->type == SER__MSG_TYPE__MSG_HEARTBEAT) {
+        if (e->text && !strcmp(e->text, "idle")) s_retry_idle(c, wi);
+        return;
+    }
     if (e->type != SER__MSG_TYPE__MSG_FORWARD_DONE && e->type != SER__MSG_TYPE__MSG_BACKWARD_DONE) {
         ser_log(SER_LL_WARNING, "unexpected message type %d from %s dropped", e->type, w->id);
         return;

@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 static int s_send_frame(void *sock, const void *data, size_t n, int more) {
@@ -15,8 +18,98 @@ static int s_send_frame(void *sock, const void *data, size_t n, int more) {
     }
 }
 
+// --- fault plan ----------------------------------------------------------------------------
+enum { F_DROP = 1, F_DUP, F_DELAY, F_KILL };
+typedef struct s_fault {
+    int action, type, ms, fired;
+    uint64_t step;
+} s_fault;
+static s_fault s_faults[16];
+static int s_nfaults = -1;
+
+static int s_type_of(const char *name) {
+    const ProtobufCEnumDescriptor *d = &ser__msg_type__descriptor;
+    char full[64];
+    snprintf(full, sizeof full, "MSG_%s", name);
+    for (unsigned i = 0; i < d->n_values; i++)
+        if (strcmp(d->values[i].name, full) == 0) return d->values[i].value;
+    return -1;
+}
+
+static const char *s_type_name(int type) {
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&ser__msg_type__descriptor, type);
+    return v ? v->name + 4 : "?";  // without MSG_
+}
+
+static void s_fault_parse(void) {
+    if (s_nfaults >= 0) return;
+    s_nfaults = 0;
+    const char *env = getenv("SER_FAULT");
+    if (!env || !*env) return;
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", env);
+    for (char *save = NULL, *r = strtok_r(buf, ";", &save); r && s_nfaults < 16;
+         r = strtok_r(NULL, ";", &save)) {
+        char act[16], type[32];
+        unsigned long long step = 0;
+        int ms = 0, n = sscanf(r, "%15[a-z]:%31[A-Z_]@%llu:%d", act, type, &step, &ms);
+        s_fault f = {0, s_type_of(type), ms, 0, step};
+        f.action = !strcmp(act, "drop") ? F_DROP : !strcmp(act, "dup") ? F_DUP
+                   : !strcmp(act, "delay") ? F_DELAY : !strcmp(act, "kill") ? F_KILL : 0;
+        if (n < 3 || !f.action || f.type < 0 || (f.action == F_DELAY && (n < 4 || ms < 0))) {
+            ser_log(SER_LL_ERROR, "SER_FAULT: rule '%s' ignored (see proto/ser_wire.h)", r);
+            continue;
+        }
+        s_faults[s_nfaults++] = f;
+        ser_log(SER_LL_WARNING, "SER_FAULT: %s armed", r);
+    }
+}
+
+// The send-side rule for this message, fired (returns its action) or 0.
+static int s_fault_send(const Ser__Envelope *env, int *ms) {
+    s_fault_parse();
+    for (int i = 0; i < s_nfaults; i++) {
+        s_fault *f = &s_faults[i];
+        if (f->fired || f->action == F_KILL || f->type != (int)env->type || f->step != env->step)
+            continue;
+        f->fired = 1;
+        *ms = f->ms;
+        ser_log(SER_LL_WARNING, "SER_FAULT: %s %s of step %llu",
+                f->action == F_DROP ? "dropping" : f->action == F_DUP ? "duplicating" : "delaying",
+                s_type_name(f->type), (unsigned long long)f->step);
+        return f->action;
+    }
+    return 0;
+}
+
+void ser_wire_fault_kill(int type, uint64_t step) {
+    s_fault_parse();
+    for (int i = 0; i < s_nfaults; i++)
+        if (s_faults[i].action == F_KILL && s_faults[i].type == type && s_faults[i].step == step) {
+            ser_log(SER_LL_WARNING, "SER_FAULT: killing this process (on %s of step %llu)",
+                    s_type_name(type), (unsigned long long)step);
+            raise(SIGKILL);
+        }
+}
+
+static int s_send_once(void *sock, const char *identity, Ser__Envelope *env,
+                       const ser_wire_tensor *t, int n);
+
 int ser_wire_send(void *sock, const char *identity, Ser__Envelope *env, const ser_wire_tensor *t,
                   int n) {
+    int ms = 0, action = s_fault_send(env, &ms);
+    if (action == F_DROP) return SER_OK;
+    if (action == F_DELAY) {
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int rc = s_send_once(sock, identity, env, t, n);
+    if (!rc && action == F_DUP) rc = s_send_once(sock, identity, env, t, n);
+    return rc;
+}
+
+static int s_send_once(void *sock, const char *identity, Ser__Envelope *env,
+                       const ser_wire_tensor *t, int n) {
     SER_ASSERT(n >= 0 && n <= SER_WIRE_MAX_TENSORS);
     Ser__TensorMeta meta[SER_WIRE_MAX_TENSORS], *mp[SER_WIRE_MAX_TENSORS];
     int64_t shapes[SER_WIRE_MAX_TENSORS][4];

@@ -9,6 +9,7 @@
 //   SER_PROTOCOL_VERSION
 //   ser_wire_tensor (outgoing), ser_wire_send()
 //   ser_wire_msg (incoming), ser_wire_recv(), ser_wire_msg_free(), ser_wire_find()
+//   ser_wire_fault_kill()   the fault plan (SER_FAULT), see below
 #ifndef SER_WIRE_H
 #define SER_WIRE_H
 
@@ -50,5 +51,16 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
 void ser_wire_msg_free(ser_wire_msg *m);
 // The data of tensor `name` if present with exactly numel F32 elements, else NULL.
 const float *ser_wire_find(const ser_wire_msg *m, const char *name, size_t numel);
+
+// --- fault plan ----------------------------------------------------------------------------
+// SER_FAULT (environment) holds ';'-separated rules, each firing once in this process:
+//   drop:TYPE@STEP         do not send the first TYPE message of step STEP
+//   dup:TYPE@STEP          send it twice
+//   delay:TYPE@STEP:MS     send it MS milliseconds late
+//   kill:TYPE@STEP         SIGKILL this process on receiving TYPE of step STEP (the start of
+//                          that phase: kill:BACKWARD@5 dies holding step 5's activations)
+// TYPE is a message name without MSG_ (FORWARD_DONE, BACKWARD_DONE, PARAMS, HEARTBEAT, ...).
+// A malformed SER_FAULT is reported once and ignored. Used by the fault tests.
+void ser_wire_fault_kill(int type, uint64_t step);
 
 #endif

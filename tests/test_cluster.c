@@ -421,6 +421,41 @@ static void test_long_shard_keeps_heartbeating(void **state) {
                   (long long)(time(NULL) - t0));
 }
 
+// Starts `start` with SER_FAULT=plan in its environment only.
+static pid_t s_with_faults(const char *plan, pid_t (*start)(const char *, const char *),
+                           const char *a, const char *b) {
+    setenv("SER_FAULT", plan, 1);
+    pid_t pid = start(a, b);
+    unsetenv("SER_FAULT");
+    return pid;
+}
+
+// Messages lost, duplicated and late both ways, a task dropped for want of its parameters and
+// a worker killed holding its activations: the run still equals `ser step`, bitwise.
+static void test_fault_plan(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256];
+    snprintf(ref, sizeof ref, "%s/ref10.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/faults.safetensors", s_dir);
+    s_reference(ref, "10");
+    setenv("SER_FAULT", "drop:BACKWARD@3;dup:FORWARD@2;drop:PARAMS@6;delay:BACKWARD@7:300", 1);
+    pid_t coord = s_coordinator(out, "10", "30000", ep, sizeof ep);
+    unsetenv("SER_FAULT");
+    s_with_faults("drop:FORWARD_DONE@9;dup:BACKWARD_DONE@1;delay:FORWARD_DONE@5:400;"
+                  "drop:BACKWARD_DONE@8", s_worker, ep, "wf0");
+    s_with_faults("kill:BACKWARD@4", s_worker, ep, "wf1");
+    int rc = s_wait(coord);
+    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    s_assert_same_bits(ref, out);
+    assert_true(s_log_has("coord.log", "SER_FAULT: dropping"));
+    assert_true(s_log_has("wf0.log", "SER_FAULT: duplicating"));
+    assert_true(s_log_has("wf1.log", "SER_FAULT: killing"));
+    assert_true(s_log_has("coord.log", "worker wf1 lost"));
+    assert_true(s_log_has("coord.log", "sending it again"));
+    s_kill_all();
+}
+
 static void test_all_workers_gone(void **state) {
     (void)state;
     char out[128], ep[256];
@@ -447,6 +482,7 @@ int main(void) {
         cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_long_shard_keeps_heartbeating),
         cmocka_unit_test(test_all_workers_gone),
+        cmocka_unit_test(test_fault_plan),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

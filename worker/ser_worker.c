@@ -70,6 +70,7 @@ static void s_tick(void *ctx) {
     if (!w->have_model || now - w->last_sent < w->cfg.cluster.heartbeat_ms) return;
     Ser__Envelope e;
     s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
+    e.text = (char *)"busy";
     ser_wire_send(w->sock, NULL, &e, NULL, 0);
     w->last_sent = now;
 }
@@ -373,8 +374,10 @@ static int s_run(s_worker *w) {
                 } else if (m.env->type == SER__MSG_TYPE__MSG_PARAMS) {
                     s_params(w, &m);
                 } else if (m.env->type == SER__MSG_TYPE__MSG_FORWARD) {
+                    ser_wire_fault_kill(m.env->type, m.env->step);
                     s_forward(w, m.env);
                 } else if (m.env->type == SER__MSG_TYPE__MSG_BACKWARD) {
+                    ser_wire_fault_kill(m.env->type, m.env->step);
                     s_backward(w, &m);
                 } else {
                     ser_log(SER_LL_WARNING, "worker %s: unexpected message type %d dropped", w->name, m.env->type);
@@ -392,6 +395,7 @@ static int s_run(s_worker *w) {
         if (w->have_model && now - w->last_sent >= hb) {
             Ser__Envelope e;
             s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
+            e.text = (char *)"idle";  // all queued work is done: the coordinator retries what it lost
             ser_wire_send(w->sock, NULL, &e, NULL, 0);
             w->last_sent = now;
         }
