@@ -59,6 +59,7 @@ typedef struct s_coord {
     s_worker w[SER_COORD_MAX_WORKERS];
     int nw;
     s_shard *sh;
+    int64_t skipped;  // steps not applied (run.nonfinite = skip)
     int S, B;
     size_t off, span;  // the student ViT's span of the arena
     ser_gathered g;    // the batch of this step, assembled from the shards
@@ -159,13 +160,16 @@ static void s_send_params(s_coord *c, int wi) {
     Ser__Envelope e;
     s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS);
     e.params_version = (uint64_t)c->step;
+    e.momentum = c->momentum;  // a worker holding step - 1's teacher advances it itself
     ser_wire_tensor t[2] = {{"student", 1, {(int64_t)c->span}, c->tr.m.params + c->off}};
     int n = 1;
     if (w->teacher_version != c->step - 1 && w->teacher_version != c->step) {
         t[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)c->span}, c->tr.m.mparams + c->off};
         n = 2;
-        w->teacher_version = c->step;
+        ser_log(SER_LL_DEBUG, "step %lld: sending the teacher to %s (it holds step %lld's)",
+                (long long)c->step, w->id, (long long)w->teacher_version);
     }
+    w->teacher_version = c->step;  // sent, or advanced by the worker from step - 1's
     ser_wire_send(c->sock, w->id, &e, t, n);
 }
 
@@ -581,6 +585,15 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
             s_send_backward(c, s);
     }
     if ((rc = s_phase(c, SH_BWD_DONE, "backward"))) return rc;
+    // A non-finite contribution is named (shard, worker) and never summed in.
+    for (int s = 0; s < c->S; s++) {
+        const float *g = c->sh[s].grad;
+        for (size_t i = 0; i < c->span; i++)
+            if (!isfinite(g[i]))
+                return ser_errf(err, SER_ENONFINITE, "step %lld: non-finite gradient from shard %d "
+                                "(worker %s, element %zu); not applied", (long long)c->step, s,
+                                c->w[c->sh[s].worker].id, i);
+    }
     // The shard gradients, summed in shard order (as ser_engine_backward does in one process).
     float *total = m->grads + c->off;
     memset(total, 0, sizeof(float) * c->span);
@@ -609,6 +622,11 @@ static int s_checkpoint(s_coord *c, ser_ckpt *ck, int64_t next, char *err) {
     return rc;
 }
 
+static int s_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 int ser_coord_run(const ser_coord_opts *o) {
     s_coord c;
     memset(&c, 0, sizeof c);
@@ -617,6 +635,7 @@ int ser_coord_run(const ser_coord_opts *o) {
     char err[SER_ERR_LEN];
     int status = 1, rc;
     float *grads0 = NULL, *losses = NULL;
+    double *step_s = NULL;
     if ((rc = ser_trainer_init(&c.tr, &o->cfg, o->iters_per_epoch, err))) {
         fprintf(stderr, "ser coordinator: %s\n", err);
         return 2;
@@ -718,8 +737,12 @@ int ser_coord_run(const ser_coord_opts *o) {
     int64_t nrun = end > first ? end - first : 0;
     losses = ser_xcalloc((size_t)nrun * 3 + 1, sizeof(float));
     double t0 = ser_time_sec();
+    step_s = ser_xcalloc((size_t)nrun + 1, sizeof(double));
+    uint64_t b_sent0 = 0, b_recv0 = 0;
     for (int64_t k = 0; k < nrun; k++) {
         c.step = first + k;
+        if (k == 1) ser_wire_bytes(&b_sent0, &b_recv0);  // the first step carries the set-up
+        double ts = ser_time_sec();
         double lr, wd;
         ser_trainer_values(&c.tr, c.step, &lr, &wd, &c.momentum);
         c.lr = lr, c.wd = wd;
@@ -734,9 +757,26 @@ int ser_coord_run(const ser_coord_opts *o) {
                 rc = SER_OK;
                 goto done;
             }
+            if (rc == SER_ENONFINITE && o->cfg.run.nonfinite == SER_CONFIG_NONFINITE_SKIP) {
+                // Nothing of the step reaches the parameters or AdamW; the momentum encoder's
+                // EMA (taken before the keys) and the heads' BatchNorm buffers keep its update.
+                ser_log(SER_LL_WARNING, "%s; skipped (run.nonfinite = skip)", err);
+                c.skipped++;
+                L.loss = L.loss_inv = L.loss_equiv = NAN;
+                rc = SER_OK;
+            }
+        }
+        if (rc) {
             if (rc == SER_ETIMEDOUT) snprintf(err, SER_ERR_LEN, "step %lld: no worker", (long long)c.step);
+            if (rc == SER_ENONFINITE) {
+                snprintf(err + strlen(err), SER_ERR_LEN - strlen(err), " (run.nonfinite = abort)");
+                char cerr[SER_ERR_LEN];  // keep the last good state for a resume
+                if (c.step > first && s_checkpoint(&c, ck, c.step, cerr))
+                    ser_log(SER_LL_ERROR, "checkpoint before aborting: %s", cerr);
+            }
             goto done;
         }
+        step_s[k] = ser_time_sec() - ts;
         c.last = L, c.last_step = c.step, c.phase = SER_STATUS_PHASE_IDLE;
         c.ips = (double)c.B * (double)(k + 1) / (ser_time_sec() - t0);
         s_publish(&c);
@@ -749,6 +789,15 @@ int ser_coord_run(const ser_coord_opts *o) {
             ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g (%d workers, %.2f s/step)",
                     (long long)c.step, L.loss, L.loss_inv, L.loss_equiv, lr, s_live_count(&c),
                     (ser_time_sec() - t0) / (double)(k + 1));
+    }
+    if (nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only
+        uint64_t b_sent, b_recv;
+        ser_wire_bytes(&b_sent, &b_recv);
+        qsort(step_s + 1, (size_t)nrun - 1, sizeof(double), s_cmp_double);
+        ser_log(SER_LL_INFO, "run summary: %lld steps, median %.4f s/step after the first, "
+                "%.0f bytes/step sent, %.0f bytes/step received", (long long)nrun,
+                step_s[1 + (nrun - 1) / 2], (double)(b_sent - b_sent0) / (double)(nrun - 1),
+                (double)(b_recv - b_recv0) / (double)(nrun - 1));
     }
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, nrun ? grads0 : NULL, losses, nrun, first, err)))
         goto done;
@@ -771,7 +820,7 @@ done:
         free(c.sh[s].grad), free(c.sh[s].g[0]), free(c.sh[s].g[1]);
         for (int i = 0; i < 4; i++) free(c.sh[s].maps[i]);
     }
-    free(c.sh), free(grads0), free(losses), free(c.gall[0]), free(c.gall[1]);
+    free(c.sh), free(grads0), free(losses), free(step_s), free(c.gall[0]), free(c.gall[1]);
     ser_gathered_free(&c.g);
     ser_trainer_free(&c.tr);
     return status;

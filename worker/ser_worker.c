@@ -243,10 +243,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
                 "(have %lld): dropped", w->name, (long long)step, s, (long long)w->params_version);
         return;
     }
-    if (w->teacher_version == step - 1) {
-        ser_moco_momentum_update(&w->m, (float)e->momentum);
-        w->teacher_version = step;
-    } else if (w->teacher_version != step) {
+    if (w->teacher_version != step) {
         ser_log(SER_LL_WARNING, "worker %s: no teacher for step %lld: FORWARD dropped", w->name,
                 (long long)step);
         return;
@@ -337,6 +334,11 @@ static void s_params(s_worker *w, const ser_wire_msg *m) {
     const float *te = ser_wire_find(m, "teacher", w->span);
     if (te) {
         memcpy(w->m.mparams + w->off, te, sizeof(float) * w->span);
+        w->teacher_version = w->params_version;
+    } else if (w->teacher_version == w->params_version - 1) {
+        // The teacher of this step is the EMA towards these parameters: computed here, as the
+        // coordinator does, instead of sent (half the bytes of a step's parameters).
+        ser_moco_momentum_update(&w->m, (float)m->env->momentum);
         w->teacher_version = w->params_version;
     }
 }
