@@ -23,7 +23,7 @@ static const char *const s_kind[] = {"auto", "imagefolder", "cifar10", "fashion_
                                      "synthetic", NULL};
 static const char *const s_interp[] = {"bilinear", "bicubic", NULL};
 static const char *const s_policy[] = {"torchvision", "kornia", NULL};
-static const char *const s_nonfinite[] = {"abort", "skip", "rollback", NULL};
+static const char *const s_nonfinite[] = {"abort", "skip", NULL};
 
 // --- the table ---------------------------------------------------------------------------------
 // Defaults are the MoCo-v3 + SER ViT-S/16 ImageNet run of ser-reference.md §8 where the
@@ -221,8 +221,10 @@ static const ser_config_option s_options[] = {
         "in the last bits with the thread count, so bitwise reproducibility across machines "
         "needs the same explicit value everywhere (common/ser_kernels.h)."),
     ENUM(run, nonfinite, s_nonfinite, "abort", 0,
-         "A non-finite loss or gradient: abort the job, skip the step, or roll back to the "
-         "last checkpoint. The step is never applied."),
+         "A non-finite loss or gradient (the coordinator names the shard and worker of a "
+         "non-finite gradient): abort the job, or skip the step. Either way the step's update "
+         "never reaches the parameters or AdamW; a skipped MoCo step keeps its momentum-encoder "
+         "EMA and BatchNorm buffer updates. `ser step` always aborts."),
     // [cluster]
     STR(cluster, coordinator, "127.0.0.1", NOHASH, "Host name or address of the coordinator."),
     INT(cluster, port, 0, 65535, "5555", NOHASH, "Coordinator control port; 0 = ephemeral."),

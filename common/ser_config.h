@@ -82,7 +82,7 @@ enum {
 // Same values as SER_DL_INTERP_* and SER_DL_POLICY_*.
 enum { SER_CONFIG_INTERP_BILINEAR = 0, SER_CONFIG_INTERP_BICUBIC };
 enum { SER_CONFIG_POLICY_TORCHVISION = 0, SER_CONFIG_POLICY_KORNIA };
-enum { SER_CONFIG_NONFINITE_ABORT = 0, SER_CONFIG_NONFINITE_SKIP, SER_CONFIG_NONFINITE_ROLLBACK };
+enum { SER_CONFIG_NONFINITE_ABORT = 0, SER_CONFIG_NONFINITE_SKIP };
 
 // --- the configuration -------------------------------------------------------------------------
 // Field meanings, ranges and defaults: docs/config.md (generated from the table).

@@ -6,20 +6,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
+static uint64_t s_sent, s_received;  // bytes of frames, this process
+
+void ser_wire_bytes(uint64_t *sent, uint64_t *received) {
+    *sent = s_sent, *received = s_received;
+}
+
 static int s_send_frame(void *sock, const void *data, size_t n, int more) {
     for (;;) {
-        if (zmq_send(sock, data, n, more ? ZMQ_SNDMORE : 0) >= 0) return SER_OK;
+        if (zmq_send(sock, data, n, more ? ZMQ_SNDMORE : 0) >= 0) return s_sent += n, SER_OK;
         if (errno != EINTR) return SER_EIO;
     }
 }
 
 // --- fault plan ----------------------------------------------------------------------------
-enum { F_DROP = 1, F_DUP, F_DELAY, F_KILL };
+enum { F_DROP = 1, F_DUP, F_DELAY, F_KILL, F_NAN };
 typedef struct s_fault {
     int action, type, ms, fired;
     uint64_t step;
@@ -55,7 +62,8 @@ static void s_fault_parse(void) {
         int ms = 0, n = sscanf(r, "%15[a-z]:%31[A-Z_]@%llu:%d", act, type, &step, &ms);
         s_fault f = {0, s_type_of(type), ms, 0, step};
         f.action = !strcmp(act, "drop") ? F_DROP : !strcmp(act, "dup") ? F_DUP
-                   : !strcmp(act, "delay") ? F_DELAY : !strcmp(act, "kill") ? F_KILL : 0;
+                   : !strcmp(act, "delay") ? F_DELAY : !strcmp(act, "kill") ? F_KILL
+                   : !strcmp(act, "nan") ? F_NAN : 0;
         if (n < 3 || !f.action || f.type < 0 || (f.action == F_DELAY && (n < 4 || ms < 0))) {
             ser_log(SER_LL_ERROR, "SER_FAULT: rule '%s' ignored (see proto/ser_wire.h)", r);
             continue;
@@ -75,7 +83,8 @@ static int s_fault_send(const Ser__Envelope *env, int *ms) {
         f->fired = 1;
         *ms = f->ms;
         ser_log(SER_LL_WARNING, "SER_FAULT: %s %s of step %llu",
-                f->action == F_DROP ? "dropping" : f->action == F_DUP ? "duplicating" : "delaying",
+                f->action == F_DROP ? "dropping" : f->action == F_DUP ? "duplicating"
+                : f->action == F_NAN ? "poisoning (NaN)" : "delaying",
                 s_type_name(f->type), (unsigned long long)f->step);
         return f->action;
     }
@@ -103,7 +112,22 @@ int ser_wire_send(void *sock, const char *identity, Ser__Envelope *env, const se
         struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
         nanosleep(&ts, NULL);
     }
+    ser_wire_tensor poisoned[SER_WIRE_MAX_TENSORS];
+    float *copy = NULL;
+    if (action == F_NAN && n > 0) {  // the first tensor's first element becomes NaN (a copy)
+        size_t numel = 1;
+        for (int d = 0; d < t[0].ndim; d++) numel *= (size_t)t[0].shape[d];
+        if (numel) {
+            memcpy(poisoned, t, sizeof(ser_wire_tensor) * (size_t)n);
+            copy = ser_xaligned(sizeof(float) * numel);
+            memcpy(copy, t[0].data, sizeof(float) * numel);
+            copy[0] = NAN;
+            poisoned[0].data = copy;
+            t = poisoned;
+        }
+    }
     int rc = s_send_once(sock, identity, env, t, n);
+    free(copy);
     if (!rc && action == F_DUP) rc = s_send_once(sock, identity, env, t, n);
     return rc;
 }
@@ -192,6 +216,7 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
         }
     }
     int more = s_more(sock);
+    s_received += zmq_msg_size(&f);
     m->env = ser__envelope__unpack(NULL, zmq_msg_size(&f), zmq_msg_data(&f));
     zmq_msg_close(&f);
     if (!m->env) return s_bad(sock, err, SER_EFORMAT, "envelope does not unpack");
@@ -239,6 +264,7 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
             break;
         }
         more = s_more(sock);
+        s_received += zmq_msg_size(&frames[i]);
         if (zmq_msg_size(&frames[i]) != t->nbytes) {
             rc = SER_EFORMAT;
             snprintf(err, SER_ERR_LEN, "tensor '%s': frame of %zu bytes, metadata says %llu",

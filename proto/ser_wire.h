@@ -52,11 +52,16 @@ void ser_wire_msg_free(ser_wire_msg *m);
 // The data of tensor `name` if present with exactly numel F32 elements, else NULL.
 const float *ser_wire_find(const ser_wire_msg *m, const char *name, size_t numel);
 
+// Bytes of all frames this process has sent and received (envelopes and tensors; not the
+// identity frames ZeroMQ adds, nor TCP/ZMTP framing).
+void ser_wire_bytes(uint64_t *sent, uint64_t *received);
+
 // --- fault plan ----------------------------------------------------------------------------
 // SER_FAULT (environment) holds ';'-separated rules, each firing once in this process:
 //   drop:TYPE@STEP         do not send the first TYPE message of step STEP
 //   dup:TYPE@STEP          send it twice
 //   delay:TYPE@STEP:MS     send it MS milliseconds late
+//   nan:TYPE@STEP          send it with its first tensor's first element set to NaN
 //   kill:TYPE@STEP         SIGKILL this process on receiving TYPE of step STEP (the start of
 //                          that phase: kill:BACKWARD@5 dies holding step 5's activations)
 // TYPE is a message name without MSG_ (FORWARD_DONE, BACKWARD_DONE, PARAMS, HEARTBEAT, ...).

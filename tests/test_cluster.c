@@ -4,6 +4,7 @@
 // workers are all gone says so and exits. Every child is killed by pid on every exit path and
 // the whole test runs under a hard alarm.
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 static pid_t s_kids[MAX_CHILD];
 static int s_nkids;
 static char s_dir[64], s_cfg[128], s_w[1024], s_b[1024];
+static char s_extra[64] = "run.log_every=1";  // one more --set for the next coordinator
 
 static void s_kill_all(void) {
     for (int i = 0; i < s_nkids; i++)
@@ -194,7 +196,7 @@ static pid_t s_coordinator_at(const char *out, const char *steps, const char *wa
     unlink(epf);
     char *args[] = {"ser", "coordinator", "--config", s_cfg, "--weights", s_w,
                     "--out", (char *)(uintptr_t)out, "--steps", (char *)(uintptr_t)steps,
-                    "--set", pset, "--set", od, "--set", "run.checkpoint_every=5",
+                    "--set", pset, "--set", od, "--set", "run.checkpoint_every=5", "--set", s_extra,
                     "--endpoint-file", epf, "--wait-workers-ms", (char *)(uintptr_t)wait_ms,
                     COMMON, NULL};
     pid_t pid = s_start(log, args);
@@ -456,6 +458,49 @@ static void test_fault_plan(void **state) {
     s_kill_all();
 }
 
+// A worker returns a NaN in its gradient: the coordinator names the shard and the worker,
+// and per run.nonfinite aborts (exit 1, nothing applied) or skips the step and goes on.
+static void test_nonfinite_gradient(void **state) {
+    (void)state;
+    char out[128], ep[256];
+    snprintf(out, sizeof out, "%s/nan_abort.safetensors", s_dir);
+    pid_t coord = s_coordinator_at(out, "4", "30000", ep, sizeof ep, "0", "nan_abort.log");
+    s_with_faults("nan:BACKWARD_DONE@1", s_worker, ep, "wn0");
+    assert_int_equal(s_wait(coord), 1);
+    assert_true(s_log_has("wn0.log", "SER_FAULT: poisoning"));
+    assert_true(s_log_has("nan_abort.log", "step 1: non-finite gradient from shard 0 (worker wn0"));
+    assert_true(s_log_has("nan_abort.log", "(run.nonfinite = abort)"));
+    assert_true(s_log_has("nan_abort.log", "checkpoint /"));  // step 0's result is kept
+    assert_int_equal(access(out, F_OK), -1);  // no result written for an aborted job
+    s_kill_all();
+
+    snprintf(out, sizeof out, "%s/nan_skip.safetensors", s_dir);
+    snprintf(s_extra, sizeof s_extra, "run.nonfinite=skip");
+    coord = s_coordinator_at(out, "5", "30000", ep, sizeof ep, "0", "nan_skip.log");
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    s_with_faults("nan:BACKWARD_DONE@2", s_worker, ep, "wn1");
+    int rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/nan_skip.log");
+    assert_int_equal(rc, 0);
+    assert_true(s_log_has("nan_skip.log", "step 2: non-finite gradient from shard 0 (worker wn1"));
+    assert_true(s_log_has("nan_skip.log", "skipped (run.nonfinite = skip)"));
+    assert_true(s_log_has("nan_skip.log", "step 4: loss"));
+    // Every weight and AdamW moment stays finite.
+    char err[SER_ERR_LEN];
+    ser_st_file *f = NULL;
+    assert_int_equal(ser_st_open(&f, out, err), 0);
+    int bad = 0;
+    for (int i = 0; i < ser_st_count(f); i++) {
+        const ser_st_entry *x = ser_st_at(f, i);
+        if (x->dtype != SER_DT_F32 || strncmp(x->name, "loss", 4) == 0) continue;
+        const float *v = x->data;
+        for (size_t j = 0; j < x->nbytes / 4; j++) bad += !isfinite(v[j]);
+    }
+    assert_int_equal(bad, 0);
+    ser_st_destroy(&f);
+    s_kill_all();
+}
+
 static void test_all_workers_gone(void **state) {
     (void)state;
     char out[128], ep[256];
@@ -483,6 +528,7 @@ int main(void) {
         cmocka_unit_test(test_long_shard_keeps_heartbeating),
         cmocka_unit_test(test_all_workers_gone),
         cmocka_unit_test(test_fault_plan),
+        cmocka_unit_test(test_nonfinite_gradient),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
