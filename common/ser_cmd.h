@@ -12,6 +12,8 @@
 int ser_cmd_bench(int argc, char **argv);
 // `ser bench step ...` (argv[0] is "step"), worker/ser_bench_step.c.
 int ser_bench_step(int argc, char **argv);
+// `ser bench cluster ...` (argv[0] is "cluster"), worker/ser_bench_cluster.c.
+int ser_bench_cluster(int argc, char **argv);
 int ser_cmd_dataloader(int argc, char **argv);
 // `ser step` (worker/ser_step.c).
 int ser_cmd_step(int argc, char **argv);

@@ -165,7 +165,7 @@ int ser_cmd_bench(int argc, char **argv) {
     if (strcmp(argv[1], "vit") == 0) return s_bench_vit(argc - 1, argv + 1);
     if (strcmp(argv[1], "loader") == 0) return ser_bench_loader(argc - 1, argv + 1);
     if (strcmp(argv[1], "step") == 0) return ser_bench_step(argc - 1, argv + 1);
-    if (strcmp(argv[1], "cluster") == 0) return ser_cmd_unimplemented("bench", argv[1]);
+    if (strcmp(argv[1], "cluster") == 0) return ser_bench_cluster(argc - 1, argv + 1);
     fprintf(stderr, "ser bench: unknown benchmark '%s' (vit, loader, step, cluster)\n", argv[1]);
     return 2;
 }
