@@ -1,10 +1,10 @@
 // ser_worker.c — `ser worker`: connects to the coordinator, computes the shards it is given.
 //
 // Protocol (proto/ser.proto, coordinator/ser_coord.h): HELLO -> WELCOME (the job's config) ->
-// PARAMS (student backbone; the teacher when it has none) -> FORWARD (step, shard, attempt,
-// momentum) -> FORWARD_DONE with the shard's rows -> BACKWARD with their gradients ->
-// BACKWARD_DONE with the shard's ViT gradient. The worker applies the teacher EMA itself once
-// per step (the same float operations as the coordinator's, so the same bits). Heartbeats go
+// PARAMS (student backbone and momentum; the teacher when it has none) -> FORWARD (step,
+// shard, attempt) -> FORWARD_DONE with the shard's rows -> BACKWARD with their gradients ->
+// BACKWARD_DONE with the shard's ViT gradient. The worker applies the teacher EMA itself on
+// each step's PARAMS (the same float operations as the coordinator's, so the same bits). Heartbeats go
 // out every cluster.heartbeat_ms; a coordinator silent for cluster.timeout_ms is reconnected
 // to (a restarted coordinator), and every invalid message is logged and dropped.
 #include <getopt.h>
