@@ -16,13 +16,14 @@
 #include <zmq.h>
 
 #include "ser_test.h"
+#include "ser_dl_data.h"
 #include "ser_wire.h"
 
 #define MAX_CHILD 16
 static pid_t s_kids[MAX_CHILD];
 static int s_nkids;
 static char s_dir[64], s_cfg[128], s_w[1024], s_b[1024];
-static char s_extra[64] = "run.log_every=1";  // one more --set for the next coordinator
+static char s_extra[192] = "run.log_every=1";  // one more --set for the next coordinator
 
 static void s_kill_all(void) {
     for (int i = 0; i < s_nkids; i++)
@@ -479,6 +480,70 @@ static void test_coordinator_killed_during_checkpoints(void **state) {
     s_kill_all();
 }
 
+// A data-loader service for the job (data.path = root) bound to tcp://127.0.0.1:port ("*" for
+// an ephemeral one); its endpoint into ep.
+static pid_t s_loader(const char *root, const char *port, const char *log, char *ep, size_t n) {
+    char epf[128], dp[160], bind[64];
+    snprintf(epf, sizeof epf, "%s/loader_endpoint", s_dir);
+    snprintf(dp, sizeof dp, "data.path=%s", root);
+    snprintf(bind, sizeof bind, "tcp://127.0.0.1:%s", port);
+    unlink(epf);
+    char *args[] = {"ser", "dataloader", "--config", s_cfg, "--set", dp, "--bind", bind,
+                    "--endpoint-file", epf, NULL};
+    pid_t pid = s_start(log, args);
+    assert_int_equal(s_read_line("loader_endpoint", ep, n, 30000), 0);
+    return pid;
+}
+
+static pid_t s_loader_worker(const char *ep, const char *lep, const char *name) {
+    char log[64];
+    snprintf(log, sizeof log, "%s.log", name);
+    char *args[] = {"ser", "worker", "--coordinator", (char *)(uintptr_t)ep, "--loader",
+                    (char *)(uintptr_t)lep, "--name", (char *)(uintptr_t)name, NULL};
+    return s_start(log, args);
+}
+
+// Workers stream shards from a loader that is SIGKILLed mid-run and restarted on the same
+// port 2.5 s later (fetches fail meanwhile; the tasks are retried): the run ends bitwise equal
+// to one with an undisturbed loader.
+static void test_loader_killed_and_restarted(void **state) {
+    (void)state;
+    char root[128], ref[128], out[128], ep[256], lep[256], lport[16], err[SER_ERR_LEN];
+    snprintf(root, sizeof root, "%s/data", s_dir);
+    assert_int_equal(ser_dl_data_make_synthetic(root, 2, 8, 48, 40, 3, err), 0);
+    snprintf(ref, sizeof ref, "%s/loader_ref.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/loader_killed.safetensors", s_dir);
+    snprintf(s_extra, sizeof s_extra, "data.path=%s", root);
+    // The undisturbed run.
+    pid_t ld = s_loader(root, "*", "loader0.log", lep, sizeof lep);
+    pid_t coord = s_coordinator_at(ref, "30", "30000", ep, sizeof ep, "0", "lref.log");
+    s_loader_worker(ep, lep, "wl0");
+    int rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/lref.log");
+    assert_int_equal(rc, 0);
+    s_kill_all();
+    (void)ld;
+    // The same job; its loader killed after step 3 and back a second later on the same port.
+    ld = s_loader(root, "*", "loader1.log", lep, sizeof lep);
+    const char *colon = strrchr(lep, ':');
+    assert_non_null(colon);
+    snprintf(lport, sizeof lport, "%s", colon + 1);
+    coord = s_coordinator_at(out, "30", "30000", ep, sizeof ep, "0", "lkill.log");
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    s_loader_worker(ep, lep, "wl1");
+    for (int t = 0; t < 3000 && !s_log_has("lkill.log", "step 3:"); t++) s_sleep_ms(5);
+    assert_false(s_log_has("lkill.log", "step 29:"));
+    kill(ld, SIGKILL);
+    s_wait(ld);
+    s_sleep_ms(2500);  // longer than a fetch's deadline (cluster.timeout_ms): fetches fail
+    s_loader(root, lport, "loader2.log", lep, sizeof lep);
+    rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/lkill.log /tmp/ser_cluster_*/wl1.log");
+    assert_int_equal(rc, 0);
+    s_assert_same_bits(ref, out);
+    s_kill_all();
+}
+
 // Starts `start` with SER_FAULT=plan in its environment only.
 static pid_t s_with_faults(const char *plan, pid_t (*start)(const char *, const char *),
                            const char *a, const char *b) {
@@ -586,6 +651,7 @@ int main(void) {
         cmocka_unit_test(test_fault_plan),
         cmocka_unit_test(test_nonfinite_gradient),
         cmocka_unit_test(test_coordinator_killed_during_checkpoints),
+        cmocka_unit_test(test_loader_killed_and_restarted),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
