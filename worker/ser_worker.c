@@ -397,7 +397,12 @@ static int s_run(s_worker *w) {
         if (w->have_model && now - w->last_sent >= hb) {
             Ser__Envelope e;
             s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
-            e.text = (char *)"idle";  // all queued work is done: the coordinator retries what it lost
+            // Idle only with nothing queued (the drain above stops after 16 messages): the
+            // coordinator resends what an idle worker has not answered.
+            int events = 0;
+            size_t esz = sizeof events;
+            zmq_getsockopt(w->sock, ZMQ_EVENTS, &events, &esz);
+            e.text = (char *)((events & ZMQ_POLLIN) ? "busy" : "idle");
             ser_wire_send(w->sock, NULL, &e, NULL, 0);
             w->last_sent = now;
         }
