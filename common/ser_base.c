@@ -120,6 +120,16 @@ static int64_t s_clock_default(void) {
 int64_t ser_clock_now_ms(void) { return s_clock_fn ? s_clock_fn() : s_clock_default(); }
 void ser_clock_set(int64_t (*fn)(void)) { s_clock_fn = fn; }
 
+static int s_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double ser_median(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, s_cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
 double ser_time_sec(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -6,7 +6,7 @@
 //   ser_log(level, fmt, ...), ser_log_set_level(), ser_log_parse_level()
 //   ser_xmalloc(), ser_xcalloc(), ser_xaligned(), ser_xstrdup()   abort on OOM
 //   ser_clock_now_ms(), ser_clock_set()   injectable monotonic clock
-//   ser_time_sec()   wall clock for benchmarks
+//   ser_time_sec(), ser_median()   wall clock and medians for benchmarks
 #ifndef SER_BASE_H
 #define SER_BASE_H
 
@@ -89,5 +89,7 @@ int64_t ser_clock_now_ms(void);
 void ser_clock_set(int64_t (*fn)(void));
 // Monotonic seconds as a double, for benchmarks.
 double ser_time_sec(void);
+// The median of x[0..n) (n >= 1; the mean of the middle two for even n). Sorts x in place.
+double ser_median(double *x, int n);
 
 #endif

@@ -29,7 +29,7 @@ void ser_moco_config_default(ser_moco_config *c) {
 int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
     ser_moco_config_default(c);
     if (job->method.name != SER_CONFIG_METHOD_MOCO)
-        return ser_errf(err, SER_ECONFIG, "method.name: only moco is implemented so far");
+        return ser_errf(err, SER_ECONFIG, "method.name: ser_moco needs moco");
     int rc = ser_config_to_vit(job, &c->vit, err);
     if (rc) return rc;
     c->init_scheme = job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO

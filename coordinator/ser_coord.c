@@ -622,11 +622,6 @@ static int s_checkpoint(s_coord *c, ser_ckpt *ck, int64_t next, char *err) {
     return rc;
 }
 
-static int s_cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int ser_coord_run(const ser_coord_opts *o) {
     s_coord c;
     memset(&c, 0, sizeof c);
@@ -793,10 +788,9 @@ int ser_coord_run(const ser_coord_opts *o) {
     if (nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only
         uint64_t b_sent, b_recv;
         ser_wire_bytes(&b_sent, &b_recv);
-        qsort(step_s + 1, (size_t)nrun - 1, sizeof(double), s_cmp_double);
         ser_log(SER_LL_INFO, "run summary: %lld steps, median %.4f s/step after the first, "
                 "%.0f bytes/step sent, %.0f bytes/step received", (long long)nrun,
-                step_s[1 + (nrun - 1) / 2], (double)(b_sent - b_sent0) / (double)(nrun - 1),
+                ser_median(step_s + 1, (int)nrun - 1), (double)(b_sent - b_sent0) / (double)(nrun - 1),
                 (double)(b_recv - b_recv0) / (double)(nrun - 1));
     }
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, nrun ? grads0 : NULL, losses, nrun, first, err)))

@@ -327,11 +327,6 @@ int ser_cmd_dataloader(int argc, char **argv) {
 
 // --- benchmark ---------------------------------------------------------------------------------
 
-static int s_cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 int ser_bench_loader(int argc, char **argv) {
     s_opts o;
     s_opts_defaults(&o);
@@ -367,11 +362,11 @@ int ser_bench_loader(int argc, char **argv) {
         printf("repeat %d: %.1f images/s (%d images, 2 views each)\n", r, ips[r], o.steps * B);
     }
     if (!rc) {
-        qsort(ips, (size_t)reps, sizeof *ips, s_cmp_double);
+        double med = ser_median(ips, reps);
         printf("ser loader: img %d, %s, %s, %d threads, batch %d: median %.1f images/s "
                "(decoded + augmented, 2 views each; %d repeats)\n",
                o.cfg.img, o.cfg.policy ? "kornia" : "torchvision",
-               o.cfg.interp ? "bicubic" : "bilinear", ser_dl_threads(dl), B, ips[reps / 2], reps);
+               o.cfg.interp ? "bicubic" : "bilinear", ser_dl_threads(dl), B, med, reps);
         printf("bad_files:%llu replacements:%llu\n", (unsigned long long)ser_dl_bad_files(dl),
                (unsigned long long)ser_dl_replacements(dl));
     } else {

@@ -16,16 +16,6 @@
 #include "ser_rng.h"
 #include "ser_vit.h"
 
-static int s_cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double s_median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, s_cmp_double);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
-
 static void s_fill(float *x, size_t n, uint32_t stream, float scale) {
     ser_rng r;
     ser_rng_init(&r, 1234, stream, 0, SER_RNG_BENCH);
@@ -131,7 +121,7 @@ static int s_bench_vit(int argc, char **argv) {
     if (rc) {
         fprintf(stderr, "ser bench vit: %s\n", err);
     } else {
-        double med = s_median(times, runs), medf = s_median(tf, runs);
+        double med = ser_median(times, runs), medf = ser_median(tf, runs);
         double flops = 3.0 * ser_vit_flops(&cfg, batch, g, g);
         double gflops = flops / med * 1e-9;
         double ips = batch / med;

@@ -33,11 +33,6 @@ static void s_usage(FILE *f) {
             "  1 equivariant sample, 4 steps, 2 threads (the worker's; one process: the same)\n");
 }
 
-static int s_cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static void s_fill(float *x, size_t n, uint32_t stream) {
     ser_rng r;
     ser_rng_init(&r, 91, stream, 0, SER_RNG_BENCH);
@@ -106,8 +101,7 @@ static int s_single(const char *cfg_path, const char *batch, int steps, double *
         if (!rc) rc = ser_trainer_apply(&tr, k, lr, wd, NULL, err);
         t[k] = ser_time_sec() - t0;
     }
-    qsort(t + 1, (size_t)steps - 1, sizeof(double), s_cmp);
-    *med = t[1 + (steps - 1) / 2];
+    *med = ser_median(t + 1, steps - 1);
     free(t);
     ser_batchfile_free(&bf);
     ser_trainer_free(&tr);

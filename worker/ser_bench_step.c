@@ -15,11 +15,6 @@
 #include "ser_rng.h"
 #include "ser_sched.h"
 
-static int s_cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static void s_usage(FILE *f) {
     fprintf(f,
             "usage: ser bench step [--method moco|dino|barlow] [--ser on|off] [--model M]\n"
@@ -156,8 +151,7 @@ int ser_bench_step(int argc, char **argv) {
     if (rc) {
         fprintf(stderr, "ser bench step: %s\n", err);
     } else {
-        qsort(t, (size_t)runs, sizeof *t, s_cmp);
-        double med = runs % 2 ? t[runs / 2] : 0.5 * (t[runs / 2 - 1] + t[runs / 2]);
+        double med = ser_median(t, runs);
         if (json)
             printf("{\"bench\":\"step\",\"method\":\"%s\",\"ser\":%d,\"model\":\"%s\",\"img\":%d,"
                    "\"patch\":%d,\"batch\":%d,\"n_eq\":%d,\"threads\":%d,\"runs\":%d,"
