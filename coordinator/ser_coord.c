@@ -59,7 +59,6 @@ typedef struct s_coord {
     s_worker w[SER_COORD_MAX_WORKERS];
     int nw;
     s_shard *sh;
-    int64_t skipped;  // steps not applied (run.nonfinite = skip)
     int S, B;
     size_t off, span;  // the student ViT's span of the arena
     ser_gathered g;    // the batch of this step, assembled from the shards
@@ -563,6 +562,21 @@ static int s_phase(s_coord *c, int target, const char *name) {
     return SER_OK;
 }
 
+// After a non-finite gradient (nothing applied): when a shard's contribution is the source,
+// err names it and its worker instead of the global norm.
+static void s_name_nonfinite_shard(const s_coord *c, char *err) {
+    for (int s = 0; s < c->S; s++) {
+        const float *g = c->sh[s].grad;
+        for (size_t i = 0; i < c->span; i++)
+            if (!isfinite(g[i])) {
+                ser_errf(err, SER_ENONFINITE, "step %lld: non-finite gradient from shard %d "
+                         "(worker %s, element %zu); not applied", (long long)c->step, s,
+                         c->w[c->sh[s].worker].id, i);
+                return;
+            }
+    }
+}
+
 static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *grads0, char *err) {
     ser_moco *m = &c->tr.m;
     ser_moco_momentum_update(m, (float)c->momentum);
@@ -585,15 +599,6 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
             s_send_backward(c, s);
     }
     if ((rc = s_phase(c, SH_BWD_DONE, "backward"))) return rc;
-    // A non-finite contribution is named (shard, worker) and never summed in.
-    for (int s = 0; s < c->S; s++) {
-        const float *g = c->sh[s].grad;
-        for (size_t i = 0; i < c->span; i++)
-            if (!isfinite(g[i]))
-                return ser_errf(err, SER_ENONFINITE, "step %lld: non-finite gradient from shard %d "
-                                "(worker %s, element %zu); not applied", (long long)c->step, s,
-                                c->w[c->sh[s].worker].id, i);
-    }
     // The shard gradients, summed in shard order (as ser_engine_backward does in one process).
     float *total = m->grads + c->off;
     memset(total, 0, sizeof(float) * c->span);
@@ -604,7 +609,10 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
     if (grads0) memcpy(grads0, m->grads, sizeof(float) * m->tab.total);
     c->phase = SER_STATUS_PHASE_APPLY;
     c->waiting[0] = 0;
-    return ser_trainer_apply(&c->tr, c->step, lr, wd, NULL, err);
+    rc = ser_trainer_apply(&c->tr, c->step, lr, wd, NULL, err);
+    if (rc == SER_ENONFINITE)  // the apply checked the whole gradient; name the shard if one is the source
+        s_name_nonfinite_shard(c, err);
+    return rc;
 }
 
 // Saves the state after step `next - 1` (the next to run is `next`) into run.out_dir.
@@ -756,7 +764,6 @@ int ser_coord_run(const ser_coord_opts *o) {
                 // Nothing of the step reaches the parameters or AdamW; the momentum encoder's
                 // EMA (taken before the keys) and the heads' BatchNorm buffers keep its update.
                 ser_log(SER_LL_WARNING, "%s; skipped (run.nonfinite = skip)", err);
-                c.skipped++;
                 L.loss = L.loss_inv = L.loss_equiv = NAN;
                 rc = SER_OK;
             }
