@@ -262,20 +262,28 @@ int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, u
     rc =
         ser_engine_forward(&m->eng, &m->vit, NULL, b, shards, m->cfg.ser, drop_seed, step, &g, err);
     if (rc) return rc;
-    // A non-finite [CLS] row must stop the step here: the projector's ReLU would turn the NaN
-    // it spreads through the first BatchNorm into zeros and leave a finite, meaningless loss.
-    for (int v = 0; v < 2 && !rc; v++)
-        for (size_t i = 0; i < (size_t)g.B * g.C && !rc; i++)
-            if (!isfinite(g.qcls[v][i]))
-                rc = ser_errf(err, SER_ENONFINITE, "step %u: non-finite [CLS] (view %d, sample %zu)",
-                            step, v, i / (size_t)g.C);
-    if (!rc) rc = s_objective(m, b, &g, out, err);
-    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv))) {
-        memset(m->grads, 0, sizeof(float) * m->tab.total);
-        rc = ser_errf(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
-                    out->loss_inv, out->loss_equiv);
-    }
+    rc = ser_barlow_objective(m, b, &g, out, err);
+    if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
     if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);
     ser_gathered_free(&g);
+    return rc;
+}
+
+int ser_barlow_objective(ser_barlow *m, const ser_batch *b, ser_gathered *g, ser_barlow_losses *out,
+                         char err[SER_ERR_LEN]) {
+    memset(out, 0, sizeof *out);
+    // A non-finite [CLS] row must stop the step here: the projector's ReLU would turn the NaN
+    // it spreads through the first BatchNorm into zeros and leave a finite, meaningless loss.
+    for (int v = 0; v < 2; v++)
+        for (size_t i = 0; i < (size_t)g->B * g->C; i++)
+            if (!isfinite(g->qcls[v][i]))
+                return ser_errf(err, SER_ENONFINITE, "non-finite [CLS] (view %d, sample %zu)", v,
+                                i / (size_t)g->C);
+    int rc = s_objective(m, b, g, out, err);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv))) {
+        memset(m->grads, 0, sizeof(float) * m->tab.total);
+        rc = ser_errf(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g)", out->loss_inv,
+                    out->loss_equiv);
+    }
     return rc;
 }

@@ -118,6 +118,14 @@ typedef struct ser_barlow_losses {
 int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, uint64_t drop_seed,
                                 uint32_t step, ser_barlow_losses *out, char err[SER_ERR_LEN]);
 
+// The batch-coupled half on gathered features (used by ser_barlow_forward_backward and by the
+// coordinator): projector, BatchNorms (running buffers advance), cross-correlation loss, SER
+// term; fills g->dqcls/dqmap and the head-side gradients (m->grads must be zeroed before).
+// Only b->n_inv, b->n_eq and b->g are read. SER_ENONFINITE for a non-finite [CLS] row (nothing
+// advances) or loss (m->grads zeroed; the buffers have advanced).
+int ser_barlow_objective(ser_barlow *m, const ser_batch *b, ser_gathered *g, ser_barlow_losses *out,
+                         char err[SER_ERR_LEN]);
+
 // --- the cross-correlation loss ----------------------------------------------------------------
 // a, b (N, P): the normalised embeddings bn(z1), bn(z2) of the whole batch. With c = a^T b / N:
 //   *on_diag = sum_i (c_ii - 1)^2,  *off_diag = sum_{i != j} c_ij^2   (accumulated in double)

@@ -29,6 +29,17 @@ int ser_errf(char *err, int rc, const char *fmt, ...) {
     return rc;
 }
 
+void ser_err_prefix(char *err, const char *fmt, ...) {
+    if (!err) return;
+    char old[SER_ERR_LEN];
+    snprintf(old, sizeof old, "%s", err);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(err, SER_ERR_LEN, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && n < SER_ERR_LEN) snprintf(err + n, (size_t)(SER_ERR_LEN - n), "%s", old);
+}
+
 void ser__abort(const char *file, int line, const char *fmt, ...) {
     fflush(stdout);
     fprintf(stderr, "%s:%d: ", file, line);

@@ -2,7 +2,7 @@
 //
 // defines:
 //   SER_ASSERT(x), SER_ABORT(fmt, ...)   always on, print file:line and abort()
-//   enum ser_errno (SER_E*) + ser_strerror(rc), ser_errf()   negative codes + messages
+//   enum ser_errno (SER_E*) + ser_strerror(rc), ser_errf(), ser_err_prefix()   negative codes + messages
 //   ser_log(level, fmt, ...), ser_log_set_level(), ser_log_parse_level()
 //   ser_xmalloc(), ser_xcalloc(), ser_xaligned(), ser_xstrdup()   abort on OOM
 //   ser_clock_now_ms(), ser_clock_set()   injectable monotonic clock
@@ -52,6 +52,8 @@ const char *ser_strerror(int rc);
 // Formats a message into err (SER_ERR_LEN bytes; err may be NULL) and returns rc, so a failure
 // path reads `return ser_errf(err, SER_EINVAL, "what %d", x);`.
 int ser_errf(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
+// Puts the formatted text in front of the message already in err (truncated to SER_ERR_LEN).
+void ser_err_prefix(char *err, const char *fmt, ...) SER_FMT(2, 3);
 
 // --- assertions ------------------------------------------------------------------------------
 // Broken invariants: always compiled in (not removed by NDEBUG).

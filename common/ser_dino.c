@@ -498,14 +498,23 @@ int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, doubl
     rc = ser_engine_forward(&d->eng, &d->vit, &d->tvit, b, shards, d->cfg.ser, drop_seed, step,
                             &g, err);
     if (rc) return rc;
-    rc = s_objective(d, b, &g, (float)teacher_temp, out, err);
-    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
-        rc = ser_errf(err, SER_ENONFINITE, "step %u: non-finite loss (inv %g, equiv %g)", step,
-                    out->loss_inv, out->loss_equiv);
-    if (!rc) {
-        ser_engine_backward(&d->eng, &d->vit, b, shards, &g, d->cfg.ser && d->cfg.ser_grad);
-        d->have_batch_center = 1;
-    }
+    rc = ser_dino_objective(d, b, &g, teacher_temp, out, err);
+    if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
+    if (!rc) ser_engine_backward(&d->eng, &d->vit, b, shards, &g, d->cfg.ser && d->cfg.ser_grad);
     ser_gathered_free(&g);
+    return rc;
+}
+
+int ser_dino_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, double teacher_temp,
+                       ser_dino_losses *out, char err[SER_ERR_LEN]) {
+    d->have_batch_center = 0;
+    if (!(teacher_temp > 0.0 && isfinite(teacher_temp)))
+        return ser_errf(err, SER_EINVAL, "dino: teacher temperature %g must be positive and finite",
+                      teacher_temp);
+    int rc = s_objective(d, b, g, (float)teacher_temp, out, err);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
+        rc = ser_errf(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g)", out->loss_inv,
+                    out->loss_equiv);
+    if (!rc) d->have_batch_center = 1;
     return rc;
 }

@@ -207,6 +207,13 @@ int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, doubl
                               uint64_t drop_seed, uint32_t step, ser_dino_losses *out,
                               char err[SER_ERR_LEN]);
 
+// The batch-coupled half on gathered features (used by ser_dino_forward_backward and by the
+// coordinator): heads, loss, centre batch mean, SER term; fills g->dqcls/dqmap and the
+// head-side gradients (d->grads must be zeroed before). Only b->n_inv, b->n_eq and b->g are
+// read. On success the batch mean is kept for ser_dino_after_step().
+int ser_dino_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, double teacher_temp,
+                       ser_dino_losses *out, char err[SER_ERR_LEN]);
+
 // center <- center * f32(m_c) + batch_center * f32(1 - m_c), from the last successful
 // ser_dino_forward_backward (SER_ASSERTs there was one since the last update).
 void ser_dino_update_center(ser_dino *d);

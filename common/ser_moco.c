@@ -205,11 +205,7 @@ int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float
                             err);
     if (rc) return rc;
     rc = ser_moco_objective(m, b, &g, out, err);
-    if (rc == SER_ENONFINITE) {
-        char why[SER_ERR_LEN];
-        snprintf(why, sizeof why, "step %u: %s", step, err);
-        snprintf(err, SER_ERR_LEN, "%s", why);
-    }
+    if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
     if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);
     ser_gathered_free(&g);
     return rc;

@@ -100,6 +100,54 @@ int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards,
     return rc;
 }
 
+void ser_trainer_get_vits(ser_trainer *t, ser_trainer_vits *v) {
+    memset(v, 0, sizeof *v);
+    if (t->method == SER_CONFIG_METHOD_MOCO) {
+        v->student = &t->m.vit, v->teacher = &t->m.mvit, v->tparams = t->m.mparams;
+        v->maps = t->m.cfg.ser, v->map_grad = t->m.cfg.ser && t->m.cfg.ser_grad;
+        v->ema_before = 1;
+    } else if (t->method == SER_CONFIG_METHOD_DINO) {
+        v->student = &t->dino.vit, v->teacher = &t->dino.tvit, v->tparams = t->dino.tparams;
+        v->maps = t->dino.cfg.ser, v->map_grad = t->dino.cfg.ser && t->dino.cfg.ser_grad;
+    } else {
+        v->student = &t->bt.vit;
+        v->maps = t->bt.cfg.ser, v->map_grad = t->bt.cfg.ser && t->bt.cfg.ser_grad;
+    }
+    v->params = t->params, v->grads = t->grads;
+    v->span = ser_vit_span(v->student, &v->off);
+    if (v->teacher) {
+        size_t tspan = ser_vit_span(v->teacher, &v->toff);
+        SER_ASSERT(tspan == v->span);
+    }
+}
+
+void ser_trainer_teacher_ema(ser_trainer *t, double momentum) {
+    if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_momentum_update(&t->m, (float)momentum);
+    if (t->method == SER_CONFIG_METHOD_DINO) ser_dino_ema_update(&t->dino, momentum);
+}
+
+int ser_trainer_objective(ser_trainer *t, const ser_batch *b, ser_gathered *g, int64_t it,
+                          double losses[3], char err[SER_ERR_LEN]) {
+    memset(t->grads, 0, sizeof(float) * t->tab->total);
+    int rc;
+    if (t->method == SER_CONFIG_METHOD_MOCO) {
+        ser_moco_losses L;
+        rc = ser_moco_objective(&t->m, b, g, &L, err);
+        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    } else if (t->method == SER_CONFIG_METHOD_BARLOW) {
+        ser_barlow_losses L;
+        rc = ser_barlow_objective(&t->bt, b, g, &L, err);
+        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    } else {
+        ser_sched_values sv;
+        ser_sched_eval(&t->sp, it, &sv);
+        ser_dino_losses L;
+        rc = ser_dino_objective(&t->dino, b, g, sv.teacher_temp, &L, err);
+        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    }
+    return rc;
+}
+
 void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd, double *momentum) {
     ser_sched_values sv;
     ser_sched_eval(&t->sp, it, &sv);

@@ -60,6 +60,31 @@ int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards,
 
 void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd, double *momentum);
 
+// The ViTs of the method, as the distributed runtime moves them: the student backbone's span of
+// the trainable arena (params/grads + off, span floats) and, when the method has one, the
+// teacher's (MoCo's momentum encoder, DINO's EMA teacher; tparams + toff) — NULL for barlow.
+// maps / map_grad: the engine's flags (gather the SER maps; backpropagate through them).
+typedef struct ser_trainer_vits {
+    ser_vit *student, *teacher;
+    float *params, *grads, *tparams;
+    size_t off, toff, span;
+    int maps, map_grad;
+    int ema_before;  // 1: the teacher EMA opens the step (MoCo); 0: it closes it (DINO)
+} ser_trainer_vits;
+void ser_trainer_get_vits(ser_trainer *t, ser_trainer_vits *v);
+
+// The method's teacher EMA towards the current student with momentum m: MoCo's momentum
+// update (the start of a step), DINO's teacher update (the end of a step, without the centre);
+// nothing for barlow. A worker that holds a teacher advances it with this, bitwise as the
+// coordinator's own (same function, same operands).
+void ser_trainer_teacher_ema(ser_trainer *t, double momentum);
+
+// Phase 2 of a step (docs/batch-coupling.md) on a batch gathered from its shards: the
+// method's objective, which fills g->dqcls / g->dqmap and the head-side part of t->grads
+// (zeroed here first). losses: total, invariance, equivariance. SER_ENONFINITE names the term.
+int ser_trainer_objective(ser_trainer *t, const ser_batch *b, ser_gathered *g, int64_t it,
+                          double losses[3], char err[SER_ERR_LEN]);
+
 // Clips the gradients per the config, refuses non-finite ones (SER_ENONFINITE, nothing
 // applied), then one AdamW step (DINO: without the last layer while it is frozen, then the
 // centre update and the teacher EMA). *gnorm gets the global norm before clipping.

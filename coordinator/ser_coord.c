@@ -53,6 +53,7 @@ typedef struct s_shard {
 typedef struct s_coord {
     const ser_coord_opts *o;
     ser_trainer tr;
+    ser_trainer_vits v;  // the student's span (and the teacher's) that workers compute with
     void *ctx, *sock;
     char job_id[SER_CONFIG_STR_LEN];
     uint64_t hash;
@@ -66,13 +67,14 @@ typedef struct s_coord {
     ser_group_elem *gall[2];
     int64_t step;
     double momentum;
+    double tmom;  // the EMA taking step - 1's teacher to this step's (what PARAMS carries)
     // The status port (NULL when cluster.status_port < 0) and what it shows.
     ser_status *st;
     int phase, state;
     char waiting[SER_STATUS_TEXT_LEN];
     int64_t waiting_since;
     double lr, wd, ips, start_unix;
-    ser_moco_losses last;
+    double last[3];  // loss, loss_inv, loss_equiv of the last step
     int64_t last_step, steps_total, first_step;
 } s_coord;
 
@@ -94,7 +96,7 @@ static void s_publish(s_coord *c) {
     if (c->last_step >= 0) {
         snap.n_terms = 3;
         const char *names[3] = {"loss", "loss_inv", "loss_equiv"};
-        double vals[3] = {c->last.loss, c->last.loss_inv, c->last.loss_equiv};
+        const double *vals = c->last;
         for (int i = 0; i < 3; i++) {
             snprintf(snap.terms[i].name, sizeof snap.terms[i].name, "%s", names[i]);
             snap.terms[i].value = vals[i];
@@ -152,18 +154,20 @@ static int s_live_count(const s_coord *c) {
     return n;
 }
 
-// PARAMS to one worker: the student backbone of this step, and the teacher when the worker
-// does not hold the previous step's (it then gets the teacher after this step's EMA).
+// PARAMS to one worker: the student backbone of this step, and the teacher (when the method
+// has one) when the worker does not hold the previous step's; holding it, the worker advances
+// it itself with the momentum the message carries (MoCo: this step's, taken before the keys;
+// DINO: the previous step's, taken after its update).
 static void s_send_params(s_coord *c, int wi) {
     s_worker *w = &c->w[wi];
     Ser__Envelope e;
     s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS);
     e.params_version = (uint64_t)c->step;
-    e.momentum = c->momentum;  // a worker holding step - 1's teacher advances it itself
-    ser_wire_tensor t[2] = {{"student", 1, {(int64_t)c->span}, c->tr.m.params + c->off}};
+    e.momentum = c->tmom;
+    ser_wire_tensor t[2] = {{"student", 1, {(int64_t)c->span}, c->v.params + c->off}};
     int n = 1;
-    if (w->teacher_version != c->step - 1 && w->teacher_version != c->step) {
-        t[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)c->span}, c->tr.m.mparams + c->off};
+    if (c->v.teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step) {
+        t[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)c->span}, c->v.tparams + c->v.toff};
         n = 2;
         ser_log(SER_LL_DEBUG, "step %lld: sending the teacher to %s (it holds step %lld's)",
                 (long long)c->step, w->id, (long long)w->teacher_version);
@@ -225,7 +229,8 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     const char *cls[4] = {"qcls0", "qcls1", "kcls0", "kcls1"};
     float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
     const float *src[4];
-    for (int i = 0; i < 4; i++)
+    int nsets = c->v.teacher ? 4 : 2;  // the teacher's rows and maps when there is one
+    for (int i = 0; i < nsets; i++)
         if (!(src[i] = ser_wire_find(m, cls[i], nr * C))) return SER_EFORMAT;
     // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
     int n_eq = 0;
@@ -256,18 +261,18 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
         }
     const char *maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
     const float *msrc[4] = {0};
-    for (int i = 0; i < 4 && !bad && n_eq; i++)
+    for (int i = 0; i < nsets && !bad && n_eq; i++)
         bad |= !(msrc[i] = ser_wire_find(m, maps[i], ntok[i & 1] * C));
     if (bad) {
         free(g[0]), free(g[1]);
         return SER_EFORMAT;
     }
-    for (int i = 0; i < 4; i++) memcpy(dst[i] + (size_t)sh->p0 * C, src[i], sizeof(float) * nr * C);
+    for (int i = 0; i < nsets; i++) memcpy(dst[i] + (size_t)sh->p0 * C, src[i], sizeof(float) * nr * C);
     for (int v = 0; v < 2; v++) free(sh->g[v]), sh->g[v] = g[v];
     for (int i = 0; i < 4; i++) {
         free(sh->maps[i]);
         sh->maps[i] = ser_xaligned(sizeof(float) * (ntok[i & 1] * C + 1));
-        if (n_eq) memcpy(sh->maps[i], msrc[i], sizeof(float) * ntok[i & 1] * C);
+        if (n_eq && i < nsets) memcpy(sh->maps[i], msrc[i], sizeof(float) * ntok[i & 1] * C);
     }
     sh->n_eq = n_eq, sh->ntok[0] = ntok[0], sh->ntok[1] = ntok[1];
     return SER_OK;
@@ -309,12 +314,13 @@ static int s_assemble(s_coord *c, char *err) {
         g->qmap[v] = ser_xaligned(sizeof(float) * nm);
         g->kmap[v] = ser_xaligned(sizeof(float) * nm);
         g->dqmap[v] = ser_xaligned(sizeof(float) * nm);
+        memset(g->dqmap[v], 0, sizeof(float) * nm);  // the objectives accumulate into it
         for (int s = 0; s < c->S; s++) {
             const s_shard *sh = &c->sh[s];
             if (!sh->n_eq) continue;
             size_t at = g->tokoff[v][sh->e0] * (size_t)g->C, n = sh->ntok[v] * (size_t)g->C;
             memcpy(g->qmap[v] + at, sh->maps[v], sizeof(float) * n);
-            memcpy(g->kmap[v] + at, sh->maps[2 + v], sizeof(float) * n);
+            if (c->v.teacher) memcpy(g->kmap[v] + at, sh->maps[2 + v], sizeof(float) * n);
         }
     }
     g->n_eq = n_eq, g->n_inv = c->B - n_eq;
@@ -577,9 +583,9 @@ static void s_name_nonfinite_shard(const s_coord *c, char *err) {
     }
 }
 
-static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *grads0, char *err) {
-    ser_moco *m = &c->tr.m;
-    ser_moco_momentum_update(m, (float)c->momentum);
+static int s_step(s_coord *c, double lr, double wd, double L[3], float *grads0, char *err) {
+    ser_trainer *t = &c->tr;
+    if (c->v.ema_before) ser_trainer_teacher_ema(t, c->momentum);  // MoCo: before the keys
     for (int i = 0; i < c->nw; i++)
         if (c->w[i].alive) s_send_params(c, i);
     for (int s = 0; s < c->S; s++) c->sh[s].state = SH_IDLE, c->sh[s].redo = 0;
@@ -589,9 +595,12 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
     c->state = SER_STATUS_STATE_RUNNING;
     c->phase = SER_STATUS_PHASE_OBJECTIVE;
     if ((rc = s_assemble(c, err))) return rc;
-    memset(m->grads, 0, sizeof(float) * m->tab.total);
     for (int v = 0; v < 2; v++) memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
-    if ((rc = ser_moco_objective(m, &c->b, &c->g, L, err))) return rc;
+    if ((rc = ser_trainer_objective(t, &c->b, &c->g, c->step, L, err))) {
+        if (rc == SER_ENONFINITE)  // the step's number first, as `ser step` says it
+            ser_err_prefix(err, "step %lld: ", (long long)c->step);
+        return rc;
+    }
     for (int s = 0; s < c->S; s++) {
         if (c->sh[s].redo)
             c->sh[s].state = SH_IDLE;  // its worker died after the forward: s_phase redoes it
@@ -600,13 +609,13 @@ static int s_step(s_coord *c, double lr, double wd, ser_moco_losses *L, float *g
     }
     if ((rc = s_phase(c, SH_BWD_DONE, "backward"))) return rc;
     // The shard gradients, summed in shard order (as ser_engine_backward does in one process).
-    float *total = m->grads + c->off;
+    float *total = t->grads + c->off;
     memset(total, 0, sizeof(float) * c->span);
     for (int s = 0; s < c->S; s++) {
         const float *g = c->sh[s].grad;
         for (size_t i = 0; i < c->span; i++) total[i] += g[i];
     }
-    if (grads0) memcpy(grads0, m->grads, sizeof(float) * m->tab.total);
+    if (grads0) memcpy(grads0, t->grads, sizeof(float) * t->tab->total);
     c->phase = SER_STATUS_PHASE_APPLY;
     c->waiting[0] = 0;
     rc = ser_trainer_apply(&c->tr, c->step, lr, wd, NULL, err);
@@ -644,13 +653,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         return 2;
     }
     c.tr.lr_fix = o->lr_fix, c.tr.wd_fix = o->wd_fix, c.tr.mom_fix = o->mom_fix;
-    if (c.tr.method != SER_CONFIG_METHOD_MOCO) {
-        snprintf(err, SER_ERR_LEN, "method.name: the distributed runtime runs moco so far; use "
-                 "`ser step` for barlow");
-        rc = SER_ENOTSUP;
-        goto done;
-    }
-    ser_moco *m = &c.tr.m;
+    ser_trainer_get_vits(&c.tr, &c.v);
     int threads = o->cfg.run.threads > 0 ? o->cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ser_kernels_set_threads(threads);
     c.hash = ser_config_hash(&o->cfg);
@@ -675,7 +678,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         }
         rc = SER_OK;
     }
-    c.span = ser_vit_span(&m->vit, &c.off);
+    c.span = c.v.span, c.off = c.v.off;
     c.S = o->cfg.data.shards;
     c.B = o->cfg.data.global_batch;
     c.sh = ser_xcalloc((size_t)c.S, sizeof *c.sh);
@@ -684,7 +687,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         sh->p0 = s * (c.B / c.S), sh->p1 = sh->p0 + c.B / c.S, sh->worker = -1;
         sh->grad = ser_xaligned(sizeof(float) * c.span);
     }
-    c.g.B = c.B, c.g.C = m->cfg.vit.dim;
+    c.g.B = c.B, c.g.C = c.v.student->cfg.dim;
     for (int v = 0; v < 2; v++) {
         c.g.qcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
         c.g.kcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
@@ -736,7 +739,7 @@ int ser_coord_run(const ser_coord_opts *o) {
     }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
-    grads0 = ser_xaligned(sizeof(float) * m->tab.total);
+    grads0 = ser_xaligned(sizeof(float) * c.tr.tab->total);
     int64_t nrun = end > first ? end - first : 0;
     losses = ser_xcalloc((size_t)nrun * 3 + 1, sizeof(float));
     double t0 = ser_time_sec();
@@ -749,9 +752,14 @@ int ser_coord_run(const ser_coord_opts *o) {
         double lr, wd;
         ser_trainer_values(&c.tr, c.step, &lr, &wd, &c.momentum);
         c.lr = lr, c.wd = wd;
+        c.tmom = c.momentum;
+        if (!c.v.ema_before && c.step > 0) {  // DINO: the EMA that closed the previous step
+            double lr1, wd1;
+            ser_trainer_values(&c.tr, c.step - 1, &lr1, &wd1, &c.tmom);
+        }
         if (c.state == SER_STATUS_STATE_STARTING) c.state = SER_STATUS_STATE_RUNNING;
-        ser_moco_losses L;
-        if ((rc = s_step(&c, lr, wd, &L, k == 0 ? grads0 : NULL, err))) {
+        double L[3];
+        if ((rc = s_step(&c, lr, wd, L, k == 0 ? grads0 : NULL, err))) {
             if (rc == SER_EIO) {  // a stop signal: keep the last completed step, then exit
                 ser_log(SER_LL_INFO, "stop requested during step %lld: checkpointing step %lld",
                         (long long)c.step, (long long)c.step - 1);
@@ -763,8 +771,12 @@ int ser_coord_run(const ser_coord_opts *o) {
             if (rc == SER_ENONFINITE && o->cfg.run.nonfinite == SER_CONFIG_NONFINITE_SKIP) {
                 // Nothing of the step reaches the parameters or AdamW; the momentum encoder's
                 // EMA (taken before the keys) and the heads' BatchNorm buffers keep its update.
+                // DINO's teacher EMA closes a step: a skipped one leaves the teacher where it
+                // was, so the workers' own EMA would be wrong: they get it whole next step.
                 ser_log(SER_LL_WARNING, "%s; skipped (run.nonfinite = skip)", err);
-                L.loss = L.loss_inv = L.loss_equiv = NAN;
+                L[0] = L[1] = L[2] = NAN;
+                if (!c.v.ema_before)
+                    for (int i = 0; i < c.nw; i++) c.w[i].teacher_version = INT64_MIN;
                 rc = SER_OK;
             }
         }
@@ -779,17 +791,17 @@ int ser_coord_run(const ser_coord_opts *o) {
             goto done;
         }
         step_s[k] = ser_time_sec() - ts;
-        c.last = L, c.last_step = c.step, c.phase = SER_STATUS_PHASE_IDLE;
+        memcpy(c.last, L, sizeof c.last);
+        c.last_step = c.step, c.phase = SER_STATUS_PHASE_IDLE;
         c.ips = (double)c.B * (double)(k + 1) / (ser_time_sec() - t0);
         s_publish(&c);
-        losses[k * 3] = (float)L.loss, losses[k * 3 + 1] = (float)L.loss_inv;
-        losses[k * 3 + 2] = (float)L.loss_equiv;
+        for (int j = 0; j < 3; j++) losses[k * 3 + j] = (float)L[j];
         int every = o->cfg.run.checkpoint_every;
         if ((every > 0 && (c.step + 1) % every == 0) || k + 1 == nrun)
             if ((rc = s_checkpoint(&c, ck, c.step + 1, err))) goto done;
         if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == nrun)
             ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g (%d workers, %.2f s/step)",
-                    (long long)c.step, L.loss, L.loss_inv, L.loss_equiv, lr, s_live_count(&c),
+                    (long long)c.step, L[0], L[1], L[2], lr, s_live_count(&c),
                     (ser_time_sec() - t0) / (double)(k + 1));
     }
     if (nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only

@@ -9,7 +9,7 @@ PKGS=(
   libopenblas-dev libopenblas-openmp-dev
   libturbojpeg0-dev libjpeg62-turbo-dev
   libuv1-dev libhttp-parser-dev libcjson-dev libinih-dev zlib1g-dev libxxhash-dev
-  libcmocka-dev
+  libcmocka-dev iproute2
   dataset-fashion-mnist
 )
 # Only needed to regenerate fixtures and run the PyTorch peer benchmarks.

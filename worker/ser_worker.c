@@ -1,7 +1,7 @@
 // ser_worker.c — `ser worker`: connects to the coordinator, computes the shards it is given.
 //
 // Protocol (proto/ser.proto, coordinator/ser_coord.h): HELLO -> WELCOME (the job's config) ->
-// PARAMS (student backbone and momentum; the teacher when it has none) -> FORWARD (step,
+// PARAMS (student backbone and momentum; the teacher, for the methods with one, when it holds none) -> FORWARD (step,
 // shard, attempt) -> FORWARD_DONE with the shard's rows -> BACKWARD with their gradients ->
 // BACKWARD_DONE with the shard's ViT gradient. The worker applies the teacher EMA itself on
 // each step's PARAMS (the same float operations as the coordinator's, so the same bits). Heartbeats go
@@ -21,7 +21,7 @@
 #include "ser_dl.h"
 #include "ser_dl_service.h"
 #include "ser_kernels.h"
-#include "ser_moco.h"
+#include "ser_train.h"
 #include "ser_wire.h"
 
 static volatile sig_atomic_t s_stop;
@@ -51,7 +51,8 @@ typedef struct s_worker {
     char job_id[SER_CONFIG_STR_LEN];
     ser_config cfg;
     int have_model;
-    ser_moco m;
+    ser_trainer tr;      // the job's model (only its backbones are used: the heads live at the coordinator)
+    ser_trainer_vits v;  // the student (and teacher) backbones and their spans
     ser_batchfile bf;
     s_wshard *sh;
     int S;
@@ -121,22 +122,23 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
     snprintf(w->job_id, sizeof w->job_id, "%s", e->job_id ? e->job_id : "");
     int threads = cfg.run.threads > 0 ? cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ser_kernels_set_threads(threads);
-    ser_moco_config mc;
-    if ((rc = ser_moco_config_from_job(&mc, &cfg, err)) || (rc = ser_moco_init(&w->m, &mc, err))) {
+    if ((rc = ser_trainer_init(&w->tr, &cfg, 1, err))) {
         ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
         return rc;
     }
+    ser_trainer_get_vits(&w->tr, &w->v);
+    const ser_vit_config *vc = &w->v.student->cfg;
     if (w->batch_file) {
-        if ((rc = ser_batchfile_load(&w->bf, w->batch_file, mc.vit.patch, err)) ||
-            (rc = ser_batch_check(&w->bf.b, &mc.vit, cfg.data.shards, err))) {
+        if ((rc = ser_batchfile_load(&w->bf, w->batch_file, vc->patch, err)) ||
+            (rc = ser_batch_check(&w->bf.b, vc, cfg.data.shards, err))) {
             ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
-            ser_moco_free(&w->m);
+            ser_trainer_free(&w->tr);
             return rc;
         }
         if (w->bf.b.n_inv + w->bf.b.n_eq != cfg.data.global_batch) {
             ser_log(SER_LL_ERROR, "worker %s: %s holds %d samples, the job's data.global_batch is %d",
                     w->name, w->batch_file, w->bf.b.n_inv + w->bf.b.n_eq, cfg.data.global_batch);
-            ser_moco_free(&w->m);
+            ser_trainer_free(&w->tr);
             return SER_ESHAPE;
         }
     } else {
@@ -146,14 +148,16 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         w->dl = ser_dl_client_new(w->loader, dc.job_id, ser_dl_config_hash(&dc), derr);
         if (!w->dl) {
             ser_log(SER_LL_ERROR, "worker %s: loader %s: %s", w->name, w->loader, derr);
-            ser_moco_free(&w->m);
+            ser_trainer_free(&w->tr);
             return SER_EIO;
         }
     }
     w->have_model = 1;
-    w->m.vit.tick = w->m.mvit.tick = s_tick;
-    w->m.vit.tick_ctx = w->m.mvit.tick_ctx = w;
-    w->span = ser_vit_span(&w->m.vit, &w->off);
+    for (int k = 0; k < 2; k++) {
+        ser_vit *vit = k ? w->v.teacher : w->v.student;
+        if (vit) vit->tick = s_tick, vit->tick_ctx = w;
+    }
+    w->span = w->v.span, w->off = w->v.off;
     w->S = cfg.data.shards;
     w->sh = ser_xcalloc((size_t)w->S, sizeof *w->sh);
     int per = cfg.data.global_batch / w->S;
@@ -243,7 +247,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
                 "(have %lld): dropped", w->name, (long long)step, s, (long long)w->params_version);
         return;
     }
-    if (w->teacher_version != step) {
+    if (w->v.teacher && w->teacher_version != step) {
         ser_log(SER_LL_WARNING, "worker %s: no teacher for step %lld: FORWARD dropped", w->name,
                 (long long)step);
         return;
@@ -253,7 +257,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     sh->have = 0;
     char err[SER_ERR_LEN];
     if (w->dl && s_fetch(w, sh, step, s) != SER_OK) return;
-    int rc = ser_engine_forward(&sh->eng, &w->m.vit, &w->m.mvit, &sh->b, 1, w->m.cfg.ser,
+    int rc = ser_engine_forward(&sh->eng, w->v.student, w->v.teacher, &sh->b, 1, w->v.maps,
                                 (uint64_t)w->cfg.data.seed, (uint32_t)step, &sh->g, err);
     if (rc) {
         ser_log(SER_LL_ERROR, "worker %s: shard %d forward failed: %s", w->name, s, err);
@@ -278,8 +282,9 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
             o[0] = ge->rot180, o[1] = ge->hflip, o[2] = ge->rot90, o[3] = ge->gh, o[4] = ge->gw;
         }
     ser_wire_tensor all[9];
-    int nt = 0;
-    for (int i = 0; i < (sh->b.n_eq > 0 ? 8 : 4); i++) all[nt++] = t[i];
+    int nt = 0;  // the teacher's rows and maps only when the method has a teacher
+    for (int i = 0; i < (sh->b.n_eq > 0 ? 8 : 4); i++)
+        if (w->v.teacher || t[i].name[0] != 'k') all[nt++] = t[i];
     if (sh->b.n_eq > 0) all[nt++] = (ser_wire_tensor){"g", 3, {sh->b.n_eq, 2, 5}, gf};
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
@@ -312,8 +317,8 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     memcpy(sh->g.dqcls[1], d[1], sizeof(float) * BC);
     memcpy(sh->g.dqmap[0], d[2], sizeof(float) * sh->g.ntok[0] * C);
     memcpy(sh->g.dqmap[1], d[3], sizeof(float) * sh->g.ntok[1] * C);
-    ser_engine_backward(&sh->eng, &w->m.vit, &sh->b, 1, &sh->g, w->m.cfg.ser && w->m.cfg.ser_grad);
-    ser_wire_tensor t = {"grad", 1, {(int64_t)w->span}, w->m.grads + w->off};
+    ser_engine_backward(&sh->eng, w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
+    ser_wire_tensor t = {"grad", 1, {(int64_t)w->span}, w->v.grads + w->off};
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_BACKWARD_DONE);
     out.step = e->step, out.shard = e->shard, out.attempt = e->attempt;
@@ -329,16 +334,18 @@ static void s_params(s_worker *w, const ser_wire_msg *m) {
         ser_log(SER_LL_WARNING, "worker %s: PARAMS without a student of %zu floats: dropped", w->name, w->span);
         return;
     }
-    memcpy(w->m.params + w->off, st, sizeof(float) * w->span);
+    memcpy(w->v.params + w->off, st, sizeof(float) * w->span);
     w->params_version = (int64_t)m->env->params_version;
-    const float *te = ser_wire_find(m, "teacher", w->span);
-    if (te) {
-        memcpy(w->m.mparams + w->off, te, sizeof(float) * w->span);
+    const float *te = w->v.teacher ? ser_wire_find(m, "teacher", w->span) : NULL;
+    if (!w->v.teacher) {
+        w->teacher_version = w->params_version;  // nothing to hold
+    } else if (te) {
+        memcpy(w->v.tparams + w->v.toff, te, sizeof(float) * w->span);
         w->teacher_version = w->params_version;
     } else if (w->teacher_version == w->params_version - 1) {
-        // The teacher of this step is the EMA towards these parameters: computed here, as the
-        // coordinator does, instead of sent (half the bytes of a step's parameters).
-        ser_moco_momentum_update(&w->m, (float)m->env->momentum);
+        // The teacher of this step is the EMA towards these parameters: computed here, with
+        // the coordinator's function and operands, instead of sent (half the bytes of a step).
+        ser_trainer_teacher_ema(&w->tr, m->env->momentum);
         w->teacher_version = w->params_version;
     }
 }
@@ -477,6 +484,6 @@ int ser_cmd_worker(int argc, char **argv) {
     ser_dl_client_destroy(&w.dl);
     free(w.sh);
     ser_batchfile_free(&w.bf);
-    if (w.have_model) ser_moco_free(&w.m);
+    if (w.have_model) ser_trainer_free(&w.tr);
     return status;
 }
