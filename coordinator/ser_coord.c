@@ -14,6 +14,7 @@
 #include "ser_ckpt.h"
 #include "ser_cmd.h"
 #include "ser_kernels.h"
+#include "ser_runlog.h"
 #include "ser_safetensors.h"
 #include "ser_status.h"
 #include "ser_train.h"
@@ -73,7 +74,8 @@ typedef struct s_coord {
     int phase, state;
     char waiting[SER_STATUS_TEXT_LEN];
     int64_t waiting_since;
-    double lr, wd, ips, start_unix;
+    double lr, wd, ips, start_unix, gnorm;
+    ser_runlog *log;  // metrics.jsonl + TensorBoard events in run.out_dir (NULL: none)
     double last[3];  // loss, loss_inv, loss_equiv of the last step
     int64_t last_step, steps_total, first_step;
 } s_coord;
@@ -618,7 +620,7 @@ static int s_step(s_coord *c, double lr, double wd, double L[3], float *grads0, 
     if (grads0) memcpy(grads0, t->grads, sizeof(float) * t->tab->total);
     c->phase = SER_STATUS_PHASE_APPLY;
     c->waiting[0] = 0;
-    rc = ser_trainer_apply(&c->tr, c->step, lr, wd, NULL, err);
+    rc = ser_trainer_apply(&c->tr, c->step, lr, wd, &c->gnorm, err);
     if (rc == SER_ENONFINITE)  // the apply checked the whole gradient; name the shard if one is the source
         s_name_nonfinite_shard(c, err);
     return rc;
@@ -737,6 +739,14 @@ int ser_coord_run(const ser_coord_opts *o) {
                 ser_status_port(c.st));
         s_publish(&c);
     }
+    if (o->cfg.run.out_dir[0]) {
+        char lerr[SER_ERR_LEN];
+        if (!(c.log = ser_runlog_open(o->cfg.run.out_dir, lerr)))
+            ser_log(SER_LL_WARNING, "%s; running without step logs", lerr);
+        else
+            ser_log(SER_LL_INFO, "step logs: %s/metrics.jsonl and TensorBoard events (tensorboard "
+                    "--logdir %s)", o->cfg.run.out_dir, o->cfg.run.out_dir);
+    }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
     grads0 = ser_xaligned(sizeof(float) * c.tr.tab->total);
@@ -796,6 +806,16 @@ int ser_coord_run(const ser_coord_opts *o) {
         c.ips = (double)c.B * (double)(k + 1) / (ser_time_sec() - t0);
         s_publish(&c);
         for (int j = 0; j < 3; j++) losses[k * 3 + j] = (float)L[j];
+        if (c.log) {
+            static const char *const names[] = {"loss", "loss_inv", "loss_equiv", "lr", "weight_decay",
+                                                "momentum", "grad_norm", "step_seconds", "images_per_second"};
+            double vals[] = {L[0], L[1], L[2], lr, wd, c.momentum, c.gnorm, step_s[k], c.ips};
+            char lerr[SER_ERR_LEN];
+            if (ser_runlog_step(c.log, c.step, names, vals, 9, lerr)) {  // the run goes on
+                ser_log(SER_LL_WARNING, "%s; step logs stop here", lerr);
+                ser_runlog_destroy(&c.log);
+            }
+        }
         int every = o->cfg.run.checkpoint_every;
         if ((every > 0 && (c.step + 1) % every == 0) || k + 1 == nrun)
             if ((rc = s_checkpoint(&c, ck, c.step + 1, err))) goto done;
@@ -820,6 +840,7 @@ done:
     c.state = SER_STATUS_STATE_STOPPED;
     s_publish(&c);
     ser_status_destroy(&c.st);
+    ser_runlog_destroy(&c.log);
     ser_ckpt_destroy(&ck);
     if (c.sock) {
         Ser__Envelope e;

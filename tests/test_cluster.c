@@ -186,6 +186,28 @@ static void test_n_workers_equal_ser_step(void **state) {
         if (rc) system("tail -20 /tmp/ser_cluster_*/local.log");
         assert_int_equal(rc, 0);
         s_assert_same_bits(ref, out);
+        // The step logs: a JSON line per step, and a TensorBoard event file beside them.
+        char path[256], line[1024];
+        snprintf(path, sizeof path, "%s/local%d/metrics.jsonl", s_dir, n);
+        FILE *f = fopen(path, "r");
+        assert_non_null(f);
+        int lines = 0;
+        while (fgets(line, sizeof line, f)) {
+            char want[32];
+            snprintf(want, sizeof want, "{\"step\":%d,", lines++);
+            assert_true(strncmp(line, want, strlen(want)) == 0);
+            assert_non_null(strstr(line, "\"loss_equiv\":"));
+            assert_non_null(strstr(line, "\"grad_norm\":"));
+        }
+        fclose(f);
+        assert_int_equal(lines, 20);
+        snprintf(path, sizeof path, "%s/local%d", s_dir, n);
+        DIR *d = opendir(path);
+        assert_non_null(d);
+        int events = 0;
+        for (struct dirent *e; (e = readdir(d));) events += strstr(e->d_name, "tfevents") != NULL;
+        closedir(d);
+        assert_int_equal(events, 1);
     }
 }
 
