@@ -23,6 +23,8 @@ int ser_cmd_coordinator(int argc, char **argv);
 int ser_cmd_local(int argc, char **argv);
 // `ser status HOST:PORT` (coordinator/ser_status_cmd.c).
 int ser_cmd_status(int argc, char **argv);
+// `ser export` (worker/ser_export.c).
+int ser_cmd_export(int argc, char **argv);
 // `ser bench loader ...` (argv[0] is "loader").
 int ser_bench_loader(int argc, char **argv);
 

@@ -27,7 +27,7 @@ static const ser_command s_commands[] = {
     {"dataloader", ser_cmd_dataloader, "a data-loader service"},
     {"status", ser_cmd_status, "print a coordinator's status (HOST:PORT [--json] [--watch S])"},
     {"eval", NULL, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},
-    {"export", NULL, "export a backbone with timm names"},
+    {"export", ser_cmd_export, "export a backbone with timm names (and the full model state)"},
 };
 #define N_COMMANDS (sizeof s_commands / sizeof s_commands[0])
 

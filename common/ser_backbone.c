@@ -1,0 +1,230 @@
+// ser_backbone.c — see ser_backbone.h.
+#include "ser_backbone.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ser_barlow.h"
+#include "ser_ckpt.h"
+#include "ser_dino.h"
+#include "ser_moco.h"
+#include "ser_safetensors.h"
+
+const char *ser_backbone_prefix(int method) {
+    switch (method) {
+    case SER_CONFIG_METHOD_MOCO: return "base_encoder.";
+    case SER_CONFIG_METHOD_DINO: return "student.backbone.";
+    case SER_CONFIG_METHOD_BARLOW: return "backbone.";
+    default: return NULL;
+    }
+}
+
+static const char *s_method_name(int method) {
+    switch (method) {
+    case SER_CONFIG_METHOD_MOCO: return "moco";
+    case SER_CONFIG_METHOD_DINO: return "dino";
+    case SER_CONFIG_METHOD_BARLOW: return "barlow";
+    default: return "unknown";
+    }
+}
+
+// The student ViT of the job and its init scheme, exactly as the method builds it.
+static int s_student_config(const ser_config *cfg, ser_vit_config *vc, int *scheme, char *err) {
+    int rc;
+    switch (cfg->method.name) {
+    case SER_CONFIG_METHOD_MOCO: {
+        ser_moco_config mc;
+        if ((rc = ser_moco_config_from_job(&mc, cfg, err))) return rc;
+        *vc = mc.vit, *scheme = mc.init_scheme;
+        return SER_OK;
+    }
+    case SER_CONFIG_METHOD_DINO: {
+        ser_dino_config dc;
+        if ((rc = ser_dino_config_from_job(&dc, cfg, err))) return rc;
+        *vc = dc.vit, *scheme = dc.init_scheme;
+        return SER_OK;
+    }
+    case SER_CONFIG_METHOD_BARLOW: {
+        ser_barlow_config bc;
+        if ((rc = ser_barlow_config_from_job(&bc, cfg, err))) return rc;
+        *vc = bc.vit, *scheme = bc.init_scheme;
+        return SER_OK;
+    }
+    default: return ser_errf(err, SER_ECONFIG, "method.name: unknown method %d", cfg->method.name);
+    }
+}
+
+int ser_backbone_init_random(ser_backbone *b, const ser_config *cfg, uint64_t seed,
+                             char err[SER_ERR_LEN]) {
+    memset(b, 0, sizeof *b);
+    ser_vit_config vc;
+    int scheme = SER_VIT_INIT_GENERIC, rc;
+    if ((rc = s_student_config(cfg, &vc, &scheme, err))) return rc;
+    if ((rc = ser_vit_init(&b->vit, &vc, err))) return rc;
+    b->cfg = *cfg;
+    b->method = cfg->method.name;
+    b->step = -1;
+    // The RNG streams are keyed by (seed, index of the tensor within the ViT), so the standalone
+    // ViT gets bitwise the weights of the method's registered student.
+    ser_vit_init_weights(&b->vit, scheme, seed);
+    return SER_OK;
+}
+
+void ser_backbone_free(ser_backbone *b) {
+    if (!b) return;
+    ser_vit_free(&b->vit);
+    memset(b, 0, sizeof *b);
+}
+
+// Resume's choice in a run directory (ser_ckpt_load_latest_valid without a binding): `latest`,
+// then every older checkpoint in descending step order; a version mismatch stops the search.
+// The file chosen has passed ser_ckpt_verify (without the config check: cfg may override).
+static int s_pick_in_dir(const char *dir, char *path, size_t path_len, char *err) {
+    int64_t newest, *steps = NULL;
+    int n = 0, rc;
+    char why[SER_ERR_LEN];
+    if ((rc = ser_ckpt_find_latest(dir, path, path_len, &newest, err)) != SER_OK) {
+        if (rc == SER_ENOENT)
+            return ser_errf(err, SER_ENOENT, "%s: no checkpoint in this run directory", dir);
+        return rc;
+    }
+    rc = ser_ckpt_verify(path, NULL, NULL, why);
+    if (rc == SER_OK) return SER_OK;
+    snprintf(err, SER_ERR_LEN, "%s", why);  // the refusal of the newest, if none can be used
+    int first_rc = rc;
+    if (rc == SER_EVERSION) return rc;
+    ser_log(SER_LL_WARNING, "backbone: skipping %s", why);
+    if (ser_ckpt_list(dir, &steps, &n, why) != SER_OK) return first_rc;
+    for (int i = n - 1; i >= 0; i--) {
+        if (steps[i] == newest) continue;
+        char name[64];
+        int k = snprintf(path, path_len, "%s/%s", dir, ser_ckpt_name(name, sizeof name, steps[i]));
+        if (k < 0 || (size_t)k >= path_len) continue;
+        rc = ser_ckpt_verify(path, NULL, NULL, why);
+        if (rc == SER_OK) {
+            ser_log(SER_LL_WARNING, "backbone: %s: using %s", dir, path);
+            free(steps);
+            return SER_OK;
+        }
+        ser_log(SER_LL_WARNING, "backbone: skipping %s", why);
+        if (rc == SER_EVERSION) break;
+    }
+    free(steps);
+    return first_rc;
+}
+
+// path itself, or the checkpoint of a run directory; *verified = 1 when that one was verified.
+static int s_resolve(const char *path, char *file, size_t file_len, int *verified, char *err) {
+    struct stat st;
+    *verified = 0;
+    if (!path || !*path) return ser_errf(err, SER_EINVAL, "backbone: no path given");
+    if (stat(path, &st) != 0)
+        return ser_errf(err, errno == ENOENT || errno == ENOTDIR ? SER_ENOENT : SER_EIO,
+                        "%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        int rc = s_pick_in_dir(path, file, file_len, err);
+        *verified = rc == SER_OK;
+        return rc;
+    }
+    int k = snprintf(file, file_len, "%s", path);
+    if (k < 0 || (size_t)k >= file_len) return ser_errf(err, SER_EINVAL, "%s: path too long", path);
+    return SER_OK;
+}
+
+int ser_backbone_resolve(const char *path, char *file, size_t file_len, char err[SER_ERR_LEN]) {
+    int verified;
+    return s_resolve(path, file, file_len, &verified, err);
+}
+
+int ser_backbone_load(ser_backbone *b, const char *path, const ser_config *cfg,
+                      char err[SER_ERR_LEN]) {
+    memset(b, 0, sizeof *b);
+    char file[4096], why[SER_ERR_LEN];
+    int rc, verified = 0;
+    ser_st_file *f = NULL;
+    if ((rc = s_resolve(path, file, sizeof file, &verified, err)) != SER_OK) return rc;
+
+    if ((rc = ser_st_open(&f, file, err)) != SER_OK) return rc;
+    const char *fmt = ser_st_meta(f, "format");
+    if (fmt && strcmp(fmt, SER_CKPT_FORMAT) == 0 && !verified &&
+        (rc = ser_ckpt_verify(file, NULL, NULL, err)) != SER_OK)
+        goto fail;
+
+    // The configuration: the given one, else the file's.
+    const char *text = ser_st_meta(f, "config"), *stored_hash = ser_st_meta(f, "config_hash");
+    if (cfg) {
+        b->cfg = *cfg;
+        char mine[17];
+        ser_config_hash_hex(cfg, mine);
+        if (stored_hash && strcmp(stored_hash, mine) != 0)
+            ser_log(SER_LL_WARNING,
+                    "backbone: %s was written by config %.16s, the given config is %s; using "
+                    "the given one (shapes are checked)",
+                    file, stored_hash, mine);
+    } else if (text) {
+        ser_config_defaults(&b->cfg);
+        if ((rc = ser_config_load_string(&b->cfg, text, "stored config", why)) != SER_OK) {
+            rc = ser_errf(err, SER_ECONFIG, "%s: its stored config cannot be read: %s", file, why);
+            goto fail;
+        }
+    } else {
+        rc = ser_errf(err, SER_ECONFIG,
+                      "%s: the file has no config metadata (a `ser step --out` / `ser local "
+                      "--out` state file?): give the job's configuration (--config job.ini)",
+                      file);
+        goto fail;
+    }
+    b->method = b->cfg.method.name;
+    const char *prefix = ser_backbone_prefix(b->method);
+    if (!prefix) {
+        rc = ser_errf(err, SER_ECONFIG, "%s: unknown method %d", file, b->method);
+        goto fail;
+    }
+
+    b->step = -1;
+    const ser_st_entry *se = ser_st_find(f, "train.step");
+    if (se && se->dtype == SER_DT_I64 && se->ndim == 0) memcpy(&b->step, se->data, sizeof b->step);
+
+    ser_vit_config vc;
+    int scheme = SER_VIT_INIT_GENERIC;
+    if ((rc = s_student_config(&b->cfg, &vc, &scheme, why)) != SER_OK) {
+        rc = ser_errf(err, rc, "%s: %s", file, why);
+        goto fail;
+    }
+    if ((rc = ser_vit_init(&b->vit, &vc, why)) != SER_OK) {
+        rc = ser_errf(err, rc, "%s: %s", file, why);
+        goto fail;
+    }
+
+    // Every tensor present first (count the missing ones), then shapes, dtypes and copies.
+    const ser_ptab *tab = b->vit.tabp;
+    char full[SER_TINFO_NAME_LEN + 64], first_miss[SER_TINFO_NAME_LEN + 64] = "";
+    int nmiss = 0;
+    for (int i = 0; i < tab->n; i++) {
+        snprintf(full, sizeof full, "%s%s", prefix, tab->t[i].name);
+        if (ser_st_find(f, full)) continue;
+        if (!nmiss++) snprintf(first_miss, sizeof first_miss, "%s", full);
+    }
+    if (nmiss) {
+        rc = ser_errf(err, SER_ENOENT,
+                      "%s: backbone tensor '%s' is missing (%d of the %d tensors of the %s "
+                      "student under '%s' are absent)",
+                      file, first_miss, nmiss, tab->n, s_method_name(b->method), prefix);
+        goto fail;
+    }
+    for (int i = 0; i < tab->n; i++) {
+        const ser_tinfo *t = &tab->t[i];
+        snprintf(full, sizeof full, "%s%s", prefix, t->name);
+        if ((rc = ser_st_read_f32(f, full, b->vit.params + t->offset, t->ndim, t->shape, err)))
+            goto fail;
+    }
+    ser_st_destroy(&f);
+    return SER_OK;
+fail:
+    ser_st_destroy(&f);
+    ser_backbone_free(b);
+    return rc;
+}
