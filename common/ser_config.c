@@ -326,9 +326,10 @@ static void s_list_choices(char *buf, size_t n, const char *const *choices) {
 
 static void s_range(const ser_config_option *o, char *buf, size_t n) {
     int isint = o->type != SER_CONFIG_DOUBLE;
-    snprintf(buf, n, isint ? "%s%.0f, %.0f%s" : "%s%g, %g%s",
-             (o->flags & SER_CONFIG_F_MIN_OPEN) ? "(" : "[", o->min, o->max,
-             s_max_open(o) ? ")" : "]");
+    int w = snprintf(buf, n, isint ? "%s%.0f, %.0f%s" : "%s%g, %g%s",
+                     (o->flags & SER_CONFIG_F_MIN_OPEN) ? "(" : "[", o->min, o->max,
+                     s_max_open(o) ? ")" : "]");
+    SER_ASSERT(w > 0 && (size_t)w < n);  // callers size buf for the widest range
 }
 
 // Shortest "%.*g" that reads back as the same double.
