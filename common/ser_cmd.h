@@ -28,6 +28,9 @@ int ser_cmd_export(int argc, char **argv);
 // `ser bench loader ...` (argv[0] is "loader").
 int ser_bench_loader(int argc, char **argv);
 
+// `ser eval` (worker/ser_eval_cmd.c).
+int ser_cmd_eval(int argc, char **argv);
+
 // Prints "ser NAME: not implemented yet (WHAT)" and returns 2.
 int ser_cmd_unimplemented(const char *name, const char *what);
 

@@ -26,7 +26,7 @@ static const ser_command s_commands[] = {
     {"worker", ser_cmd_worker, "a worker process"},
     {"dataloader", ser_cmd_dataloader, "a data-loader service"},
     {"status", ser_cmd_status, "print a coordinator's status (HOST:PORT [--json] [--watch S])"},
-    {"eval", NULL, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},
+    {"eval", ser_cmd_eval, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},
     {"export", ser_cmd_export, "export a backbone with timm names (and the full model state)"},
 };
 #define N_COMMANDS (sizeof s_commands / sizeof s_commands[0])
