@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,9 +118,14 @@ int ser_cmd_coordinator(int argc, char **argv) {
 }
 
 // --- ser local -------------------------------------------------------------------------------
+// A child of `ser local` gets SIGTERM when ser local dies, however it dies (a test runner's
+// timeout, kill -9): no coordinator, worker or loader is left behind.
 static pid_t s_spawn(char *const *args) {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(1);  // it died before the prctl
         execv("/proc/self/exe", args);
         _exit(127);
     }
