@@ -36,6 +36,8 @@ ser_st_file *ser_test_open_fixture(const char *name);
 float *ser_test_tensor(const ser_st_file *f, const char *name, size_t *numel);
 float ser_test_maxabs(const float *x, size_t n);
 int ser_test_have_torch(void);
+// Removes a file or a directory tree (test temp dirs); errors are ignored.
+void ser_test_rm_rf(const char *path);
 
 #define SER_ASSERT_CLOSE(label, got, ref, n, atol, rtol) \
     assert_true(ser_test_allclose((label), (got), (ref), (n), (atol), (rtol)))

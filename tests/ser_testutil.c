@@ -1,4 +1,6 @@
 // ser_testutil.c — see ser_test.h.
+#include <dirent.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,4 +84,21 @@ float ser_test_maxabs(const float *x, size_t n) {
 
 int ser_test_have_torch(void) {
     return system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0;
+}
+
+void ser_test_rm_rf(const char *path) {
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        char p[1024];
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+            snprintf(p, sizeof p, "%s/%s", path, de->d_name);
+            ser_test_rm_rf(p);
+        }
+        closedir(d);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
 }

@@ -36,23 +36,6 @@ static const char *s_ini =
 
 static const char *s_methods[3] = {"moco", "dino", "barlow"};
 
-static void s_rm_rf(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        char p[1024];
-        while ((de = readdir(d)) != NULL) {
-            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-            snprintf(p, sizeof p, "%s/%s", path, de->d_name);
-            s_rm_rf(p);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
 static int s_setup(void **state) {
     (void)state;
     ser_log_set_level(SER_LL_ERROR);
@@ -62,7 +45,7 @@ static int s_setup(void **state) {
 
 static int s_teardown(void **state) {
     (void)state;
-    s_rm_rf(s_root);
+    ser_test_rm_rf(s_root);
     return 0;
 }
 

@@ -32,23 +32,6 @@ static char s_root[64];  // the mkdtemp directory of this run; everything we wri
 static int s_ndirs;
 
 // --- files and directories -----------------------------------------------------------------------
-static void s_rm_rf(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        char p[1024];
-        while ((de = readdir(d)) != NULL) {
-            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-            snprintf(p, sizeof p, "%s/%s", path, de->d_name);
-            s_rm_rf(p);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
 static int s_setup(void **state) {
     (void)state;
     snprintf(s_root, sizeof s_root, "/tmp/ser-ckpt-XXXXXX");
@@ -57,7 +40,7 @@ static int s_setup(void **state) {
 
 static int s_teardown(void **state) {
     (void)state;
-    s_rm_rf(s_root);
+    ser_test_rm_rf(s_root);
     return 0;
 }
 
@@ -995,7 +978,7 @@ static void test_kill_during_save(void **state) {
     s_newdir(timing, sizeof timing, "timing");
     s_check_rc(ser_ckpt_save(ref.ck, timing, &pos, &cfg, 2, NULL, 0, err), SER_OK, err, "timed");
     double cycle = s_now() - t0;
-    s_rm_rf(timing);
+    ser_test_rm_rf(timing);
 
     srand(12345);
     const int iters = 40;

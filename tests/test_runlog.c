@@ -29,23 +29,6 @@
 static char s_root[64];  // the mkdtemp directory of this run; everything we write goes there
 
 // --- files and directories -------------------------------------------------------------------
-static void s_rm_rf(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        char p[1024];
-        while ((de = readdir(d)) != NULL) {
-            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-            snprintf(p, sizeof p, "%s/%s", path, de->d_name);
-            s_rm_rf(p);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
 static int s_setup(void **state) {
     (void)state;
     snprintf(s_root, sizeof s_root, "/tmp/ser-runlog-XXXXXX");
@@ -54,7 +37,7 @@ static int s_setup(void **state) {
 
 static int s_teardown(void **state) {
     (void)state;
-    s_rm_rf(s_root);
+    ser_test_rm_rf(s_root);
     return 0;
 }
 
