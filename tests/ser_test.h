@@ -38,6 +38,13 @@ float ser_test_maxabs(const float *x, size_t n);
 int ser_test_have_torch(void);
 // Removes a file or a directory tree (test temp dirs); errors are ignored.
 void ser_test_rm_rf(const char *path);
+// Runs `ser ARGS` (the binary under test) with stdout and stderr into DIR/log; returns its exit
+// status (-1 when it did not exit).
+int ser_test_run(const char *dir, const char *args);
+// 1 when DIR/log contains needle; otherwise prints the log and returns 0.
+int ser_test_log_has(const char *dir, const char *needle);
+// The entries of dir whose name contains sub.
+int ser_test_count_entries(const char *dir, const char *sub);
 
 #define SER_ASSERT_CLOSE(label, got, ref, n, atol, rtol) \
     assert_true(ser_test_allclose((label), (got), (ref), (n), (atol), (rtol)))

@@ -1,5 +1,6 @@
 // ser_testutil.c — see ser_test.h.
 #include <dirent.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <math.h>
 #include <stdio.h>
@@ -101,4 +102,39 @@ void ser_test_rm_rf(const char *path) {
     } else {
         unlink(path);
     }
+}
+
+int ser_test_run(const char *dir, const char *args) {
+    size_t n = strlen(SER_BINARY) + strlen(args) + strlen(dir) + 32;
+    char *cmd = malloc(n);
+    if (!cmd) return -1;
+    snprintf(cmd, n, "'%s' %s > '%s/log' 2>&1", SER_BINARY, args, dir);
+    int rc = system(cmd);
+    free(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+int ser_test_log_has(const char *dir, const char *needle) {
+    char path[1024], buf[8192];
+    snprintf(path, sizeof path, "%s/log", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    if (!strstr(buf, needle)) {
+        fprintf(stderr, "log does not contain '%s':\n%s\n", needle, buf);
+        return 0;
+    }
+    return 1;
+}
+
+int ser_test_count_entries(const char *dir, const char *sub) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) n += strstr(de->d_name, sub) != NULL;
+    closedir(d);
+    return n;
 }

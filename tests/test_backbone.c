@@ -338,27 +338,9 @@ static void test_refusals(void **state) {
 #define CMD_LEN 4096
 
 // Runs `ser ARGS` with stdout+stderr into s_root/log; returns the exit status.
-static int s_ser(const char *args) {
-    char cmd[CMD_LEN + 512];
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/log' 2>&1", SER_BINARY, args, s_root);
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
+static int s_ser(const char *args) { return ser_test_run(s_root, args); }
 
-static int s_log_has(const char *needle) {
-    char path[128], buf[8192];
-    snprintf(path, sizeof path, "%s/log", s_root);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    if (!strstr(buf, needle)) {
-        fprintf(stderr, "log does not contain '%s':\n%s\n", needle, buf);
-        return 0;
-    }
-    return 1;
-}
+static int s_log_has(const char *needle) { return ser_test_log_has(s_root, needle); }
 
 static int s_file_exists(const char *p) {
     struct stat st;
@@ -366,15 +348,7 @@ static int s_file_exists(const char *p) {
 }
 
 // Files in s_root whose name contains sub (leftover temporaries).
-static int s_count_in_root(const char *sub) {
-    DIR *d = opendir(s_root);
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) n += strstr(de->d_name, sub) != NULL;
-    closedir(d);
-    return n;
-}
+static int s_count_in_root(const char *sub) { return ser_test_count_entries(s_root, sub); }
 
 static void s_write_config(const ser_config *cfg, const char *path) {
     FILE *f = fopen(path, "w");

@@ -43,15 +43,7 @@ static int s_teardown(void **state) {
 }
 
 // Counts the entries of s_dir whose name contains sub.
-static int s_dir_count(const char *sub) {
-    DIR *d = opendir(s_dir);
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) n += strstr(de->d_name, sub) != NULL;
-    closedir(d);
-    return n;
-}
+static int s_dir_count(const char *sub) { return ser_test_count_entries(s_dir, sub); }
 
 static void s_write_file(const char *path, const void *buf, size_t n) {
     FILE *fp = fopen(path, "wb");

@@ -44,27 +44,9 @@ static int teardown(void **state) {
 }
 
 // Runs `ser ARGS` with stdout+stderr into DIR/log; returns the exit status.
-static int s_ser(const char *args) {
-    char cmd[ARGS_LEN + 512];
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/log' 2>&1", SER_BINARY, args, s_dir);
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
+static int s_ser(const char *args) { return ser_test_run(s_dir, args); }
 
-static int s_log_has(const char *needle) {
-    char path[128], buf[8192];
-    snprintf(path, sizeof path, "%s/log", s_dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    if (!strstr(buf, needle)) {
-        fprintf(stderr, "log does not contain '%s':\n%s\n", needle, buf);
-        return 0;
-    }
-    return 1;
-}
+static int s_log_has(const char *needle) { return ser_test_log_has(s_dir, needle); }
 
 static void test_one_step_matches_pytorch(void **state) {
     (void)state;
