@@ -21,6 +21,8 @@ int ser_cmd_step(int argc, char **argv);
 int ser_cmd_worker(int argc, char **argv);
 int ser_cmd_coordinator(int argc, char **argv);
 int ser_cmd_local(int argc, char **argv);
+// `ser keygen FILE` (coordinator/ser_coord_cmd.c): a CURVE keypair for a job.
+int ser_cmd_keygen(int argc, char **argv);
 // `ser status HOST:PORT` (coordinator/ser_status_cmd.c).
 int ser_cmd_status(int argc, char **argv);
 // `ser export` (worker/ser_export.c).

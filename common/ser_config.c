@@ -236,6 +236,17 @@ static const ser_config_option s_options[] = {
     INT(cluster, heartbeat_ms, 10, 3600000, "1000", NOHASH, "Heartbeat interval."),
     INT(cluster, timeout_ms, 100, 86400000, "10000", NOHASH,
         "A peer silent for this long is declared dead (> heartbeat_ms)."),
+    STR(cluster, curve_key, "", NOHASH,
+        "This process's CURVE keypair file (`ser keygen FILE`); every socket of the job is then "
+        "encrypted and authenticated. Empty: plaintext (only on one host unless plaintext = true)."),
+    STR(cluster, curve_server_key, "", NOHASH,
+        "Public key file of the servers (coordinator and loaders share one server keypair); "
+        "empty: curve_key's own public half (one key for the whole job)."),
+    STR(cluster, curve_allow, "", NOHASH,
+        "Servers: file of client public keys allowed to connect (one per line, as `ser keygen` "
+        "writes FILE.pub); empty: curve_key's own public key only."),
+    BOOL(cluster, plaintext, "false", NOHASH,
+        "Allow plaintext sockets bound to addresses other than the loopback (a trusted network)."),
 };
 
 #undef OPT

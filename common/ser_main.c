@@ -25,6 +25,7 @@ static const ser_command s_commands[] = {
     {"coordinator", ser_cmd_coordinator, "the coordinator daemon"},
     {"worker", ser_cmd_worker, "a worker process"},
     {"dataloader", ser_cmd_dataloader, "a data-loader service"},
+    {"keygen", ser_cmd_keygen, "write a CURVE keypair for encrypted, authenticated jobs (FILE)"},
     {"status", ser_cmd_status, "print a coordinator's status (HOST:PORT [--json] [--watch S])"},
     {"eval", ser_cmd_eval, "evaluate a checkpoint (knn, linear, equivariance, probe, robustness)"},
     {"export", ser_cmd_export, "export a backbone with timm names (and the full model state)"},

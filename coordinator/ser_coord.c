@@ -12,6 +12,7 @@
 #include <zmq.h>
 
 #include "ser_ckpt.h"
+#include "ser_curve.h"
 #include "ser_cmd.h"
 #include "ser_kernels.h"
 #include "ser_runlog.h"
@@ -710,6 +711,9 @@ int ser_coord_run(const ser_coord_opts *o) {
         snprintf(ep, sizeof ep, "tcp://%s:%d", o->cfg.cluster.coordinator, o->cfg.cluster.port);
     else
         snprintf(ep, sizeof ep, "tcp://%s:*", o->cfg.cluster.coordinator);
+    if ((rc = ser_curve_setup(&o->cfg, err)) || (rc = ser_curve_server(c.ctx, c.sock, ep, err)))
+        goto done;
+    if (ser_curve_on()) ser_log(SER_LL_INFO, "CURVE on: encrypted, clients checked against the allow-list");
     if (zmq_bind(c.sock, ep) != 0) {
         snprintf(err, SER_ERR_LEN, "cannot bind %.160s: %s", ep, zmq_strerror(zmq_errno()));
         rc = SER_EIO;

@@ -14,6 +14,7 @@
 
 #include "ser_cmd.h"
 #include "ser_coord.h"
+#include "ser_curve.h"
 
 #define SER_MAX_SET 64
 
@@ -249,6 +250,9 @@ int ser_cmd_local(int argc, char **argv) {
         goto out;
     }
     fprintf(stderr, "ser local: coordinator on %s, starting %d workers\n", ep, workers);
+    // Workers have no job file: the job's CURVE keys reach them through the environment.
+    if (o.cfg.cluster.curve_key[0]) setenv("SER_CURVE_KEY", o.cfg.cluster.curve_key, 1);
+    if (o.cfg.cluster.curve_server_key[0]) setenv("SER_CURVE_SERVER_KEY", o.cfg.cluster.curve_server_key, 1);
     for (; nw < workers; nw++) {
         char name[32];
         snprintf(name, sizeof name, "w%d", nw);
@@ -310,4 +314,22 @@ out:
     unlink(epfile);
     rmdir(dir);
     return status;
+}
+
+// --- ser keygen ------------------------------------------------------------------------------
+int ser_cmd_keygen(int argc, char **argv) {
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: ser keygen FILE\n"
+                        "  Writes a CURVE keypair to FILE (mode 0600; never overwrites) and its public\n"
+                        "  key to FILE.pub. Give FILE to every process of a job as cluster.curve_key\n"
+                        "  (workers: SER_CURVE_KEY=FILE); see proto/ser_curve.h for per-process keys.\n");
+        return 2;
+    }
+    char err[SER_ERR_LEN];
+    if (ser_curve_keygen(argv[1], err)) {
+        fprintf(stderr, "ser keygen: %s\n", err);
+        return 1;
+    }
+    printf("wrote %s and %s.pub\n", argv[1], argv[1]);
+    return 0;
 }

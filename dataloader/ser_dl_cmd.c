@@ -10,6 +10,7 @@
 #include "ser_cmd.h"
 #include "ser_config.h"
 #include "ser_dl.h"
+#include "ser_curve.h"
 #include "ser_dl_service.h"
 
 static volatile sig_atomic_t s_stop = 0;
@@ -279,6 +280,10 @@ int ser_cmd_dataloader(int argc, char **argv) {
     if (rc) return rc;
     if (o.preview) return s_preview(&o);
     char err[256];
+    if ((o.have_job ? ser_curve_setup(&o.job, err) : ser_curve_setup_env(err))) {
+        fprintf(stderr, "ser dataloader: %s\n", err);
+        return 2;
+    }
     ser_dl *dl = ser_dl_new(&o.cfg, err);
     if (!dl) {
         fprintf(stderr, "ser dataloader: %s\n", err);

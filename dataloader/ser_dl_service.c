@@ -1,6 +1,8 @@
 // ser_dl_service.c — see ser_dl_service.h.
 #include "ser_dl_service.h"
 
+#include "ser_curve.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +144,7 @@ ser_dl_service *ser_dl_service_new(ser_dl *dl, const char *endpoint, int prefetc
     zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);  // never drop a reply's frames
     int64_t maxmsg = 1 << 20;  // requests are tiny: refuse big inbound frames at the socket
     zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (ser_curve_server(s->ctx, s->sock, endpoint, err)) goto fail;
     if (zmq_bind(s->sock, endpoint) != 0) {
         snprintf(err, 256, "cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
         goto fail;
@@ -420,6 +423,7 @@ ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint
     }
     int linger = 0;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (ser_curve_client(c->sock, err)) goto fail;
     char *list = ser_xstrdup(endpoints), *save = NULL;
     int nconn = 0;
     for (char *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {

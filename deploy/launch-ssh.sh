@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Launches a ser job across machines over ssh (each host needs the same ser build at $SER_BIN
-# and the job file at the same path; nothing else is copied).
+# Launches a ser job across machines over ssh (each host needs the same ser build at $SER_BIN,
+# the job file at the same path and, for CURVE, the key file its cluster.curve_key names, made
+# once with `ser keygen job.key`; nothing else is copied). Without a key the processes refuse
+# plaintext off the loopback unless the job sets cluster.plaintext = true.
 #
 #   deploy/launch-ssh.sh start HOSTS_FILE JOB_INI [-- extra coordinator options]
 #   deploy/launch-ssh.sh stop  HOSTS_FILE
@@ -25,6 +27,9 @@ job=${3:-}
 name=$( [ -n "$job" ] && sed -n 's/^name *= *//p' "$job" | head -1 || true); name=${name:-ser}
 logdir=${SER_LOG_DIR:-/tmp/ser-$name}
 port=$( [ -n "$job" ] && sed -n 's/^port *= *//p' "$job" | head -1 || true); port=${port:-5555}
+# Workers have no job file: the key reaches them through the environment.
+key=$( [ -n "$job" ] && sed -n 's/^curve_key *= *//p' "$job" | head -1 || true)
+wenv=${key:+env SER_CURVE_KEY=$key}
 
 roles() { grep -v '^\s*#' "$hosts" | awk 'NF>=2 {print $1, $2, (NF>=3?$3:1)}'; }
 coord=$(roles | awk '$1=="coordinator"{print $2}')
@@ -54,7 +59,7 @@ start)
   while read -r role host count; do
     [ "$role" = worker ] || continue
     for _ in $(seq "$count"); do
-      start_remote "$host" "worker$n" "$SER_BIN" worker --coordinator "tcp://$coord:$port" \
+      start_remote "$host" "worker$n" $wenv "$SER_BIN" worker --coordinator "tcp://$coord:$port" \
         --loader "$loaders" --name "$host-w$n"; n=$((n + 1))
     done
   done < <(roles)

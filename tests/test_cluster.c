@@ -17,6 +17,7 @@
 
 #include "ser_test.h"
 #include "ser_dl_data.h"
+#include "ser_curve.h"
 #include "ser_wire.h"
 
 #define MAX_CHILD 16
@@ -699,8 +700,13 @@ static void test_netns_hosts(void **state) {
     snprintf(lep, sizeof lep, "tcp://10.213.%d.3:29555", s_net);
     snprintf(dp, sizeof dp, "data.path=%s", root);
     snprintf(lepf, sizeof lepf, "%s/net_lep", s_dir);
-    char *largs[] = {"ser", "dataloader", "--config", s_cfg, "--set", dp, "--bind", lbind,
-                     "--endpoint-file", lepf, NULL};
+    // Across hosts the job runs encrypted and authenticated: one job key (ser keygen).
+    char key[160], kset[200];
+    snprintf(key, sizeof key, "%s/net.key", s_dir);
+    assert_int_equal(ser_curve_keygen(key, err), 0);
+    snprintf(kset, sizeof kset, "cluster.curve_key=%s", key);
+    char *largs[] = {"ser", "dataloader", "--config", s_cfg, "--set", dp, "--set", kset, "--bind",
+                     lbind, "--endpoint-file", lepf, NULL};
     s_start_in(s_ns[1], "nloader.log", largs);
     assert_int_equal(s_read_line("net_lep", why, sizeof why, 30000), 0);
     snprintf(cset, sizeof cset, "cluster.coordinator=10.213.%d.2", s_net);
@@ -708,8 +714,8 @@ static void test_netns_hosts(void **state) {
     snprintf(epf, sizeof epf, "%s/net_ep", s_dir);
     char *cargs[] = {"ser", "coordinator", "--config", s_cfg, "--weights", s_w, "--out", out,
                      "--steps", "12", "--set", cset, "--set", od, "--set", dp, "--set",
-                     "run.checkpoint_every=5", "--endpoint-file", epf, "--wait-workers-ms", "30000",
-                     COMMON, NULL};
+                     "run.checkpoint_every=5", "--set", kset, "--endpoint-file", epf,
+                     "--wait-workers-ms", "30000", COMMON, NULL};
     coord = s_start_in(s_ns[0], "ncoord.log", cargs);
     assert_int_equal(s_read_line("net_ep", ep, sizeof ep, 30000), 0);
     assert_non_null(strstr(ep, "10.213."));
@@ -718,7 +724,9 @@ static void test_netns_hosts(void **state) {
         snprintf(name, sizeof name, "nh%d", i);
         snprintf(log, sizeof log, "%s.log", name);
         char *wargs[] = {"ser", "worker", "--coordinator", ep, "--loader", lep, "--name", name, NULL};
+        setenv("SER_CURVE_KEY", key, 1);  // workers take their key from the environment
         s_start_in(s_ns[2 + i], log, wargs);
+        unsetenv("SER_CURVE_KEY");
     }
     rc = s_wait(coord);
     if (rc) system("tail -20 /tmp/ser_cluster_*/ncoord.log /tmp/ser_cluster_*/nh0.log");
@@ -726,8 +734,65 @@ static void test_netns_hosts(void **state) {
     s_netns_down();
     assert_int_equal(rc, 0);
     assert_true(s_log_has("ncoord.log", "worker nh0 joined") && s_log_has("ncoord.log", "worker nh1 joined"));
+    assert_true(s_log_has("ncoord.log", "CURVE on"));
     s_assert_same_bits(ref, out);
     snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+}
+
+// CURVE: a worker holding another key is refused (the coordinator names its key) while one
+// with the job's key joins and the job completes; without a key, a bind off the loopback is
+// refused unless cluster.plaintext = true; a malformed key file is named.
+static void test_curve_keys(void **state) {
+    (void)state;
+    char key[120], other[120], kset[180], out[160], ep[256], err[SER_ERR_LEN];
+    snprintf(key, sizeof key, "%s/job.key", s_dir);
+    snprintf(other, sizeof other, "%s/other.key", s_dir);
+    assert_int_equal(ser_curve_keygen(key, err), 0);
+    assert_int_equal(ser_curve_keygen(other, err), 0);
+    assert_int_not_equal(ser_curve_keygen(key, err), 0);  // never overwrites a key
+    snprintf(kset, sizeof kset, "cluster.curve_key=%s", key);
+    snprintf(out, sizeof out, "%s/curve.safetensors", s_dir);
+    snprintf(s_extra, sizeof s_extra, "%s", kset);
+    pid_t coord = s_coordinator_at(out, "3", "20000", ep, sizeof ep, "0", "curve.log");
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    // Another keypair that knows the server's public key: authenticated, not allowed.
+    char pub[200];
+    snprintf(pub, sizeof pub, "%s.pub", key);
+    setenv("SER_CURVE_KEY", other, 1);
+    setenv("SER_CURVE_SERVER_KEY", pub, 1);
+    s_worker(ep, "intruder");
+    for (int t = 0; t < 2000 && !s_log_has("curve.log", "refused a client with key"); t++) s_sleep_ms(5);
+    assert_true(s_log_has("curve.log", "refused a client with key"));
+    // A keypair that does not even know the server's key fails the handshake itself.
+    unsetenv("SER_CURVE_SERVER_KEY");
+    s_worker(ep, "stranger");
+    setenv("SER_CURVE_KEY", key, 1);
+    s_worker(ep, "member");
+    unsetenv("SER_CURVE_KEY");
+    int rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/curve.log");
+    assert_int_equal(rc, 0);
+    assert_true(s_log_has("curve.log", "worker member joined"));
+    assert_false(s_log_has("curve.log", "worker intruder joined"));
+    assert_false(s_log_has("curve.log", "worker stranger joined"));
+    s_kill_all();
+    // Plaintext off the loopback: refused with the way out named; allowed when asked for.
+    char *pargs[] = {"ser", "coordinator", "--config", s_cfg, "--steps", "1", "--set",
+                     "cluster.coordinator=0.0.0.0", "--set", "cluster.port=0", NULL};
+    assert_int_equal(s_wait(s_start("plain.log", pargs)), 1);
+    assert_true(s_log_has("plain.log", "refusing plaintext on tcp://0.0.0.0"));
+    assert_true(s_log_has("plain.log", "cluster.plaintext = true"));
+    // A key file that is not one.
+    char bad[160], bset[200];
+    snprintf(bad, sizeof bad, "%s/bad.key", s_dir);
+    FILE *f = fopen(bad, "w");
+    assert_non_null(f);
+    fputs("public not-a-key\n", f);
+    fclose(f);
+    snprintf(bset, sizeof bset, "cluster.curve_key=%s", bad);
+    char *bargs[] = {"ser", "coordinator", "--config", s_cfg, "--steps", "1", "--set", bset, NULL};
+    assert_int_not_equal(s_wait(s_start("badkey.log", bargs)), 0);
+    assert_true(s_log_has("badkey.log", "not a 40-character Z85 key"));
 }
 
 // Starts `start` with SER_FAULT=plan in its environment only.
@@ -845,6 +910,7 @@ int main(void) {
         cmocka_unit_test(test_coordinator_killed_during_checkpoints),
         cmocka_unit_test(test_loader_killed_and_restarted),
         cmocka_unit_test(test_netns_hosts),
+        cmocka_unit_test(test_curve_keys),
     };
     if (getenv("SER_TEST_FILTER")) cmocka_set_test_filter(getenv("SER_TEST_FILTER"));  // e.g. "*netns*"
     // ctest runs the namespace test on its own (cluster_netns), so that a machine without

@@ -18,6 +18,7 @@
 #include "ser_batchfile.h"
 #include "ser_cmd.h"
 #include "ser_config.h"
+#include "ser_curve.h"
 #include "ser_dl.h"
 #include "ser_dl_service.h"
 #include "ser_kernels.h"
@@ -88,6 +89,11 @@ static int s_connect(s_worker *w) {
     int linger = 0;
     zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, w->name, strlen(w->name));
+    char cerr[SER_ERR_LEN];
+    if (ser_curve_client(w->sock, cerr)) {
+        ser_log(SER_LL_ERROR, "worker %s: %s", w->name, cerr);
+        return SER_EIO;
+    }
     if (zmq_connect(w->sock, w->endpoint) != 0) {
         ser_log(SER_LL_ERROR, "worker %s: cannot connect to %s: %s", w->name, w->endpoint,
                 zmq_strerror(zmq_errno()));
@@ -466,6 +472,11 @@ int ser_cmd_worker(int argc, char **argv) {
     }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
+    char cerr[SER_ERR_LEN];
+    if (ser_curve_setup_env(cerr)) {  // a worker has no job file: its keys come from the environment
+        fprintf(stderr, "ser worker: %s\n", cerr);
+        return 2;
+    }
     w.ctx = zmq_ctx_new();
     int status = s_connect(&w) ? 1 : s_run(&w);
     if (w.sock) zmq_close(w.sock);
