@@ -96,17 +96,31 @@ for v in $variants; do
   echo $(( $(date +%s) - t0 )) > "$run/eval_seconds"
 done
 
+# The baseline row: the same evaluation of the first variant's network at initialisation.
+first=${variants%% *}
+if [ ! -f "$out/random/eval.json" ]; then
+  echo "== random init of $first: evaluating"
+  mkdir -p "$out/random"
+  t0=$(date +%s)
+  "$ser" eval knn,linear,equivariance --checkpoint "$out/$first" --random-init --data "$data" \
+    --train-limit "$ntrain" --test-limit "$ntest" --json "$out/random/eval.json.tmp" | tee "$out/random/eval.log"
+  mv "$out/random/eval.json.tmp" "$out/random/eval.json"
+  echo $(( $(date +%s) - t0 )) > "$out/random/eval_seconds"
+fi
+
 # The table, from each run's evaluation table (lines "mode metric value").
-get() { awk -v m="$2" -v k="$3" '$1 == m && $2 == k { printf "%.2f", $3 }' "$1"; }
+get() { awk -v m="$2" -v k="$3" -v f="${4:-%.2f}" '$1 == m && $2 == k { printf f, $3 }' "$1"; }
 {
-  echo "| variant | steps x batch | kNN top-1 | linear top-1 | consistency rot90 / hflip / scale 0.75 / 1.25 | SER-map equivariance error (mean) | train min | eval min |"
+  echo "| variant | steps x batch | kNN top-1 | linear top-1 | consistency rot90 / hflip / scale 0.75 / 1.25 | token-map equivariance error, mean (map) | train min | eval min |"
   echo "|---|---|---|---|---|---|---|---|"
-  for v in $variants; do
+  for v in random $variants; do
     e=$out/$v/eval.log
-    echo "| $v | $steps x $batch | $(get "$e" knn top1) | $(get "$e" linear test_top1) |" \
-         "$(get "$e" equivariance consistency.rot90) / $(get "$e" equivariance consistency.hflip) /" \
-         "$(get "$e" equivariance consistency.scale0.75) / $(get "$e" equivariance consistency.scale1.25) |" \
-         "$(get "$e" equivariance error.mean) |" \
+    label=$v budget="$steps x $batch"
+    [ "$v" = random ] && label="random init ($first)" budget=0
+    echo "| $label | $budget | $(get "$e" knn top1) | $(get "$e" linear test_top1) |" \
+         "$(get "$e" equivariance consistency.rot90 %.3f) / $(get "$e" equivariance consistency.hflip %.3f) /" \
+         "$(get "$e" equivariance consistency.scale0.75 %.3f) / $(get "$e" equivariance consistency.scale1.25 %.3f) |" \
+         "$(get "$e" equivariance error.mean %.3f) (block $(get "$e" equivariance map_block %.0f)) |" \
          "$(( $(cat "$out/$v/train_seconds" 2>/dev/null || echo 0) / 60 )) |" \
          "$(( $(cat "$out/$v/eval_seconds" 2>/dev/null || echo 0) / 60 )) |"
   done
