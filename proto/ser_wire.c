@@ -55,16 +55,23 @@ static void s_fault_parse(void) {
     if (!env || !*env) return;
     char buf[1024];
     snprintf(buf, sizeof buf, "%s", env);
-    for (char *save = NULL, *r = strtok_r(buf, ";", &save); r && s_nfaults < 16;
-         r = strtok_r(NULL, ";", &save)) {
-        char act[16], type[32];
+    for (char *save = NULL, *r = strtok_r(buf, ";", &save); r; r = strtok_r(NULL, ";", &save)) {
+        if (s_nfaults == (int)(sizeof s_faults / sizeof s_faults[0])) {
+            ser_log(SER_LL_ERROR, "SER_FAULT: more than %d rules; '%s' and the rest ignored",
+                    s_nfaults, r);
+            break;
+        }
+        char act[16] = "", type[32] = "";
         unsigned long long step = 0;
-        int ms = 0, n = sscanf(r, "%15[a-z]:%31[A-Z_]@%llu:%d", act, type, &step, &ms);
+        int ms = 0, used = 0, n = sscanf(r, "%15[a-z]:%31[A-Z_]@%llu%n:%d%n", act, type, &step, &used,
+                                         &ms, &used);
         s_fault f = {0, s_type_of(type), ms, 0, step};
         f.action = !strcmp(act, "drop") ? F_DROP : !strcmp(act, "dup") ? F_DUP
                    : !strcmp(act, "delay") ? F_DELAY : !strcmp(act, "kill") ? F_KILL
                    : !strcmp(act, "nan") ? F_NAN : 0;
-        if (n < 3 || !f.action || f.type < 0 || (f.action == F_DELAY && (n < 4 || ms < 0))) {
+        // The whole rule must be read: "drop:PARAMS@3x" or a delay on another action is an error.
+        if (n < 3 || !f.action || f.type < 0 || r[used] != 0 || (f.action == F_DELAY) != (n == 4) ||
+            ms < 0) {
             ser_log(SER_LL_ERROR, "SER_FAULT: rule '%s' ignored (see proto/ser_wire.h)", r);
             continue;
         }

@@ -818,7 +818,8 @@ static void test_fault_plan(void **state) {
     s_with_faults("drop:FORWARD_DONE@9;dup:BACKWARD_DONE@1;delay:FORWARD_DONE@5:400;"
                   "drop:BACKWARD_DONE@8", s_worker, ep, "wf0");
     // Malformed rules are named and ignored; the good one beside them still fires.
-    s_with_faults("bogus:FORWARD@1;drop:NOPE@2;delay:PARAMS@1;kill:BACKWARD@4", s_worker, ep, "wf1");
+    s_with_faults("bogus:FORWARD@1;drop:NOPE@2;delay:PARAMS@1;drop:PARAMS@3x;dup:PARAMS@2:5;"
+                  "kill:BACKWARD@4", s_worker, ep, "wf1");
     int rc = s_wait(coord);
     if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
     assert_int_equal(rc, 0);
@@ -829,6 +830,8 @@ static void test_fault_plan(void **state) {
     assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'bogus:FORWARD@1' ignored"));
     assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'drop:NOPE@2' ignored"));
     assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'delay:PARAMS@1' ignored"));
+    assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'drop:PARAMS@3x' ignored"));
+    assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'dup:PARAMS@2:5' ignored"));
     assert_true(s_log_has("coord.log", "worker wf1 lost"));
     assert_true(s_log_has("coord.log", "sending it again"));
     s_kill_all();
