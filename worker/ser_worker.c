@@ -159,6 +159,7 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         }
     }
     w->have_model = 1;
+    if (w->dl) ser_dl_client_set_tick(w->dl, s_tick, w, cfg.cluster.heartbeat_ms);  // heartbeat while fetching
     for (int k = 0; k < 2; k++) {
         ser_vit *vit = k ? w->v.teacher : w->v.student;
         if (vit) vit->tick = s_tick, vit->tick_ctx = w;
