@@ -113,7 +113,7 @@ static void s_publish(s_coord *c) {
     for (int i = 0; i < c->nw; i++) {
         ser_status_worker *w = &ws[i];
         memset(w, 0, sizeof *w);
-        snprintf(w->id, sizeof w->id, "%s", c->w[i].id);
+        snprintf(w->id, sizeof w->id, "%.*s", (int)sizeof w->id - 1, c->w[i].id);
         w->last_heard_ms = c->w[i].last_heard_ms;
         for (int sh = 0; sh < c->S; sh++)
             if (c->sh && c->sh[sh].worker == i && c->sh[sh].state != SH_BWD_DONE &&
@@ -252,7 +252,8 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     int bad = 0;
     for (int e = 0; e < n_eq && !bad; e++)
         for (int v = 0; v < 2 && !bad; v++) {
-            const float *q = gf + (e * 2 + v) * 5;
+            float q[5];  // frames carry no alignment guarantee: copy, do not dereference
+            memcpy(q, gf + (e * 2 + v) * 5, sizeof q);
             for (int k = 0; k < 5; k++) bad |= !(q[k] >= 0 && q[k] <= 4096 && q[k] == (float)(int)q[k]);
             if (bad) break;
             g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],

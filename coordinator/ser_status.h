@@ -39,7 +39,7 @@
 
 #include "ser_base.h"
 
-#define SER_STATUS_NAME_LEN 32       // ids and loss-term names, NUL included
+#define SER_STATUS_NAME_LEN 64       // ids (a worker id is up to 63 bytes) and term names, NUL included
 #define SER_STATUS_ADDR_LEN 128      // "host:port" or a ZeroMQ endpoint
 #define SER_STATUS_TEXT_LEN 256      // waiting_for
 #define SER_STATUS_PATH_LEN 512      // checkpoint path

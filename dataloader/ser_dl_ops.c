@@ -766,3 +766,11 @@ void ser_dl_f32_to_u8(uint8_t *out, const float *in, int n) {
         out[i] = (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
     }
 }
+
+void ser_dl_normalise(float *out, const uint8_t *in, int h, int w) {
+    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
+    size_t hw = (size_t)h * w;
+    for (size_t p = 0; p < hw; p++)
+        for (int ch = 0; ch < 3; ch++)
+            out[ch * hw + p] = ((float)in[p * 3 + ch] / 255.0f - mean[ch]) / std[ch];
+}

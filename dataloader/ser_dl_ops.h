@@ -22,6 +22,7 @@
 //   ser_dl_photo (parameters of one view's photometric draw), ser_dl_photo_draw(),
 //   ser_dl_photo_apply_u8() (torchvision), ser_dl_photo_apply_f32() (kornia)
 //   ser_dl_u8_to_f32(), ser_dl_f32_to_u8()
+//   ser_dl_normalise()                       RGB uint8 HWC -> ImageNet-normalised float CHW
 #ifndef SER_DL_OPS_H
 #define SER_DL_OPS_H
 
@@ -117,5 +118,9 @@ void ser_dl_photo_apply_f32(float *x, int w, int h, const ser_dl_photo *p, float
 void ser_dl_u8_to_f32(float *out, const uint8_t *in, int n);  // x / 255
 // Clamps x*255 to [0,255] and rounds half up.
 void ser_dl_f32_to_u8(uint8_t *out, const float *in, int n);
+// The network's input, as every worker and `ser eval` make it (loaders ship uint8, design.md
+// §4): out (3, h, w) = (in / 255 - mean) / std per channel with ImageNet's mean and std;
+// in (h, w, 3).
+void ser_dl_normalise(float *out, const uint8_t *in, int h, int w);
 
 #endif

@@ -49,7 +49,8 @@ typedef struct ser_wire_msg {
 int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
                   char err[SER_ERR_LEN]);
 void ser_wire_msg_free(ser_wire_msg *m);
-// The data of tensor `name` if present with exactly numel F32 elements, else NULL.
+// The data of tensor `name` if present with exactly numel F32 elements, else NULL. The bytes
+// sit in a received frame with no alignment guarantee: read them with memcpy.
 const float *ser_wire_find(const ser_wire_msg *m, const char *name, size_t numel);
 
 // Bytes of all frames this process has sent and received (envelopes and tensors; not the

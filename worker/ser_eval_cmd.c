@@ -293,14 +293,6 @@ static int s_open_data(s_ctx *c, char err[SER_ERR_LEN]) {
 
 // --- batches ---------------------------------------------------------------------------------------
 
-static void s_normalise(float *out, const uint8_t *in, int h, int w) {
-    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
-    size_t hw = (size_t)h * w;
-    for (size_t p = 0; p < hw; p++)
-        for (int ch = 0; ch < 3; ch++)
-            out[ch * hw + p] = ((float)in[p * 3 + ch] / 255.0f - mean[ch]) / std[ch];
-}
-
 // Decodes and resizes images s->idx[i0 .. i0+nb) into c->u8.
 static int s_load_u8(s_ctx *c, const s_set *s, int i0, int nb, char err[SER_ERR_LEN]) {
     int img = c->img, rc = SER_OK;
@@ -328,7 +320,7 @@ static void s_normalise_batch(s_ctx *c, const uint8_t *u8, int nb) {
     int img = c->img;
 #pragma omp parallel for schedule(static)
     for (int q = 0; q < nb; q++)
-        s_normalise(c->xb + (size_t)q * 3 * img * img, u8 + (size_t)q * img * img * 3, img, img);
+        ser_dl_normalise(c->xb + (size_t)q * 3 * img * img, u8 + (size_t)q * img * img * 3, img, img);
 }
 
 // Corrupts c->u8 into c->u8c (seed per image: the dataset index).

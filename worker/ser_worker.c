@@ -20,6 +20,7 @@
 #include "ser_config.h"
 #include "ser_curve.h"
 #include "ser_dl.h"
+#include "ser_dl_ops.h"
 #include "ser_dl_service.h"
 #include "ser_kernels.h"
 #include "ser_train.h"
@@ -177,14 +178,6 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
     return SER_OK;
 }
 
-// ImageNet normalisation: the worker normalises, loaders ship uint8 (design.md §4).
-static void s_normalise(float *out, const uint8_t *in, int h, int wd) {
-    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
-    size_t hw = (size_t)h * wd;
-    for (size_t p = 0; p < hw; p++)
-        for (int c = 0; c < 3; c++) out[c * hw + p] = ((float)in[p * 3 + c] / 255.0f - mean[c]) / std[c];
-}
-
 // Fetches shard (step, s) from the loaders into sh->b (normalised floats).
 static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s) {
     ser_dl_shard d;
@@ -221,11 +214,11 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s) {
         for (int v = 0; v < 2 && !rc; v++) {
             if (!x->equivariant) {
                 if (x->h[v] != img || x->w[v] != img) rc = SER_ESHAPE;
-                else s_normalise(sh->inv[v] + (size_t)ii * pix, x->view[v], img, img);
+                else ser_dl_normalise(sh->inv[v] + (size_t)ii * pix, x->view[v], img, img);
             } else {
                 sh->gel[v][qq] = x->g[v];
                 sh->eq[v][qq] = ser_xaligned(sizeof(float) * 3 * (size_t)x->h[v] * x->w[v]);
-                s_normalise(sh->eq[v][qq], x->view[v], x->h[v], x->w[v]);
+                ser_dl_normalise(sh->eq[v][qq], x->view[v], x->h[v], x->w[v]);
             }
         }
         x->equivariant ? qq++ : ii++;
