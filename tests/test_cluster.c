@@ -83,6 +83,17 @@ static int teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+// Records a child for cleanup, in a slot freed by s_wait when there is one.
+static void s_track(pid_t pid) {
+    for (int i = 0; i < s_nkids; i++)
+        if (s_kids[i] == 0) {
+            s_kids[i] = pid;
+            return;
+        }
+    assert_true(s_nkids < MAX_CHILD);
+    s_kids[s_nkids++] = pid;
+}
+
 // Starts `ser ARGS...` with stdout/stderr to DIR/<log>; returns its pid (recorded for cleanup).
 static pid_t s_start(const char *log, char *const *args) {
     pid_t pid = fork();
@@ -93,8 +104,7 @@ static pid_t s_start(const char *log, char *const *args) {
         execv(SER_BINARY, args);
         _exit(127);
     }
-    assert_true(s_nkids < MAX_CHILD);
-    s_kids[s_nkids++] = pid;
+    s_track(pid);
     return pid;
 }
 
@@ -215,14 +225,22 @@ static void test_n_workers_equal_ser_step(void **state) {
 // DINO + SER and Barlow Twins + SER: the same property with 20 steps, each method's own job
 // (weights from data.seed), the schedules running (5 iterations per epoch: DINO's last layer
 // unfreezes after step 4, its teacher temperature and EMA momentum change every step).
-static void s_method_n_workers(const char *method, const char *section) {
-    char cfg[160], ref[160], out[160], nw[8], od[200];
-    snprintf(cfg, sizeof cfg, "%s/%s.ini", s_dir, method);
+static const char *s_dino_section = "[dino]\nout_dim = 32\nhidden_dim = 24\nbottleneck_dim = 8\n"
+                                    "teacher_temp_warmup_epochs = 2\nmomentum = 0.9\n";
+
+// DIR/<method>.ini: the test job with that method and a 20-step schedule (5 per epoch).
+static void s_method_ini(char *cfg, size_t n, const char *method, const char *section) {
+    snprintf(cfg, n, "%s/%s.ini", s_dir, method);
     FILE *f = fopen(cfg, "w");
     assert_non_null(f);
     fputs(s_ini, f);
     fprintf(f, "[method]\nname = %s\n%s[optim]\nepochs = 4\nwarmup_epochs = 1\n", method, section);
     fclose(f);
+}
+
+static void s_method_n_workers(const char *method, const char *section) {
+    char cfg[160], ref[160], out[160], nw[8], od[200];
+    s_method_ini(cfg, sizeof cfg, method, section);
     snprintf(ref, sizeof ref, "%s/%s-ref.safetensors", s_dir, method);
     char *sargs[] = {"ser", "step", "--config", cfg, "--batch", s_b, "--out", ref, "--steps", "20",
                      "--iters-per-epoch", "5", NULL};
@@ -243,8 +261,44 @@ static void s_method_n_workers(const char *method, const char *section) {
 
 static void test_dino_n_workers_equal_ser_step(void **state) {
     (void)state;
-    s_method_n_workers("dino", "[dino]\nout_dim = 32\nhidden_dim = 24\nbottleneck_dim = 8\n"
-                               "teacher_temp_warmup_epochs = 2\nmomentum = 0.9\n");
+    s_method_n_workers("dino", s_dino_section);
+}
+
+static void s_assert_same_state(const char *a, const char *b);
+
+// A DINO step skipped for a non-finite gradient leaves the teacher where it was; the workers,
+// which otherwise advance their teacher themselves, must be sent it whole. Proof: the run
+// continues exactly as `ser step` does from the checkpoint written right after the skip.
+static void test_dino_skip_resends_teacher(void **state) {
+    (void)state;
+    char cfg[160], outa[160], outb[160], od[200], dirb[160], src[200], dst[200], cmd[1024];
+    s_method_ini(cfg, sizeof cfg, "dino", s_dino_section);
+    snprintf(outa, sizeof outa, "%s/dskip.safetensors", s_dir);
+    snprintf(outb, sizeof outb, "%s/dskip_step.safetensors", s_dir);
+    snprintf(od, sizeof od, "run.out_dir=%s/dskip", s_dir);
+    char *args[] = {"ser", "local", "--workers", "2", "--config", cfg, "--batch-file", s_b,
+                    "--out", outa, "--steps", "8", "--iters-per-epoch", "5", "--set", od,
+                    "--set", "run.nonfinite=skip", "--set", "run.checkpoint_every=1",
+                    "--set", "run.keep_checkpoints=20", NULL};
+    setenv("SER_FAULT", "nan:BACKWARD_DONE@3", 1);  // every worker poisons step 3
+    int rc = s_wait(s_start("dskip.log", args));
+    unsetenv("SER_FAULT");
+    if (rc) system("tail -20 /tmp/ser_cluster_*/dskip.log");
+    assert_int_equal(rc, 0);
+    assert_true(s_log_has("dskip.log", "skipped (run.nonfinite = skip)"));
+    // The checkpoint after the skipped step 3, alone in a run directory of its own.
+    snprintf(dirb, sizeof dirb, "%s/dskip_b", s_dir);
+    snprintf(src, sizeof src, "%s/dskip/ckpt-0000000004.safetensors", s_dir);
+    snprintf(dst, sizeof dst, "%s/ckpt-0000000004.safetensors", dirb);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s' && echo ckpt-0000000004.safetensors > '%s/latest'",
+             dirb, src, dst, dirb);
+    assert_int_equal(system(cmd), 0);
+    char *sargs[] = {"ser", "step", "--config", cfg, "--batch", s_b, "--resume", dirb, "--out", outb,
+                     "--steps", "4", "--iters-per-epoch", "5", "--set", "run.nonfinite=skip", NULL};
+    rc = s_wait(s_start("dskip_step.log", sargs));
+    if (rc) system("tail -20 /tmp/ser_cluster_*/dskip_step.log");
+    assert_int_equal(rc, 0);
+    s_assert_same_state(outa, outb);
 }
 
 static void test_barlow_n_workers_equal_ser_step(void **state) {
@@ -669,8 +723,7 @@ static pid_t s_start_in(const char *ns, const char *log, char *const *args) {
         execvp("ip", argv);
         _exit(127);
     }
-    assert_true(s_nkids < MAX_CHILD);
-    s_kids[s_nkids++] = pid;
+    s_track(pid);
     return pid;
 }
 
@@ -901,6 +954,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_n_workers_equal_ser_step),
+        cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),
         cmocka_unit_test(test_worker_killed_mid_run),
         cmocka_unit_test(test_coordinator_killed_and_restarted),
