@@ -32,8 +32,12 @@ static int s_read_keys(const char *path, char *pub, char *sec, char (*more)[S_KE
         n++;
         line[strcspn(line, "\r\n")] = 0;
         if (!line[0] || line[0] == '#') continue;
-        char word[16] = "", key[64] = "";
-        if (sscanf(line, "%15s %63s", word, key) != 2) snprintf(key, sizeof key, "%s", word), snprintf(word, sizeof word, "public");
+        char word[16] = "public", key[64] = "";  // "public KEY", "secret KEY" or a bare KEY
+        if (strchr(line, ' ')) {
+            if (sscanf(line, "%15s %63s", word, key) != 2) key[0] = 0;
+        } else {
+            snprintf(key, sizeof key, "%.63s", line);
+        }
         uint8_t raw[32];
         if (strlen(key) != 40 || !zmq_z85_decode(raw, key)) {
             rc = ser_errf(err, SER_EINVAL, "CURVE key file %s line %d: not a 40-character Z85 key",

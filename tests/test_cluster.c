@@ -829,6 +829,38 @@ static void test_curve_keys(void **state) {
     assert_false(s_log_has("curve.log", "worker intruder joined"));
     assert_false(s_log_has("curve.log", "worker stranger joined"));
     s_kill_all();
+    // Keys per process: the coordinator allows other.key's public key (a bare key line); a
+    // worker holding other.key and the server's public key joins.
+    char allow[160], aset[200], pset2[200], out2[160], line[128];
+    snprintf(allow, sizeof allow, "%s/allow.txt", s_dir);
+    snprintf(line, sizeof line, "%s.pub", other);
+    FILE *pf = fopen(line, "r");
+    assert_non_null(pf);
+    char word[16], okey[64];
+    assert_int_equal(fscanf(pf, "%15s %63s", word, okey), 2);
+    fclose(pf);
+    pf = fopen(allow, "w");
+    assert_non_null(pf);
+    fprintf(pf, "# workers of this job\n%s\n", okey);
+    fclose(pf);
+    snprintf(aset, sizeof aset, "cluster.curve_allow=%s", allow);
+    snprintf(pset2, sizeof pset2, "%s.pub", key);
+    snprintf(out2, sizeof out2, "%s/curve2.safetensors", s_dir);
+    char epf2[160];
+    snprintf(epf2, sizeof epf2, "%s/endpoint2", s_dir);
+    char *aargs[] = {"ser", "coordinator", "--config", s_cfg, "--weights", s_w, "--out", out2,
+                     "--steps", "1", "--set", kset, "--set", aset, "--endpoint-file", epf2,
+                     "--wait-workers-ms", "20000", COMMON, NULL};
+    coord = s_start("curve2.log", aargs);
+    assert_int_equal(s_read_line("endpoint2", ep, sizeof ep, 30000), 0);
+    setenv("SER_CURVE_KEY", other, 1);
+    setenv("SER_CURVE_SERVER_KEY", pset2, 1);
+    s_worker(ep, "listed");
+    unsetenv("SER_CURVE_KEY");
+    unsetenv("SER_CURVE_SERVER_KEY");
+    assert_int_equal(s_wait(coord), 0);
+    assert_true(s_log_has("curve2.log", "worker listed joined"));
+    s_kill_all();
     // Plaintext off the loopback: refused with the way out named; allowed when asked for.
     char *pargs[] = {"ser", "coordinator", "--config", s_cfg, "--steps", "1", "--set",
                      "cluster.coordinator=0.0.0.0", "--set", "cluster.port=0", NULL};
