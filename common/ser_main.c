@@ -19,7 +19,7 @@ typedef struct ser_command {
 } ser_command;
 
 static const ser_command s_commands[] = {
-    {"bench", ser_cmd_bench, "benchmarks: vit (forward+backward vs. sgemm peak)"},
+    {"bench", ser_cmd_bench, "benchmarks: vit, step, loader, cluster (each against its peer)"},
     {"step", ser_cmd_step, "run K training steps in one process on given weights and batch"},
     {"local", ser_cmd_local, "coordinator + N workers + a loader on this machine"},
     {"coordinator", ser_cmd_coordinator, "the coordinator daemon"},

@@ -427,7 +427,10 @@ static void s_usage(FILE *f) {
                "  Computes shards for the coordinator until it shuts the job down. The job's\n"
                "  configuration comes from the coordinator. Data: each shard from the data-loader\n"
                "  services at EP (tcp://HOST:PORT, comma-separated), or the global batch of every\n"
-               "  step from a batch file (docs/step-format.md; the reference/testing path).\n");
+               "  step from a batch file (docs/step-format.md; the reference/testing path).\n"
+               "  CURVE (a worker has no job file): SER_CURVE_KEY=FILE (its keypair, `ser keygen`),\n"
+               "  SER_CURVE_SERVER_KEY=FILE.pub (the servers' public key when it is not the same\n"
+               "  keypair's).\n");
 }
 
 int ser_cmd_worker(int argc, char **argv) {
