@@ -156,10 +156,14 @@ static int s_wait_line(const char *path, char *buf, size_t n, pid_t child, const
     return -1;
 }
 
+// A stop request (SIGINT, SIGTERM: Ctrl-C, kill, systemd, a scheduler) goes on to the
+// coordinator from the handler itself: glibc's signal() restarts waitpid, so a flag checked
+// after an interrupted wait would never be seen. The coordinator checkpoints and ends the job.
 static volatile sig_atomic_t s_local_stop;
+static volatile pid_t s_local_coord;
 static void s_local_signal(int sig) {
-    (void)sig;
     s_local_stop = 1;
+    if (s_local_coord > 0) kill(s_local_coord, sig);
 }
 
 int ser_cmd_local(int argc, char **argv) {
@@ -216,6 +220,8 @@ int ser_cmd_local(int argc, char **argv) {
     signal(SIGINT, s_local_signal);
     signal(SIGTERM, s_local_signal);
     pid_t coord = s_spawn(cargs), pids[64], loader = -1;
+    s_local_coord = coord;
+    if (s_local_stop) kill(coord, SIGTERM);  // asked to stop before the coordinator existed
     int nw = 0, status = 1;
     char lep[256] = "", lepfile[128];
     snprintf(lepfile, sizeof lepfile, "%s/loader", dir);
@@ -270,6 +276,7 @@ int ser_cmd_local(int argc, char **argv) {
         if (r == coord) {
             status = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
             coord = -1;
+            s_local_coord = -1;
             break;
         }
         if (r < 0 && errno == EINTR && s_local_stop) kill(coord, SIGTERM);

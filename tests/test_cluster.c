@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -90,6 +91,10 @@ static void s_track(pid_t pid) {
             s_kids[i] = pid;
             return;
         }
+    if (s_nkids == MAX_CHILD) {  // never leave an untracked child behind a failed assertion
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
     assert_true(s_nkids < MAX_CHILD);
     s_kids[s_nkids++] = pid;
 }
@@ -101,6 +106,7 @@ static pid_t s_start(const char *log, char *const *args) {
         char path[256];
         snprintf(path, sizeof path, "%s/%s", s_dir, log);
         if (!freopen(path, "w", stdout) || !freopen(path, "a", stderr)) _exit(126);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test killed by its runner leaves nothing behind
         execv(SER_BINARY, args);
         _exit(127);
     }
@@ -299,6 +305,24 @@ static void test_dino_skip_resends_teacher(void **state) {
     if (rc) system("tail -20 /tmp/ser_cluster_*/dskip_step.log");
     assert_int_equal(rc, 0);
     s_assert_same_state(outa, outb);
+}
+
+// `kill PID` of ser local (SIGTERM to it alone, as systemd or a scheduler sends it) stops the
+// job the way Ctrl-C does: the coordinator checkpoints the last completed step and all exit.
+static void test_local_stops_on_sigterm(void **state) {
+    (void)state;
+    char cfg[160], od[200];
+    s_method_ini(cfg, sizeof cfg, "dino", s_dino_section);
+    snprintf(od, sizeof od, "run.out_dir=%s/sigterm", s_dir);
+    char *args[] = {"ser", "local", "--workers", "2", "--config", cfg, "--batch-file", s_b,
+                    "--steps", "100000", "--iters-per-epoch", "5", "--set", od, NULL};
+    pid_t pid = s_start("sigterm.log", args);
+    for (int t = 0; t < 3000 && !s_log_has("sigterm.log", "I step 2:"); t++) s_sleep_ms(5);
+    assert_true(s_log_has("sigterm.log", "I step 2:"));
+    kill(pid, SIGTERM);
+    assert_int_equal(s_wait(pid), 0);
+    assert_true(s_log_has("sigterm.log", "stop requested during step"));
+    assert_true(s_log_has("sigterm.log", "checkpoint /"));
 }
 
 static void test_barlow_n_workers_equal_ser_step(void **state) {
@@ -716,6 +740,7 @@ static pid_t s_start_in(const char *ns, const char *log, char *const *args) {
         char path[256];
         snprintf(path, sizeof path, "%s/%s", s_dir, log);
         if (!freopen(path, "w", stdout) || !freopen(path, "a", stderr)) _exit(126);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         char *argv[48] = {"ip", "netns", "exec", (char *)(uintptr_t)ns, SER_BINARY};
         int k = 5;
         for (int i = 1; args[i] && k < 47; i++) argv[k++] = args[i];
@@ -987,6 +1012,7 @@ int main(void) {
         cmocka_unit_test(test_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),
+        cmocka_unit_test(test_local_stops_on_sigterm),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),
         cmocka_unit_test(test_worker_killed_mid_run),
         cmocka_unit_test(test_coordinator_killed_and_restarted),
