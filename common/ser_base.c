@@ -1,11 +1,13 @@
 // ser_base.c — see ser_base.h.
 #include "ser_base.h"
 
+#include <errno.h>
 #include <execinfo.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 const char *ser_strerror(int rc) {
@@ -38,6 +40,26 @@ void ser_err_prefix(char *err, const char *fmt, ...) {
     int n = vsnprintf(err, SER_ERR_LEN, fmt, ap);
     va_end(ap);
     if (n >= 0 && n < SER_ERR_LEN) snprintf(err + n, (size_t)(SER_ERR_LEN - n), "%s", old);
+}
+
+int ser_mkdir_p(const char *dir, char *err) {
+    char buf[4096];
+    if (!dir || !dir[0]) return ser_errf(err, SER_EINVAL, "empty directory name");
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
+        return ser_errf(err, SER_EINVAL, "directory name too long: %.200s", dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return ser_errf(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return ser_errf(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+        return ser_errf(err, SER_EIO, "%s is not a directory", buf);
+    return SER_OK;
 }
 
 void ser__abort(const char *file, int line, const char *fmt, ...) {

@@ -3,6 +3,7 @@
 // defines:
 //   SER_ASSERT(x), SER_ABORT(fmt, ...)   always on, print file:line and abort()
 //   enum ser_errno (SER_E*) + ser_strerror(rc), ser_errf(), ser_err_prefix()   negative codes + messages
+//   ser_mkdir_p()
 //   ser_log(level, fmt, ...), ser_log_set_level(), ser_log_parse_level()
 //   ser_xmalloc(), ser_xcalloc(), ser_xaligned(), ser_xstrdup()   abort on OOM
 //   ser_clock_now_ms(), ser_clock_set()   injectable monotonic clock
@@ -54,6 +55,10 @@ const char *ser_strerror(int rc);
 int ser_errf(char *err, int rc, const char *fmt, ...) SER_FMT(3, 4);
 // Puts the formatted text in front of the message already in err (truncated to SER_ERR_LEN).
 void ser_err_prefix(char *err, const char *fmt, ...) SER_FMT(2, 3);
+
+// mkdir -p dir (mode 0755 for what it creates); an existing directory is fine. SER_EINVAL for
+// an empty or over-long name, SER_EIO naming the component that could not be made.
+int ser_mkdir_p(const char *dir, char *err);
 
 // --- assertions ------------------------------------------------------------------------------
 // Broken invariants: always compiled in (not removed by NDEBUG).

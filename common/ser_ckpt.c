@@ -102,26 +102,6 @@ static int s_fsync_dir(const char *dir) {
     return rc;
 }
 
-// mkdir -p.
-static int s_mkdir_p(const char *dir, char *err) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return ser_errf(err, SER_EINVAL, "checkpoint directory name is too long");
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return ser_errf(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return ser_errf(err, SER_EIO, "cannot create %s: %s", buf, strerror(errno));
-    struct stat st;
-    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
-        return ser_errf(err, SER_EIO, "%s is not a directory", buf);
-    return SER_OK;
-}
-
 // --- the binding -----------------------------------------------------------------------------
 enum { S_BIND_TABLE, S_BIND_OPTIM, S_BIND_F32, S_BIND_I64 };
 
@@ -587,20 +567,6 @@ static int s_lock(const char *dir, char *err) {
 }
 
 // --- saving ----------------------------------------------------------------------------------
-// The canonical dump of cfg as a malloc'ed string.
-static char *s_config_text(const ser_config *cfg) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return NULL;
-    int rc = ser_config_dump(cfg, f);
-    if (fclose(f) != 0 || rc != SER_OK) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
 int ser_ckpt_save(ser_ckpt *c, const char *dir, const ser_ckpt_pos *pos, const ser_config *cfg,
                   int keep_last, char *path, size_t path_len, char err[SER_ERR_LEN]) {
     SER_ASSERT(c && dir && pos && cfg);
@@ -623,7 +589,7 @@ int ser_ckpt_save(ser_ckpt *c, const char *dir, const ser_ckpt_pos *pos, const s
         rc = ser_errf(err, SER_EINVAL, "checkpoint directory name is too long");
         goto done;
     }
-    cfgtext = s_config_text(cfg);
+    cfgtext = ser_config_text(cfg);
     if (!cfgtext) {
         rc = ser_errf(err, SER_ENOMEM, "checkpoint step %lld: cannot format the config",
                     (long long)pos->step);
@@ -636,7 +602,7 @@ int ser_ckpt_save(ser_ckpt *c, const char *dir, const ser_ckpt_pos *pos, const s
                     (long long)pos->step);
         goto done;
     }
-    if ((rc = s_mkdir_p(dir, err)) != SER_OK) goto done;
+    if ((rc = ser_mkdir_p(dir, err)) != SER_OK) goto done;
     if ((lockfd = s_lock(dir, err)) < 0) {
         rc = SER_EIO;
         goto done;

@@ -840,6 +840,19 @@ int ser_config_get(const ser_config *cfg, const char *key, char *buf, size_t n) 
     return SER_OK;
 }
 
+char *ser_config_text(const ser_config *cfg) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    int rc = ser_config_dump(cfg, f);
+    if (fclose(f) != 0 || rc != SER_OK) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
 int ser_config_dump(const ser_config *cfg, FILE *f) {
     char hex[17], val[SER_CONFIG_STR_LEN + 32];
     fprintf(f, "; ser job configuration: every key (ser_config_dump); see docs/config.md.\n");

@@ -39,7 +39,7 @@
 //   ser_config_set(), ser_config_set_arg()   one `section.key=value` override
 //   ser_config_validate()                    cross-field rules
 //   ser_config_get()                         one value as canonical text
-//   ser_config_dump(), ser_config_equal(), ser_config_diff()
+//   ser_config_dump(), ser_config_text(), ser_config_equal(), ser_config_diff()
 //   ser_config_hash(), ser_config_hash_hex()
 //   ser_config_write_markdown()              docs/config.md
 //   ser_config_to_vit(), ser_config_to_optim(), ser_config_to_sched(), ser_config_shard_batch()
@@ -228,6 +228,9 @@ int ser_config_validate(const ser_config *cfg, char err[SER_ERR_LEN]);
 int ser_config_get(const ser_config *cfg, const char *key, char *buf, size_t n);
 // A complete INI with every key (re-loadable: load(dump(c)) == c). Returns SER_OK or SER_EIO.
 int ser_config_dump(const ser_config *cfg, FILE *f);
+// The same as a string (checkpoint metadata, the coordinator's WELCOME). Caller owns the
+// result (free()); NULL on failure.
+char *ser_config_text(const ser_config *cfg);
 // 1 if every option has the same value.
 int ser_config_equal(const ser_config *a, const ser_config *b);
 // Writes "section.key: A != B" for the first differing option into buf (for messages);

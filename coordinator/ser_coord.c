@@ -362,11 +362,8 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
     w->last_heard_ms = s_now();
     w->teacher_version = INT64_MIN;  // none held
     // The job's canonical configuration travels with the welcome.
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    ser_config_dump(&c->tr.cfg, f);
-    fclose(f);
+    char *text = ser_config_text(&c->tr.cfg);
+    SER_ASSERT(text);  // only out of memory fails
     Ser__Envelope out;
     s_env(c, &out, SER__MSG_TYPE__MSG_WELCOME);
     out.text = text;

@@ -67,27 +67,6 @@ static double s_wall_time(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-// mkdir -p; the message names the component that failed.
-static int s_mkdir_p(const char *dir, char *err) {
-    char buf[S_PATH_LEN];
-    if (!dir || !dir[0]) return ser_errf(err, SER_EINVAL, "run log: empty directory name");
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return ser_errf(err, SER_EINVAL, "run log: directory name too long: %.200s", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return ser_errf(err, SER_EIO, "run log: cannot create %s: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return ser_errf(err, SER_EIO, "run log: cannot create %s: %s", buf, strerror(errno));
-    struct stat st;
-    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
-        return ser_errf(err, SER_EIO, "run log: %s is not a directory", buf);
-    return SER_OK;
-}
-
 // Writes all of buf, retrying short writes and EINTR.
 static int s_write_all(int fd, const void *buf, size_t n, const char *path, char *err) {
     const char *p = buf;
@@ -180,7 +159,10 @@ static int s_open_events(ser_runlog *r, const char *dir, double now, char *err) 
 ser_runlog *ser_runlog_open(const char *dir, char err[SER_ERR_LEN]) {
     ser_runlog *r = ser_xcalloc(1, sizeof *r);
     r->json_fd = r->event_fd = -1;
-    if (s_mkdir_p(dir, err) != SER_OK) goto fail;
+    if (ser_mkdir_p(dir, err) != SER_OK) {
+        ser_err_prefix(err, "run log: ");
+        goto fail;
+    }
     if (s_open_metrics(r, dir, err) != SER_OK) goto fail;
     if (s_open_events(r, dir, s_wall_time(), err) != SER_OK) goto fail;
     return r;

@@ -43,20 +43,6 @@ static const char *s_method_name(int method) {
                                               : "barlow";
 }
 
-// The canonical dump of cfg (malloc'ed), or NULL.
-static char *s_config_text(const ser_config *cfg) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    if (!m) return NULL;
-    int rc = ser_config_dump(cfg, m);
-    if (fclose(m) != 0 || rc != SER_OK) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
 static void s_meta_common(ser_st_writer *w, const ser_backbone *b, const char *file,
                           const char *config_text) {
     char buf[64], hash[17];
@@ -260,7 +246,7 @@ int ser_cmd_export(int argc, char **argv) {
         goto done;
     }
     if ((rc = ser_backbone_load(&b, file, cfg_path ? &cfg : NULL, err)) != SER_OK) goto fail;
-    config_text = s_config_text(&b.cfg);
+    config_text = ser_config_text(&b.cfg);
 
     wo = ser_st_writer_new();
     names = ser_xcalloc((size_t)b.vit.tabp->n, sizeof *names);
