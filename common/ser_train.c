@@ -8,8 +8,7 @@
 
 #include "ser_safetensors.h"
 
-int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_epoch,
-                     char err[SER_ERR_LEN]) {
+int ser_trainer_init_model(ser_trainer *t, const ser_config *cfg, char err[SER_ERR_LEN]) {
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
     t->method = cfg->method.name;
@@ -40,6 +39,13 @@ int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_ep
         t->arenas[0] = t->dino.params, t->arenas[1] = t->dino.tparams, t->arenas[2] = t->dino.buffers;
         t->ntabs = 3;
     }
+    return SER_OK;
+}
+
+int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_epoch,
+                     char err[SER_ERR_LEN]) {
+    int rc = ser_trainer_init_model(t, cfg, err);
+    if (rc) return rc;
     t->ipe = iters_per_epoch;
     t->active = ser_xcalloc((size_t)t->tab->n + 1, 1);
     ser_optim_config oc;

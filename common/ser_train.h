@@ -2,7 +2,8 @@
 // the schedules, with the step-level operations shared by `ser step` and the coordinator.
 //
 // defines:
-//   ser_trainer, ser_trainer_init(), ser_trainer_free(), ser_trainer_init_weights(),
+//   ser_trainer, ser_trainer_init(), ser_trainer_init_model(), ser_trainer_free(),
+//   ser_trainer_init_weights(),
 //   ser_trainer_load(), ser_trainer_forward_backward()
 //   ser_trainer_values()   lr, wd, momentum of an iteration (schedules or fixed overrides)
 //   ser_trainer_apply()    clip, non-finite guard, AdamW on m.grads
@@ -47,6 +48,9 @@ typedef struct ser_trainer {
 // ser_trainer_init_weights() or ser_trainer_load().
 int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_epoch,
                      char err[SER_ERR_LEN]);
+// The model alone (no optimizer state, no schedules): what a worker computes with.
+// ser_trainer_free() releases it; only the model's operations apply to it.
+int ser_trainer_init_model(ser_trainer *t, const ser_config *cfg, char err[SER_ERR_LEN]);
 void ser_trainer_free(ser_trainer *t);
 
 void ser_trainer_init_weights(ser_trainer *t, uint64_t seed);

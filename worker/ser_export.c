@@ -253,7 +253,7 @@ int ser_cmd_export(int argc, char **argv) {
     s_backbone_writer(wo, &b, file, config_text, names);
 
     if (full_path) {
-        if ((rc = ser_trainer_init(&tr, &b.cfg, 1, err)) != SER_OK) goto fail;
+        if ((rc = ser_trainer_init_model(&tr, &b.cfg, err)) != SER_OK) goto fail;  // tables only
         have_tr = 1;
         if ((rc = ser_st_open(&f, file, err)) != SER_OK) goto fail;
         if ((rc = s_load_tables(&tr, f, file, err)) != SER_OK) goto fail;

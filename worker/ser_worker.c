@@ -129,7 +129,7 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
     snprintf(w->job_id, sizeof w->job_id, "%s", e->job_id ? e->job_id : "");
     int threads = cfg.run.threads > 0 ? cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ser_kernels_set_threads(threads);
-    if ((rc = ser_trainer_init(&w->tr, &cfg, 1, err))) {
+    if ((rc = ser_trainer_init_model(&w->tr, &cfg, err))) {  // no AdamW state: the coordinator's
         ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
         return rc;
     }
