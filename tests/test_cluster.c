@@ -873,9 +873,12 @@ static void test_curve_keys(void **state) {
     snprintf(out2, sizeof out2, "%s/curve2.safetensors", s_dir);
     char epf2[160];
     snprintf(epf2, sizeof epf2, "%s/endpoint2", s_dir);
+    char od2[200];  // its own run directory: a checkpoint there would leave no step to run
+    snprintf(od2, sizeof od2, "run.out_dir=%s/curve2run", s_dir);
     char *aargs[] = {"ser", "coordinator", "--config", s_cfg, "--weights", s_w, "--out", out2,
-                     "--steps", "1", "--set", kset, "--set", aset, "--endpoint-file", epf2,
-                     "--wait-workers-ms", "20000", COMMON, NULL};
+                     "--steps", "1", "--set", kset, "--set", aset, "--set", od2, "--set",
+                     "cluster.port=0", "--endpoint-file", epf2, "--wait-workers-ms", "20000",
+                     COMMON, NULL};
     coord = s_start("curve2.log", aargs);
     assert_int_equal(s_read_line("endpoint2", ep, sizeof ep, 30000), 0);
     setenv("SER_CURVE_KEY", other, 1);
@@ -885,6 +888,7 @@ static void test_curve_keys(void **state) {
     unsetenv("SER_CURVE_SERVER_KEY");
     assert_int_equal(s_wait(coord), 0);
     assert_true(s_log_has("curve2.log", "worker listed joined"));
+    assert_int_equal(access(out2, F_OK), 0);  // it trained its step
     s_kill_all();
     // Plaintext off the loopback: refused with the way out named; allowed when asked for.
     char *pargs[] = {"ser", "coordinator", "--config", s_cfg, "--steps", "1", "--set",
