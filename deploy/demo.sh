@@ -45,8 +45,9 @@ t0=$(date +%s)
   sed -u 's/^/   /'
 [ -f "$out/final.safetensors" ] || { echo "== training failed" >&2; exit 1; }
 echo "== trained in $(( $(date +%s) - t0 )) s; evaluating (kNN, k = 20, on $ntrain train / $ntest test images)"
-eval_args=(knn --data "$data" --train-limit "$ntrain" --test-limit "$ntest")
-[ "$kind" = fashion_mnist ] && eval_args=(knn --data "fashion-mnist:$data" --train-limit "$ntrain" --test-limit "$ntest")
+eval_data=$data
+[ "$kind" = fashion_mnist ] && eval_data="fashion-mnist:$data"
+eval_args=(knn --data "$eval_data" --train-limit "$ntrain" --test-limit "$ntest")
 "$ser" eval "${eval_args[@]}" --checkpoint "$out" --json "$out/knn_trained.json" 2>&1 | tee "$out/knn_trained.txt" | sed 's/^/   /'
 "$ser" eval "${eval_args[@]}" --checkpoint "$out" --random-init --json "$out/knn_random.json" 2>&1 | tee "$out/knn_random.txt" | sed 's/^/   /'
 top1() { awk '$1 == "knn" && $2 == "top1" { print $3 }' "$1"; }

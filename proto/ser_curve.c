@@ -125,20 +125,21 @@ static int s_setup(const char *key, const char *server, const char *allow, int p
     return SER_OK;
 }
 
-int ser_curve_setup(const ser_config *cfg, char err[SER_ERR_LEN]) {
-    const ser_config_cluster *c = &cfg->cluster;
+// The job's [cluster] keys (c), each falling back to its environment variable; c NULL: the
+// environment alone.
+static int s_setup_from(const ser_config_cluster *c, char *err) {
     const char *pt = getenv("SER_PLAINTEXT");
-    return s_setup(s_pick(c->curve_key, "SER_CURVE_KEY"),
-                   s_pick(c->curve_server_key, "SER_CURVE_SERVER_KEY"),
-                   s_pick(c->curve_allow, "SER_CURVE_ALLOW"),
-                   c->plaintext || (pt && !strcmp(pt, "1")), err);
+    return s_setup(s_pick(c ? c->curve_key : NULL, "SER_CURVE_KEY"),
+                   s_pick(c ? c->curve_server_key : NULL, "SER_CURVE_SERVER_KEY"),
+                   s_pick(c ? c->curve_allow : NULL, "SER_CURVE_ALLOW"),
+                   (c && c->plaintext) || (pt && !strcmp(pt, "1")), err);
 }
 
-int ser_curve_setup_env(char err[SER_ERR_LEN]) {
-    const char *pt = getenv("SER_PLAINTEXT");
-    return s_setup(s_pick(NULL, "SER_CURVE_KEY"), s_pick(NULL, "SER_CURVE_SERVER_KEY"),
-                   s_pick(NULL, "SER_CURVE_ALLOW"), pt && !strcmp(pt, "1"), err);
+int ser_curve_setup(const ser_config *cfg, char err[SER_ERR_LEN]) {
+    return s_setup_from(&cfg->cluster, err);
 }
+
+int ser_curve_setup_env(char err[SER_ERR_LEN]) { return s_setup_from(NULL, err); }
 
 int ser_curve_on(void) { return s_k.on; }
 

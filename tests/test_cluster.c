@@ -100,19 +100,30 @@ static void s_track(pid_t pid) {
 }
 
 // Starts `ser ARGS...` with stdout/stderr to DIR/<log>; returns its pid (recorded for cleanup).
-static pid_t s_start(const char *log, char *const *args) {
+// With ns, inside that network namespace (ip netns exec execs in place: the pid is ser's).
+static pid_t s_start_in(const char *ns, const char *log, char *const *args) {
     pid_t pid = fork();
     if (pid == 0) {
         char path[256];
         snprintf(path, sizeof path, "%s/%s", s_dir, log);
         if (!freopen(path, "w", stdout) || !freopen(path, "a", stderr)) _exit(126);
         prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test killed by its runner leaves nothing behind
-        execv(SER_BINARY, args);
+        if (!ns) {
+            execv(SER_BINARY, args);
+            _exit(127);
+        }
+        char *argv[48] = {"ip", "netns", "exec", (char *)(uintptr_t)ns, SER_BINARY};
+        int k = 5;
+        for (int i = 1; args[i] && k < 47; i++) argv[k++] = args[i];
+        argv[k] = NULL;
+        execvp("ip", argv);
         _exit(127);
     }
     s_track(pid);
     return pid;
 }
+
+static pid_t s_start(const char *log, char *const *args) { return s_start_in(NULL, log, args); }
 
 static int s_wait(pid_t pid) {
     int st = 0;
@@ -731,25 +742,6 @@ fail:
     snprintf(why, n, "cannot build network namespaces (needs root and iproute2): `%.200s` failed", cmd);
     s_netns_down();
     return -1;
-}
-
-// `ser ARGS...` inside namespace ns (ip netns exec execs in place: the pid is ser's).
-static pid_t s_start_in(const char *ns, const char *log, char *const *args) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        char path[256];
-        snprintf(path, sizeof path, "%s/%s", s_dir, log);
-        if (!freopen(path, "w", stdout) || !freopen(path, "a", stderr)) _exit(126);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        char *argv[48] = {"ip", "netns", "exec", (char *)(uintptr_t)ns, SER_BINARY};
-        int k = 5;
-        for (int i = 1; args[i] && k < 47; i++) argv[k++] = args[i];
-        argv[k] = NULL;
-        execvp("ip", argv);
-        _exit(127);
-    }
-    s_track(pid);
-    return pid;
 }
 
 static void test_netns_hosts(void **state) {
