@@ -79,43 +79,6 @@ void ser_backbone_free(ser_backbone *b) {
     memset(b, 0, sizeof *b);
 }
 
-// Resume's choice in a run directory (ser_ckpt_load_latest_valid without a binding): `latest`,
-// then every older checkpoint in descending step order; a version mismatch stops the search.
-// The file chosen has passed ser_ckpt_verify (without the config check: cfg may override).
-static int s_pick_in_dir(const char *dir, char *path, size_t path_len, char *err) {
-    int64_t newest, *steps = NULL;
-    int n = 0, rc;
-    char why[SER_ERR_LEN];
-    if ((rc = ser_ckpt_find_latest(dir, path, path_len, &newest, err)) != SER_OK) {
-        if (rc == SER_ENOENT)
-            return ser_errf(err, SER_ENOENT, "%s: no checkpoint in this run directory", dir);
-        return rc;
-    }
-    rc = ser_ckpt_verify(path, NULL, NULL, why);
-    if (rc == SER_OK) return SER_OK;
-    snprintf(err, SER_ERR_LEN, "%s", why);  // the refusal of the newest, if none can be used
-    int first_rc = rc;
-    if (rc == SER_EVERSION) return rc;
-    ser_log(SER_LL_WARNING, "backbone: skipping %s", why);
-    if (ser_ckpt_list(dir, &steps, &n, why) != SER_OK) return first_rc;
-    for (int i = n - 1; i >= 0; i--) {
-        if (steps[i] == newest) continue;
-        char name[64];
-        int k = snprintf(path, path_len, "%s/%s", dir, ser_ckpt_name(name, sizeof name, steps[i]));
-        if (k < 0 || (size_t)k >= path_len) continue;
-        rc = ser_ckpt_verify(path, NULL, NULL, why);
-        if (rc == SER_OK) {
-            ser_log(SER_LL_WARNING, "backbone: %s: using %s", dir, path);
-            free(steps);
-            return SER_OK;
-        }
-        ser_log(SER_LL_WARNING, "backbone: skipping %s", why);
-        if (rc == SER_EVERSION) break;
-    }
-    free(steps);
-    return first_rc;
-}
-
 // path itself, or the checkpoint of a run directory; *verified = 1 when that one was verified.
 static int s_resolve(const char *path, char *file, size_t file_len, int *verified, char *err) {
     struct stat st;
@@ -125,7 +88,7 @@ static int s_resolve(const char *path, char *file, size_t file_len, int *verifie
         return ser_errf(err, errno == ENOENT || errno == ENOTDIR ? SER_ENOENT : SER_EIO,
                         "%s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) {
-        int rc = s_pick_in_dir(path, file, file_len, err);
+        int rc = ser_ckpt_find_latest_valid(path, file, file_len, err);  // as resume picks
         *verified = rc == SER_OK;
         return rc;
     }

@@ -985,10 +985,13 @@ int ser_ckpt_load(ser_ckpt *c, const char *path, const ser_config *cfg, ser_ckpt
     return rc;
 }
 
-int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *cfg,
-                               ser_ckpt_pos *pos, char *path, size_t path_len,
-                               char err[SER_ERR_LEN]) {
-    SER_ASSERT(c && dir && pos);
+// Resume's search of a run directory: the checkpoint `latest` names (else the newest), then
+// every older one, until try_one accepts one; `what` words the log line of an accepted
+// fallback ("resuming from", "using").
+typedef int (*s_try_fn)(void *ctx, const char *path, char *err);
+
+static int s_search(const char *dir, s_try_fn try_one, void *ctx, const char *what, char *path,
+                    size_t path_len, char *err) {
     int64_t *steps = NULL, start;
     int n = 0, rc = ser_ckpt_list(dir, &steps, &n, err);
     if (rc == SER_ENOENT || (rc == SER_OK && n == 0)) {
@@ -1003,13 +1006,11 @@ int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *c
     for (int k = n - 1; k >= 0; k--) {
         if (steps[k] > start) continue;  // left by an abandoned run: `latest` is older
         if (!s_join(p, sizeof p, dir, ser_ckpt_name(name, sizeof name, steps[k]))) continue;
-        rc = ser_ckpt_load(c, p, cfg, pos, e);
+        rc = try_one(ctx, p, e);
         if (rc == SER_OK) {
             if (refused)
-                ser_log(SER_LL_WARNING,
-                        "checkpoint: resuming from %s after refusing %d newer "
-                        "one%s",
-                        p, refused, refused > 1 ? "s" : "");
+                ser_log(SER_LL_WARNING, "checkpoint: %s %s after refusing %d newer one%s", what, p,
+                        refused, refused > 1 ? "s" : "");
             if (path && !s_join(path, path_len, dir, name)) path[0] = 0;
             free(steps);
             return SER_OK;
@@ -1030,4 +1031,34 @@ int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *c
                  refused - 1);
     }
     return ser_errf(err, first_rc, "%s", first_err);
+}
+
+typedef struct s_load_ctx {
+    ser_ckpt *c;
+    const ser_config *cfg;
+    ser_ckpt_pos *pos;
+} s_load_ctx;
+
+static int s_try_load(void *ctx, const char *path, char *err) {
+    s_load_ctx *l = ctx;
+    return ser_ckpt_load(l->c, path, l->cfg, l->pos, err);
+}
+
+int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *cfg,
+                               ser_ckpt_pos *pos, char *path, size_t path_len,
+                               char err[SER_ERR_LEN]) {
+    SER_ASSERT(c && dir && pos);
+    s_load_ctx l = {c, cfg, pos};
+    return s_search(dir, s_try_load, &l, "resuming from", path, path_len, err);
+}
+
+static int s_try_verify(void *ctx, const char *path, char *err) {
+    (void)ctx;
+    return ser_ckpt_verify(path, NULL, NULL, err);
+}
+
+int ser_ckpt_find_latest_valid(const char *dir, char *path, size_t path_len,
+                               char err[SER_ERR_LEN]) {
+    SER_ASSERT(dir);
+    return s_search(dir, s_try_verify, NULL, "using", path, path_len, err);
 }

@@ -50,7 +50,8 @@
 //                                                 ser_ckpt_add_f32(), ser_ckpt_add_i64()
 //   ser_ckpt_save()                               write, point `latest` at it, rotate
 //   ser_ckpt_load(), ser_ckpt_verify()            check everything, then copy (load only)
-//   ser_ckpt_find_latest(), ser_ckpt_load_latest_valid()   resume from a directory
+//   ser_ckpt_find_latest(), ser_ckpt_load_latest_valid(), ser_ckpt_find_latest_valid()
+//                                                 resume from a directory, or pick from it
 //   ser_ckpt_list(), ser_ckpt_name(), ser_ckpt_parse_name() the directory's naming scheme
 #ifndef SER_CKPT_H
 #define SER_CKPT_H
@@ -151,6 +152,11 @@ int ser_ckpt_find_latest(const char *dir, char *path, size_t path_len, int64_t *
 // start from scratch on that). The bound memory is only written by the load that succeeds.
 int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *cfg,
                                ser_ckpt_pos *pos, char *path, size_t path_len,
+                               char err[SER_ERR_LEN]);
+// The same choice without a binding or a config check (evaluation, export): the first
+// checkpoint, in resume's order, that ser_ckpt_verify(path, NULL, ...) passes. Same returns;
+// nothing is loaded.
+int ser_ckpt_find_latest_valid(const char *dir, char *path, size_t path_len,
                                char err[SER_ERR_LEN]);
 
 #endif
