@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ser_kernels.h"
+#include "ser_loss.h"
 #include "ser_rng.h"
 
 // Counter words c0 of the evaluation's streams (purpose SER_EVAL_RNG), one per consumer.
@@ -20,15 +21,9 @@ enum {
 // --- features ----------------------------------------------------------------------------------
 
 void ser_eval_l2_normalize(float *x, int n, int d) {
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        float *r = x + (size_t)i * d;
-        double s = 0;
-        for (int j = 0; j < d; j++) s += (double)r[j] * (double)r[j];
-        double nrm = sqrt(s);
-        float inv = (float)(1.0 / (nrm > 1e-12 ? nrm : 1e-12));
-        for (int j = 0; j < d; j++) r[j] *= inv;
-    }
+    float *norms = ser_xmalloc(sizeof(float) * ((size_t)n + 1));
+    ser_l2norm_rows_forward(x, norms, x, n, d);  // F.normalize, in place
+    free(norms);
 }
 
 double ser_eval_cosine(const float *a, const float *b, int d) {
