@@ -77,11 +77,12 @@ uint64_t ser_dl_config_hash(const ser_dl_config *c) {
 
 // --- thread pool -------------------------------------------------------------------------------
 // Helper threads plus the calling thread split the items of one job through an atomic counter.
-// Each thread has its own TurboJPEG handle. The pool signals ready on start-up and exits on
-// stop (the actor contract of STYLE.md rule 9, with a condition variable for a pipe).
+// Each thread has its own TurboJPEG handle, passed by address: the decoder replaces it after a
+// failed image. The pool signals ready on start-up and exits on stop (the actor contract of
+// STYLE.md rule 9, with a condition variable for a pipe).
 
 typedef struct s_pool s_pool;
-typedef void (*s_pool_fn)(void *arg, int item, void *tj);
+typedef void (*s_pool_fn)(void *arg, int item, void **tj);
 
 struct s_pool {
     pthread_t *th;
@@ -101,7 +102,7 @@ typedef struct s_pool_arg {
     int tid;
 } s_pool_arg;
 
-static void s_pool_drain(s_pool *p, void *tj) {
+static void s_pool_drain(s_pool *p, void **tj) {
     for (;;) {
         int i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
         if (i >= p->count) break;
@@ -123,7 +124,7 @@ static void *s_pool_main(void *a) {
         if (p->stop) break;
         seen = p->gen;
         pthread_mutex_unlock(&p->mu);
-        s_pool_drain(p, p->tj[tid]);
+        s_pool_drain(p, &p->tj[tid]);
         pthread_mutex_lock(&p->mu);
         if (--p->busy == 0) pthread_cond_broadcast(&p->cv_done);
     }
@@ -164,7 +165,7 @@ static void s_pool_run(s_pool *p, s_pool_fn fn, void *arg, int count) {
     p->gen++;
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
-    s_pool_drain(p, p->tj[0]);
+    s_pool_drain(p, &p->tj[0]);
     pthread_mutex_lock(&p->mu);
     while (p->busy > 0) pthread_cond_wait(&p->cv_done, &p->mu);
     pthread_mutex_unlock(&p->mu);
@@ -177,7 +178,8 @@ static void s_pool_free(s_pool *p) {
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->nthreads; i++) pthread_join(p->th[i], NULL);
-    for (int i = 0; i < p->nthreads; i++) tjDestroy(p->tj[i]);
+    for (int i = 0; i < p->nthreads; i++)
+        if (p->tj[i]) tjDestroy(p->tj[i]);
     free(p->tj);
     free(p->th);
     pthread_mutex_destroy(&p->mu);
@@ -313,7 +315,7 @@ static void s_photo(const s_job *jb, uint8_t *img, int w, int h, uint32_t epoch,
     ser_dl_f32_to_u8(img, fbuf, n);
 }
 
-static void s_make_sample(void *arg, int k, void *tj) {
+static void s_make_sample(void *arg, int k, void **tj) {
     s_job *jb = arg;
     ser_dl *dl = jb->dl;
     const ser_dl_config *c = &dl->cfg;

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +19,15 @@
 #include "ser_rng.h"
 
 #define SER_DL_INDEX_MAGIC 0x58444c53u  // "SLDX"
-#define SER_DL_INDEX_VERSION 1u
+// v2: files that are not regular files are left out, folders reached twice walked once.
+#define SER_DL_INDEX_VERSION 2u
+
+// Limits on what one dataset may contain. Past them something is wrong (a root pointed at /,
+// a symlink farm, a disk image named .jpg): the walk stops with an error naming the limit
+// instead of running for hours, and a file is refused instead of read into memory.
+#define SER_DL_MAX_FILE_BYTES ((size_t)64 << 20)  // one image (or CIFAR-10 batch) file
+#define SER_DL_MAX_ENTRIES 10000000u              // folder entries read by one index walk
+#define SER_DL_MAX_DEPTH 16                       // folder levels below a class folder
 
 typedef struct s_entry {
     uint32_t path;  // offset into the string arena
@@ -112,6 +121,89 @@ static uint64_t s_fnv1a(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
+// What a file that is not a regular file is, for messages.
+static const char *s_file_kind(mode_t m) {
+    if (S_ISDIR(m)) return "a folder";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    return "not a regular file";
+}
+
+// Opens path for reading if it is a regular file; returns the descriptor, or -1 with the
+// reason in err. O_NONBLOCK makes the open itself return at once for a FIFO (one swapped in
+// after the index was built included), and fstat of the opened descriptor, not a stat of the
+// name, decides, so what is read is what was checked: a FIFO, a device (a link to
+// /dev/zero) or a socket is refused before any read.
+static int s_open_regular(const char *path, struct stat *st, char *err) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        ser_errf(err, SER_EIO, "cannot open: %s", strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, st) != 0) {
+        ser_errf(err, SER_EIO, "cannot stat: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        ser_errf(err, SER_EIO, "%s, not a regular file", s_file_kind(st->st_mode));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+// Reads a whole regular file of at most max bytes. SER_EIO (cannot open, not a regular file,
+// read error) or SER_EFORMAT (over max) with the reason in err, or SER_ENOMEM.
+static int s_read_file(const char *path, size_t max, uint8_t **buf_p, size_t *n_p, char *err) {
+    struct stat st;
+    int fd = s_open_regular(path, &st, err);
+    if (fd < 0) return SER_EIO;
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = (size_t)st.st_size + 1;  // one byte more shows a file that grew
+    int rc = SER_OK;
+    if ((uint64_t)st.st_size > max) goto too_big;
+    if (!(buf = malloc(cap))) {
+        rc = SER_ENOMEM;
+        goto done;
+    }
+    for (;;) {
+        if (n == cap) {  // the file grew since fstat
+            if (cap > max) goto too_big;
+            cap = cap > max / 2 ? max + 1 : cap * 2;
+            uint8_t *nb = realloc(buf, cap);
+            if (!nb) {
+                rc = SER_ENOMEM;
+                goto done;
+            }
+            buf = nb;
+        }
+        ssize_t got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            rc = ser_errf(err, SER_EIO, "read failed: %s", strerror(errno));
+            goto done;
+        }
+        if (got == 0) break;
+        n += (size_t)got;
+    }
+    goto done;
+too_big:
+    rc = ser_errf(err, SER_EFORMAT, "%llu bytes, over the limit of %zu (SER_DL_MAX_FILE_BYTES)",
+                  (unsigned long long)(n > (size_t)st.st_size ? n : (size_t)st.st_size), max);
+done:
+    close(fd);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    *buf_p = buf;
+    *n_p = n;
+    return SER_OK;
+}
+
 // --- ImageFolder scan ------------------------------------------------------------------------
 
 typedef struct s_file {
@@ -120,10 +212,21 @@ typedef struct s_file {
     int32_t label;
 } s_file;
 
+// A folder's identity, for the set of folders already walked.
+typedef struct s_devino {
+    uint64_t dev, ino;
+    int used;
+} s_devino;
+
 typedef struct s_scan {
     s_file *files;
     size_t n, cap;
-    uint64_t skipped;
+    uint64_t skipped;    // other image formats (png, ...)
+    uint64_t irregular;  // JPEG names that are no regular file (FIFO, device, dangling link)
+    uint64_t entries;    // folder entries read, against SER_DL_MAX_ENTRIES
+    s_devino *seen;      // open-addressing set of the folders walked, seen_cap a power of 2
+    size_t seen_n, seen_cap;
+    char *err;           // the reason when the walk fails
 } s_scan;
 
 static int s_file_cmp(const void *a, const void *b) {
@@ -133,16 +236,51 @@ static int s_file_cmp(const void *a, const void *b) {
     return c ? c : strcmp(x->name, y->name);
 }
 
+static size_t s_devino_slot(const s_devino *set, size_t cap, uint64_t dev, uint64_t ino) {
+    size_t i = (size_t)((ino * 0x9e3779b97f4a7c15ull) ^ (dev * 0xc2b2ae3d27d4eb4full)) & (cap - 1);
+    while (set[i].used && (set[i].dev != dev || set[i].ino != ino)) i = (i + 1) & (cap - 1);
+    return i;
+}
+
+// Adds the folder st to the set of walked folders; returns 0 if it was there already.
+static int s_seen_add(s_scan *sc, const struct stat *st) {
+    if (2 * (sc->seen_n + 1) > sc->seen_cap) {  // keep the load under 1/2
+        size_t cap = sc->seen_cap ? sc->seen_cap * 2 : 256;
+        s_devino *set = ser_xcalloc(cap, sizeof *set);
+        for (size_t i = 0; i < sc->seen_cap; i++)
+            if (sc->seen[i].used)
+                set[s_devino_slot(set, cap, sc->seen[i].dev, sc->seen[i].ino)] = sc->seen[i];
+        free(sc->seen);
+        sc->seen = set;
+        sc->seen_cap = cap;
+    }
+    size_t i = s_devino_slot(sc->seen, sc->seen_cap, (uint64_t)st->st_dev, (uint64_t)st->st_ino);
+    if (sc->seen[i].used) return 0;
+    sc->seen[i] = (s_devino){(uint64_t)st->st_dev, (uint64_t)st->st_ino, 1};
+    sc->seen_n++;
+    return 1;
+}
+
 // Reads the names in folder `abs` into a sorted array (strcmp order, like Python's sorted()).
-static int s_list_dir(const char *abs, char ***names_p, size_t *n_p) {
+// Every name counts against the walk's entry budget. SER_EIO (errno set) if the folder cannot
+// be read, SER_ENOTSUP with sc->err past the budget.
+static int s_list_dir(const char *abs, s_scan *sc, char ***names_p, size_t *n_p) {
     DIR *dir = opendir(abs);
     if (!dir) return SER_EIO;
     char **names = NULL;
     size_t n = 0, cap = 0;
+    int rc = SER_OK;
     struct dirent *e;
     while ((e = readdir(dir))) {
         if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
             continue;
+        if (++sc->entries > SER_DL_MAX_ENTRIES) {
+            rc = ser_errf(sc->err, SER_ENOTSUP,
+                          "more than %u folder entries in the dataset (SER_DL_MAX_ENTRIES), the "
+                          "last in %s: is the root right?",
+                          SER_DL_MAX_ENTRIES, abs);
+            break;
+        }
         if (n == cap) {
             cap = cap ? cap * 2 : 64;
             names = realloc(names, cap * sizeof *names);
@@ -151,10 +289,10 @@ static int s_list_dir(const char *abs, char ***names_p, size_t *n_p) {
         names[n++] = ser_xstrdup(e->d_name);
     }
     closedir(dir);
-    if (n) qsort(names, n, sizeof *names, s_strcmp_p);
+    if (n && !rc) qsort(names, n, sizeof *names, s_strcmp_p);
     *names_p = names;
     *n_p = n;
-    return SER_OK;
+    return rc;
 }
 
 static void s_free_names(char **names, size_t n) {
@@ -168,30 +306,65 @@ static void s_add_dirstamp(ser_dl_data *d, const char *rel, const char *abs) {
         d->dirs = realloc(d->dirs, d->dirs_cap * sizeof *d->dirs);
         SER_ASSERT(d->dirs);
     }
+    memset(&d->dirs[d->ndirs], 0, sizeof *d->dirs);  // the padding goes into the cache file
     d->dirs[d->ndirs].path = s_str_add(d, rel);
     d->dirs[d->ndirs].mtime_ns = s_mtime_ns(abs);
     d->ndirs++;
 }
 
-// Walks folder rel (relative to d->dir) recursively (following links, like os.walk with
-// followlinks=True), adding JPEG files with the given label.
-static void s_walk(ser_dl_data *d, s_scan *sc, const char *rel, int32_t label, int depth) {
+// A JPEG name that is not a regular file is left out of the index: reading a FIFO would block
+// a loader thread, a device (a link to /dev/zero) would never end. The first few are named.
+static void s_skip_irregular(s_scan *sc, const char *abs, const char *why) {
+    if (sc->irregular++ < 10)
+        ser_log(SER_LL_WARNING, "dataloader: skipping %s (%s): only regular files are read", abs,
+                why);
+}
+
+// Walks folder rel (relative to d->dir) recursively, adding the regular JPEG files with the
+// given label. Links are followed, as os.walk(followlinks=True) does, but a folder (device,
+// inode) is walked once per scan, so a link to "." or to a parent is skipped instead of looping;
+// the depth below the class folder and the number of entries read are bounded. Returns SER_OK,
+// or an error with sc->err when a limit is passed.
+static int s_walk(ser_dl_data *d, s_scan *sc, const char *rel, int32_t label, int depth) {
     char abs[PATH_MAX];
     snprintf(abs, sizeof abs, "%s/%s", d->dir, rel);
     s_add_dirstamp(d, rel, abs);
     char **names;
     size_t n;
-    if (s_list_dir(abs, &names, &n) != SER_OK) {
+    int rc = s_list_dir(abs, sc, &names, &n);
+    if (rc == SER_EIO) {
         ser_log(SER_LL_WARNING, "dataloader: cannot read folder %s: %s", abs, strerror(errno));
-        return;
+        return SER_OK;
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && !rc; i++) {
         char child_rel[PATH_MAX], child_abs[PATH_MAX];
-        snprintf(child_rel, sizeof child_rel, "%s/%s", rel, names[i]);
-        snprintf(child_abs, sizeof child_abs, "%s/%s", d->dir, child_rel);
-        if (s_is_dir(child_abs)) {
-            if (depth < 16) s_walk(d, sc, child_rel, label, depth + 1);
-        } else if (s_has_ext(names[i], s_jpeg_exts)) {
+        struct stat st;
+        if ((size_t)snprintf(child_rel, sizeof child_rel, "%s/%s", rel, names[i]) >=
+                sizeof child_rel ||
+            (size_t)snprintf(child_abs, sizeof child_abs, "%s/%s", d->dir, child_rel) >=
+                sizeof child_abs) {
+            ser_log(SER_LL_WARNING, "dataloader: skipping %s/%s: path too long", abs, names[i]);
+            continue;
+        }
+        int is_jpeg = s_has_ext(names[i], s_jpeg_exts);
+        if (stat(child_abs, &st) != 0) {  // a dangling link, or removed during the walk
+            if (is_jpeg)
+                s_skip_irregular(sc, child_abs,
+                                 errno == ENOENT ? "a dangling link" : strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            if (!s_seen_add(sc, &st)) continue;  // walked already: a link back, or a second link
+            if (depth + 1 > SER_DL_MAX_DEPTH)
+                rc = ser_errf(sc->err, SER_ENOTSUP,
+                              "folder %s is more than %d levels below its class folder "
+                              "(SER_DL_MAX_DEPTH)",
+                              child_abs, SER_DL_MAX_DEPTH);
+            else
+                rc = s_walk(d, sc, child_rel, label, depth + 1);
+        } else if (is_jpeg) {
+            if (!S_ISREG(st.st_mode)) {
+                s_skip_irregular(sc, child_abs, s_file_kind(st.st_mode));
+                continue;
+            }
             if (sc->n == sc->cap) {
                 sc->cap = sc->cap ? sc->cap * 2 : 1024;
                 sc->files = realloc(sc->files, sc->cap * sizeof *sc->files);
@@ -203,35 +376,51 @@ static void s_walk(ser_dl_data *d, s_scan *sc, const char *rel, int32_t label, i
         }
     }
     s_free_names(names, n);
+    return rc;
 }
 
 static int s_scan_imagefolder(ser_dl_data *d, char *err) {
+    s_scan sc = {.err = err};
     char **classes;
     size_t nc;
-    int rc = s_list_dir(d->dir, &classes, &nc);
-    if (rc) {
+    int rc = s_list_dir(d->dir, &sc, &classes, &nc);
+    if (rc == SER_EIO) {
         snprintf(err, 256, "cannot read dataset folder %s: %s", d->dir, strerror(errno));
         return SER_EIO;
     }
     s_add_dirstamp(d, "", d->dir);
-    s_scan sc = {0};
-    int32_t label = 0;
-    for (size_t i = 0; i < nc; i++) {
+    // The split folder and every class folder are marked walked before any class is: a link
+    // to ".." or to another class inside a class is then skipped, and no file gets two labels.
+    uint8_t *is_class = ser_xcalloc(nc ? nc : 1, 1);
+    struct stat st;
+    if (stat(d->dir, &st) == 0) s_seen_add(&sc, &st);
+    for (size_t i = 0; i < nc && !rc; i++) {
         char abs[PATH_MAX];
         snprintf(abs, sizeof abs, "%s/%s", d->dir, classes[i]);
-        if (!s_is_dir(abs)) continue;
-        s_walk(d, &sc, classes[i], label++, 0);
+        if (stat(abs, &st) == 0 && S_ISDIR(st.st_mode)) {
+            is_class[i] = 1;
+            s_seen_add(&sc, &st);
+        }
     }
+    int32_t label = 0;
+    for (size_t i = 0; i < nc && !rc; i++)
+        if (is_class[i]) rc = s_walk(d, &sc, classes[i], label++, 0);
+    free(is_class);
     s_free_names(classes, nc);
+    free(sc.seen);
     d->nclasses = (uint32_t)label;
     if (sc.skipped)
         ser_log(SER_LL_WARNING, "dataloader: %s: skipped %llu non-JPEG image files", d->dir,
                 (unsigned long long)sc.skipped);
+    if (sc.irregular)
+        ser_log(SER_LL_WARNING,
+                "dataloader: %s: skipped %llu JPEG names that are not regular files", d->dir,
+                (unsigned long long)sc.irregular);
     if (sc.n) qsort(sc.files, sc.n, sizeof *sc.files, s_file_cmp);
-    if (sc.n == 0 || sc.n >= UINT32_MAX) {
+    if (!rc && (sc.n == 0 || sc.n >= UINT32_MAX)) {
         snprintf(err, 256, "no JPEG files in class folders under %s", d->dir);
         rc = SER_ENOENT;
-    } else {
+    } else if (!rc) {  // (otherwise err says which limit the walk passed)
         d->n = (uint32_t)sc.n;
         d->entries = ser_xmalloc(sc.n * sizeof *d->entries);
         for (size_t i = 0; i < sc.n; i++) {
@@ -260,8 +449,15 @@ static void s_cache_path(const ser_dl_data *d, const char *cache_dir, char *out,
 }
 
 static int s_cache_load(ser_dl_data *d, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return SER_ENOENT;
+    struct stat st;
+    char why[SER_ERR_LEN];
+    int fd = s_open_regular(path, &st, why);
+    if (fd < 0) return SER_ENOENT;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return SER_ENOENT;
+    }
     int rc = SER_EFORMAT;
     uint32_t hdr[6];
     uint64_t key, slen;
@@ -356,39 +552,6 @@ static void s_cache_save(const ser_dl_data *d, const char *cache_dir, const char
 
 // --- CIFAR-10 and Fashion-MNIST --------------------------------------------------------------
 
-static int s_read_file(const char *path, uint8_t **buf_p, size_t *n_p) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return SER_EIO;
-    uint8_t *buf = NULL;
-    size_t n = 0, cap = 0;
-    int rc = SER_OK;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 65536;
-            uint8_t *nb = realloc(buf, cap);
-            if (!nb) {
-                rc = SER_ENOMEM;
-                break;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f)) rc = SER_EIO;
-            break;
-        }
-    }
-    fclose(f);
-    if (rc) {
-        free(buf);
-        return rc;
-    }
-    *buf_p = buf;
-    *n_p = n;
-    return SER_OK;
-}
-
 static int s_open_cifar10(ser_dl_data *d, const char *root, char *err) {
     const char *train[] = {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
                            "data_batch_4.bin", "data_batch_5.bin"};
@@ -404,9 +567,12 @@ static int s_open_cifar10(ser_dl_data *d, const char *root, char *err) {
         snprintf(p, sizeof p, "%s/%s", root, files[i]);
         uint8_t *buf;
         size_t n;
-        if (s_read_file(p, &buf, &n) != SER_OK) {
-            snprintf(err, 256, "cannot read CIFAR-10 file %s: %s", p, strerror(errno));
-            return SER_EIO;
+        char why[SER_ERR_LEN];
+        int rc = s_read_file(p, SER_DL_MAX_FILE_BYTES, &buf, &n, why);
+        if (rc) {
+            snprintf(err, 256, "cannot read CIFAR-10 file %s: %s", p,
+                     rc == SER_ENOMEM ? "out of memory" : why);
+            return rc;
         }
         if (n == 0 || n % rec != 0) {
             snprintf(err, 256, "%s: size %zu is not a multiple of %zu (CIFAR-10 binary?)", p, n,
@@ -436,8 +602,15 @@ static int s_open_cifar10(ser_dl_data *d, const char *root, char *err) {
 }
 
 static int s_gz_read_all(const char *path, uint8_t **buf_p, size_t *n_p) {
-    gzFile g = gzopen(path, "rb");
-    if (!g) return SER_EIO;
+    struct stat st;
+    char why[SER_ERR_LEN];
+    int fd = s_open_regular(path, &st, why);  // gzopen of a FIFO would block
+    if (fd < 0) return SER_EIO;
+    gzFile g = gzdopen(fd, "rb");
+    if (!g) {
+        close(fd);
+        return SER_EIO;
+    }
     uint8_t *buf = NULL;
     size_t n = 0, cap = 0;
     int rc = SER_OK;
@@ -651,9 +824,21 @@ static inline uint8_t s_muldiv255(int a, int b) {
     return (uint8_t)(((t >> 8) + t) >> 8);
 }
 
-int ser_dl_decode_jpeg(void *tjp, const uint8_t *buf, size_t n, ser_dl_image *out,
+// Replaces the caller's decompressor by a fresh one. A failed tjDecompressHeader3 (libjpeg-turbo
+// 2.1.5) returns from its error handler without aborting the decompressor, which stays
+// mid-header: the next image on that handle then fails too (a JPEG cut before its SOS), or
+// every later one does (an SOF saying 0x0, "Empty JPEG image"), and good files would be
+// declared bad depending on what the thread decoded before. TurboJPEG has no reset call, so
+// after any failure the handle is destroyed and made again; this costs only on bad files.
+static void s_decoder_reset(void **tjp) {
+    if (*tjp) tjDestroy((tjhandle)*tjp);
+    *tjp = tjInitDecompress();  // NULL on failure: made again on the next call
+}
+
+int ser_dl_decode_jpeg(void **tjp, const uint8_t *buf, size_t n, ser_dl_image *out,
                        char err[256]) {
-    tjhandle tj = tjp ? (tjhandle)tjp : tjInitDecompress();
+    if (tjp && !*tjp) *tjp = tjInitDecompress();
+    tjhandle tj = tjp ? (tjhandle)*tjp : tjInitDecompress();
     int rc = SER_EFORMAT;
     uint8_t *cmyk = NULL;
     out->px = NULL;
@@ -709,12 +894,15 @@ int ser_dl_decode_jpeg(void *tjp, const uint8_t *buf, size_t n, ser_dl_image *ou
 done:
     if (rc) ser_dl_image_free(out);
     free(cmyk);
-    if (!tjp) tjDestroy(tj);
+    if (!tjp)
+        tjDestroy(tj);
+    else if (rc)
+        s_decoder_reset(tjp);
     return rc;
 }
 
 // Decodes one index without replacement; SER_EFORMAT/SER_EIO with err on a bad file.
-static int s_load_one(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out, char *err) {
+static int s_load_one(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out, char *err) {
     if (d->kind != SER_DL_KIND_IMAGEFOLDER) {
         int w = d->rec_w, h = d->rec_h, hw = w * h;
         out->w = w;
@@ -736,11 +924,8 @@ static int s_load_one(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out,
     ser_dl_data_path(d, idx, path, sizeof path);
     uint8_t *buf = NULL;
     size_t n = 0;
-    int rc = s_read_file(path, &buf, &n);
-    if (rc) {
-        snprintf(err, 256, "cannot read: %s", strerror(errno));
-        return SER_EIO;
-    }
+    int rc = s_read_file(path, SER_DL_MAX_FILE_BYTES, &buf, &n, err);
+    if (rc) return rc;
     if (n == 0) {
         snprintf(err, 256, "empty file");
         rc = SER_EFORMAT;
@@ -751,12 +936,15 @@ static int s_load_one(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out,
     return rc;
 }
 
-int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out,
+int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out,
                      uint32_t *source) {
     SER_ASSERT(idx < d->n);
+    // The result depends on idx and the files alone, never on what was decoded before: a
+    // file's verdict is a function of its bytes (the decoder is reset after every failure),
+    // so skipping a file already known bad gives what decoding it again would.
     for (uint32_t k = 0; k < d->n; k++) {
         uint32_t j = (uint32_t)(((uint64_t)idx + k) % d->n);
-        if (__atomic_load_n(&d->bad[j], __ATOMIC_RELAXED)) continue;  // known bad: same result
+        if (__atomic_load_n(&d->bad[j], __ATOMIC_RELAXED)) continue;
         char err[256] = "";
         int rc = s_load_one(d, j, tj, out, err);
         if (rc == SER_OK) {

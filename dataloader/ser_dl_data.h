@@ -6,7 +6,11 @@
 //                names, files are sorted by name within a class (torchvision's order). Only
 //                JPEG files are indexed (.jpg/.jpeg/.jpe/.jfif, any case); other image files
 //                are counted and skipped with one warning. Grayscale and CMYK JPEGs are
-//                converted to RGB the way PIL's convert("RGB") does.
+//                converted to RGB the way PIL's convert("RGB") does. Links are followed, but
+//                each folder (device, inode) is walked once, so links to "." or a parent end;
+//                a JPEG name that is no regular file (FIFO, device, socket, dangling link) is
+//                skipped with a warning. More than 16 folder levels below a class folder or
+//                10 million folder entries in all fail the open with a message.
 //   CIFAR-10     the binary version: ROOT/data_batch_{1..5}.bin (train), ROOT/test_batch.bin
 //                (val); records of 1 label byte + 3072 bytes (R, G, B planes of 32x32).
 //   Fashion-MNIST  gzipped IDX: ROOT/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz; 28x28
@@ -17,10 +21,12 @@
 // revalidated by the modification times of the class folders. CIFAR-10 and Fashion-MNIST are
 // small enough to be read whole into memory at open.
 //
-// Bad input: a file that is empty, truncated, corrupt or not a JPEG is logged once with its
-// path, counted, and replaced by the first good index in the fixed probe sequence
-// idx+1, idx+2, ... (mod N), which depends on the index only. A missing or unreadable root is
-// an error at open.
+// Bad input: a file that is empty, truncated, corrupt, not a JPEG, over 64 MiB, or no longer a
+// regular file when read (it is opened non-blocking and checked with fstat first) is logged
+// once with its path, counted, and replaced by the first good index in the fixed probe
+// sequence idx+1, idx+2, ... (mod N). Which file is good depends on its bytes alone (the
+// decoder is reset after every failure), so the replacement depends on the index only, never
+// on the order of loads. A missing or unreadable root is an error at open.
 //
 // defines:
 //   ser_dl_data (opaque), ser_dl_data_open(), ser_dl_data_destroy()
@@ -75,10 +81,10 @@ int ser_dl_data_index_from_cache(const ser_dl_data *d);
 
 // Decodes sample idx into *out (RGB). If the file is bad it is logged (once per file and
 // process), counted, and the first good index of idx+1, idx+2, ... is decoded instead;
-// *source receives the index actually decoded (may be NULL). Thread-safe; tj is the calling
-// thread's TurboJPEG decompressor (tjhandle) or NULL for a temporary one.
-// Returns SER_OK, or SER_EFORMAT if no sample of the dataset can be decoded.
-int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void *tj, ser_dl_image *out,
+// *source receives the index actually decoded (may be NULL). Thread-safe; tj is as for
+// ser_dl_decode_jpeg(): &the calling thread's handle, or NULL.
+// Returns SER_OK, SER_ENOMEM, or SER_EFORMAT if no sample of the dataset can be decoded.
+int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out,
                      uint32_t *source);
 
 // Distinct bad files seen by this process, and loads that needed a replacement.
@@ -88,9 +94,13 @@ uint64_t ser_dl_data_replacements(const ser_dl_data *d);
 // Decodes a JPEG held in memory to RGB with TurboJPEG (accurate DCT, fancy upsampling, as
 // PIL's decoder). Grayscale is replicated; CMYK/YCCK is converted as PIL does (Adobe
 // inverted CMYK, then cmyk2rgb). Truncated data is an error (as PIL without
-// LOAD_TRUNCATED_IMAGES). tj is a TurboJPEG decompressor handle (tjhandle) or NULL to make
-// a temporary one. Returns SER_OK or SER_EFORMAT with a reason in err.
-int ser_dl_decode_jpeg(void *tj, const uint8_t *buf, size_t n, ser_dl_image *out,
+// LOAD_TRUNCATED_IMAGES). tj points at the caller's TurboJPEG decompressor (a tjhandle; made
+// here if *tj is NULL), or is NULL to use a temporary one. After a failure *tj is destroyed
+// and replaced by a fresh handle (NULL if that fails; made again on the next call), since a
+// failed header leaves libjpeg-turbo's state behind for the next image. The caller keeps
+// owning *tj and releases it with tjDestroy(). Returns SER_OK, SER_ENOMEM, or SER_EFORMAT
+// with a reason in err.
+int ser_dl_decode_jpeg(void **tj, const uint8_t *buf, size_t n, ser_dl_image *out,
                        char err[256]);
 
 // Encodes RGB (h, w, 3) to a JPEG file (4:2:0, quality q). Returns SER_OK or SER_EIO.

@@ -301,7 +301,7 @@ static int s_load_u8(s_ctx *c, const s_set *s, int i0, int nb, char err[SER_ERR_
     for (int q = 0; q < nb; q++) {
         ser_dl_image im = {0, 0, NULL};
         int t = omp_get_thread_num();
-        int r = ser_dl_data_load(s->d, s->idx[i0 + q], t < c->nthr ? c->tj[t] : NULL, &im, NULL);
+        int r = ser_dl_data_load(s->d, s->idx[i0 + q], t < c->nthr ? &c->tj[t] : NULL, &im, NULL);
         if (r) {
 #pragma omp critical(s_eval_err)
             if (!rc) rc = ser_errf(err, r, "dataset: no image of the split can be decoded");
