@@ -41,10 +41,11 @@
 #define S_PREFIX "ckpt-"
 #define S_SUFFIX ".safetensors"
 #define S_LABEL_LEN 100
-#define S_NPOS 3
+#define S_NPOS 4
 
 // The training position's tensors, in ser_ckpt_pos field order.
-static const char *const s_pos_names[S_NPOS] = {"train.step", "train.epoch", "train.data_cursor"};
+static const char *const s_pos_names[S_NPOS] = {"train.step", "train.epoch", "train.data_cursor",
+                                                 "train.iters_per_epoch"};
 // The metadata values covered by the content hash, in hash order.
 static const char *const s_hashed_meta[4] = {"format", "format_version", "config_hash", "config"};
 
@@ -570,13 +571,13 @@ static int s_lock(const char *dir, char *err) {
 int ser_ckpt_save(ser_ckpt *c, const char *dir, const ser_ckpt_pos *pos, const ser_config *cfg,
                   int keep_last, char *path, size_t path_len, char err[SER_ERR_LEN]) {
     SER_ASSERT(c && dir && pos && cfg);
-    if (pos->step < 0 || pos->epoch < 0 || pos->data_cursor < 0)
+    if (pos->step < 0 || pos->epoch < 0 || pos->data_cursor < 0 || pos->iters_per_epoch < 0)
         return ser_errf(err, SER_EINVAL,
                       "checkpoint position must be >= 0 (step %lld, epoch %lld, "
                       "data cursor %lld)",
                       (long long)pos->step, (long long)pos->epoch, (long long)pos->data_cursor);
     int rc = SER_OK, lockfd = -1;
-    int64_t posv[S_NPOS] = {pos->step, pos->epoch, pos->data_cursor};
+    int64_t posv[S_NPOS] = {pos->step, pos->epoch, pos->data_cursor, pos->iters_per_epoch};
     s_slots S;
     s_slots_make(&S, c, posv);
     s_hitem *items = ser_xcalloc((size_t)S.n + 1, sizeof *items);
@@ -844,7 +845,7 @@ int ser_ckpt_verify(const char *path, const ser_config *cfg, ser_ckpt_pos *pos,
     ser_st_file *f = NULL;
     int64_t p[S_NPOS];
     int rc = s_open_checked(path, cfg, &f, p, err);
-    if (rc == SER_OK && pos) *pos = (ser_ckpt_pos){p[0], p[1], p[2]};
+    if (rc == SER_OK && pos) *pos = (ser_ckpt_pos){p[0], p[1], p[2], p[3]};
     ser_st_destroy(&f);
     return rc;
 }
@@ -971,14 +972,14 @@ int ser_ckpt_load(ser_ckpt *c, const char *path, const ser_config *cfg, ser_ckpt
     char label[S_LABEL_LEN];
     s_label(label, path);
     ser_st_file *f = NULL;
-    int64_t stored[S_NPOS], staged[S_NPOS] = {0, 0, 0};
+    int64_t stored[S_NPOS], staged[S_NPOS] = {0, 0, 0, 0};
     int rc = s_open_checked(path, cfg, &f, stored, err);
     if (rc != SER_OK) return rc;
     s_slots S;
     s_slots_make(&S, c, staged);
     if ((rc = s_check_tensors(f, &S, label, err)) == SER_OK) {
         s_copy_in(f, &S);
-        *pos = (ser_ckpt_pos){staged[0], staged[1], staged[2]};
+        *pos = (ser_ckpt_pos){staged[0], staged[1], staged[2], staged[3]};
     }
     s_slots_free(&S);
     ser_st_destroy(&f);

@@ -24,7 +24,7 @@
 //   optimizer.<name>.step            0-d I64                (step 0) has none, as in torch
 //   <extra name>                     F32 / 0-d I64 tensors added with ser_ckpt_add_f32/_i64
 //   train.step, train.epoch,         0-d I64, the training position (ser_ckpt_pos)
-//   train.data_cursor
+//   train.data_cursor, train.iters_per_epoch
 // and __metadata__: format, format_version, config_hash, config (the full canonical dump),
 // content_hash (XXH3-64 over every tensor's name, dtype, shape and bytes and the other four
 // metadata values). RNG streams and schedules (lr, wd, momentum, teacher temperature, SER
@@ -65,7 +65,7 @@
 #include "ser_ptab.h"
 
 #define SER_CKPT_FORMAT "ser-checkpoint"  // metadata "format"
-#define SER_CKPT_VERSION 1                // metadata "format_version"; bump on layout changes
+#define SER_CKPT_VERSION 2                // metadata "format_version"; bump on layout changes
 #define SER_CKPT_HASH_ALGO "xxh3-64"      // metadata "content_hash" is "xxh3-64:<16 hex>"
 #define SER_CKPT_LATEST "latest"          // the pointer file in the run directory
 
@@ -75,6 +75,9 @@
 // cursor's unit is the data loader's: e.g. the global sample index in the epoch order).
 typedef struct ser_ckpt_pos {
     int64_t step, epoch, data_cursor;  // all >= 0
+    // The schedules' epoch length the run was trained with (0: not recorded, e.g. `ser step`
+    // without one): a resume keeps it, so it cannot change the schedules half-way.
+    int64_t iters_per_epoch;
 } ser_ckpt_pos;
 
 // --- the binding -------------------------------------------------------------------------------

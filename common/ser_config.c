@@ -196,6 +196,16 @@ static const ser_config_option s_options[] = {
         "the number of workers."),
     DBL(data, crop_min, 0, 1, "0.08", GT,
         "RandomResizedCrop scale (crop_min, 1) of the invariant views (DINO reference: 0.25)."),
+    DBL(data, jitter, 0, 1, "1", 0,
+        "Strength of the colour jitter: its four ranges scaled from MoCo-v3's (brightness and "
+        "contrast 0.4, saturation 0.2, hue 0.1, applied with p 0.8); 0 = none."),
+    DBL(data, blur_sigma, 0, 100, "2", 0,
+        "Largest Gaussian blur sigma, in pixels of the view (sigma ~ U(0.1, blur_sigma), p 1.0 on "
+        "view 0 and 0.1 on view 1, as MoCo-v3); 0 = no blur. MoCo-v3's 2 is for 224 px views: "
+        "small images want much less."),
+    DBL(data, gray_prob, 0, 1, "0.2", 0, "Probability of the grayscale conversion, per view."),
+    DBL(data, solarize_prob, 0, 1, "0.2", 0,
+        "Probability of solarizing view 1 (view 0 never is, as MoCo-v3)."),
     ENUM(data, interpolation, s_interp, "bilinear", 0,
          "Resize interpolation of the crops (MoCo: bilinear; DINO and Barlow Twins: bicubic)."),
     ENUM(data, policy, s_policy, "kornia", 0,
@@ -206,6 +216,10 @@ static const ser_config_option s_options[] = {
     INT(data, workers, 0, 1024, "4", NOHASH,
         "Decode/augment threads per data loader; 0 = all online cores."),
     INT(data, synthetic_images, 1, 1 << 30, "4096", 0, "Images of the synthetic dataset."),
+    I64(data, iters_per_epoch, 0, 9e18, "0", 0,
+        "Steps per schedule epoch; 0 = ceil(images in the train split / global_batch), counted "
+        "from the dataset by the coordinator at start (a coordinator without the data must set "
+        "it). A checkpoint keeps the value it was trained with."),
     // [run]
     STR(run, name, "ser", NOHASH, "Job name in logs and on the status page."),
     I64(run, max_steps, 0, 9e18, "0", NOHASH,
@@ -225,6 +239,20 @@ static const ser_config_option s_options[] = {
          "non-finite gradient): abort the job, or skip the step. Either way the step's update "
          "never reaches the parameters or AdamW; a skipped MoCo step keeps its momentum-encoder "
          "EMA and BatchNorm buffer updates. `ser step` always aborts."),
+    // [eval]
+    I64(eval, knn_every, -1, 9e18, "0", NOHASH,
+        "Online kNN monitor: steps between measurements of the student's kNN top-1 on a fixed "
+        "labelled subset (and at the end); 0 = once per epoch; -1 = off. It reads the weights "
+        "only: the training numbers are the same with it on or off."),
+    INT(eval, knn_train, 1, 1 << 24, "2000", NOHASH,
+        "Train images of the monitor's class-balanced subset (the memory bank)."),
+    INT(eval, knn_test, 1, 1 << 24, "1000", NOHASH, "Test images of the monitor's subset."),
+    INT(eval, knn_k, 1, 10000, "20", NOHASH, "Neighbours of the kNN vote (as `ser eval knn`)."),
+    DBL(eval, knn_temperature, 0, 100, "0.07", NOHASH | GT, "Temperature of the kNN vote weights."),
+    STR(eval, knn_data, "", NOHASH,
+        "Labelled data of the monitor, as `ser eval --data` takes it (fashion-mnist:DIR, "
+        "cifar10:DIR, imagefolder:DIR, DIR); empty = data.path when it has labels (Fashion-MNIST, "
+        "CIFAR-10, ImageFolder), none for synthetic data."),
     // [cluster]
     STR(cluster, coordinator, "127.0.0.1", NOHASH, "Host name or address of the coordinator."),
     INT(cluster, port, 0, 65535, "5555", NOHASH, "Coordinator control port; 0 = ephemeral."),
@@ -784,6 +812,8 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
     RULE(d->global_batch % d->shards == 0,
          "data.global_batch = %d is not a multiple of data.shards = %d", d->global_batch,
          d->shards);
+    RULE(d->blur_sigma == 0 || d->blur_sigma >= 0.1,
+         "data.blur_sigma = %g: must be 0 (no blur) or at least 0.1", d->blur_sigma);
     RULE(d->kind != SER_CONFIG_DATA_SYNTHETIC || d->synthetic_images >= d->global_batch,
          "data.synthetic_images = %d is smaller than data.global_batch = %d (no full batch)",
          d->synthetic_images, d->global_batch);
@@ -992,10 +1022,18 @@ int ser_config_write_markdown(FILE *f) {
             "  except the sections of the methods not selected (`[dino]` in a MoCo job). Keys "
             "that cannot\n"
             "  change the numbers (paths, loader threads, logging, checkpoint cadence, "
-            "`run.max_steps`, `[cluster]`)\n"
+            "`run.max_steps`, `[eval]`, `[cluster]`)\n"
             "  are left out, so a job can move or resume with a longer step limit. Adding a key "
             "changes every\n"
             "  hash.\n"
+            "- **The length of a run.** An epoch of the schedules is `data.iters_per_epoch` steps, "
+            "by default\n"
+            "  ceil(train images / `data.global_batch`), counted by the coordinator at start and "
+            "kept in\n"
+            "  checkpoints. A job trains `optim.epochs` epochs unless `--steps` or `run.max_steps` "
+            "stops it\n"
+            "  earlier (a warning says where the schedule would end); it never runs past the "
+            "schedule.\n"
             "- `ser_config_dump()` writes every key in canonical form; loading the dump gives "
             "the same\n"
             "  configuration and hash.\n",

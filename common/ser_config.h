@@ -134,11 +134,21 @@ typedef struct ser_config_optim {
 typedef struct ser_config_data {
     char path[SER_CONFIG_STR_LEN];
     int kind, global_batch, shards;
-    double crop_min;
+    double crop_min, jitter, blur_sigma, gray_prob, solarize_prob;
     int interpolation, policy;
     int64_t seed;
     int workers, synthetic_images;
+    int64_t iters_per_epoch;
 } ser_config_data;
+
+// The online kNN monitor (coordinator/ser_knn_monitor.h): not hashed, it never changes the
+// training numbers.
+typedef struct ser_config_eval {
+    int64_t knn_every;  // steps between measurements; 0 = once per epoch; -1 = off
+    int knn_train, knn_test, knn_k;
+    double knn_temperature;
+    char knn_data[SER_CONFIG_STR_LEN];
+} ser_config_eval;
 
 typedef struct ser_config_run {
     char name[SER_CONFIG_STR_LEN];
@@ -169,6 +179,7 @@ typedef struct ser_config {
     ser_config_optim optim;
     ser_config_data data;
     ser_config_run run;
+    ser_config_eval eval;
     ser_config_cluster cluster;
 } ser_config;
 

@@ -58,6 +58,12 @@ int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_ep
     return SER_OK;
 }
 
+void ser_trainer_set_ipe(ser_trainer *t, int64_t iters_per_epoch) {
+    SER_ASSERT(iters_per_epoch >= 1);
+    t->ipe = iters_per_epoch;
+    ser_config_to_sched(&t->cfg, iters_per_epoch, &t->sp);
+}
+
 void ser_trainer_free(ser_trainer *t) {
     if (!t) return;
     ser_optim_free(&t->opt);

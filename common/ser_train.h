@@ -52,6 +52,8 @@ int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_ep
 // ser_trainer_free() releases it; only the model's operations apply to it.
 int ser_trainer_init_model(ser_trainer *t, const ser_config *cfg, char err[SER_ERR_LEN]);
 void ser_trainer_free(ser_trainer *t);
+// Changes the schedules' epoch length (a resume keeps the checkpoint's).
+void ser_trainer_set_ipe(ser_trainer *t, int64_t iters_per_epoch);
 
 void ser_trainer_init_weights(ser_trainer *t, uint64_t seed);
 // Strict load of every table from a weights file in the method's state_dict names.

@@ -14,6 +14,8 @@
 #include "ser_ckpt.h"
 #include "ser_curve.h"
 #include "ser_cmd.h"
+#include "ser_dl_data.h"
+#include "ser_knn_monitor.h"
 #include "ser_kernels.h"
 #include "ser_runlog.h"
 #include "ser_safetensors.h"
@@ -79,6 +81,10 @@ typedef struct s_coord {
     ser_runlog *log;  // metrics.jsonl + TensorBoard events in run.out_dir (NULL: none)
     double last[3];  // loss, loss_inv, loss_equiv of the last step
     int64_t last_step, steps_total, first_step;
+    int64_t ipe, sched_end;  // steps per schedule epoch; optim.epochs * ipe
+    ser_knn_monitor *knn;    // NULL: off
+    double knn_top1, knn_top5;
+    int64_t knn_step;
 } s_coord;
 
 // Publishes the coordinator's state to the status port.
@@ -109,6 +115,10 @@ static void s_publish(s_coord *c) {
     snap.images_per_second = c->ips;
     int64_t done = c->last_step - c->first_step + 1, left = c->steps_total - done;
     snap.eta_s = done > 0 && c->ips > 0 ? (double)left * c->B / c->ips : -1;
+    snap.steps_total = c->first_step + c->steps_total;
+    snap.epoch = c->ipe ? (double)(c->last_step + 1) / (double)c->ipe : (double)NAN;
+    snap.knn_top1 = c->knn_step >= 0 ? c->knn_top1 : (double)NAN;
+    snap.knn_step = c->knn_step;
     ser_status_worker ws[SER_COORD_MAX_WORKERS];
     for (int i = 0; i < c->nw; i++) {
         ser_status_worker *w = &ws[i];
@@ -635,14 +645,54 @@ static int s_checkpoint(s_coord *c, ser_ckpt *ck, int64_t next, char *err) {
     int prev = c->phase;
     c->phase = SER_STATUS_PHASE_CHECKPOINT;
     s_publish(c);
-    ser_ckpt_pos pos = {next, c->o->iters_per_epoch ? next / c->o->iters_per_epoch : 0,
-                        next * (int64_t)c->B};
+    ser_ckpt_pos pos = {next, next / c->ipe, next * (int64_t)c->B, c->ipe};
     char path[1024];
     int rc = ser_ckpt_save(ck, c->tr.cfg.run.out_dir, &pos, &c->tr.cfg, c->tr.cfg.run.keep_checkpoints,
                            path, sizeof path, err);
     if (rc == SER_OK) ser_log(SER_LL_INFO, "checkpoint %s", path);
     c->phase = prev;
     return rc;
+}
+
+int ser_coord_iters_per_epoch(const ser_coord_opts *o, int64_t *ipe, char *how, size_t hn,
+                              char err[SER_ERR_LEN]) {
+    const ser_config *cfg = &o->cfg;
+    int64_t B = cfg->data.global_batch, n = 0;
+    if (o->iters_per_epoch > 0) {
+        *ipe = o->iters_per_epoch;
+        snprintf(how, hn, "--iters-per-epoch");
+        return SER_OK;
+    }
+    if (cfg->data.iters_per_epoch > 0) {
+        *ipe = cfg->data.iters_per_epoch;
+        snprintf(how, hn, "data.iters_per_epoch");
+        return SER_OK;
+    }
+    if (o->batch_file) {
+        *ipe = 1;
+        snprintf(how, hn, "the batch file: one batch per epoch");
+        return SER_OK;
+    }
+    if (cfg->data.kind == SER_CONFIG_DATA_SYNTHETIC) {
+        n = cfg->data.synthetic_images;
+    } else {
+        char e2[256];
+        ser_dl_data *d = cfg->data.path[0]
+                             ? ser_dl_data_open(cfg->data.path, cfg->data.kind, SER_DL_SPLIT_TRAIN,
+                                                NULL, e2)
+                             : NULL;
+        if (!d)
+            return ser_errf(err, SER_ECONFIG,
+                            "cannot size the schedule's epoch: %s; set data.iters_per_epoch (or "
+                            "--iters-per-epoch) on a coordinator that cannot read the data",
+                            cfg->data.path[0] ? e2 : "data.path is not set");
+        n = ser_dl_data_count(d);
+        ser_dl_data_destroy(&d);
+    }
+    *ipe = (n + B - 1) / B;
+    if (*ipe < 1) *ipe = 1;
+    snprintf(how, hn, "ceil(%lld train images / %lld per step)", (long long)n, (long long)B);
+    return SER_OK;
 }
 
 int ser_coord_run(const ser_coord_opts *o) {
@@ -654,7 +704,9 @@ int ser_coord_run(const ser_coord_opts *o) {
     int status = 1, rc;
     float *grads0 = NULL, *losses = NULL;
     double *step_s = NULL;
-    if ((rc = ser_trainer_init(&c.tr, &o->cfg, o->iters_per_epoch, err))) {
+    char how[160];
+    if ((rc = ser_coord_iters_per_epoch(o, &c.ipe, how, sizeof how, err)) ||
+        (rc = ser_trainer_init(&c.tr, &o->cfg, c.ipe, err))) {
         fprintf(stderr, "ser coordinator: %s\n", err);
         return 2;
     }
@@ -671,7 +723,7 @@ int ser_coord_run(const ser_coord_opts *o) {
     }
     // Restart == resume: the newest valid checkpoint of run.out_dir, if there is one.
     ck = ser_trainer_ckpt(&c.tr);
-    int64_t first = o->iter, end = o->iter + o->steps;
+    int64_t first = o->iter, end;
     {
         ser_ckpt_pos pos;
         char from[1024];
@@ -679,10 +731,59 @@ int ser_coord_run(const ser_coord_opts *o) {
         if (rc == SER_OK) {
             first = pos.step;
             ser_log(SER_LL_INFO, "resumed from %s at step %lld", from, (long long)first);
+            if (pos.iters_per_epoch > 0 && pos.iters_per_epoch != c.ipe) {
+                ser_log(SER_LL_WARNING, "the checkpoint was trained with %lld steps per epoch, not "
+                        "%lld (%s): keeping %lld, so the schedules do not jump",
+                        (long long)pos.iters_per_epoch, (long long)c.ipe, how,
+                        (long long)pos.iters_per_epoch);
+                c.ipe = pos.iters_per_epoch;
+                snprintf(how, sizeof how, "the checkpoint");
+                ser_trainer_set_ipe(&c.tr, c.ipe);
+            }
         } else if (rc != SER_ENOENT) {
             goto done;
         }
         rc = SER_OK;
+    }
+    // The run's length: --steps K (from --iter), else run.max_steps, else the whole schedule.
+    c.sched_end = (int64_t)o->cfg.optim.epochs * c.ipe;
+    end = o->steps > 0 ? o->iter + o->steps
+          : o->cfg.run.max_steps > 0 ? o->cfg.run.max_steps
+                                     : c.sched_end;
+    if (end > c.sched_end) {  // the schedules are defined up to their end only
+        ser_log(SER_LL_WARNING, "the run would go past the schedule's end (step %lld of %lld): it "
+                "stops there; raise optim.epochs to train longer", (long long)end,
+                (long long)c.sched_end);
+        end = c.sched_end;
+    }
+    if (first >= end)
+        ser_log(SER_LL_INFO, "schedule: %d epochs x %lld steps (%s) = %lld steps; nothing to "
+                "train: the run is at step %lld and ends at %lld", o->cfg.optim.epochs,
+                (long long)c.ipe, how, (long long)c.sched_end, (long long)first, (long long)end);
+    else
+        ser_log(SER_LL_INFO, "schedule: %d epochs x %lld steps (%s) = %lld steps; this run trains "
+                "steps %lld..%lld", o->cfg.optim.epochs, (long long)c.ipe, how,
+                (long long)c.sched_end, (long long)first, (long long)end - 1);
+    if (end < c.sched_end)
+        ser_log(SER_LL_WARNING, "the run stops at step %lld of the schedule's %lld (epoch %.2f of "
+                "%d): the lr and momentum schedules will not have reached their end",
+                (long long)end, (long long)c.sched_end, (double)end / (double)c.ipe,
+                o->cfg.optim.epochs);
+    c.knn_step = -1;
+    {
+        double tk = ser_time_sec();
+        int64_t every = o->cfg.eval.knn_every > 0 ? o->cfg.eval.knn_every : c.ipe;
+        char kerr[SER_ERR_LEN];
+        c.knn = ser_knn_monitor_new(&o->cfg, &c.v.student->cfg, every, threads, kerr);
+        if (c.knn) {
+            int ntr, nte;
+            ser_knn_monitor_sizes(c.knn, &ntr, &nte);
+            ser_log(SER_LL_INFO, "kNN monitor: every %lld steps and at the end, %d train / %d test "
+                    "images (k %d, T %g; decoded in %.1f s)", (long long)every, ntr, nte,
+                    o->cfg.eval.knn_k, o->cfg.eval.knn_temperature, ser_time_sec() - tk);
+        } else {
+            ser_log(SER_LL_INFO, "kNN monitor %s", kerr);
+        }
     }
     c.span = c.v.span, c.off = c.v.off;
     c.S = o->cfg.data.shards;
@@ -813,12 +914,30 @@ int ser_coord_run(const ser_coord_opts *o) {
         c.ips = (double)c.B * (double)(k + 1) / (ser_time_sec() - t0);
         s_publish(&c);
         for (int j = 0; j < 3; j++) losses[k * 3 + j] = (float)L[j];
+        int measured = 0;
+        if (ser_knn_monitor_due(c.knn, c.step, k + 1 == nrun)) {
+            ser_eval_acc acc;
+            double secs;
+            char kerr[SER_ERR_LEN];
+            if (ser_knn_monitor_run(c.knn, c.v.student, &acc, &secs, kerr)) {
+                ser_log(SER_LL_WARNING, "kNN monitor: %s; off from here", kerr);
+                ser_knn_monitor_destroy(&c.knn);
+            } else {
+                measured = 1;
+                c.knn_top1 = acc.top1, c.knn_top5 = acc.top5, c.knn_step = c.step;
+                ser_log(SER_LL_INFO, "step %lld: kNN top-1 %.2f%% top-5 %.2f%% (%.1f s)",
+                        (long long)c.step, acc.top1, acc.top5, secs);
+                s_publish(&c);
+            }
+        }
         if (c.log) {
             static const char *const names[] = {"loss", "loss_inv", "loss_equiv", "lr", "weight_decay",
-                                                "momentum", "grad_norm", "step_seconds", "images_per_second"};
-            double vals[] = {L[0], L[1], L[2], lr, wd, c.momentum, c.gnorm, step_s[k], c.ips};
+                                                "momentum", "grad_norm", "step_seconds", "images_per_second",
+                                                "knn_top1", "knn_top5"};
+            double vals[] = {L[0], L[1], L[2], lr, wd, c.momentum, c.gnorm, step_s[k], c.ips,
+                             c.knn_top1, c.knn_top5};
             char lerr[SER_ERR_LEN];
-            if (ser_runlog_step(c.log, c.step, names, vals, 9, lerr)) {  // the run goes on
+            if (ser_runlog_step(c.log, c.step, names, vals, measured ? 11 : 9, lerr)) {  // the run goes on
                 ser_log(SER_LL_WARNING, "%s; step logs stop here", lerr);
                 ser_runlog_destroy(&c.log);
             }
@@ -826,10 +945,14 @@ int ser_coord_run(const ser_coord_opts *o) {
         int every = o->cfg.run.checkpoint_every;
         if ((every > 0 && (c.step + 1) % every == 0) || k + 1 == nrun)
             if ((rc = s_checkpoint(&c, ck, c.step + 1, err))) goto done;
-        if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == nrun)
-            ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g (%d workers, %.2f s/step)",
-                    (long long)c.step, L[0], L[1], L[2], lr, s_live_count(&c),
-                    (ser_time_sec() - t0) / (double)(k + 1));
+        if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == nrun) {
+            char knn[48] = "";
+            if (c.knn_step >= 0) snprintf(knn, sizeof knn, " kNN %.1f%%", c.knn_top1);
+            ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g%s (%lld of %lld, "
+                    "epoch %.2f; %d workers, %.2f s/step)", (long long)c.step, L[0], L[1], L[2], lr,
+                    knn, (long long)c.step + 1, (long long)end, (double)(c.step + 1) / (double)c.ipe,
+                    s_live_count(&c), (ser_time_sec() - t0) / (double)(k + 1));
+        }
     }
     if (nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only
         uint64_t b_sent, b_recv;
@@ -848,6 +971,7 @@ done:
     s_publish(&c);
     ser_status_destroy(&c.st);
     ser_runlog_destroy(&c.log);
+    ser_knn_monitor_destroy(&c.knn);
     ser_ckpt_destroy(&ck);
     if (c.sock) {
         Ser__Envelope e;

@@ -13,12 +13,13 @@
 // Contributions are accepted only for the current (step, shard, attempt): late or duplicate
 // ones are dropped. Every wait has a deadline (cluster.timeout_ms) and logs what it waits for.
 //
-// defines: ser_coord_opts, ser_coord_run(), ser_cmd_coordinator()
+// defines: ser_coord_opts, ser_coord_run(), ser_coord_iters_per_epoch(), ser_cmd_coordinator()
 #ifndef SER_COORD_H
 #define SER_COORD_H
 
 #include <stdint.h>
 
+#include "ser_base.h"
 #include "ser_config.h"
 
 typedef struct ser_coord_opts {
@@ -34,7 +35,18 @@ typedef struct ser_coord_opts {
     int wait_workers_ms;        // how long to wait for the first worker
 } ser_coord_opts;
 
-// Runs the job to the end; returns a process exit status (0 done, 1 failure).
+// Runs the job to the end; returns a process exit status (0 done, 1 failure). The run trains
+// --steps K steps from --iter, else up to run.max_steps, else the whole schedule
+// (optim.epochs x the steps per epoch below); a resume continues from the newest checkpoint of
+// run.out_dir and keeps the epoch length it was trained with.
 int ser_coord_run(const ser_coord_opts *o);
+
+// Steps per schedule epoch: o->iters_per_epoch (--iters-per-epoch) when > 0, else
+// data.iters_per_epoch when > 0, else ceil(train images / data.global_batch) with the images
+// counted from data.path (a batch file is a dataset of one batch: 1; synthetic data has
+// data.synthetic_images). *how (hn bytes) says which. SER_ECONFIG, naming the key to set, when
+// the data cannot be read here.
+int ser_coord_iters_per_epoch(const ser_coord_opts *o, int64_t *ipe, char *how, size_t hn,
+                              char err[SER_ERR_LEN]);
 
 #endif

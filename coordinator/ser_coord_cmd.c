@@ -25,7 +25,9 @@ static void s_coord_usage(FILE *f, const char *cmd) {
             "       [--weights W.safetensors] [--out O.safetensors] [--iter N]\n"
             "       [--iters-per-epoch N] [--lr X] [--wd X] [--momentum X] [--wait-workers-ms T]\n"
             "       %s\n"
-            "  Trains K steps (default run.max_steps, else 1) of the job: data.shards shards per\n"
+            "  Trains the job's schedule: optim.epochs epochs of data.iters_per_epoch steps (0, the\n"
+            "  default: ceil(train images / data.global_batch), counted from data.path), or K\n"
+            "  steps (--steps, else run.max_steps when > 0). data.shards shards per\n"
             "  step computed by workers, reduced in shard order, so the result is the same bits\n"
             "  for any number of workers. Writes the final state in `ser step`'s layout to --out.\n"
             "  With no live worker for T ms (default 60000) the coordinator gives up (exit 1).\n%s",
@@ -96,13 +98,11 @@ static int s_load_config(ser_coord_opts *o, const char *cfg_path, const char **s
         if (!rc) rc = ser_config_validate(&o->cfg, err);
     }
     if (rc) fprintf(stderr, "ser %s: %s\n", cmd, err);
-    if (!o->steps) o->steps = o->cfg.run.max_steps > 0 ? o->cfg.run.max_steps : 1;
     return rc ? 2 : 0;
 }
 
 static void s_defaults(ser_coord_opts *o) {
-    memset(o, 0, sizeof *o);
-    o->iters_per_epoch = 1000;
+    memset(o, 0, sizeof *o);  // steps, iters_per_epoch 0: from the job (ser_coord_schedule)
     o->lr_fix = o->wd_fix = o->mom_fix = NAN;
     o->wait_workers_ms = 60000;
 }

@@ -130,6 +130,9 @@ typedef struct ser_status_snapshot {
     double lr, momentum, weight_decay;  // schedules at `step` (momentum: teacher/momentum coef.)
     double images_per_second;           // recent throughput
     double eta_s;                       // estimated seconds to the end of the job
+    int64_t steps_total;                // the run's last step + 1 (< 0: unknown)
+    double knn_top1;                    // online kNN monitor: top-1 in percent (NaN: none yet)
+    int64_t knn_step;                   // the step whose weights it measured (< 0: none yet)
     // workers and data. Borrowed by ser_status_update() for the duration of the call only.
     int n_workers;
     const ser_status_worker *workers;
@@ -162,8 +165,8 @@ ser_status *ser_status_new(const char *bind_addr, int port, const ser_status_opt
 int ser_status_port(const ser_status *s);
 // Copies *snap (and the worker/loader arrays it points to) into the server under a mutex.
 // When snap->terms_step is set and differs from the last recorded point, appends
-// (terms_step, lr, terms) to the history; a smaller terms_step (a rollback) first drops the
-// points at or after it. Thread-safe; never blocks on a client. s == NULL (port off): no-op.
+// (terms_step, lr, terms) to the history, with a column knn_top1 when knn_step equals
+// terms_step; a smaller terms_step (a rollback) first drops the points at or after it. Thread-safe; never blocks on a client. s == NULL (port off): no-op.
 void ser_status_update(ser_status *s, const ser_status_snapshot *snap);
 // Sends $TERM, closes the listener and every connection, joins. NULL-safe; sets *sp = NULL.
 void ser_status_destroy(ser_status **sp);

@@ -33,6 +33,7 @@ void ser_dl_config_defaults(ser_dl_config *c) {
     c->interp = SER_DL_INTERP_BILINEAR;
     c->crop_min = 0.08;
     c->photometric = 1;
+    c->strength = ser_dl_photo_moco;
 }
 
 int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
@@ -51,6 +52,12 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
         why = "interp must be bilinear or bicubic";
     else if (!(c->crop_min > 0 && c->crop_min <= 1)) why = "crop_min must be in (0, 1]";
     else if (c->threads < 0 || c->threads > 256) why = "threads must be in [0, 256]";
+    else if (!(c->strength.jitter >= 0 && c->strength.jitter <= 1)) why = "jitter must be in [0, 1]";
+    else if (!(c->strength.blur_sigma == 0 || (c->strength.blur_sigma >= 0.1 && c->strength.blur_sigma <= 100)))
+        why = "blur_sigma must be 0 (no blur) or in [0.1, 100]";
+    else if (!(c->strength.gray_prob >= 0 && c->strength.gray_prob <= 1)) why = "gray_prob must be in [0, 1]";
+    else if (!(c->strength.solarize_prob >= 0 && c->strength.solarize_prob <= 1))
+        why = "solarize_prob must be in [0, 1]";
     if (!why) return SER_OK;
     snprintf(err, 256, "%s", why);
     return SER_ECONFIG;
@@ -65,13 +72,16 @@ static uint64_t s_fnv(uint64_t h, const void *p, size_t n) {
 uint64_t ser_dl_config_hash(const ser_dl_config *c) {
     // v2: group elements drawn by common/ser_group.c (v1 had the loader's own sampler and a
     // configurable scale range), so a v1 peer is refused rather than sent other content.
-    char s[512];
+    // v3: photometric strengths.
+    char s[640];
     int n = snprintf(s, sizeof s,
-                     "ser-dl-v2 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
-                     "policy=%d gs=%d interp=%d crop=%.17g photo=%d",
+                     "ser-dl-v3 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
+                     "policy=%d gs=%d interp=%d crop=%.17g photo=%d jit=%.17g blur=%.17g "
+                     "gray=%.17g sol=%.17g",
                      c->kind, c->split, c->img, c->patch, c->global_batch, c->shards, c->eq_ratio,
                      (unsigned long long)c->seed, c->policy, c->group_sampling, c->interp,
-                     c->crop_min, c->photometric);
+                     c->crop_min, c->photometric, c->strength.jitter, c->strength.blur_sigma,
+                     c->strength.gray_prob, c->strength.solarize_prob);
     return s_fnv(0xcbf29ce484222325ull, s, (size_t)n);
 }
 
@@ -304,7 +314,8 @@ static void s_photo(const s_job *jb, uint8_t *img, int w, int h, uint32_t epoch,
     if (!c->photometric) return;
     ser_dl_photo p;
     int kornia = c->policy == SER_DL_POLICY_KORNIA;
-    ser_dl_photo_draw(&p, c->policy, c->seed, epoch, index, v, kornia ? jb->kornia_order[v] : NULL);
+    ser_dl_photo_draw(&p, c->policy, c->seed, epoch, index, v, kornia ? jb->kornia_order[v] : NULL,
+                      &c->strength);
     if (!kornia) {
         ser_dl_photo_apply_u8(img, w, h, &p);
         return;
@@ -444,5 +455,7 @@ void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
     c->interp = job->data.interpolation == SER_CONFIG_INTERP_BICUBIC ? SER_DL_INTERP_BICUBIC
                                                                     : SER_DL_INTERP_BILINEAR;
     c->crop_min = job->data.crop_min;
+    c->strength = (ser_dl_photo_strength){job->data.jitter, job->data.blur_sigma,
+                                          job->data.gray_prob, job->data.solarize_prob};
     c->threads = job->data.workers;
 }

@@ -80,6 +80,7 @@ typedef struct ser_dl_config {
     int interp;           // enum ser_dl_interp; bilinear (MoCo); bicubic for DINO/BT
     double crop_min;      // RandomResizedCrop scale (crop_min, 1); 0.08
     int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
+    ser_dl_photo_strength strength;  // ser_dl_photo_moco
     int threads;          // decode/augment threads; 0 = all online cores
 } ser_dl_config;
 

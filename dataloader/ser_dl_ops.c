@@ -700,10 +700,23 @@ void ser_dl_photo_draw_order(int order[4], ser_rng *r) {
     }
 }
 
+const ser_dl_photo_strength ser_dl_photo_moco = {1.0, 2.0, 0.2, 0.2};
+
+static int s_is_moco(const ser_dl_photo_strength *st) {
+    return st->jitter == 1.0 && st->blur_sigma == 2.0 && st->gray_prob == 0.2 &&
+           st->solarize_prob == 0.2;
+}
+
 void ser_dl_photo_draw(ser_dl_photo *p, int policy, uint64_t seed, uint32_t epoch,
-                       uint32_t index, int view, const int *shard_order) {
+                       uint32_t index, int view, const int *shard_order,
+                       const ser_dl_photo_strength *st) {
     static const float p_blur[2] = {1.0f, 0.1f}, p_sol[2] = {0.0f, 0.2f};
     SER_ASSERT(view == 0 || view == 1);
+    if (!st) st = &ser_dl_photo_moco;
+    // MoCo-v3's strengths keep their original float constants: the same bits as the
+    // torchvision/kornia fixtures.
+    int moco = s_is_moco(st);
+    float js = (float)st->jitter;
     uint32_t v = (uint32_t)view << 16;
     ser_rng r;
     memset(p, 0, sizeof *p);
@@ -713,16 +726,28 @@ void ser_dl_photo_draw(ser_dl_photo *p, int policy, uint64_t seed, uint32_t epoc
     p->jitter = ser_rng_uniform(&r) < 0.8f;
     ser_dl_photo_draw_order(p->order, &r);
     if (shard_order) memcpy(p->order, shard_order, sizeof p->order);
-    p->b = 0.6f + 0.8f * ser_rng_uniform(&r);
-    p->c = 0.6f + 0.8f * ser_rng_uniform(&r);
-    p->s = 0.8f + 0.4f * ser_rng_uniform(&r);
-    p->h = -0.1f + 0.2f * ser_rng_uniform(&r);
-    p->gray = ser_rng_uniform(&r) < 0.2f;
+    float ub = ser_rng_uniform(&r), uc = ser_rng_uniform(&r), us = ser_rng_uniform(&r),
+          uh = ser_rng_uniform(&r);
+    if (moco) {
+        p->b = 0.6f + 0.8f * ub;
+        p->c = 0.6f + 0.8f * uc;
+        p->s = 0.8f + 0.4f * us;
+        p->h = -0.1f + 0.2f * uh;
+    } else {  // factor ranges [1 - a, 1 + a] with a scaled by the strength
+        p->b = 1.0f - 0.4f * js + 0.8f * js * ub;
+        p->c = 1.0f - 0.4f * js + 0.8f * js * uc;
+        p->s = 1.0f - 0.2f * js + 0.4f * js * us;
+        p->h = -0.1f * js + 0.2f * js * uh;
+        if (js == 0.0f) p->jitter = 0;
+    }
+    p->gray = ser_rng_uniform(&r) < (moco ? 0.2f : (float)st->gray_prob);
     ser_rng_init(&r, seed, epoch, index, v | SER_RNG_BLUR);
     p->blur = ser_rng_uniform(&r) < p_blur[view];
-    p->sigma = 0.1f + 1.9f * ser_rng_uniform(&r);
+    float u = ser_rng_uniform(&r);
+    p->sigma = moco ? 0.1f + 1.9f * u : 0.1f + ((float)st->blur_sigma - 0.1f) * u;
+    if (!moco && st->blur_sigma <= 0.0) p->blur = 0;
     ser_rng_init(&r, seed, epoch, index, v | SER_RNG_SOLARIZE);
-    p->solarize = ser_rng_uniform(&r) < p_sol[view];
+    p->solarize = ser_rng_uniform(&r) < (moco || view == 0 ? p_sol[view] : (float)st->solarize_prob);
     p->threshold = policy == SER_DL_POLICY_KORNIA ? ser_rng_uniform(&r) : 128.0f / 255.0f;
 }
 

@@ -102,11 +102,23 @@ typedef struct ser_dl_photo {
     float threshold;  // kornia: U(0,1); torchvision: 128/255 (fixed)
 } ser_dl_photo;
 
+// The policy's strengths, for images far smaller than ImageNet's (a sigma-2 blur on a 28 px
+// image erases it): jitter scales the four jitter ranges (1 = 0.4, 0.4, 0.2, 0.1), blur_sigma
+// is the largest blur sigma (sigma ~ U(0.1, blur_sigma); 0 = no blur), gray_prob the
+// grayscale probability, solarize_prob view 1's solarize probability (view 0 never
+// solarizes). The draws are made whatever the strengths, so each stream's layout is fixed.
+typedef struct ser_dl_photo_strength {
+    double jitter, blur_sigma, gray_prob, solarize_prob;
+} ser_dl_photo_strength;
+extern const ser_dl_photo_strength ser_dl_photo_moco;  // {1, 2, 0.2, 0.2}: MoCo-v3's
+
 // Draws view `view`'s parameters from the streams (seed, epoch, index, view<<16 | purpose)
 // for purposes SER_RNG_COLOR, SER_RNG_BLUR, SER_RNG_SOLARIZE. For kornia the op order is
 // one per shard: pass it in shard_order (4 ints), else NULL (torchvision: per sample).
+// st NULL: ser_dl_photo_moco (the same bits as before strengths existed).
 void ser_dl_photo_draw(ser_dl_photo *p, int policy, uint64_t seed, uint32_t epoch,
-                       uint32_t index, int view, const int *shard_order);
+                       uint32_t index, int view, const int *shard_order,
+                       const ser_dl_photo_strength *st);
 // Draws a random order of the 4 jitter ops (torch.randperm(4)'s role) from r.
 void ser_dl_photo_draw_order(int order[4], ser_rng *r);
 void ser_dl_photo_apply_u8(uint8_t *img, int w, int h, const ser_dl_photo *p);

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The main job after set-up (deploy/main.sh runs set-up, build, then this): `ser local`
-# (coordinator, 2 workers, 1 data loader) pretrains MoCo-v3 + SER (configs/demo_fashion.ini: a
-# 6-block ViT-Ti, 7 px patches, 128 images per step, schedules spanning the run) on Fashion-MNIST
-# from Debian's dataset-fashion-mnist (or on the ImageFolder / CIFAR-10 given with --data),
-# then `ser eval knn` measures the trained network next to the randomly initialised one.
+# (coordinator, 2 workers, 1 data loader) pretrains MoCo-v3 + SER with the recipe of
+# configs/demo_fashion.ini on Fashion-MNIST from Debian's dataset-fashion-mnist (or on the
+# ImageFolder / CIFAR-10 given with --data) for its whole schedule (optim.epochs epochs of
+# ceil(images / batch) steps), with the online kNN monitor on, then `ser eval knn` measures the
+# trained network next to the randomly initialised one and the raw input pixels, on one split.
 #
 #   bash deploy/demo.sh [--data DIR] [--steps K]
-# Environment: SER_BIN (the executable, default build/ser), SER_DEMO_STEPS (default 300),
-# SER_DEMO_OUT (run folder, default a fresh /tmp/ser-demo.XXXXXX), SER_DEMO_EVAL_TRAIN /
-# SER_DEMO_EVAL_TEST (kNN subset sizes, default 5000 / 1000).
+# Environment: SER_BIN (the executable, default build/ser), SER_DEMO_STEPS (stop after K steps;
+# default: the whole schedule), SER_DEMO_OUT (run folder, default a fresh
+# /tmp/ser-demo.XXXXXX), SER_DEMO_EVAL_TRAIN / SER_DEMO_EVAL_TEST (kNN subset sizes, default
+# 5000 / 1000).
 # Exit status 77 (the test suite's "skipped") when no dataset is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ser=${SER_BIN:-./build/ser}
-steps=${SER_DEMO_STEPS:-300}
+steps=${SER_DEMO_STEPS:-}
 data=/usr/share/datasets/fashion-mnist
 kind=fashion_mnist
 name="Fashion-MNIST"
@@ -34,26 +36,33 @@ ntrain=${SER_DEMO_EVAL_TRAIN:-5000}
 ntest=${SER_DEMO_EVAL_TEST:-1000}
 cfg=configs/demo_fashion.ini
 sets=(--set data.path="$data" --set data.kind="$kind" --set run.out_dir="$out"
-      --set run.log_every=10 --set cluster.status_port=0)
-ipe=$(( steps / 10 > 0 ? steps / 10 : 1 ))  # 10 schedule epochs over the run
-echo "== ser local: MoCo-v3 + SER, ViT-Ti (6 blocks, 7 px patches) on $name, $steps steps of 128 images (8 equivariant)"
+      --set cluster.status_port=0)
+limit=()
+[ -n "$steps" ] && limit=(--steps "$steps")
+echo "== ser local: MoCo-v3 + SER ($cfg) on $name${steps:+, stopped after $steps steps}"
 echo "   (the status URL is printed below; step logs go to $out/metrics.jsonl and TensorBoard events)"
 t0=$(date +%s)
-"$ser" local --config "$cfg" "${sets[@]}" --workers 2 --steps "$steps" \
-  --iters-per-epoch "$ipe" --out "$out/final.safetensors" 2>&1 |
-  grep --line-buffered -E "status on|step [0-9]+:|run summary|checkpoint .*ckpt|error|refused|lost" |
+"$ser" local --config "$cfg" "${sets[@]}" --workers 2 "${limit[@]}" \
+  --out "$out/final.safetensors" 2>&1 |
+  grep --line-buffered -E "status on|schedule:|step [0-9]+:|run summary|checkpoint .*ckpt|error|refused |lost|stops|monitor" |
   sed -u 's/^/   /'
 [ -f "$out/final.safetensors" ] || { echo "== training failed" >&2; exit 1; }
-echo "== trained in $(( $(date +%s) - t0 )) s; evaluating (kNN, k = 20, on $ntrain train / $ntest test images)"
+train_s=$(( $(date +%s) - t0 ))
+echo "== trained in $train_s s; evaluating (kNN, k = 20, on $ntrain train / $ntest test images)"
 eval_data=$data
 [ "$kind" = fashion_mnist ] && eval_data="fashion-mnist:$data"
 eval_args=(knn --data "$eval_data" --train-limit "$ntrain" --test-limit "$ntest")
 "$ser" eval "${eval_args[@]}" --checkpoint "$out" --json "$out/knn_trained.json" 2>&1 | tee "$out/knn_trained.txt" | sed 's/^/   /'
 "$ser" eval "${eval_args[@]}" --checkpoint "$out" --random-init --json "$out/knn_random.json" 2>&1 | tee "$out/knn_random.txt" | sed 's/^/   /'
-top1() { awk '$1 == "knn" && $2 == "top1" { print $3 }' "$1"; }
+"$ser" eval "${eval_args[@]}" --checkpoint "$out" --pixels --json "$out/knn_pixels.json" 2>&1 | tee "$out/knn_pixels.txt" | sed 's/^/   /'
+top1() { awk -v m="${2:-top1}" '$1 == "knn" && $2 == m { print $3 }' "$1"; }
 trained=$(top1 "$out/knn_trained.txt")
 random=$(top1 "$out/knn_random.txt")
-[ -n "$trained" ] && [ -n "$random" ] || { echo "== evaluation failed (see $out/knn_*.txt)" >&2; exit 1; }
-printf "== kNN top-1 accuracy on %s: trained %.1f%%  vs  random init %.1f%%\n" "$name" "$trained" "$random"
+pixels=$(top1 "$out/knn_pixels.txt")
+centred=$(top1 "$out/knn_pixels.txt" top1_centred)
+[ -n "$trained" ] && [ -n "$random" ] && [ -n "$pixels" ] ||
+  { echo "== evaluation failed (see $out/knn_*.txt)" >&2; exit 1; }
+printf "== kNN top-1 accuracy on %s: trained %.1f%%  vs  random init %.1f%%  vs  raw pixels %.1f%% (centred %.1f%%); training %d s\n" \
+  "$name" "$trained" "$random" "$pixels" "$centred" "$train_s"
 echo "== done: checkpoints, logs and eval JSON in $out"
 echo "   (resume: SER_DEMO_OUT=$out bash deploy/demo.sh --steps N continues from the newest checkpoint)"

@@ -127,7 +127,7 @@ static void s_assert_same_forward(ser_vit *a, ser_vit *b) {
 static void s_save_ckpt(ser_trainer *t, const char *dir, int64_t step, char *path, size_t n) {
     char err[SER_ERR_LEN];
     ser_ckpt *ck = ser_trainer_ckpt(t);
-    ser_ckpt_pos pos = {step, 0, 0};
+    ser_ckpt_pos pos = {step, 0, 0, 0};
     int rc = ser_ckpt_save(ck, dir, &pos, &t->cfg, 0, path, n, err);
     ser_ckpt_destroy(&ck);
     if (rc) fail_msg("save: %s", err);

@@ -285,7 +285,7 @@ static void test_roundtrip_bitwise(void **state) {
     s_model_fill(&a, 1, 3, 0);
     s_model_fill(&b, 2, 2, 1);  // b also has state for the predictor: load must clear it
     assert_false(s_model_equal(&a, &b, 0));
-    ser_ckpt_pos pos = {7, 2, 12345}, got = {0, 0, 0};
+    ser_ckpt_pos pos = {7, 2, 12345, 5}, got = {0, 0, 0, 0};
 
     s_newdir(dir, sizeof dir, "rt");
     int rc = ser_ckpt_save(a.ck, dir, &pos, &cfg, 3, path, sizeof path, err);
@@ -306,6 +306,7 @@ static void test_roundtrip_bitwise(void **state) {
     assert_true(s_model_equal(&a, &b, 1));
     assert_int_equal(got.step, 7);
     assert_int_equal(got.epoch, 2);
+    assert_int_equal(got.iters_per_epoch, 5);
     assert_int_equal(got.data_cursor, 12345);
 
     // What is in the file: names, dtypes, metadata.
@@ -313,7 +314,7 @@ static void test_roundtrip_bitwise(void **state) {
     rc = ser_st_open(&f, path, err);
     s_check_rc(rc, SER_OK, err, "open");
     assert_string_equal(ser_st_meta(f, "format"), SER_CKPT_FORMAT);
-    assert_string_equal(ser_st_meta(f, "format_version"), "1");
+    assert_string_equal(ser_st_meta(f, "format_version"), "2");
     char hex[17];
     assert_string_equal(ser_st_meta(f, "config_hash"), ser_config_hash_hex(&cfg, hex));
     assert_non_null(strstr(ser_st_meta(f, "content_hash"), "xxh3-64:"));
@@ -341,7 +342,7 @@ static void test_roundtrip_bitwise(void **state) {
     e = ser_st_find(f, "train.data_cursor");
     assert_non_null(e);
     assert_int_equal(*(const int64_t *)e->data, 12345);
-    assert_int_equal(ser_st_count(f), 8 + 3 * 3 + 1 + 1 + 3);
+    assert_int_equal(ser_st_count(f), 8 + 3 * 3 + 1 + 1 + 4);  // 4 position tensors
     ser_st_destroy(&f);
 
     // The bytes are a pure function of the state and the config: saving the loaded copy into
@@ -380,7 +381,7 @@ static void test_rotation_keep_last_k(void **state) {
     s_model_fill(&m, 3, 1, 0);
     s_newdir(dir, sizeof dir, "rot");
     for (int64_t s = 10; s <= 60; s += 10) {
-        ser_ckpt_pos pos = {s, 0, s * 8};
+        ser_ckpt_pos pos = {s, 0, s * 8, 0};
         s_check_rc(ser_ckpt_save(m.ck, dir, &pos, &cfg, 3, NULL, 0, err), SER_OK, err, "save");
     }
     assert_string_equal(s_steps_str(dir, buf, sizeof buf), "40,50,60");
@@ -396,7 +397,7 @@ static void test_rotation_keep_last_k(void **state) {
 
     // A step older than the newest (a run resumed from an older checkpoint): the newer files
     // stay, `latest` names the one just written.
-    ser_ckpt_pos pos = {35, 0, 0};
+    ser_ckpt_pos pos = {35, 0, 0, 0};
     s_check_rc(ser_ckpt_save(m.ck, dir, &pos, &cfg, 3, NULL, 0, err), SER_OK, err, "save 35");
     assert_int_equal(s_count(dir, ".tmp."), 0);
     for (int i = 0; i < 3; i++) assert_true(s_exists(dir, keep[i]));
@@ -434,7 +435,7 @@ static void test_rotation_keep_last_k(void **state) {
     s_check_rc(ser_ckpt_save(m.ck, dir, &pos, &cfg, 0, NULL, 0, err), SER_OK, err, "unlocked");
 
     // Negative positions are refused before anything is written.
-    ser_ckpt_pos neg = {110, -1, 0};
+    ser_ckpt_pos neg = {110, -1, 0, 0};
     s_check_rc(ser_ckpt_save(m.ck, dir, &neg, &cfg, 0, NULL, 0, err), SER_EINVAL, err, "neg");
     assert_false(s_exists(dir, "ckpt-0000000110.safetensors"));
     s_model_free(&m);
@@ -449,7 +450,7 @@ static void test_find_latest(void **state) {
     s_model m;
     s_model_init(&m, 0);
     s_model_fill(&m, 4, 1, 0);
-    ser_ckpt_pos pos = {0, 0, 0};
+    ser_ckpt_pos pos = {0, 0, 0, 0};
 
     s_newdir(dir, sizeof dir, "find");
     s_check_rc(ser_ckpt_find_latest(dir, p, sizeof p, &step, err), SER_ENOENT, err, "no dir");
@@ -489,7 +490,7 @@ static void test_find_latest(void **state) {
 // Saves model a at step 5 into a fresh directory; returns the path in path.
 static void s_save_one(s_model *a, const ser_config *cfg, char *path, size_t n) {
     char dir[256], err[SER_ERR_LEN];
-    ser_ckpt_pos pos = {5, 1, 40};
+    ser_ckpt_pos pos = {5, 1, 40, 0};
     s_newdir(dir, sizeof dir, "ref");
     s_check_rc(ser_ckpt_save(a->ck, dir, &pos, cfg, 3, path, n, err), SER_OK, err, "save");
 }
@@ -498,7 +499,7 @@ static void s_save_one(s_model *a, const ser_config *cfg, char *path, size_t n) 
 // b and pos are untouched; returns the message.
 static const char *s_expect_refused(s_model *b, const char *path, const ser_config *cfg, int want,
                                     char err[SER_ERR_LEN], const char *what) {
-    ser_ckpt_pos pos = {-7, -8, -9};
+    ser_ckpt_pos pos = {-7, -8, -9, 0};
     s_snap snap;
     s_snap_take(&snap, b, &pos);
     err[0] = 0;
@@ -635,12 +636,12 @@ static void test_refuse_version_format_tamper(void **state) {
     s_check_rc(ser_ckpt_load(b.ck, bad, &cfg, &pos, err), SER_OK, err, "plain rewrite");
     s_model_fill(&b, 11, 2, 0);
 
-    s_rewrite(path, bad, "format_version", "2", NULL);
-    s_expect_refused(&b, bad, &cfg, SER_EVERSION, err, "version 2");
-    assert_non_null(strstr(err, "format version 2, this ser reads version 1"));
+    s_rewrite(path, bad, "format_version", "3", NULL);
+    s_expect_refused(&b, bad, &cfg, SER_EVERSION, err, "version 3");
+    assert_non_null(strstr(err, "format version 3, this ser reads version 2"));
     assert_non_null(strstr(err, "newer ser"));
-    s_rewrite(path, bad, "format_version", "0", NULL);
-    s_expect_refused(&b, bad, &cfg, SER_EVERSION, err, "version 0");
+    s_rewrite(path, bad, "format_version", "1", NULL);  // before train.iters_per_epoch
+    s_expect_refused(&b, bad, &cfg, SER_EVERSION, err, "version 1");
     assert_non_null(strstr(err, "older ser"));
     s_rewrite(path, bad, "format_version", "1x", NULL);
     s_expect_refused(&b, bad, &cfg, SER_EVERSION, err, "version 1x");
@@ -737,7 +738,7 @@ static void test_refuse_config_mismatch(void **state) {
     char dir[256];
     snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(path, '/') - path), path);
     s_model_fill(&b, 13, 2, 0);
-    pos = (ser_ckpt_pos){-1, -1, -1};
+    pos = (ser_ckpt_pos){-1, -1, -1, 0};
     s_snap snap;
     s_snap_take(&snap, &b, &pos);
     s_check_rc(ser_ckpt_load_latest_valid(b.ck, dir, &other, &pos, NULL, 0, err), SER_ECONFIG, err,
@@ -818,7 +819,7 @@ static void test_latest_valid_walks_back(void **state) {
     s_newdir(dir, sizeof dir, "walk");
     for (int64_t s = 10; s <= 30; s += 10) {
         s_model_fill(&a, (uint64_t)s, 2, 0);
-        ser_ckpt_pos pos = {s, 0, s};
+        ser_ckpt_pos pos = {s, 0, s, 0};
         s_check_rc(ser_ckpt_save(a.ck, dir, &pos, &cfg, 0, NULL, 0, err), SER_OK, err, "save");
     }
     size_t n;
@@ -848,7 +849,7 @@ static void test_latest_valid_walks_back(void **state) {
     s_write_all(p, buf, n);
     free(buf);
     s_snap snap;
-    pos = (ser_ckpt_pos){-1, -1, -1};
+    pos = (ser_ckpt_pos){-1, -1, -1, 0};
     s_snap_take(&snap, &b, &pos);
     s_check_rc(ser_ckpt_load_latest_valid(b.ck, dir, &cfg, &pos, NULL, 0, err), SER_EHASH, err,
                "all bad");
@@ -862,7 +863,7 @@ static void test_latest_valid_walks_back(void **state) {
     s_newdir(dir, sizeof dir, "walk");
     for (int64_t s = 10; s <= 30; s += 10) {
         s_model_fill(&a, (uint64_t)s, 2, 0);
-        ser_ckpt_pos q = {s, 0, s};
+        ser_ckpt_pos q = {s, 0, s, 0};
         s_check_rc(ser_ckpt_save(a.ck, dir, &q, &cfg, 0, NULL, 0, err), SER_OK, err, "save");
     }
     snprintf(p, sizeof p, "%s/latest", dir);
@@ -942,7 +943,7 @@ static SER_NORETURN void s_saver_child(const char *dir, const ser_config *cfg, i
     for (;;) {
         step++;
         s_big_fill(&b, step);
-        ser_ckpt_pos pos = {step, step / 10, step * 64};
+        ser_ckpt_pos pos = {step, step / 10, step * 64, 0};
         if (ser_ckpt_save(b.ck, dir, &pos, cfg, 2, NULL, 0, err) != SER_OK) {
             fprintf(stderr, "child: %s\n", err);
             _exit(3);
@@ -973,7 +974,7 @@ static void test_kill_during_save(void **state) {
     // One timed cycle (fill and save, then removed) to scale the random kill times.
     double t0 = s_now();
     s_big_fill(&ref, 1);
-    ser_ckpt_pos pos = {1, 0, 64};
+    ser_ckpt_pos pos = {1, 0, 64, 0};
     char timing[256];
     s_newdir(timing, sizeof timing, "timing");
     s_check_rc(ser_ckpt_save(ref.ck, timing, &pos, &cfg, 2, NULL, 0, err), SER_OK, err, "timed");
@@ -1040,7 +1041,7 @@ static void test_kill_during_save(void **state) {
     }
     // The next save removes what the killed ones left.
     s_big_fill(&ref, last_step + 1);
-    pos = (ser_ckpt_pos){last_step + 1, 0, (last_step + 1) * 64};
+    pos = (ser_ckpt_pos){last_step + 1, 0, (last_step + 1) * 64, 0};
     s_check_rc(ser_ckpt_save(ref.ck, dir, &pos, &cfg, 2, NULL, 0, err), SER_OK, err, "final");
     assert_int_equal(s_count(dir, ".tmp."), 0);
     char buf[128], want[128];
@@ -1178,7 +1179,7 @@ static void test_moco_resume_bitwise(void **state) {
     s_moco_open(&first, &job, 1);
     s_moco_steps(&first, &job, 0, 2);
     s_newdir(dir, sizeof dir, "moco");
-    ser_ckpt_pos pos = {2, 0, 2 * 8};
+    ser_ckpt_pos pos = {2, 0, 2 * 8, 0};
     s_check_rc(ser_ckpt_save(first.ck, dir, &pos, &job, 3, NULL, 0, err), SER_OK, err, "save");
     s_moco_close(&first);
 
@@ -1215,7 +1216,7 @@ static const char s_torch_check[] =
     "from st_io import load_file, load_metadata\n"
     "t = load_file(sys.argv[2])\n"
     "meta = load_metadata(sys.argv[2])\n"
-    "assert meta['format'] == 'ser-checkpoint' and meta['format_version'] == '1', meta\n"
+    "assert meta['format'] == 'ser-checkpoint' and meta['format_version'] == '2', meta\n"
     "vit = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48, cls_layer=2)\n"
     "m = MoCoSER(vit, mlp_dim=32, dim=16, T=0.2, lam=0.7, tau=0.4, proj_dim=20, ser_grad=True)\n"
     "sd = {k: v for k, v in t.items() if not k.startswith(('optimizer.', 'train.'))}\n"
@@ -1247,7 +1248,7 @@ static void test_pytorch_strict_load(void **state) {
     s_moco_open(&r, &job, 1);
     s_moco_steps(&r, &job, 0, 1);
     s_newdir(dir, sizeof dir, "torch");
-    ser_ckpt_pos pos = {1, 0, 8};
+    ser_ckpt_pos pos = {1, 0, 8, 0};
     s_check_rc(ser_ckpt_save(r.ck, dir, &pos, &job, 3, path, sizeof path, err), SER_OK, err,
                "save");
     snprintf(script, sizeof script, "%s/check_ckpt_load.py", s_root);

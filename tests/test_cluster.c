@@ -48,7 +48,7 @@ static const char *s_ini =
     "patch = 4\ncls_layer = 2\nfreeze_patch_embed = false\n"
     "[moco]\ndim = 16\nmlp_dim = 32\n"
     "[ser]\nlambda = 0.7\ntau = 0.4\nproj_dim = 20\nratio = 0.375\n"
-    "[data]\nglobal_batch = 8\nshards = 4\n"
+    "[data]\nglobal_batch = 8\nshards = 4\niters_per_epoch = 1000\n"
     "[run]\nthreads = 1\nlog_every = 1\n"
     "[cluster]\nheartbeat_ms = 100\ntimeout_ms = 1500\nstatus_port = 0\n";
 

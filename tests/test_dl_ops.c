@@ -251,16 +251,16 @@ static void test_rrc_params(void **state) {
 static void test_photo_draw_is_pure(void **state) {
     (void)state;
     ser_dl_photo a, b, c;
-    ser_dl_photo_draw(&a, SER_DL_POLICY_TORCHVISION, 9, 1, 77, 1, NULL);
-    ser_dl_photo_draw(&b, SER_DL_POLICY_TORCHVISION, 9, 1, 77, 1, NULL);
-    ser_dl_photo_draw(&c, SER_DL_POLICY_TORCHVISION, 9, 1, 78, 1, NULL);
+    ser_dl_photo_draw(&a, SER_DL_POLICY_TORCHVISION, 9, 1, 77, 1, NULL, NULL);
+    ser_dl_photo_draw(&b, SER_DL_POLICY_TORCHVISION, 9, 1, 77, 1, NULL, NULL);
+    ser_dl_photo_draw(&c, SER_DL_POLICY_TORCHVISION, 9, 1, 78, 1, NULL, NULL);
     assert_memory_equal(&a, &b, sizeof a);
     assert_true(memcmp(&a, &c, sizeof a) != 0);
     // Rates over many samples: jitter 0.8, gray 0.2, blur 1.0 / 0.1, solarize 0 / 0.2.
     int jit = 0, gray = 0, blur[2] = {0, 0}, sol[2] = {0, 0};
     for (uint32_t i = 0; i < 4000; i++)
         for (int v = 0; v < 2; v++) {
-            ser_dl_photo_draw(&a, SER_DL_POLICY_TORCHVISION, 5, 0, i, v, NULL);
+            ser_dl_photo_draw(&a, SER_DL_POLICY_TORCHVISION, 5, 0, i, v, NULL, NULL);
             jit += a.jitter, gray += a.gray, blur[v] += a.blur, sol[v] += a.solarize;
             assert_true(a.b >= 0.6f && a.b <= 1.4f && a.h >= -0.1f && a.h <= 0.1f);
             assert_true(a.sigma >= 0.1f && a.sigma <= 2.0f);

@@ -443,7 +443,7 @@ static void test_cmd_end_to_end(void **state) {
     snprintf(ck, sizeof ck, "%s/run", s_tmp);
     mkdir(ck, 0755);
     ser_ckpt *c = ser_trainer_ckpt(&t);
-    ser_ckpt_pos pos = {7, 0, 0};
+    ser_ckpt_pos pos = {7, 0, 0, 0};
     char path[512];
     assert_int_equal(ser_ckpt_save(c, ck, &pos, &t.cfg, 0, path, sizeof path, e2), SER_OK);
     ser_ckpt_destroy(&c);

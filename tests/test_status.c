@@ -89,6 +89,9 @@ static void s_fill(ser_status_snapshot *sn) {
     sn->weight_decay = 0.04;
     sn->images_per_second = 812.5;
     sn->eta_s = 11520;
+    sn->steps_total = 3900;
+    sn->knn_top1 = 61.25;
+    sn->knn_step = 1200;
     memset(s_workers, 0, sizeof s_workers);
     const char *ids[3] = {"w1", "w2", "w3"};
     for (int i = 0; i < 3; i++) {
@@ -448,6 +451,9 @@ static void test_status_json(void **state) {
     assert_true(s_jnum(doc, "training.weight_decay") == 0.04);
     assert_true(s_jnum(doc, "training.images_per_second") == 812.5);
     assert_true(s_jnum(doc, "training.eta_s") == 11520);
+    assert_true(s_jnum(doc, "training.steps_total") == 3900);
+    assert_true(s_jnum(doc, "training.knn_top1") == 61.25);
+    assert_true(s_jnum(doc, "training.knn_step") == 1200);
 
     assert_int_equal((int)s_jnum(doc, "workers.count"), 3);
     assert_int_equal((int)s_jnum(doc, "workers.alive"), 2);
@@ -675,6 +681,8 @@ static void test_metrics(void **state) {
     assert_true(s_metric(s, n, "ser_weight_decay", "") == 0.04);
     assert_true(s_metric(s, n, "ser_images_per_second", "") == 812.5);
     assert_true(s_metric(s, n, "ser_eta_seconds", "") == 11520);
+    assert_true(s_metric(s, n, "ser_knn_top1", "") == 61.25);
+    assert_true(s_metric(s, n, "ser_knn_step", "") == 1200);
     assert_true(s_metric(s, n, "ser_state", "state=\"waiting\"") == 1);
     assert_true(s_metric(s, n, "ser_state", "state=\"running\"") == 0);
     assert_true(s_metric(s, n, "ser_phase", "phase=\"backward\"") == 1);
@@ -840,6 +848,19 @@ static void test_history(void **state) {
     assert_true(s_jnum(h, "series.loss_equiv.3") == 0.5);
     assert_true(cJSON_IsNull(s_at(h, "series.loss_equiv.0")));
     assert_true(cJSON_IsNull(s_at(h, "lr.3")));
+    cJSON_Delete(h);
+    // The kNN monitor's figure joins the point of its own step only (a column knn_top1).
+    ser_status_snapshot_init(&sn);
+    sn.terms_step = 14, sn.knn_top1 = 55.5, sn.knn_step = 14;
+    ser_status_update(s, &sn);
+    ser_status_snapshot_init(&sn);
+    sn.terms_step = 15, sn.knn_top1 = 55.5, sn.knn_step = 14;  // an older measurement
+    ser_status_update(s, &sn);
+    h = s_get_json(port, "/history");
+    assert_int_equal((int)s_jnum(h, "steps.3"), 14);
+    assert_true(s_jnum(h, "series.knn_top1.3") == 55.5);
+    assert_true(cJSON_IsNull(s_at(h, "series.knn_top1.4")));
+    assert_true(cJSON_IsNull(s_at(h, "series.knn_top1.0")));
     cJSON_Delete(h);
     ser_status_destroy(&s);
 }

@@ -50,6 +50,7 @@
 #include "ser_dl_data.h"
 #include "ser_dl_ops.h"
 #include "ser_eval.h"
+#include "ser_eval_data.h"
 #include "ser_group.h"
 #include "ser_kernels.h"
 #include "ser_vit.h"
@@ -59,15 +60,12 @@ static const char *const s_mode_names[S_NMODES] = {"knn", "linear", "equivarianc
                                                    "robustness"};
 
 #define S_MAX_SET 64
-#define S_DEFAULT_FMNIST "/usr/share/datasets/fashion-mnist"
-// Forward batches are sized to keep the saved activations near this many bytes.
-#define S_ACT_BUDGET ((size_t)1 << 30)
 
 typedef struct s_opts {
     unsigned modes;
     const char *ckpt, *config, *data, *json;
     const char *sets[S_MAX_SET];
-    int nset, random_init, train_limit, test_limit, threads, batch, k, epochs, probe_epochs;
+    int nset, random_init, pixels, train_limit, test_limit, threads, batch, k, epochs, probe_epochs;
     uint64_t seed;
     double temperature;
     double lrs[SER_EVAL_MAX_LRS];
@@ -76,23 +74,13 @@ typedef struct s_opts {
     int corr[SER_CORRUPT_COUNT], ncorr;
 } s_opts;
 
-// One split subset: dataset indices and labels.
-typedef struct s_set {
-    ser_dl_data *d;
-    uint32_t *idx;
-    int *y;
-    int n;
-    uint32_t total;  // size of the split (or of the pool it was drawn from)
-} s_set;
 
 typedef struct s_ctx {
     s_opts o;
     ser_backbone bb;
     ser_vit *v;
     int img, P, g0, L, C, k, nl, baseline, ncls;
-    char data_root[4096], data_kind[32], test_split[16];
-    ser_dl_data *dtr, *dte;  // dte may equal dtr (held-out test split)
-    s_set tr, te;
+    ser_eval_data ed;  // the labelled data (eval/ser_eval_data.h)
     ser_vit_acts acts;
     int B, nthr;
     uint8_t *u8, *u8c;     // (B, img, img, 3): resized batch, corrupted copy
@@ -116,12 +104,15 @@ static void s_usage(FILE *f) {
             "                [--train-limit N] [--test-limit N] [--json FILE] [--threads N]\n"
             "                [--seed S] [--k K] [--temperature T] [--epochs N] [--lr LIST]\n"
             "                [--probe-epochs N] [--batch B] [--severities LIST]\n"
-            "                [--corruptions LIST]\n"
+            "                [--corruptions LIST] [--pixels]\n"
             "  Modes: knn (k-NN on the final [CLS], DINO protocol), linear (linear classifier on\n"
             "  the last-4-block [CLS] features), equivariance (transformation consistency and the\n"
             "  SER map's equivariance error), probe (rotation/flip prediction from every block),\n"
             "  robustness (the linear classifier under group transforms and 15 corruptions x 5\n"
             "  severities), all.\n"
+            "  --pixels: knn on the network's input itself (the normalised image at img_size,\n"
+            "  flattened; and centred by the train subset's mean: top1_centred), the baseline a\n"
+            "  learned feature has to beat, on the same subsets.\n"
             "  --checkpoint: a checkpoint file, a run directory (its newest valid checkpoint) or a\n"
             "  `ser step --out` state file (needs --config). --random-init evaluates the job's\n"
             "  untrained network instead (seeded by data.seed, as a fresh job starts), with the\n"
@@ -131,7 +122,7 @@ static void s_usage(FILE *f) {
             "  0.001,0.003,0.01,0.03,0.1,0.3,1, seed 0, all cores, every severity and corruption.\n"
             "  Prints one line per metric; --json writes mode -> metric -> value with the\n"
             "  checkpoint, step, config hash and dataset. Exit 0 ok, 1 failure, 2 usage.\n",
-            S_DEFAULT_FMNIST);
+            SER_EVAL_DEFAULT_FMNIST);
 }
 
 // --- small parsers ---------------------------------------------------------------------------------
@@ -190,130 +181,16 @@ static void s_put(s_ctx *c, const char *mode, const char *metric, double value) 
 
 // --- data ------------------------------------------------------------------------------------------
 
-static int s_is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// Labels of the indices idx[0..n) of d (all when idx is NULL) into a new array.
-static int *s_labels(ser_dl_data *d, const uint32_t *idx, int n) {
-    int *y = ser_xmalloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
-    for (int i = 0; i < n; i++) y[i] = ser_dl_data_label(d, idx ? idx[i] : (uint32_t)i);
-    return y;
-}
-
-// Fills s with a subset (limit) of the pool pool[0..npool) (NULL: the whole split).
-static void s_take(s_set *s, ser_dl_data *d, const uint32_t *pool, int npool, int ncls, int limit,
-                   uint64_t seed) {
-    int *ypool = s_labels(d, pool, npool);
-    uint32_t *pick = ser_xmalloc(sizeof(uint32_t) * (size_t)(npool > 0 ? npool : 1));
-    int m = ser_eval_subset(pick, ypool, npool, ncls, limit, seed);
-    s->d = d;
-    s->n = m;
-    s->total = (uint32_t)npool;
-    s->idx = ser_xmalloc(sizeof(uint32_t) * (size_t)(m > 0 ? m : 1));
-    s->y = ser_xmalloc(sizeof(int) * (size_t)(m > 0 ? m : 1));
-    for (int i = 0; i < m; i++) {
-        s->idx[i] = pool ? pool[pick[i]] : pick[i];
-        s->y[i] = ypool[pick[i]];
-    }
-    free(ypool);
-    free(pick);
-}
-
 static int s_open_data(s_ctx *c, char err[SER_ERR_LEN]) {
-    const ser_config *cfg = &c->bb.cfg;
-    const char *spec = c->o.data;
-    int kind = SER_DL_KIND_AUTO;
-    const char *root = NULL;
-    if (!spec) {
-        if (cfg->data.kind == SER_CONFIG_DATA_SYNTHETIC || !cfg->data.path[0])
-            return ser_errf(err, SER_EINVAL, "the job's [data] is %s: give --data",
-                            cfg->data.path[0] ? "synthetic (no labels)" : "not set");
-        root = cfg->data.path;
-        kind = cfg->data.kind;  // SER_CONFIG_DATA_* equal SER_DL_KIND_* up to synthetic
-    } else if (strncmp(spec, "fashion-mnist", 13) == 0 && (spec[13] == 0 || spec[13] == ':')) {
-        kind = SER_DL_KIND_FMNIST;
-        if (spec[13] == ':') root = spec + 14;
-        else if (cfg->data.kind == SER_CONFIG_DATA_FASHION_MNIST && cfg->data.path[0])
-            root = cfg->data.path;
-        else root = S_DEFAULT_FMNIST;
-    } else if (strncmp(spec, "cifar10:", 8) == 0) {
-        kind = SER_DL_KIND_CIFAR10, root = spec + 8;
-    } else if (strncmp(spec, "imagefolder:", 12) == 0) {
-        kind = SER_DL_KIND_IMAGEFOLDER, root = spec + 12;
-    } else {
-        root = spec;
-    }
-    snprintf(c->data_root, sizeof c->data_root, "%s", root);
-    char e2[256];
-    c->dtr = ser_dl_data_open(root, kind, SER_DL_SPLIT_TRAIN, NULL, e2);
-    if (!c->dtr) return ser_errf(err, SER_ENOENT, "dataset: %s", e2);
-    kind = ser_dl_data_kind(c->dtr);
-    snprintf(c->data_kind, sizeof c->data_kind, "%s",
-             kind == SER_DL_KIND_CIFAR10 ? "cifar10"
-             : kind == SER_DL_KIND_FMNIST ? "fashion-mnist" : "imagefolder");
-    char valdir[4200];
-    snprintf(valdir, sizeof valdir, "%s/val", root);
-    int holdout = kind == SER_DL_KIND_IMAGEFOLDER && !s_is_dir(valdir);
-    c->ncls = ser_dl_data_num_classes(c->dtr);
-    uint32_t ntot = ser_dl_data_count(c->dtr);
-    if (c->ncls < 2) return ser_errf(err, SER_EINVAL, "dataset %s: %d class(es); need at least 2",
-                                     root, c->ncls);
-    if (holdout) {
-        // No val/: a seeded 20% of train (by image) becomes the test split.
-        snprintf(c->test_split, sizeof c->test_split, "holdout");
-        c->dte = c->dtr;
-        uint8_t *m = ser_xmalloc(ntot ? ntot : 1);
-        ser_eval_val_mask(m, (int)ntot, 0.2, c->o.seed ^ 0x7e57u, NULL, 0);
-        uint32_t *ptr = ser_xmalloc(sizeof(uint32_t) * (ntot ? ntot : 1));
-        uint32_t *pte = ser_xmalloc(sizeof(uint32_t) * (ntot ? ntot : 1));
-        int a = 0, b = 0;
-        for (uint32_t i = 0; i < ntot; i++) m[i] ? (pte[b++] = i) : (ptr[a++] = i);
-        s_take(&c->tr, c->dtr, ptr, a, c->ncls, c->o.train_limit, c->o.seed);
-        s_take(&c->te, c->dte, pte, b, c->ncls, c->o.test_limit, c->o.seed + 1);
-        free(m), free(ptr), free(pte);
-    } else {
-        snprintf(c->test_split, sizeof c->test_split, "val");
-        c->dte = ser_dl_data_open(root, kind, SER_DL_SPLIT_VAL, NULL, e2);
-        if (!c->dte) return ser_errf(err, SER_ENOENT, "dataset (test split): %s", e2);
-        int nc2 = ser_dl_data_num_classes(c->dte);
-        if (nc2 != c->ncls)
-            return ser_errf(err, SER_ESHAPE, "dataset %s: train has %d classes, val %d", root,
-                            c->ncls, nc2);
-        s_take(&c->tr, c->dtr, NULL, (int)ntot, c->ncls, c->o.train_limit, c->o.seed);
-        s_take(&c->te, c->dte, NULL, (int)ser_dl_data_count(c->dte), c->ncls, c->o.test_limit,
-               c->o.seed + 1);
-    }
-    if (c->tr.n < 2 || c->te.n < 1)
-        return ser_errf(err, SER_EINVAL, "dataset %s: %d train and %d test images (need >= 2, >= 1)",
-                        root, c->tr.n, c->te.n);
-    return SER_OK;
+    return ser_eval_data_open(&c->ed, c->o.data, &c->bb.cfg, c->o.train_limit, c->o.test_limit,
+                              c->o.seed, err);
 }
 
 // --- batches ---------------------------------------------------------------------------------------
 
 // Decodes and resizes images s->idx[i0 .. i0+nb) into c->u8.
-static int s_load_u8(s_ctx *c, const s_set *s, int i0, int nb, char err[SER_ERR_LEN]) {
-    int img = c->img, rc = SER_OK;
-    size_t per = (size_t)img * img * 3;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int q = 0; q < nb; q++) {
-        ser_dl_image im = {0, 0, NULL};
-        int t = omp_get_thread_num();
-        int r = ser_dl_data_load(s->d, s->idx[i0 + q], t < c->nthr ? &c->tj[t] : NULL, &im, NULL);
-        if (r) {
-#pragma omp critical(s_eval_err)
-            if (!rc) rc = ser_errf(err, r, "dataset: no image of the split can be decoded");
-        } else {
-            uint8_t *o = c->u8 + (size_t)q * per;
-            if (im.w == img && im.h == img) memcpy(o, im.px, per);
-            else ser_dl_pil_resize(o, img, img, im.px, im.w * 3, 0, 0, im.w, im.h,
-                                   SER_DL_INTERP_BILINEAR);
-        }
-        ser_dl_image_free(&im);
-    }
-    return rc;
+static int s_load_u8(s_ctx *c, const ser_eval_set *s, int i0, int nb, char err[SER_ERR_LEN]) {
+    return ser_eval_load_u8(s, i0, nb, c->img, c->u8, c->tj, c->nthr, err);
 }
 
 static void s_normalise_batch(s_ctx *c, const uint8_t *u8, int nb) {
@@ -324,7 +201,7 @@ static void s_normalise_batch(s_ctx *c, const uint8_t *u8, int nb) {
 }
 
 // Corrupts c->u8 into c->u8c (seed per image: the dataset index).
-static int s_corrupt_batch(s_ctx *c, const s_set *s, int i0, int nb, int type, int sev,
+static int s_corrupt_batch(s_ctx *c, const ser_eval_set *s, int i0, int nb, int type, int sev,
                            char err[SER_ERR_LEN]) {
     int img = c->img, rc = SER_OK;
     size_t per = (size_t)img * img * 3;
@@ -414,10 +291,12 @@ static void s_block_means(s_ctx *c, float *out, size_t stride) {
 
 // Clean features of a whole set: final [CLS] (cls, (n, C)) and the last-nl concatenation
 // (last, (n, nl*C)); either may be NULL.
-static int s_clean_features(s_ctx *c, const s_set *s, float **cls, float **last,
+static int s_clean_features(s_ctx *c, const ser_eval_set *s, float **cls, float **last,
                             char err[SER_ERR_LEN]) {
     int C = c->C, nl = c->nl, rc = SER_OK;
     if (cls) *cls = ser_xmalloc(sizeof(float) * (size_t)s->n * C);
+    if (!last)  // the path the coordinator's kNN monitor takes too: the same numbers
+        return ser_eval_cls_features(c->v, &c->acts, s, c->B, NULL, c->tj, c->nthr, *cls, err);
     if (last) *last = ser_xmalloc(sizeof(float) * (size_t)s->n * nl * C);
     for (int i0 = 0; i0 < s->n && !rc; i0 += c->B) {
         int nb = s->n - i0 < c->B ? s->n - i0 : c->B;
@@ -434,31 +313,68 @@ static int s_clean_features(s_ctx *c, const s_set *s, float **cls, float **last,
 // --- modes -----------------------------------------------------------------------------------------
 
 static int s_mode_knn(s_ctx *c, char err[SER_ERR_LEN]) {
-    int C = c->C;
-    float *tr = ser_xmalloc(sizeof(float) * (size_t)c->tr.n * C);
-    float *te = ser_xmalloc(sizeof(float) * (size_t)c->te.n * C);
-    float *sc = ser_xmalloc(sizeof(float) * (size_t)c->te.n * c->ncls);
-    memcpy(tr, c->cls_tr, sizeof(float) * (size_t)c->tr.n * C);
-    memcpy(te, c->cls_te, sizeof(float) * (size_t)c->te.n * C);
-    ser_eval_l2_normalize(tr, c->tr.n, C);
-    ser_eval_l2_normalize(te, c->te.n, C);
-    int rc = ser_eval_knn_scores(sc, tr, c->tr.y, c->tr.n, te, c->te.n, C, c->ncls, c->o.k,
-                                 (float)c->o.temperature);
+    ser_eval_acc a;
+    int rc = ser_eval_knn_acc(&a, c->cls_tr, c->ed.tr.y, c->ed.tr.n, c->cls_te, c->ed.te.y, c->ed.te.n,
+                              c->C, c->ed.ncls, c->o.k, c->o.temperature);
+    if (rc) return ser_errf(err, rc, "knn: bad sizes or labels");
+    s_put(c, "knn", "k", c->o.k < c->ed.tr.n ? c->o.k : c->ed.tr.n);
+    s_put(c, "knn", "temperature", c->o.temperature);
+    s_put(c, "knn", "top1", a.top1);
+    s_put(c, "knn", "top5", a.top5);
+    return SER_OK;
+}
+
+// kNN on the normalised input pixels (3 x img x img), raw and centred by the train mean.
+static int s_pixel_set(s_ctx *c, const ser_eval_set *s, float *out, char err[SER_ERR_LEN]) {
+    size_t d = (size_t)3 * c->img * c->img;
+    for (int i0 = 0; i0 < s->n; i0 += c->B) {
+        int nb = s->n - i0 < c->B ? s->n - i0 : c->B;
+        int rc = s_load_u8(c, s, i0, nb, err);
+        if (rc) return rc;
+        s_normalise_batch(c, c->u8, nb);
+        memcpy(out + (size_t)i0 * d, c->xb, sizeof(float) * d * (size_t)nb);
+    }
+    return SER_OK;
+}
+
+static int s_mode_pixels(s_ctx *c, char err[SER_ERR_LEN]) {
+    int d = 3 * c->img * c->img, ntr = c->ed.tr.n, nte = c->ed.te.n;
+    float *tr = ser_xmalloc(sizeof(float) * (size_t)ntr * d);
+    float *te = ser_xmalloc(sizeof(float) * (size_t)nte * d);
+    int rc = s_pixel_set(c, &c->ed.tr, tr, err);
+    if (!rc) rc = s_pixel_set(c, &c->ed.te, te, err);
+    ser_eval_acc a, ac;
+    if (!rc) rc = ser_eval_knn_acc(&a, tr, c->ed.tr.y, ntr, te, c->ed.te.y, nte, d, c->ed.ncls,
+                                   c->o.k, c->o.temperature);
+    if (!rc) {
+        double *mu = ser_xcalloc((size_t)d, sizeof(double));
+        for (int i = 0; i < ntr; i++)
+            for (int j = 0; j < d; j++) mu[j] += (double)tr[(size_t)i * d + j];
+        for (int j = 0; j < d; j++) mu[j] /= ntr;
+        for (int i = 0; i < ntr; i++)
+            for (int j = 0; j < d; j++) tr[(size_t)i * d + j] -= (float)mu[j];
+        for (int i = 0; i < nte; i++)
+            for (int j = 0; j < d; j++) te[(size_t)i * d + j] -= (float)mu[j];
+        free(mu);
+        rc = ser_eval_knn_acc(&ac, tr, c->ed.tr.y, ntr, te, c->ed.te.y, nte, d, c->ed.ncls,
+                              c->o.k, c->o.temperature);
+    }
     if (rc) {
-        ser_errf(err, rc, "knn: bad sizes or labels");
+        ser_errf(err, rc, "knn on pixels: bad sizes or labels");
     } else {
-        ser_eval_acc a = ser_eval_topk(sc, c->te.y, c->te.n, c->ncls);
-        s_put(c, "knn", "k", c->o.k < c->tr.n ? c->o.k : c->tr.n);
+        s_put(c, "knn", "k", c->o.k < ntr ? c->o.k : ntr);
         s_put(c, "knn", "temperature", c->o.temperature);
         s_put(c, "knn", "top1", a.top1);
         s_put(c, "knn", "top5", a.top5);
+        s_put(c, "knn", "top1_centred", ac.top1);
+        s_put(c, "knn", "top5_centred", ac.top5);
     }
-    free(tr), free(te), free(sc);
+    free(tr), free(te);
     return rc;
 }
 
 static int s_mode_linear(s_ctx *c, char err[SER_ERR_LEN]) {
-    int D = c->nl * c->C, ntr = c->tr.n, nte = c->te.n;
+    int D = c->nl * c->C, ntr = c->ed.tr.n, nte = c->ed.te.n;
     ser_eval_linear_opts lo;
     ser_eval_linear_opts_default(&lo);
     lo.epochs = c->o.epochs;
@@ -466,14 +382,14 @@ static int s_mode_linear(s_ctx *c, char err[SER_ERR_LEN]) {
     uint8_t *isv = ser_xmalloc((size_t)ntr);
     ser_eval_val_mask(isv, ntr, 0.1, c->o.seed, NULL, 0);
     ser_eval_select sel;
-    int rc = ser_eval_linear_select(&c->lin, &sel, c->last_tr, c->tr.y, ntr, D, c->ncls, isv,
+    int rc = ser_eval_linear_select(&c->lin, &sel, c->last_tr, c->ed.tr.y, ntr, D, c->ed.ncls, isv,
                                     c->o.lrs, c->o.nlr, &lo, err);
     free(isv);
     if (rc) return rc;
     c->have_lin = 1;
-    float *sc = ser_xmalloc(sizeof(float) * (size_t)nte * c->ncls);
+    float *sc = ser_xmalloc(sizeof(float) * (size_t)nte * c->ed.ncls);
     ser_eval_linear_scores(&c->lin, sc, c->last_te, nte);
-    ser_eval_acc a = ser_eval_topk(sc, c->te.y, nte, c->ncls);
+    ser_eval_acc a = ser_eval_topk(sc, c->ed.te.y, nte, c->ed.ncls);
     free(sc);
     s_put(c, "linear", "blocks", c->nl);
     s_put(c, "linear", "features", D);
@@ -507,7 +423,7 @@ static int s_mode_equiv(s_ctx *c, char err[SER_ERR_LEN]) {
     float *mapg = ser_xmalloc(sizeof(float) * (size_t)c->B * gmax * C);
     int nthr = c->nthr;
     float *scratch = ser_xmalloc(sizeof(float) * gmax * C * (size_t)nthr);
-    const s_set *s = &c->te;
+    const ser_eval_set *s = &c->ed.te;
     for (int i0 = 0; i0 < s->n && !rc; i0 += c->B) {
         int nb = s->n - i0 < c->B ? s->n - i0 : c->B;
         if ((rc = s_load_u8(c, s, i0, nb, err))) break;
@@ -563,7 +479,7 @@ static int s_mode_equiv(s_ctx *c, char err[SER_ERR_LEN]) {
 
 // Block means of a set under the 5 probe views (identity, rot90, rot180, rot270, hflip):
 // out (5, L, n, C).
-static int s_probe_features(s_ctx *c, const s_set *s, float **out, char err[SER_ERR_LEN]) {
+static int s_probe_features(s_ctx *c, const ser_eval_set *s, float **out, char err[SER_ERR_LEN]) {
     int C = c->C, L = c->L, rc = SER_OK;
     size_t stride = (size_t)s->n * C, vstride = (size_t)L * stride;
     *out = ser_xmalloc(sizeof(float) * 5 * vstride);
@@ -591,7 +507,7 @@ static int s_probe_features(s_ctx *c, const s_set *s, float **out, char err[SER_
 // One probe task on block l: the rows of views vs[0..nv) with label = position in vs.
 static int s_probe_task(s_ctx *c, const float *ftr, const float *fte, int l, const int *vs, int nv,
                         double *top1, char err[SER_ERR_LEN]) {
-    int C = c->C, L = c->L, ntr = c->tr.n, nte = c->te.n;
+    int C = c->C, L = c->L, ntr = c->ed.tr.n, nte = c->ed.te.n;
     int n1 = nv * ntr, n2 = nv * nte;
     float *xtr = ser_xmalloc(sizeof(float) * (size_t)n1 * C);
     float *xte = ser_xmalloc(sizeof(float) * (size_t)n2 * C);
@@ -630,8 +546,8 @@ static int s_probe_task(s_ctx *c, const float *ftr, const float *fte, int l, con
 
 static int s_mode_probe(s_ctx *c, char err[SER_ERR_LEN]) {
     float *ftr = NULL, *fte = NULL;
-    int rc = s_probe_features(c, &c->tr, &ftr, err);
-    if (!rc) rc = s_probe_features(c, &c->te, &fte, err);
+    int rc = s_probe_features(c, &c->ed.tr, &ftr, err);
+    if (!rc) rc = s_probe_features(c, &c->ed.te, &fte, err);
     static const int rot[4] = {0, 1, 2, 3}, flip[2] = {0, 4};
     double acc[2][64];
     int L = c->L < 64 ? c->L : 64;
@@ -653,11 +569,11 @@ static int s_mode_probe(s_ctx *c, char err[SER_ERR_LEN]) {
 }
 
 static int s_mode_robust(s_ctx *c, char err[SER_ERR_LEN]) {
-    int nG = c->nG, nl = c->nl, ncls = c->ncls, rc = SER_OK;
+    int nG = c->nG, nl = c->nl, ncls = c->ed.ncls, rc = SER_OK;
     int ncond = nG + c->o.ncorr * c->o.nsev;
     long *correct = ser_xcalloc((size_t)ncond, sizeof(long));
     float *sc = ser_xmalloc(sizeof(float) * (size_t)c->B * ncls);
-    const s_set *s = &c->te;
+    const ser_eval_set *s = &c->ed.te;
     for (int i0 = 0; i0 < s->n && !rc; i0 += c->B) {
         int nb = s->n - i0 < c->B ? s->n - i0 : c->B;
         if ((rc = s_load_u8(c, s, i0, nb, err))) break;
@@ -722,6 +638,7 @@ static int s_parse(s_opts *o, int argc, char **argv) {
     static const struct option opts[] = {
         {"checkpoint", required_argument, 0, 'c'}, {"config", required_argument, 0, 'C'},
         {"set", required_argument, 0, 's'},        {"random-init", no_argument, 0, 'r'},
+        {"pixels", no_argument, 0, 'P'},
         {"data", required_argument, 0, 'd'},       {"train-limit", required_argument, 0, 'n'},
         {"test-limit", required_argument, 0, 'N'}, {"json", required_argument, 0, 'j'},
         {"threads", required_argument, 0, 't'},    {"seed", required_argument, 0, 'S'},
@@ -745,6 +662,7 @@ static int s_parse(s_opts *o, int argc, char **argv) {
             o->sets[o->nset++] = optarg;
             break;
         case 'r': o->random_init = 1; break;
+        case 'P': o->pixels = 1; break;
         case 'd': o->data = optarg; break;
         case 'n': bad |= s_int(optarg, 0, 1 << 30, &o->train_limit); break;
         case 'N': bad |= s_int(optarg, 0, 1 << 30, &o->test_limit); break;
@@ -821,6 +739,11 @@ static int s_parse(s_opts *o, int argc, char **argv) {
         return 2;
     }
     if (s_parse_modes(argv[optind], &o->modes)) return 2;
+    if (o->pixels && o->modes != S_KNN) {
+        fprintf(stderr, "ser eval: --pixels is a kNN baseline: give the mode knn alone\n");
+        return 2;
+    }
+    if (o->pixels && !o->ckpt && o->config) o->random_init = 1;  // the job gives the image size
     if (!o->ckpt && !(o->random_init && o->config)) {
         fprintf(stderr, "ser eval: --checkpoint PATH is required (or --random-init with "
                         "--config)\n");
@@ -836,9 +759,7 @@ static void s_ctx_free(s_ctx *c) {
         for (int t = 0; t < c->nthr; t++)
             if (c->tj[t]) tjDestroy(c->tj[t]);
     free(c->tj);
-    if (c->dte != c->dtr) ser_dl_data_destroy(&c->dte);
-    ser_dl_data_destroy(&c->dtr);
-    free(c->tr.idx), free(c->tr.y), free(c->te.idx), free(c->te.y);
+    ser_eval_data_free(&c->ed);
     free(c->u8), free(c->u8c), free(c->xb), free(c->xg);
     free(c->cls_tr), free(c->cls_te), free(c->last_tr), free(c->last_te);
     ser_eval_linear_free(&c->lin);
@@ -904,14 +825,7 @@ static int s_run(s_ctx *c) {
     c->tj = ser_xcalloc((size_t)c->nthr, sizeof(void *));
     for (int t = 0; t < c->nthr; t++) c->tj[t] = tjInitDecompress();
     // Batch: the saved activations of one forward at the largest evaluated grid.
-    int gmax = c->g0;
-    for (int j = 0; j < c->nG; j++) gmax = c->G[j].gh > gmax ? c->G[j].gh : gmax;
-    size_t T = (size_t)gmax * gmax + 1;
-    size_t per_img = sizeof(float) * ((size_t)c->L * T * (16 * (size_t)c->C + 2 * (size_t)vc->mlp_hidden)
-                                      + (size_t)c->L * vc->heads * T * T);
-    c->B = c->o.batch ? c->o.batch : (int)(S_ACT_BUDGET / per_img);
-    if (c->B < 1) c->B = 1;
-    if (c->B > 256) c->B = 256;
+    c->B = c->o.batch ? c->o.batch : ser_eval_batch(vc);
     size_t pix = (size_t)c->img * c->img * 3;
     c->u8 = ser_xmalloc(pix * c->B);
     c->u8c = ser_xmalloc(pix * c->B);
@@ -924,7 +838,8 @@ static int s_run(s_ctx *c) {
     if (c->o.ckpt && ser_backbone_resolve(c->o.ckpt, file, sizeof file, err) != SER_OK)
         snprintf(file, sizeof file, "%s", c->o.ckpt);
     cJSON_AddItemToObject(c->root, "checkpoint", c->o.ckpt ? cJSON_CreateString(file) : cJSON_CreateNull());
-    cJSON_AddBoolToObject(c->root, "random_init", c->o.random_init);
+    cJSON_AddBoolToObject(c->root, "random_init", c->o.random_init && !c->o.pixels);
+    cJSON_AddBoolToObject(c->root, "pixels", c->o.pixels);
     if (c->bb.step >= 0) cJSON_AddNumberToObject(c->root, "step", (double)c->bb.step);
     else cJSON_AddNullToObject(c->root, "step");  // random init, or a file without a position
     cJSON_AddStringToObject(c->root, "config_hash", hash);
@@ -935,23 +850,23 @@ static int s_run(s_ctx *c) {
     cJSON_AddNumberToObject(jm, "depth", c->L);
     cJSON_AddNumberToObject(jm, "cls_layer", c->k);
     cJSON *jd = cJSON_AddObjectToObject(c->root, "dataset");
-    cJSON_AddStringToObject(jd, "root", c->data_root);
-    cJSON_AddStringToObject(jd, "kind", c->data_kind);
-    cJSON_AddStringToObject(jd, "test_split", c->test_split);
-    cJSON_AddNumberToObject(jd, "classes", c->ncls);
-    cJSON_AddNumberToObject(jd, "train", c->tr.n);
-    cJSON_AddNumberToObject(jd, "test", c->te.n);
-    cJSON_AddNumberToObject(jd, "train_pool", c->tr.total);
-    cJSON_AddNumberToObject(jd, "test_pool", c->te.total);
+    cJSON_AddStringToObject(jd, "root", c->ed.root);
+    cJSON_AddStringToObject(jd, "kind", c->ed.kind);
+    cJSON_AddStringToObject(jd, "test_split", c->ed.test_split);
+    cJSON_AddNumberToObject(jd, "classes", c->ed.ncls);
+    cJSON_AddNumberToObject(jd, "train", c->ed.tr.n);
+    cJSON_AddNumberToObject(jd, "test", c->ed.te.n);
+    cJSON_AddNumberToObject(jd, "train_pool", c->ed.tr.total);
+    cJSON_AddNumberToObject(jd, "test_pool", c->ed.te.total);
     cJSON_AddNumberToObject(c->root, "seed", (double)c->o.seed);
     cJSON_AddNumberToObject(c->root, "threads", c->nthr);
     char stepbuf[32] = "no step";
     if (c->bb.step >= 0) snprintf(stepbuf, sizeof stepbuf, "step %lld", (long long)c->bb.step);
     printf("ser eval: %s%s (%s, config %s), ViT %d/%d dim %d depth %d cls_layer %d\n",
-           c->o.random_init ? "random init of " : "", c->o.ckpt ? file : c->o.config, stepbuf,
+           c->o.pixels ? "input pixels at the image size of " : c->o.random_init ? "random init of " : "", c->o.ckpt ? file : c->o.config, stepbuf,
            hash, c->img, c->P, c->C, c->L, c->k);
-    printf("data: %s %s, %d classes, train %d of %u, test %d of %u (%s)\n", c->data_kind,
-           c->data_root, c->ncls, c->tr.n, c->tr.total, c->te.n, c->te.total, c->test_split);
+    printf("data: %s %s, %d classes, train %d of %u, test %d of %u (%s)\n", c->ed.kind,
+           c->ed.root, c->ed.ncls, c->ed.tr.n, c->ed.tr.total, c->ed.te.n, c->ed.te.total, c->ed.test_split);
     printf("%-13s %-34s %12s\n", "mode", "metric", "value");
     fflush(stdout);
 
@@ -959,14 +874,18 @@ static int s_run(s_ctx *c) {
     cJSON *jt = cJSON_AddObjectToObject(c->root, "seconds");
     double t = ser_time_sec();
     int need_cls = (m & S_KNN) != 0, need_last = (m & (S_LINEAR | S_ROBUST)) != 0;
+    if (c->o.pixels) {
+        rc = s_mode_pixels(c, err);
+        m = 0, need_cls = need_last = 0;
+    }
     if (need_cls || need_last) {
-        rc = s_clean_features(c, &c->tr, need_cls ? &c->cls_tr : NULL, need_last ? &c->last_tr : NULL, err);
+        rc = s_clean_features(c, &c->ed.tr, need_cls ? &c->cls_tr : NULL, need_last ? &c->last_tr : NULL, err);
         if (!rc)
-            rc = s_clean_features(c, &c->te, need_cls ? &c->cls_te : NULL,
+            rc = s_clean_features(c, &c->ed.te, need_cls ? &c->cls_te : NULL,
                                   need_last ? &c->last_te : NULL, err);
         cJSON_AddNumberToObject(jt, "features", ser_time_sec() - t);
         ser_log(SER_LL_INFO, "eval: clean features of %d + %d images in %.1f s (batch %d, %d threads)",
-                c->tr.n, c->te.n, ser_time_sec() - t, c->B, c->nthr);
+                c->ed.tr.n, c->ed.te.n, ser_time_sec() - t, c->B, c->nthr);
     }
     typedef int (*s_mode_fn)(s_ctx *, char *);
     static const s_mode_fn fns[S_NMODES] = {s_mode_knn, s_mode_linear, s_mode_equiv, s_mode_probe,

@@ -44,7 +44,7 @@ int ser_cmd_step(int argc, char **argv) {
     const char *resume_dir = NULL, *save_dir = NULL;
     const char *sets[SER_STEP_MAX_SET];
     int nset = 0, steps = 1;
-    long iter = 0, ipe = 1000;
+    long iter = 0, ipe = 0;  // 0: data.iters_per_epoch, else 1000
     double lr_fix = NAN, wd_fix = NAN, mom_fix = NAN;
     static const struct option opts[] = {
         {"config", required_argument, 0, 'c'}, {"weights", required_argument, 0, 'w'},
@@ -88,7 +88,7 @@ int ser_cmd_step(int argc, char **argv) {
                         "checkpoint (no --weights, no --iter)\n");
         return 2;
     }
-    if (!batch_path || !out_path || optind != argc || steps < 1 || iter < 0 || ipe < 1 ||
+    if (!batch_path || !out_path || optind != argc || steps < 1 || iter < 0 || ipe < 0 ||
         lr_fix < 0 || wd_fix < 0 || mom_fix < 0) {
         fprintf(stderr, "ser step: %s\n", !batch_path || !out_path
                                               ? "--batch and --out are required"
@@ -111,6 +111,7 @@ int ser_cmd_step(int argc, char **argv) {
         fprintf(stderr, "ser step: %s\n", err);
         return 2;
     }
+    if (ipe == 0) ipe = cfg.data.iters_per_epoch > 0 ? (long)cfg.data.iters_per_epoch : 1000;
     int threads = cfg.run.threads > 0 ? cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ser_kernels_set_threads(threads);
     ser_trainer tr;
@@ -132,6 +133,12 @@ int ser_cmd_step(int argc, char **argv) {
             goto fail;
         iter = (long)pos.step;
         printf("resumed from %s at iteration %ld\n", from, iter);
+        if (pos.iters_per_epoch > 0 && pos.iters_per_epoch != ipe) {
+            printf("keeping the checkpoint's %lld iterations per epoch (not %lld)\n",
+                   (long long)pos.iters_per_epoch, (long long)ipe);
+            ipe = pos.iters_per_epoch;
+            ser_trainer_set_ipe(&tr, ipe);
+        }
     } else if (weights) {
         if ((rc = ser_trainer_load(&tr, weights, err))) goto fail;
     } else {
@@ -157,7 +164,7 @@ int ser_cmd_step(int argc, char **argv) {
     printf("wrote %s\n", out_path);
     if (save_dir) {
         int64_t next = iter + steps;
-        ser_ckpt_pos pos = {next, next / ipe, next * (sb.b.n_inv + sb.b.n_eq)};
+        ser_ckpt_pos pos = {next, next / ipe, next * (sb.b.n_inv + sb.b.n_eq), ipe};
         char saved[4096];
         if ((rc = ser_ckpt_save(ck, save_dir, &pos, &cfg, cfg.run.keep_checkpoints, saved,
                                 sizeof saved, err)))
