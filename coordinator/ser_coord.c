@@ -83,6 +83,11 @@ typedef struct s_coord {
     int64_t last_step, steps_total, first_step;
     int64_t ipe, sched_end;  // steps per schedule epoch; optim.epochs * ipe
     ser_knn_monitor *knn;    // NULL: off
+    // Peers already named in a warning (unknown, refused or malformed): later messages from
+    // them are logged at debug level, so a restart with many workers re-joining, or a
+    // misbehaving peer, cannot flood the log.
+    char warned[64][SER_WIRE_MAX_IDENTITY + 2];
+    int nwarned;
     double knn_top1, knn_top5;
     int64_t knn_step;
 } s_coord;
@@ -146,6 +151,17 @@ static int s_find_worker(s_coord *c, const char *id) {
     return -1;
 }
 
+// The log level for a complaint of one kind ('u' unknown peer, 'b' bad message, 'r' refused)
+// about peer id: WARNING the first time, DEBUG afterwards.
+static int s_peer_level(s_coord *c, char kind, const char *id) {
+    char key[SER_WIRE_MAX_IDENTITY + 2];
+    snprintf(key, sizeof key, "%c%s", kind, id);
+    for (int i = 0; i < c->nwarned; i++)
+        if (strcmp(c->warned[i], key) == 0) return SER_LL_DEBUG;
+    if (c->nwarned < 64) snprintf(c->warned[c->nwarned++], sizeof c->warned[0], "%s", key);
+    return SER_LL_WARNING;
+}
+
 static void s_env(s_coord *c, Ser__Envelope *e, Ser__MsgType type) {
     ser__envelope__init(e);
     e->job_id = c->job_id;
@@ -158,7 +174,7 @@ static void s_refuse(s_coord *c, const char *id, const char *why) {
     s_env(c, &e, SER__MSG_TYPE__MSG_REFUSE);
     e.text = (char *)(uintptr_t)why;
     ser_wire_send(c->sock, id, &e, NULL, 0);
-    ser_log(SER_LL_WARNING, "refused peer %s: %s", id, why);
+    ser_log(s_peer_level(c, 'r', id), "refused peer %s: %s", id, why);
 }
 
 static int s_live_count(const s_coord *c) {
@@ -439,8 +455,10 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
             s_send_params(c, wi);
         return;
     }
-    if (wi < 0) {
-        ser_log(SER_LL_WARNING, "message type %d from unknown peer %s dropped", e->type, m->identity);
+    if (wi < 0) {  // e.g. a worker of the coordinator this one restarted from: it says HELLO soon
+        ser_log(s_peer_level(c, 'u', m->identity), "message type %d from unknown peer %s dropped (it "
+                "has not said HELLO to this coordinator; further ones at debug level)", e->type,
+                m->identity);
         return;
     }
     s_worker *w = &c->w[wi];
@@ -516,8 +534,8 @@ static int s_poll(s_coord *c, int ms) {
         int rc = ser_wire_recv(c->sock, 1, NULL, &m, err);
         if (rc == SER_ETIMEDOUT) break;
         if (rc) {
-            ser_log(SER_LL_WARNING, "bad message from %s dropped: %s",
-                    m.identity[0] ? m.identity : "?", err);
+            const char *id = m.identity[0] ? m.identity : "?";
+            ser_log(s_peer_level(c, 'b', id), "bad message from %s dropped: %s", id, err);
             continue;
         }
         if (m.env->type != SER__MSG_TYPE__MSG_HELLO && strcmp(m.env->job_id ? m.env->job_id : "", c->job_id)) {
@@ -810,6 +828,11 @@ int ser_coord_run(const ser_coord_opts *o) {
         snprintf(ep, sizeof ep, "tcp://%s:%d", o->cfg.cluster.coordinator, o->cfg.cluster.port);
     else
         snprintf(ep, sizeof ep, "tcp://%s:*", o->cfg.cluster.coordinator);
+    // No peer may make the coordinator buffer more than the job's largest legitimate frame, a
+    // worker's gradient (span floats), with room for the small ones; a larger frame
+    // disconnects its sender (ZMQ_MAXMSGSIZE).
+    int64_t maxmsg = (int64_t)c.span * (int64_t)sizeof(float) + ((int64_t)1 << 20);
+    zmq_setsockopt(c.sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     if ((rc = ser_curve_setup(&o->cfg, err)) || (rc = ser_curve_server(c.ctx, c.sock, ep, err)))
         goto done;
     if (ser_curve_on()) ser_log(SER_LL_INFO, "CURVE on: encrypted, clients checked against the allow-list");

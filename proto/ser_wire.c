@@ -198,6 +198,13 @@ static int s_bad(void *sock, char *err, int rc, const char *fmt, ...) {
     return rc;
 }
 
+int ser_wire_identity_ok(const char *id, size_t n) {
+    if (n == 0 || n >= SER_WIRE_MAX_IDENTITY) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)id[i] <= 0x20 || (unsigned char)id[i] >= 0x7f) return 0;
+    return 1;
+}
+
 int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
                   char err[SER_ERR_LEN]) {
     memset(m, 0, sizeof *m);
@@ -213,9 +220,19 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
             zmq_msg_close(&f);
             return s_bad(sock, err, SER_EFORMAT, "bad peer identity frame (%zu bytes)", n);
         }
-        memcpy(m->identity, zmq_msg_data(&f), n);
+        // Identities are compared as C strings, so one with a NUL byte ("w0\\0x") would pass
+        // for another peer ("w0"), and ZeroMQ's generated ones start with a NUL: only
+        // printable ASCII is accepted (workers name themselves; ser_wire_identity_ok).
+        const uint8_t *id = zmq_msg_data(&f);
+        int ok = ser_wire_identity_ok((const char *)id, n);
+        for (size_t i = 0; i < n; i++)  // a printable rendering for the log either way
+            m->identity[i] = id[i] > 0x20 && id[i] < 0x7f ? (char)id[i] : '?';
         m->identity[n] = 0;
         zmq_msg_close(&f);
+        if (!ok)
+            return s_bad(sock, err, SER_EPEER,
+                         "peer identity with a byte that is not printable ASCII (a NUL or a "
+                         "control byte; ZeroMQ's generated identities start with a NUL): refused");
         zmq_msg_init(&f);
         if (zmq_msg_recv(&f, sock, 0) < 0) {
             zmq_msg_close(&f);

@@ -30,6 +30,10 @@ typedef struct ser_wire_tensor {
     const float *data;  // F32 only on this wire; not copied (sent with zero-copy semantics)
 } ser_wire_tensor;
 
+// 1 when id[0..n) can name a peer: 1 to SER_WIRE_MAX_IDENTITY - 1 bytes of printable ASCII
+// without spaces (0x21..0x7e). A ROUTER refuses any other identity (SER_EPEER).
+int ser_wire_identity_ok(const char *id, size_t n);
+
 // Sends [identity,] envelope, tensors. env->protocol_version and env->tensors are filled here.
 // identity is the ROUTER-side peer id (NULL on a DEALER). Returns SER_OK or SER_EIO.
 int ser_wire_send(void *sock, const char *identity, Ser__Envelope *env, const ser_wire_tensor *t,

@@ -168,6 +168,20 @@ static int s_log_has(const char *log, const char *needle) {
     return strstr(buf, needle) != NULL;
 }
 
+// How many times needle occurs in the first 64 KiB of log.
+static int s_log_count(const char *log, const char *needle) {
+    char path[256], buf[65536];
+    snprintf(path, sizeof path, "%s/%s", s_dir, log);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    int k = 0;
+    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p += strlen(needle)) k++;
+    return k;
+}
+
 // Every tensor of two `ser step`-layout files, byte for byte.
 static void s_assert_same_bits(const char *a, const char *b) {
     char err[SER_ERR_LEN];
@@ -444,6 +458,9 @@ static void test_coordinator_killed_and_restarted(void **state) {
     if (rc) system("tail -20 /tmp/ser_cluster_*/coord2.log");
     assert_int_equal(rc, 0);
     assert_true(s_log_has("coord2.log", "resumed from"));
+    // The workers' messages before their new HELLO: at most one line per worker, no flood.
+    assert_true(s_log_count("coord2.log", "from unknown peer wr0") <= 1);
+    assert_true(s_log_count("coord2.log", "from unknown peer wr1") <= 1);
     s_assert_same_state(ref, out);
     s_kill_all();
 }
@@ -496,6 +513,31 @@ static void test_garbage_and_wrong_peers(void **state) {
     len = ser__envelope__pack(&e, buf);
     zmq_send(d, buf, len, 0);
     zmq_close(d);
+    // An identity with a NUL byte ("wc\0x" would pass for a worker "wc"), and ZeroMQ's own
+    // generated identity (it starts with a NUL): refused at the door, whatever they send.
+    void *dn = zmq_socket(ctx, ZMQ_DEALER), *da = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(dn, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(da, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(dn, ZMQ_ROUTING_ID, "wc\0x", 4);
+    assert_int_equal(zmq_connect(dn, ep), 0);
+    assert_int_equal(zmq_connect(da, ep), 0);
+    for (int i = 0; i < 3; i++) {  // three HELLOs each: one log line each
+        ser__envelope__init(&e);
+        e.type = SER__MSG_TYPE__MSG_HELLO;
+        e.text = "wc";
+        assert_int_equal(ser_wire_send(dn, NULL, &e, NULL, 0), 0);
+        assert_int_equal(ser_wire_send(da, NULL, &e, NULL, 0), 0);
+    }
+    // A frame larger than the job's largest legitimate message: the sender is disconnected,
+    // nothing is buffered for it.
+    size_t big = (size_t)64 << 20;
+    char *huge = calloc(big, 1);
+    assert_non_null(huge);
+    zmq_send(da, huge, big, 0);
+    free(huge);
+    s_sleep_ms(300);
+    zmq_close(dn);
+    zmq_close(da);
     zmq_ctx_term(ctx);
     // The job still runs to completion with a real worker.
     s_worker(ep, "wc");
@@ -504,6 +546,10 @@ static void test_garbage_and_wrong_peers(void **state) {
     assert_int_equal(rc, 0);
     assert_true(s_log_has("coord.log", "refused peer intruder"));
     assert_true(s_log_has("coord.log", "dropped"));
+    assert_true(s_log_has("coord.log", "bad message from wc?x dropped: peer identity with a byte "
+                                       "that is not printable ASCII"));
+    assert_true(s_log_has("coord.log", "bad message from ?"));
+    assert_int_equal(s_log_count("coord.log", "not printable ASCII"), 2);  // once per peer
     s_kill_all();
 }
 

@@ -453,8 +453,10 @@ int ser_cmd_worker(int argc, char **argv) {
         case 'b': w.batch_file = optarg; break;
         case 'l': w.loader = optarg; break;
         case 'n':
-            if (strlen(optarg) == 0 || strlen(optarg) >= SER_WIRE_MAX_IDENTITY) {
-                fprintf(stderr, "ser worker: --name must have 1 to %d characters\n", SER_WIRE_MAX_IDENTITY - 1);
+            if (!ser_wire_identity_ok(optarg, strlen(optarg))) {
+                fprintf(stderr, "ser worker: --name '%s': must be 1 to %d printable ASCII "
+                        "characters without spaces (it is the worker's ZeroMQ identity)\n", optarg,
+                        SER_WIRE_MAX_IDENTITY - 1);
                 return 2;
             }
             w.name = optarg;
