@@ -783,6 +783,59 @@ int ser_config_to_vit(const ser_config *cfg, ser_vit_config *out, char err[SER_E
     return ser_vit_config_check(out, err);
 }
 
+// --- memory ---------------------------------------------------------------------------------
+// Floats of each part, from the sizes alone (the tables add biases and norms, a few percent).
+double ser_config_memory_bytes(const ser_config *cfg, char *largest, size_t n) {
+    ser_vit_config vc;
+    char e[SER_ERR_LEN];
+    if (ser_config_to_vit(cfg, &vc, e)) return 0;
+    double C = vc.dim, H = vc.mlp_hidden, L = vc.depth, P = vc.patch;
+    double NP = (double)(vc.img_size / vc.patch) * (vc.img_size / vc.patch), T = NP + 1;
+    double vit = 3 * P * P * C + T * C + L * (4 * C * C + 2 * C * H + 9 * C + H);
+    double heads = 0, tvit = 0, theads = 0, hact = 0;
+    double B = cfg->data.global_batch, Bs = B / cfg->data.shards;
+    const char *hkey = "";
+    if (cfg->method.name == SER_CONFIG_METHOD_MOCO) {
+        double M = cfg->moco.mlp_dim, D = cfg->moco.dim;
+        double proj = C * M + M * M + M * D, pred = D * M + M * D;
+        heads = proj + pred, tvit = vit, theads = proj;
+        hact = 2 * B * (6 * M + 4 * D);  // both views' hidden and output rows, and gradients
+        hkey = "moco.mlp_dim / moco.dim (projector and predictor)";
+    } else if (cfg->method.name == SER_CONFIG_METHOD_DINO) {
+        double Hd = cfg->dino.hidden_dim, Bn = cfg->dino.bottleneck_dim, O = cfg->dino.out_dim;
+        heads = C * Hd + Hd * Hd + Hd * Bn + Bn * O, tvit = vit, theads = heads;
+        hact = 2 * B * (6 * Hd + 2 * Bn + 4 * O);
+        hkey = "dino.out_dim / dino.hidden_dim (DINO head)";
+    } else {
+        double Pb = cfg->barlow.proj_dim;
+        heads = C * Pb + 2 * Pb * Pb;
+        hact = 2 * B * 8 * Pb + 2 * Pb * Pb;  // rows, and the cross-correlation matrix
+        hkey = "barlow.proj_dim (projector)";
+    }
+    double ser = cfg->ser.enabled ? 2 * C * cfg->ser.proj_dim : 0;
+    // Student: parameters, gradients and two AdamW moments; the teacher's copy; one shard's
+    // saved activations (two views; attention probabilities per head).
+    double act = 2 * Bs * (L * T * (16 * C + 2 * H) + L * vc.heads * T * T);
+    double parts[4] = {4 * vit + tvit, 4 * (heads + ser) + theads + hact, act, 0};
+    const char *names[3] = {"model (dim, depth, mlp_hidden, img_size / patch)", hkey,
+                            "data.global_batch / data.shards (activations of one shard)"};
+    if (cfg->ser.enabled && 4 * ser > 4 * heads) names[1] = "ser.proj_dim (projector_equiv)";
+    int big = 0;
+    for (int i = 1; i < 3; i++)
+        if (parts[i] > parts[big]) big = i;
+    if (largest && n) snprintf(largest, n, "%s", names[big]);
+    return 4.0 * (parts[0] + parts[1] + parts[2]);
+}
+
+int ser_config_check_memory(const ser_config *cfg, double avail_bytes, char err[SER_ERR_LEN]) {
+    char largest[96];
+    double need = ser_config_memory_bytes(cfg, largest, sizeof largest);
+    if (need <= avail_bytes) return SER_OK;
+    s_err(err, "the job needs about %.3g GB of memory and this machine has %.3g GB; most of it "
+          "is %s: make it smaller", need / 1e9, avail_bytes / 1e9, largest);
+    return SER_ENOMEM;
+}
+
 int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
 #define RULE(cond, ...)                \
     do {                               \

@@ -43,6 +43,7 @@
 //   ser_config_hash(), ser_config_hash_hex()
 //   ser_config_write_markdown()              docs/config.md
 //   ser_config_to_vit(), ser_config_to_optim(), ser_config_to_sched(), ser_config_shard_batch()
+//   ser_config_memory_bytes(), ser_config_check_memory()   refuse a job that cannot fit
 #ifndef SER_CONFIG_H
 #define SER_CONFIG_H
 
@@ -259,6 +260,15 @@ int ser_config_write_markdown(FILE *f);
 int ser_config_to_vit(const ser_config *cfg, ser_vit_config *out, char err[SER_ERR_LEN]);
 // betas, eps and the decay rule of [optim].
 void ser_config_to_optim(const ser_config *cfg, ser_optim_config *out);
+// The bytes one process of the job needs at the most (the coordinator or `ser step`: the
+// student's parameters, gradients and AdamW moments, the teacher, the heads' rows for the
+// global batch, one shard's saved activations), estimated from the sizes; largest (n bytes)
+// names the keys of its largest part. 0 for a configuration that does not validate.
+double ser_config_memory_bytes(const ser_config *cfg, char *largest, size_t n);
+// SER_ENOMEM, naming the keys to make smaller, when that is more than avail_bytes; the
+// processes check it against the machine's memory before allocating anything.
+int ser_config_check_memory(const ser_config *cfg, double avail_bytes, char err[SER_ERR_LEN]);
+
 // Every schedule of the job for iters_per_epoch iterations per epoch (see ser_sched.h).
 void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sched_params *out);
 // global_batch / shards: the batch one shard computes (ser.ratio applies to the global batch).

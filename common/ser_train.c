@@ -5,11 +5,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ser_safetensors.h"
 
 int ser_trainer_init_model(ser_trainer *t, const ser_config *cfg, char err[SER_ERR_LEN]) {
     memset(t, 0, sizeof *t);
+    // Refuse before allocating what cannot fit (an allocation failure aborts the process).
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    int rc0 = pages > 0 && psz > 0
+                  ? ser_config_check_memory(cfg, (double)pages * (double)psz, err)
+                  : SER_OK;
+    if (rc0) return rc0;
     t->cfg = *cfg;
     t->method = cfg->method.name;
     t->lr_fix = t->wd_fix = t->mom_fix = NAN;

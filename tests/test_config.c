@@ -504,6 +504,52 @@ static void test_helpers(void **state) {
 }
 
 // --- docs --------------------------------------------------------------------------------------
+// The memory estimate: configurations that pass validation but cannot fit are refused before
+// anything is allocated, naming the keys of the largest part.
+static void s_expect_mem(const char *sets, double avail, const char *key) {
+    ser_config c;
+    char err[SER_ERR_LEN];
+    ser_config_defaults(&c);
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", sets);
+    for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " "))
+        assert_int_equal(ser_config_set_arg(&c, tok, err), SER_OK);
+    assert_int_equal(ser_config_validate(&c, err), SER_OK);
+    int rc = ser_config_check_memory(&c, avail, err);
+    if (!key) {
+        if (rc) fail_msg("%s: %s", sets, err);
+        return;
+    }
+    assert_int_equal(rc, SER_ENOMEM);
+    print_message("  %s -> %s\n", sets, err);
+    assert_non_null(strstr(err, key));
+}
+
+static void test_memory_estimate(void **state) {
+    (void)state;
+    const char *tiny = "model.arch=vit_tiny model.img_size=32 model.patch=4 data.global_batch=256 "
+                       "data.shards=2";
+    char sets[512];
+    s_expect_mem(tiny, 24e9, NULL);
+    snprintf(sets, sizeof sets, "%s moco.mlp_dim=1048576 moco.dim=1048576", tiny);
+    s_expect_mem(sets, 24e9, "moco.mlp_dim");  // the 17.6 TB allocation
+    snprintf(sets, sizeof sets, "%s method.name=dino dino.out_dim=1048576 dino.hidden_dim=65536", tiny);
+    s_expect_mem(sets, 24e9, "dino.out_dim");
+    snprintf(sets, sizeof sets, "%s method.name=barlow barlow.proj_dim=1048576", tiny);
+    s_expect_mem(sets, 24e9, "barlow.proj_dim");
+    s_expect_mem("model.arch=vit_base data.global_batch=16 data.shards=2 ser.ratio=0.25 ser.proj_dim=1048576",
+                 24e9, "ser.proj_dim");
+    s_expect_mem("model.arch=vit_base data.global_batch=65536 data.shards=1", 24e9,
+                 "data.global_batch");
+    s_expect_mem("model.arch=vit_base model.depth=64 model.dim=4096 model.heads=64 "
+                 "data.global_batch=8 data.shards=8 ser.ratio=0.25", 24e9, "model (dim");
+    // The estimate grows with what it counts.
+    ser_config a, b;
+    ser_config_defaults(&a), ser_config_defaults(&b);
+    b.data.shards = a.data.shards / 2;
+    assert_true(ser_config_memory_bytes(&b, NULL, 0) > ser_config_memory_bytes(&a, NULL, 0));
+}
+
 static void test_docs_up_to_date(void **state) {
     (void)state;
     char *buf = NULL;
@@ -547,6 +593,7 @@ int main(void) {
         cmocka_unit_test(test_hash),
         cmocka_unit_test(test_presets),
         cmocka_unit_test(test_helpers),
+        cmocka_unit_test(test_memory_estimate),
         cmocka_unit_test(test_docs_up_to_date),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

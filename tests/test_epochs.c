@@ -367,6 +367,18 @@ static void test_knn_monitor(void **state) {
     assert_int_not_equal(system(cmd), 0);
 }
 
+// A job that passes validation but cannot fit in memory stops before allocating, with the key.
+static void test_refused_when_too_big(void **state) {
+    (void)state;
+    int rc = s_ser("toobig", "local --workers 1 --config %s/job.ini --set data.path=%s "
+                   "--set run.out_dir=%s/toobig --set moco.mlp_dim=1048576 --set moco.dim=1048576",
+                   s_dir, s_data, s_dir);
+    assert_int_not_equal(rc, 0);
+    assert_true(rc != 134 && rc != 124);  // not SIGABRT, not the timeout
+    assert_true(s_log_has("toobig", "GB of memory and this machine has"));
+    assert_true(s_log_has("toobig", "moco.mlp_dim"));
+}
+
 static void test_monitor_without_labels(void **state) {
     (void)state;
     // Labelled data that does not exist: the job runs, the monitor is off with the reason.
@@ -385,6 +397,7 @@ int main(void) {
         cmocka_unit_test(test_short_steps_warn),
         cmocka_unit_test(test_knn_monitor),
         cmocka_unit_test(test_monitor_without_labels),
+        cmocka_unit_test(test_refused_when_too_big),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
