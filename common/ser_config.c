@@ -264,6 +264,11 @@ static const ser_config_option s_options[] = {
     INT(cluster, heartbeat_ms, 10, 3600000, "1000", NOHASH, "Heartbeat interval."),
     INT(cluster, timeout_ms, 100, 86400000, "10000", NOHASH,
         "A peer silent for this long is declared dead (> heartbeat_ms)."),
+    INT(cluster, task_timeout_ms, 0, 86400000, "0", NOHASH,
+        "A shard's forward or backward unanswered this long by a worker that still heartbeats "
+        "goes to another worker (its late answer is dropped); a worker that misses it twice gets "
+        "no more work. 0 = 10 x the slowest task the job has completed, at least 60 s (10 "
+        "minutes before the first)."),
     STR(cluster, curve_key, "", NOHASH,
         "This process's CURVE keypair file (`ser keygen FILE`); every socket of the job is then "
         "encrypted and authenticated. Empty: plaintext (only on one host unless plaintext = true)."),

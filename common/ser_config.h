@@ -163,7 +163,7 @@ typedef struct ser_config_cluster {
     char coordinator[SER_CONFIG_STR_LEN];
     int port, data_port, status_port;
     char status_bind[SER_CONFIG_STR_LEN];
-    int heartbeat_ms, timeout_ms;
+    int heartbeat_ms, timeout_ms, task_timeout_ms;
     // ZeroMQ CURVE (proto/ser_curve.h): key files, the allow-list, and plaintext off-host.
     char curve_key[SER_CONFIG_STR_LEN], curve_server_key[SER_CONFIG_STR_LEN];
     char curve_allow[SER_CONFIG_STR_LEN];

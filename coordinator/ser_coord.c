@@ -36,6 +36,9 @@ typedef struct s_worker {
     int alive;
     int64_t last_heard_ms;
     int64_t teacher_version;  // the step of the teacher it holds (INT64_MIN: none)
+    int64_t skip_step;        // gets no more tasks in this step (it missed a task deadline)
+    int strikes;              // task deadlines missed
+    int banned;               // missed two: no more work, its messages are dropped
 } s_worker;
 
 enum { SH_IDLE = 0, SH_FWD_SENT, SH_FWD_DONE, SH_BWD_SENT, SH_BWD_DONE };
@@ -82,6 +85,7 @@ typedef struct s_coord {
     double last[3];  // loss, loss_inv, loss_equiv of the last step
     int64_t last_step, steps_total, first_step;
     int64_t ipe, sched_end;  // steps per schedule epoch; optim.epochs * ipe
+    int64_t task_max_ms;     // the slowest forward or backward answered so far
     ser_knn_monitor *knn;    // NULL: off
     // Peers already named in a warning (unknown, refused or malformed): later messages from
     // them are logged at debug level, so a restart with many workers re-joining, or a
@@ -205,11 +209,69 @@ static void s_send_params(s_coord *c, int wi) {
     ser_wire_send(c->sock, w->id, &e, t, n);
 }
 
+// Round-robin over the live workers, leaving out one that missed a task deadline in this step
+// while another is there.
 static int s_pick_worker(s_coord *c, int s) {
     int live[SER_COORD_MAX_WORKERS], n = 0;
     for (int i = 0; i < c->nw; i++)
-        if (c->w[i].alive) live[n++] = i;
+        if (c->w[i].alive && c->w[i].skip_step != c->step) live[n++] = i;
+    if (n == 0)
+        for (int i = 0; i < c->nw; i++)
+            if (c->w[i].alive) live[n++] = i;
     return n ? live[s % n] : -1;
+}
+
+// How long a task may stay unanswered by a worker that heartbeats (cluster.task_timeout_ms).
+static int64_t s_task_deadline(const s_coord *c) {
+    int64_t t = c->tr.cfg.cluster.task_timeout_ms;
+    if (t > 0) return t;
+    if (c->task_max_ms <= 0) return 600000;
+    return 10 * c->task_max_ms > 60000 ? 10 * c->task_max_ms : 60000;
+}
+
+// The unfinished shards of worker wi (lost, or given no more work) go back to be computed
+// elsewhere.
+static void s_release_shards(s_coord *c, int wi) {
+    for (int s = 0; s < c->S; s++) {
+        s_shard *sh = &c->sh[s];
+        if (sh->worker != wi) continue;
+        if (sh->state == SH_FWD_SENT) {
+            sh->state = SH_IDLE;  // forward again elsewhere (a redo stays a redo)
+        } else if (sh->state == SH_FWD_DONE) {
+            sh->redo = 1;  // rows gathered, activations lost: forward again before backward
+        } else if (sh->state == SH_BWD_SENT) {
+            sh->redo = 1;
+            sh->state = SH_IDLE;
+        }
+    }
+}
+
+// Tasks past their deadline at a busy worker go to another one (the late answer will be stale);
+// a worker that does this twice gets no more work.
+static void s_check_deadlines(s_coord *c) {
+    int64_t now = s_now(), dl = s_task_deadline(c);
+    for (int s = 0; s < c->S; s++) {
+        s_shard *sh = &c->sh[s];
+        if ((sh->state != SH_FWD_SENT && sh->state != SH_BWD_SENT) || now - sh->sent_ms <= dl ||
+            sh->worker < 0 || !c->w[sh->worker].alive)
+            continue;
+        s_worker *w = &c->w[sh->worker];
+        ser_log(SER_LL_WARNING, "step %lld: shard %d %s (attempt %u) unanswered for %lld ms by "
+                "worker %s, which still heartbeats (task deadline %lld ms): moving it",
+                (long long)c->step, s, sh->state == SH_FWD_SENT ? "forward" : "backward",
+                sh->attempt, (long long)(now - sh->sent_ms), w->id, (long long)dl);
+        if (sh->state == SH_BWD_SENT) sh->redo = 1;  // activations elsewhere: forward again
+        sh->state = SH_IDLE;
+        if (w->skip_step != c->step) w->strikes++;
+        w->skip_step = c->step;
+        if (w->strikes >= 2 && !w->banned) {
+            w->banned = 1;
+            w->alive = 0;
+            ser_log(SER_LL_WARNING, "worker %s missed its task deadline in %d steps: it gets no "
+                    "more work", w->id, w->strikes);
+            s_release_shards(c, sh->worker);
+        }
+    }
 }
 
 static void s_send_forward(s_coord *c, int s) {
@@ -382,8 +444,13 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
         }
         wi = c->nw++;
         snprintf(c->w[wi].id, sizeof c->w[wi].id, "%s", m->identity);
+        c->w[wi].skip_step = -1;
     }
     s_worker *w = &c->w[wi];
+    if (w->banned) {
+        s_refuse(c, m->identity, "it missed its task deadline twice: no more work for it");
+        return;
+    }
     w->alive = 1;
     w->last_heard_ms = s_now();
     w->teacher_version = INT64_MIN;  // none held
@@ -408,19 +475,7 @@ static void s_check_liveness(s_coord *c, int in_step) {
         w->alive = 0;
         ser_log(SER_LL_WARNING, "step %lld: worker %s lost (last heard %lld ms ago)",
                 (long long)c->step, w->id, (long long)(now - w->last_heard_ms));
-        if (!in_step) continue;
-        for (int s = 0; s < c->S; s++) {
-            s_shard *sh = &c->sh[s];
-            if (sh->worker != i) continue;
-            if (sh->state == SH_FWD_SENT) {
-                sh->state = SH_IDLE;  // forward again elsewhere (a redo stays a redo)
-            } else if (sh->state == SH_FWD_DONE) {
-                sh->redo = 1;  // rows gathered, activations lost: forward again before backward
-            } else if (sh->state == SH_BWD_SENT) {
-                sh->redo = 1;
-                sh->state = SH_IDLE;
-            }
-        }
+        if (in_step) s_release_shards(c, i);
     }
 }
 
@@ -462,6 +517,10 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
         return;
     }
     s_worker *w = &c->w[wi];
+    if (w->banned) {
+        ser_log(SER_LL_DEBUG, "message type %d from %s (no more work for it) dropped", e->type, w->id);
+        return;
+    }
     w->last_heard_ms = s_now();
     if (!w->alive) {  // a worker we had given up on is back: it gets the current state again
         w->alive = 1;
@@ -499,6 +558,7 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
             return;
         }
         sh->state = SH_FWD_DONE;
+        if (s_now() - sh->sent_ms > c->task_max_ms) c->task_max_ms = s_now() - sh->sent_ms;
     } else if (e->type == SER__MSG_TYPE__MSG_BACKWARD_DONE && sh->state == SH_BWD_SENT) {
         const float *g = ser_wire_find(m, "grad", c->span);
         if (!g) {
@@ -508,6 +568,7 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
         }
         memcpy(sh->grad, g, sizeof(float) * c->span);
         sh->state = SH_BWD_DONE;
+        if (s_now() - sh->sent_ms > c->task_max_ms) c->task_max_ms = s_now() - sh->sent_ms;
     } else {
         ser_log(SER_LL_DEBUG, "duplicate message for shard %u from %s dropped", e->shard, w->id);
     }
@@ -576,6 +637,7 @@ static int s_phase(s_coord *c, int target, const char *name) {
                 s_send_forward(c, s);
             }
         s_poll(c, 20);
+        s_check_deadlines(c);
         int64_t now = s_now();
         if (now - last_log > c->tr.cfg.cluster.timeout_ms) {
             last_log = now;

@@ -553,6 +553,58 @@ static void test_garbage_and_wrong_peers(void **state) {
     s_kill_all();
 }
 
+// A worker that heartbeats "busy" but never answers its tasks: past cluster.task_timeout_ms
+// its shards go to another worker, and after two such steps it gets no more work; the job ends
+// with the same bits as `ser step` (the late answers, had there been any, are stale).
+static void test_busy_worker_loses_its_tasks(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256];
+    snprintf(ref, sizeof ref, "%s/ref4busy.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/busy.safetensors", s_dir);
+    s_reference(ref, "4");
+    snprintf(s_extra, sizeof s_extra, "cluster.task_timeout_ms=1500");
+    pid_t coord = s_coordinator(out, "4", "30000", ep, sizeof ep);
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    // The busy one joins first, so that it is handed shards.
+    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, "busybody", 8);
+    assert_int_equal(zmq_connect(d, ep), 0);
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_HELLO;
+    e.text = "busybody";
+    assert_int_equal(ser_wire_send(d, NULL, &e, NULL, 0), 0);
+    s_sleep_ms(300);
+    s_worker(ep, "wb");
+    int rc = -1, status;
+    for (int t = 0; t < 600; t++) {  // 60 s at most: heartbeat "busy", answer nothing
+        ser__envelope__init(&e);
+        e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
+        e.job_id = "ser";
+        e.text = "busy";
+        ser_wire_send(d, NULL, &e, NULL, 0);
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        while (zmq_msg_recv(&msg, d, ZMQ_DONTWAIT) >= 0) {}  // tasks, parameters: ignored
+        zmq_msg_close(&msg);
+        if (waitpid(coord, &status, WNOHANG) == coord) {
+            rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            break;
+        }
+        s_sleep_ms(100);
+    }
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    assert_true(s_log_has("coord.log", "by worker busybody, which still heartbeats (task deadline 1500 ms): moving it"));
+    assert_true(s_log_has("coord.log", "worker busybody missed its task deadline in 2 steps: it gets no more work"));
+    s_assert_same_state(ref, out);
+    s_kill_all();
+}
+
 // The status port of a running job: `ser status HOST:PORT --json` names the job, its step and
 // its worker with a fresh heartbeat.
 static void test_status_port(void **state) {
@@ -1059,6 +1111,7 @@ int main(void) {
         cmocka_unit_test(test_worker_killed_mid_run),
         cmocka_unit_test(test_coordinator_killed_and_restarted),
         cmocka_unit_test(test_garbage_and_wrong_peers),
+        cmocka_unit_test(test_busy_worker_loses_its_tasks),
         cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_long_shard_keeps_heartbeating),
         cmocka_unit_test(test_all_workers_gone),
