@@ -679,6 +679,29 @@ static void s_name_nonfinite_shard(const s_coord *c, char *err) {
     }
 }
 
+// After a non-finite loss: when a shard's forward rows are the source, err names the first such
+// shard and its worker.
+static void s_name_nonfinite_rows(const s_coord *c, char *err) {
+    int C = c->g.C;
+    for (int s = 0; s < c->S; s++) {
+        const s_shard *sh = &c->sh[s];
+        const float *rows[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
+        int bad = 0;
+        for (int i = 0; i < (c->v.teacher ? 4 : 2) && !bad; i++)
+            for (size_t j = (size_t)sh->p0 * C; j < (size_t)sh->p1 * C && !bad; j++)
+                bad = !isfinite(rows[i][j]);
+        for (int v = 0; v < 2 && sh->n_eq && !bad; v++)
+            for (size_t j = 0; j < sh->ntok[v] * (size_t)C && !bad; j++)
+                bad = !isfinite(sh->maps[v][j]) || (c->v.teacher && !isfinite(sh->maps[2 + v][j]));
+        if (bad) {
+            size_t n = strlen(err);
+            snprintf(err + n, SER_ERR_LEN - n, " (non-finite forward rows from shard %d, worker %s)",
+                     s, sh->worker >= 0 ? c->w[sh->worker].id : "?");
+            return;
+        }
+    }
+}
+
 static int s_step(s_coord *c, double lr, double wd, double L[3], float *grads0, char *err) {
     ser_trainer *t = &c->tr;
     if (c->v.ema_before) ser_trainer_teacher_ema(t, c->momentum);  // MoCo: before the keys
@@ -693,8 +716,10 @@ static int s_step(s_coord *c, double lr, double wd, double L[3], float *grads0, 
     if ((rc = s_assemble(c, err))) return rc;
     for (int v = 0; v < 2; v++) memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
     if ((rc = ser_trainer_objective(t, &c->b, &c->g, c->step, L, err))) {
-        if (rc == SER_ENONFINITE)  // the step's number first, as `ser step` says it
+        if (rc == SER_ENONFINITE) {  // the step's number first, as `ser step` says it
             ser_err_prefix(err, "step %lld: ", (long long)c->step);
+            s_name_nonfinite_rows(c, err);
+        }
         return rc;
     }
     for (int s = 0; s < c->S; s++) {

@@ -1082,6 +1082,16 @@ static void test_nonfinite_gradient(void **state) {
     assert_int_equal(bad, 0);
     ser_st_destroy(&f);
     s_kill_all();
+
+    // Non-finite forward rows: the loss is non-finite, and the message names the shard and
+    // the worker they came from.
+    snprintf(out, sizeof out, "%s/nan_rows.safetensors", s_dir);
+    coord = s_coordinator_at(out, "4", "30000", ep, sizeof ep, "0", "nan_rows.log");
+    s_with_faults("nan:FORWARD_DONE@1", s_worker, ep, "wn2");
+    assert_int_equal(s_wait(coord), 1);
+    assert_true(s_log_has("nan_rows.log", "step 1: non-finite"));
+    assert_true(s_log_has("nan_rows.log", "(non-finite forward rows from shard 0, worker wn2)"));
+    s_kill_all();
 }
 
 static void test_all_workers_gone(void **state) {
