@@ -39,6 +39,8 @@ typedef struct s_worker {
     int64_t skip_step;        // gets no more tasks in this step (it missed a task deadline)
     int strikes;              // task deadlines missed
     int banned;               // missed two: no more work, its messages are dropped
+    int data_banned;          // banned because its data loader refuses the job's shards
+    int data_failures;        // TASK_FAILED answers (its loader refused a shard)
 } s_worker;
 
 enum { SH_IDLE = 0, SH_FWD_SENT, SH_FWD_DONE, SH_BWD_SENT, SH_BWD_DONE };
@@ -86,6 +88,7 @@ typedef struct s_coord {
     int64_t last_step, steps_total, first_step;
     int64_t ipe, sched_end;  // steps per schedule epoch; optim.epochs * ipe
     int64_t task_max_ms;     // the slowest forward or backward answered so far
+    char data_error[SER_STATUS_TEXT_LEN];  // the last TASK_FAILED reason ("" none)
     ser_knn_monitor *knn;    // NULL: off
     // Peers already named in a warning (unknown, refused or malformed): later messages from
     // them are logged at debug level, so a restart with many workers re-joining, or a
@@ -501,6 +504,28 @@ static void s_retry_idle(s_coord *c, int wi) {
     }
 }
 
+// A worker cannot compute a shard it was given (its data loader refused it): the shard goes to
+// another worker; a worker refused twice gets no more work, and when no worker is left the
+// job stops with the reason (s_phase).
+static void s_task_failed(s_coord *c, int wi, const Ser__Envelope *e) {
+    s_worker *w = &c->w[wi];
+    if ((int64_t)e->step != c->step || e->shard >= (uint32_t)c->S) return;
+    s_shard *sh = &c->sh[e->shard];
+    if (sh->worker != wi || sh->attempt != e->attempt || sh->state != SH_FWD_SENT) return;
+    snprintf(c->data_error, sizeof c->data_error, "worker %.64s cannot compute shard %u: %.140s",
+             w->id, e->shard, e->text ? e->text : "no reason given");
+    ser_log(s_peer_level(c, 'f', w->id), "step %lld: %s", (long long)c->step, c->data_error);
+    sh->state = SH_IDLE;
+    w->skip_step = c->step;
+    if (++w->data_failures >= 2 && !w->banned) {  // the loader answered no twice
+        w->banned = w->data_banned = 1;
+        w->alive = 0;
+        ser_log(SER_LL_WARNING, "worker %s gets no more work: its data loader refuses the job's "
+                "shards (%s)", w->id, e->text ? e->text : "");
+        s_release_shards(c, wi);
+    }
+}
+
 static void s_handle(s_coord *c, ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int wi = s_find_worker(c, m->identity);
@@ -529,6 +554,10 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
     }
     if (e->type == SER__MSG_TYPE__MSG_HEARTBEAT) {
         if (e->text && !strcmp(e->text, "idle")) s_retry_idle(c, wi);
+        return;
+    }
+    if (e->type == SER__MSG_TYPE__MSG_TASK_FAILED) {
+        s_task_failed(c, wi, e);
         return;
     }
     if (e->type != SER__MSG_TYPE__MSG_FORWARD_DONE && e->type != SER__MSG_TYPE__MSG_BACKWARD_DONE) {
@@ -645,9 +674,10 @@ static int s_phase(s_coord *c, int target, const char *name) {
                 if (c->sh[s].state != target) {
                     const s_worker *w = c->sh[s].worker >= 0 && c->sh[s].worker < c->nw ? &c->w[c->sh[s].worker] : NULL;
                     snprintf(c->waiting, sizeof c->waiting,
-                             "step %lld %s: waiting on shard %d%s%.64s, last heard %lld ms ago",
+                             "step %lld %s: waiting on shard %d%s%.64s, last heard %lld ms ago%s%.120s",
                              (long long)c->step, name, s, w ? " at worker " : " (no live worker)",
-                             w ? w->id : "", w ? (long long)(now - w->last_heard_ms) : -1LL);
+                             w ? w->id : "", w ? (long long)(now - w->last_heard_ms) : -1LL,
+                             c->data_error[0] ? "; " : "", c->data_error);
                     c->waiting_since = now;
                     c->state = SER_STATUS_STATE_WAITING;
                     ser_log(SER_LL_WARNING, "%s", c->waiting);
@@ -655,6 +685,14 @@ static int s_phase(s_coord *c, int target, const char *name) {
                 }
         }
         if (c->state == SER_STATUS_STATE_WAITING && s_all(c, target)) c->state = SER_STATUS_STATE_RUNNING;
+        int data_banned = 0;
+        for (int i = 0; i < c->nw; i++) data_banned += c->w[i].data_banned;
+        if (s_live_count(c) == 0 && data_banned > 0 && data_banned == c->nw) {
+            ser_log(SER_LL_ERROR, "step %lld %s: no usable worker: every worker's data loader "
+                    "refuses the job's shards; the last: %s", (long long)c->step, name,
+                    c->data_error);
+            return SER_EPEER;
+        }
         if (s_live_count(c) == 0 && now - start > c->o->wait_workers_ms) {
             ser_log(SER_LL_ERROR, "step %lld %s: no live worker for %d ms; giving up",
                     (long long)c->step, name, c->o->wait_workers_ms);
@@ -1010,6 +1048,9 @@ int ser_coord_run(const ser_coord_opts *o) {
         }
         if (rc) {
             if (rc == SER_ETIMEDOUT) snprintf(err, SER_ERR_LEN, "step %lld: no worker", (long long)c.step);
+            if (rc == SER_EPEER)
+                snprintf(err, SER_ERR_LEN, "step %lld: no usable worker: every worker's data "
+                         "loader refuses the job's shards (%.150s)", (long long)c.step, c.data_error);
             if (rc == SER_ENONFINITE) {
                 snprintf(err + strlen(err), SER_ERR_LEN - strlen(err), " (run.nonfinite = abort)");
                 char cerr[SER_ERR_LEN];  // keep the last good state for a resume

@@ -735,17 +735,22 @@ static void test_coordinator_killed_during_checkpoints(void **state) {
 
 // A data-loader service for the job (data.path = root) bound to tcp://127.0.0.1:port ("*" for
 // an ephemeral one); its endpoint into ep.
-static pid_t s_loader(const char *root, const char *port, const char *log, char *ep, size_t n) {
+static pid_t s_loader_set(const char *root, const char *port, const char *log, char *ep,
+                          size_t n, const char *set) {
     char epf[128], dp[160], bind[64];
     snprintf(epf, sizeof epf, "%s/loader_endpoint", s_dir);
     snprintf(dp, sizeof dp, "data.path=%s", root);
     snprintf(bind, sizeof bind, "tcp://127.0.0.1:%s", port);
     unlink(epf);
     char *args[] = {"ser", "dataloader", "--config", s_cfg, "--set", dp, "--bind", bind,
-                    "--endpoint-file", epf, NULL};
+                    "--endpoint-file", epf, "--set", (char *)(uintptr_t)set, NULL};
     pid_t pid = s_start(log, args);
     assert_int_equal(s_read_line("loader_endpoint", ep, n, 30000), 0);
     return pid;
+}
+
+static pid_t s_loader(const char *root, const char *port, const char *log, char *ep, size_t n) {
+    return s_loader_set(root, port, log, ep, n, "run.log_every=1");
 }
 
 static pid_t s_loader_worker(const char *ep, const char *lep, const char *name) {
@@ -794,6 +799,33 @@ static void test_loader_killed_and_restarted(void **state) {
     if (rc) system("tail -20 /tmp/ser_cluster_*/lkill.log /tmp/ser_cluster_*/wl1.log");
     assert_int_equal(rc, 0);
     s_assert_same_bits(ref, out);
+    s_kill_all();
+}
+
+// A loader serving another configuration (another data.seed: another config hash) refuses
+// every shard: the workers say so, the coordinator names the reason, gives them no more work
+// and stops the job with the reason, in bounded time, instead of resending forever.
+static void test_loader_of_another_config(void **state) {
+    (void)state;
+    char root[128], out[128], ep[256], lep[256], err[SER_ERR_LEN];
+    snprintf(root, sizeof root, "%s/data_mismatch", s_dir);
+    assert_int_equal(ser_dl_data_make_synthetic(root, 2, 8, 48, 40, 3, err), 0);
+    snprintf(out, sizeof out, "%s/mismatch.safetensors", s_dir);
+    s_loader_set(root, "*", "loader_mm.log", lep, sizeof lep, "data.seed=7");
+    snprintf(s_extra, sizeof s_extra, "data.path=%s", root);
+    pid_t coord = s_coordinator_at(out, "5", "30000", ep, sizeof ep, "0", "mismatch.log");
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    s_loader_worker(ep, lep, "wm0");
+    s_loader_worker(ep, lep, "wm1");
+    time_t t0 = time(NULL);
+    int rc = s_wait(coord);
+    print_message("the job stopped after %lld s\n", (long long)(time(NULL) - t0));
+    assert_int_equal(rc, 1);
+    assert_true(time(NULL) - t0 < 60);
+    assert_true(s_log_has("mismatch.log", "cannot compute shard"));
+    assert_true(s_log_has("mismatch.log", "gets no more work: its data loader refuses"));
+    assert_true(s_log_has("mismatch.log", "no usable worker: every worker's data loader refuses"));
+    assert_int_equal(access(out, F_OK), -1);
     s_kill_all();
 }
 
@@ -1122,6 +1154,7 @@ int main(void) {
         cmocka_unit_test(test_coordinator_killed_and_restarted),
         cmocka_unit_test(test_garbage_and_wrong_peers),
         cmocka_unit_test(test_busy_worker_loses_its_tasks),
+        cmocka_unit_test(test_loader_of_another_config),
         cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_long_shard_keeps_heartbeating),
         cmocka_unit_test(test_all_workers_gone),

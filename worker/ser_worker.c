@@ -178,14 +178,16 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
     return SER_OK;
 }
 
-// Fetches shard (step, s) from the loaders into sh->b (normalised floats).
-static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s) {
+// Fetches shard (step, s) from the loaders into sh->b (normalised floats); why (256 bytes)
+// says what went wrong.
+static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
     ser_dl_shard d;
     char err[256];
     int rc = ser_dl_client_fetch(w->dl, (uint64_t)step, (uint32_t)s, w->cfg.cluster.timeout_ms, &d, err);
     if (rc) {
         ser_log(SER_LL_ERROR, "worker %s: step %lld shard %d from the loader: %s (%s)", w->name,
                 (long long)step, s, ser_strerror(rc), err);
+        snprintf(why, 256, "data loader %.60s: %.140s (%.30s)", w->loader, err, ser_strerror(rc));
         return rc;
     }
     int per = w->cfg.data.global_batch / w->S, img = w->cfg.model.img_size, n_inv = 0, n_eq = 0;
@@ -256,7 +258,19 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     if (sh->have) ser_gathered_free(&sh->g);
     sh->have = 0;
     char err[SER_ERR_LEN];
-    if (w->dl && s_fetch(w, sh, step, s) != SER_OK) return;
+    if (w->dl) {
+        char why[256] = "";
+        int frc = s_fetch(w, sh, step, s, why);
+        if (frc == SER_ETIMEDOUT) return;  // a slow or restarting loader: the task comes again
+        if (frc) {  // the loader answered no: say so, so that the coordinator does not retry here
+            Ser__Envelope f;
+            s_env(w, &f, SER__MSG_TYPE__MSG_TASK_FAILED);
+            f.step = e->step, f.shard = e->shard, f.attempt = e->attempt;
+            f.text = why;
+            ser_wire_send(w->sock, NULL, &f, NULL, 0);
+            return;
+        }
+    }
     int rc = ser_engine_forward(&sh->eng, w->v.student, w->v.teacher, &sh->b, 1, w->v.maps,
                                 (uint64_t)w->cfg.data.seed, (uint32_t)step, &sh->g, err);
     if (rc) {
