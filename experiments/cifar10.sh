@@ -1,37 +1,40 @@
 #!/usr/bin/env bash
-# CIFAR-10 experiment: MoCo-v3 against MoCo-v3 + SER, with ViT-Ti/4 at 32 px, for a fixed
-# budget each, then the same evaluation of every run. The variants:
+# CIFAR-10 study: MoCo-v3 against MoCo-v3 + SER with the recipe of configs/cifar10_small.ini
+# (docs/recipes.md: a 64-wide, 4-block ViT with 4 px patches at 32 px, sized to learn within an
+# hour on 2 cores), each run training the preset's whole schedule, then the same evaluation of
+# every run. The variants:
 #   moco          MoCo-v3 alone (baseline layout: [CLS] at the input, no SER)
-#   ser_on_l3     + SER at layer 3 ([CLS] inserted after block 3), the paper's loss (ser.grad = on)
-#   ser_off_l3    + SER at layer 3 as the public code runs it (ser.grad = off: no SER gradient)
-#   ser_on_l11    + SER at layer 11, the last block the layout allows (the [CLS] must see at
-#                 least one block), standing for "the final layer"
+#   ser_on_l2     + SER at block 2 of 4 ([CLS] inserted after it), the paper's loss (ser.grad = on)
+#   ser_on_l3     + SER at block 3 of 4, the late layer (the [CLS] must see at least one block)
+#   ser_off_l2    + SER at block 2 as the public code runs it (ser.grad = off: no SER gradient)
 # Every run uses the same seed, data order, batch and schedules; only the listed keys differ.
-# Each run is `ser local` (coordinator, 2 workers, 1 loader), so this is also the distributed
-# system under a long job. Runs already finished are not redone (their final state is kept).
+# Each run is `ser local` (coordinator, 2 workers, 1 loader) with the online kNN monitor, so its
+# learning curve is in RUN/metrics.jsonl; runs already finished are not redone, and a stopped
+# run resumes from its newest checkpoint.
 #
-#   bash experiments/cifar10.sh                     # the budget of the README's table: 100 steps
-#                                                   # of 128 images, ~15 min training + ~12 min
-#                                                   # evaluation per run on 2 (busy) cores
-#   SER_EXP_STEPS=400 bash experiments/cifar10.sh   # a longer budget (about an hour per run)
+#   bash experiments/cifar10.sh                          # every variant, the preset's schedule
+#   SER_EXP_VARIANTS="ser_on_l2" bash experiments/cifar10.sh
 #
-# Environment: SER_CIFAR_TAR (the tarball, default ../shared/data/cifar10-jpg.tar.gz),
-# SER_EXP_OUT (default runs/cifar10), SER_EXP_STEPS (steps per run, default 100),
-# SER_EXP_BATCH (images per step, default 128), SER_EXP_VARIANTS (names, default all four),
-# SER_EXP_EVAL_TRAIN / SER_EXP_EVAL_TEST (eval subset sizes, default 5000 / 1000), SER_BIN
-# (the ser executable, default build/ser), SER_EXP_TRAIN_ONLY=1 (stop after training).
-# Results: $SER_EXP_OUT/results.md (a table), and every run's eval JSON, eval table, and logs.
+# Environment: SER_CIFAR_TAR (a tarball with cifar10/train and cifar10/test class folders of
+# JPEGs; default data/cifar10-jpg.tar.gz), SER_EXP_OUT (default runs/cifar10),
+# SER_EXP_VARIANTS (names, default all four), SER_EXP_STEPS (stop each run after K steps:
+# default the whole schedule), SER_EXP_SEED (data.seed, default 0), SER_EXP_EVAL_TRAIN /
+# SER_EXP_EVAL_TEST (eval subset sizes, default 5000 / 1000), SER_BIN (the ser executable,
+# default build/ser), SER_EXP_TRAIN_ONLY=1 (stop after training).
+# Results: $SER_EXP_OUT/results.md (a table), $SER_EXP_OUT/knn_curves.png (the monitors' kNN
+# curves, with gnuplot when it is installed), and every run's eval JSON, eval table and logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tarball=${SER_CIFAR_TAR:-../shared/data/cifar10-jpg.tar.gz}
+tarball=${SER_CIFAR_TAR:-data/cifar10-jpg.tar.gz}
 out=${SER_EXP_OUT:-runs/cifar10}
-steps=${SER_EXP_STEPS:-100}
-batch=${SER_EXP_BATCH:-128}
-variants=${SER_EXP_VARIANTS:-"moco ser_on_l3 ser_off_l3 ser_on_l11"}
+steps=${SER_EXP_STEPS:-}
+seed=${SER_EXP_SEED:-0}
+variants=${SER_EXP_VARIANTS:-"moco ser_on_l2 ser_on_l3 ser_off_l2"}
 ntrain=${SER_EXP_EVAL_TRAIN:-5000}
 ntest=${SER_EXP_EVAL_TEST:-1000}
 ser=${SER_BIN:-./build/ser}
-[ -x "$ser" ] || { bash deploy/setup-debian.sh && bash deploy/build.sh; }
+SER_WITH_PLOTS=1 bash deploy/setup-debian.sh
+[ -x "$ser" ] || bash deploy/build.sh
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -45,20 +48,18 @@ if [ ! -d "$data/train" ]; then
 fi
 [ -e "$data/val" ] || ln -s test "$data/val"
 
-# The schedules span exactly the run: 10 schedule epochs of steps/10 iterations, 1 of warmup.
-ipe=$(( steps / 10 > 0 ? steps / 10 : 1 ))
-common=(--config configs/moco_vitt4_cifar.ini --workers 2 --steps "$steps" --iters-per-epoch "$ipe"
-        --set data.path="$data" --set data.kind=imagefolder --set data.global_batch="$batch"
-        --set data.shards=2 --set optim.epochs=10 --set optim.warmup_epochs=1
-        --set optim.lr=5e-4 --set ser.ratio=0.0625 --set run.log_every=10
-        --set run.checkpoint_every=50 --set cluster.status_port=0)
+# The whole schedule of the preset (or --steps K of it).
+common=(--config configs/cifar10_small.ini --workers 2 --set data.path="$data"
+        --set data.kind=imagefolder --set data.seed="$seed" --set run.log_every=50
+        --set cluster.status_port=0)
+[ -n "$steps" ] && common+=(--steps "$steps")
 
 variant_sets() {
   case "$1" in
-    moco)       echo "--set ser.enabled=false --set model.cls_layer=12" ;;
+    moco)       echo "--set ser.enabled=false --set model.cls_layer=4" ;;
+    ser_on_l2)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=2" ;;
     ser_on_l3)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" ;;
-    ser_off_l3) echo "--set ser.enabled=true --set ser.grad=off --set model.cls_layer=3" ;;
-    ser_on_l11) echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=11" ;;
+    ser_off_l2) echo "--set ser.enabled=true --set ser.grad=off --set model.cls_layer=2" ;;
     *) echo "experiments/cifar10.sh: unknown variant $1" >&2; exit 2 ;;
   esac
 }
@@ -70,27 +71,29 @@ for v in $variants; do
     echo "== $v: already trained ($run/final.safetensors)"
     continue
   fi
-  echo "== $v: $steps steps of $batch images ($(variant_sets "$v"))"
+  echo "== $v: configs/cifar10_small.ini${steps:+, $steps steps} ($(variant_sets "$v"))"
   t0=$(date +%s)
   # shellcheck disable=SC2046
   "$ser" local "${common[@]}" $(variant_sets "$v") --set run.name="cifar10_$v" \
     --set run.out_dir="$run" --out "$run/final.safetensors" 2>&1 | tee "$run/train.log" |
-    grep -E "step [0-9]+:|run summary|error|refused" || true
+    grep -E "schedule:|step [0-9]+:|run summary|error|refused" || true
   [ -f "$run/final.safetensors" ] || { echo "== $v: training failed, see $run/train.log" >&2; exit 1; }
-  echo $(( $(date +%s) - t0 )) > "$run/train_seconds"
+  echo $(( $(date +%s) - t0 )) >> "$run/train_seconds"  # one line per (resumed) session
 done
 
 [ "${SER_EXP_TRAIN_ONLY:-0}" = 1 ] && exit 0
 
 # The same evaluation of every run: kNN (k = 20, T = 0.07) and the linear probe on the last 4
-# [CLS], the transformation consistency and equivariance error, on fixed subsets of
-# train / test (the evaluation reads the run directory's newest checkpoint).
+# [CLS], the transformation consistency and equivariance error, and the linear classifier's
+# accuracy on rotated / flipped test images (robustness without corruptions), on fixed
+# subsets of train / test (the evaluation reads the run directory's newest checkpoint).
+modes=(knn,linear,equivariance,robustness --corruptions none)
 for v in $variants; do
   run=$out/$v
   [ -f "$run/eval.json" ] && continue
   echo "== $v: evaluating"
   t0=$(date +%s)
-  "$ser" eval knn,linear,equivariance --checkpoint "$run" --data "$data" \
+  "$ser" eval "${modes[@]}" --checkpoint "$run" --data "$data" \
     --train-limit "$ntrain" --test-limit "$ntest" --json "$run/eval.json.tmp" | tee "$run/eval.log"
   mv "$run/eval.json.tmp" "$run/eval.json"
   echo $(( $(date +%s) - t0 )) > "$run/eval_seconds"
@@ -102,28 +105,46 @@ if [ ! -f "$out/random/eval.json" ]; then
   echo "== random init of $first: evaluating"
   mkdir -p "$out/random"
   t0=$(date +%s)
-  "$ser" eval knn,linear,equivariance --checkpoint "$out/$first" --random-init --data "$data" \
+  "$ser" eval "${modes[@]}" --checkpoint "$out/$first" --random-init --data "$data" \
     --train-limit "$ntrain" --test-limit "$ntest" --json "$out/random/eval.json.tmp" | tee "$out/random/eval.log"
   mv "$out/random/eval.json.tmp" "$out/random/eval.json"
   echo $(( $(date +%s) - t0 )) > "$out/random/eval_seconds"
 fi
 
+# Raw pixels on the same split: the baseline every feature has to beat.
+if [ ! -f "$out/pixels/eval.log" ]; then
+  mkdir -p "$out/pixels"
+  "$ser" eval knn --pixels --checkpoint "$out/$first" --data "$data" --train-limit "$ntrain" \
+    --test-limit "$ntest" --json "$out/pixels/eval.json" | tee "$out/pixels/eval.log"
+fi
+
 # The table, from each run's evaluation table (lines "mode metric value").
 get() { awk -v m="$2" -v k="$3" -v f="${4:-%.2f}" '$1 == m && $2 == k { printf f, $3 }' "$1"; }
 {
-  echo "| variant | steps x batch | kNN top-1 | linear top-1 | consistency rot90 / hflip / scale 0.75 / 1.25 | token-map equivariance error, mean (map) | train min | eval min |"
-  echo "|---|---|---|---|---|---|---|---|"
+  p=$out/pixels/eval.log
+  echo "Raw pixels on the same split: kNN top-1 $(get "$p" knn top1) (centred $(get "$p" knn top1_centred))."
+  echo
+  echo "| variant | steps x batch | kNN top-1 | linear top-1 | linear on rot90 / rot180 / hflip test images | consistency rot90 / hflip / scale 0.75 / 1.25 | token-map equivariance error, mean (map) | train min | eval min |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for v in random $variants; do
     e=$out/$v/eval.log
-    label=$v budget="$steps x $batch"
-    [ "$v" = random ] && label="random init ($first)" budget=0
+    label=$v budget=0
+    if [ "$v" = random ]; then
+      label="random init ($first)"
+    else
+      n=$(wc -l < "$out/$v/metrics.jsonl" 2>/dev/null || echo 0)
+      budget="$n x 128"
+    fi
+    secs=$(awk '{ s += $1 } END { print s + 0 }' "$out/$v/train_seconds" 2>/dev/null || echo 0)
     echo "| $label | $budget | $(get "$e" knn top1) | $(get "$e" linear test_top1) |" \
+         "$(get "$e" robustness rot90) / $(get "$e" robustness rot180) / $(get "$e" robustness hflip) |" \
          "$(get "$e" equivariance consistency.rot90 %.3f) / $(get "$e" equivariance consistency.hflip %.3f) /" \
          "$(get "$e" equivariance consistency.scale0.75 %.3f) / $(get "$e" equivariance consistency.scale1.25 %.3f) |" \
          "$(get "$e" equivariance error.mean %.3f) (block $(get "$e" equivariance map_block %.0f)) |" \
-         "$(( $(cat "$out/$v/train_seconds" 2>/dev/null || echo 0) / 60 )) |" \
+         "$(( secs / 60 )) |" \
          "$(( $(cat "$out/$v/eval_seconds" 2>/dev/null || echo 0) / 60 )) |"
   done
 } > "$out/results.md"
-echo "== results ($steps steps x $batch images per run; eval on $ntrain train / $ntest test images)"
+echo "== results (eval on $ntrain train / $ntest test images)"
 cat "$out/results.md"
+bash experiments/plot_knn.sh "$out/knn_curves.png" $(for v in $variants; do echo "$out/$v"; done) || true
