@@ -1,5 +1,6 @@
 // ser_main.c — the `ser` executable: git-style subcommands.
 #include <limits.h>
+#include <stdint.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -10,6 +11,9 @@
 
 #ifndef SER_VERSION
 #define SER_VERSION "dev"
+#endif
+#ifndef SER_GIT_COMMIT
+#define SER_GIT_COMMIT "unknown"
 #endif
 
 typedef struct ser_command {
@@ -61,10 +65,13 @@ int main(int argc, char **argv) {
         s_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    if (strcmp(argv[1], "--version") == 0) {
-        printf("ser %s\n", SER_VERSION);
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+        printf("ser %s (commit %s)\n", SER_VERSION, SER_GIT_COMMIT);
         return 0;
     }
+    // `-h` means --help for every subcommand (before a `--`), whatever its own parser takes.
+    for (int i = 2; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "-h") == 0) argv[i] = (char *)(uintptr_t)"--help";
     for (size_t i = 0; i < N_COMMANDS; i++) {
         if (strcmp(argv[1], s_commands[i].name) != 0) continue;
         if (!s_commands[i].fn) return ser_cmd_unimplemented(s_commands[i].name, "a later milestone");

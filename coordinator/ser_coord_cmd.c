@@ -325,12 +325,14 @@ out:
 
 // --- ser keygen ------------------------------------------------------------------------------
 int ser_cmd_keygen(int argc, char **argv) {
+    int help = argc == 2 && strcmp(argv[1], "--help") == 0;
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: ser keygen FILE\n"
-                        "  Writes a CURVE keypair to FILE (mode 0600; never overwrites) and its public\n"
-                        "  key to FILE.pub. Give FILE to every process of a job as cluster.curve_key\n"
-                        "  (workers: SER_CURVE_KEY=FILE); see proto/ser_curve.h for per-process keys.\n");
-        return 2;
+        fprintf(help ? stdout : stderr,
+                "usage: ser keygen FILE\n"
+                "  Writes a CURVE keypair to FILE (mode 0600; never overwrites) and its public\n"
+                "  key to FILE.pub. Give FILE to every process of a job as cluster.curve_key\n"
+                "  (workers: SER_CURVE_KEY=FILE); see proto/ser_curve.h for per-process keys.\n");
+        return help ? 0 : 2;
     }
     char err[SER_ERR_LEN];
     if (ser_curve_keygen(argv[1], err)) {
