@@ -987,7 +987,8 @@ int ser_coord_run(const ser_coord_opts *o) {
         char serr[SER_ERR_LEN];
         c.st = ser_status_new(o->cfg.cluster.status_bind, o->cfg.cluster.status_port, NULL, serr);
         if (!c.st) {
-            snprintf(err, SER_ERR_LEN, "status port: %.200s", serr);
+            snprintf(err, SER_ERR_LEN, "%.160s ---> HINT: set cluster.status_port to a free port "
+                     "(0 = any free one, -1 = no status port)", serr);
             rc = SER_EIO;
             goto done;
         }

@@ -36,7 +36,11 @@ static void s_coord_usage(FILE *f, const char *cmd) {
                   : "[--endpoint-file F]",
             local ? "  ser local starts the coordinator, N workers (default 2) and, unless a batch\n"
                     "  file is given (the same global batch every step; docs/step-format.md), one\n"
-                    "  data-loader service for the job's [data] on this machine.\n"
+                    "  data-loader service for the job's [data] on this machine. The status page\n"
+                    "  is on a free port (printed: \"status on http://...\") unless the job sets\n"
+                    "  cluster.status_port to other than 8080; checkpoints and logs go to\n"
+                    "  run.out_dir, and a job started again there resumes from its newest\n"
+                    "  checkpoint.\n"
                   : "  The coordinator reads no data: workers fetch shards from data loaders.\n");
 }
 
@@ -211,6 +215,12 @@ int ser_cmd_local(int argc, char **argv) {
     if (add_threads) {
         cargs[n++] = (char *)(uintptr_t)"--set";
         cargs[n++] = threads_set;
+    }
+    // Two jobs on one machine must not fight over the default status port: unless the job
+    // names another one, ser local takes any free port (the coordinator prints its URL).
+    if (o.cfg.cluster.status_port == 8080) {
+        cargs[n++] = (char *)(uintptr_t)"--set";
+        cargs[n++] = (char *)(uintptr_t)"cluster.status_port=0";
     }
     cargs[n++] = (char *)(uintptr_t)"--set";
     cargs[n++] = (char *)(uintptr_t)"cluster.port=0";

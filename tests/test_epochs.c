@@ -379,6 +379,35 @@ static void test_refused_when_too_big(void **state) {
     assert_true(s_log_has("toobig", "moco.mlp_dim"));
 }
 
+// Two `ser local` jobs side by side with the default status port: each takes a free one.
+static void test_two_local_jobs(void **state) {
+    (void)state;
+    char cmd[4096];
+    const char *job = "local --workers 1 --config %s/job.ini --set data.path=%s "
+                      "--set run.out_dir=%s/two%d --set cluster.status_port=8080 --steps 3";
+    char a[1024], b[1024];
+    snprintf(a, sizeof a, job, s_dir, s_data, s_dir, 1);
+    snprintf(b, sizeof b, job, s_dir, s_data, s_dir, 2);
+    snprintf(cmd, sizeof cmd,
+             "( timeout -k 5 120 '%s' %s > '%s/two1.log' 2>&1; echo $? > '%s/two1.rc' ) & "
+             "( timeout -k 5 120 '%s' %s > '%s/two2.log' 2>&1; echo $? > '%s/two2.rc' ) & wait",
+             SER_BINARY, a, s_dir, s_dir, SER_BINARY, b, s_dir, s_dir);
+    assert_int_equal(system(cmd), 0);
+    for (int i = 1; i <= 2; i++) {
+        char name[16], path[256];
+        snprintf(name, sizeof name, "two%d", i);
+        snprintf(path, sizeof path, "%s/two%d.rc", s_dir, i);
+        FILE *f = fopen(path, "r");
+        assert_non_null(f);
+        int rc = -1;
+        assert_int_equal(fscanf(f, "%d", &rc), 1);
+        fclose(f);
+        assert_int_equal(rc, 0);
+        assert_true(s_log_has(name, "status on http://127.0.0.1:"));
+        assert_false(strstr(s_log(name), "127.0.0.1:8080/") != NULL);
+    }
+}
+
 static void test_monitor_without_labels(void **state) {
     (void)state;
     // Labelled data that does not exist: the job runs, the monitor is off with the reason.
@@ -398,6 +427,7 @@ int main(void) {
         cmocka_unit_test(test_knn_monitor),
         cmocka_unit_test(test_monitor_without_labels),
         cmocka_unit_test(test_refused_when_too_big),
+        cmocka_unit_test(test_two_local_jobs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
