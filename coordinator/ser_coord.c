@@ -41,6 +41,7 @@ typedef struct s_worker {
     int banned;               // missed two: no more work, its messages are dropped
     int data_banned;          // banned because its data loader refuses the job's shards
     int data_failures;        // TASK_FAILED answers (its loader refused a shard)
+    int offences;             // contributions that did not match what was asked
 } s_worker;
 
 enum { SH_IDLE = 0, SH_FWD_SENT, SH_FWD_DONE, SH_BWD_SENT, SH_BWD_DONE };
@@ -89,6 +90,8 @@ typedef struct s_coord {
     int64_t ipe, sched_end;  // steps per schedule epoch; optim.epochs * ipe
     int64_t task_max_ms;     // the slowest forward or backward answered so far
     char data_error[SER_STATUS_TEXT_LEN];  // the last TASK_FAILED reason ("" none)
+    int E;                   // equivariant samples per step (the last E positions); -1: unknown
+    int grid_max;            // largest token-grid side a loader can draw
     ser_knn_monitor *knn;    // NULL: off
     // Peers already named in a warning (unknown, refused or malformed): later messages from
     // them are logged at debug level, so a restart with many workers re-joining, or a
@@ -337,6 +340,11 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
             gf = ser_wire_find(m, "g", (size_t)n_eq * 10);
         }
     if (n_eq && !gf) return SER_EFORMAT;
+    if (c->E >= 0) {  // the job's layout: the last E positions of the batch are equivariant
+        int lo = c->B - c->E, want = sh->p1 - (lo > sh->p0 ? lo : sh->p0);
+        if (want < 0) want = 0;
+        if (n_eq != want) return SER_ESHAPE;
+    }
     ser_group_elem *g[2] = {ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem)),
                             ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem))};
     size_t ntok[2] = {0, 0};
@@ -352,6 +360,7 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
             bad |= ser_group_elem_check(&g[v][e]) != SER_OK;
             int r, cc;
             ser_group_view_grid(&g[v][e], &r, &cc);
+            bad |= r > c->grid_max || cc > c->grid_max;  // no loader draws such a view
             ntok[v] += (size_t)r * cc;
         }
     const char *maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
@@ -526,6 +535,25 @@ static void s_task_failed(s_coord *c, int wi, const Ser__Envelope *e) {
     }
 }
 
+// A contribution that does not match what was asked is dropped and its shard computed again
+// elsewhere; a worker that sends two gets no more work. Nothing a peer sends ends the job.
+static void s_offence(s_coord *c, int wi, int shard, const char *what) {
+    s_worker *w = &c->w[wi];
+    s_shard *sh = &c->sh[shard];
+    ser_log(SER_LL_WARNING, "step %lld: shard %d from worker %s dropped: %s", (long long)c->step,
+            shard, w->id, what);
+    if (sh->state == SH_BWD_SENT) sh->redo = 1;
+    sh->state = SH_IDLE;
+    w->skip_step = c->step;
+    if (++w->offences >= 2 && !w->banned) {
+        w->banned = 1;
+        w->alive = 0;
+        ser_log(SER_LL_WARNING, "worker %s sent %d contributions that did not match their task: "
+                "it gets no more work", w->id, w->offences);
+        s_release_shards(c, wi);
+    }
+}
+
 static void s_handle(s_coord *c, ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int wi = s_find_worker(c, m->identity);
@@ -581,9 +609,13 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
             s_send_backward(c, (int)e->shard);
             return;
         }
-        if (s_take_forward(c, (int)e->shard, m)) {
-            ser_log(SER_LL_WARNING, "shard %u: forward rows of the wrong size from %s dropped",
-                    e->shard, w->id);
+        int trc = s_take_forward(c, (int)e->shard, m);
+        if (trc) {
+            s_offence(c, wi, (int)e->shard,
+                      trc == SER_ESHAPE ? "another number of equivariant samples than the job's "
+                                          "layout puts in this shard"
+                                        : "rows, group elements or token grids not of the job's "
+                                          "sizes");
             return;
         }
         sh->state = SH_FWD_DONE;
@@ -591,8 +623,7 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
     } else if (e->type == SER__MSG_TYPE__MSG_BACKWARD_DONE && sh->state == SH_BWD_SENT) {
         const float *g = ser_wire_find(m, "grad", c->span);
         if (!g) {
-            ser_log(SER_LL_WARNING, "shard %u: gradient of the wrong size from %s dropped", e->shard,
-                    w->id);
+            s_offence(c, wi, (int)e->shard, "a gradient not of the model's size");
             return;
         }
         memcpy(sh->grad, g, sizeof(float) * c->span);
@@ -931,6 +962,16 @@ int ser_coord_run(const ser_coord_opts *o) {
     c.span = c.v.span, c.off = c.v.off;
     c.S = o->cfg.data.shards;
     c.B = o->cfg.data.global_batch;
+    // The equivariant samples a loader puts in each step (the batch file's own count is not
+    // known here: then only the sizes are checked).
+    c.E = o->batch_file ? -1
+          : o->cfg.ser.enabled ? ser_sched_equiv_count(o->cfg.ser.ratio, c.B) : 0;
+    {
+        const ser_config_ser *sr = &o->cfg.ser;
+        double amax = sr->aspect_max > 1 / sr->aspect_min ? sr->aspect_max : 1 / sr->aspect_min;
+        int g0 = o->cfg.model.img_size / o->cfg.model.patch;
+        c.grid_max = (int)ceil(2.0 * g0 * sqrt(sr->scale_max * amax)) + 2;
+    }
     c.sh = ser_xcalloc((size_t)c.S, sizeof *c.sh);
     for (int s = 0; s < c.S; s++) {
         s_shard *sh = &c.sh[s];

@@ -802,6 +802,76 @@ static void test_loader_killed_and_restarted(void **state) {
     s_kill_all();
 }
 
+// A joined worker whose FORWARD_DONE claims 2 equivariant samples for a shard the job's layout
+// gives none: its contribution is dropped, the shard computed elsewhere, and after its second
+// such answer it gets no more work; the job completes bitwise equal to `ser step`.
+static void test_rogue_forward_done(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256], err[SER_ERR_LEN];
+    snprintf(ref, sizeof ref, "%s/ref3rogue.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/rogue.safetensors", s_dir);
+    s_reference(ref, "3");
+    pid_t coord = s_coordinator(out, "3", "30000", ep, sizeof ep);
+    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, "rogue", 5);
+    assert_int_equal(zmq_connect(d, ep), 0);
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_HELLO;
+    e.text = "rogue";
+    assert_int_equal(ser_wire_send(d, NULL, &e, NULL, 0), 0);
+    s_sleep_ms(300);
+    s_worker(ep, "wv");
+    // Rows of a shard of 2 images, 24 wide; 2 equivariant samples on 4 x 4 grids.
+    static float rows[2 * 24], maps[2 * 16 * 24], g[2 * 2 * 5];
+    for (int i = 0; i < 4; i++) g[i * 5 + 3] = g[i * 5 + 4] = 4;
+    int answered = 0, rc = -1, status;
+    for (int t = 0; t < 600; t++) {
+        ser_wire_msg m;
+        while (ser_wire_recv(d, 0, NULL, &m, err) == SER_OK) {
+            if (m.env->type == SER__MSG_TYPE__MSG_FORWARD) {
+                ser__envelope__init(&e);
+                e.type = SER__MSG_TYPE__MSG_FORWARD_DONE;
+                e.job_id = "ser";
+                e.step = m.env->step, e.shard = m.env->shard, e.attempt = m.env->attempt;
+                ser_wire_tensor tt[9] = {
+                    {"qcls0", 2, {2, 24}, rows}, {"qcls1", 2, {2, 24}, rows},
+                    {"kcls0", 2, {2, 24}, rows}, {"kcls1", 2, {2, 24}, rows},
+                    {"g", 3, {2, 2, 5}, g},
+                    {"qmap0", 2, {32, 24}, maps}, {"qmap1", 2, {32, 24}, maps},
+                    {"kmap0", 2, {32, 24}, maps}, {"kmap1", 2, {32, 24}, maps}};
+                if (m.env->shard < 2) {  // shards 0 and 1 hold no equivariant sample
+                    ser_wire_send(d, NULL, &e, tt, 9);
+                    answered++;
+                }
+            }
+            ser_wire_msg_free(&m);
+        }
+        ser__envelope__init(&e);
+        e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
+        e.job_id = "ser";
+        e.text = "busy";
+        ser_wire_send(d, NULL, &e, NULL, 0);
+        if (waitpid(coord, &status, WNOHANG) == coord) {
+            rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            break;
+        }
+        s_sleep_ms(100);
+    }
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    assert_true(answered >= 2);
+    assert_true(s_log_has("coord.log", "from worker rogue dropped: another number of equivariant "
+                                       "samples than the job's layout puts in this shard"));
+    assert_true(s_log_has("coord.log", "worker rogue sent 2 contributions that did not match"));
+    s_assert_same_state(ref, out);
+    s_kill_all();
+}
+
 // A loader serving another configuration (another data.seed: another config hash) refuses
 // every shard: the workers say so, the coordinator names the reason, gives them no more work
 // and stops the job with the reason, in bounded time, instead of resending forever.
@@ -1155,6 +1225,7 @@ int main(void) {
         cmocka_unit_test(test_garbage_and_wrong_peers),
         cmocka_unit_test(test_busy_worker_loses_its_tasks),
         cmocka_unit_test(test_loader_of_another_config),
+        cmocka_unit_test(test_rogue_forward_done),
         cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_long_shard_keeps_heartbeating),
         cmocka_unit_test(test_all_workers_gone),
