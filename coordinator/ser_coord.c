@@ -3,6 +3,7 @@
 
 #include <getopt.h>
 #include <math.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +253,32 @@ static void s_release_shards(s_coord *c, int wi) {
     }
 }
 
+// Shard s goes back to be computed by another worker than wi in this step (forward again
+// where its backward was lost with the worker's activations).
+static void s_move_shard(s_coord *c, int wi, int s) {
+    s_shard *sh = &c->sh[s];
+    if (sh->state == SH_BWD_SENT) sh->redo = 1;
+    sh->state = SH_IDLE;
+    c->w[wi].skip_step = c->step;
+}
+
+// Worker wi gets no more work (its messages are dropped, a new HELLO refused) and its
+// unfinished shards move; the warning says why.
+static void s_ban(s_coord *c, int wi, const char *fmt, ...) SER_FMT(3, 4);
+static void s_ban(s_coord *c, int wi, const char *fmt, ...) {
+    s_worker *w = &c->w[wi];
+    if (w->banned) return;
+    w->banned = 1;
+    w->alive = 0;
+    char why[SER_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    ser_log(SER_LL_WARNING, "%s", why);
+    s_release_shards(c, wi);
+}
+
 // Tasks past their deadline at a busy worker go to another one (the late answer will be stale);
 // a worker that does this twice gets no more work.
 static void s_check_deadlines(s_coord *c) {
@@ -266,17 +293,12 @@ static void s_check_deadlines(s_coord *c) {
                 "worker %s, which still heartbeats (task deadline %lld ms): moving it",
                 (long long)c->step, s, sh->state == SH_FWD_SENT ? "forward" : "backward",
                 sh->attempt, (long long)(now - sh->sent_ms), w->id, (long long)dl);
-        if (sh->state == SH_BWD_SENT) sh->redo = 1;  // activations elsewhere: forward again
-        sh->state = SH_IDLE;
-        if (w->skip_step != c->step) w->strikes++;
-        w->skip_step = c->step;
-        if (w->strikes >= 2 && !w->banned) {
-            w->banned = 1;
-            w->alive = 0;
-            ser_log(SER_LL_WARNING, "worker %s missed its task deadline in %d steps: it gets no "
-                    "more work", w->id, w->strikes);
-            s_release_shards(c, sh->worker);
-        }
+        int wi = sh->worker;
+        if (w->skip_step != c->step) w->strikes++;  // one strike per step, however many shards
+        s_move_shard(c, wi, s);
+        if (w->strikes >= 2)
+            s_ban(c, wi, "worker %s missed its task deadline in %d steps: it gets no more work",
+                  w->id, w->strikes);
     }
 }
 
@@ -524,14 +546,11 @@ static void s_task_failed(s_coord *c, int wi, const Ser__Envelope *e) {
     snprintf(c->data_error, sizeof c->data_error, "worker %.64s cannot compute shard %u: %.140s",
              w->id, e->shard, e->text ? e->text : "no reason given");
     ser_log(s_peer_level(c, 'f', w->id), "step %lld: %s", (long long)c->step, c->data_error);
-    sh->state = SH_IDLE;
-    w->skip_step = c->step;
+    s_move_shard(c, wi, (int)e->shard);
     if (++w->data_failures >= 2 && !w->banned) {  // the loader answered no twice
-        w->banned = w->data_banned = 1;
-        w->alive = 0;
-        ser_log(SER_LL_WARNING, "worker %s gets no more work: its data loader refuses the job's "
-                "shards (%s)", w->id, e->text ? e->text : "");
-        s_release_shards(c, wi);
+        w->data_banned = 1;
+        s_ban(c, wi, "worker %s gets no more work: its data loader refuses the job's shards (%.150s)",
+              w->id, e->text ? e->text : "");
     }
 }
 
@@ -539,19 +558,12 @@ static void s_task_failed(s_coord *c, int wi, const Ser__Envelope *e) {
 // elsewhere; a worker that sends two gets no more work. Nothing a peer sends ends the job.
 static void s_offence(s_coord *c, int wi, int shard, const char *what) {
     s_worker *w = &c->w[wi];
-    s_shard *sh = &c->sh[shard];
     ser_log(SER_LL_WARNING, "step %lld: shard %d from worker %s dropped: %s", (long long)c->step,
             shard, w->id, what);
-    if (sh->state == SH_BWD_SENT) sh->redo = 1;
-    sh->state = SH_IDLE;
-    w->skip_step = c->step;
-    if (++w->offences >= 2 && !w->banned) {
-        w->banned = 1;
-        w->alive = 0;
-        ser_log(SER_LL_WARNING, "worker %s sent %d contributions that did not match their task: "
-                "it gets no more work", w->id, w->offences);
-        s_release_shards(c, wi);
-    }
+    s_move_shard(c, wi, shard);
+    if (++w->offences >= 2)
+        s_ban(c, wi, "worker %s sent %d contributions that did not match their task: it gets no "
+              "more work", w->id, w->offences);
 }
 
 static void s_handle(s_coord *c, ser_wire_msg *m) {
