@@ -36,6 +36,10 @@ ser_st_file *ser_test_open_fixture(const char *name);
 float *ser_test_tensor(const ser_st_file *f, const char *name, size_t *numel);
 float ser_test_maxabs(const float *x, size_t n);
 int ser_test_have_torch(void);
+// Writes n bytes of buf to path, or fails the test.
+void ser_test_write_file(const char *path, const void *buf, size_t n);
+// The whole file at path (malloc'ed, its size in *n), or fails the test.
+uint8_t *ser_test_read_file(const char *path, size_t *n);
 // Removes a file or a directory tree (test temp dirs); errors are ignored.
 void ser_test_rm_rf(const char *path);
 // Runs `ser ARGS` (the binary under test) with stdout and stderr into DIR/log; returns its exit

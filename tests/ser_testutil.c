@@ -108,6 +108,26 @@ void ser_test_rm_rf(const char *path) {
     }
 }
 
+void ser_test_write_file(const char *path, const void *buf, size_t n) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, n, f), n);
+    assert_int_equal(fclose(f), 0);
+}
+
+uint8_t *ser_test_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(*n ? *n : 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, *n, f), *n);
+    fclose(f);
+    return b;
+}
+
 int ser_test_run(const char *dir, const char *args) {
     size_t n = strlen(SER_BINARY) + strlen(args) + strlen(dir) + 32;
     char *cmd = malloc(n);

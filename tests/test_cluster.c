@@ -157,17 +157,6 @@ static int s_read_line(const char *name, char *buf, size_t n, int timeout_ms) {
     return -1;
 }
 
-static int s_log_has(const char *log, const char *needle) {
-    char path[256], buf[65536];
-    snprintf(path, sizeof path, "%s/%s", s_dir, log);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return strstr(buf, needle) != NULL;
-}
-
 // How many times needle occurs in the first 64 KiB of log.
 static int s_log_count(const char *log, const char *needle) {
     char path[256], buf[65536];
@@ -180,6 +169,10 @@ static int s_log_count(const char *log, const char *needle) {
     int k = 0;
     for (const char *p = buf; (p = strstr(p, needle)) != NULL; p += strlen(needle)) k++;
     return k;
+}
+
+static int s_log_has(const char *log, const char *needle) {
+    return s_log_count(log, needle) > 0;
 }
 
 // Every tensor of two `ser step`-layout files, byte for byte.
@@ -553,6 +546,40 @@ static void test_garbage_and_wrong_peers(void **state) {
     s_kill_all();
 }
 
+// A fake worker on a DEALER of ctx: identity name, HELLO sent, joined before the real one.
+static void *s_fake_join(void *ctx, const char *ep, const char *name) {
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, name, strlen(name));
+    assert_int_equal(zmq_connect(d, ep), 0);
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_HELLO;
+    e.text = (char *)(uintptr_t)name;
+    assert_int_equal(ser_wire_send(d, NULL, &e, NULL, 0), 0);
+    s_sleep_ms(300);
+    return d;
+}
+
+// One beat of a fake worker's loop: a "busy" heartbeat; 1 (and the exit status in *rc) once
+// the coordinator has exited.
+static int s_fake_beat(void *d, pid_t coord, int *rc) {
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
+    e.job_id = "ser";
+    e.text = "busy";
+    ser_wire_send(d, NULL, &e, NULL, 0);
+    int status;
+    if (waitpid(coord, &status, WNOHANG) == coord) {
+        *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        return 1;
+    }
+    s_sleep_ms(100);
+    return 0;
+}
+
 // A worker that heartbeats "busy" but never answers its tasks: past cluster.task_timeout_ms
 // its shards go to another worker, and after two such steps it gets no more work; the job ends
 // with the same bits as `ser step` (the late answers, had there been any, are stale).
@@ -566,34 +593,15 @@ static void test_busy_worker_loses_its_tasks(void **state) {
     pid_t coord = s_coordinator(out, "4", "30000", ep, sizeof ep);
     snprintf(s_extra, sizeof s_extra, "run.log_every=1");
     // The busy one joins first, so that it is handed shards.
-    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(d, ZMQ_ROUTING_ID, "busybody", 8);
-    assert_int_equal(zmq_connect(d, ep), 0);
-    Ser__Envelope e;
-    ser__envelope__init(&e);
-    e.type = SER__MSG_TYPE__MSG_HELLO;
-    e.text = "busybody";
-    assert_int_equal(ser_wire_send(d, NULL, &e, NULL, 0), 0);
-    s_sleep_ms(300);
+    void *ctx = zmq_ctx_new(), *d = s_fake_join(ctx, ep, "busybody");
     s_worker(ep, "wb");
-    int rc = -1, status;
+    int rc = -1;
     for (int t = 0; t < 600; t++) {  // 60 s at most: heartbeat "busy", answer nothing
-        ser__envelope__init(&e);
-        e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
-        e.job_id = "ser";
-        e.text = "busy";
-        ser_wire_send(d, NULL, &e, NULL, 0);
         zmq_msg_t msg;
         zmq_msg_init(&msg);
         while (zmq_msg_recv(&msg, d, ZMQ_DONTWAIT) >= 0) {}  // tasks, parameters: ignored
         zmq_msg_close(&msg);
-        if (waitpid(coord, &status, WNOHANG) == coord) {
-            rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-            break;
-        }
-        s_sleep_ms(100);
+        if (s_fake_beat(d, coord, &rc)) break;
     }
     zmq_close(d);
     zmq_ctx_term(ctx);
@@ -812,22 +820,13 @@ static void test_rogue_forward_done(void **state) {
     snprintf(out, sizeof out, "%s/rogue.safetensors", s_dir);
     s_reference(ref, "3");
     pid_t coord = s_coordinator(out, "3", "30000", ep, sizeof ep);
-    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(d, ZMQ_ROUTING_ID, "rogue", 5);
-    assert_int_equal(zmq_connect(d, ep), 0);
-    Ser__Envelope e;
-    ser__envelope__init(&e);
-    e.type = SER__MSG_TYPE__MSG_HELLO;
-    e.text = "rogue";
-    assert_int_equal(ser_wire_send(d, NULL, &e, NULL, 0), 0);
-    s_sleep_ms(300);
+    void *ctx = zmq_ctx_new(), *d = s_fake_join(ctx, ep, "rogue");
     s_worker(ep, "wv");
+    Ser__Envelope e;
     // Rows of a shard of 2 images, 24 wide; 2 equivariant samples on 4 x 4 grids.
     static float rows[2 * 24], maps[2 * 16 * 24], g[2 * 2 * 5];
     for (int i = 0; i < 4; i++) g[i * 5 + 3] = g[i * 5 + 4] = 4;
-    int answered = 0, rc = -1, status;
+    int answered = 0, rc = -1;
     for (int t = 0; t < 600; t++) {
         ser_wire_msg m;
         while (ser_wire_recv(d, 0, NULL, &m, err) == SER_OK) {
@@ -849,16 +848,7 @@ static void test_rogue_forward_done(void **state) {
             }
             ser_wire_msg_free(&m);
         }
-        ser__envelope__init(&e);
-        e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
-        e.job_id = "ser";
-        e.text = "busy";
-        ser_wire_send(d, NULL, &e, NULL, 0);
-        if (waitpid(coord, &status, WNOHANG) == coord) {
-            rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-            break;
-        }
-        s_sleep_ms(100);
+        if (s_fake_beat(d, coord, &rc)) break;
     }
     zmq_close(d);
     zmq_ctx_term(ctx);

@@ -30,25 +30,6 @@ static int s_teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
-static void s_write(const char *path, const void *buf, size_t n) {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, n, f), n);
-    fclose(f);
-}
-
-static uint8_t *s_slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*n);
-    assert_int_equal(fread(b, 1, *n, f), *n);
-    fclose(f);
-    return b;
-}
-
 // A grayscale JPEG and a CMYK JPEG through TurboJPEG.
 static void s_write_special(const char *gray_path, const char *cmyk_path) {
     tjhandle tj = tjInitCompress();
@@ -61,11 +42,11 @@ static void s_write_special(const char *gray_path, const char *cmyk_path) {
     unsigned char *jpg = NULL;
     unsigned long len = 0;
     assert_int_equal(tjCompress2(tj, g, 16, 0, 12, TJPF_GRAY, &jpg, &len, TJSAMP_GRAY, 90, 0), 0);
-    s_write(gray_path, jpg, len);
+    ser_test_write_file(gray_path, jpg, len);
     tjFree(jpg);
     jpg = NULL;
     assert_int_equal(tjCompress2(tj, k, 16, 0, 12, TJPF_CMYK, &jpg, &len, TJSAMP_444, 95, 0), 0);
-    s_write(cmyk_path, jpg, len);
+    ser_test_write_file(cmyk_path, jpg, len);
     tjFree(jpg);
     tjDestroy(tj);
 }
@@ -82,20 +63,20 @@ static void test_imagefolder_index_cache_and_bad_files(void **state) {
     snprintf(q, sizeof q, "%s/train/c01/j1_cmyk.JPEG", root);
     s_write_special(p, q);
     snprintf(p, sizeof p, "%s/train/c01/j2_empty.jpg", root);
-    s_write(p, "", 0);
+    ser_test_write_file(p, "", 0);
     snprintf(p, sizeof p, "%s/train/c01/j3_text.jpg", root);
-    s_write(p, "hello, not a jpeg\n", 18);
+    ser_test_write_file(p, "hello, not a jpeg\n", 18);
     snprintf(q, sizeof q, "%s/train/c01/i0000.jpg", root);
     size_t n;
-    uint8_t *good = s_slurp(q, &n);
+    uint8_t *good = ser_test_read_file(q, &n);
     snprintf(p, sizeof p, "%s/train/c01/j4_truncated.jpg", root);
-    s_write(p, good, n * 7 / 8);  // header intact, scan data cut short
+    ser_test_write_file(p, good, n * 7 / 8);  // header intact, scan data cut short
     snprintf(p, sizeof p, "%s/train/c01/j5_corrupt.jpg", root);
     for (size_t i = n / 3; i < n - 2; i++) good[i] = (uint8_t)(good[i] * 31 + 7);
-    s_write(p, good, n);
+    ser_test_write_file(p, good, n);
     free(good);
     snprintf(p, sizeof p, "%s/train/c02/skipped.png", root);
-    s_write(p, "png", 3);
+    ser_test_write_file(p, "png", 3);
 
     ser_dl_data *d = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, cache, err);
     assert_non_null(d);
@@ -150,8 +131,8 @@ static void test_imagefolder_index_cache_and_bad_files(void **state) {
     // A new file changes its folder's mtime: the cache is rebuilt.
     snprintf(p, sizeof p, "%s/train/c00/z_new.jpg", root);
     snprintf(q, sizeof q, "%s/train/c00/i0000.jpg", root);
-    good = s_slurp(q, &n);
-    s_write(p, good, n);
+    good = ser_test_read_file(q, &n);
+    ser_test_write_file(p, good, n);
     free(good);
     d = ser_dl_data_open(root, SER_DL_KIND_IMAGEFOLDER, SER_DL_SPLIT_TRAIN, cache, err);
     assert_non_null(d);
@@ -184,7 +165,7 @@ static void test_all_bad_is_an_error(void **state) {
     snprintf(p, sizeof p, "%s/a", root);
     mkdir(p, 0755);
     snprintf(p, sizeof p, "%s/a/x.jpg", root);
-    s_write(p, "x", 1);
+    ser_test_write_file(p, "x", 1);
     ser_dl_data *d = ser_dl_data_open(root, SER_DL_KIND_IMAGEFOLDER, SER_DL_SPLIT_TRAIN, NULL, err);
     assert_non_null(d);
     ser_dl_image im = {0};
@@ -208,7 +189,7 @@ static void test_cifar10_binary(void **state) {
             for (int i = 0; i < 3072; i++) x[1 + i] = (uint8_t)(i / 1024 * 100 + f * 2 + r);
         }
         snprintf(p, sizeof p, "%s/%s", root, names[f]);
-        s_write(p, rec, sizeof rec);
+        ser_test_write_file(p, rec, sizeof rec);
     }
     ser_dl_data *d = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, NULL, err);
     assert_non_null(d);
@@ -231,7 +212,7 @@ static void test_cifar10_binary(void **state) {
     ser_dl_data_destroy(&d);
     // A truncated batch file is a clear error at open.
     snprintf(p, sizeof p, "%s/data_batch_3.bin", root);
-    s_write(p, rec, 100);
+    ser_test_write_file(p, rec, 100);
     assert_null(ser_dl_data_open(root, SER_DL_KIND_CIFAR10, SER_DL_SPLIT_TRAIN, NULL, err));
     fprintf(stderr, "expected error: %s\n", err);
 }

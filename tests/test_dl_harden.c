@@ -34,26 +34,6 @@ static int s_teardown(void **state) {
     return 0;
 }
 
-static void s_write(const char *path, const void *buf, size_t n) {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, n, f), n);
-    assert_int_equal(fclose(f), 0);
-}
-
-static uint8_t *s_slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*n);
-    assert_non_null(b);
-    assert_int_equal(fread(b, 1, *n, f), *n);
-    fclose(f);
-    return b;
-}
-
 // Writes a w x h JPEG with content that differs per k (a ramp plus a k-dependent stripe).
 static void s_good_jpeg(const char *path, int w, int h, int k) {
     uint8_t *px = malloc((size_t)w * h * 3);
@@ -84,7 +64,7 @@ static size_t s_find_marker(const uint8_t *b, size_t n, uint8_t m) {
 static void s_write_cut(const char *path, const uint8_t *good, size_t n) {
     size_t sos = s_find_marker(good, n, 0xDA);
     assert_true(sos > 2);
-    s_write(path, good, sos);
+    ser_test_write_file(path, good, sos);
 }
 
 static void s_write_sof0_zero(const char *path, const uint8_t *good, size_t n) {
@@ -94,7 +74,7 @@ static void s_write_sof0_zero(const char *path, const uint8_t *good, size_t n) {
     assert_non_null(b);
     memcpy(b, good, n);
     memset(b + sof + 5, 0, 4);  // FF C0, length (2), precision (1), height (2), width (2)
-    s_write(path, b, n);
+    ser_test_write_file(path, b, n);
     free(b);
 }
 
@@ -116,17 +96,17 @@ static void test_decoder_reset_after_header_error(void **state) {
     for (int k = 0; k < NGOOD; k++) {
         snprintf(p, sizeof p, "%s/good%d.jpg", s_tmp, k);
         s_good_jpeg(p, 40 + 8 * k, 30 + 4 * k, k);
-        good[k] = s_slurp(p, &ngood[k]);
+        good[k] = ser_test_read_file(p, &ngood[k]);
         // The reference: each good file on a fresh, temporary handle.
         assert_int_equal(ser_dl_decode_jpeg(NULL, good[k], ngood[k], &ref[k], err), SER_OK);
     }
     size_t ncut, nsof;
     snprintf(p, sizeof p, "%s/cut.jpg", s_tmp);
     s_write_cut(p, good[0], ngood[0]);
-    uint8_t *cut = s_slurp(p, &ncut);
+    uint8_t *cut = ser_test_read_file(p, &ncut);
     snprintf(p, sizeof p, "%s/sof0.jpg", s_tmp);
     s_write_sof0_zero(p, good[0], ngood[0]);
-    uint8_t *sof = s_slurp(p, &nsof);
+    uint8_t *sof = ser_test_read_file(p, &nsof);
 
     void *tj = tjInitDecompress();
     assert_non_null(tj);
@@ -190,7 +170,7 @@ static void test_replacement_independent_of_order(void **state) {
     // so a decoder left dirty by them fails the next, good, index.
     snprintf(q, sizeof q, "%s/train/c00/i0000.jpg", root);
     size_t n;
-    uint8_t *good = s_slurp(q, &n);
+    uint8_t *good = ser_test_read_file(q, &n);
     snprintf(p, sizeof p, "%s/train/c00/i0001a_cut.jpg", root);
     s_write_cut(p, good, n);
     snprintf(p, sizeof p, "%s/train/c00/i0003a_sof0.jpg", root);
