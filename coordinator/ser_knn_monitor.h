@@ -7,7 +7,7 @@
 //
 // The numbers are those of `ser eval knn --train-limit N --test-limit M --seed 0` on the
 // checkpoint of that step, at the same thread count: the subsets, the decoding, the forward
-// batches and the vote are eval/ser_eval_data.h's, shared by both.
+// batches and the vote are dataloader/ser_eval_data.h's, shared by both.
 //
 // The images of both subsets are decoded once at start and kept ((N + M) x img^2 x 3 bytes).
 //

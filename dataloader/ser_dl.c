@@ -70,7 +70,7 @@ static uint64_t s_fnv(uint64_t h, const void *p, size_t n) {
 }
 
 uint64_t ser_dl_config_hash(const ser_dl_config *c) {
-    // v2: group elements drawn by common/ser_group.c (v1 had the loader's own sampler and a
+    // v2: group elements drawn by common/nn/ser_group.c (v1 had the loader's own sampler and a
     // configurable scale range), so a v1 peer is refused rather than sent other content.
     // v3: photometric strengths.
     char s[640];

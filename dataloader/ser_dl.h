@@ -9,7 +9,7 @@
 // Samples. Invariant: two views of img x img, each its own RandomResizedCrop + hflip +
 // photometric draw (view 0: blur p 1.0, solarize p 0; view 1: blur p 0.1, solarize p 0.2).
 // Equivariant: one crop (view 0's crop + flip) resized to img x img, then per view v the
-// photometric draw of view v, then the group element g_v (ser_group_elem of common/ser_group.h,
+// photometric draw of view v, then the group element g_v (ser_group_elem of common/nn/ser_group.h,
 // the type the worker's objective consumes) applied in float by ser_group_image_action_hwc,
 // then rounding to uint8: a view of ser_group_image_size(g_v, P), i.e. (P*gh, P*gw),
 // transposed when rot90 is odd.
@@ -22,7 +22,7 @@
 // ser_rng_init(seed, step, shard, 1<<31 | view<<16 | purpose) (kornia's op order), or from
 // the group sampler's shard streams below.
 //
-// Group elements come from common/ser_group.h's samplers (one definition of G and of its
+// Group elements come from common/nn/ser_group.h's samplers (one definition of G and of its
 // distribution), the loader's keys passed through their counter words:
 //   paper      ser_group_sample_paper(seed, step := epoch, sample_id := dataset index):
 //              g_v from (seed, epoch, index, v<<16 | GROUP), v = 0, 1.

@@ -9,7 +9,7 @@
 //   kornia       kornia 0.8.0 on [0,1] floats (ser-reference.md §3.2): additive brightness,
 //                multiplicative contrast, HSV saturation/hue in radians, 9x9 truncated Gaussian
 //                with reflect border, solarize with a random threshold.
-// The equivariant group action is not here: the loader applies common/ser_group.h's
+// The equivariant group action is not here: the loader applies common/nn/ser_group.h's
 // ser_group_image_action_hwc, the one definition of G that the worker's objective also uses.
 //
 // defines:

@@ -1,4 +1,4 @@
-// test_backbone.c — the standalone student backbone (common/ser_backbone.h) and `ser export`:
+// test_backbone.c — the standalone student backbone (common/train/ser_backbone.h) and `ser export`:
 // for a tiny job of each method, a checkpoint (file and run directory) and a `ser step`-style
 // state file give bitwise the student's backbone and the same forward output; the random
 // baseline is bitwise a fresh job's student; missing config / missing tensor / wrong shape /

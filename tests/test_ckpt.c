@@ -1,4 +1,4 @@
-// test_ckpt.c — checkpoints (common/ser_ckpt.h): bitwise round trip of tables, optimizer state,
+// test_ckpt.c — checkpoints (common/io/ser_ckpt.h): bitwise round trip of tables, optimizer state,
 // extras and the training position; keep-last-K rotation and the `latest` pointer; refusal of
 // corrupt (every byte flipped), truncated (many lengths), wrong-version, wrong-config and
 // wrong-layout files with the bound memory left untouched; walking back to an older valid

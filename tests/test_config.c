@@ -383,7 +383,7 @@ static void test_hash(void **state) {
         {"optim.lr", "0.00030000000000000003"}, {"ser.grad", "off"}, {"data.shards", "4"},
         {"data.seed", "1"}, {"model.cls_layer", "4"}, {"run.nonfinite", "skip"},
         {"optim.decay", "no_bias_1d"}, {"moco.momentum", "0.999"}, {"method.name", "dino"},
-        {"run.threads", "3"},  // BLAS bits depend on it (common/ser_kernels.h)
+        {"run.threads", "3"},  // BLAS bits depend on it (common/nn/ser_kernels.h)
     };
     for (size_t i = 0; i < sizeof differ / sizeof differ[0]; i++) {
         d = c;

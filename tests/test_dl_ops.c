@@ -1,6 +1,6 @@
 // test_dl_ops.c — the loader's augmentation ops against torchvision 0.14 / PIL 9.4 fixtures
 // (tests/reference/make_loader_fixtures.py), their naive twins, the kornia-semantics ops and
-// the photometric draws. The group action the loader applies is common/ser_group.h's, tested
+// the photometric draws. The group action the loader applies is common/nn/ser_group.h's, tested
 // in tests/test_group.c.
 //
 // Tolerances: every torchvision/PIL op is integer or replays PIL's own float steps, so the

@@ -1,6 +1,6 @@
 // test_dl_shard.c — deterministic shard assembly: batch geometry, bytes independent of the
 // thread count, both policies and group-sampling modes, bad files in a shard, the group
-// elements equal to common/ser_group.h's samplers under the documented keys, and the
+// elements equal to common/nn/ser_group.h's samplers under the documented keys, and the
 // equivariant pair's relative transform checked against the g0, g1 sent with it.
 #include <math.h>
 #include <stdio.h>

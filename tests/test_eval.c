@@ -1,4 +1,4 @@
-// test_eval.c — the evaluation math (common/ser_eval.h) on synthetic data with known answers,
+// test_eval.c — the evaluation math (common/eval/ser_eval.h) on synthetic data with known answers,
 // and `ser eval` end to end on a tiny generated ImageFolder with a tiny ViT.
 //
 // Known answers: separable clusters give 100% kNN and linear accuracy; the kNN temperature

@@ -1,4 +1,4 @@
-// test_group.c — the geometric group of SER (common/ser_group.c): permutation primitives on
+// test_group.c — the geometric group of SER (common/nn/ser_group.c): permutation primitives on
 // hand-written torch.rot90 examples, the fused relative action against its composed twin and
 // the reference's formula (bitwise), the closed-form index maps on synthetic (row, col) maps,
 // the image action commuting with patchify, the channels-last image action equal to the planar

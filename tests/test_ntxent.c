@@ -1,4 +1,4 @@
-// test_ntxent.c — the patch-wise NT-Xent (common/ser_ntxent.c): PyTorch fixtures of the
+// test_ntxent.c — the patch-wise NT-Xent (common/nn/ser_ntxent.c): PyTorch fixtures of the
 // reference's code path, the brute-force definition of ser-reference §10.4, central finite
 // differences through the normalisation, the BLAS path against the naive twin, bitwise
 // equality across thread counts, and the edge cases (one sample, zero rows, large |S|, bad

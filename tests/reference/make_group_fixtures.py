@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes the fixtures of ser's geometric group and patch-wise NT-Xent:
 
-    tests/reference/fixtures/group.safetensors   (common/ser_group.c, tests/test_group.c)
-    tests/reference/fixtures/ntxent.safetensors  (common/ser_ntxent.c, tests/test_ntxent.c)
+    tests/reference/fixtures/group.safetensors   (common/nn/ser_group.c, tests/test_group.c)
+    tests/reference/fixtures/ntxent.safetensors  (common/nn/ser_ntxent.c, tests/test_ntxent.c)
 
 Every reference value is computed in float64 from float32-representable inputs with the ops the
 reference code uses (torch.rot90, torch.flip, F.interpolate(mode='bicubic', size=...,

@@ -1,5 +1,5 @@
 // ser_eval_cmd.c — `ser eval`: evaluation of a checkpoint (or of the random initialisation of a
-// job) on a labelled dataset. The numbers come from common/ser_eval.h; this file does the data,
+// job) on a labelled dataset. The numbers come from common/eval/ser_eval.h; this file does the data,
 // the frozen features, the modes and the output.
 //
 // Data: the train and test splits of an ImageFolder tree (val/ is the test split; without one,
@@ -28,7 +28,7 @@
 //                 rot90/180/270, hflip, the two rescalings and the 15 corruptions x 5
 //                 severities (ser_corrupt_apply on the uint8 image at model resolution; the seed
 //                 depends on the image alone).
-// Group elements: common/ser_group.h; g.x is ser_group_image_action on the normalised image
+// Group elements: common/nn/ser_group.h; g.x is ser_group_image_action on the normalised image
 // (bicubic rescaling is affine-equivariant, so normalising first changes nothing but rounding).
 #include <getopt.h>
 #include <math.h>
@@ -80,7 +80,7 @@ typedef struct s_ctx {
     ser_backbone bb;
     ser_vit *v;
     int img, P, g0, L, C, k, nl, baseline, ncls;
-    ser_eval_data ed;  // the labelled data (eval/ser_eval_data.h)
+    ser_eval_data ed;  // the labelled data (dataloader/ser_eval_data.h)
     ser_vit_acts acts;
     int B, nthr;
     uint8_t *u8, *u8c;     // (B, img, img, 3): resized batch, corrupted copy

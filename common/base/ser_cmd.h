@@ -1,21 +1,21 @@
 // ser_cmd.h — the subcommand entry points of the `ser` executable.
 //
-// Each role folder implements its own entry points; common/ser_main.c dispatches to them.
+// Each role folder implements its own entry points; tools/ser_main.c dispatches to them.
 // An entry point returns the process exit status (0 success, 1 runtime failure, 2 usage).
 //
 // defines:
-//   ser_cmd_bench (worker/), ser_cmd_dataloader, ser_bench_loader (dataloader/)
+//   ser_cmd_bench (tools/), ser_cmd_dataloader, ser_bench_loader (dataloader/)
 //   ser_cmd_unimplemented()   the uniform message for commands of later milestones
 #ifndef SER_CMD_H
 #define SER_CMD_H
 
 int ser_cmd_bench(int argc, char **argv);
-// `ser bench step ...` (argv[0] is "step"), worker/ser_bench_step.c.
+// `ser bench step ...` (argv[0] is "step"), tools/ser_bench_step.c.
 int ser_bench_step(int argc, char **argv);
-// `ser bench cluster ...` (argv[0] is "cluster"), worker/ser_bench_cluster.c.
+// `ser bench cluster ...` (argv[0] is "cluster"), tools/ser_bench_cluster.c.
 int ser_bench_cluster(int argc, char **argv);
 int ser_cmd_dataloader(int argc, char **argv);
-// `ser step` (worker/ser_step.c).
+// `ser step` (tools/ser_step.c).
 int ser_cmd_step(int argc, char **argv);
 // `ser worker` (worker/ser_worker.c), `ser coordinator` and `ser local` (coordinator/).
 int ser_cmd_worker(int argc, char **argv);
@@ -25,12 +25,12 @@ int ser_cmd_local(int argc, char **argv);
 int ser_cmd_keygen(int argc, char **argv);
 // `ser status HOST:PORT` (coordinator/ser_status_cmd.c).
 int ser_cmd_status(int argc, char **argv);
-// `ser export` (worker/ser_export.c).
+// `ser export` (tools/ser_export.c).
 int ser_cmd_export(int argc, char **argv);
 // `ser bench loader ...` (argv[0] is "loader").
 int ser_bench_loader(int argc, char **argv);
 
-// `ser eval` (worker/ser_eval_cmd.c).
+// `ser eval` (tools/ser_eval_cmd.c).
 int ser_cmd_eval(int argc, char **argv);
 
 // Prints "ser NAME: not implemented yet (WHAT)" and returns 2.
