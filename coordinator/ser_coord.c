@@ -64,7 +64,8 @@ typedef struct s_shard {
 typedef struct s_coord {
     const ser_coord_opts *o;
     ser_trainer tr;
-    ser_trainer_vits v;  // the student's span (and the teacher's) that workers compute with
+    const ser_objective_model *m;  // the objective's model: student, teacher (workers compute with)
+    size_t toff;                   // the teacher's span in its arena
     void *ctx, *sock;
     char job_id[SER_CONFIG_STR_LEN];
     uint64_t hash;
@@ -204,10 +205,10 @@ static void s_send_params(s_coord *c, int wi) {
     s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS);
     e.params_version = (uint64_t)c->step;
     e.momentum = c->tmom;
-    ser_wire_tensor t[2] = {{"student", 1, {(int64_t)c->span}, c->v.params + c->off}};
+    ser_wire_tensor t[2] = {{"student", 1, {(int64_t)c->span}, c->tr.params + c->off}};
     int n = 1;
-    if (c->v.teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step) {
-        t[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)c->span}, c->v.tparams + c->v.toff};
+    if (c->m->teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step) {
+        t[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)c->span}, c->m->tparams + c->toff};
         n = 2;
         ser_log(SER_LL_DEBUG, "step %lld: sending the teacher to %s (it holds step %lld's)",
                 (long long)c->step, w->id, (long long)w->teacher_version);
@@ -348,7 +349,7 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     const char *cls[4] = {"qcls0", "qcls1", "kcls0", "kcls1"};
     float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
     const float *src[4];
-    int nsets = c->v.teacher ? 4 : 2;  // the teacher's rows and maps when there is one
+    int nsets = c->m->teacher ? 4 : 2;  // the teacher's rows and maps when there is one
     for (int i = 0; i < nsets; i++)
         if (!(src[i] = ser_wire_find(m, cls[i], nr * C))) return SER_EFORMAT;
     // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
@@ -446,7 +447,7 @@ static int s_assemble(s_coord *c, char *err) {
             if (!sh->n_eq) continue;
             size_t at = g->tokoff[v][sh->e0] * (size_t)g->C, n = sh->ntok[v] * (size_t)g->C;
             memcpy(g->qmap[v] + at, sh->maps[v], sizeof(float) * n);
-            if (c->v.teacher) memcpy(g->kmap[v] + at, sh->maps[2 + v], sizeof(float) * n);
+            if (c->m->teacher) memcpy(g->kmap[v] + at, sh->maps[2 + v], sizeof(float) * n);
         }
     }
     g->n_eq = n_eq, g->n_inv = c->B - n_eq;
@@ -768,12 +769,12 @@ static void s_name_nonfinite_rows(const s_coord *c, char *err) {
         const s_shard *sh = &c->sh[s];
         const float *rows[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
         int bad = 0;
-        for (int i = 0; i < (c->v.teacher ? 4 : 2) && !bad; i++)
+        for (int i = 0; i < (c->m->teacher ? 4 : 2) && !bad; i++)
             for (size_t j = (size_t)sh->p0 * C; j < (size_t)sh->p1 * C && !bad; j++)
                 bad = !isfinite(rows[i][j]);
         for (int v = 0; v < 2 && sh->n_eq && !bad; v++)
             for (size_t j = 0; j < sh->ntok[v] * (size_t)C && !bad; j++)
-                bad = !isfinite(sh->maps[v][j]) || (c->v.teacher && !isfinite(sh->maps[2 + v][j]));
+                bad = !isfinite(sh->maps[v][j]) || (c->m->teacher && !isfinite(sh->maps[2 + v][j]));
         if (bad) {
             size_t n = strlen(err);
             snprintf(err + n, SER_ERR_LEN - n, " (non-finite forward rows from shard %d, worker %s)",
@@ -783,9 +784,12 @@ static void s_name_nonfinite_rows(const s_coord *c, char *err) {
     }
 }
 
-static int s_step(s_coord *c, double lr, double wd, double L[3], float *grads0, char *err) {
-    ser_trainer *t = &c->tr;
-    if (c->v.ema_before) ser_trainer_teacher_ema(t, c->momentum);  // MoCo: before the keys
+// The step's engine on the workers (ser_train.h): the forward half sends the parameters and
+// every shard's forward task, then assembles the batch from the shards' answers; the backward
+// half sends the gradients of the gathered rows and sums the shard gradients in shard order (as
+// ser_engine_backward does in one process).
+static int s_remote_forward(void *ctx, const ser_batch **b, ser_gathered **g, char *err) {
+    s_coord *c = ctx;
     for (int i = 0; i < c->nw; i++)
         if (c->w[i].alive) s_send_params(c, i);
     for (int s = 0; s < c->S; s++) c->sh[s].state = SH_IDLE, c->sh[s].redo = 0;
@@ -796,33 +800,39 @@ static int s_step(s_coord *c, double lr, double wd, double L[3], float *grads0, 
     c->phase = SER_STATUS_PHASE_OBJECTIVE;
     if ((rc = s_assemble(c, err))) return rc;
     for (int v = 0; v < 2; v++) memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
-    if ((rc = ser_trainer_objective(t, &c->b, &c->g, c->step, L, err))) {
-        if (rc == SER_ENONFINITE) {  // the step's number first, as `ser step` says it
-            ser_err_prefix(err, "step %lld: ", (long long)c->step);
-            s_name_nonfinite_rows(c, err);
-        }
-        return rc;
-    }
+    *b = &c->b, *g = &c->g;
+    return SER_OK;
+}
+
+static int s_remote_backward(void *ctx, float *total, char *err) {
+    (void)err;
+    s_coord *c = ctx;
     for (int s = 0; s < c->S; s++) {
         if (c->sh[s].redo)
             c->sh[s].state = SH_IDLE;  // its worker died after the forward: s_phase redoes it
         else
             s_send_backward(c, s);
     }
-    if ((rc = s_phase(c, SH_BWD_DONE, "backward"))) return rc;
-    // The shard gradients, summed in shard order (as ser_engine_backward does in one process).
-    float *total = t->grads + c->off;
+    int rc = s_phase(c, SH_BWD_DONE, "backward");
+    if (rc) return rc;
     memset(total, 0, sizeof(float) * c->span);
     for (int s = 0; s < c->S; s++) {
         const float *g = c->sh[s].grad;
         for (size_t i = 0; i < c->span; i++) total[i] += g[i];
     }
-    if (grads0) memcpy(grads0, t->grads, sizeof(float) * t->tab->total);
     c->phase = SER_STATUS_PHASE_APPLY;
     c->waiting[0] = 0;
-    rc = ser_trainer_apply(&c->tr, c->step, lr, wd, &c->gnorm, err);
-    if (rc == SER_ENONFINITE)  // the apply checked the whole gradient; name the shard if one is the source
-        s_name_nonfinite_shard(c, err);
+    return SER_OK;
+}
+
+static const ser_step_engine_i s_remote_engine = {s_remote_forward, s_remote_backward};
+
+static int s_step(s_coord *c, double lr, double wd, double L[3], float *grads0, char *err) {
+    int phase = 0;
+    int rc = ser_trainer_step(&c->tr, &s_remote_engine, c, c->step, lr, wd, c->momentum, L, grads0,
+                              &c->gnorm, &phase, err);
+    if (rc == SER_ENONFINITE && phase == SER_STEP_OBJECTIVE) s_name_nonfinite_rows(c, err);
+    if (rc == SER_ENONFINITE && phase == SER_STEP_APPLY) s_name_nonfinite_shard(c, err);
     return rc;
 }
 
@@ -897,7 +907,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         return 2;
     }
     c.tr.lr_fix = o->lr_fix, c.tr.wd_fix = o->wd_fix, c.tr.mom_fix = o->mom_fix;
-    ser_trainer_get_vits(&c.tr, &c.v);
+    c.m = &c.tr.mdl;
     int threads = o->cfg.run.threads > 0 ? o->cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ser_kernels_set_threads(threads);
     c.hash = ser_config_hash(&o->cfg);
@@ -960,7 +970,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         double tk = ser_time_sec();
         int64_t every = o->cfg.eval.knn_every > 0 ? o->cfg.eval.knn_every : c.ipe;
         char kerr[SER_ERR_LEN];
-        c.knn = ser_knn_monitor_new(&o->cfg, &c.v.student->cfg, every, threads, kerr);
+        c.knn = ser_knn_monitor_new(&o->cfg, &c.m->student->cfg, every, threads, kerr);
         if (c.knn) {
             int ntr, nte;
             ser_knn_monitor_sizes(c.knn, &ntr, &nte);
@@ -971,7 +981,7 @@ int ser_coord_run(const ser_coord_opts *o) {
             ser_log(SER_LL_INFO, "kNN monitor %s", kerr);
         }
     }
-    c.span = c.v.span, c.off = c.v.off;
+    c.span = ser_trainer_span(&c.tr, &c.off, &c.toff);
     c.S = o->cfg.data.shards;
     c.B = o->cfg.data.global_batch;
     // The equivariant samples a loader puts in each step (the batch file's own count is not
@@ -990,7 +1000,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         sh->p0 = s * (c.B / c.S), sh->p1 = sh->p0 + c.B / c.S, sh->worker = -1;
         sh->grad = ser_xaligned(sizeof(float) * c.span);
     }
-    c.g.B = c.B, c.g.C = c.v.student->cfg.dim;
+    c.g.B = c.B, c.g.C = c.m->student->cfg.dim;
     for (int v = 0; v < 2; v++) {
         c.g.qcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
         c.g.kcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
@@ -1073,7 +1083,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         ser_trainer_values(&c.tr, c.step, &lr, &wd, &c.momentum);
         c.lr = lr, c.wd = wd;
         c.tmom = c.momentum;
-        if (!c.v.ema_before && c.step > 0) {  // DINO: the EMA that closed the previous step
+        if (c.tr.obj->ema == SER_OBJECTIVE_EMA_AFTER && c.step > 0) {  // DINO: the EMA that closed the previous step
             double lr1, wd1;
             ser_trainer_values(&c.tr, c.step - 1, &lr1, &wd1, &c.tmom);
         }
@@ -1095,7 +1105,7 @@ int ser_coord_run(const ser_coord_opts *o) {
                 // was, so the workers' own EMA would be wrong: they get it whole next step.
                 ser_log(SER_LL_WARNING, "%s; skipped (run.nonfinite = skip)", err);
                 L[0] = L[1] = L[2] = NAN;
-                if (!c.v.ema_before)
+                if (c.tr.obj->ema == SER_OBJECTIVE_EMA_AFTER)
                     for (int i = 0; i < c.nw; i++) c.w[i].teacher_version = INT64_MIN;
                 rc = SER_OK;
             }
@@ -1124,7 +1134,7 @@ int ser_coord_run(const ser_coord_opts *o) {
             ser_eval_acc acc;
             double secs;
             char kerr[SER_ERR_LEN];
-            if (ser_knn_monitor_run(c.knn, c.v.student, &acc, &secs, kerr)) {
+            if (ser_knn_monitor_run(c.knn, c.m->student, &acc, &secs, kerr)) {
                 ser_log(SER_LL_WARNING, "kNN monitor: %s; off from here", kerr);
                 ser_knn_monitor_destroy(&c.knn);
             } else {

@@ -24,6 +24,9 @@
 
 #include <cmocka.h>
 
+#include "ser_barlow.h"
+#include "ser_dino.h"
+#include "ser_moco.h"
 #include "ser_safetensors.h"
 
 int ser_test_allclose(const char *label, const float *got, const float *ref, size_t n, float atol,
@@ -49,6 +52,19 @@ int ser_test_run(const char *dir, const char *args);
 int ser_test_log_has(const char *dir, const char *needle);
 // The entries of dir whose name contains sub.
 int ser_test_count_entries(const char *dir, const char *sub);
+
+// One objective's forward and backward on one batch in this process, without a trainer: the
+// engine forward, the objective's batch-coupled half, the engine backward (the step loop of
+// train/ser_train.h without the optimizer). The tests of each objective use these to compare
+// against PyTorch and across shard splits; grads are overwritten.
+int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float momentum,
+                              uint64_t drop_seed, uint32_t step, ser_moco_losses *out,
+                              char err[SER_ERR_LEN]);
+int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, double teacher_temp,
+                              uint64_t drop_seed, uint32_t step, ser_dino_losses *out,
+                              char err[SER_ERR_LEN]);
+int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, uint64_t drop_seed,
+                                uint32_t step, ser_barlow_losses *out, char err[SER_ERR_LEN]);
 
 #define SER_ASSERT_CLOSE(label, got, ref, n, atol, rtol) \
     assert_true(ser_test_allclose((label), (got), (ref), (n), (atol), (rtol)))

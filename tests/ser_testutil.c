@@ -162,3 +162,73 @@ int ser_test_count_entries(const char *dir, const char *sub) {
     closedir(d);
     return n;
 }
+
+// --- one objective's local forward/backward ----------------------------------------------------
+typedef int (*s_objective_fn)(void *st, const ser_batch *b, ser_gathered *g, void *out, char *err);
+
+static int s_local(ser_vit *student, ser_vit *teacher, float *grads, size_t n, const ser_batch *b,
+                   int shards, int ser, int ser_grad, uint64_t seed, uint32_t step,
+                   s_objective_fn fn, void *st, void *out, char *err) {
+    int rc = ser_batch_check(b, &student->cfg, shards, err);
+    if (rc) return rc;
+    memset(grads, 0, sizeof(float) * n);
+    ser_engine e;
+    memset(&e, 0, sizeof e);
+    ser_gathered g;
+    rc = ser_engine_forward(&e, student, teacher, b, shards, ser, seed, step, &g, err);
+    if (!rc) {
+        rc = fn(st, b, &g, out, err);
+        if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
+        if (!rc) ser_engine_backward(&e, student, b, shards, &g, ser && ser_grad);
+        ser_gathered_free(&g);
+    }
+    ser_engine_free(&e);
+    return rc;
+}
+
+static int s_moco_fn(void *st, const ser_batch *b, ser_gathered *g, void *out, char *err) {
+    return ser_moco_objective(st, b, g, out, err);
+}
+
+int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float momentum,
+                              uint64_t drop_seed, uint32_t step, ser_moco_losses *out,
+                              char err[SER_ERR_LEN]) {
+    int rc = ser_batch_check(b, &m->cfg.vit, shards, err);
+    if (rc) return rc;
+    if (momentum >= 0.0f) ser_moco_momentum_update(m, momentum);
+    return s_local(&m->vit, &m->mvit, m->grads, m->tab.total, b, shards, m->cfg.ser,
+                   m->cfg.ser_grad, drop_seed, step, s_moco_fn, m, out, err);
+}
+
+typedef struct {
+    ser_dino_losses *L;
+    double temp;
+} s_dino_out;
+
+static int s_dino_fn(void *st, const ser_batch *b, ser_gathered *g, void *out, char *err) {
+    s_dino_out *o = out;
+    return ser_dino_objective(st, b, g, o->temp, o->L, err);
+}
+
+int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, double teacher_temp,
+                              uint64_t drop_seed, uint32_t step, ser_dino_losses *out,
+                              char err[SER_ERR_LEN]) {
+    d->have_batch_center = 0;
+    if (!(teacher_temp > 0.0 && isfinite(teacher_temp)))
+        return ser_errf(err, SER_EINVAL, "dino: teacher temperature %g must be positive and finite",
+                        teacher_temp);
+    s_dino_out o = {out, teacher_temp};
+    return s_local(&d->vit, &d->tvit, d->grads, d->tab.total, b, shards, d->cfg.ser,
+                   d->cfg.ser_grad, drop_seed, step, s_dino_fn, d, &o, err);
+}
+
+static int s_barlow_fn(void *st, const ser_batch *b, ser_gathered *g, void *out, char *err) {
+    return ser_barlow_objective(st, b, g, out, err);
+}
+
+int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, uint64_t drop_seed,
+                                uint32_t step, ser_barlow_losses *out, char err[SER_ERR_LEN]) {
+    memset(out, 0, sizeof *out);
+    return s_local(&m->vit, NULL, m->grads, m->tab.total, b, shards, m->cfg.ser, m->cfg.ser_grad,
+                   drop_seed, step, s_barlow_fn, m, out, err);
+}

@@ -69,9 +69,7 @@ static void s_job(ser_config *cfg, const char *method, const char *init) {
 }
 
 static ser_vit *s_student(ser_trainer *t) {
-    if (t->method == SER_CONFIG_METHOD_MOCO) return &t->m.vit;
-    if (t->method == SER_CONFIG_METHOD_DINO) return &t->dino.vit;
-    return &t->bt.vit;
+    return t->mdl.student;
 }
 
 // A trainer of the job with weights that no init gives: every table shifted differently, so a

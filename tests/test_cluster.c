@@ -283,6 +283,36 @@ static void s_method_n_workers(const char *method, const char *section) {
     }
 }
 
+// A batch without equivariant samples (SER on): projector_equiv and norm_equiv get no gradient,
+// so AdamW leaves them alone — through the runtime exactly as in `ser step` (same bits), with
+// no optimizer state for them in either.
+static void test_no_equivariant_sample_runtime(void **state) {
+    (void)state;
+    char b[1024], ref[160], out[160], od[200];
+    ser_test_fixture_path(b, sizeof b, "unused_batch.safetensors");  // 4 invariant samples
+    snprintf(ref, sizeof ref, "%s/noeq-ref.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/noeq-local.safetensors", s_dir);
+    snprintf(od, sizeof od, "run.out_dir=%s/noeq", s_dir);
+    char *sargs[] = {"ser", "step", "--config", s_cfg, "--weights", s_w, "--batch", b, "--out", ref,
+                     "--steps", "5", "--set", "data.global_batch=4", "--set", "data.shards=2",
+                     COMMON, NULL};
+    assert_int_equal(s_wait(s_start("step.log", sargs)), 0);
+    char *args[] = {"ser", "local", "--workers", "2", "--config", s_cfg, "--weights", s_w,
+                    "--batch-file", b, "--out", out, "--steps", "5", "--set", od, "--set",
+                    "data.global_batch=4", "--set", "data.shards=2", COMMON, NULL};
+    int rc = s_wait(s_start("local.log", args));
+    if (rc) system("tail -20 /tmp/ser_cluster_*/local.log");
+    assert_int_equal(rc, 0);
+    s_assert_same_bits(ref, out);
+    char err[SER_ERR_LEN];
+    ser_st_file *f = NULL;
+    assert_int_equal(ser_st_open(&f, out, err), 0);
+    assert_null(ser_st_find(f, "optimizer.projector_equiv.0.weight.step"));
+    assert_null(ser_st_find(f, "optimizer.base_encoder.norm_equiv.weight.step"));
+    assert_non_null(ser_st_find(f, "optimizer.base_encoder.blocks.0.attn.qkv.weight.step"));
+    ser_st_destroy(&f);
+}
+
 static void test_dino_n_workers_equal_ser_step(void **state) {
     (void)state;
     s_method_n_workers("dino", s_dino_section);
@@ -1206,6 +1236,7 @@ static void test_all_workers_gone(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_workers_equal_ser_step),
+        cmocka_unit_test(test_no_equivariant_sample_runtime),
         cmocka_unit_test(test_dino_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_local_stops_on_sigterm),

@@ -103,6 +103,72 @@ static void test_one_step_matches_pytorch(void **state) {
     ser_st_destroy(&o), ser_st_destroy(&exp), ser_st_destroy(&ref);
 }
 
+// A step in which projector_equiv and norm_equiv are outside the graph (no equivariant sample
+// with SER on; SER off with [CLS] inserted after block 2 < depth): PyTorch's AdamW skips a
+// parameter whose .grad is None (no decay, no moments, no step count), and so must ser. Both runs
+// must give the PyTorch fixture's weights (make_fixtures.py unused_case), leave those tensors
+// bitwise as loaded and write no optimizer state for them.
+static void s_unused_case(const char *weights, const char *extra, int ser_on) {
+    char args[ARGS_LEN], w[1024], b[1024], out[256];
+    ser_test_fixture_path(w, sizeof w, weights);
+    ser_test_fixture_path(b, sizeof b, "unused_batch.safetensors");
+    snprintf(out, sizeof out, "%s/unused%d.safetensors", s_dir, ser_on);
+    snprintf(args, sizeof args, "step --config '%s' --weights '%s' --batch '%s' --out '%s' "
+             "--lr 0.5 --wd 0.1 --momentum 0.9 --set data.global_batch=4 --set data.shards=2 %s",
+             s_cfg, w, b, out, extra);
+    assert_int_equal(s_ser(args), 0);
+    char err[SER_ERR_LEN];
+    ser_st_file *o = NULL, *in = NULL;
+    assert_int_equal(ser_st_open(&o, out, err), 0);
+    assert_int_equal(ser_st_open(&in, w, err), 0);
+    ser_st_file *exp = ser_test_open_fixture("unused_expected.safetensors");
+    int ok = 1, n_unused = 0, n_checked = 0;
+    for (int i = 0; i < ser_st_count(exp); i++) {
+        const ser_st_entry *e = ser_st_at(exp, i);
+        const char *name = e->name + 6;  // after "after."
+        int unused = strstr(name, "projector_equiv.") || strstr(name, "norm_equiv.");
+        if (!ser_on && strncmp(name, "projector_equiv.", 16) == 0) {
+            assert_null(ser_st_find(o, name));  // SER off: no such module
+            continue;
+        }
+        if (strncmp(name, "momentum_encoder.", 17) == 0) continue;  // not trainable
+        const ser_st_entry *g = ser_st_find(o, name);
+        if (!g) fail_msg("%s: missing from the state", name);
+        size_t n;
+        float *want = ser_test_tensor(exp, e->name, &n), *got = ser_test_tensor(o, name, NULL);
+        ok &= ser_test_allclose(name, got, want, n, 2e-5f, 1e-4f);
+        char key[256];
+        snprintf(key, sizeof key, "optimizer.%s.step", name);
+        const ser_st_entry *st = ser_st_find(o, key);
+        if (unused) {
+            // Bitwise as loaded, and no AdamW state at all (torch keeps none).
+            const ser_st_entry *x = ser_st_find(in, name);
+            assert_non_null(x);
+            assert_int_equal(x->nbytes, g->nbytes);
+            assert_memory_equal(x->data, g->data, g->nbytes);
+            if (st) fail_msg("%s: optimizer state for a tensor without gradient", name);
+            snprintf(key, sizeof key, "optimizer.%s.exp_avg", name);
+            assert_null(ser_st_find(o, key));
+            n_unused++;
+        } else if (!strstr(name, "patch_embed")) {
+            if (!st) fail_msg("%s: no optimizer step", name);
+            assert_int_equal(*(const int64_t *)st->data, 1);
+        }
+        free(want), free(got);
+        n_checked++;
+    }
+    assert_int_equal(n_unused, ser_on ? 4 : 2);  // projector_equiv.{0,2}.weight, norm_equiv.{weight,bias}
+    assert_true(n_checked > 50);
+    assert_true(ok);
+    ser_st_destroy(&o), ser_st_destroy(&in), ser_st_destroy(&exp);
+}
+
+static void test_unused_tensors_untouched(void **state) {
+    (void)state;
+    s_unused_case("step_weights.safetensors", "", 1);
+    s_unused_case("unused_weights_noser.safetensors", "--set ser.enabled=false", 0);
+}
+
 static void test_overfits_one_batch(void **state) {
     (void)state;
     char args[ARGS_LEN], w[1024], b[1024], out[256];
@@ -288,6 +354,7 @@ static void test_bad_inputs(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_step_matches_pytorch),
+        cmocka_unit_test(test_unused_tensors_untouched),
         cmocka_unit_test(test_overfits_one_batch),
         cmocka_unit_test(test_barlow_through_ser_step),
         cmocka_unit_test(test_dino_through_ser_step),

@@ -97,8 +97,8 @@ static int s_single(const char *cfg_path, const char *batch, int steps, double *
     for (int k = 0; k < steps && !rc; k++) {
         double t0 = ser_time_sec(), lr, wd, mom;
         ser_trainer_values(&tr, k, &lr, &wd, &mom);
-        rc = ser_trainer_forward_backward(&tr, &bf.b, cfg.data.shards, k, mom, L, err);
-        if (!rc) rc = ser_trainer_apply(&tr, k, lr, wd, NULL, err);
+        rc = ser_trainer_step_local(&tr, &bf.b, cfg.data.shards, k, lr, wd, mom, L, NULL, NULL,
+                                    err);
         t[k] = ser_time_sec() - t0;
     }
     *med = ser_median(t + 1, steps - 1);

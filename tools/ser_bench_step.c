@@ -144,8 +144,7 @@ int ser_bench_step(int argc, char **argv) {
     for (int r = -1; r < runs && !rc; r++) {  // r = -1: warm-up
         double t0 = ser_time_sec(), lr, wd, mom;
         ser_trainer_values(&tr, r + 1, &lr, &wd, &mom);
-        rc = ser_trainer_forward_backward(&tr, &b, 1, r + 1, mom, L, err);
-        if (!rc) rc = ser_trainer_apply(&tr, r + 1, lr, wd, NULL, err);
+        rc = ser_trainer_step_local(&tr, &b, 1, r + 1, lr, wd, mom, L, NULL, NULL, err);
         if (r >= 0) t[r] = ser_time_sec() - t0;
     }
     if (rc) {

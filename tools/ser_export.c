@@ -38,9 +38,8 @@ static void s_usage(FILE *f) {
 }
 
 static const char *s_method_name(int method) {
-    return method == SER_CONFIG_METHOD_MOCO   ? "moco"
-           : method == SER_CONFIG_METHOD_DINO ? "dino"
-                                              : "barlow";
+    const ser_objective_i *o = ser_objective_get(method);
+    return o ? o->name : "unknown";
 }
 
 static void s_meta_common(ser_st_writer *w, const ser_backbone *b, const char *file,
@@ -138,13 +137,14 @@ static int s_load_tables(ser_trainer *t, const ser_st_file *f, const char *file,
 
 // The full state: every table, counters as 0-d I64 (as PyTorch stores num_batches_tracked).
 // counters must hold one slot per tensor of all tables.
-// DINO's teacher shares the student's projector_equiv module (set_projector_equiv), so torch's
+// An objective may write tensors under a second name (its table's alias_from / alias_to): DINO's
+// teacher shares the student's projector_equiv module (set_projector_equiv), so torch's
 // state_dict lists it twice: teacher.projector_equiv.* repeats student.projector_equiv.*.
 // aliases must hold one name per tensor of all tables. Returns the number of tensors added.
 static int s_full_writer(ser_st_writer *w, const ser_trainer *t, const ser_backbone *b,
                          const char *file, const char *config_text, int64_t *counters,
                          char (*aliases)[SER_TINFO_NAME_LEN + 8]) {
-    static const char shared[] = "student.projector_equiv.";
+    const char *from = t->obj->alias_from, *to = t->obj->alias_to;
     int c = 0, a = 0, n = 0;
     for (int k = 0; k < t->ntabs; k++)
         for (int i = 0; i < t->tabs[k]->n; i++, n++) {
@@ -156,10 +156,8 @@ static int s_full_writer(ser_st_writer *w, const ser_trainer *t, const ser_backb
                 continue;
             }
             ser_st_writer_add(w, ti->name, SER_DT_F32, ti->ndim, ti->shape, src);
-            if (t->method == SER_CONFIG_METHOD_DINO &&
-                strncmp(ti->name, shared, sizeof shared - 1) == 0) {
-                snprintf(aliases[a], sizeof aliases[0], "teacher.projector_equiv.%s",
-                         ti->name + sizeof shared - 1);
+            if (from && strncmp(ti->name, from, strlen(from)) == 0) {
+                snprintf(aliases[a], sizeof aliases[0], "%s%s", to, ti->name + strlen(from));
                 ser_st_writer_add(w, aliases[a++], SER_DT_F32, ti->ndim, ti->shape, src);
                 n++;
             }

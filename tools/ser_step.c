@@ -152,10 +152,9 @@ int ser_cmd_step(int argc, char **argv) {
         double lr, wd, mom, gnorm;
         ser_trainer_values(&tr, it, &lr, &wd, &mom);
         double L[3];
-        rc = ser_trainer_forward_backward(&tr, &sb.b, cfg.data.shards, it, mom, L, err);
+        rc = ser_trainer_step_local(&tr, &sb.b, cfg.data.shards, it, lr, wd, mom, L,
+                                    k == 0 ? grads0 : NULL, &gnorm, err);
         if (rc) goto fail;
-        if (k == 0) memcpy(grads0, tr.grads, sizeof(float) * tr.tab->total);
-        if ((rc = ser_trainer_apply(&tr, it, lr, wd, &gnorm, err))) goto fail;
         for (int j = 0; j < 3; j++) losses[k * 3 + j] = (float)L[j];
         printf("step %lld: loss %.6f  inv %.6f  equiv %.6f  lr %.3g  wd %.3g  m %.6f  |g| %.4g\n",
                (long long)it, L[0], L[1], L[2], lr, wd, mom, gnorm);

@@ -23,7 +23,8 @@
 #include "ser_dl_ops.h"
 #include "ser_dl_service.h"
 #include "ser_kernels.h"
-#include "ser_train.h"
+#include "ser_backbones.h"
+#include "ser_engine.h"
 #include "ser_wire.h"
 
 static volatile sig_atomic_t s_stop;
@@ -53,8 +54,7 @@ typedef struct s_worker {
     char job_id[SER_CONFIG_STR_LEN];
     ser_config cfg;
     int have_model;
-    ser_trainer tr;      // the job's model (only its backbones are used: the heads live at the coordinator)
-    ser_trainer_vits v;  // the student (and teacher) backbones and their spans
+    ser_backbones v;  // the student (and teacher) backbones: the heads live at the coordinator
     ser_batchfile bf;
     s_wshard *sh;
     int S;
@@ -129,23 +129,22 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
     snprintf(w->job_id, sizeof w->job_id, "%s", e->job_id ? e->job_id : "");
     int threads = cfg.run.threads > 0 ? cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     ser_kernels_set_threads(threads);
-    if ((rc = ser_trainer_init_model(&w->tr, &cfg, err))) {  // no AdamW state: the coordinator's
+    if ((rc = ser_backbones_init(&w->v, &cfg, err))) {
         ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
         return rc;
     }
-    ser_trainer_get_vits(&w->tr, &w->v);
-    const ser_vit_config *vc = &w->v.student->cfg;
+    const ser_vit_config *vc = &w->v.student.cfg;
     if (w->batch_file) {
         if ((rc = ser_batchfile_load(&w->bf, w->batch_file, vc->patch, err)) ||
             (rc = ser_batch_check(&w->bf.b, vc, cfg.data.shards, err))) {
             ser_log(SER_LL_ERROR, "worker %s: %s", w->name, err);
-            ser_trainer_free(&w->tr);
+            ser_backbones_free(&w->v);
             return rc;
         }
         if (w->bf.b.n_inv + w->bf.b.n_eq != cfg.data.global_batch) {
             ser_log(SER_LL_ERROR, "worker %s: %s holds %d samples, the job's data.global_batch is %d",
                     w->name, w->batch_file, w->bf.b.n_inv + w->bf.b.n_eq, cfg.data.global_batch);
-            ser_trainer_free(&w->tr);
+            ser_backbones_free(&w->v);
             return SER_ESHAPE;
         }
     } else {
@@ -155,14 +154,14 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         w->dl = ser_dl_client_new(w->loader, dc.job_id, ser_dl_config_hash(&dc), derr);
         if (!w->dl) {
             ser_log(SER_LL_ERROR, "worker %s: loader %s: %s", w->name, w->loader, derr);
-            ser_trainer_free(&w->tr);
+            ser_backbones_free(&w->v);
             return SER_EIO;
         }
     }
     w->have_model = 1;
     if (w->dl) ser_dl_client_set_tick(w->dl, s_tick, w, cfg.cluster.heartbeat_ms);  // heartbeat while fetching
     for (int k = 0; k < 2; k++) {
-        ser_vit *vit = k ? w->v.teacher : w->v.student;
+        ser_vit *vit = k ? (w->v.has_teacher ? &w->v.teacher : NULL) : &w->v.student;
         if (vit) vit->tick = s_tick, vit->tick_ctx = w;
     }
     w->span = w->v.span, w->off = w->v.off;
@@ -249,7 +248,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
                 "(have %lld): dropped", w->name, (long long)step, s, (long long)w->params_version);
         return;
     }
-    if (w->v.teacher && w->teacher_version != step) {
+    if (w->v.has_teacher && w->teacher_version != step) {
         ser_log(SER_LL_WARNING, "worker %s: no teacher for step %lld: FORWARD dropped", w->name,
                 (long long)step);
         return;
@@ -271,7 +270,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
             return;
         }
     }
-    int rc = ser_engine_forward(&sh->eng, w->v.student, w->v.teacher, &sh->b, 1, w->v.maps,
+    int rc = ser_engine_forward(&sh->eng, &w->v.student, w->v.has_teacher ? &w->v.teacher : NULL, &sh->b, 1, w->v.maps,
                                 (uint64_t)w->cfg.data.seed, (uint32_t)step, &sh->g, err);
     if (rc) {
         ser_log(SER_LL_ERROR, "worker %s: shard %d forward failed: %s", w->name, s, err);
@@ -298,7 +297,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     ser_wire_tensor all[9];
     int nt = 0;  // the teacher's rows and maps only when the method has a teacher
     for (int i = 0; i < (sh->b.n_eq > 0 ? 8 : 4); i++)
-        if (w->v.teacher || t[i].name[0] != 'k') all[nt++] = t[i];
+        if (w->v.has_teacher || t[i].name[0] != 'k') all[nt++] = t[i];
     if (sh->b.n_eq > 0) all[nt++] = (ser_wire_tensor){"g", 3, {sh->b.n_eq, 2, 5}, gf};
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
@@ -331,7 +330,7 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     memcpy(sh->g.dqcls[1], d[1], sizeof(float) * BC);
     memcpy(sh->g.dqmap[0], d[2], sizeof(float) * sh->g.ntok[0] * C);
     memcpy(sh->g.dqmap[1], d[3], sizeof(float) * sh->g.ntok[1] * C);
-    ser_engine_backward(&sh->eng, w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
+    ser_engine_backward(&sh->eng, &w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
     ser_wire_tensor t = {"grad", 1, {(int64_t)w->span}, w->v.grads + w->off};
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_BACKWARD_DONE);
@@ -350,8 +349,8 @@ static void s_params(s_worker *w, const ser_wire_msg *m) {
     }
     memcpy(w->v.params + w->off, st, sizeof(float) * w->span);
     w->params_version = (int64_t)m->env->params_version;
-    const float *te = w->v.teacher ? ser_wire_find(m, "teacher", w->span) : NULL;
-    if (!w->v.teacher) {
+    const float *te = w->v.has_teacher ? ser_wire_find(m, "teacher", w->span) : NULL;
+    if (!w->v.has_teacher) {
         w->teacher_version = w->params_version;  // nothing to hold
     } else if (te) {
         memcpy(w->v.tparams + w->v.toff, te, sizeof(float) * w->span);
@@ -359,7 +358,7 @@ static void s_params(s_worker *w, const ser_wire_msg *m) {
     } else if (w->teacher_version == w->params_version - 1) {
         // The teacher of this step is the EMA towards these parameters: computed here, with
         // the coordinator's function and operands, instead of sent (half the bytes of a step).
-        ser_trainer_teacher_ema(&w->tr, m->env->momentum);
+        ser_backbones_teacher_ema(&w->v, m->env->momentum);
         w->teacher_version = w->params_version;
     }
 }
@@ -508,6 +507,6 @@ int ser_cmd_worker(int argc, char **argv) {
     ser_dl_client_destroy(&w.dl);
     free(w.sh);
     ser_batchfile_free(&w.bf);
-    if (w.have_model) ser_trainer_free(&w.tr);
+    if (w.have_model) ser_backbones_free(&w.v);
     return status;
 }

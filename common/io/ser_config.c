@@ -9,11 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
+
+#include "ser_objective.h"
 
 // --- allowed names of the enums (index = stored value) -----------------------------------------
 static const char *const s_arch[] = {"vit_tiny", "vit_small", "vit_base", NULL};
 static const char *const s_init[] = {"generic", "moco", NULL};
-static const char *const s_method[] = {"moco", "dino", "barlow", NULL};
 static const char *const s_grad[] = {"off", "on", NULL};
 static const char *const s_group[] = {"paper", "reference", NULL};
 static const char *const s_lrs[] = {"auto", "moco", "dino", "barlow", NULL};
@@ -77,7 +79,7 @@ static const ser_config_option s_options[] = {
          "Weight init: moco = MoCo-v3 (xavier_uniform Linear, per-part qkv, cls N(0, 1e-6)); "
          "generic = timm/DINO (trunc_normal 0.02 Linear)."),
     // [method]
-    ENUM(method, name, s_method, "moco", 0,
+    ENUM(method, name, ser_objective_names, "moco", 0,
          "The base invariance objective on the final [CLS] embedding: MoCo-v3, DINO or Barlow "
          "Twins. Only that method's section is used."),
     // [moco]
@@ -797,26 +799,13 @@ double ser_config_memory_bytes(const ser_config *cfg, char *largest, size_t n) {
     double C = vc.dim, H = vc.mlp_hidden, L = vc.depth, P = vc.patch;
     double NP = (double)(vc.img_size / vc.patch) * (vc.img_size / vc.patch), T = NP + 1;
     double vit = 3 * P * P * C + T * C + L * (4 * C * C + 2 * C * H + 9 * C + H);
-    double heads = 0, tvit = 0, theads = 0, hact = 0;
     double B = cfg->data.global_batch, Bs = B / cfg->data.shards;
+    const ser_objective_i *obj = ser_objective_get(cfg->method.name);
+    double f[3] = {0, 0, 0};
     const char *hkey = "";
-    if (cfg->method.name == SER_CONFIG_METHOD_MOCO) {
-        double M = cfg->moco.mlp_dim, D = cfg->moco.dim;
-        double proj = C * M + M * M + M * D, pred = D * M + M * D;
-        heads = proj + pred, tvit = vit, theads = proj;
-        hact = 2 * B * (6 * M + 4 * D);  // both views' hidden and output rows, and gradients
-        hkey = "moco.mlp_dim / moco.dim (projector and predictor)";
-    } else if (cfg->method.name == SER_CONFIG_METHOD_DINO) {
-        double Hd = cfg->dino.hidden_dim, Bn = cfg->dino.bottleneck_dim, O = cfg->dino.out_dim;
-        heads = C * Hd + Hd * Hd + Hd * Bn + Bn * O, tvit = vit, theads = heads;
-        hact = 2 * B * (6 * Hd + 2 * Bn + 4 * O);
-        hkey = "dino.out_dim / dino.hidden_dim (DINO head)";
-    } else {
-        double Pb = cfg->barlow.proj_dim;
-        heads = C * Pb + 2 * Pb * Pb;
-        hact = 2 * B * 8 * Pb + 2 * Pb * Pb;  // rows, and the cross-correlation matrix
-        hkey = "barlow.proj_dim (projector)";
-    }
+    if (obj && obj->memory) obj->memory(cfg, C, B, f, &hkey);
+    double heads = f[0], theads = f[1], hact = f[2];
+    double tvit = obj && obj->teacher_prefix ? vit : 0;
     double ser = cfg->ser.enabled ? 2 * C * cfg->ser.proj_dim : 0;
     // Student: parameters, gradients and two AdamW moments; the teacher's copy; one shard's
     // saved activations (two views; attention probabilities per head).
@@ -830,6 +819,12 @@ double ser_config_memory_bytes(const ser_config *cfg, char *largest, size_t n) {
         if (parts[i] > parts[big]) big = i;
     if (largest && n) snprintf(largest, n, "%s", names[big]);
     return 4.0 * (parts[0] + parts[1] + parts[2]);
+}
+
+int ser_config_check_memory_here(const ser_config *cfg, char err[SER_ERR_LEN]) {
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? ser_config_check_memory(cfg, (double)pages * (double)psz, err)
+                                : SER_OK;
 }
 
 int ser_config_check_memory(const ser_config *cfg, double avail_bytes, char err[SER_ERR_LEN]) {
@@ -896,13 +891,10 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
     RULE(s->aspect_min <= s->aspect_max, "ser.aspect_min = %g must be <= ser.aspect_max = %g",
          s->aspect_min, s->aspect_max);
 
-    if (c->method.name == SER_CONFIG_METHOD_DINO) {
-        RULE(c->dino.teacher_temp_warmup_epochs <= o->epochs,
-             "dino.teacher_temp_warmup_epochs = %d must be <= optim.epochs = %d",
-             c->dino.teacher_temp_warmup_epochs, o->epochs);
-        RULE(c->dino.freeze_last_layer_epochs < o->epochs,
-             "dino.freeze_last_layer_epochs = %d must be < optim.epochs = %d",
-             c->dino.freeze_last_layer_epochs, o->epochs);
+    const ser_objective_i *obj = ser_objective_get(c->method.name);
+    if (obj && obj->check) {
+        char e2[SER_ERR_LEN];
+        RULE(obj->check(c, e2) == SER_OK, "%s", e2);
     }
 
     const ser_config_cluster *k = &c->cluster;
@@ -979,8 +971,8 @@ int ser_config_equal(const ser_config *a, const ser_config *b) {
 }
 
 static int s_is_method_section(const char *section) {
-    for (int i = 0; s_method[i]; i++)
-        if (strcmp(section, s_method[i]) == 0) return 1;
+    for (int i = 0; ser_objective_names[i]; i++)
+        if (strcmp(section, ser_objective_names[i]) == 0) return 1;
     return 0;
 }
 
@@ -991,7 +983,7 @@ uint64_t ser_config_hash(const ser_config *cfg) {
     for (const unsigned char *q = (const unsigned char *)(str); *q; q++) \
     h = (h ^ *q) * 0x100000001b3ull
     FNV("ser-config-v1\n");
-    const char *method = s_method[cfg->method.name];
+    const char *method = ser_objective_names[cfg->method.name];
     for (int i = 0; i < N_OPTIONS; i++) {
         const ser_config_option *o = &s_options[i];
         if (o->flags & SER_CONFIG_F_NOHASH) continue;
@@ -1146,15 +1138,15 @@ int ser_config_shard_batch(const ser_config *cfg) {
 
 void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sched_params *out) {
     memset(out, 0, sizeof *out);
-    int method = cfg->method.name;
+    const ser_objective_i *obj = ser_objective_get(cfg->method.name);
+    out->lr_kind = SER_SCHED_MOCO;
+    out->momentum_kind = SER_SCHED_BARLOW;  // no teacher
+    if (obj && obj->sched) obj->sched(cfg, out);  // the method's: lr kind, teacher schedules
     int lrs = cfg->optim.lr_schedule;
-    if (lrs == SER_CONFIG_LRS_AUTO)
-        lrs = method == SER_CONFIG_METHOD_DINO     ? SER_CONFIG_LRS_DINO
-              : method == SER_CONFIG_METHOD_BARLOW ? SER_CONFIG_LRS_BARLOW
-                                                   : SER_CONFIG_LRS_MOCO;
-    out->lr_kind = lrs == SER_CONFIG_LRS_DINO     ? SER_SCHED_DINO
-                   : lrs == SER_CONFIG_LRS_BARLOW ? SER_SCHED_BARLOW
-                                                  : SER_SCHED_MOCO;
+    if (lrs != SER_CONFIG_LRS_AUTO)
+        out->lr_kind = lrs == SER_CONFIG_LRS_DINO     ? SER_SCHED_DINO
+                       : lrs == SER_CONFIG_LRS_BARLOW ? SER_SCHED_BARLOW
+                                                      : SER_SCHED_MOCO;
     out->iters_per_epoch = iters_per_epoch;
     out->epochs = cfg->optim.epochs;
     out->warmup_epochs = cfg->optim.warmup_epochs;
@@ -1163,17 +1155,6 @@ void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sch
     out->min_lr = cfg->optim.min_lr;
     out->wd = cfg->optim.weight_decay;
     out->wd_end = cfg->optim.weight_decay_end;
-    out->momentum_kind = SER_SCHED_BARLOW;  // no teacher
-    if (method == SER_CONFIG_METHOD_MOCO) {
-        out->momentum_kind = SER_SCHED_MOCO;
-        out->momentum = cfg->moco.momentum;
-    } else if (method == SER_CONFIG_METHOD_DINO) {
-        out->momentum_kind = SER_SCHED_DINO;
-        out->momentum = cfg->dino.momentum;
-        out->teacher_temp = cfg->dino.teacher_temp;
-        out->teacher_temp_final = cfg->dino.teacher_temp_final;
-        out->teacher_temp_warmup_epochs = cfg->dino.teacher_temp_warmup_epochs;
-    }
     out->ser_batch = cfg->data.global_batch;
     if (cfg->ser.enabled) {
         out->ser_ratio = cfg->ser.ratio;

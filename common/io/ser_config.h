@@ -268,6 +268,8 @@ double ser_config_memory_bytes(const ser_config *cfg, char *largest, size_t n);
 // SER_ENOMEM, naming the keys to make smaller, when that is more than avail_bytes; the
 // processes check it against the machine's memory before allocating anything.
 int ser_config_check_memory(const ser_config *cfg, double avail_bytes, char err[SER_ERR_LEN]);
+// ser_config_check_memory against this machine's physical memory.
+int ser_config_check_memory_here(const ser_config *cfg, char err[SER_ERR_LEN]);
 
 // Every schedule of the job for iters_per_epoch iterations per epoch (see ser_sched.h).
 void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sched_params *out);

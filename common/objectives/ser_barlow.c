@@ -10,6 +10,7 @@
 
 #include "ser_equiv.h"
 #include "ser_kernels.h"
+#include "ser_sched.h"
 
 void ser_barlow_config_default(ser_barlow_config *c) {
     memset(c, 0, sizeof *c);
@@ -106,7 +107,6 @@ fail:
 
 void ser_barlow_free(ser_barlow *m) {
     if (!m) return;
-    ser_engine_free(&m->eng);
     ser_vit_free(&m->vit);
     free(m->params), free(m->grads), free(m->buffers);
     ser_ptab_free(&m->tab);
@@ -252,23 +252,6 @@ static int s_objective(ser_barlow *m, const ser_batch *b, ser_gathered *st, ser_
     return rc;
 }
 
-int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, uint64_t drop_seed,
-                                uint32_t step, ser_barlow_losses *out, char err[SER_ERR_LEN]) {
-    memset(out, 0, sizeof *out);
-    int rc = ser_batch_check(b, &m->cfg.vit, shards, err);
-    if (rc) return rc;
-    memset(m->grads, 0, sizeof(float) * m->tab.total);
-    ser_gathered g;
-    rc =
-        ser_engine_forward(&m->eng, &m->vit, NULL, b, shards, m->cfg.ser, drop_seed, step, &g, err);
-    if (rc) return rc;
-    rc = ser_barlow_objective(m, b, &g, out, err);
-    if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
-    if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);
-    ser_gathered_free(&g);
-    return rc;
-}
-
 int ser_barlow_objective(ser_barlow *m, const ser_batch *b, ser_gathered *g, ser_barlow_losses *out,
                          char err[SER_ERR_LEN]) {
     memset(out, 0, sizeof *out);
@@ -287,3 +270,57 @@ int ser_barlow_objective(ser_barlow *m, const ser_batch *b, ser_gathered *g, ser
     }
     return rc;
 }
+
+// --- the objective table (ser_objective.h) ----------------------------------------------------
+static int s_init(void *st, const ser_config *cfg, ser_objective_model *om, char err[SER_ERR_LEN]) {
+    ser_barlow *m = st;
+    ser_barlow_config bc;
+    int rc;
+    if ((rc = ser_barlow_config_from_job(&bc, cfg, err)) || (rc = ser_barlow_init(m, &bc, err)))
+        return rc;
+    om->tab = &m->tab, om->params = m->params, om->grads = m->grads;
+    om->tabs[0] = &m->tab, om->tabs[1] = &m->btab;
+    om->arenas[0] = m->params, om->arenas[1] = m->buffers;
+    om->ntabs = 2;
+    om->student = &m->vit;
+    om->ser = bc.ser, om->ser_grad = bc.ser_grad;
+    return SER_OK;
+}
+
+static void s_free(void *st) { ser_barlow_free(st); }
+static void s_init_weights(void *st, uint64_t seed) { ser_barlow_init_weights(st, seed); }
+
+static int s_objective_i(void *st, const ser_batch *b, ser_gathered *g, const ser_objective_step *s,
+                         double losses[3], char err[SER_ERR_LEN]) {
+    (void)s;
+    ser_barlow_losses L;
+    int rc = ser_barlow_objective(st, b, g, &L, err);
+    losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    return rc;
+}
+
+static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
+    (void)cfg;
+    sp->lr_kind = SER_SCHED_BARLOW;
+    sp->momentum_kind = SER_SCHED_BARLOW;  // no teacher
+}
+
+static void s_memory(const ser_config *cfg, double C, double B, double f[3], const char **key) {
+    double Pb = cfg->barlow.proj_dim;
+    f[0] = C * Pb + 2 * Pb * Pb, f[1] = 0;
+    f[2] = 2 * B * 8 * Pb + 2 * Pb * Pb;  // rows, and the cross-correlation matrix
+    *key = "barlow.proj_dim (projector)";
+}
+
+const ser_objective_i ser_objective_barlow = {
+    .name = "barlow",
+    .student_prefix = "backbone.",
+    .ema = SER_OBJECTIVE_EMA_NONE,
+    .state_size = sizeof(ser_barlow),
+    .init = s_init,
+    .free = s_free,
+    .init_weights = s_init_weights,
+    .objective = s_objective_i,
+    .sched = s_sched,
+    .memory = s_memory,
+};

@@ -51,7 +51,8 @@
 // defines:
 //   ser_barlow_config, ser_barlow_config_default(), ser_barlow_config_from_job()
 //   ser_barlow, ser_barlow_init(), ser_barlow_free(), ser_barlow_init_weights()
-//   ser_barlow_losses, ser_barlow_forward_backward()
+//   ser_barlow_losses
+//   ser_objective_barlow    the objective table (ser_objective.h)
 //   ser_barlow_xcorr_loss(), ser_barlow_xcorr_loss_naive()   the loss on normalised embeddings
 #ifndef SER_BARLOW_H
 #define SER_BARLOW_H
@@ -62,6 +63,7 @@
 #include "ser_config.h"
 #include "ser_engine.h"
 #include "ser_mlp.h"
+#include "ser_objective.h"
 #include "ser_ptab.h"
 #include "ser_vit.h"
 
@@ -92,7 +94,6 @@ typedef struct ser_barlow {
     ser_ptab btab;  // BatchNorm buffers: projector.*, bn.*
     float *params, *grads, *buffers;
     size_t bn_rm, bn_rv, bn_nbt;  // offsets of the `bn` buffers in buffers
-    ser_engine eng;               // per-shard ViT passes; activations kept across steps
     ser_vit vit;
     ser_mlp proj, pequiv;
 } ser_barlow;
@@ -110,16 +111,7 @@ typedef struct ser_barlow_losses {
     double on_diag, off_diag;           // loss_inv = on_diag + lambda_offdiag * off_diag
 } ser_barlow_losses;
 
-// One step's forward and backward. m->grads is overwritten with d loss / d params; BatchNorm
-// running buffers advance (twice: once per view). drop_seed/step key the drop-path masks.
-// shards >= 1 and (n_inv + n_eq) % shards == 0. Returns SER_OK; SER_ESHAPE/SER_EINVAL for a bad
-// batch (ser_batch_check); SER_ENONFINITE for a non-finite [CLS] row (nothing advances) or a
-// non-finite loss (no backward: m->grads is zero, the buffers have advanced).
-int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, uint64_t drop_seed,
-                                uint32_t step, ser_barlow_losses *out, char err[SER_ERR_LEN]);
-
-// The batch-coupled half on gathered features (used by ser_barlow_forward_backward and by the
-// coordinator): projector, BatchNorms (running buffers advance), cross-correlation loss, SER
+// The batch-coupled half on gathered features (used by the step loop, train/ser_train.h): projector, BatchNorms (running buffers advance), cross-correlation loss, SER
 // term; fills g->dqcls/dqmap and the head-side gradients (m->grads must be zeroed before).
 // Only b->n_inv, b->n_eq and b->g are read. SER_ENONFINITE for a non-finite [CLS] row (nothing
 // advances) or loss (m->grads zeroed; the buffers have advanced).
@@ -142,5 +134,8 @@ int ser_barlow_xcorr_loss(double *on_diag, double *off_diag, float *da, float *d
 int ser_barlow_xcorr_loss_naive(double *on_diag, double *off_diag, float *da, float *db,
                                 const float *a, const float *b, int N, int P, float lambda,
                                 float scale);
+
+// The objective table of Barlow Twins (+ SER): method.name = barlow.
+extern const ser_objective_i ser_objective_barlow;
 
 #endif

@@ -371,7 +371,6 @@ fail:
 
 void ser_dino_free(ser_dino *d) {
     if (!d) return;
-    ser_engine_free(&d->eng);
     ser_vit_free(&d->vit);
     ser_vit_free(&d->tvit);
     free(d->params), free(d->grads), free(d->tparams), free(d->buffers), free(d->batch_center);
@@ -484,27 +483,6 @@ static int s_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, float t
     return rc;
 }
 
-int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, double teacher_temp,
-                              uint64_t drop_seed, uint32_t step, ser_dino_losses *out,
-                              char err[SER_ERR_LEN]) {
-    d->have_batch_center = 0;
-    if (!(teacher_temp > 0.0 && isfinite(teacher_temp)))
-        return ser_errf(err, SER_EINVAL, "dino: teacher temperature %g must be positive and finite",
-                      teacher_temp);
-    int rc = ser_batch_check(b, &d->cfg.vit, shards, err);
-    if (rc) return rc;
-    memset(d->grads, 0, sizeof(float) * d->tab.total);
-    ser_gathered g;
-    rc = ser_engine_forward(&d->eng, &d->vit, &d->tvit, b, shards, d->cfg.ser, drop_seed, step,
-                            &g, err);
-    if (rc) return rc;
-    rc = ser_dino_objective(d, b, &g, teacher_temp, out, err);
-    if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
-    if (!rc) ser_engine_backward(&d->eng, &d->vit, b, shards, &g, d->cfg.ser && d->cfg.ser_grad);
-    ser_gathered_free(&g);
-    return rc;
-}
-
 int ser_dino_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, double teacher_temp,
                        ser_dino_losses *out, char err[SER_ERR_LEN]) {
     d->have_batch_center = 0;
@@ -518,3 +496,90 @@ int ser_dino_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, double 
     if (!rc) d->have_batch_center = 1;
     return rc;
 }
+
+// --- the objective table (ser_objective.h) ----------------------------------------------------
+static int s_init(void *st, const ser_config *cfg, ser_objective_model *om, char err[SER_ERR_LEN]) {
+    ser_dino *d = st;
+    ser_dino_config dc;
+    int rc;
+    if ((rc = ser_dino_config_from_job(&dc, cfg, err)) || (rc = ser_dino_init(d, &dc, err)))
+        return rc;
+    om->tab = &d->tab, om->params = d->params, om->grads = d->grads;
+    om->tabs[0] = &d->tab, om->tabs[1] = &d->ttab, om->tabs[2] = &d->btab;
+    om->arenas[0] = d->params, om->arenas[1] = d->tparams, om->arenas[2] = d->buffers;
+    om->ntabs = 3;
+    om->student = &d->vit, om->teacher = &d->tvit, om->tparams = d->tparams;
+    om->ser = dc.ser, om->ser_grad = dc.ser_grad;
+    return SER_OK;
+}
+
+static void s_free(void *st) { ser_dino_free(st); }
+static void s_init_weights(void *st, uint64_t seed) { ser_dino_init_weights(st, seed); }
+static void s_ema(void *st, double momentum) { ser_dino_ema_update(st, momentum); }
+
+static int s_objective_i(void *st, const ser_batch *b, ser_gathered *g, const ser_objective_step *s,
+                         double losses[3], char err[SER_ERR_LEN]) {
+    ser_dino_losses L;
+    int rc = ser_dino_objective(st, b, g, s->teacher_temp, &L, err);
+    losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    return rc;
+}
+
+// The reference clips, then drops the last layer's gradient during its frozen epochs.
+static void s_hold(void *st, int64_t epoch, unsigned char *active) {
+    (void)ser_dino_active(st, epoch, active);
+}
+
+static void s_after_apply(void *st, const ser_objective_step *s) {
+    ser_dino_after_step(st, s->momentum);
+}
+
+static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
+    sp->lr_kind = SER_SCHED_DINO;
+    sp->momentum_kind = SER_SCHED_DINO;
+    sp->momentum = cfg->dino.momentum;
+    sp->teacher_temp = cfg->dino.teacher_temp;
+    sp->teacher_temp_final = cfg->dino.teacher_temp_final;
+    sp->teacher_temp_warmup_epochs = cfg->dino.teacher_temp_warmup_epochs;
+}
+
+static void s_memory(const ser_config *cfg, double C, double B, double f[3], const char **key) {
+    double Hd = cfg->dino.hidden_dim, Bn = cfg->dino.bottleneck_dim, O = cfg->dino.out_dim;
+    f[0] = f[1] = C * Hd + Hd * Hd + Hd * Bn + Bn * O;
+    f[2] = 2 * B * (6 * Hd + 2 * Bn + 4 * O);
+    *key = "dino.out_dim / dino.hidden_dim (DINO head)";
+}
+
+static int s_check(const ser_config *c, char err[SER_ERR_LEN]) {
+    if (c->dino.teacher_temp_warmup_epochs > c->optim.epochs)
+        return ser_errf(err, SER_ECONFIG,
+                        "dino.teacher_temp_warmup_epochs = %d must be <= optim.epochs = %d",
+                        c->dino.teacher_temp_warmup_epochs, c->optim.epochs);
+    if (c->dino.freeze_last_layer_epochs >= c->optim.epochs)
+        return ser_errf(err, SER_ECONFIG,
+                        "dino.freeze_last_layer_epochs = %d must be < optim.epochs = %d",
+                        c->dino.freeze_last_layer_epochs, c->optim.epochs);
+    return SER_OK;
+}
+
+const ser_objective_i ser_objective_dino = {
+    .name = "dino",
+    .student_prefix = "student.backbone.",
+    .teacher_prefix = "teacher.backbone.",
+    .ema = SER_OBJECTIVE_EMA_AFTER,
+    .ema_kind = SER_OPTIM_EMA_DINO,
+    .state_size = sizeof(ser_dino),
+    // The reference's student and teacher share projector_equiv: --full writes it under both.
+    .alias_from = "student.projector_equiv.",
+    .alias_to = "teacher.projector_equiv.",
+    .init = s_init,
+    .free = s_free,
+    .init_weights = s_init_weights,
+    .objective = s_objective_i,
+    .teacher_ema = s_ema,
+    .hold = s_hold,
+    .after_apply = s_after_apply,
+    .sched = s_sched,
+    .memory = s_memory,
+    .check = s_check,
+};

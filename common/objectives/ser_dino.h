@@ -68,7 +68,8 @@
 //   ser_dino_head_backward()
 //   ser_dino_loss()                      the 2-view DINO cross-entropy and its gradient
 //   ser_dino, ser_dino_init(), ser_dino_free(), ser_dino_init_weights()
-//   ser_dino_losses, ser_dino_forward_backward()
+//   ser_dino_losses
+//   ser_objective_dino      the objective table (ser_objective.h)
 //   ser_dino_update_center(), ser_dino_ema_update(), ser_dino_after_step()
 //   ser_dino_active()                    the freeze_last_layer mask for ser_optim_step
 //   ser_dino_teacher_temp()              the teacher temperature of an epoch
@@ -81,6 +82,7 @@
 #include "ser_config.h"
 #include "ser_engine.h"
 #include "ser_mlp.h"
+#include "ser_objective.h"
 #include "ser_ptab.h"
 #include "ser_vit.h"
 
@@ -181,7 +183,6 @@ typedef struct ser_dino {
     float *batch_center;  // (K,) mean raw teacher output of the last successful forward
     int have_batch_center;
     int head_chunk;  // samples per head/loss chunk (SER_DINO_HEAD_CHUNK); part of the numerics
-    ser_engine eng;  // per-shard ViT passes; activations kept across steps
     ser_vit vit, tvit;
     ser_dino_head head, thead;
     ser_mlp proj;
@@ -197,25 +198,14 @@ typedef struct ser_dino_losses {
     double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv
 } ser_dino_losses;
 
-// One step's forward and backward with the teacher temperature of the current epoch
-// (ser_dino_teacher_temp). d->grads is overwritten with d loss / d params and the batch mean
-// of the teacher outputs is kept for ser_dino_after_step(); nothing else changes. drop_seed and
-// step key the student's drop-path masks. shards >= 1 and (n_inv + n_eq) % shards == 0.
-// Returns SER_EINVAL for a temperature that is not positive and finite, the engine's shape
-// errors, and SER_ENONFINITE for a non-finite loss (the reference exits; run.nonfinite decides).
-int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, double teacher_temp,
-                              uint64_t drop_seed, uint32_t step, ser_dino_losses *out,
-                              char err[SER_ERR_LEN]);
-
-// The batch-coupled half on gathered features (used by ser_dino_forward_backward and by the
-// coordinator): heads, loss, centre batch mean, SER term; fills g->dqcls/dqmap and the
+// The batch-coupled half on gathered features (used by the step loop, train/ser_train.h): heads, loss, centre batch mean, SER term; fills g->dqcls/dqmap and the
 // head-side gradients (d->grads must be zeroed before). Only b->n_inv, b->n_eq and b->g are
 // read. On success the batch mean is kept for ser_dino_after_step().
 int ser_dino_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, double teacher_temp,
                        ser_dino_losses *out, char err[SER_ERR_LEN]);
 
 // center <- center * f32(m_c) + batch_center * f32(1 - m_c), from the last successful
-// ser_dino_forward_backward (SER_ASSERTs there was one since the last update).
+// ser_dino_objective (SER_ASSERTs there was one since the last update).
 void ser_dino_update_center(ser_dino *d);
 // The teacher EMA with momentum m (and the projector quirk when configured).
 void ser_dino_ema_update(ser_dino *d, double momentum);
@@ -230,5 +220,8 @@ int ser_dino_active(const ser_dino *d, int64_t epoch, unsigned char *active);
 // teacher_temp_schedule[epoch]: linspace(teacher_temp, teacher_temp_final, warmup) per epoch,
 // then teacher_temp_final (ser_sched_dino_teacher_temp).
 double ser_dino_teacher_temp(const ser_dino_config *c, int64_t epoch);
+
+// The objective table of DINO (+ SER): method.name = dino.
+extern const ser_objective_i ser_objective_dino;
 
 #endif

@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ser_loss.h"
 #include "ser_equiv.h"
+#include "ser_loss.h"
+#include "ser_optim.h"
+#include "ser_sched.h"
 
 void ser_moco_config_default(ser_moco_config *c) {
     memset(c, 0, sizeof *c);
@@ -109,7 +111,6 @@ fail:
 
 void ser_moco_free(ser_moco *m) {
     if (!m) return;
-    ser_engine_free(&m->eng);
     ser_vit_free(&m->vit);
     ser_vit_free(&m->mvit);
     free(m->params), free(m->grads), free(m->mparams), free(m->buffers);
@@ -133,14 +134,10 @@ void ser_moco_init_weights(ser_moco *m, uint64_t seed) {
     memcpy(m->mparams, m->params, sizeof(float) * s_base_span(m));
 }
 
-void ser_moco_momentum_update(ser_moco *m, float momentum) {
-    // builder/moco.py: param_m.data = param_m.data * m + param_b.data * (1. - m)
-    float om = 1.0f - momentum;
-    size_t n = s_base_span(m);
-    float *pm = m->mparams;
-    const float *pb = m->params;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) pm[i] = pm[i] * momentum + pb[i] * om;
+void ser_moco_momentum_update(ser_moco *m, double momentum) {
+    // builder/moco.py: param_m.data = param_m.data * m + param_b.data * (1. - m); mtab's offsets
+    // are tab's, so the base encoder's arena is the source as it is.
+    ser_optim_ema(&m->mtab, m->mparams, m->params, momentum, SER_OPTIM_EMA_MOCO);
 }
 
 // --- the step --------------------------------------------------------------------------------
@@ -193,20 +190,61 @@ int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moc
     return rc;
 }
 
-int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float momentum,
-                              uint64_t drop_seed, uint32_t step, ser_moco_losses *out,
-                              char err[SER_ERR_LEN]) {
-    int rc = ser_batch_check(b, &m->cfg.vit, shards, err);
-    if (rc) return rc;
-    if (momentum >= 0.0f) ser_moco_momentum_update(m, momentum);
-    memset(m->grads, 0, sizeof(float) * m->tab.total);
-    ser_gathered g;
-    rc = ser_engine_forward(&m->eng, &m->vit, &m->mvit, b, shards, m->cfg.ser, drop_seed, step, &g,
-                            err);
-    if (rc) return rc;
-    rc = ser_moco_objective(m, b, &g, out, err);
-    if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
-    if (!rc) ser_engine_backward(&m->eng, &m->vit, b, shards, &g, m->cfg.ser && m->cfg.ser_grad);
-    ser_gathered_free(&g);
+// --- the objective table (ser_objective.h) ----------------------------------------------------
+static int s_init(void *st, const ser_config *cfg, ser_objective_model *om, char err[SER_ERR_LEN]) {
+    ser_moco *m = st;
+    ser_moco_config mc;
+    int rc;
+    if ((rc = ser_moco_config_from_job(&mc, cfg, err)) || (rc = ser_moco_init(m, &mc, err)))
+        return rc;
+    om->tab = &m->tab, om->params = m->params, om->grads = m->grads;
+    om->tabs[0] = &m->tab, om->tabs[1] = &m->mtab, om->tabs[2] = &m->btab;
+    om->arenas[0] = m->params, om->arenas[1] = m->mparams, om->arenas[2] = m->buffers;
+    om->ntabs = 3;
+    om->student = &m->vit, om->teacher = &m->mvit, om->tparams = m->mparams;
+    om->ser = mc.ser, om->ser_grad = mc.ser_grad;
+    return SER_OK;
+}
+
+static void s_free(void *st) { ser_moco_free(st); }
+static void s_init_weights(void *st, uint64_t seed) { ser_moco_init_weights(st, seed); }
+static void s_ema(void *st, double momentum) { ser_moco_momentum_update(st, momentum); }
+
+static int s_objective_i(void *st, const ser_batch *b, ser_gathered *g, const ser_objective_step *s,
+                         double losses[3], char err[SER_ERR_LEN]) {
+    (void)s;
+    ser_moco_losses L;
+    int rc = ser_moco_objective(st, b, g, &L, err);
+    losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
     return rc;
 }
+
+static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
+    sp->lr_kind = SER_SCHED_MOCO;
+    sp->momentum_kind = SER_SCHED_MOCO;
+    sp->momentum = cfg->moco.momentum;
+}
+
+static void s_memory(const ser_config *cfg, double C, double B, double f[3], const char **key) {
+    double M = cfg->moco.mlp_dim, D = cfg->moco.dim;
+    double proj = C * M + M * M + M * D, pred = D * M + M * D;
+    f[0] = proj + pred, f[1] = proj;
+    f[2] = 2 * B * (6 * M + 4 * D);  // both views' hidden and output rows, and gradients
+    *key = "moco.mlp_dim / moco.dim (projector and predictor)";
+}
+
+const ser_objective_i ser_objective_moco = {
+    .name = "moco",
+    .student_prefix = "base_encoder.",
+    .teacher_prefix = "momentum_encoder.",
+    .ema = SER_OBJECTIVE_EMA_BEFORE,
+    .ema_kind = SER_OPTIM_EMA_MOCO,
+    .state_size = sizeof(ser_moco),
+    .init = s_init,
+    .free = s_free,
+    .init_weights = s_init_weights,
+    .objective = s_objective_i,
+    .teacher_ema = s_ema,
+    .sched = s_sched,
+    .memory = s_memory,
+};

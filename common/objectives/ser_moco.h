@@ -17,8 +17,8 @@
 // defines:
 //   ser_moco_config, ser_moco_config_default(), ser_moco_config_from_job()
 //   ser_moco, ser_moco_init(), ser_moco_free(), ser_moco_init_weights()
-//   ser_moco_losses, ser_moco_forward_backward(), ser_moco_objective()
-//   ser_moco_momentum_update()
+//   ser_moco_losses, ser_moco_objective(), ser_moco_momentum_update()
+//   ser_objective_moco      the objective table (ser_objective.h)
 #ifndef SER_MOCO_H
 #define SER_MOCO_H
 
@@ -29,6 +29,7 @@
 #include "ser_engine.h"
 #include "ser_group.h"
 #include "ser_mlp.h"
+#include "ser_objective.h"
 #include "ser_ptab.h"
 #include "ser_vit.h"
 
@@ -57,7 +58,6 @@ typedef struct ser_moco {
     ser_ptab btab;  // BatchNorm buffers of every head
     int n_base;     // tab entries of base_encoder (EMA'd onto mtab)
     float *params, *grads, *mparams, *buffers;
-    ser_engine eng;  // per-shard ViT passes; activations kept across steps
     ser_vit vit, mvit;
     ser_mlp head, mhead, pred, proj;
 } ser_moco;
@@ -67,24 +67,20 @@ void ser_moco_free(ser_moco *m);
 // Fills every module; the momentum encoder starts as a copy of the base encoder.
 void ser_moco_init_weights(ser_moco *m, uint64_t seed);
 // p_m <- m * p_m + (1 - m) * p_b over base_encoder/momentum_encoder parameters (not buffers).
-void ser_moco_momentum_update(ser_moco *m, float momentum);
+void ser_moco_momentum_update(ser_moco *m, double momentum);
 
 typedef struct ser_moco_losses {
     double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv
 } ser_moco_losses;
 
-// The batch-coupled half on gathered features (used by ser_moco_forward_backward and by the
+// The batch-coupled half on gathered features (used by the step loop, train/ser_train.h, in
 // coordinator): heads, losses, SER term; fills g->dqcls/dqmap and the head-side gradients
 // (m->grads must be zeroed before). Only b->n_inv, b->n_eq and b->g are read. SER_ENONFINITE
 // names the loss term when a loss is not finite.
 int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moco_losses *out,
                        char err[SER_ERR_LEN]);
 
-// One step's forward and backward: momentum update (momentum < 0 skips it), forwards, losses,
-// backward. m->grads is overwritten with d loss / d params; BN running buffers advance.
-// drop_seed/step key the drop-path masks. shards >= 1 and (n_inv + n_eq) % shards == 0.
-int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float momentum,
-                              uint64_t drop_seed, uint32_t step, ser_moco_losses *out,
-                              char err[SER_ERR_LEN]);
+// The objective table of MoCo-v3 (+ SER): method.name = moco.
+extern const ser_objective_i ser_objective_moco;
 
 #endif

@@ -7,54 +7,26 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "ser_barlow.h"
 #include "ser_ckpt.h"
-#include "ser_dino.h"
-#include "ser_moco.h"
+#include "ser_objective.h"
 #include "ser_safetensors.h"
 
 const char *ser_backbone_prefix(int method) {
-    switch (method) {
-    case SER_CONFIG_METHOD_MOCO: return "base_encoder.";
-    case SER_CONFIG_METHOD_DINO: return "student.backbone.";
-    case SER_CONFIG_METHOD_BARLOW: return "backbone.";
-    default: return NULL;
-    }
+    const ser_objective_i *o = ser_objective_get(method);
+    return o ? o->student_prefix : NULL;
 }
 
 static const char *s_method_name(int method) {
-    switch (method) {
-    case SER_CONFIG_METHOD_MOCO: return "moco";
-    case SER_CONFIG_METHOD_DINO: return "dino";
-    case SER_CONFIG_METHOD_BARLOW: return "barlow";
-    default: return "unknown";
-    }
+    const ser_objective_i *o = ser_objective_get(method);
+    return o ? o->name : "unknown";
 }
 
-// The student ViT of the job and its init scheme, exactly as the method builds it.
+// The student ViT of the job and its init scheme, exactly as every objective builds it.
 static int s_student_config(const ser_config *cfg, ser_vit_config *vc, int *scheme, char *err) {
-    int rc;
-    switch (cfg->method.name) {
-    case SER_CONFIG_METHOD_MOCO: {
-        ser_moco_config mc;
-        if ((rc = ser_moco_config_from_job(&mc, cfg, err))) return rc;
-        *vc = mc.vit, *scheme = mc.init_scheme;
-        return SER_OK;
-    }
-    case SER_CONFIG_METHOD_DINO: {
-        ser_dino_config dc;
-        if ((rc = ser_dino_config_from_job(&dc, cfg, err))) return rc;
-        *vc = dc.vit, *scheme = dc.init_scheme;
-        return SER_OK;
-    }
-    case SER_CONFIG_METHOD_BARLOW: {
-        ser_barlow_config bc;
-        if ((rc = ser_barlow_config_from_job(&bc, cfg, err))) return rc;
-        *vc = bc.vit, *scheme = bc.init_scheme;
-        return SER_OK;
-    }
-    default: return ser_errf(err, SER_ECONFIG, "method.name: unknown method %d", cfg->method.name);
-    }
+    if (!ser_objective_get(cfg->method.name))
+        return ser_errf(err, SER_ECONFIG, "method.name: unknown method %d", cfg->method.name);
+    *scheme = cfg->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO : SER_VIT_INIT_GENERIC;
+    return ser_config_to_vit(cfg, vc, err);
 }
 
 int ser_backbone_init_random(ser_backbone *b, const ser_config *cfg, uint64_t seed,

@@ -5,47 +5,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ser_safetensors.h"
+#include "ser_vit.h"
 
 int ser_trainer_init_model(ser_trainer *t, const ser_config *cfg, char err[SER_ERR_LEN]) {
     memset(t, 0, sizeof *t);
     // Refuse before allocating what cannot fit (an allocation failure aborts the process).
-    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    int rc0 = pages > 0 && psz > 0
-                  ? ser_config_check_memory(cfg, (double)pages * (double)psz, err)
-                  : SER_OK;
-    if (rc0) return rc0;
+    int rc = ser_config_check_memory_here(cfg, err);
+    if (rc) return rc;
+    t->obj = ser_objective_get(cfg->method.name);
+    if (!t->obj) return ser_errf(err, SER_ECONFIG, "method.name: no objective %d", cfg->method.name);
     t->cfg = *cfg;
     t->method = cfg->method.name;
     t->lr_fix = t->wd_fix = t->mom_fix = NAN;
-    int rc;
-    if (t->method == SER_CONFIG_METHOD_MOCO) {
-        ser_moco_config mc;
-        if ((rc = ser_moco_config_from_job(&mc, cfg, err)) || (rc = ser_moco_init(&t->m, &mc, err)))
-            return rc;
-        t->tab = &t->m.tab, t->params = t->m.params, t->grads = t->m.grads;
-        t->tabs[0] = &t->m.tab, t->tabs[1] = &t->m.mtab, t->tabs[2] = &t->m.btab;
-        t->arenas[0] = t->m.params, t->arenas[1] = t->m.mparams, t->arenas[2] = t->m.buffers;
-        t->ntabs = 3;
-    } else if (t->method == SER_CONFIG_METHOD_BARLOW) {
-        ser_barlow_config bc;
-        if ((rc = ser_barlow_config_from_job(&bc, cfg, err)) || (rc = ser_barlow_init(&t->bt, &bc, err)))
-            return rc;
-        t->tab = &t->bt.tab, t->params = t->bt.params, t->grads = t->bt.grads;
-        t->tabs[0] = &t->bt.tab, t->tabs[1] = &t->bt.btab;
-        t->arenas[0] = t->bt.params, t->arenas[1] = t->bt.buffers;
-        t->ntabs = 2;
-    } else {
-        ser_dino_config dc;
-        if ((rc = ser_dino_config_from_job(&dc, cfg, err)) || (rc = ser_dino_init(&t->dino, &dc, err)))
-            return rc;
-        t->tab = &t->dino.tab, t->params = t->dino.params, t->grads = t->dino.grads;
-        t->tabs[0] = &t->dino.tab, t->tabs[1] = &t->dino.ttab, t->tabs[2] = &t->dino.btab;
-        t->arenas[0] = t->dino.params, t->arenas[1] = t->dino.tparams, t->arenas[2] = t->dino.buffers;
-        t->ntabs = 3;
+    t->st = ser_xcalloc(1, t->obj->state_size);
+    if ((rc = t->obj->init(t->st, cfg, &t->mdl, err))) {
+        free(t->st);
+        t->st = NULL, t->obj = NULL;
+        return rc;
     }
+    const ser_objective_model *m = &t->mdl;
+    t->tab = m->tab, t->params = m->params, t->grads = m->grads;
+    for (int k = 0; k < m->ntabs; k++) t->tabs[k] = m->tabs[k], t->arenas[k] = m->arenas[k];
+    t->ntabs = m->ntabs;
+    t->active = ser_xcalloc((size_t)t->tab->n + 1, 1);
     return SER_OK;
 }
 
@@ -54,7 +38,6 @@ int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_ep
     int rc = ser_trainer_init_model(t, cfg, err);
     if (rc) return rc;
     t->ipe = iters_per_epoch;
-    t->active = ser_xcalloc((size_t)t->tab->n + 1, 1);
     ser_optim_config oc;
     ser_config_to_optim(cfg, &oc);
     if ((rc = ser_optim_init(&t->opt, t->tab, &oc, err))) {
@@ -74,96 +57,20 @@ void ser_trainer_set_ipe(ser_trainer *t, int64_t iters_per_epoch) {
 void ser_trainer_free(ser_trainer *t) {
     if (!t) return;
     ser_optim_free(&t->opt);
-    if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_free(&t->m);
-    if (t->method == SER_CONFIG_METHOD_BARLOW) ser_barlow_free(&t->bt);
-    if (t->method == SER_CONFIG_METHOD_DINO) ser_dino_free(&t->dino);
+    ser_engine_free(&t->eng);
+    if (t->obj && t->st) t->obj->free(t->st);
+    free(t->st);
     free(t->active);
-    t->active = NULL;
-    t->ntabs = 0;
+    memset(t, 0, sizeof *t);
 }
 
-void ser_trainer_init_weights(ser_trainer *t, uint64_t seed) {
-    if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_init_weights(&t->m, seed);
-    if (t->method == SER_CONFIG_METHOD_BARLOW) ser_barlow_init_weights(&t->bt, seed);
-    if (t->method == SER_CONFIG_METHOD_DINO) ser_dino_init_weights(&t->dino, seed);
-}
+void ser_trainer_init_weights(ser_trainer *t, uint64_t seed) { t->obj->init_weights(t->st, seed); }
 
 int ser_trainer_load(ser_trainer *t, const char *path, char err[SER_ERR_LEN]) {
     ser_st_file *f = NULL;
     int rc = ser_st_open(&f, path, err);
     if (!rc) rc = ser_st_load_ptabs(f, t->tabs, t->arenas, t->ntabs, "", 1, err);
     ser_st_destroy(&f);
-    return rc;
-}
-
-int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards, int64_t it,
-                                 double momentum, double losses[3], char err[SER_ERR_LEN]) {
-    int rc;
-    uint64_t seed = (uint64_t)t->cfg.data.seed;
-    if (t->method == SER_CONFIG_METHOD_MOCO) {
-        ser_moco_losses L;
-        rc = ser_moco_forward_backward(&t->m, b, shards, (float)momentum, seed, (uint32_t)it, &L, err);
-        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    } else if (t->method == SER_CONFIG_METHOD_BARLOW) {
-        ser_barlow_losses L;
-        rc = ser_barlow_forward_backward(&t->bt, b, shards, seed, (uint32_t)it, &L, err);
-        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    } else {
-        ser_sched_values sv;
-        ser_sched_eval(&t->sp, it, &sv);
-        ser_dino_losses L;
-        rc = ser_dino_forward_backward(&t->dino, b, shards, sv.teacher_temp, seed, (uint32_t)it, &L,
-                                       err);
-        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    }
-    return rc;
-}
-
-void ser_trainer_get_vits(ser_trainer *t, ser_trainer_vits *v) {
-    memset(v, 0, sizeof *v);
-    if (t->method == SER_CONFIG_METHOD_MOCO) {
-        v->student = &t->m.vit, v->teacher = &t->m.mvit, v->tparams = t->m.mparams;
-        v->maps = t->m.cfg.ser, v->map_grad = t->m.cfg.ser && t->m.cfg.ser_grad;
-        v->ema_before = 1;
-    } else if (t->method == SER_CONFIG_METHOD_DINO) {
-        v->student = &t->dino.vit, v->teacher = &t->dino.tvit, v->tparams = t->dino.tparams;
-        v->maps = t->dino.cfg.ser, v->map_grad = t->dino.cfg.ser && t->dino.cfg.ser_grad;
-    } else {
-        v->student = &t->bt.vit;
-        v->maps = t->bt.cfg.ser, v->map_grad = t->bt.cfg.ser && t->bt.cfg.ser_grad;
-    }
-    v->params = t->params, v->grads = t->grads;
-    v->span = ser_vit_span(v->student, &v->off);
-    if (v->teacher) {
-        size_t tspan = ser_vit_span(v->teacher, &v->toff);
-        SER_ASSERT(tspan == v->span);
-    }
-}
-
-void ser_trainer_teacher_ema(ser_trainer *t, double momentum) {
-    if (t->method == SER_CONFIG_METHOD_MOCO) ser_moco_momentum_update(&t->m, (float)momentum);
-    if (t->method == SER_CONFIG_METHOD_DINO) ser_dino_ema_update(&t->dino, momentum);
-}
-
-int ser_trainer_objective(ser_trainer *t, const ser_batch *b, ser_gathered *g, int64_t it,
-                          double losses[3], char err[SER_ERR_LEN]) {
-    memset(t->grads, 0, sizeof(float) * t->tab->total);
-    int rc;
-    if (t->method == SER_CONFIG_METHOD_MOCO) {
-        ser_moco_losses L;
-        rc = ser_moco_objective(&t->m, b, g, &L, err);
-        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    } else if (t->method == SER_CONFIG_METHOD_BARLOW) {
-        ser_barlow_losses L;
-        rc = ser_barlow_objective(&t->bt, b, g, &L, err);
-        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    } else {
-        ser_sched_values sv;
-        ser_sched_eval(&t->sp, it, &sv);
-        ser_dino_losses L;
-        rc = ser_dino_objective(&t->dino, b, g, sv.teacher_temp, &L, err);
-        losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    }
     return rc;
 }
 
@@ -175,8 +82,104 @@ void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd
     *momentum = isnan(t->mom_fix) ? sv.momentum : t->mom_fix;
 }
 
-int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *gnorm,
-                      char err[SER_ERR_LEN]) {
+size_t ser_trainer_span(const ser_trainer *t, size_t *off, size_t *toff) {
+    size_t span = ser_vit_span(t->mdl.student, off);
+    *toff = 0;
+    if (t->mdl.teacher) SER_ASSERT(ser_vit_span(t->mdl.teacher, toff) == span);
+    return span;
+}
+
+// --- the local engine ---------------------------------------------------------------------------
+void ser_trainer_local_init(ser_trainer_local *l, ser_trainer *t, const ser_batch *b, int shards,
+                            int64_t it) {
+    memset(l, 0, sizeof *l);
+    l->t = t, l->b = b, l->shards = shards;
+    l->seed = (uint64_t)t->cfg.data.seed, l->step = (uint32_t)it;
+}
+
+void ser_trainer_local_free(ser_trainer_local *l) {
+    if (l->have_g) ser_gathered_free(&l->g);
+    l->have_g = 0;
+}
+
+static int s_local_forward(void *ctx, const ser_batch **b, ser_gathered **g, char err[SER_ERR_LEN]) {
+    ser_trainer_local *l = ctx;
+    ser_trainer *t = l->t;
+    ser_trainer_local_free(l);
+    int rc = ser_batch_check(l->b, &t->mdl.student->cfg, l->shards, err);
+    if (!rc) rc = ser_engine_forward(&t->eng, t->mdl.student, t->mdl.teacher, l->b, l->shards,
+                                     t->mdl.ser, l->seed, l->step, &l->g, err);
+    if (rc) return rc;
+    l->have_g = 1;
+    *b = l->b, *g = &l->g;
+    return SER_OK;
+}
+
+static int s_local_backward(void *ctx, float *grads, char err[SER_ERR_LEN]) {
+    (void)err;
+    ser_trainer_local *l = ctx;
+    ser_trainer *t = l->t;
+    (void)grads;  // the engine writes the student's span of t->grads, which grads points into
+    SER_ASSERT(l->have_g);
+    ser_engine_backward(&t->eng, t->mdl.student, l->b, l->shards, &l->g,
+                        t->mdl.ser && t->mdl.ser_grad);
+    ser_trainer_local_free(l);
+    return SER_OK;
+}
+
+const ser_step_engine_i ser_trainer_local_engine = {s_local_forward, s_local_backward};
+
+// --- the step loop ------------------------------------------------------------------------------
+int ser_trainer_step(ser_trainer *t, const ser_step_engine_i *e, void *ctx, int64_t it, double lr,
+                     double wd, double momentum, double losses[3], float *grads0, double *gnorm,
+                     int *phase, char err[SER_ERR_LEN]) {
+    const ser_objective_i *o = t->obj;
+    int ph = SER_STEP_FORWARD, rc;
+    if (o->ema == SER_OBJECTIVE_EMA_BEFORE && momentum >= 0) o->teacher_ema(t->st, momentum);
+    const ser_batch *b = NULL;
+    ser_gathered *g = NULL;
+    if ((rc = e->forward(ctx, &b, &g, err))) goto out;
+    ph = SER_STEP_OBJECTIVE;
+    memset(t->grads, 0, sizeof(float) * t->tab->total);
+    ser_sched_values sv;
+    ser_sched_eval(&t->sp, it, &sv);
+    ser_objective_step os = {it, it / t->ipe, momentum, sv.teacher_temp};
+    if ((rc = o->objective(t->st, b, g, &os, losses, err))) {
+        if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %lld: ", (long long)it);
+        goto out;
+    }
+    t->n_eq = b->n_eq;
+    ph = SER_STEP_BACKWARD;
+    size_t off, toff, span = ser_trainer_span(t, &off, &toff);
+    (void)span;
+    if ((rc = e->backward(ctx, t->grads + off, err))) goto out;
+    if (grads0) memcpy(grads0, t->grads, sizeof(float) * t->tab->total);
+    ph = SER_STEP_APPLY;
+    rc = ser_trainer_apply(t, it, lr, wd, momentum, gnorm, err);
+out:
+    if (phase) *phase = ph;
+    return rc;
+}
+
+int ser_trainer_step_local(ser_trainer *t, const ser_batch *b, int shards, int64_t it, double lr,
+                           double wd, double momentum, double losses[3], float *grads0,
+                           double *gnorm, char err[SER_ERR_LEN]) {
+    ser_trainer_local l;
+    ser_trainer_local_init(&l, t, b, shards, it);
+    int rc = ser_trainer_step(t, &ser_trainer_local_engine, &l, it, lr, wd, momentum, losses,
+                              grads0, gnorm, NULL, err);
+    ser_trainer_local_free(&l);
+    return rc;
+}
+
+void ser_trainer_active(const ser_trainer *t, int64_t it, int n_eq, unsigned char *active) {
+    memset(active, 1, (size_t)t->tab->n);
+    if (t->obj->hold) t->obj->hold(t->st, t->ipe > 0 ? it / t->ipe : 0, active);
+    ser_objective_equiv_active(t->tab, t->mdl.ser, t->mdl.ser_grad, n_eq, active);
+}
+
+int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double momentum,
+                      double *gnorm, char err[SER_ERR_LEN]) {
     double g = ser_optim_clip_grad(t->tab, t->grads, t->cfg.optim.clip, t->cfg.optim.clip_mode,
                                    NULL, NULL, NULL);
     if (gnorm) *gnorm = g;
@@ -185,16 +188,13 @@ int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *
                  (long long)it, g);
         return SER_ENONFINITE;
     }
-    if (t->method == SER_CONFIG_METHOD_DINO) {
-        // The reference clips, then drops the last layer's gradient during its frozen epochs.
-        double lr2, wd2, mom;
-        ser_trainer_values(t, it, &lr2, &wd2, &mom);
-        ser_dino_active(&t->dino, it / t->ipe, t->active);
-        ser_optim_step(&t->opt, t->params, t->grads, lr, wd, t->active);
-        ser_dino_after_step(&t->dino, mom);
-        return SER_OK;
+    // The reference clips, then leaves out what has no gradient in this step's graph.
+    ser_trainer_active(t, it, t->n_eq, t->active);
+    ser_optim_step(&t->opt, t->params, t->grads, lr, wd, t->active);
+    if (t->obj->after_apply) {
+        ser_objective_step os = {it, t->ipe > 0 ? it / t->ipe : 0, momentum, 0};
+        t->obj->after_apply(t->st, &os);
     }
-    ser_optim_step(&t->opt, t->params, t->grads, lr, wd, NULL);
     return SER_OK;
 }
 

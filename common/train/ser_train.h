@@ -1,12 +1,20 @@
-// ser_train.h — what one process needs to own a job's training state: the model, AdamW and
-// the schedules, with the step-level operations shared by `ser step` and the coordinator.
+// ser_train.h — what one process needs to own a job's training state: the objective's model
+// (through its table, objectives/ser_objective.h), AdamW and the schedules, and the one step
+// loop shared by `ser step`, the benchmarks and the coordinator:
+//     teacher EMA (objectives whose EMA opens a step) -> engine forward -> objective ->
+//     engine backward -> [clip, non-finite guard, AdamW on the tensors with a gradient] ->
+//     after_apply (DINO: centre, teacher EMA)
+// The engine is an interface: ser_trainer_local_engine() runs the shards in this process
+// (nn/ser_engine.h); the coordinator's runs them on its workers.
 //
 // defines:
 //   ser_trainer, ser_trainer_init(), ser_trainer_init_model(), ser_trainer_free(),
-//   ser_trainer_init_weights(),
-//   ser_trainer_load(), ser_trainer_forward_backward()
+//   ser_trainer_set_ipe(), ser_trainer_init_weights(), ser_trainer_load()
 //   ser_trainer_values()   lr, wd, momentum of an iteration (schedules or fixed overrides)
-//   ser_trainer_apply()    clip, non-finite guard, AdamW on m.grads
+//   ser_step_engine_i, ser_trainer_local_engine()   where the per-shard ViT work runs
+//   ser_trainer_step()     the step loop; ser_trainer_step_local() on the local engine
+//   ser_trainer_active()   which trainable tensors AdamW moves in a step
+//   ser_trainer_apply()    clip, non-finite guard, AdamW, after_apply
 //   ser_trainer_write()    the state in `ser step`'s output layout
 //   ser_trainer_ckpt()     the checkpoint binding of the state (ser_ckpt.h)
 #ifndef SER_TRAIN_H
@@ -15,41 +23,41 @@
 #include <stdint.h>
 
 #include "ser_base.h"
-#include "ser_config.h"
-#include "ser_barlow.h"
 #include "ser_ckpt.h"
-#include "ser_dino.h"
-#include "ser_moco.h"
+#include "ser_config.h"
+#include "ser_engine.h"
+#include "ser_objective.h"
 #include "ser_optim.h"
 #include "ser_sched.h"
 
 typedef struct ser_trainer {
     ser_config cfg;
-    int method;       // SER_CONFIG_METHOD_*
-    ser_moco m;       // method moco
-    ser_barlow bt;    // method barlow
-    ser_dino dino;    // method dino
-    int64_t ipe;      // iterations per epoch (DINO's last-layer freeze, schedules)
-    unsigned char *active;  // per trainable tensor: torch's "has a gradient" (DINO's freeze)
-    // The method's state, as the views every method has: its trainable table and arenas, and
-    // the tables of a checkpoint / weights file (trainable, teacher if any, buffers).
+    int method;                  // index of the objective (method.name)
+    const ser_objective_i *obj;  // its table
+    void *st;                    // its state (obj->state_size bytes)
+    ser_objective_model mdl;     // what its init built
+    int64_t ipe;                 // iterations per epoch (DINO's last-layer freeze, schedules)
+    unsigned char *active;       // per trainable tensor: torch's "has a gradient" this step
+    int n_eq;                    // equivariant samples of the last step's batch
+    // The views every objective has: its trainable table and arenas, and the tables of a
+    // checkpoint / weights file (trainable, teacher if any, buffers). Aliases of mdl's.
     ser_ptab *tab;
     float *params, *grads;
     const ser_ptab *tabs[3];
     float *arenas[3];
     int ntabs;
+    ser_engine eng;              // the local engine's activations, kept across steps
     ser_optim opt;
     ser_sched_params sp;
     double lr_fix, wd_fix, mom_fix;  // NAN: follow the schedule
 } ser_trainer;
 
-// Builds the model of cfg's method (moco, barlow, dino), zero optimizer state, schedules for
-// iters_per_epoch iterations per epoch. Weights are not initialised: call
-// ser_trainer_init_weights() or ser_trainer_load().
+// Builds the model of cfg's method, zero optimizer state, schedules for iters_per_epoch
+// iterations per epoch. Weights are not initialised: call ser_trainer_init_weights() or
+// ser_trainer_load().
 int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_epoch,
                      char err[SER_ERR_LEN]);
-// The model alone (no optimizer state, no schedules): what a worker computes with.
-// ser_trainer_free() releases it; only the model's operations apply to it.
+// The model alone (no optimizer state, no schedules). ser_trainer_free() releases it.
 int ser_trainer_init_model(ser_trainer *t, const ser_config *cfg, char err[SER_ERR_LEN]);
 void ser_trainer_free(ser_trainer *t);
 // Changes the schedules' epoch length (a resume keeps the checkpoint's).
@@ -59,43 +67,68 @@ void ser_trainer_init_weights(ser_trainer *t, uint64_t seed);
 // Strict load of every table from a weights file in the method's state_dict names.
 int ser_trainer_load(ser_trainer *t, const char *path, char err[SER_ERR_LEN]);
 
-// One step's forward and backward over the batch in `shards` shards; fills t->grads.
-// losses: total, invariance, equivariance. momentum: the teacher EMA (MoCo; ignored otherwise).
-int ser_trainer_forward_backward(ser_trainer *t, const ser_batch *b, int shards, int64_t it,
-                                 double momentum, double losses[3], char err[SER_ERR_LEN]);
-
 void ser_trainer_values(const ser_trainer *t, int64_t it, double *lr, double *wd, double *momentum);
 
-// The ViTs of the method, as the distributed runtime moves them: the student backbone's span of
-// the trainable arena (params/grads + off, span floats) and, when the method has one, the
-// teacher's (MoCo's momentum encoder, DINO's EMA teacher; tparams + toff) — NULL for barlow.
-// maps / map_grad: the engine's flags (gather the SER maps; backpropagate through them).
-typedef struct ser_trainer_vits {
-    ser_vit *student, *teacher;
-    float *params, *grads, *tparams;
-    size_t off, toff, span;
-    int maps, map_grad;
-    int ema_before;  // 1: the teacher EMA opens the step (MoCo); 0: it closes it (DINO)
-} ser_trainer_vits;
-void ser_trainer_get_vits(ser_trainer *t, ser_trainer_vits *v);
+// Where a step's per-shard ViT work runs.
+typedef struct ser_step_engine_i {
+    // The forward half: every shard's student (and teacher) pass, gathered in *g (dqcls / dqmap
+    // zeroed), and the step's batch in *b (a remote engine learns its composition from the
+    // shards). The pointers stay valid until the next forward.
+    int (*forward)(void *ctx, const ser_batch **b, ser_gathered **g, char err[SER_ERR_LEN]);
+    // The backward half: the student ViT's gradient from g's dqcls / dqmap, each shard's into a
+    // zeroed buffer, added in shard order into grads (the student's span, overwritten).
+    int (*backward)(void *ctx, float *grads, char err[SER_ERR_LEN]);
+} ser_step_engine_i;
 
-// The method's teacher EMA towards the current student with momentum m: MoCo's momentum
-// update (the start of a step), DINO's teacher update (the end of a step, without the centre);
-// nothing for barlow. A worker that holds a teacher advances it with this, bitwise as the
-// coordinator's own (same function, same operands).
-void ser_trainer_teacher_ema(ser_trainer *t, double momentum);
+typedef struct ser_trainer_local {
+    ser_trainer *t;
+    const ser_batch *b;
+    int shards;
+    uint64_t seed;
+    uint32_t step;
+    ser_gathered g;
+    int have_g;
+} ser_trainer_local;
+// The engine of one process over batch b in `shards` shards (drop-path masks keyed by the
+// job's data.seed and step it). Release with ser_trainer_local_free().
+extern const ser_step_engine_i ser_trainer_local_engine;
+void ser_trainer_local_init(ser_trainer_local *l, ser_trainer *t, const ser_batch *b, int shards,
+                            int64_t it);
+void ser_trainer_local_free(ser_trainer_local *l);
 
-// Phase 2 of a step (docs/batch-coupling.md) on a batch gathered from its shards: the
-// method's objective, which fills g->dqcls / g->dqmap and the head-side part of t->grads
-// (zeroed here first). losses: total, invariance, equivariance. SER_ENONFINITE names the term.
-int ser_trainer_objective(ser_trainer *t, const ser_batch *b, ser_gathered *g, int64_t it,
-                          double losses[3], char err[SER_ERR_LEN]);
+// What ser_trainer_step did last, for a caller that names the source of a failure.
+enum { SER_STEP_FORWARD = 1, SER_STEP_OBJECTIVE, SER_STEP_BACKWARD, SER_STEP_APPLY };
+
+// One step at iteration it, lr and wd (ser_trainer_values): the step loop above. losses: total,
+// invariance, equivariance. grads0: when not NULL, receives the whole gradient before the
+// apply. *gnorm: the global norm before clipping. *phase: SER_STEP_* reached (on failure, the
+// one that failed). Nothing reaches the parameters or AdamW unless every phase succeeds (the
+// teacher EMA of an objective whose EMA opens the step has run).
+int ser_trainer_step(ser_trainer *t, const ser_step_engine_i *e, void *ctx, int64_t it, double lr,
+                     double wd, double momentum, double losses[3], float *grads0, double *gnorm,
+                     int *phase, char err[SER_ERR_LEN]);
+
+// ser_trainer_step on the local engine over batch b in `shards` shards (`ser step`, benchmarks).
+int ser_trainer_step_local(ser_trainer *t, const ser_batch *b, int shards, int64_t it, double lr,
+                           double wd, double momentum, double losses[3], float *grads0,
+                           double *gnorm, char err[SER_ERR_LEN]);
+
+// active[i] of every trainable tensor for a step at iteration it whose batch has n_eq
+// equivariant samples: 0 for a tensor outside that step's graph (the SER tensors when the term
+// is off, has no gradient or no sample) and for one the objective holds (DINO's frozen last
+// layer); AdamW leaves those, their moments and step counts untouched, as torch does for a
+// parameter whose .grad is None.
+void ser_trainer_active(const ser_trainer *t, int64_t it, int n_eq, unsigned char *active);
 
 // Clips the gradients per the config, refuses non-finite ones (SER_ENONFINITE, nothing
-// applied), then one AdamW step (DINO: without the last layer while it is frozen, then the
-// centre update and the teacher EMA). *gnorm gets the global norm before clipping.
-int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double *gnorm,
-                      char err[SER_ERR_LEN]);
+// applied), then one AdamW step on the active tensors of the last step, then the objective's
+// after_apply. *gnorm gets the global norm before clipping.
+int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double momentum,
+                      double *gnorm, char err[SER_ERR_LEN]);
+
+// The student's span of the trainable arena (params/grads + *off, span floats) and the
+// teacher's (*toff), as the distributed runtime moves them.
+size_t ser_trainer_span(const ser_trainer *t, size_t *off, size_t *toff);
 
 // Writes the state in `ser step`'s output layout (docs/step-format.md): the K loss terms
 // (losses: K x 3 of loss, loss_inv, loss_equiv), the first step's gradients (grads0, or NULL),

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ser_ref import MoCoSER, image_action, ViT, build_mlp, moco_ctr, projector_equiv  # noqa: E402
-from st_io import save_file  # noqa: E402
+from st_io import load_file, save_file  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 torch.set_default_dtype(torch.float64)
@@ -305,12 +305,56 @@ def step_files(m, t, gs, params):
               metadata={"lr": "0.5", "wd": "0.1", "eps": "1", "momentum": "0.9"})
 
 
+def unused_case():
+    """AdamW and tensors outside a step's graph: the weights of step_weights.safetensors, a batch
+    of 4 invariant samples and no equivariant one, so projector_equiv and norm_equiv get no
+    gradient (.grad is None) and torch's AdamW leaves them, their moments and step counts alone.
+    The same state results with SER off (ser step with ser.enabled = false: the weights file
+    without projector_equiv.*). One step, lr 0.5, wd 0.1, eps 1 (see step_files)."""
+    vit = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48, cls_layer=2)
+    m = MoCoSER(vit, mlp_dim=32, dim=16, T=0.2, lam=0.7, tau=0.4, proj_dim=20, ser_grad=True)
+    w = load_file(os.path.join(OUT, "step_weights.safetensors"))
+    with torch.no_grad():
+        for n_, p in m.named_parameters():
+            p.copy_(w[n_].to(p.dtype))
+        for n_, b in m.named_buffers():
+            b.copy_(w[n_].to(b.dtype))
+    batch = load_file(os.path.join(OUT, "step_batch.safetensors"))
+    inv0, inv1 = batch["inv.view0"][:4].double(), batch["inv.view1"][:4].double()
+    loss, _, _ = m(inv0, inv1, [], [], [], [], 0.9)
+    params = [(n_, p) for n_, p in m.named_parameters() if p.requires_grad]
+    gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    unused = [n_ for (n_, _), g in zip(params, gs) if g is None]
+    assert sorted(unused) == sorted(n_ for n_, _ in params
+                                    if "projector_equiv" in n_ or "norm_equiv" in n_), unused
+    with torch.no_grad():
+        for (_, p), g in zip(params, gs):
+            p.grad = g
+        opt = torch.optim.AdamW([p for _, p in params], lr=0.5, betas=(0.9, 0.999), eps=1.0,
+                                weight_decay=0.1)
+        opt.step()
+    t = {"after." + n_: p.detach().clone() for n_, p in m.named_parameters()}
+    t["inv.view0"], t["inv.view1"] = inv0, inv1
+    save_file(f32({k: v for k, v in t.items() if k.startswith("inv.")}),
+              os.path.join(OUT, "unused_batch.safetensors"))
+    noser = {k: v for k, v in w.items() if not k.startswith("projector_equiv.")}
+    save_file(noser, os.path.join(OUT, "unused_weights_noser.safetensors"))
+    save_file(f32({k: v for k, v in t.items() if k.startswith("after.")}),
+              os.path.join(OUT, "unused_expected.safetensors"),
+              metadata={"lr": "0.5", "wd": "0.1", "eps": "1", "momentum": "0.9",
+                        "unused": ",".join(unused)})
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if sys.argv[1:] == ["unused"]:  # only the AdamW-unused case (leaves the others as they are)
+        unused_case()
+        return
     kernels()
     heads()
     moco_case("moco_ser_on", True, 300)
     moco_case("moco_ser_off", False, 301)
+    unused_case()
     for i, (name, args) in enumerate(CASES.items()):
         vit_case(name, *args, seed=100 + i)
     print("fixtures written to", OUT)

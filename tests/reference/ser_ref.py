@@ -248,6 +248,8 @@ class MoCoSER(nn.Module):
         with torch.no_grad():
             k = [self.momentum_encoder.head(kcls[v]) for v in range(2)]
         loss_inv = moco_ctr(p[0], k[1], self.T) + moco_ctr(p[1], k[0], self.T)
+        if len(eq0) == 0:  # no equivariant sample: the SER term is not in the graph at all
+            return loss_inv, loss_inv, torch.zeros(())
         L = []
         for w in range(2):  # anchors: student view w; teacher view 1-w moved onto w's grid
             Q, K, tokens = [], [], []

@@ -1,0 +1,48 @@
+// ser_objective.c — see ser_objective.h: the table of objectives.
+#include "ser_objective.h"
+
+#include <string.h>
+
+#include "ser_barlow.h"
+#include "ser_dino.h"
+#include "ser_moco.h"
+
+// The built-in objectives, in the order of SER_CONFIG_METHOD_* (the value of method.name).
+// A new objective is one more row here.
+static const ser_objective_i *s_table[SER_OBJECTIVE_MAX] = {
+    &ser_objective_moco,
+    &ser_objective_dino,
+    &ser_objective_barlow,
+};
+static int s_count = 3;
+
+const char *ser_objective_names[SER_OBJECTIVE_MAX + 1] = {"moco", "dino", "barlow", NULL};
+
+const ser_objective_i *ser_objective_get(int i) {
+    return i >= 0 && i < s_count ? s_table[i] : NULL;
+}
+
+int ser_objective_find(const char *name) {
+    for (int i = 0; i < s_count; i++)
+        if (strcmp(s_table[i]->name, name) == 0) return i;
+    return -1;
+}
+
+int ser_objective_count(void) { return s_count; }
+
+int ser_objective_register(const ser_objective_i *o) {
+    if (s_count >= SER_OBJECTIVE_MAX || !o || !o->name || ser_objective_find(o->name) >= 0)
+        return -1;
+    s_table[s_count] = o;
+    ser_objective_names[s_count] = o->name;
+    ser_objective_names[s_count + 1] = NULL;
+    return s_count++;
+}
+
+void ser_objective_equiv_active(const ser_ptab *tab, int ser, int ser_grad, int n_eq,
+                                unsigned char *active) {
+    if (ser && ser_grad && n_eq > 0) return;
+    for (int i = 0; i < tab->n; i++)
+        if (strstr(tab->t[i].name, "projector_equiv.") || strstr(tab->t[i].name, "norm_equiv."))
+            active[i] = 0;
+}
