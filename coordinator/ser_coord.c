@@ -22,6 +22,7 @@
 #include "ser_safetensors.h"
 #include "ser_status.h"
 #include "ser_train.h"
+#include "ser_shard.h"
 #include "ser_wire.h"
 
 #define SER_COORD_MAX_WORKERS 256
@@ -95,6 +96,7 @@ typedef struct s_coord {
     int E;                   // equivariant samples per step (the last E positions); -1: unknown
     int grid_max;            // largest token-grid side a loader can draw
     ser_knn_monitor *knn;    // NULL: off
+    int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
     // Peers already named in a warning (unknown, refused or malformed): later messages from
     // them are logged at debug level, so a restart with many workers re-joining, or a
     // misbehaving peer, cannot flood the log.
@@ -102,6 +104,13 @@ typedef struct s_coord {
     int nwarned;
     double knn_top1, knn_top5;
     int64_t knn_step;
+    // The run: steps [first, end), the checkpoint binding, the first step's gradient and the
+    // losses (for --out), the step times and the bytes counted from the second step on.
+    int64_t first, end, nrun;
+    ser_ckpt *ck;
+    float *grads0, *losses;
+    double *step_s, t0;
+    uint64_t b_sent0, b_recv0;
 } s_coord;
 
 // Publishes the coordinator's state to the status port.
@@ -205,14 +214,13 @@ static void s_send_params(s_coord *c, int wi) {
     s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS);
     e.params_version = (uint64_t)c->step;
     e.momentum = c->tmom;
-    ser_wire_tensor t[2] = {{"student", 1, {(int64_t)c->span}, c->tr.params + c->off}};
-    int n = 1;
-    if (c->m->teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step) {
-        t[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)c->span}, c->m->tparams + c->toff};
-        n = 2;
+    int whole = c->m->teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step;
+    ser_wire_tensor t[2];
+    int n = ser_shard_pack_params(t, c->tr.params + c->off, whole ? c->m->tparams + c->toff : NULL,
+                                  c->span);
+    if (whole)
         ser_log(SER_LL_DEBUG, "step %lld: sending the teacher to %s (it holds step %lld's)",
                 (long long)c->step, w->id, (long long)w->teacher_version);
-    }
     w->teacher_version = c->step;  // sent, or advanced by the worker from step - 1's
     ser_wire_send(c->sock, w->id, &e, t, n);
 }
@@ -322,15 +330,10 @@ static void s_send_forward(s_coord *c, int s) {
 
 static void s_send_backward(s_coord *c, int s) {
     s_shard *sh = &c->sh[s];
-    int C = c->g.C;
-    size_t nr = (size_t)(sh->p1 - sh->p0);
-    size_t m0 = sh->n_eq ? c->g.tokoff[0][sh->e0] : 0, m1 = sh->n_eq ? c->g.tokoff[1][sh->e0] : 0;
-    ser_wire_tensor t[4] = {
-        {"dqcls0", 2, {(int64_t)nr, C}, c->g.dqcls[0] + (size_t)sh->p0 * C},
-        {"dqcls1", 2, {(int64_t)nr, C}, c->g.dqcls[1] + (size_t)sh->p0 * C},
-        {"dqmap0", 2, {(int64_t)sh->ntok[0], C}, c->g.dqmap[0] + m0 * C},
-        {"dqmap1", 2, {(int64_t)sh->ntok[1], C}, c->g.dqmap[1] + m1 * C},
-    };
+    size_t map0[2] = {sh->n_eq ? c->g.tokoff[0][sh->e0] : 0, sh->n_eq ? c->g.tokoff[1][sh->e0] : 0};
+    ser_wire_tensor t[4];
+    ser_shard_pack_backward(t, c->g.dqcls, c->g.dqmap, sh->p0, sh->p1 - sh->p0, c->g.C, map0,
+                            sh->ntok);
     Ser__Envelope e;
     s_env(c, &e, SER__MSG_TYPE__MSG_BACKWARD);
     e.shard = (uint32_t)s;
@@ -340,68 +343,32 @@ static void s_send_backward(s_coord *c, int s) {
     sh->sent_ms = s_now();  // after the send, which a fault plan may delay
 }
 
-// Takes a shard's forward results: [CLS] rows into the batch (by position), its group
-// elements and maps kept per shard until every shard is in. SER_EFORMAT when sizes disagree.
+// Takes a shard's forward results (validated by the shard schema, proto/ser_shard.h): [CLS]
+// rows into the batch (by position), its group elements and maps kept per shard until every
+// shard is in. SER_EFORMAT / SER_ESHAPE when they are not what was asked.
 static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     s_shard *sh = &c->sh[s];
-    int C = c->g.C;
-    size_t nr = (size_t)(sh->p1 - sh->p0);
-    const char *cls[4] = {"qcls0", "qcls1", "kcls0", "kcls1"};
-    float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
-    const float *src[4];
-    int nsets = c->m->teacher ? 4 : 2;  // the teacher's rows and maps when there is one
-    for (int i = 0; i < nsets; i++)
-        if (!(src[i] = ser_wire_find(m, cls[i], nr * C))) return SER_EFORMAT;
-    // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
-    int n_eq = 0;
-    const float *gf = NULL;
-    for (int i = 0; i < m->n; i++)
-        if (strcmp(m->env->tensors[i]->name, "g") == 0 && m->env->tensors[i]->n_shape == 3 &&
-            m->env->tensors[i]->shape[1] == 2 && m->env->tensors[i]->shape[2] == 5 &&
-            m->env->tensors[i]->shape[0] <= (int64_t)nr) {
-            n_eq = (int)m->env->tensors[i]->shape[0];
-            gf = ser_wire_find(m, "g", (size_t)n_eq * 10);
-        }
-    if (n_eq && !gf) return SER_EFORMAT;
+    int C = c->g.C, want = -1;
     if (c->E >= 0) {  // the job's layout: the last E positions of the batch are equivariant
-        int lo = c->B - c->E, want = sh->p1 - (lo > sh->p0 ? lo : sh->p0);
+        int lo = c->B - c->E;
+        want = sh->p1 - (lo > sh->p0 ? lo : sh->p0);
         if (want < 0) want = 0;
-        if (n_eq != want) return SER_ESHAPE;
     }
-    ser_group_elem *g[2] = {ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem)),
-                            ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem))};
-    size_t ntok[2] = {0, 0};
-    int bad = 0;
-    for (int e = 0; e < n_eq && !bad; e++)
-        for (int v = 0; v < 2 && !bad; v++) {
-            float q[5];  // frames carry no alignment guarantee: copy, do not dereference
-            memcpy(q, gf + (e * 2 + v) * 5, sizeof q);
-            for (int k = 0; k < 5; k++) bad |= !(q[k] >= 0 && q[k] <= 4096 && q[k] == (float)(int)q[k]);
-            if (bad) break;
-            g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
-                                       (int16_t)q[4]};
-            bad |= ser_group_elem_check(&g[v][e]) != SER_OK;
-            int r, cc;
-            ser_group_view_grid(&g[v][e], &r, &cc);
-            bad |= r > c->grid_max || cc > c->grid_max;  // no loader draws such a view
-            ntok[v] += (size_t)r * cc;
-        }
-    const char *maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
-    const float *msrc[4] = {0};
-    for (int i = 0; i < nsets && !bad && n_eq; i++)
-        bad |= !(msrc[i] = ser_wire_find(m, maps[i], ntok[i & 1] * C));
-    if (bad) {
-        free(g[0]), free(g[1]);
-        return SER_EFORMAT;
-    }
-    for (int i = 0; i < nsets; i++) memcpy(dst[i] + (size_t)sh->p0 * C, src[i], sizeof(float) * nr * C);
-    for (int v = 0; v < 2; v++) free(sh->g[v]), sh->g[v] = g[v];
+    ser_shard_fwd f;
+    int rc = ser_shard_parse_forward(m, sh->p1 - sh->p0, C, c->m->teacher != NULL, want,
+                                     c->grid_max, &f);
+    if (rc) return rc;
+    size_t nr = (size_t)(sh->p1 - sh->p0);
+    float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
+    for (int i = 0; i < 4; i++)
+        if (f.cls[i]) memcpy(dst[i] + (size_t)sh->p0 * C, f.cls[i], sizeof(float) * nr * C);
+    for (int v = 0; v < 2; v++) free(sh->g[v]), sh->g[v] = f.g[v], f.g[v] = NULL;
     for (int i = 0; i < 4; i++) {
         free(sh->maps[i]);
-        sh->maps[i] = ser_xaligned(sizeof(float) * (ntok[i & 1] * C + 1));
-        if (n_eq && i < nsets) memcpy(sh->maps[i], msrc[i], sizeof(float) * ntok[i & 1] * C);
+        sh->maps[i] = ser_xaligned(sizeof(float) * (f.ntok[i & 1] * C + 1));
+        if (f.maps[i]) memcpy(sh->maps[i], f.maps[i], sizeof(float) * f.ntok[i & 1] * C);
     }
-    sh->n_eq = n_eq, sh->ntok[0] = ntok[0], sh->ntok[1] = ntok[1];
+    sh->n_eq = f.n_eq, sh->ntok[0] = f.ntok[0], sh->ntok[1] = f.ntok[1];
     return SER_OK;
 }
 
@@ -634,7 +601,7 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
         sh->state = SH_FWD_DONE;
         if (s_now() - sh->sent_ms > c->task_max_ms) c->task_max_ms = s_now() - sh->sent_ms;
     } else if (e->type == SER__MSG_TYPE__MSG_BACKWARD_DONE && sh->state == SH_BWD_SENT) {
-        const float *g = ser_wire_find(m, "grad", c->span);
+        const float *g = ser_shard_parse_grad(m, c->span);
         if (!g) {
             s_offence(c, wi, (int)e->shard, "a gradient not of the model's size");
             return;
@@ -891,126 +858,69 @@ int ser_coord_iters_per_epoch(const ser_coord_opts *o, int64_t *ipe, char *how, 
     return SER_OK;
 }
 
-int ser_coord_run(const ser_coord_opts *o) {
-    s_coord c;
-    memset(&c, 0, sizeof c);
-    ser_ckpt *ck = NULL;
-    c.o = o;
-    char err[SER_ERR_LEN];
-    int status = 1, rc;
-    float *grads0 = NULL, *losses = NULL;
-    double *step_s = NULL;
-    char how[160];
-    if ((rc = ser_coord_iters_per_epoch(o, &c.ipe, how, sizeof how, err)) ||
-        (rc = ser_trainer_init(&c.tr, &o->cfg, c.ipe, err))) {
-        fprintf(stderr, "ser coordinator: %s\n", err);
-        return 2;
-    }
-    c.tr.lr_fix = o->lr_fix, c.tr.wd_fix = o->wd_fix, c.tr.mom_fix = o->mom_fix;
-    c.m = &c.tr.mdl;
-    int threads = o->cfg.run.threads > 0 ? o->cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    ser_kernels_set_threads(threads);
-    c.hash = ser_config_hash(&o->cfg);
-    snprintf(c.job_id, sizeof c.job_id, "%s", o->cfg.run.name[0] ? o->cfg.run.name : "ser");
-    if (o->weights) {
-        if ((rc = ser_trainer_load(&c.tr, o->weights, err))) goto done;
-    } else {
-        ser_trainer_init_weights(&c.tr, o->cfg.data.seed);
-    }
-    // Restart == resume: the newest valid checkpoint of run.out_dir, if there is one.
-    ck = ser_trainer_ckpt(&c.tr);
-    int64_t first = o->iter, end;
-    {
-        ser_ckpt_pos pos;
-        char from[1024];
-        rc = ser_ckpt_load_latest_valid(ck, o->cfg.run.out_dir, &o->cfg, &pos, from, sizeof from, err);
-        if (rc == SER_OK) {
-            first = pos.step;
-            ser_log(SER_LL_INFO, "resumed from %s at step %lld", from, (long long)first);
-            if (pos.iters_per_epoch > 0 && pos.iters_per_epoch != c.ipe) {
-                ser_log(SER_LL_WARNING, "the checkpoint was trained with %lld steps per epoch, not "
-                        "%lld (%s): keeping %lld, so the schedules do not jump",
-                        (long long)pos.iters_per_epoch, (long long)c.ipe, how,
-                        (long long)pos.iters_per_epoch);
-                c.ipe = pos.iters_per_epoch;
-                snprintf(how, sizeof how, "the checkpoint");
-                ser_trainer_set_ipe(&c.tr, c.ipe);
-            }
-        } else if (rc != SER_ENOENT) {
-            goto done;
-        }
-        rc = SER_OK;
-    }
-    // The run's length: --steps K (from --iter), else run.max_steps, else the whole schedule.
-    c.sched_end = (int64_t)o->cfg.optim.epochs * c.ipe;
-    end = o->steps > 0 ? o->iter + o->steps
-          : o->cfg.run.max_steps > 0 ? o->cfg.run.max_steps
-                                     : c.sched_end;
-    if (end > c.sched_end) {  // the schedules are defined up to their end only
+// --- the run: start-up, steps with their periodic work, teardown --------------------------------
+// The schedule's length and what this run trains of it (--steps K from --iter, else
+// run.max_steps, else the whole schedule), logged with the warnings users need.
+static void s_plan(s_coord *c, const char *how) {
+    const ser_coord_opts *o = c->o;
+    c->sched_end = (int64_t)o->cfg.optim.epochs * c->ipe;
+    c->end = o->steps > 0 ? o->iter + o->steps
+             : o->cfg.run.max_steps > 0 ? o->cfg.run.max_steps
+                                        : c->sched_end;
+    if (c->end > c->sched_end) {  // the schedules are defined up to their end only
         ser_log(SER_LL_WARNING, "the run would go past the schedule's end (step %lld of %lld): it "
-                "stops there; raise optim.epochs to train longer", (long long)end,
-                (long long)c.sched_end);
-        end = c.sched_end;
+                "stops there; raise optim.epochs to train longer", (long long)c->end,
+                (long long)c->sched_end);
+        c->end = c->sched_end;
     }
-    if (first >= end)
+    if (c->first >= c->end)
         ser_log(SER_LL_INFO, "schedule: %d epochs x %lld steps (%s) = %lld steps; nothing to "
                 "train: the run is at step %lld and ends at %lld", o->cfg.optim.epochs,
-                (long long)c.ipe, how, (long long)c.sched_end, (long long)first, (long long)end);
+                (long long)c->ipe, how, (long long)c->sched_end, (long long)c->first,
+                (long long)c->end);
     else
         ser_log(SER_LL_INFO, "schedule: %d epochs x %lld steps (%s) = %lld steps; this run trains "
-                "steps %lld..%lld", o->cfg.optim.epochs, (long long)c.ipe, how,
-                (long long)c.sched_end, (long long)first, (long long)end - 1);
-    if (end < c.sched_end)
+                "steps %lld..%lld", o->cfg.optim.epochs, (long long)c->ipe, how,
+                (long long)c->sched_end, (long long)c->first, (long long)c->end - 1);
+    if (c->end < c->sched_end)
         ser_log(SER_LL_WARNING, "the run stops at step %lld of the schedule's %lld (epoch %.2f of "
                 "%d): the lr and momentum schedules will not have reached their end",
-                (long long)end, (long long)c.sched_end, (double)end / (double)c.ipe,
+                (long long)c->end, (long long)c->sched_end, (double)c->end / (double)c->ipe,
                 o->cfg.optim.epochs);
-    c.knn_step = -1;
-    {
-        double tk = ser_time_sec();
-        int64_t every = o->cfg.eval.knn_every > 0 ? o->cfg.eval.knn_every : c.ipe;
-        char kerr[SER_ERR_LEN];
-        c.knn = ser_knn_monitor_new(&o->cfg, &c.m->student->cfg, every, threads, kerr);
-        if (c.knn) {
-            int ntr, nte;
-            ser_knn_monitor_sizes(c.knn, &ntr, &nte);
-            ser_log(SER_LL_INFO, "kNN monitor: every %lld steps and at the end, %d train / %d test "
-                    "images (k %d, T %g; decoded in %.1f s)", (long long)every, ntr, nte,
-                    o->cfg.eval.knn_k, o->cfg.eval.knn_temperature, ser_time_sec() - tk);
-        } else {
-            ser_log(SER_LL_INFO, "kNN monitor %s", kerr);
-        }
+}
+
+// Resume: the newest valid checkpoint of run.out_dir, if there is one (restart == resume).
+static int s_resume(s_coord *c, char *how, size_t hn, char *err) {
+    const ser_coord_opts *o = c->o;
+    ser_ckpt_pos pos;
+    char from[1024];
+    c->first = o->iter;
+    int rc = ser_ckpt_load_latest_valid(c->ck, o->cfg.run.out_dir, &o->cfg, &pos, from,
+                                        sizeof from, err);
+    if (rc == SER_ENOENT) return SER_OK;
+    if (rc) return rc;
+    c->first = pos.step;
+    ser_log(SER_LL_INFO, "resumed from %s at step %lld", from, (long long)c->first);
+    if (pos.iters_per_epoch > 0 && pos.iters_per_epoch != c->ipe) {
+        ser_log(SER_LL_WARNING, "the checkpoint was trained with %lld steps per epoch, not "
+                "%lld (%s): keeping %lld, so the schedules do not jump",
+                (long long)pos.iters_per_epoch, (long long)c->ipe, how,
+                (long long)pos.iters_per_epoch);
+        c->ipe = pos.iters_per_epoch;
+        snprintf(how, hn, "the checkpoint");
+        ser_trainer_set_ipe(&c->tr, c->ipe);
     }
-    c.span = ser_trainer_span(&c.tr, &c.off, &c.toff);
-    c.S = o->cfg.data.shards;
-    c.B = o->cfg.data.global_batch;
-    // The equivariant samples a loader puts in each step (the batch file's own count is not
-    // known here: then only the sizes are checked).
-    c.E = o->batch_file ? -1
-          : o->cfg.ser.enabled ? ser_sched_equiv_count(o->cfg.ser.ratio, c.B) : 0;
-    {
-        const ser_config_ser *sr = &o->cfg.ser;
-        double amax = sr->aspect_max > 1 / sr->aspect_min ? sr->aspect_max : 1 / sr->aspect_min;
-        int g0 = o->cfg.model.img_size / o->cfg.model.patch;
-        c.grid_max = (int)ceil(2.0 * g0 * sqrt(sr->scale_max * amax)) + 2;
-    }
-    c.sh = ser_xcalloc((size_t)c.S, sizeof *c.sh);
-    for (int s = 0; s < c.S; s++) {
-        s_shard *sh = &c.sh[s];
-        sh->p0 = s * (c.B / c.S), sh->p1 = sh->p0 + c.B / c.S, sh->worker = -1;
-        sh->grad = ser_xaligned(sizeof(float) * c.span);
-    }
-    c.g.B = c.B, c.g.C = c.m->student->cfg.dim;
-    for (int v = 0; v < 2; v++) {
-        c.g.qcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
-        c.g.kcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
-        c.g.dqcls[v] = ser_xaligned(sizeof(float) * (size_t)c.B * c.g.C);
-    }
-    c.ctx = zmq_ctx_new();
-    c.sock = zmq_socket(c.ctx, ZMQ_ROUTER);
-    int linger = 0, mandatory = 0;
-    zmq_setsockopt(c.sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(c.sock, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
+    return SER_OK;
+}
+
+// The sockets: bound, CURVE when configured, the endpoint written for `ser local`.
+static int s_bind(s_coord *c, char *err) {
+    const ser_coord_opts *o = c->o;
+    c->ctx = zmq_ctx_new();
+    c->sock = zmq_socket(c->ctx, ZMQ_ROUTER);
+    int linger = 0, mandatory = 0, rc;
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(c->sock, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
     char ep[256];
     if (o->cfg.cluster.port)
         snprintf(ep, sizeof ep, "tcp://%s:%d", o->cfg.cluster.coordinator, o->cfg.cluster.port);
@@ -1019,49 +929,116 @@ int ser_coord_run(const ser_coord_opts *o) {
     // No peer may make the coordinator buffer more than the job's largest legitimate frame, a
     // worker's gradient (span floats), with room for the small ones; a larger frame
     // disconnects its sender (ZMQ_MAXMSGSIZE).
-    int64_t maxmsg = (int64_t)c.span * (int64_t)sizeof(float) + ((int64_t)1 << 20);
-    zmq_setsockopt(c.sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
-    if ((rc = ser_curve_setup(&o->cfg, err)) || (rc = ser_curve_server(c.ctx, c.sock, ep, err)))
-        goto done;
+    int64_t maxmsg = (int64_t)c->span * (int64_t)sizeof(float) + ((int64_t)1 << 20);
+    zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if ((rc = ser_curve_setup(&o->cfg, err)) || (rc = ser_curve_server(c->ctx, c->sock, ep, err)))
+        return rc;
     if (ser_curve_on()) ser_log(SER_LL_INFO, "CURVE on: encrypted, clients checked against the allow-list");
-    if (zmq_bind(c.sock, ep) != 0) {
+    if (zmq_bind(c->sock, ep) != 0) {
         snprintf(err, SER_ERR_LEN, "cannot bind %.160s: %s", ep, zmq_strerror(zmq_errno()));
-        rc = SER_EIO;
-        goto done;
+        return SER_EIO;
     }
     size_t eplen = sizeof ep;
-    zmq_getsockopt(c.sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
+    zmq_getsockopt(c->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
     ser_log(SER_LL_INFO, "coordinator of job '%s' (config %016llx) on %s; %d shards of %d",
-            c.job_id, (unsigned long long)c.hash, ep, c.S, c.B / c.S);
+            c->job_id, (unsigned long long)c->hash, ep, c->S, c->B / c->S);
     if (o->endpoint_file) {
         char tmp[1100];
         snprintf(tmp, sizeof tmp, "%s.tmp", o->endpoint_file);
         FILE *f = fopen(tmp, "w");
         if (!f || fprintf(f, "%s\n", ep) < 0 || fclose(f) != 0 || rename(tmp, o->endpoint_file)) {
             snprintf(err, SER_ERR_LEN, "cannot write %s", o->endpoint_file);
-            rc = SER_EIO;
-            goto done;
+            return SER_EIO;
         }
     }
-    c.last_step = -1, c.first_step = first, c.steps_total = end - first;
-    c.start_unix = (double)time(NULL);
-    c.state = SER_STATUS_STATE_STARTING;
+    return SER_OK;
+}
+
+// Everything before the first step. *code: the exit status when it fails (2: the job itself
+// cannot start; 1: a runtime failure).
+static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) {
+    char how[160];
+    int rc;
+    c->o = o;
+    *code = 2;
+    if ((rc = ser_coord_iters_per_epoch(o, &c->ipe, how, sizeof how, err)) ||
+        (rc = ser_trainer_init(&c->tr, &o->cfg, c->ipe, err)))
+        return rc;
+    *code = 1;
+    c->tr.lr_fix = o->lr_fix, c->tr.wd_fix = o->wd_fix, c->tr.mom_fix = o->mom_fix;
+    c->m = &c->tr.mdl;
+    c->threads = o->cfg.run.threads > 0 ? o->cfg.run.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    ser_kernels_set_threads(c->threads);
+    c->hash = ser_config_hash(&o->cfg);
+    snprintf(c->job_id, sizeof c->job_id, "%s", o->cfg.run.name[0] ? o->cfg.run.name : "ser");
+    if (o->weights) {
+        if ((rc = ser_trainer_load(&c->tr, o->weights, err))) return rc;
+    } else {
+        ser_trainer_init_weights(&c->tr, o->cfg.data.seed);
+    }
+    c->ck = ser_trainer_ckpt(&c->tr);
+    if ((rc = s_resume(c, how, sizeof how, err))) return rc;
+    s_plan(c, how);
+    c->knn_step = -1;
+    {
+        double tk = ser_time_sec();
+        int64_t every = o->cfg.eval.knn_every > 0 ? o->cfg.eval.knn_every : c->ipe;
+        char kerr[SER_ERR_LEN];
+        c->knn = ser_knn_monitor_new(&o->cfg, &c->m->student->cfg, every, c->threads, kerr);
+        if (c->knn) {
+            int ntr, nte;
+            ser_knn_monitor_sizes(c->knn, &ntr, &nte);
+            ser_log(SER_LL_INFO, "kNN monitor: every %lld steps and at the end, %d train / %d test "
+                    "images (k %d, T %g; decoded in %.1f s)", (long long)every, ntr, nte,
+                    o->cfg.eval.knn_k, o->cfg.eval.knn_temperature, ser_time_sec() - tk);
+        } else {
+            ser_log(SER_LL_INFO, "kNN monitor %s", kerr);
+        }
+    }
+    c->span = ser_trainer_span(&c->tr, &c->off, &c->toff);
+    c->S = o->cfg.data.shards;
+    c->B = o->cfg.data.global_batch;
+    // The equivariant samples a loader puts in each step (the batch file's own count is not
+    // known here: then only the sizes are checked).
+    c->E = o->batch_file ? -1
+           : o->cfg.ser.enabled ? ser_sched_equiv_count(o->cfg.ser.ratio, c->B) : 0;
+    {
+        const ser_config_ser *sr = &o->cfg.ser;
+        double amax = sr->aspect_max > 1 / sr->aspect_min ? sr->aspect_max : 1 / sr->aspect_min;
+        int g0 = o->cfg.model.img_size / o->cfg.model.patch;
+        c->grid_max = (int)ceil(2.0 * g0 * sqrt(sr->scale_max * amax)) + 2;
+    }
+    c->sh = ser_xcalloc((size_t)c->S, sizeof *c->sh);
+    for (int s = 0; s < c->S; s++) {
+        s_shard *sh = &c->sh[s];
+        sh->p0 = s * (c->B / c->S), sh->p1 = sh->p0 + c->B / c->S, sh->worker = -1;
+        sh->grad = ser_xaligned(sizeof(float) * c->span);
+    }
+    c->g.B = c->B, c->g.C = c->m->student->cfg.dim;
+    for (int v = 0; v < 2; v++) {
+        c->g.qcls[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
+        c->g.kcls[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
+        c->g.dqcls[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
+    }
+    if ((rc = s_bind(c, err))) return rc;
+    c->last_step = -1, c->first_step = c->first, c->steps_total = c->end - c->first;
+    c->start_unix = (double)time(NULL);
+    c->state = SER_STATUS_STATE_STARTING;
     if (o->cfg.cluster.status_port >= 0) {
         char serr[SER_ERR_LEN];
-        c.st = ser_status_new(o->cfg.cluster.status_bind, o->cfg.cluster.status_port, NULL, serr);
-        if (!c.st) {
+        c->st = ser_status_new(o->cfg.cluster.status_bind, o->cfg.cluster.status_port, NULL, serr);
+        if (!c->st) {
             snprintf(err, SER_ERR_LEN, "%.160s ---> HINT: set cluster.status_port to a free port "
                      "(0 = any free one, -1 = no status port)", serr);
-            rc = SER_EIO;
-            goto done;
+            return SER_EIO;
         }
         ser_log(SER_LL_INFO, "status on http://%s:%d/", o->cfg.cluster.status_bind,
-                ser_status_port(c.st));
-        s_publish(&c);
+                ser_status_port(c->st));
+        s_publish(c);
     }
     if (o->cfg.run.out_dir[0]) {
         char lerr[SER_ERR_LEN];
-        if (!(c.log = ser_runlog_open(o->cfg.run.out_dir, lerr)))
+        if (!(c->log = ser_runlog_open(o->cfg.run.out_dir, lerr)))
             ser_log(SER_LL_WARNING, "%s; running without step logs", lerr);
         else
             ser_log(SER_LL_INFO, "logging each step to %s/metrics.jsonl and TensorBoard events "
@@ -1069,139 +1046,174 @@ int ser_coord_run(const ser_coord_opts *o) {
     }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
-    grads0 = ser_xaligned(sizeof(float) * c.tr.tab->total);
-    int64_t nrun = end > first ? end - first : 0;
-    losses = ser_xcalloc((size_t)nrun * 3 + 1, sizeof(float));
-    double t0 = ser_time_sec();
-    step_s = ser_xcalloc((size_t)nrun + 1, sizeof(double));
-    uint64_t b_sent0 = 0, b_recv0 = 0;
-    for (int64_t k = 0; k < nrun; k++) {
-        c.step = first + k;
-        if (k == 1) ser_wire_bytes(&b_sent0, &b_recv0);  // the first step carries the set-up
+    c->grads0 = ser_xaligned(sizeof(float) * c->tr.tab->total);
+    c->nrun = c->end > c->first ? c->end - c->first : 0;
+    c->losses = ser_xcalloc((size_t)c->nrun * 3 + 1, sizeof(float));
+    c->step_s = ser_xcalloc((size_t)c->nrun + 1, sizeof(double));
+    c->t0 = ser_time_sec();
+    return SER_OK;
+}
+
+// What follows step k of the run (c->step): the status, the kNN monitor when due, the step
+// logs, a checkpoint when due and the progress line.
+static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
+    const ser_coord_opts *o = c->o;
+    memcpy(c->last, L, sizeof c->last);
+    c->last_step = c->step, c->phase = SER_STATUS_PHASE_IDLE;
+    c->ips = (double)c->B * (double)(k + 1) / (ser_time_sec() - c->t0);
+    s_publish(c);
+    for (int j = 0; j < 3; j++) c->losses[k * 3 + j] = (float)L[j];
+    int measured = 0;
+    if (ser_knn_monitor_due(c->knn, c->step, k + 1 == c->nrun)) {
+        ser_eval_acc acc;
+        double secs;
+        char kerr[SER_ERR_LEN];
+        if (ser_knn_monitor_run(c->knn, c->m->student, &acc, &secs, kerr)) {
+            ser_log(SER_LL_WARNING, "kNN monitor: %s; off from here", kerr);
+            ser_knn_monitor_destroy(&c->knn);
+        } else {
+            measured = 1;
+            c->knn_top1 = acc.top1, c->knn_top5 = acc.top5, c->knn_step = c->step;
+            ser_log(SER_LL_INFO, "step %lld: kNN top-1 %.2f%% top-5 %.2f%% (%.1f s)",
+                    (long long)c->step, acc.top1, acc.top5, secs);
+            s_publish(c);
+        }
+    }
+    if (c->log) {
+        static const char *const names[] = {"loss", "loss_inv", "loss_equiv", "lr", "weight_decay",
+                                            "momentum", "grad_norm", "step_seconds", "images_per_second",
+                                            "knn_top1", "knn_top5"};
+        double vals[] = {L[0], L[1], L[2], c->lr, c->wd, c->momentum, c->gnorm, c->step_s[k],
+                         c->ips, c->knn_top1, c->knn_top5};
+        char lerr[SER_ERR_LEN];
+        if (ser_runlog_step(c->log, c->step, names, vals, measured ? 11 : 9, lerr)) {  // the run goes on
+            ser_log(SER_LL_WARNING, "%s; step logs stop here", lerr);
+            ser_runlog_destroy(&c->log);
+        }
+    }
+    int every = o->cfg.run.checkpoint_every, rc;
+    if ((every > 0 && (c->step + 1) % every == 0) || k + 1 == c->nrun)
+        if ((rc = s_checkpoint(c, c->ck, c->step + 1, err))) return rc;
+    if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == c->nrun) {
+        char knn[48] = "";
+        if (c->knn_step >= 0) snprintf(knn, sizeof knn, " kNN %.1f%%", c->knn_top1);
+        ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g%s (%lld of %lld, "
+                "epoch %.2f; %d workers, %.2f s/step)", (long long)c->step, L[0], L[1], L[2], c->lr,
+                knn, (long long)c->step + 1, (long long)c->end, (double)(c->step + 1) / (double)c->ipe,
+                s_live_count(c), (ser_time_sec() - c->t0) / (double)(k + 1));
+    }
+    return SER_OK;
+}
+
+// A failed step: 1 to go on (a skipped non-finite step), 0 to stop (*rc: SER_OK for a stop
+// signal, after checkpointing the last completed step).
+static int s_step_failed(s_coord *c, int *rc, double L[3], char *err) {
+    const ser_coord_opts *o = c->o;
+    if (*rc == SER_EIO) {  // a stop signal: keep the last completed step, then exit
+        ser_log(SER_LL_INFO, "stop requested during step %lld: checkpointing step %lld",
+                (long long)c->step, (long long)c->step - 1);
+        if (c->step > c->first && (*rc = s_checkpoint(c, c->ck, c->step, err))) return 0;
+        *rc = SER_OK;
+        return 0;
+    }
+    if (*rc == SER_ENONFINITE && o->cfg.run.nonfinite == SER_CONFIG_NONFINITE_SKIP) {
+        // Nothing of the step reaches the parameters or AdamW; the momentum encoder's EMA
+        // (taken before the keys) and the heads' BatchNorm buffers keep its update. An EMA
+        // that closes a step (DINO) did not run: the teacher stays where it was, so the
+        // workers' own EMA would be wrong: they get it whole next step.
+        ser_log(SER_LL_WARNING, "%s; skipped (run.nonfinite = skip)", err);
+        L[0] = L[1] = L[2] = NAN;
+        if (c->tr.obj->ema == SER_OBJECTIVE_EMA_AFTER)
+            for (int i = 0; i < c->nw; i++) c->w[i].teacher_version = INT64_MIN;
+        *rc = SER_OK;
+        return 1;
+    }
+    if (*rc == SER_ETIMEDOUT) snprintf(err, SER_ERR_LEN, "step %lld: no worker", (long long)c->step);
+    if (*rc == SER_EPEER)
+        snprintf(err, SER_ERR_LEN, "step %lld: no usable worker: every worker's data "
+                 "loader refuses the job's shards (%.150s)", (long long)c->step, c->data_error);
+    if (*rc == SER_ENONFINITE) {
+        snprintf(err + strlen(err), SER_ERR_LEN - strlen(err), " (run.nonfinite = abort)");
+        char cerr[SER_ERR_LEN];  // keep the last good state for a resume
+        if (c->step > c->first && s_checkpoint(c, c->ck, c->step, cerr))
+            ser_log(SER_LL_ERROR, "checkpoint before aborting: %s", cerr);
+    }
+    return 0;
+}
+
+static void s_teardown(s_coord *c) {
+    c->state = SER_STATUS_STATE_STOPPED;
+    s_publish(c);
+    ser_status_destroy(&c->st);
+    ser_runlog_destroy(&c->log);
+    ser_knn_monitor_destroy(&c->knn);
+    ser_ckpt_destroy(&c->ck);
+    if (c->sock) {
+        Ser__Envelope e;
+        s_env(c, &e, SER__MSG_TYPE__MSG_SHUTDOWN);
+        for (int i = 0; i < c->nw; i++)
+            if (c->w[i].alive) ser_wire_send(c->sock, c->w[i].id, &e, NULL, 0);
+        zmq_close(c->sock);
+    }
+    if (c->ctx) zmq_ctx_term(c->ctx);
+    for (int s = 0; c->sh && s < c->S; s++) {
+        free(c->sh[s].grad), free(c->sh[s].g[0]), free(c->sh[s].g[1]);
+        for (int i = 0; i < 4; i++) free(c->sh[s].maps[i]);
+    }
+    free(c->sh), free(c->grads0), free(c->losses), free(c->step_s);
+    free(c->gall[0]), free(c->gall[1]);
+    ser_gathered_free(&c->g);
+    ser_trainer_free(&c->tr);
+}
+
+int ser_coord_run(const ser_coord_opts *o) {
+    s_coord c;
+    memset(&c, 0, sizeof c);
+    char err[SER_ERR_LEN];
+    int status = 1, code = 1;
+    int rc = s_startup(&c, o, &code, err);
+    if (rc && code == 2) {  // the job cannot start: nothing else was set up
+        fprintf(stderr, "ser coordinator: %s\n", err);
+        ser_trainer_free(&c.tr);
+        return 2;
+    }
+    for (int64_t k = 0; !rc && k < c.nrun; k++) {
+        c.step = c.first + k;
+        if (k == 1) ser_wire_bytes(&c.b_sent0, &c.b_recv0);  // the first step carries the set-up
         double ts = ser_time_sec();
-        double lr, wd;
-        ser_trainer_values(&c.tr, c.step, &lr, &wd, &c.momentum);
-        c.lr = lr, c.wd = wd;
+        ser_trainer_values(&c.tr, c.step, &c.lr, &c.wd, &c.momentum);
         c.tmom = c.momentum;
-        if (c.tr.obj->ema == SER_OBJECTIVE_EMA_AFTER && c.step > 0) {  // DINO: the EMA that closed the previous step
+        if (c.tr.obj->ema == SER_OBJECTIVE_EMA_AFTER && c.step > 0) {  // the EMA that closed the previous step
             double lr1, wd1;
             ser_trainer_values(&c.tr, c.step - 1, &lr1, &wd1, &c.tmom);
         }
         if (c.state == SER_STATUS_STATE_STARTING) c.state = SER_STATUS_STATE_RUNNING;
         double L[3];
-        if ((rc = s_step(&c, lr, wd, L, k == 0 ? grads0 : NULL, err))) {
-            if (rc == SER_EIO) {  // a stop signal: keep the last completed step, then exit
-                ser_log(SER_LL_INFO, "stop requested during step %lld: checkpointing step %lld",
-                        (long long)c.step, (long long)c.step - 1);
-                if (c.step > first && s_checkpoint(&c, ck, c.step, err)) goto done;
-                status = 0;
-                rc = SER_OK;
+        if ((rc = s_step(&c, c.lr, c.wd, L, k == 0 ? c.grads0 : NULL, err))) {
+            if (!s_step_failed(&c, &rc, L, err)) {
+                if (!rc) status = 0;  // stopped by a signal, checkpointed
                 goto done;
             }
-            if (rc == SER_ENONFINITE && o->cfg.run.nonfinite == SER_CONFIG_NONFINITE_SKIP) {
-                // Nothing of the step reaches the parameters or AdamW; the momentum encoder's
-                // EMA (taken before the keys) and the heads' BatchNorm buffers keep its update.
-                // DINO's teacher EMA closes a step: a skipped one leaves the teacher where it
-                // was, so the workers' own EMA would be wrong: they get it whole next step.
-                ser_log(SER_LL_WARNING, "%s; skipped (run.nonfinite = skip)", err);
-                L[0] = L[1] = L[2] = NAN;
-                if (c.tr.obj->ema == SER_OBJECTIVE_EMA_AFTER)
-                    for (int i = 0; i < c.nw; i++) c.w[i].teacher_version = INT64_MIN;
-                rc = SER_OK;
-            }
         }
-        if (rc) {
-            if (rc == SER_ETIMEDOUT) snprintf(err, SER_ERR_LEN, "step %lld: no worker", (long long)c.step);
-            if (rc == SER_EPEER)
-                snprintf(err, SER_ERR_LEN, "step %lld: no usable worker: every worker's data "
-                         "loader refuses the job's shards (%.150s)", (long long)c.step, c.data_error);
-            if (rc == SER_ENONFINITE) {
-                snprintf(err + strlen(err), SER_ERR_LEN - strlen(err), " (run.nonfinite = abort)");
-                char cerr[SER_ERR_LEN];  // keep the last good state for a resume
-                if (c.step > first && s_checkpoint(&c, ck, c.step, cerr))
-                    ser_log(SER_LL_ERROR, "checkpoint before aborting: %s", cerr);
-            }
-            goto done;
-        }
-        step_s[k] = ser_time_sec() - ts;
-        memcpy(c.last, L, sizeof c.last);
-        c.last_step = c.step, c.phase = SER_STATUS_PHASE_IDLE;
-        c.ips = (double)c.B * (double)(k + 1) / (ser_time_sec() - t0);
-        s_publish(&c);
-        for (int j = 0; j < 3; j++) losses[k * 3 + j] = (float)L[j];
-        int measured = 0;
-        if (ser_knn_monitor_due(c.knn, c.step, k + 1 == nrun)) {
-            ser_eval_acc acc;
-            double secs;
-            char kerr[SER_ERR_LEN];
-            if (ser_knn_monitor_run(c.knn, c.m->student, &acc, &secs, kerr)) {
-                ser_log(SER_LL_WARNING, "kNN monitor: %s; off from here", kerr);
-                ser_knn_monitor_destroy(&c.knn);
-            } else {
-                measured = 1;
-                c.knn_top1 = acc.top1, c.knn_top5 = acc.top5, c.knn_step = c.step;
-                ser_log(SER_LL_INFO, "step %lld: kNN top-1 %.2f%% top-5 %.2f%% (%.1f s)",
-                        (long long)c.step, acc.top1, acc.top5, secs);
-                s_publish(&c);
-            }
-        }
-        if (c.log) {
-            static const char *const names[] = {"loss", "loss_inv", "loss_equiv", "lr", "weight_decay",
-                                                "momentum", "grad_norm", "step_seconds", "images_per_second",
-                                                "knn_top1", "knn_top5"};
-            double vals[] = {L[0], L[1], L[2], lr, wd, c.momentum, c.gnorm, step_s[k], c.ips,
-                             c.knn_top1, c.knn_top5};
-            char lerr[SER_ERR_LEN];
-            if (ser_runlog_step(c.log, c.step, names, vals, measured ? 11 : 9, lerr)) {  // the run goes on
-                ser_log(SER_LL_WARNING, "%s; step logs stop here", lerr);
-                ser_runlog_destroy(&c.log);
-            }
-        }
-        int every = o->cfg.run.checkpoint_every;
-        if ((every > 0 && (c.step + 1) % every == 0) || k + 1 == nrun)
-            if ((rc = s_checkpoint(&c, ck, c.step + 1, err))) goto done;
-        if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == nrun) {
-            char knn[48] = "";
-            if (c.knn_step >= 0) snprintf(knn, sizeof knn, " kNN %.1f%%", c.knn_top1);
-            ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g%s (%lld of %lld, "
-                    "epoch %.2f; %d workers, %.2f s/step)", (long long)c.step, L[0], L[1], L[2], lr,
-                    knn, (long long)c.step + 1, (long long)end, (double)(c.step + 1) / (double)c.ipe,
-                    s_live_count(&c), (ser_time_sec() - t0) / (double)(k + 1));
-        }
+        c.step_s[k] = ser_time_sec() - ts;
+        rc = s_after_step(&c, k, L, err);
     }
-    if (nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only
+    if (rc) goto done;
+    if (c.nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only
         uint64_t b_sent, b_recv;
         ser_wire_bytes(&b_sent, &b_recv);
         ser_log(SER_LL_INFO, "run summary: %lld steps, median %.4f s/step after the first, "
-                "%.0f bytes/step sent, %.0f bytes/step received", (long long)nrun,
-                ser_median(step_s + 1, (int)nrun - 1), (double)(b_sent - b_sent0) / (double)(nrun - 1),
-                (double)(b_recv - b_recv0) / (double)(nrun - 1));
+                "%.0f bytes/step sent, %.0f bytes/step received", (long long)c.nrun,
+                ser_median(c.step_s + 1, (int)c.nrun - 1),
+                (double)(b_sent - c.b_sent0) / (double)(c.nrun - 1),
+                (double)(b_recv - c.b_recv0) / (double)(c.nrun - 1));
     }
-    if (o->out && (rc = ser_trainer_write(&c.tr, o->out, nrun ? grads0 : NULL, losses, nrun, first, err)))
+    if (o->out && (rc = ser_trainer_write(&c.tr, o->out, c.nrun ? c.grads0 : NULL, c.losses, c.nrun,
+                                          c.first, err)))
         goto done;
     status = 0;
 done:
     if (status && rc) fprintf(stderr, "ser coordinator: %s\n", err);
-    c.state = SER_STATUS_STATE_STOPPED;
-    s_publish(&c);
-    ser_status_destroy(&c.st);
-    ser_runlog_destroy(&c.log);
-    ser_knn_monitor_destroy(&c.knn);
-    ser_ckpt_destroy(&ck);
-    if (c.sock) {
-        Ser__Envelope e;
-        s_env(&c, &e, SER__MSG_TYPE__MSG_SHUTDOWN);
-        for (int i = 0; i < c.nw; i++)
-            if (c.w[i].alive) ser_wire_send(c.sock, c.w[i].id, &e, NULL, 0);
-        zmq_close(c.sock);
-    }
-    if (c.ctx) zmq_ctx_term(c.ctx);
-    for (int s = 0; c.sh && s < c.S; s++) {
-        free(c.sh[s].grad), free(c.sh[s].g[0]), free(c.sh[s].g[1]);
-        for (int i = 0; i < 4; i++) free(c.sh[s].maps[i]);
-    }
-    free(c.sh), free(grads0), free(losses), free(step_s), free(c.gall[0]), free(c.gall[1]);
-    ser_gathered_free(&c.g);
-    ser_trainer_free(&c.tr);
+    s_teardown(&c);
     return status;
 }

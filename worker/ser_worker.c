@@ -25,6 +25,7 @@
 #include "ser_kernels.h"
 #include "ser_backbones.h"
 #include "ser_engine.h"
+#include "ser_shard.h"
 #include "ser_wire.h"
 
 static volatile sig_atomic_t s_stop;
@@ -277,28 +278,10 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
         return;
     }
     sh->have = 1, sh->step = step, sh->attempt = e->attempt;
-    int C = sh->g.C, B = sh->g.B;
-    ser_wire_tensor t[8] = {
-        {"qcls0", 2, {B, C}, sh->g.qcls[0]}, {"qcls1", 2, {B, C}, sh->g.qcls[1]},
-        {"kcls0", 2, {B, C}, sh->g.kcls[0]}, {"kcls1", 2, {B, C}, sh->g.kcls[1]},
-        {"qmap0", 2, {(int64_t)sh->g.ntok[0], C}, sh->g.qmap[0]},
-        {"qmap1", 2, {(int64_t)sh->g.ntok[1], C}, sh->g.qmap[1]},
-        {"kmap0", 2, {(int64_t)sh->g.ntok[0], C}, sh->g.kmap[0]},
-        {"kmap1", 2, {(int64_t)sh->g.ntok[1], C}, sh->g.kmap[1]},
-    };
     // The group elements travel with the rows: the coordinator reads no data.
     float *gf = ser_xcalloc((size_t)sh->b.n_eq * 10 + 1, sizeof(float));
-    for (int q = 0; q < sh->b.n_eq; q++)
-        for (int v = 0; v < 2; v++) {
-            const ser_group_elem *ge = &sh->b.g[v][q];
-            float *o = gf + (q * 2 + v) * 5;
-            o[0] = ge->rot180, o[1] = ge->hflip, o[2] = ge->rot90, o[3] = ge->gh, o[4] = ge->gw;
-        }
     ser_wire_tensor all[9];
-    int nt = 0;  // the teacher's rows and maps only when the method has a teacher
-    for (int i = 0; i < (sh->b.n_eq > 0 ? 8 : 4); i++)
-        if (w->v.has_teacher || t[i].name[0] != 'k') all[nt++] = t[i];
-    if (sh->b.n_eq > 0) all[nt++] = (ser_wire_tensor){"g", 3, {sh->b.n_eq, 2, 5}, gf};
+    int nt = ser_shard_pack_forward(all, &sh->g, &sh->b, w->v.has_teacher, gf);
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
     out.step = (uint64_t)step, out.shard = (uint32_t)s, out.attempt = e->attempt;
@@ -318,20 +301,19 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     }
     s_wshard *sh = &w->sh[s];
     int C = sh->g.C;
-    size_t BC = (size_t)sh->g.B * C;
-    const float *d[4] = {ser_wire_find(m, "dqcls0", BC), ser_wire_find(m, "dqcls1", BC),
-                         ser_wire_find(m, "dqmap0", sh->g.ntok[0] * C),
-                         ser_wire_find(m, "dqmap1", sh->g.ntok[1] * C)};
-    if (!d[0] || !d[1] || !d[2] || !d[3]) {
+    const float *d[4];
+    if (ser_shard_parse_backward(m, sh->g.B, C, sh->g.ntok, d)) {
         ser_log(SER_LL_WARNING, "worker %s: BACKWARD for shard %d with wrong sizes: dropped", w->name, s);
         return;
     }
+    size_t BC = (size_t)sh->g.B * C;
     memcpy(sh->g.dqcls[0], d[0], sizeof(float) * BC);
     memcpy(sh->g.dqcls[1], d[1], sizeof(float) * BC);
     memcpy(sh->g.dqmap[0], d[2], sizeof(float) * sh->g.ntok[0] * C);
     memcpy(sh->g.dqmap[1], d[3], sizeof(float) * sh->g.ntok[1] * C);
     ser_engine_backward(&sh->eng, &w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
-    ser_wire_tensor t = {"grad", 1, {(int64_t)w->span}, w->v.grads + w->off};
+    ser_wire_tensor t;
+    ser_shard_pack_grad(&t, w->v.grads + w->off, w->span);
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_BACKWARD_DONE);
     out.step = e->step, out.shard = e->shard, out.attempt = e->attempt;
@@ -342,14 +324,14 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
 }
 
 static void s_params(s_worker *w, const ser_wire_msg *m) {
-    const float *st = ser_wire_find(m, "student", w->span);
+    const float *st, *te;
+    ser_shard_parse_params(m, w->span, w->v.has_teacher, &st, &te);
     if (!st) {
         ser_log(SER_LL_WARNING, "worker %s: PARAMS without a student of %zu floats: dropped", w->name, w->span);
         return;
     }
     memcpy(w->v.params + w->off, st, sizeof(float) * w->span);
     w->params_version = (int64_t)m->env->params_version;
-    const float *te = w->v.has_teacher ? ser_wire_find(m, "teacher", w->span) : NULL;
     if (!w->v.has_teacher) {
         w->teacher_version = w->params_version;  // nothing to hold
     } else if (te) {

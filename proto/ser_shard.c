@@ -1,0 +1,129 @@
+// ser_shard.c — see ser_shard.h.
+#include "ser_shard.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const s_cls[4] = {"qcls0", "qcls1", "kcls0", "kcls1"};
+static const char *const s_maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
+
+int ser_shard_pack_params(ser_wire_tensor out[2], const float *student, const float *teacher,
+                          size_t span) {
+    out[0] = (ser_wire_tensor){"student", 1, {(int64_t)span}, student};
+    if (!teacher) return 1;
+    out[1] = (ser_wire_tensor){"teacher", 1, {(int64_t)span}, teacher};
+    return 2;
+}
+
+void ser_shard_parse_params(const ser_wire_msg *m, size_t span, int want_teacher,
+                            const float **student, const float **teacher) {
+    *student = ser_wire_find(m, "student", span);
+    *teacher = want_teacher ? ser_wire_find(m, "teacher", span) : NULL;
+}
+
+int ser_shard_pack_forward(ser_wire_tensor out[9], const ser_gathered *g, const ser_batch *b,
+                           int has_teacher, float *gbuf) {
+    int C = g->C, B = g->B, n = 0;
+    for (int i = 0; i < 4; i++) {
+        if (i >= 2 && !has_teacher) break;
+        out[n++] = (ser_wire_tensor){s_cls[i], 2, {B, C}, i < 2 ? g->qcls[i] : g->kcls[i - 2]};
+    }
+    if (b->n_eq == 0) return n;
+    for (int i = 0; i < 4; i++) {
+        if (i >= 2 && !has_teacher) break;
+        out[n++] = (ser_wire_tensor){s_maps[i], 2, {(int64_t)g->ntok[i & 1], C},
+                                     i < 2 ? g->qmap[i] : g->kmap[i - 2]};
+    }
+    for (int q = 0; q < b->n_eq; q++)
+        for (int v = 0; v < 2; v++) {
+            const ser_group_elem *ge = &b->g[v][q];
+            float *o = gbuf + (q * 2 + v) * 5;
+            o[0] = ge->rot180, o[1] = ge->hflip, o[2] = ge->rot90, o[3] = ge->gh, o[4] = ge->gw;
+        }
+    out[n++] = (ser_wire_tensor){"g", 3, {b->n_eq, 2, 5}, gbuf};
+    return n;
+}
+
+void ser_shard_fwd_free(ser_shard_fwd *f) {
+    free(f->g[0]), free(f->g[1]);
+    f->g[0] = f->g[1] = NULL;
+}
+
+int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int want_n_eq,
+                            int grid_max, ser_shard_fwd *out) {
+    memset(out, 0, sizeof *out);
+    out->rows = rows, out->C = C;
+    size_t nr = (size_t)rows, nsets = has_teacher ? 4 : 2;
+    for (size_t i = 0; i < nsets; i++)
+        if (!(out->cls[i] = ser_wire_find(m, s_cls[i], nr * (size_t)C))) return SER_EFORMAT;
+    // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
+    int n_eq = 0;
+    const float *gf = NULL;
+    for (int i = 0; i < m->n; i++) {
+        const Ser__TensorMeta *t = m->env->tensors[i];
+        if (strcmp(t->name, "g") == 0 && t->n_shape == 3 && t->shape[1] == 2 && t->shape[2] == 5 &&
+            t->shape[0] >= 0 && t->shape[0] <= (int64_t)nr) {
+            n_eq = (int)t->shape[0];
+            gf = ser_wire_find(m, "g", (size_t)n_eq * 10);
+        }
+    }
+    if (n_eq && !gf) return SER_EFORMAT;
+    if (want_n_eq >= 0 && n_eq != want_n_eq) return SER_ESHAPE;
+    ser_group_elem *g[2] = {ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem)),
+                            ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem))};
+    size_t ntok[2] = {0, 0};
+    int bad = 0;
+    for (int e = 0; e < n_eq && !bad; e++)
+        for (int v = 0; v < 2 && !bad; v++) {
+            float q[5];  // frames carry no alignment guarantee: copy, do not dereference
+            memcpy(q, gf + (e * 2 + v) * 5, sizeof q);
+            for (int k = 0; k < 5; k++)
+                bad |= !(q[k] >= 0 && q[k] <= 4096 && q[k] == (float)(int)q[k]);
+            if (bad) break;
+            g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
+                                       (int16_t)q[4]};
+            bad |= ser_group_elem_check(&g[v][e]) != SER_OK;
+            int r, cc;
+            ser_group_view_grid(&g[v][e], &r, &cc);
+            bad |= r > grid_max || cc > grid_max;  // no loader draws such a view
+            ntok[v] += (size_t)r * cc;
+        }
+    for (size_t i = 0; i < nsets && !bad && n_eq; i++)
+        bad |= !(out->maps[i] = ser_wire_find(m, s_maps[i], ntok[i & 1] * (size_t)C));
+    if (bad) {
+        free(g[0]), free(g[1]);
+        memset(out, 0, sizeof *out);
+        return SER_EFORMAT;
+    }
+    out->n_eq = n_eq, out->g[0] = g[0], out->g[1] = g[1];
+    out->ntok[0] = ntok[0], out->ntok[1] = ntok[1];
+    return SER_OK;
+}
+
+void ser_shard_pack_backward(ser_wire_tensor out[4], float *const dqcls[2], float *const dqmap[2],
+                             int row0, int rows, int C, const size_t map0[2], const size_t ntok[2]) {
+    static const char *const names[4] = {"dqcls0", "dqcls1", "dqmap0", "dqmap1"};
+    for (int v = 0; v < 2; v++) {
+        out[v] = (ser_wire_tensor){names[v], 2, {rows, C}, dqcls[v] + (size_t)row0 * C};
+        out[2 + v] = (ser_wire_tensor){names[2 + v], 2, {(int64_t)ntok[v], C},
+                                       dqmap[v] + map0[v] * (size_t)C};
+    }
+}
+
+int ser_shard_parse_backward(const ser_wire_msg *m, int rows, int C, const size_t ntok[2],
+                             const float *out[4]) {
+    size_t BC = (size_t)rows * C;
+    out[0] = ser_wire_find(m, "dqcls0", BC);
+    out[1] = ser_wire_find(m, "dqcls1", BC);
+    out[2] = ser_wire_find(m, "dqmap0", ntok[0] * (size_t)C);
+    out[3] = ser_wire_find(m, "dqmap1", ntok[1] * (size_t)C);
+    return out[0] && out[1] && out[2] && out[3] ? SER_OK : SER_EFORMAT;
+}
+
+void ser_shard_pack_grad(ser_wire_tensor *out, const float *grad, size_t span) {
+    *out = (ser_wire_tensor){"grad", 1, {(int64_t)span}, grad};
+}
+
+const float *ser_shard_parse_grad(const ser_wire_msg *m, size_t span) {
+    return ser_wire_find(m, "grad", span);
+}
