@@ -20,7 +20,10 @@
 
 #include "ser_batchfile.h"
 #include "ser_cmd.h"
+#include "ser_barlow.h"
 #include "ser_config.h"
+#include "ser_dino.h"
+#include "ser_moco.h"
 #include "ser_objective.h"
 #include "ser_optim.h"
 #include "ser_rng.h"
@@ -186,6 +189,34 @@ static void test_table(void **state) {
     assert_int_equal(ser_config_set_arg(&c, "method.name=toy", err), SER_OK);
     assert_int_equal(c.method.name, 3);
     assert_int_not_equal(ser_config_set_arg(&c, "method.name=simclr", err), SER_OK);
+}
+
+// ser.symmetric = auto (the default) is each reference's direction; true / false apply to all.
+static void test_symmetric_auto(void **state) {
+    (void)state;
+    ser_config c;
+    char err[SER_ERR_LEN];
+    ser_config_defaults(&c);
+    assert_int_equal(c.ser.symmetric, SER_CONFIG_SYM_AUTO);
+    ser_moco_config mc;
+    ser_dino_config dc;
+    ser_barlow_config bc;
+    for (int v = 0; v < 3; v++) {
+        c.ser.symmetric = v == 0 ? SER_CONFIG_SYM_AUTO : v == 1 ? SER_CONFIG_SYM_TRUE : SER_CONFIG_SYM_FALSE;
+        int want_mo = v == 2 ? 0 : 1, want_bt = v == 1 ? 1 : 0;
+        c.method.name = SER_CONFIG_METHOD_MOCO;
+        assert_int_equal(ser_moco_config_from_job(&mc, &c, err), SER_OK);
+        assert_int_equal(mc.ser_symmetric, want_mo);
+        c.method.name = SER_CONFIG_METHOD_DINO;
+        assert_int_equal(ser_dino_config_from_job(&dc, &c, err), SER_OK);
+        assert_int_equal(dc.ser_symmetric, want_mo);
+        c.method.name = SER_CONFIG_METHOD_BARLOW;
+        assert_int_equal(ser_barlow_config_from_job(&bc, &c, err), SER_OK);
+        assert_int_equal(bc.ser_symmetric, want_bt);
+    }
+    assert_int_equal(ser_config_set_arg(&c, "ser.symmetric=false", err), SER_OK);
+    assert_int_equal(c.ser.symmetric, SER_CONFIG_SYM_FALSE);
+    assert_int_not_equal(ser_config_set_arg(&c, "ser.symmetric=maybe", err), SER_OK);
 }
 
 // --- tensors outside the graph -----------------------------------------------------------------
@@ -430,6 +461,7 @@ static void test_toy_objective(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_symmetric_auto),
         cmocka_unit_test(test_unused_moco),
         cmocka_unit_test(test_unused_dino),
         cmocka_unit_test(test_unused_barlow),

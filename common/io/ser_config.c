@@ -17,6 +17,7 @@
 static const char *const s_arch[] = {"vit_tiny", "vit_small", "vit_base", NULL};
 static const char *const s_init[] = {"generic", "moco", NULL};
 static const char *const s_grad[] = {"off", "on", NULL};
+static const char *const s_symmetric[] = {"false", "true", "auto", NULL};
 static const char *const s_group[] = {"paper", "reference", NULL};
 static const char *const s_lrs[] = {"auto", "moco", "dino", "barlow", NULL};
 static const char *const s_clip[] = {"per_param", "global", NULL};
@@ -135,8 +136,9 @@ static const ser_config_option s_options[] = {
         "Temperature of the patch-wise NT-Xent (MoCo run_pretrain.sh: 0.5; DINO and Barlow "
         "Twins: 0.4; the evaluated MoCo checkpoints used 0.4)."),
     DBL(ser, ratio, 0, 1, "0.01", 0,
-        "Share of each shard's batch that is equivariant: round(ratio * global_batch/shards) "
-        "with ties to even, as the reference rounds per GPU (0.01 of 256 = 3, 253 invariant)."),
+        "Share of the global batch that is equivariant: round(ratio * global_batch) with ties to "
+        "even, the last positions of the batch (0.01 of 256 = 3, 253 invariant). The reference "
+        "rounds per GPU: its count is shards * round(ratio * global_batch / shards)."),
     INT(ser, warmup_epochs, 0, 100000, "0", 0,
         "Epochs without equivariant samples at the start (constant_scheduler warmup)."),
     INT(ser, rest_epochs, 0, 100000, "0", 0,
@@ -153,9 +155,9 @@ static const ser_config_option s_options[] = {
     DBL(ser, aspect_max, 0, 10, "1.3333333333333333", GT, "Upper bound of the aspect ratio."),
     INT(ser, proj_dim, 1, BIG, "512", 0,
         "Width of projector_equiv (1x1 conv, GELU, 1x1 conv, no bias)."),
-    BOOL(ser, symmetric, "true", 0,
-         "Average the loss over both directions, (L0 + L1)/2 (MoCo, DINO); false = one "
-         "direction only, L0 (the Barlow Twins reference)."),
+    ENUM(ser, symmetric, s_symmetric, "auto", 0,
+         "Directions of the SER loss: true = both, averaged, (L0 + L1)/2; false = one direction, "
+         "L0; auto = the reference's: both for MoCo and DINO, one for Barlow Twins."),
     // [optim]
     DBL(optim, lr, 0, 10, "3e-4", 0,
         "Base learning rate per 256 images: the peak is lr * global_batch / 256 "

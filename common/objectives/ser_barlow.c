@@ -44,7 +44,7 @@ int ser_barlow_config_from_job(ser_barlow_config *c, const ser_config *job, char
     c->ser_lambda = (float)job->ser.lambda;
     c->ser_tau = (float)job->ser.tau;
     c->ser_proj_dim = job->ser.proj_dim;
-    c->ser_symmetric = job->ser.symmetric;
+    c->ser_symmetric = job->ser.symmetric == SER_CONFIG_SYM_AUTO ? 0 : job->ser.symmetric;  // auto: the reference's
     return SER_OK;
 }
 

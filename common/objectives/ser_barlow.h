@@ -21,8 +21,8 @@
 // the whole global batch (SyncBN semantics) and advances its running statistics once per view.
 // The gradient goes through both bn calls and the projector into both views' [CLS].
 //
-// The SER term (ser_equiv.h): student against student. By default one direction, as the
-// reference: keys = T(projector_equiv(student map of view 0)) moved onto view 1's grid, anchors =
+// The SER term (ser_equiv.h): student against student. By default (ser.symmetric = auto) one
+// direction, as the reference: keys = T(projector_equiv(student map of view 0)) moved onto view 1's grid, anchors =
 // projector_equiv(student map of view 1), loss_equiv = L0; `ser_symmetric` adds the other
 // direction and averages. With ser_grad on both student maps get gradient (the keys are the
 // student's own); with it off the term is value only and projector_equiv, norm_equiv are frozen.

@@ -64,7 +64,7 @@ int ser_dino_config_from_job(ser_dino_config *c, const ser_config *job, char err
     c->ser_lambda = (float)job->ser.lambda;
     c->ser_tau = (float)job->ser.tau;
     c->ser_proj_dim = job->ser.proj_dim;
-    c->ser_symmetric = job->ser.symmetric;
+    c->ser_symmetric = job->ser.symmetric == SER_CONFIG_SYM_AUTO ? 1 : job->ser.symmetric;  // auto: the reference's
     c->projector_ema_quirk = job->dino.projector_ema_quirk;
     return SER_OK;
 }

@@ -26,6 +26,7 @@ void ser_moco_config_default(ser_moco_config *c) {
     c->ser_lambda = 1.0f;
     c->ser_tau = 0.5f;
     c->ser_proj_dim = 512;
+    c->ser_symmetric = 1;
 }
 
 int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
@@ -44,6 +45,7 @@ int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err
     c->ser_lambda = (float)job->ser.lambda;
     c->ser_tau = (float)job->ser.tau;
     c->ser_proj_dim = job->ser.proj_dim;
+    c->ser_symmetric = job->ser.symmetric == SER_CONFIG_SYM_AUTO ? 1 : job->ser.symmetric;
     return SER_OK;
 }
 
@@ -168,7 +170,7 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
     out->loss_equiv = 0;
     if (cfg->ser) {
         ser_equiv_opts eo = {.tau = cfg->ser_tau, .lambda = cfg->ser_lambda, .grad = cfg->ser_grad,
-                             .both_directions = 1, .keys_from_student = 0};
+                             .both_directions = cfg->ser_symmetric, .keys_from_student = 0};
         rc = ser_equiv_term(&m->proj, b, st, &eo, &out->loss_equiv, err);
     }
     out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;

@@ -44,6 +44,7 @@ typedef struct ser_moco_config {
     float ser_lambda;  // lambda (1.0 for MoCo in run_pretrain.sh)
     float ser_tau;     // NT-Xent temperature
     int ser_proj_dim;  // projector_equiv width (512)
+    int ser_symmetric; // 1: both directions averaged (the reference); 0: L0 only
 } ser_moco_config;
 
 // The reference ViT-S/16 run (ser-reference.md §8) with the paper's gradient.

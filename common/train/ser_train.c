@@ -214,7 +214,23 @@ int ser_trainer_write(const ser_trainer *t, const char *path, const float *grads
     ser_st_writer_add(w, "loss_inv", SER_DT_F32, 1, kshape, lcol[1]);
     ser_st_writer_add(w, "loss_equiv", SER_DT_F32, 1, kshape, lcol[2]);
     if (grads0) ser_st_writer_add_ptab(w, tab, grads0, "grad.");
-    for (int k = 0; k < t->ntabs; k++) ser_st_writer_add_ptab(w, t->tabs[k], t->arenas[k], "");
+    // Every table; counters (BatchNorm's num_batches_tracked) as 0-d I64, as PyTorch and the
+    // checkpoints store them.
+    int ncount = 0;
+    for (int k = 0; k < t->ntabs; k++) ncount += t->tabs[k]->n;
+    int64_t *counters = ser_xcalloc((size_t)ncount + 1, sizeof(int64_t));
+    ncount = 0;
+    for (int k = 0; k < t->ntabs; k++)
+        for (int i = 0; i < t->tabs[k]->n; i++) {
+            const ser_tinfo *ti = &t->tabs[k]->t[i];
+            const float *src = t->arenas[k] + ti->offset;
+            if ((ti->flags & SER_TINFO_COUNTER) && ti->numel == 1) {
+                counters[ncount] = (int64_t)src[0];
+                ser_st_writer_add(w, ti->name, SER_DT_I64, 0, NULL, &counters[ncount++]);
+            } else {
+                ser_st_writer_add(w, ti->name, SER_DT_F32, ti->ndim, ti->shape, src);
+            }
+        }
     typedef char name_t[SER_TINFO_NAME_LEN + 48];
     name_t *names = ser_xcalloc((size_t)tab->n * 3 + 1, sizeof *names);
     for (int i = 0; i < tab->n; i++) {
@@ -241,6 +257,7 @@ int ser_trainer_write(const ser_trainer *t, const char *path, const float *grads
     ser_st_writer_destroy(&w);
     for (int j = 0; j < 3; j++) free(lcol[j]);
     free(names);
+    free(counters);
     return rc;
 }
 

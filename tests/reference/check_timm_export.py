@@ -144,7 +144,8 @@ def check_full(full_path, exported):
     else:
         m = BarlowSER(vit, int(g("barlow", "proj_dim")), float(g("barlow", "lambda_offdiag")),
                       float(g("ser", "lambda")), float(g("ser", "tau")),
-                      int(g("ser", "proj_dim")), ser_grad, ini.getboolean("ser", "symmetric"))
+                      int(g("ser", "proj_dim")), ser_grad,
+                      g("ser", "symmetric") == "true")  # auto: one direction (the reference)
         prefix = "backbone."
         if not ser_on:
             del m.projector_equiv
