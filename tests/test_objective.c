@@ -72,10 +72,8 @@ static int s_toy_init(void *st, const ser_config *cfg, ser_objective_model *m, c
     t->grads = ser_xaligned(sizeof(float) * t->tab.total);
     memset(t->params, 0, sizeof(float) * t->tab.total);
     ser_vit_bind(&t->vit, t->params, t->grads);
-    m->tab = &t->tab, m->params = t->params, m->grads = t->grads;
-    m->tabs[0] = &t->tab, m->arenas[0] = t->params, m->ntabs = 1;
-    m->student = &t->vit;
-    m->ser = cfg->ser.enabled, m->ser_grad = cfg->ser.enabled && cfg->ser.grad;
+    ser_objective_model_fill(m, &t->tab, t->params, t->grads, NULL, NULL, NULL, NULL, &t->vit, NULL,
+                             cfg->ser.enabled, cfg->ser.enabled && cfg->ser.grad);
     return SER_OK;
 }
 

@@ -278,12 +278,8 @@ static int s_init(void *st, const ser_config *cfg, ser_objective_model *om, char
     int rc;
     if ((rc = ser_barlow_config_from_job(&bc, cfg, err)) || (rc = ser_barlow_init(m, &bc, err)))
         return rc;
-    om->tab = &m->tab, om->params = m->params, om->grads = m->grads;
-    om->tabs[0] = &m->tab, om->tabs[1] = &m->btab;
-    om->arenas[0] = m->params, om->arenas[1] = m->buffers;
-    om->ntabs = 2;
-    om->student = &m->vit;
-    om->ser = bc.ser, om->ser_grad = bc.ser_grad;
+    ser_objective_model_fill(om, &m->tab, m->params, m->grads, NULL, NULL, &m->btab, m->buffers,
+                             &m->vit, NULL, bc.ser, bc.ser_grad);
     return SER_OK;
 }
 

@@ -504,12 +504,8 @@ static int s_init(void *st, const ser_config *cfg, ser_objective_model *om, char
     int rc;
     if ((rc = ser_dino_config_from_job(&dc, cfg, err)) || (rc = ser_dino_init(d, &dc, err)))
         return rc;
-    om->tab = &d->tab, om->params = d->params, om->grads = d->grads;
-    om->tabs[0] = &d->tab, om->tabs[1] = &d->ttab, om->tabs[2] = &d->btab;
-    om->arenas[0] = d->params, om->arenas[1] = d->tparams, om->arenas[2] = d->buffers;
-    om->ntabs = 3;
-    om->student = &d->vit, om->teacher = &d->tvit, om->tparams = d->tparams;
-    om->ser = dc.ser, om->ser_grad = dc.ser_grad;
+    ser_objective_model_fill(om, &d->tab, d->params, d->grads, &d->ttab, d->tparams, &d->btab,
+                             d->buffers, &d->vit, &d->tvit, dc.ser, dc.ser_grad);
     return SER_OK;
 }
 

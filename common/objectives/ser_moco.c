@@ -199,12 +199,8 @@ static int s_init(void *st, const ser_config *cfg, ser_objective_model *om, char
     int rc;
     if ((rc = ser_moco_config_from_job(&mc, cfg, err)) || (rc = ser_moco_init(m, &mc, err)))
         return rc;
-    om->tab = &m->tab, om->params = m->params, om->grads = m->grads;
-    om->tabs[0] = &m->tab, om->tabs[1] = &m->mtab, om->tabs[2] = &m->btab;
-    om->arenas[0] = m->params, om->arenas[1] = m->mparams, om->arenas[2] = m->buffers;
-    om->ntabs = 3;
-    om->student = &m->vit, om->teacher = &m->mvit, om->tparams = m->mparams;
-    om->ser = mc.ser, om->ser_grad = mc.ser_grad;
+    ser_objective_model_fill(om, &m->tab, m->params, m->grads, &m->mtab, m->mparams, &m->btab,
+                             m->buffers, &m->vit, &m->mvit, mc.ser, mc.ser_grad);
     return SER_OK;
 }
 

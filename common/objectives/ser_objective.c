@@ -46,3 +46,16 @@ void ser_objective_equiv_active(const ser_ptab *tab, int ser, int ser_grad, int 
         if (strstr(tab->t[i].name, "projector_equiv.") || strstr(tab->t[i].name, "norm_equiv."))
             active[i] = 0;
 }
+
+void ser_objective_model_fill(ser_objective_model *m, ser_ptab *tab, float *params, float *grads,
+                              const ser_ptab *ttab, float *tparams, const ser_ptab *btab,
+                              float *buffers, ser_vit *student, ser_vit *teacher, int ser,
+                              int ser_grad) {
+    memset(m, 0, sizeof *m);
+    m->tab = tab, m->params = params, m->grads = grads;
+    m->tabs[m->ntabs] = tab, m->arenas[m->ntabs++] = params;
+    if (ttab) m->tabs[m->ntabs] = ttab, m->arenas[m->ntabs++] = tparams;
+    if (btab) m->tabs[m->ntabs] = btab, m->arenas[m->ntabs++] = buffers;
+    m->student = student, m->teacher = teacher, m->tparams = ttab ? tparams : NULL;
+    m->ser = ser, m->ser_grad = ser_grad;
+}

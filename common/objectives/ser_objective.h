@@ -105,6 +105,14 @@ typedef struct ser_objective_i {
     int (*check)(const struct ser_config *cfg, char err[SER_ERR_LEN]);
 } ser_objective_i;
 
+// Fills m from an objective's tables: trainable (tab, its arenas), teacher (ttab / tparams, or
+// NULL), buffers (btab / buffers, or NULL), the ViTs (teacher NULL without one), the SER flags.
+// The checkpoint tables are trainable, then teacher, then buffers, as present.
+void ser_objective_model_fill(ser_objective_model *m, ser_ptab *tab, float *params, float *grads,
+                              const ser_ptab *ttab, float *tparams, const ser_ptab *btab,
+                              float *buffers, ser_vit *student, ser_vit *teacher, int ser,
+                              int ser_grad);
+
 // The objective of method index i (SER_CONFIG_METHOD_*, or a registered one), NULL if none.
 const ser_objective_i *ser_objective_get(int i);
 // Its index by name, -1 if none.
