@@ -252,6 +252,135 @@ static void test_fmath_accuracy(void **state) {
     assert_true(isfinite(ser_fexp(100.0f)));
 }
 
+// --- column sums (ser_colsum_acc: pairwise, see ser_kernels.h) ------------------------------
+// fp64 column sums of x (M,N), and of |x|.
+static void s_colsum_f64(double *sum, double *sumabs, const float *x, int M, int N) {
+    for (int j = 0; j < N; j++) sum[j] = sumabs[j] = 0;
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < N; j++) {
+            sum[j] += (double)x[(size_t)m * N + j];
+            sumabs[j] += fabs((double)x[(size_t)m * N + j]);
+        }
+}
+
+// The order documented at ser_colsum_acc, written from the documentation (recursion, not the
+// kernel's leaves and binary counter): groups of 2^k rows by the binary expansion of M, each a
+// perfect binary tree, folded from the last group back to the first.
+static float s_tree_ref(const float *x, int N, int j, int m0, int n) {
+    if (n == 1) return x[(size_t)m0 * N + j];
+    return s_tree_ref(x, N, j, m0, n / 2) + s_tree_ref(x, N, j, m0 + n / 2, n / 2);
+}
+
+static float s_colsum_documented(const float *x, int M, int N, int j) {
+    int start[32], size[32], ng = 0;
+    for (int k = 30, m0 = 0; k >= 0; k--)
+        if (M >> k & 1) start[ng] = m0, size[ng++] = 1 << k, m0 += 1 << k;
+    float acc = s_tree_ref(x, N, j, start[ng - 1], size[ng - 1]);
+    for (int g = ng - 2; g >= 0; g--) acc = s_tree_ref(x, N, j, start[g], size[g]) + acc;
+    return acc;
+}
+
+// Columns of +-1000 in runs of 2^p rows (p = j % 14, so from the alternating rows of p = 0 to
+// two cancelling halves at p = 13) plus a small signal: the exact sums are ~5000 out of a
+// sum|x| of 1.6e7. The pairwise error bound of ser_kernels.h, gamma_d * sum|x| with d =
+// log2(M) + 1 = 15, holds with a wide margin; the old row-after-row fp32 sum broke it for the
+// long runs (p >= 7; by 50x at p = 13: the running sum reaches 8e6, where the ulp is 0.5, and
+// the +0.3 signal rounds the same way at every step).
+static void test_colsum_cancelling(void **state) {
+    (void)state;
+    int M = 16384, N = 65;
+    float *x = s_rand((size_t)M * N, 51, -1e-3f, 1e-3f), *db = calloc((size_t)N, 4);
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < N; j++)
+            x[(size_t)m * N + j] +=
+                ((m >> (j % 14)) & 1 ? -1000.0f : 1000.0f) + 0.3f + 0.01f * (float)(j % 7);
+    double sum[65], sumabs[65], u = ldexp(1.0, -24);
+    s_colsum_f64(sum, sumabs, x, M, N);
+    ser_colsum_acc(db, x, M, N);
+    int d = (int)floor(log2(M)) + 1;
+    double gamma = d * u / (1 - d * u), worst = 0, worst_seq = 0, max_err = 0, max_seq = 0;
+    for (int j = 0; j < N; j++) {
+        float seq = 0;  // the old order, for the message
+        for (int m = 0; m < M; m++) seq += x[(size_t)m * N + j];
+        double err = fabs((double)db[j] - sum[j]), bound = gamma * sumabs[j];
+        max_err = fmax(max_err, err);
+        max_seq = fmax(max_seq, fabs((double)seq - sum[j]));
+        worst = fmax(worst, err / bound);
+        worst_seq = fmax(worst_seq, fabs((double)seq - sum[j]) / bound);
+        if (err > bound)
+            print_message("column %d: |colsum - fp64| = %.3g > bound %.3g\n", j, err, bound);
+        assert_true(err <= bound);
+    }
+    print_message(
+        "cancelling sums, M=%d: max |err| pairwise %.3g (%.4f of the bound), row after "
+        "row fp32 %.3g (%.1f of it)\n",
+        M, max_err, worst, max_seq, worst_seq);
+    assert_true(worst < 0.25);
+    assert_true(100 * max_err < max_seq);
+    free(x), free(db);
+}
+
+// The bits depend on (x, M) alone: 1, 2 and 3 threads (1, 2 and 3 column blocks of N = 200), a
+// column summed alone (N = 1), and the documented order re-derived above all agree exactly.
+static void test_colsum_bitwise_order(void **state) {
+    (void)state;
+    int Ms[] = {1, 2, 3, 7, 15, 16, 17, 31, 32, 33, 50, 113, 255, 256, 257, 1000, 5003, 16400};
+    int N = 200;
+    float *x = s_rand((size_t)16400 * N, 52, -1, 1), *col = malloc(16400 * 4);
+    float *r[3], *one = malloc(4);
+    for (size_t t = 0; t < 3; t++) r[t] = malloc((size_t)N * 4);
+    for (size_t s = 0; s < sizeof Ms / sizeof Ms[0]; s++) {
+        int M = Ms[s];
+        for (int t = 0; t < 3; t++) {
+            ser_kernels_set_threads(t + 1);
+            for (int j = 0; j < N; j++) r[t][j] = 0.25f * (float)j;
+            ser_colsum_acc(r[t], x, M, N);
+        }
+        assert_memory_equal(r[0], r[1], (size_t)N * 4);
+        assert_memory_equal(r[0], r[2], (size_t)N * 4);
+        for (int j = 0; j < N; j += 13) {
+            for (int m = 0; m < M; m++) col[m] = x[(size_t)m * N + j];
+            one[0] = 0.25f * (float)j;
+            ser_colsum_acc(one, col, M, 1);
+            float want = 0.25f * (float)j + s_colsum_documented(x, M, N, j);
+            assert_memory_equal(one, &r[0][j], 4);
+            assert_memory_equal(&want, &r[0][j], 4);
+        }
+    }
+    ser_kernels_set_threads(2);
+    for (size_t t = 0; t < 3; t++) free(r[t]);
+    free(x), free(col), free(one);
+}
+
+// Small and awkward shapes: db += the sums (accumulated, not overwritten), exact where every
+// partial sum is (small integers), within the error bound otherwise; M = 0 leaves db alone.
+static void test_colsum_edges(void **state) {
+    (void)state;
+    int Ms[] = {0, 1, 2, 3, 17}, Ns[] = {1, 63, 65};
+    for (size_t a = 0; a < sizeof Ms / sizeof Ms[0]; a++)
+        for (size_t b = 0; b < sizeof Ns / sizeof Ns[0]; b++) {
+            int M = Ms[a], N = Ns[b];
+            size_t n = (size_t)M * N;
+            float *xi = s_rand(n + 1, 60 + a, -50, 50), *xr = s_rand(n + 1, 70 + a, -1, 1);
+            for (size_t i = 0; i < n; i++) xi[i] = rintf(xi[i]);
+            float db0[65], dbi[65], dbr[65];
+            double sum[65], sumabs[65], u = ldexp(1.0, -24);
+            for (int j = 0; j < N; j++) db0[j] = dbi[j] = dbr[j] = 0.5f * (float)(j - 30);
+            ser_colsum_acc(dbi, xi, M, N);
+            s_colsum_f64(sum, sumabs, xi, M, N);
+            for (int j = 0; j < N; j++) assert_true((double)dbi[j] == (double)db0[j] + sum[j]);
+            ser_colsum_acc(dbr, xr, M, N);
+            s_colsum_f64(sum, sumabs, xr, M, N);
+            for (int j = 0; j < N; j++) {
+                double exact = (double)db0[j] + sum[j];
+                double bound = 7 * u * (sumabs[j] + fabs((double)db0[j]));  // d <= 5, db +=, slack
+                assert_true(fabs((double)dbr[j] - exact) <= bound);
+            }
+            if (M == 0) assert_memory_equal(dbr, db0, (size_t)N * 4);
+            free(xi), free(xr);
+        }
+}
+
 // --- determinism ----------------------------------------------------------------------------
 // ser's own loops: bitwise identical for any thread count.
 static void test_own_kernels_bitwise_across_threads(void **state) {
@@ -327,6 +456,9 @@ int main(void) {
         cmocka_unit_test(test_matmul_vs_naive),
         cmocka_unit_test(test_layernorm_attention_vs_naive),
         cmocka_unit_test(test_fmath_accuracy),
+        cmocka_unit_test(test_colsum_cancelling),
+        cmocka_unit_test(test_colsum_bitwise_order),
+        cmocka_unit_test(test_colsum_edges),
         cmocka_unit_test(test_own_kernels_bitwise_across_threads),
         cmocka_unit_test(test_blas_kernels_repeatable),
     };

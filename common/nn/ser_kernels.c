@@ -57,19 +57,83 @@ void ser_matmul_forward(float *out, const float *inp, const float *w, const floa
                 N);
 }
 
+// Pairwise column sums in the order documented at ser_colsum_acc (ser_kernels.h). One thread
+// sums a block of w <= COLSUM_WMAX columns (x and db point at its first column, rows N apart),
+// walking down the rows 16 at a time across the whole block: a 16-row tree per column, then a
+// binary counter over these leaves, stack[l] holding the sum of 2^l leaves (2^(l+4) rows) while
+// bit l of `full` (the count of full leaves so far) is set. The width only sets the memory
+// pattern, never a column's arithmetic, so it may follow N and the thread count.
+enum { COLSUM_LEAF = 16, COLSUM_WMAX = 256, COLSUM_WMIN = 64, COLSUM_LEVELS = 28 };
+
+// out[j] = the perfect pairwise tree over rows 0..n-1 (n = 1, 2, 4, 8 or 16) of column j.
+static inline void s_tree_rows(float *out, const float *r, size_t N, int n, int w) {
+    const float *r0 = r, *r1 = r + N, *r2 = r + 2 * N, *r3 = r + 3 * N;
+    const float *r4 = r + 4 * N, *r5 = r + 5 * N, *r6 = r + 6 * N, *r7 = r + 7 * N;
+    if (n == 16) {
+        const float *r8 = r + 8 * N, *r9 = r + 9 * N, *r10 = r + 10 * N, *r11 = r + 11 * N;
+        const float *r12 = r + 12 * N, *r13 = r + 13 * N, *r14 = r + 14 * N, *r15 = r + 15 * N;
+        for (int j = 0; j < w; j++)
+            out[j] =
+                (((r0[j] + r1[j]) + (r2[j] + r3[j])) + ((r4[j] + r5[j]) + (r6[j] + r7[j]))) +
+                (((r8[j] + r9[j]) + (r10[j] + r11[j])) + ((r12[j] + r13[j]) + (r14[j] + r15[j])));
+    } else if (n == 8) {
+        for (int j = 0; j < w; j++)
+            out[j] = ((r0[j] + r1[j]) + (r2[j] + r3[j])) + ((r4[j] + r5[j]) + (r6[j] + r7[j]));
+    } else if (n == 4) {
+        for (int j = 0; j < w; j++) out[j] = (r0[j] + r1[j]) + (r2[j] + r3[j]);
+    } else if (n == 2) {
+        for (int j = 0; j < w; j++) out[j] = r0[j] + r1[j];
+    } else {
+        memcpy(out, r0, sizeof(float) * (size_t)w);
+    }
+}
+
+static void s_colsum_block(float *db, const float *x, int M, size_t N, int w) {
+    float stack[COLSUM_LEVELS][COLSUM_WMAX], acc[COLSUM_WMAX], t[COLSUM_WMAX];
+    unsigned full = 0;  // M <= INT_MAX: fewer than 2^27 leaves, so l < COLSUM_LEVELS
+    int m = 0;
+    for (; M - m >= COLSUM_LEAF; m += COLSUM_LEAF) {
+        s_tree_rows(acc, x + (size_t)m * N, N, COLSUM_LEAF, w);
+        int l = 0;
+        for (; full >> l & 1u; l++)
+            for (int j = 0; j < w; j++) acc[j] = stack[l][j] + acc[j];
+        memcpy(stack[l], acc, sizeof(float) * (size_t)w);
+        full++;
+    }
+    // Fold the groups of the binary expansion of M, smallest (last rows) first: the rest's
+    // groups of 1, 2, 4, 8 rows, then the counter's partial sums.
+    int rest = M - m, have = 0;
+    for (int b = 1; b < COLSUM_LEAF; b *= 2) {
+        if (!(rest & b)) continue;
+        s_tree_rows(have ? t : acc, x + (size_t)(m + (rest & ~(2 * b - 1))) * N, N, b, w);
+        if (have)
+            for (int j = 0; j < w; j++) acc[j] = t[j] + acc[j];
+        have = 1;
+    }
+    for (int l = 0; full >> l; l++) {
+        if (!(full >> l & 1u)) continue;
+        if (have)
+            for (int j = 0; j < w; j++) acc[j] = stack[l][j] + acc[j];
+        else
+            memcpy(acc, stack[l], sizeof(float) * (size_t)w);
+        have = 1;
+    }
+    for (int j = 0; j < w; j++) db[j] += acc[j];
+}
+
 void ser_colsum_acc(float *db, const float *x, int M, int N) {
-    enum { CB = 64 };
-    int nblk = (N + CB - 1) / CB;
+    if (M <= 0 || N <= 0) return;
+    // Block width: a multiple of 16 in [COLSUM_WMIN, COLSUM_WMAX] that gives every thread about
+    // the same number of columns (wide rows stream better; it changes no bits).
+    int nth = omp_get_max_threads(), per = (N + nth - 1) / nth;
+    int w = (per + COLSUM_WMAX - 1) / COLSUM_WMAX;  // blocks per thread
+    w = ((per + w - 1) / w + 15) / 16 * 16;
+    if (w < COLSUM_WMIN) w = COLSUM_WMIN;
+    int nblk = (N + w - 1) / w;
 #pragma omp parallel for schedule(static)
     for (int blk = 0; blk < nblk; blk++) {
-        int j0 = blk * CB, j1 = j0 + CB < N ? j0 + CB : N;
-        float acc[CB];
-        memset(acc, 0, sizeof acc);
-        for (int m = 0; m < M; m++) {
-            const float *row = x + (size_t)m * N;
-            for (int j = j0; j < j1; j++) acc[j - j0] += row[j];
-        }
-        for (int j = j0; j < j1; j++) db[j] += acc[j - j0];
+        int j0 = blk * w;
+        s_colsum_block(db + j0, x + j0, M, (size_t)N, N - j0 < w ? N - j0 : w);
     }
 }
 
