@@ -1,5 +1,6 @@
 // ser_dl_service.c — see ser_dl_service.h.
 #include "ser_dl_service.h"
+#include "ser_wire.h"
 
 #include "ser_curve.h"
 
@@ -300,8 +301,13 @@ static void s_handle(ser_dl_service *s, s_parts *p) {
         s->st.dropped++;
         return;
     }
-    Ser__LoaderShardRequest *req = ser__loader_shard_request__unpack(
-        NULL, zmq_msg_size(&p->m[2]), zmq_msg_data(&p->m[2]));
+    static const uint32_t req_strs[1] = {2};  // job_id: a NUL would make "a\0b" pass for "a"
+    Ser__LoaderShardRequest *req =
+        ser_wire_pb_strings_ok(zmq_msg_data(&p->m[2]), zmq_msg_size(&p->m[2]), req_strs, 1, 0,
+                               NULL, 0)
+            ? ser__loader_shard_request__unpack(NULL, zmq_msg_size(&p->m[2]),
+                                                zmq_msg_data(&p->m[2]))
+            : NULL;
     if (!req) {
         ser_log(SER_LL_WARNING, "dataloader: dropped a request that does not parse (%zu bytes)",
                 zmq_msg_size(&p->m[2]));
@@ -487,8 +493,12 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         snprintf(err, 256, "malformed reply (%d frames)", p->n);
         return SER_EFORMAT;
     }
+    static const uint32_t reply_strs[2] = {2, 7};  // job_id, error
     Ser__LoaderShard *m =
-        ser__loader_shard__unpack(NULL, zmq_msg_size(&p->m[1]), zmq_msg_data(&p->m[1]));
+        ser_wire_pb_strings_ok(zmq_msg_data(&p->m[1]), zmq_msg_size(&p->m[1]), reply_strs, 2, 0,
+                               NULL, 0)
+            ? ser__loader_shard__unpack(NULL, zmq_msg_size(&p->m[1]), zmq_msg_data(&p->m[1]))
+            : NULL;
     if (!m) {
         snprintf(err, 256, "reply does not parse");
         return SER_EFORMAT;

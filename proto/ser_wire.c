@@ -198,6 +198,50 @@ static int s_bad(void *sock, char *err, int rc, const char *fmt, ...) {
     return rc;
 }
 
+static int s_varint(const uint8_t *b, size_t n, size_t *i, uint64_t *v) {
+    *v = 0;
+    for (int sh = 0; sh < 64 && *i < n; sh += 7) {
+        uint8_t c = b[(*i)++];
+        *v |= (uint64_t)(c & 0x7f) << sh;
+        if (!(c & 0x80)) return 1;
+    }
+    return 0;
+}
+
+static int s_in(uint32_t f, const uint32_t *set, int n) {
+    for (int k = 0; k < n; k++)
+        if (set[k] == f) return 1;
+    return 0;
+}
+
+int ser_wire_pb_strings_ok(const uint8_t *b, size_t n, const uint32_t *strs, int ns,
+                           uint32_t nested, const uint32_t *nstrs, int nns) {
+    size_t i = 0;
+    while (i < n) {
+        uint64_t key, v;
+        if (!s_varint(b, n, &i, &key)) return 0;
+        uint32_t field = (uint32_t)(key >> 3), wt = (uint32_t)(key & 7);
+        if (wt == 0) {
+            if (!s_varint(b, n, &i, &v)) return 0;
+        } else if (wt == 1 || wt == 5) {
+            size_t w = wt == 1 ? 8 : 4;
+            if (n - i < w) return 0;
+            i += w;
+        } else if (wt == 2) {
+            if (!s_varint(b, n, &i, &v) || v > n - i) return 0;
+            const uint8_t *d = b + i;
+            if (s_in(field, strs, ns) && memchr(d, 0, (size_t)v)) return 0;
+            if (nested && field == nested &&
+                !ser_wire_pb_strings_ok(d, (size_t)v, nstrs, nns, 0, NULL, 0))
+                return 0;
+            i += (size_t)v;
+        } else {
+            return 0;  // groups (3, 4) are not used by these messages; 6, 7 do not exist
+        }
+    }
+    return 1;
+}
+
 int ser_wire_identity_ok(const char *id, size_t n) {
     if (n == 0 || n >= SER_WIRE_MAX_IDENTITY) return 0;
     for (size_t i = 0; i < n; i++)
@@ -241,6 +285,14 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
     }
     int more = s_more(sock);
     s_received += zmq_msg_size(&f);
+    // Envelope strings: job_id (2), text (8); TensorMeta (7) name (1).
+    static const uint32_t env_strs[2] = {2, 8}, meta_strs[1] = {1};
+    if (!ser_wire_pb_strings_ok(zmq_msg_data(&f), zmq_msg_size(&f), env_strs, 2, 7, meta_strs, 1)) {
+        zmq_msg_close(&f);
+        return s_bad(sock, err, SER_EFORMAT,
+                     "envelope with a NUL byte in a string (job id, text or tensor name), or "
+                     "that does not parse: refused");
+    }
     m->env = ser__envelope__unpack(NULL, zmq_msg_size(&f), zmq_msg_data(&f));
     zmq_msg_close(&f);
     if (!m->env) return s_bad(sock, err, SER_EFORMAT, "envelope does not unpack");

@@ -34,6 +34,14 @@ typedef struct ser_wire_tensor {
 // without spaces (0x21..0x7e). A ROUTER refuses any other identity (SER_EPEER).
 int ser_wire_identity_ok(const char *id, size_t n);
 
+// 1 when no string field of a serialized protobuf message holds a NUL byte: strs[0..ns) are the
+// numbers of its string fields at the top level, nested (0: none) the number of a repeated
+// message field whose own string fields are nstrs[0..nns). protobuf-c keeps strings as C
+// strings, so "w0\0x" would unpack as "w0": ids are compared as what they are, byte strings
+// with a length. 0 as well for a message that does not parse (it is refused either way).
+int ser_wire_pb_strings_ok(const uint8_t *b, size_t n, const uint32_t *strs, int ns,
+                           uint32_t nested, const uint32_t *nstrs, int nns);
+
 // Sends [identity,] envelope, tensors. env->protocol_version and env->tensors are filled here.
 // identity is the ROUTER-side peer id (NULL on a DEALER). Returns SER_OK or SER_EIO.
 int ser_wire_send(void *sock, const char *identity, Ser__Envelope *env, const ser_wire_tensor *t,

@@ -43,6 +43,10 @@ int ser_test_have_torch(void);
 void ser_test_write_file(const char *path, const void *buf, size_t n);
 // The whole file at path (malloc'ed, its size in *n), or fails the test.
 uint8_t *ser_test_read_file(const char *path, size_t *n);
+// Damaged copies of a good JPEG (good, n bytes) at path: cut just before its SOS marker, and
+// with SOF0 height = width = 0 (libjpeg-turbo 2.1.5 leaves a reused handle broken after either).
+void ser_test_write_jpeg_cut(const char *path, const uint8_t *good, size_t n);
+void ser_test_write_jpeg_sof0_zero(const char *path, const uint8_t *good, size_t n);
 // Removes a file or a directory tree (test temp dirs); errors are ignored.
 void ser_test_rm_rf(const char *path);
 // Runs `ser ARGS` (the binary under test) with stdout and stderr into DIR/log; returns its exit

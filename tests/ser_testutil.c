@@ -232,3 +232,32 @@ int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, u
     return s_local(&m->vit, NULL, m->grads, m->tab.total, b, shards, m->cfg.ser, m->cfg.ser_grad,
                    drop_seed, step, s_barlow_fn, m, out, err);
 }
+
+// --- damaged JPEGs -------------------------------------------------------------------------------
+// Offset of the first marker m (0xFF m) in the marker segments before the scan, or 0.
+static size_t s_find_marker(const uint8_t *b, size_t n, uint8_t m) {
+    size_t i = 2;
+    while (i + 4 <= n && b[i] == 0xFF) {
+        if (b[i + 1] == m) return i;
+        if (b[i + 1] == 0xDA) return 0;
+        i += 2 + ((size_t)b[i + 2] << 8 | b[i + 3]);
+    }
+    return 0;
+}
+
+void ser_test_write_jpeg_cut(const char *path, const uint8_t *good, size_t n) {
+    size_t sos = s_find_marker(good, n, 0xDA);
+    assert_true(sos > 2);
+    ser_test_write_file(path, good, sos);
+}
+
+void ser_test_write_jpeg_sof0_zero(const char *path, const uint8_t *good, size_t n) {
+    size_t sof = s_find_marker(good, n, 0xC0);
+    assert_true(sof > 2);
+    uint8_t *b = malloc(n);
+    assert_non_null(b);
+    memcpy(b, good, n);
+    memset(b + sof + 5, 0, 4);  // FF C0, length (2), precision (1), height (2), width (2)
+    ser_test_write_file(path, b, n);
+    free(b);
+}

@@ -807,6 +807,17 @@ static void test_loader_killed_and_restarted(void **state) {
     char root[128], ref[128], out[128], ep[256], lep[256], lport[16], err[SER_ERR_LEN];
     snprintf(root, sizeof root, "%s/data", s_dir);
     assert_int_equal(ser_dl_data_make_synthetic(root, 2, 8, 48, 40, 3, err), 0);
+    // Two damaged JPEGs among them (cut before SOS; SOF0 0x0): their replacements depend only
+    // on (seed, epoch, index), so the restarted loader still gives the same bits.
+    char good[256], bad[256];
+    snprintf(good, sizeof good, "%s/train/c00/i0000.jpg", root);
+    size_t gn;
+    uint8_t *g = ser_test_read_file(good, &gn);
+    snprintf(bad, sizeof bad, "%s/train/c00/i0003x.jpg", root);
+    ser_test_write_jpeg_cut(bad, g, gn);
+    snprintf(bad, sizeof bad, "%s/train/c01/i0005x.jpg", root);
+    ser_test_write_jpeg_sof0_zero(bad, g, gn);
+    free(g);
     snprintf(ref, sizeof ref, "%s/loader_ref.safetensors", s_dir);
     snprintf(out, sizeof out, "%s/loader_killed.safetensors", s_dir);
     snprintf(s_extra, sizeof s_extra, "data.path=%s", root);
@@ -817,6 +828,8 @@ static void test_loader_killed_and_restarted(void **state) {
     int rc = s_wait(coord);
     if (rc) system("tail -20 /tmp/ser_cluster_*/lref.log");
     assert_int_equal(rc, 0);
+    assert_true(s_log_has("loader0.log", "bad file") && s_log_has("loader0.log", "i0003x.jpg") &&
+                s_log_has("loader0.log", "i0005x.jpg"));  // both were drawn and replaced
     s_kill_all();
     (void)ld;
     // The same job; its loader killed after step 3 and back a second later on the same port.

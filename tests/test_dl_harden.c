@@ -49,35 +49,6 @@ static void s_good_jpeg(const char *path, int w, int h, int k) {
     free(px);
 }
 
-// Offset of the first marker m (0xFF m) in the marker segments before the scan, or 0.
-static size_t s_find_marker(const uint8_t *b, size_t n, uint8_t m) {
-    size_t i = 2;
-    while (i + 4 <= n && b[i] == 0xFF) {
-        if (b[i + 1] == m) return i;
-        if (b[i + 1] == 0xDA) return 0;
-        i += 2 + ((size_t)b[i + 2] << 8 | b[i + 3]);
-    }
-    return 0;
-}
-
-// The two damaged copies of a good JPEG: cut just before SOS, and SOF0 height = width = 0.
-static void s_write_cut(const char *path, const uint8_t *good, size_t n) {
-    size_t sos = s_find_marker(good, n, 0xDA);
-    assert_true(sos > 2);
-    ser_test_write_file(path, good, sos);
-}
-
-static void s_write_sof0_zero(const char *path, const uint8_t *good, size_t n) {
-    size_t sof = s_find_marker(good, n, 0xC0);
-    assert_true(sof > 2);
-    uint8_t *b = malloc(n);
-    assert_non_null(b);
-    memcpy(b, good, n);
-    memset(b + sof + 5, 0, 4);  // FF C0, length (2), precision (1), height (2), width (2)
-    ser_test_write_file(path, b, n);
-    free(b);
-}
-
 static void s_assert_same_image(const ser_dl_image *a, const ser_dl_image *b) {
     assert_int_equal(a->w, b->w);
     assert_int_equal(a->h, b->h);
@@ -102,10 +73,10 @@ static void test_decoder_reset_after_header_error(void **state) {
     }
     size_t ncut, nsof;
     snprintf(p, sizeof p, "%s/cut.jpg", s_tmp);
-    s_write_cut(p, good[0], ngood[0]);
+    ser_test_write_jpeg_cut(p, good[0], ngood[0]);
     uint8_t *cut = ser_test_read_file(p, &ncut);
     snprintf(p, sizeof p, "%s/sof0.jpg", s_tmp);
-    s_write_sof0_zero(p, good[0], ngood[0]);
+    ser_test_write_jpeg_sof0_zero(p, good[0], ngood[0]);
     uint8_t *sof = ser_test_read_file(p, &nsof);
 
     void *tj = tjInitDecompress();
@@ -172,13 +143,13 @@ static void test_replacement_independent_of_order(void **state) {
     size_t n;
     uint8_t *good = ser_test_read_file(q, &n);
     snprintf(p, sizeof p, "%s/train/c00/i0001a_cut.jpg", root);
-    s_write_cut(p, good, n);
+    ser_test_write_jpeg_cut(p, good, n);
     snprintf(p, sizeof p, "%s/train/c00/i0003a_sof0.jpg", root);
-    s_write_sof0_zero(p, good, n);
+    ser_test_write_jpeg_sof0_zero(p, good, n);
     snprintf(p, sizeof p, "%s/train/c01/i0002a_sof0.jpg", root);
-    s_write_sof0_zero(p, good, n);
+    ser_test_write_jpeg_sof0_zero(p, good, n);
     snprintf(p, sizeof p, "%s/train/c01/i0004a_cut.jpg", root);
-    s_write_cut(p, good, n);
+    ser_test_write_jpeg_cut(p, good, n);
     free(good);
 
     ser_dl_data *d = ser_dl_data_open(root, SER_DL_KIND_IMAGEFOLDER, SER_DL_SPLIT_TRAIN, NULL, err);

@@ -1,0 +1,113 @@
+// test_wire.c — proto/ser_wire.h at the byte level: a string field with an embedded NUL byte
+// (a job id "ser\0x" that protobuf-c would unpack as "ser") is refused before unpacking, in the
+// envelope, in a tensor name and in the loader's request; well-formed messages pass; malformed
+// protobuf is refused; and a ROUTER receiving such an envelope over ZeroMQ drops it with
+// SER_EFORMAT while the next good message still arrives.
+#define _GNU_SOURCE  // memmem
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "loader.pb-c.h"
+#include "ser.pb-c.h"
+#include "ser_test.h"
+#include "ser_wire.h"
+
+static const uint32_t s_env_strs[2] = {2, 8}, s_meta_strs[1] = {1};
+
+// A packed envelope with job id jid (jn bytes, NULs allowed) and one tensor named name.
+static size_t s_pack(uint8_t *out, const char *jid, size_t jn, const char *name, size_t nn) {
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.protocol_version = SER_PROTOCOL_VERSION;
+    e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
+    e.job_id = "JJJJJJJJ";  // placeholders of the right lengths, patched below
+    Ser__TensorMeta t, *tp = &t;
+    ser__tensor_meta__init(&t);
+    t.name = "NNNNNNNN";
+    e.n_tensors = 1, e.tensors = &tp;
+    size_t n = ser__envelope__pack(&e, out);
+    uint8_t *j = memmem(out, n, "JJJJJJJJ", 8), *q = memmem(out, n, "NNNNNNNN", 8);
+    assert_true(j && q && jn == 8 && nn == 8);
+    memcpy(j, jid, jn), memcpy(q, name, nn);
+    return n;
+}
+
+static void test_strings(void **state) {
+    (void)state;
+    uint8_t b[256];
+    size_t n = s_pack(b, "job-0001", 8, "student0", 8);
+    assert_int_equal(ser_wire_pb_strings_ok(b, n, s_env_strs, 2, 7, s_meta_strs, 1), 1);
+    n = s_pack(b, "job\0-001", 8, "student0", 8);
+    assert_int_equal(ser_wire_pb_strings_ok(b, n, s_env_strs, 2, 7, s_meta_strs, 1), 0);
+    n = s_pack(b, "job-0001", 8, "g\0xxxxxx", 8);
+    assert_int_equal(ser_wire_pb_strings_ok(b, n, s_env_strs, 2, 7, s_meta_strs, 1), 0);
+    // The nested rule applies to field 7 only: without it the tensor name is not checked.
+    assert_int_equal(ser_wire_pb_strings_ok(b, n, s_env_strs, 2, 0, NULL, 0), 1);
+    // Truncated anywhere: refused (the unpack would fail too), never read past the end.
+    n = s_pack(b, "job-0001", 8, "student0", 8);
+    for (size_t k = 1; k < n; k++) {
+        uint8_t *c = malloc(k);
+        memcpy(c, b, k);
+        (void)ser_wire_pb_strings_ok(c, k, s_env_strs, 2, 7, s_meta_strs, 1);
+        free(c);
+    }
+    const uint8_t group[2] = {0x0b, 0x0c};  // a group start: not in these messages
+    assert_int_equal(ser_wire_pb_strings_ok(group, 2, s_env_strs, 2, 7, s_meta_strs, 1), 0);
+    const uint8_t longlen[3] = {0x12, 0x7f, 'a'};  // job_id claims 127 bytes, 1 follows
+    assert_int_equal(ser_wire_pb_strings_ok(longlen, 3, s_env_strs, 2, 7, s_meta_strs, 1), 0);
+    // The loader's request: job_id is field 2.
+    Ser__LoaderShardRequest r;
+    ser__loader_shard_request__init(&r);
+    r.protocol_version = 1;
+    r.job_id = "JJJJ";
+    size_t rn = ser__loader_shard_request__pack(&r, b);
+    uint8_t *j = memmem(b, rn, "JJJJ", 4);
+    const uint32_t req_strs[1] = {2};
+    memcpy(j, "ab\0c", 4);
+    assert_int_equal(ser_wire_pb_strings_ok(b, rn, req_strs, 1, 0, NULL, 0), 0);
+    memcpy(j, "abcd", 4);
+    assert_int_equal(ser_wire_pb_strings_ok(b, rn, req_strs, 1, 0, NULL, 0), 1);
+}
+
+static void test_router_refuses_nul_job_id(void **state) {
+    (void)state;
+    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER), *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, "w0", 2);
+    assert_int_equal(zmq_bind(r, "inproc://wire"), 0);
+    assert_int_equal(zmq_connect(d, "inproc://wire"), 0);
+    uint8_t b[256];
+    size_t n = s_pack(b, "job\0-001", 8, "student0", 8);
+    assert_int_equal(zmq_send(d, b, n, 0), (int)n);
+    Ser__Envelope e;  // a good one, without tensors
+    ser__envelope__init(&e);
+    e.protocol_version = SER_PROTOCOL_VERSION;
+    e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
+    e.job_id = "job-0001";
+    n = ser__envelope__pack(&e, b);
+    assert_int_equal(zmq_send(d, b, n, 0), (int)n);
+    char err[SER_ERR_LEN];
+    ser_wire_msg m;
+    int rc = SER_ETIMEDOUT;
+    for (int t = 0; t < 1000 && rc == SER_ETIMEDOUT; t++) rc = ser_wire_recv(r, 1, "job", &m, err);
+    assert_int_equal(rc, SER_EFORMAT);  // not taken for job "job"
+    print_message("refused: %s\n", err);
+    for (rc = SER_ETIMEDOUT; rc == SER_ETIMEDOUT;) rc = ser_wire_recv(r, 1, "job-0001", &m, err);
+    if (rc) fail_msg("the good envelope: %s", err);
+    assert_string_equal(m.env->job_id, "job-0001");
+    assert_string_equal(m.identity, "w0");
+    ser_wire_msg_free(&m);
+    zmq_close(d), zmq_close(r), zmq_ctx_term(ctx);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_router_refuses_nul_job_id),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
