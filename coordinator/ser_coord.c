@@ -1054,6 +1054,17 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     return SER_OK;
 }
 
+// "1h02m", "14m05s", "42s".
+static void s_duration(char *buf, size_t n, double sec) {
+    long t = sec > 0 && sec < 1e9 ? (long)(sec + 0.5) : 0;
+    if (t >= 3600)
+        snprintf(buf, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else if (t >= 60)
+        snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+    else
+        snprintf(buf, n, "%lds", t);
+}
+
 // What follows step k of the run (c->step): the status, the kNN monitor when due, the step
 // logs, a checkpoint when due and the progress line.
 static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
@@ -1095,12 +1106,21 @@ static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
     if ((every > 0 && (c->step + 1) % every == 0) || k + 1 == c->nrun)
         if ((rc = s_checkpoint(c, c->ck, c->step + 1, err))) return rc;
     if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == c->nrun) {
-        char knn[48] = "";
-        if (c->knn_step >= 0) snprintf(knn, sizeof knn, " kNN %.1f%%", c->knn_top1);
-        ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f lr %.3g%s (%lld of %lld, "
-                "epoch %.2f; %d workers, %.2f s/step)", (long long)c->step, L[0], L[1], L[2], c->lr,
-                knn, (long long)c->step + 1, (long long)c->end, (double)(c->step + 1) / (double)c->ipe,
-                s_live_count(c), (ser_time_sec() - c->t0) / (double)(k + 1));
+        char knn[48] = "", eta[32];
+        if (c->knn_step >= 0) snprintf(knn, sizeof knn, " · kNN %.1f%%", c->knn_top1);
+        // ETA from a robust recent rate: the median of the last (up to 50) step times, the
+        // first step (set-up) left out when there are others.
+        int64_t lo = k + 1 > 50 ? k + 1 - 50 : (k > 0 ? 1 : 0);
+        double recent[50];  // ser_median sorts: a copy
+        memcpy(recent, c->step_s + lo, sizeof(double) * (size_t)(k + 1 - lo));
+        double med = ser_median(recent, (int)(k + 1 - lo));
+        s_duration(eta, sizeof eta, med * (double)(c->nrun - k - 1));
+        ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f · %lld/%lld (%.1f%%) · "
+                "epoch %.2f/%d · lr %.3g%s · %.0f img/s · %.2f s/step · %d workers · ETA %s",
+                (long long)c->step, L[0], L[1], L[2], (long long)c->step + 1, (long long)c->end,
+                100.0 * (double)(c->step + 1) / (double)c->end,
+                (double)(c->step + 1) / (double)c->ipe, o->cfg.optim.epochs, c->lr, knn,
+                (double)c->B / (med > 0 ? med : 1e-9), med, s_live_count(c), eta);
     }
     return SER_OK;
 }

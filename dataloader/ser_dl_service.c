@@ -396,7 +396,7 @@ int ser_dl_service_run(ser_dl_service *s, volatile sig_atomic_t *stop) {
             last_stats = now;
             ser_dl_service_stats st;
             ser_dl_service_get_stats(s, &st);
-            ser_log(SER_LL_INFO,
+            ser_log(SER_LL_DEBUG,  // counters: /status and --log-level debug
                     "dataloader: requests:%llu served:%llu cache_hits:%llu prefetched:%llu "
                     "dropped:%llu refused:%llu bad_files:%llu replacements:%llu",
                     (unsigned long long)st.requests, (unsigned long long)st.served,
