@@ -855,8 +855,11 @@ int ser_dl_decode_jpeg(void **tjp, const uint8_t *buf, size_t n, ser_dl_image *o
         snprintf(err, 256, "bad JPEG header: %s", tjGetErrorStr2(tj));
         goto done;
     }
-    if (w <= 0 || h <= 0 || (int64_t)w * h > ((int64_t)1 << 28)) {
-        snprintf(err, 256, "JPEG size %dx%d out of range", w, h);
+    // PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): what torchvision refuses is
+    // refused here too, and a 700-byte file cannot cost 800 MB and seconds per loader thread.
+    if (w <= 0 || h <= 0 || (int64_t)w * h > (int64_t)178956970) {
+        snprintf(err, 256, "JPEG size %dx%d out of range (at most 178956970 pixels, PIL's limit)",
+                 w, h);
         goto done;
     }
     int is_cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;

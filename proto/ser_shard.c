@@ -77,8 +77,11 @@ int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teac
         for (int v = 0; v < 2 && !bad; v++) {
             float q[5];  // frames carry no alignment guarantee: copy, do not dereference
             memcpy(q, gf + (e * 2 + v) * 5, sizeof q);
+            // Integral and in range before any conversion (rot180, hflip in {0, 1}, rot90 in
+            // 0..3, gh, gw <= 4096): a float out of a type's range converts undefined.
+            static const float hi[5] = {1, 1, 3, 4096, 4096};
             for (int k = 0; k < 5; k++)
-                bad |= !(q[k] >= 0 && q[k] <= 4096 && q[k] == (float)(int)q[k]);
+                bad |= !(q[k] >= 0 && q[k] <= hi[k] && q[k] == (float)(int)q[k]);
             if (bad) break;
             g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
                                        (int16_t)q[4]};

@@ -120,6 +120,31 @@ static void test_decoder_reset_after_header_error(void **state) {
     free(sof);
 }
 
+// A header announcing more than PIL's decompression-bomb limit (2 x MAX_IMAGE_PIXELS =
+// 178956970 pixels) is refused before any allocation, as torchvision refuses it.
+static void test_decompression_bomb(void **state) {
+    (void)state;
+    char path[400], err[256];
+    snprintf(path, sizeof path, "%s/bomb.jpg", s_tmp);
+    s_good_jpeg(path, 16, 16, 1);
+    size_t n;
+    uint8_t *b = ser_test_read_file(path, &n);
+    size_t sof = 0;
+    for (size_t i = 2; i + 9 < n && !sof; i++)
+        if (b[i] == 0xFF && b[i + 1] == 0xC0) sof = i;
+    assert_true(sof > 0);
+    b[sof + 5] = 16384 >> 8, b[sof + 6] = 0, b[sof + 7] = 16384 >> 8, b[sof + 8] = 0;
+    void *tj = NULL;
+    ser_dl_image im;
+    memset(&im, 0, sizeof im);
+    assert_int_equal(ser_dl_decode_jpeg(&tj, b, n, &im, err), SER_EFORMAT);
+    assert_non_null(strstr(err, "out of range"));
+    assert_null(im.px);
+    fprintf(stderr, "expected error: %s\n", err);
+    tjDestroy(tj);
+    free(b);
+}
+
 // Loads every index of d on one handle, in order (dir > 0) or in reverse; keeps the images.
 static void s_load_all(ser_dl_data *d, int dir, ser_dl_image *ims, uint32_t *src) {
     uint32_t n = ser_dl_data_count(d);
@@ -307,6 +332,7 @@ static void test_walk_depth_limit(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decoder_reset_after_header_error),
+        cmocka_unit_test(test_decompression_bomb),
         cmocka_unit_test(test_replacement_independent_of_order),
         cmocka_unit_test(test_walk_skips_fifos_devices_and_link_loops),
         cmocka_unit_test(test_files_swapped_after_indexing),
