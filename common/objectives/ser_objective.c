@@ -14,9 +14,17 @@ static const ser_objective_i *s_table[SER_OBJECTIVE_MAX] = {
     &ser_objective_dino,
     &ser_objective_barlow,
 };
-static int s_count = 3;
+static int s_count;  // the rows above, counted before main()
 
-const char *ser_objective_names[SER_OBJECTIVE_MAX + 1] = {"moco", "dino", "barlow", NULL};
+// The names, in table order, filled from s_table before main() (the config's method.name
+// list points here), so a new objective is its row above and nothing else in this file.
+const char *ser_objective_names[SER_OBJECTIVE_MAX + 1];
+
+__attribute__((constructor)) static void s_names(void) {
+    while (s_count < SER_OBJECTIVE_MAX && s_table[s_count]) s_count++;
+    for (int i = 0; i < s_count; i++) ser_objective_names[i] = s_table[i]->name;
+    ser_objective_names[s_count] = NULL;
+}
 
 const ser_objective_i *ser_objective_get(int i) {
     return i >= 0 && i < s_count ? s_table[i] : NULL;
