@@ -44,6 +44,7 @@ typedef struct s_worker {
     int data_banned;          // banned because its data loader refuses the job's shards
     int data_failures;        // TASK_FAILED answers (its loader refused a shard)
     int offences;             // contributions that did not match what was asked
+    char addr[64];            // its address as ZeroMQ saw it on its last HELLO ("" unknown)
 } s_worker;
 
 enum { SH_IDLE = 0, SH_FWD_SENT, SH_FWD_DONE, SH_BWD_SENT, SH_BWD_DONE };
@@ -111,6 +112,9 @@ typedef struct s_coord {
     float *grads0, *losses;
     double *step_s, t0;
     uint64_t b_sent0, b_recv0;
+    // The last checkpoint written or resumed from (the status port shows it).
+    char ckpt_path[1024];
+    int64_t ckpt_step, ckpt_time_ms;
 } s_coord;
 
 // Publishes the coordinator's state to the status port.
@@ -127,6 +131,10 @@ static void s_publish(s_coord *c) {
     snap.waiting_since_ms = c->waiting_since;
     snap.step = c->step;
     snap.phase = c->phase;
+    snprintf(snap.ckpt_path, sizeof snap.ckpt_path, "%.*s", (int)sizeof snap.ckpt_path - 1,
+             c->ckpt_path);
+    snap.ckpt_step = c->ckpt_path[0] ? c->ckpt_step : -1;
+    snap.ckpt_time_ms = c->ckpt_path[0] ? c->ckpt_time_ms : -1;
     snap.terms_step = c->last_step;
     if (c->last_step >= 0) {
         snap.n_terms = 3;
@@ -151,6 +159,7 @@ static void s_publish(s_coord *c) {
         memset(w, 0, sizeof *w);
         snprintf(w->id, sizeof w->id, "%.*s", (int)sizeof w->id - 1, c->w[i].id);
         w->last_heard_ms = c->w[i].last_heard_ms;
+        snprintf(w->address, sizeof w->address, "%s", c->w[i].addr);
         for (int sh = 0; sh < c->S; sh++)
             if (c->sh && c->sh[sh].worker == i && c->sh[sh].state != SH_BWD_DONE &&
                 w->n_shards < SER_STATUS_MAX_SHARDS)
@@ -456,6 +465,7 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
     w->alive = 1;
     w->last_heard_ms = s_now();
     w->teacher_version = INT64_MIN;  // none held
+    snprintf(w->addr, sizeof w->addr, "%s", m->peer);
     // The job's canonical configuration travels with the welcome.
     char *text = ser_config_text(&c->tr.cfg);
     SER_ASSERT(text);  // only out of memory fails
@@ -812,7 +822,11 @@ static int s_checkpoint(s_coord *c, ser_ckpt *ck, int64_t next, char *err) {
     char path[1024];
     int rc = ser_ckpt_save(ck, c->tr.cfg.run.out_dir, &pos, &c->tr.cfg, c->tr.cfg.run.keep_checkpoints,
                            path, sizeof path, err);
-    if (rc == SER_OK) ser_log(SER_LL_INFO, "checkpoint %s", path);
+    if (rc == SER_OK) {
+        ser_log(SER_LL_INFO, "checkpoint %s", path);
+        snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s", path);
+        c->ckpt_step = next, c->ckpt_time_ms = s_now();
+    }
     c->phase = prev;
     return rc;
 }
@@ -901,6 +915,8 @@ static int s_resume(s_coord *c, char *how, size_t hn, char *err) {
     if (rc) return rc;
     c->first = pos.step;
     ser_log(SER_LL_INFO, "resumed from %s at step %lld", from, (long long)c->first);
+    snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s", from);
+    c->ckpt_step = pos.step, c->ckpt_time_ms = s_now();
     if (pos.iters_per_epoch > 0 && pos.iters_per_epoch != c->ipe) {
         ser_log(SER_LL_WARNING, "the checkpoint was trained with %lld steps per epoch, not "
                 "%lld (%s): keeping %lld, so the schedules do not jump",

@@ -49,6 +49,7 @@ int ser_wire_send(void *sock, const char *identity, Ser__Envelope *env, const se
 
 typedef struct ser_wire_msg {
     char identity[SER_WIRE_MAX_IDENTITY];  // "" on a DEALER
+    char peer[64];                          // the sender's address ("10.0.0.7"; "" unknown)
     Ser__Envelope *env;
     int n;                                  // tensors
     void *frames;                           // zmq_msg_t[n]

@@ -668,6 +668,9 @@ static void test_status_port(void **state) {
     assert_true(s_log_has("status.json", "\"ws\""));
     assert_true(s_log_has("status.json", "\"step\""));
     assert_true(s_log_has("status.json", "\"loss_equiv\""));
+    // The checkpoint written after step 4 (run.checkpoint_every = 5) is named.
+    assert_true(s_log_has("status.json", "ckpt-0000000005.safetensors"));
+    assert_true(s_log_has("status.json", "\"address\":\"127.0.0.1\""));  // the worker's
     char *args2[] = {"ser", "status", url, NULL};
     assert_int_equal(s_wait(s_start("status.txt", args2)), 0);
     assert_true(s_log_has("status.txt", "ws"));
