@@ -88,6 +88,7 @@ typedef struct s_coord {
     char waiting[SER_STATUS_TEXT_LEN];
     int64_t waiting_since;
     double lr, wd, ips, start_unix, gnorm;
+    double step_med;  // median of the last (up to 50) step times: the ETA's rate (0: none yet)
     ser_runlog *log;  // metrics.jsonl + TensorBoard events in run.out_dir (NULL: none)
     double last[3];  // loss, loss_inv, loss_equiv of the last step
     int64_t last_step, steps_total, first_step;
@@ -148,7 +149,7 @@ static void s_publish(s_coord *c) {
     snap.lr = c->lr, snap.momentum = c->momentum, snap.weight_decay = c->wd;
     snap.images_per_second = c->ips;
     int64_t done = c->last_step - c->first_step + 1, left = c->steps_total - done;
-    snap.eta_s = done > 0 && c->ips > 0 ? (double)left * c->B / c->ips : -1;
+    snap.eta_s = done > 0 && c->step_med > 0 ? (double)left * c->step_med : -1;
     snap.steps_total = c->first_step + c->steps_total;
     snap.epoch = c->ipe ? (double)(c->last_step + 1) / (double)c->ipe : (double)NAN;
     snap.knn_top1 = c->knn_step >= 0 ? c->knn_top1 : (double)NAN;
@@ -1088,6 +1089,13 @@ static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
     memcpy(c->last, L, sizeof c->last);
     c->last_step = c->step, c->phase = SER_STATUS_PHASE_IDLE;
     c->ips = (double)c->B * (double)(k + 1) / (ser_time_sec() - c->t0);
+    {  // the ETA's rate, robust to outliers: the median of the last (up to 50) step times, the
+       // first step (set-up) left out when there are others
+        int64_t lo = k + 1 > 50 ? k + 1 - 50 : (k > 0 ? 1 : 0);
+        double recent[50];  // ser_median sorts: a copy
+        memcpy(recent, c->step_s + lo, sizeof(double) * (size_t)(k + 1 - lo));
+        c->step_med = ser_median(recent, (int)(k + 1 - lo));
+    }
     s_publish(c);
     for (int j = 0; j < 3; j++) c->losses[k * 3 + j] = (float)L[j];
     int measured = 0;
@@ -1124,12 +1132,7 @@ static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
     if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == c->nrun) {
         char knn[48] = "", eta[32];
         if (c->knn_step >= 0) snprintf(knn, sizeof knn, " · kNN %.1f%%", c->knn_top1);
-        // ETA from a robust recent rate: the median of the last (up to 50) step times, the
-        // first step (set-up) left out when there are others.
-        int64_t lo = k + 1 > 50 ? k + 1 - 50 : (k > 0 ? 1 : 0);
-        double recent[50];  // ser_median sorts: a copy
-        memcpy(recent, c->step_s + lo, sizeof(double) * (size_t)(k + 1 - lo));
-        double med = ser_median(recent, (int)(k + 1 - lo));
+        double med = c->step_med;
         s_duration(eta, sizeof eta, med * (double)(c->nrun - k - 1));
         ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f · %lld/%lld (%.1f%%) · "
                 "epoch %.2f/%d · lr %.3g%s · %.0f img/s · %.2f s/step · %d workers · ETA %s",

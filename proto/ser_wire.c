@@ -269,8 +269,6 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
         // printable ASCII is accepted (workers name themselves; ser_wire_identity_ok).
         const uint8_t *id = zmq_msg_data(&f);
         int ok = ser_wire_identity_ok((const char *)id, n);
-        const char *peer = zmq_msg_gets(&f, "Peer-Address");  // TCP only
-        if (peer) snprintf(m->peer, sizeof m->peer, "%s", peer);
         for (size_t i = 0; i < n; i++)  // a printable rendering for the log either way
             m->identity[i] = id[i] > 0x20 && id[i] < 0x7f ? (char)id[i] : '?';
         m->identity[n] = 0;
@@ -287,10 +285,8 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
     }
     int more = s_more(sock);
     s_received += zmq_msg_size(&f);
-    if (!m->peer[0]) {  // the metadata rides on the data frames (TCP only)
-        const char *peer = zmq_msg_gets(&f, "Peer-Address");
-        if (peer) snprintf(m->peer, sizeof m->peer, "%s", peer);
-    }
+    const char *peer = zmq_msg_gets(&f, "Peer-Address");  // on the data frames; TCP only
+    if (peer) snprintf(m->peer, sizeof m->peer, "%s", peer);
     // Envelope strings: job_id (2), text (8); TensorMeta (7) name (1).
     static const uint32_t env_strs[2] = {2, 8}, meta_strs[1] = {1};
     if (!ser_wire_pb_strings_ok(zmq_msg_data(&f), zmq_msg_size(&f), env_strs, 2, 7, meta_strs, 1)) {
