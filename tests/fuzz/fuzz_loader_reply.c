@@ -40,13 +40,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ser_fuzz_frame f[SER_FUZZ_MAX_FRAMES];
     int nf = ser_fuzz_split(data + 1, size - 1, f);
     s_parts p = {0};
-    p.cap = nf ? nf : 1;
-    p.m = ser_xcalloc((size_t)p.cap, sizeof(zmq_msg_t));
-    for (int i = 0; i < nf; i++) {
-        zmq_msg_init_size(&p.m[i], f[i].n);
-        if (f[i].n) memcpy(zmq_msg_data(&p.m[i]), f[i].p, f[i].n);
-        p.n++;
-    }
+    p.m = ser_fuzz_msgs(f, nf);
+    p.cap = nf ? nf : 1, p.n = nf;
     p.truncated = data[0] & 1;
     uint64_t step = 0;
     uint32_t shard = 0;

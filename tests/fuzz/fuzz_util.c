@@ -13,6 +13,15 @@
 
 #include "ser_base.h"
 
+zmq_msg_t *ser_fuzz_msgs(const ser_fuzz_frame *f, int n) {
+    zmq_msg_t *m = ser_xcalloc((size_t)(n ? n : 1), sizeof(zmq_msg_t));
+    for (int i = 0; i < n; i++) {
+        zmq_msg_init_size(&m[i], f[i].n);
+        if (f[i].n) memcpy(zmq_msg_data(&m[i]), f[i].p, f[i].n);
+    }
+    return m;
+}
+
 int ser_fuzz_split(const uint8_t *data, size_t size, ser_fuzz_frame f[SER_FUZZ_MAX_FRAMES]) {
     int n = 0;
     size_t off = 0;

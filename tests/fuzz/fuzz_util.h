@@ -14,6 +14,7 @@
 // defines:
 //   LLVMFuzzerTestOneInput(), LLVMFuzzerInitialize()    prototypes
 //   ser_fuzz_frame, ser_fuzz_split(), ser_fuzz_join()   the framing above
+//   ser_fuzz_msgs()                                     the frames as ZeroMQ messages
 //   ser_fuzz_quiet()            ser's log off unless SER_FUZZ_VERBOSE is set
 //   ser_fuzz_tmpdir()           a per-process temporary folder, removed at exit
 //   ser_fuzz_write_file()       the whole of a buffer into a file (truncating it)
@@ -23,6 +24,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <zmq.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -36,6 +38,9 @@ typedef struct ser_fuzz_frame {
 
 // Cuts data into frames (see above); returns the number of frames (0 for an empty input).
 int ser_fuzz_split(const uint8_t *data, size_t size, ser_fuzz_frame f[SER_FUZZ_MAX_FRAMES]);
+// The n frames as ZeroMQ messages (copies), in an array of max(n, 1) the caller frees after
+// zmq_msg_close on each (the loader's s_parts takes it as it is).
+zmq_msg_t *ser_fuzz_msgs(const ser_fuzz_frame *f, int n);
 // The inverse, for corpus generators: writes the framing of n frames into out (cap bytes).
 // Returns the bytes needed (nothing written past cap).
 size_t ser_fuzz_join(const ser_fuzz_frame *f, int n, uint8_t *out, size_t cap);
