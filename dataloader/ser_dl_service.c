@@ -414,14 +414,7 @@ struct ser_dl_client {
     void *ctx, *sock;
     char job_id[64];
     uint64_t hash;
-    void (*tick)(void *);
-    void *tick_ctx;
-    int tick_ms;
 };
-
-void ser_dl_client_set_tick(ser_dl_client *c, void (*tick)(void *), void *ctx, int every_ms) {
-    c->tick = tick, c->tick_ctx = ctx, c->tick_ms = every_ms > 0 ? every_ms : 1;
-}
 
 ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint64_t config_hash,
                                  char err[256]) {
@@ -608,10 +601,6 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
     for (;;) {
         int64_t left = deadline - ser_clock_now_ms();
         if (left < 0) left = 0;
-        if (c->tick) {
-            c->tick(c->tick_ctx);
-            if (left > c->tick_ms) left = c->tick_ms;
-        }
         zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&it, 1, (long)left);
         if (rc < 0 && zmq_errno() != EINTR) {

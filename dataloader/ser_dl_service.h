@@ -62,8 +62,5 @@ ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint
 int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int timeout_ms,
                         ser_dl_shard *out, char err[256]);
 void ser_dl_client_destroy(ser_dl_client **cp);
-// While ser_dl_client_fetch() waits, tick(ctx) runs at least every every_ms (a worker's
-// heartbeat to its coordinator: waiting on a slow loader is not being dead).
-void ser_dl_client_set_tick(ser_dl_client *c, void (*tick)(void *), void *ctx, int every_ms);
 
 #endif

@@ -8,6 +8,7 @@
 // out every cluster.heartbeat_ms; a coordinator silent for cluster.timeout_ms is reconnected
 // to (a restarted coordinator), and every invalid message is logged and dropped.
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,21 +63,55 @@ typedef struct s_worker {
     size_t off, span;
     int64_t params_version, teacher_version;
     int64_t last_heard, last_sent;
+    // The socket is shared with the heartbeat thread under mu: that thread sends only while
+    // busy (the main thread is handling a message and sends only through s_send); the main
+    // thread receives, polls and reconnects only while not busy.
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t heart;
+    int busy, quit;
 } s_worker;
 
 static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type);
 
-// Heartbeat while computing (called between ViT blocks): the coordinator must not mistake a
-// long shard for a dead worker. Same thread as the socket's other users, so no locking.
-static void s_tick(void *ctx) {
-    s_worker *w = ctx;
-    int64_t now = ser_clock_now_ms();
-    if (!w->have_model || now - w->last_sent < w->cfg.cluster.heartbeat_ms) return;
-    Ser__Envelope e;
-    s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
-    e.text = (char *)"busy";
-    ser_wire_send(w->sock, NULL, &e, NULL, 0);
-    w->last_sent = now;
+// Sends one message on the coordinator socket (any thread).
+static int s_send(s_worker *w, Ser__Envelope *e, const ser_wire_tensor *t, int nt) {
+    pthread_mutex_lock(&w->mu);
+    int rc = ser_wire_send(w->sock, NULL, e, t, nt);
+    w->last_sent = ser_clock_now_ms();
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+// Marks the main thread as handling a message (1) or back at the socket (0).
+static void s_set_busy(s_worker *w, int busy) {
+    pthread_mutex_lock(&w->mu);
+    w->busy = busy;
+    pthread_mutex_unlock(&w->mu);
+}
+
+// The heartbeat thread: while the main thread is busy, a "busy" heartbeat every
+// cluster.heartbeat_ms (the coordinator must not mistake a long shard for a dead worker).
+static void *s_heart(void *arg) {
+    s_worker *w = arg;
+    pthread_mutex_lock(&w->mu);
+    while (!w->quit) {
+        int64_t hb = w->have_model ? w->cfg.cluster.heartbeat_ms : 1000;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = ts.tv_nsec + (hb / 4 + 1) * 1000000;
+        ts.tv_sec += ns / 1000000000, ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        int64_t now = ser_clock_now_ms();
+        if (w->quit || !w->busy || !w->have_model || now - w->last_sent < hb) continue;
+        Ser__Envelope e;
+        s_env(w, &e, SER__MSG_TYPE__MSG_HEARTBEAT);
+        e.text = (char *)"busy";
+        ser_wire_send(w->sock, NULL, &e, NULL, 0);
+        w->last_sent = now;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
 }
 
 static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type) {
@@ -159,12 +194,9 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
             return SER_EIO;
         }
     }
+    pthread_mutex_lock(&w->mu);
     w->have_model = 1;
-    if (w->dl) ser_dl_client_set_tick(w->dl, s_tick, w, cfg.cluster.heartbeat_ms);  // heartbeat while fetching
-    for (int k = 0; k < 2; k++) {
-        ser_vit *vit = k ? (w->v.has_teacher ? &w->v.teacher : NULL) : &w->v.student;
-        if (vit) vit->tick = s_tick, vit->tick_ctx = w;
-    }
+    pthread_mutex_unlock(&w->mu);
     w->span = w->v.span, w->off = w->v.off;
     w->S = cfg.data.shards;
     w->sh = ser_xcalloc((size_t)w->S, sizeof *w->sh);
@@ -267,7 +299,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
             s_env(w, &f, SER__MSG_TYPE__MSG_TASK_FAILED);
             f.step = e->step, f.shard = e->shard, f.attempt = e->attempt;
             f.text = why;
-            ser_wire_send(w->sock, NULL, &f, NULL, 0);
+            s_send(w, &f, NULL, 0);
             return;
         }
     }
@@ -285,9 +317,8 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
     out.step = (uint64_t)step, out.shard = (uint32_t)s, out.attempt = e->attempt;
-    ser_wire_send(w->sock, NULL, &out, all, nt);
+    s_send(w, &out, all, nt);
     free(gf);
-    w->last_sent = ser_clock_now_ms();
 }
 
 static void s_backward(s_worker *w, const ser_wire_msg *m) {
@@ -317,8 +348,7 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_BACKWARD_DONE);
     out.step = e->step, out.shard = e->shard, out.attempt = e->attempt;
-    ser_wire_send(w->sock, NULL, &out, &t, 1);
-    w->last_sent = ser_clock_now_ms();
+    s_send(w, &out, &t, 1);
     ser_gathered_free(&sh->g);
     sh->have = 0;
 }
@@ -363,6 +393,7 @@ static int s_run(s_worker *w) {
                 continue;
             }
             int done = 0, fail = 0;
+            s_set_busy(w, 1);
             switch (m.env->type) {
             case SER__MSG_TYPE__MSG_WELCOME: fail = s_welcome(w, m.env) != SER_OK; break;
             case SER__MSG_TYPE__MSG_REFUSE:
@@ -387,6 +418,7 @@ static int s_run(s_worker *w) {
                     ser_log(SER_LL_WARNING, "worker %s: unexpected message type %d dropped", w->name, m.env->type);
                 }
             }
+            s_set_busy(w, 0);
             ser_wire_msg_free(&m);
             if (fail) return 1;
             if (done) {
@@ -405,8 +437,7 @@ static int s_run(s_worker *w) {
             size_t esz = sizeof events;
             zmq_getsockopt(w->sock, ZMQ_EVENTS, &events, &esz);
             e.text = (char *)((events & ZMQ_POLLIN) ? "busy" : "idle");
-            ser_wire_send(w->sock, NULL, &e, NULL, 0);
-            w->last_sent = now;
+            s_send(w, &e, NULL, 0);
         }
         if (now - w->last_heard > timeout) {
             ser_log(SER_LL_WARNING, "worker %s: coordinator silent for %lld ms; reconnecting to %s",
@@ -472,7 +503,17 @@ int ser_cmd_worker(int argc, char **argv) {
         return 2;
     }
     w.ctx = zmq_ctx_new();
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    pthread_create(&w.heart, NULL, s_heart, &w);
     int status = s_connect(&w) ? 1 : s_run(&w);
+    pthread_mutex_lock(&w.mu);
+    w.quit = 1;
+    pthread_cond_signal(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    pthread_join(w.heart, NULL);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
     if (w.sock) zmq_close(w.sock);
     zmq_ctx_term(w.ctx);
     for (int s = 0; w.sh && s < w.S; s++) {

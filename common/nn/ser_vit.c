@@ -477,7 +477,6 @@ int ser_vit_forward(ser_vit *v, ser_vit_acts *a, const float *img, int B, int H,
         else
             xout = a->xin[l + 1];
         s_block_forward(v, a, l, T, xout, dp);
-        if (v->tick) v->tick(v->tick_ctx);
         if (!v->baseline && l == k - 1) {
             // SER map: norm_equiv of the patch tokens; then insert CLS (no position embedding).
             ser_layernorm_forward(a->map, a->mapm, a->mapr, a->xk, v->params + v->off_neq_w,
@@ -562,7 +561,6 @@ void ser_vit_backward(ser_vit *v, ser_vit_acts *a, const float *d_cls, const flo
     for (int l = L - 1; l >= 0; l--) {
         int T = s_tokens(v, l, NP);
         s_block_backward(v, a, l, T, dX, dp);
-        if (v->tick) v->tick(v->tick_ctx);
         if (!v->baseline && l == k) {
             // Undo the CLS insertion: its gradient goes to cls_token, the rest back to (B,NP,C).
             float *gc = g + v->off_cls;

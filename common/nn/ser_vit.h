@@ -65,11 +65,6 @@ typedef struct ser_vit {
     float *params, *grads;  // arena bases (offsets are into these); grads may be NULL
     size_t off_cls, off_pos, off_pw, off_pb, off_norm_w, off_norm_b, off_neq_w, off_neq_b;
     ser_vit_block_off *blk;
-    // Called after every block of a forward or backward (NULL: none). A process that must stay
-    // responsive while it computes (a worker's heartbeats) hooks in here; it must not touch
-    // the model.
-    void (*tick)(void *ctx);
-    void *tick_ctx;
 } ser_vit;
 
 enum ser_vit_init_scheme {
