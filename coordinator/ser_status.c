@@ -36,7 +36,7 @@
 
 // Responses queued on one connection before reading stops; more pipelined requests than this
 // in one read mean an abusive client, which is answered up to here and closed.
-#define S_MAX_PIPELINE 16
+#define S_MAX_PIPELINE SER_STATUS_MAX_PIPELINE
 // Likewise once more than this many bytes of responses wait in libuv (the kernel's socket
 // buffer is full): bounds the memory a client that does not read can pin.
 #define S_MAX_QUEUED (1u << 20)
@@ -247,6 +247,9 @@ struct s_conn {
     int reading, eof, stop_parsing, close_after_write, lingering;
     int keep_alive;  // of the request being handled
     int is_head;
+    // Not NULL: an in-process connection (ser_status_serve_bytes): responses are appended
+    // here instead of written to tcp, which is unused.
+    struct s_buf *sink;
     char url[SER_STATUS_MAX_REQUEST + 1];
 };
 
@@ -290,11 +293,6 @@ static void s_buf_puts(s_buf *b, const char *s) {
 
 // --- rendering helpers -------------------------------------------------------------------------
 
-static double s_now_unix(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 // Age in ms of a ser_clock_now_ms() timestamp, or -1 for "never" (t < 0).
 static int64_t s_age_ms(int64_t t, int64_t now) {
@@ -854,6 +852,15 @@ static void s_respond(s_conn *c, int code, const char *ctype, const char *body, 
                  extra_headers ? extra_headers : "", c->close_after_write ? "close" : "keep-alive");
     SER_ASSERT(hl > 0 && (size_t)hl < sizeof head);
     size_t send_body = c->is_head ? 0 : blen;
+    if (c->sink) {
+        s_buf_reserve(c->sink, (size_t)hl + send_body);
+        memcpy(c->sink->p + c->sink->len, head, (size_t)hl);
+        if (send_body) memcpy(c->sink->p + c->sink->len + hl, body, send_body);
+        c->sink->len += (size_t)hl + send_body;
+        c->sink->p[c->sink->len] = '\0';
+        c->pending++;  // written when this read is done (ser_status_serve_bytes)
+        return;
+    }
     s_write *w = ser_xmalloc(sizeof *w + (size_t)hl + send_body);
     memcpy(w->data, head, (size_t)hl);
     if (send_body) memcpy(w->data + hl, body, send_body);
@@ -932,7 +939,7 @@ static void s_serve_status(s_conn *c, const char *q, size_t qlen) {
         }
     }
     s_take_view(s);
-    s_render_ctx r = {s, &s->view.snap, ser_clock_now_ms(), s_now_unix()};
+    s_render_ctx r = {s, &s->view.snap, ser_clock_now_ms(), ser_clock_unix()};
     if (info) {
         size_t len;
         char *text = s_render_status_info(&r, only, &len);
@@ -996,7 +1003,7 @@ static void s_handle_request(s_conn *c) {
         s_serve_status(c, q, qlen);
     } else if (s_eq(path, plen, "/metrics")) {
         s_take_view(s);
-        s_render_ctx r = {s, &s->view.snap, ser_clock_now_ms(), s_now_unix()};
+        s_render_ctx r = {s, &s->view.snap, ser_clock_now_ms(), ser_clock_unix()};
         size_t len;
         char *text = s_render_metrics(&r, &len);
         s_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, 0);
@@ -1045,7 +1052,7 @@ static void s_feed(s_conn *c, const char *data, size_t len) {
     size_t off = 0;
     while (off < len && !c->stop_parsing) {
         if (c->pending >= S_MAX_PIPELINE ||
-            (c->pending > 0 &&
+            (c->pending > 0 && !c->sink &&
              uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > S_MAX_QUEUED)) {
             c->close_after_write = 1;  // too many pipelined requests: answer those, then close
             c->stop_parsing = 1;
@@ -1098,6 +1105,30 @@ static void s_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     }
     if (c->lingering || c->stop_parsing) return;  // discarding until EOF
     s_feed(c, buf->base, (size_t)nread);
+}
+
+// The request path without a socket: one connection's bytes fed in reads of `chunk` bytes
+// (0: all at once), as s_on_read would after an accept, with its EOF at the end.
+char *ser_status_serve_bytes(ser_status *s, const char *data, size_t len, size_t chunk,
+                             size_t *out_len, int *closed) {
+    s_buf out = {0};
+    s_conn *c = ser_xcalloc(1, sizeof *c);
+    c->s = s, c->sink = &out;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    c->keep_alive = 1;
+    for (size_t off = 0; off < len && !c->stop_parsing;) {
+        size_t n = chunk && chunk < len - off ? chunk : len - off;
+        if (n > sizeof s->rbuf) n = sizeof s->rbuf;  // one read is at most the read buffer
+        s_feed(c, data + off, n);
+        off += n;
+        c->pending = 0;  // the responses of this read are written before the next read
+    }
+    *closed = c->stop_parsing || c->close_after_write;
+    free(c);
+    s_buf_reserve(&out, 0);
+    *out_len = out.len;
+    return out.p;
 }
 
 // --- the loop: accept, sweep, $TERM ------------------------------------------------------------

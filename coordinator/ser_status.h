@@ -47,6 +47,7 @@
 #define SER_STATUS_MAX_TERMS 16      // loss terms per snapshot (loss, loss_inv, loss_equiv, ...)
 #define SER_STATUS_MAX_SHARDS 64     // shard indices listed per worker (more are counted only)
 #define SER_STATUS_MAX_REQUEST 8192  // bytes of one request (request line + headers + body)
+#define SER_STATUS_MAX_PIPELINE 16   // responses queued on one connection before it is closed
 
 // --- values ------------------------------------------------------------------------------------
 
@@ -168,6 +169,14 @@ int ser_status_port(const ser_status *s);
 // (terms_step, lr, terms) to the history, with a column knn_top1 when knn_step equals
 // terms_step; a smaller terms_step (a rollback) first drops the points at or after it. Thread-safe; never blocks on a client. s == NULL (port off): no-op.
 void ser_status_update(ser_status *s, const ser_status_snapshot *snap);
+// The request path of one connection without a socket, for tests and fuzzing: feeds `len`
+// bytes in reads of `chunk` bytes (0: one read) through the parser, the request limits,
+// pipelining, keep-alive, the router and the renderers, exactly as a connection would, and
+// returns every response it would have written (malloc'ed, NUL-terminated, *out_len bytes);
+// *closed says whether the server would then close the connection. The data it renders is
+// the server thread's: call it only on a server that no client is connected to.
+char *ser_status_serve_bytes(ser_status *s, const char *data, size_t len, size_t chunk,
+                             size_t *out_len, int *closed);
 // Sends $TERM, closes the listener and every connection, joins. NULL-safe; sets *sp = NULL.
 void ser_status_destroy(ser_status **sp);
 

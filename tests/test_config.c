@@ -229,8 +229,14 @@ static void test_overrides(void **state) {
     assert_non_null(strstr(err, "longer than 160 characters"));
     assert_int_equal(ser_config_set(&c, "data.path", "a ; b", err), SER_ECONFIG);
     assert_non_null(strstr(err, "inline comment"));
+    // Found by fuzz_config: "key = ; x" reads back as an empty value.
+    assert_int_equal(ser_config_set(&c, "data.path", "; mp/x y", err), SER_ECONFIG);
+    assert_non_null(strstr(err, "inline comment"));
     assert_int_equal(ser_config_set(&c, "run.name", "x\ny", err), SER_ECONFIG);
     assert_true(ser_config_equal(&c, &before));
+    ser_config semi = c;
+    assert_int_equal(ser_config_set(&semi, "data.path", "a;b", err), SER_OK);  // no blank: kept
+    assert_string_equal(semi.data.path, "a;b");
 
     // The daemon path: defaults, file, overrides in order, validation; all or nothing.
     char path[] = "/tmp/ser-config-XXXXXX";

@@ -1033,6 +1033,66 @@ static void test_abuse(void **state) {
     ser_status_destroy(&s);
 }
 
+// Everything a connection gets back for `len` bytes sent and a half-close, up to EOF.
+static char *s_exchange(int port, const char *req, size_t len, size_t *out_len) {
+    int fd = s_connect(port);
+    s_send(fd, req, len);
+    shutdown(fd, SHUT_WR);
+    size_t cap = 1 << 16, n = 0;
+    char *out = malloc(cap);
+    for (;;) {
+        if (n == cap) out = realloc(out, cap *= 2);
+        ssize_t r = recv(fd, out + n, cap - n, 0);
+        if (r < 0 && errno == EINTR) continue;
+        assert_true(r >= 0);  // a timeout is a failure
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    close(fd);
+    *out_len = n;
+    return out;
+}
+
+// The in-process request path (ser_status_serve_bytes, what fuzz_status_http drives) answers
+// byte for byte what a TCP connection gets, whatever the read sizes: pipelined requests,
+// every error route, an oversized request, a request cut short.
+static void test_serve_bytes_equals_socket(void **state) {
+    (void)state;
+    int port = ser_status_port(s_srv);
+    static const char *const reqs[] = {
+        "GET /history HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        "HEAD /history?since=2 HTTP/1.1\r\n\r\nGET /history?since=x HTTP/1.1\r\n\r\n"
+        "POST /status HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        "GET /status?section=bogus HTTP/1.1\r\n\r\nGET /status?format=xml HTTP/1.0\r\n\r\n",
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET /history HTTP/1.1\r\n\r\n",
+        "GARBAGE\r\n\r\n",
+        "GET /history HTTP/1.1\r\nHost: x",  // cut short: no response
+    };
+    for (size_t i = 0; i < sizeof reqs / sizeof *reqs; i++) {
+        size_t len = strlen(reqs[i]), n_sock, n_mem;
+        char *sock = s_exchange(port, reqs[i], len, &n_sock);
+        for (size_t chunk = 0; chunk <= 7; chunk += 7) {
+            int closed;
+            char *mem = ser_status_serve_bytes(s_srv, reqs[i], len, chunk, &n_mem, &closed);
+            if (n_mem != n_sock || memcmp(mem, sock, n_sock) != 0)
+                fail_msg("request %zu, reads of %zu: %zu bytes in process, %zu over TCP", i,
+                         chunk, n_mem, n_sock);
+            free(mem);
+        }
+        free(sock);
+    }
+    // Over the request limit: 431 and the connection closes.
+    size_t big = SER_STATUS_MAX_REQUEST + 100, n;
+    char *req = malloc(big);
+    memset(req, 'a', big);
+    memcpy(req, "GET /", 5);
+    int closed = 0;
+    char *mem = ser_status_serve_bytes(s_srv, req, big, 0, &n, &closed);
+    assert_true(strncmp(mem, "HTTP/1.1 431 ", 13) == 0);
+    assert_true(closed);
+    free(mem), free(req);
+}
+
 static void test_keepalive_pipelining(void **state) {
     (void)state;
     int port = ser_status_port(s_srv);
@@ -1505,6 +1565,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_sections, s_start, s_stop),
         cmocka_unit_test_setup_teardown(test_metrics, s_start, s_stop),
         cmocka_unit_test_setup_teardown(test_page, s_start, s_stop),
+        cmocka_unit_test_setup_teardown(test_serve_bytes_equals_socket, s_start, s_stop),
         cmocka_unit_test(test_history),
         cmocka_unit_test_setup_teardown(test_errors, s_start, s_stop),
         cmocka_unit_test(test_abuse),

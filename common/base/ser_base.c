@@ -153,6 +153,16 @@ static int64_t s_clock_default(void) {
 int64_t ser_clock_now_ms(void) { return s_clock_fn ? s_clock_fn() : s_clock_default(); }
 void ser_clock_set(int64_t (*fn)(void)) { s_clock_fn = fn; }
 
+static double (*s_unix_fn)(void);
+
+double ser_clock_unix(void) {
+    if (s_unix_fn) return s_unix_fn();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+void ser_clock_unix_set(double (*fn)(void)) { s_unix_fn = fn; }
+
 static int s_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);

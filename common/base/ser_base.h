@@ -94,6 +94,9 @@ char *ser_xstrdup(const char *s);
 // Monotonic milliseconds. Tests may replace the source with ser_clock_set(fn) (NULL restores).
 int64_t ser_clock_now_ms(void);
 void ser_clock_set(int64_t (*fn)(void));
+// Wall-clock seconds since the epoch; replaceable the same way (ser_clock_unix_set).
+double ser_clock_unix(void);
+void ser_clock_unix_set(double (*fn)(void));
 // Monotonic seconds as a double, for benchmarks.
 double ser_time_sec(void);
 // The median of x[0..n) (n >= 1; the mean of the middle two for even n). Sorts x in place.

@@ -479,8 +479,9 @@ static int s_parse_value(ser_config *c, const ser_config_option *o, const char *
                 snprintf(why, nwhy, "contains a control character");
                 return SER_ECONFIG;
             }
-            if (ch == ';' && i > 0 && isspace((unsigned char)v[i - 1])) {
-                snprintf(why, nwhy, "contains ' ;' (an inline comment in INI)");
+            // In a dump the value follows "key = ", so a ';' first is after a blank too.
+            if (ch == ';' && (i == 0 || isspace((unsigned char)v[i - 1]))) {
+                snprintf(why, nwhy, "contains ' ;' or starts with ';' (an inline comment in INI)");
                 return SER_ECONFIG;
             }
         }

@@ -471,8 +471,15 @@ static void s_http(void) {
         {"absolute", "GET http://127.0.0.1:8080/metrics?x=1#frag HTTP/1.1\r\n\r\n"},
         {"garbage", "\x16\x03\x01\x02\xfe\x01\xff\x01\xfc\x03\x03"},  // a TLS hello, sort of
     };
-    for (size_t i = 0; i < sizeof req / sizeof *req; i++)
-        s_write("status_http", req[i][0], req[i][1], strlen(req[i][1]));
+    // The option byte in front is the read size (0: one read): a spread of them.
+    for (size_t i = 0; i < sizeof req / sizeof *req; i++) {
+        size_t n = strlen(req[i][1]);
+        char *buf = malloc(n + 1);
+        buf[0] = (char)(i % 3 == 0 ? 0 : 1 + (i * 5) % 19);
+        memcpy(buf + 1, req[i][1], n);
+        s_write("status_http", req[i][0], buf, n + 1);
+        free(buf);
+    }
 }
 
 int main(int argc, char **argv) {

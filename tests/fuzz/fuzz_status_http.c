@@ -3,39 +3,36 @@
 // pipelining and keep-alive, the router (/, /status with its section and format queries,
 // /metrics, /history?since=), and the renderers of the snapshot.
 //
-// The server's request handling (s_feed and s_handle_request in ser_status.c) is static and
-// is only reached through a libuv TCP connection: there is no entry point that takes raw
-// bytes, and the responses are written with uv_write on the connection's handle, so the code
-// cannot be called in-process without a socket. This harness therefore runs the real server
-// (ser_status_new on 127.0.0.1, an ephemeral port, fed a snapshot with workers, a loader,
-// loss terms and a history) and, for each input, opens a connection, sends the input, half-
-// closes, and reads until the server closes. It is slower than the in-process harnesses
-// (a TCP connection per input); docs/fuzzing.md says what a faster one would need.
+// In process: ser_status_serve_bytes() runs one connection's request path on the bytes, as
+// the server's read callback would, and returns what it would write (tests/test_status.c
+// checks that this equals what a TCP connection gets). The servers are real ones (started on
+// 127.0.0.1 and fed a snapshot with workers, a loader, loss terms and a history, with frozen
+// clocks); no client connects to them.
 //
-// The input is the raw request bytes (any number of pipelined requests). Checked here beyond
-// "no crash" (the server runs in this process, under the same sanitizers):
-//   - the server ends every connection: it closes within 5 s of the client's half-close;
-//   - whatever it answers starts with an HTTP/1.1 status line.
-#include <errno.h>
+// Input: one option byte (the read size: 0 = one read, else 1..255 bytes per read), then the
+// raw request bytes (any number of pipelined requests). Checked beyond "no crash":
+//   - the answer is a sequence of well-formed HTTP/1.1 responses (http-parser reads all of
+//     it, each starts with an HTTP/1.1 status line and has the Content-Length it says);
+//   - the answer does not depend on how the bytes were cut into reads: one read and reads of
+//     the option's size give the same bytes and the same close decision (for inputs under the
+//     pipelining limit, SER_STATUS_MAX_PIPELINE requests).
+#include <http_parser.h>
 #include <math.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "fuzz_util.h"
 #include "ser_base.h"
 #include "ser_status.h"
 
-static ser_status *s_srv;
-static int s_port;
+// Two servers fed the same snapshots and the same inputs, one in one read, the other in reads
+// of the option's size: their request counters stay equal, so their answers must be too.
+static ser_status *s_srv, *s_srv_cut;
 
 static void s_cleanup(void) {
     ser_status_destroy(&s_srv);
+    ser_status_destroy(&s_srv_cut);
 }
 
 static void s_feed_snapshot(void) {
@@ -44,7 +41,7 @@ static void s_feed_snapshot(void) {
     snprintf(w[0].id, sizeof w[0].id, "w0");
     snprintf(w[0].address, sizeof w[0].address, "tcp://10.0.0.2:40000");
     w[0].state = SER_STATUS_WORKER_BUSY;
-    w[0].last_heard_ms = ser_clock_now_ms();
+    w[0].last_heard_ms = ser_clock_now_ms() - 250;
     w[0].n_shards = 2;
     w[0].shards[0] = 0, w[0].shards[1] = 3;
     snprintf(w[1].id, sizeof w[1].id, "w\"1\\<x>");  // names that need escaping
@@ -81,83 +78,99 @@ static void s_feed_snapshot(void) {
         s.n_workers = 2, s.workers = w;
         s.n_loaders = 1, s.loaders = l;
         ser_status_update(s_srv, &s);
+        ser_status_update(s_srv_cut, &s);
     }
 }
+
+// Frozen clocks: the same request renders the same bytes every time.
+static int64_t s_mono_ms(void) { return 1000000; }
+static double s_unix_s(void) { return 1.7e9 + 60; }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
     ser_fuzz_quiet();
-    ser_status_opts o;
-    ser_status_opts_defaults(&o);
-    o.timeout_ms = 2000;
+    ser_clock_set(s_mono_ms);
+    ser_clock_unix_set(s_unix_s);
     char err[SER_ERR_LEN];
-    s_srv = ser_status_new("127.0.0.1", 0, &o, err);
-    if (!s_srv) {
+    s_srv = ser_status_new("127.0.0.1", 0, NULL, err);
+    if (s_srv) s_srv_cut = ser_status_new("127.0.0.1", 0, NULL, err);
+    if (!s_srv || !s_srv_cut) {
         fprintf(stderr, "fuzz_status_http: %s\n", err);
         abort();
     }
-    s_port = ser_status_port(s_srv);
     s_feed_snapshot();
     atexit(s_cleanup);
     return 0;
 }
 
-static void s_fail(const char *what) {
-    fprintf(stderr, "fuzz_status_http: %s (errno: %s)\n", what, strerror(errno));
+static void s_fail(const char *what, const uint8_t *data, size_t size) {
+    fprintf(stderr, "fuzz_status_http: %s (input of %zu bytes)\n", what, size);
+    (void)data;
     abort();
+}
+
+// Which of the input's requests were HEAD (their responses have no body), in order.
+typedef struct s_heads {
+    unsigned char head[256];
+    int n_req, n_resp;
+} s_heads;
+
+static int s_req_complete(http_parser *p) {
+    s_heads *h = p->data;
+    if (h->n_req < (int)sizeof h->head) h->head[h->n_req] = p->method == HTTP_HEAD;
+    h->n_req++;
+    return 0;
+}
+
+static int s_resp_headers(http_parser *p) {
+    const s_heads *h = p->data;
+    return h->n_resp < h->n_req && h->n_resp < (int)sizeof h->head && h->head[h->n_resp];  // 1: no body
+}
+
+static int s_resp_complete(http_parser *p) {
+    ((s_heads *)p->data)->n_resp++;
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!s_srv) LLVMFuzzerInitialize(NULL, NULL);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) s_fail("socket");
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)s_port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        // libFuzzer's -timeout alarm interrupts system calls: an interrupted connect goes on
-        // in the background, so wait for it and read its outcome.
-        if (errno != EINTR) s_fail("connect");
-        struct pollfd p = {fd, POLLOUT, 0};
-        int pr, soerr = 0;
-        socklen_t len = sizeof soerr;
-        do pr = poll(&p, 1, 5000);
-        while (pr < 0 && errno == EINTR);
-        if (pr <= 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
-            errno = soerr;
-            s_fail("connect (after EINTR)");
-        }
+    if (size < 1) return 0;
+    size_t chunk = data[0];
+    const char *req = (const char *)data + 1;
+    size_t len = size - 1, n_one, n_cut;
+    int closed_one, closed_cut;
+    // The requests of the input, and which were HEAD (their responses have no body).
+    s_heads h = {{0}, 0, 0};
+    http_parser p;
+    http_parser_settings st;
+    http_parser_settings_init(&st);
+    st.on_message_complete = s_req_complete;
+    http_parser_init(&p, HTTP_REQUEST);
+    p.data = &h;
+    http_parser_execute(&p, &st, req, len);
+    char *one = ser_status_serve_bytes(s_srv, req, len, 0, &n_one, &closed_one);
+    // Past the pipelining limit (responses queued at once) the server closes early, and how
+    // many are queued at once depends on the reads by design: compared below the limit only
+    // (above it, both servers get one read, so that their request counters stay equal).
+    int compare = h.n_req < SER_STATUS_MAX_PIPELINE;
+    char *cut = ser_status_serve_bytes(s_srv_cut, req, len, compare ? chunk : 0, &n_cut, &closed_cut);
+    if (compare && (n_one != n_cut || memcmp(one, cut, n_one) != 0 || closed_one != closed_cut))
+        s_fail("the answer depends on how the request bytes were cut into reads", data, size);
+    for (int k = 0; k < 2; k++) {
+        const char *a = k ? cut : one;
+        size_t n = k ? n_cut : n_one;
+        if (n == 0) continue;
+        // Well-formed responses, back to back: http-parser reads every byte.
+        h.n_resp = 0;
+        st.on_message_complete = s_resp_complete;
+        st.on_headers_complete = s_resp_headers;
+        http_parser_init(&p, HTTP_RESPONSE);
+        p.data = &h;
+        size_t used = http_parser_execute(&p, &st, a, n);
+        if (HTTP_PARSER_ERRNO(&p) != HPE_OK || used != n || h.n_resp < 1)
+            s_fail("the answer is not a sequence of HTTP responses", data, size);
+        if (memcmp(a, "HTTP/1.1 ", 9) != 0) s_fail("no HTTP/1.1 status line", data, size);
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    // Send what the server takes; it may close early (400, 431), which ends the sending.
-    size_t off = 0;
-    while (off < size) {
-        ssize_t w = send(fd, data + off, size - off, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    shutdown(fd, SHUT_WR);
-    char head[9];
-    size_t got = 0;
-    for (;;) {
-        struct pollfd p = {fd, POLLIN, 0};
-        int pr = poll(&p, 1, 5000);
-        if (pr < 0 && errno == EINTR) continue;
-        if (pr == 0) s_fail("the server did not close the connection within 5 s");
-        char buf[65536];
-        ssize_t r = recv(fd, buf, sizeof buf, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;  // EOF, or a reset after an early close
-        for (ssize_t k = 0; k < r && got < sizeof head; k++) head[got++] = buf[k];
-    }
-    if (got > 0 && (got < sizeof head || memcmp(head, "HTTP/1.1 ", sizeof head) != 0))
-        s_fail("the answer does not start with an HTTP/1.1 status line");
-    struct linger lg = {1, 0};  // reset: no TIME_WAIT left per input
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    close(fd);
+    free(one), free(cut);
     return 0;
 }
