@@ -643,6 +643,58 @@ static void test_busy_worker_loses_its_tasks(void **state) {
     s_kill_all();
 }
 
+// A worker whose parameters are still on the way (it heartbeats "idle" and holds none, as a
+// big model on a slow link looks: a message is delivered only when whole) is not sent a second
+// copy every few heartbeats — the resend storm that made a slow link slower — but only after
+// cluster.timeout_ms, then after doubling waits. Its shards move on at the task deadline, and
+// the job ends with the bits of `ser step`.
+static void test_params_on_the_way_not_resent(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256], err[SER_ERR_LEN];
+    snprintf(ref, sizeof ref, "%s/ref4slowlink.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/slowlink.safetensors", s_dir);
+    s_reference(ref, "4");
+    snprintf(s_extra, sizeof s_extra, "cluster.task_timeout_ms=1500");
+    pid_t coord = s_coordinator(out, "4", "30000", ep, sizeof ep);
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    void *ctx = zmq_ctx_new(), *d = s_fake_join(ctx, ep, "slowlink");
+    s_worker(ep, "wl");
+    int rc = -1, params = 0, beats = 0;
+    for (int t = 0; t < 600; t++) {  // 60 s at most
+        ser_wire_msg m;
+        while (ser_wire_recv(d, 0, NULL, &m, err) != SER_ETIMEDOUT) {
+            if (m.env && m.env->type == SER__MSG_TYPE__MSG_PARAMS) params++;
+            ser_wire_msg_free(&m);
+        }
+        Ser__Envelope e;
+        ser__envelope__init(&e);
+        e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
+        e.job_id = "ser";
+        e.text = "idle";
+        e.holds_params = 0;  // nothing arrived yet
+        ser_wire_send(d, NULL, &e, NULL, 0);
+        beats++;
+        int status;
+        if (waitpid(coord, &status, WNOHANG) == coord) {
+            rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            break;
+        }
+        s_sleep_ms(100);
+    }
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    // One copy per step it was part of, plus at most one resend per timeout_ms (1500 ms) of
+    // the run; a copy per unanswered idle heartbeat after 3 heartbeats would be ~beats / 3.
+    int bound = 4 + (beats * 100) / 1500 + 1;
+    print_message("%d PARAMS in %d heartbeats (%.1f s); bound %d\n", params, beats, beats * 0.1,
+                  bound);
+    assert_true(params <= bound);
+    s_assert_same_state(ref, out);
+    s_kill_all();
+}
+
 // The status port of a running job: `ser status HOST:PORT --json` names the job, its step and
 // its worker with a fresh heartbeat.
 static void test_status_port(void **state) {
@@ -1265,6 +1317,7 @@ int main(void) {
         cmocka_unit_test(test_coordinator_killed_and_restarted),
         cmocka_unit_test(test_garbage_and_wrong_peers),
         cmocka_unit_test(test_busy_worker_loses_its_tasks),
+        cmocka_unit_test(test_params_on_the_way_not_resent),
         cmocka_unit_test(test_loader_of_another_config),
         cmocka_unit_test(test_rogue_forward_done),
         cmocka_unit_test(test_status_port),

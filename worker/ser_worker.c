@@ -437,6 +437,11 @@ static int s_run(s_worker *w) {
             size_t esz = sizeof events;
             zmq_getsockopt(w->sock, ZMQ_EVENTS, &events, &esz);
             e.text = (char *)((events & ZMQ_POLLIN) ? "busy" : "idle");
+            // What it holds, so that the coordinator tells parameters still on the way (a
+            // slow link) from a lost task, and does not queue a second copy behind the first.
+            int whole = w->params_version >= 0 &&
+                        (!w->v.has_teacher || w->teacher_version == w->params_version);
+            e.holds_params = whole ? (uint64_t)w->params_version + 1 : 0;
             s_send(w, &e, NULL, 0);
         }
         if (now - w->last_heard > timeout) {
