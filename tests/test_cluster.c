@@ -592,14 +592,16 @@ static void *s_fake_join(void *ctx, const char *ep, const char *name) {
     return d;
 }
 
-// One beat of a fake worker's loop: a "busy" heartbeat; 1 (and the exit status in *rc) once
-// the coordinator has exited.
-static int s_fake_beat(void *d, pid_t coord, int *rc) {
+// One beat of a fake worker's loop: a heartbeat saying `text` ("busy" or "idle") and holding
+// the parameters `holds` (1 + step, 0 none); 1 (and the exit status in *rc) once the
+// coordinator has exited.
+static int s_fake_beat_as(void *d, pid_t coord, int *rc, const char *text, uint64_t holds) {
     Ser__Envelope e;
     ser__envelope__init(&e);
     e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
     e.job_id = "ser";
-    e.text = "busy";
+    e.text = (char *)(uintptr_t)text;
+    e.holds_params = holds;
     ser_wire_send(d, NULL, &e, NULL, 0);
     int status;
     if (waitpid(coord, &status, WNOHANG) == coord) {
@@ -610,37 +612,52 @@ static int s_fake_beat(void *d, pid_t coord, int *rc) {
     return 0;
 }
 
+static int s_fake_beat(void *d, pid_t coord, int *rc) {
+    return s_fake_beat_as(d, coord, rc, "busy", 0);
+}
+
+// A 4-step job with a 1500 ms task deadline, a real worker and a fake one `name` that joins
+// first (so that it is handed shards), heartbeats `text` holding `holds` and answers nothing.
+// Returns the coordinator's exit status; *params counts the PARAMS the fake one was sent and
+// *beats its heartbeats; the job's final state is checked against `ser step`.
+static int s_silent_worker_job(const char *name, const char *text, uint64_t holds, int *params,
+                               int *beats) {
+    char ref[128], out[128], ep[256], err[SER_ERR_LEN];
+    snprintf(ref, sizeof ref, "%s/ref4%s.safetensors", s_dir, name);
+    snprintf(out, sizeof out, "%s/%s.safetensors", s_dir, name);
+    s_reference(ref, "4");
+    snprintf(s_extra, sizeof s_extra, "cluster.task_timeout_ms=1500");
+    pid_t coord = s_coordinator(out, "4", "30000", ep, sizeof ep);
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    void *ctx = zmq_ctx_new(), *d = s_fake_join(ctx, ep, name);
+    s_worker(ep, "wreal");
+    int rc = -1;
+    *params = *beats = 0;
+    for (int t = 0; t < 600; t++, ++*beats) {  // 60 s at most
+        ser_wire_msg m;
+        while (ser_wire_recv(d, 0, NULL, &m, err) != SER_ETIMEDOUT) {  // tasks: not answered
+            if (m.env && m.env->type == SER__MSG_TYPE__MSG_PARAMS) ++*params;
+            ser_wire_msg_free(&m);
+        }
+        if (s_fake_beat_as(d, coord, &rc, text, holds)) break;
+    }
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
+    if (rc == 0) s_assert_same_state(ref, out);
+    s_kill_all();
+    return rc;
+}
+
 // A worker that heartbeats "busy" but never answers its tasks: past cluster.task_timeout_ms
 // its shards go to another worker, and after two such steps it gets no more work; the job ends
 // with the same bits as `ser step` (the late answers, had there been any, are stale).
 static void test_busy_worker_loses_its_tasks(void **state) {
     (void)state;
-    char ref[128], out[128], ep[256];
-    snprintf(ref, sizeof ref, "%s/ref4busy.safetensors", s_dir);
-    snprintf(out, sizeof out, "%s/busy.safetensors", s_dir);
-    s_reference(ref, "4");
-    snprintf(s_extra, sizeof s_extra, "cluster.task_timeout_ms=1500");
-    pid_t coord = s_coordinator(out, "4", "30000", ep, sizeof ep);
-    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
-    // The busy one joins first, so that it is handed shards.
-    void *ctx = zmq_ctx_new(), *d = s_fake_join(ctx, ep, "busybody");
-    s_worker(ep, "wb");
-    int rc = -1;
-    for (int t = 0; t < 600; t++) {  // 60 s at most: heartbeat "busy", answer nothing
-        zmq_msg_t msg;
-        zmq_msg_init(&msg);
-        while (zmq_msg_recv(&msg, d, ZMQ_DONTWAIT) >= 0) {}  // tasks, parameters: ignored
-        zmq_msg_close(&msg);
-        if (s_fake_beat(d, coord, &rc)) break;
-    }
-    zmq_close(d);
-    zmq_ctx_term(ctx);
-    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
-    assert_int_equal(rc, 0);
+    int params, beats;
+    assert_int_equal(s_silent_worker_job("busybody", "busy", 0, &params, &beats), 0);
     assert_true(s_log_has("coord.log", "by worker busybody, which still heartbeats (task deadline 1500 ms): moving it"));
     assert_true(s_log_has("coord.log", "worker busybody missed its task deadline in 2 steps: it gets no more work"));
-    s_assert_same_state(ref, out);
-    s_kill_all();
 }
 
 // A worker whose parameters are still on the way (it heartbeats "idle" and holds none, as a
@@ -650,49 +667,14 @@ static void test_busy_worker_loses_its_tasks(void **state) {
 // the job ends with the bits of `ser step`.
 static void test_params_on_the_way_not_resent(void **state) {
     (void)state;
-    char ref[128], out[128], ep[256], err[SER_ERR_LEN];
-    snprintf(ref, sizeof ref, "%s/ref4slowlink.safetensors", s_dir);
-    snprintf(out, sizeof out, "%s/slowlink.safetensors", s_dir);
-    s_reference(ref, "4");
-    snprintf(s_extra, sizeof s_extra, "cluster.task_timeout_ms=1500");
-    pid_t coord = s_coordinator(out, "4", "30000", ep, sizeof ep);
-    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
-    void *ctx = zmq_ctx_new(), *d = s_fake_join(ctx, ep, "slowlink");
-    s_worker(ep, "wl");
-    int rc = -1, params = 0, beats = 0;
-    for (int t = 0; t < 600; t++) {  // 60 s at most
-        ser_wire_msg m;
-        while (ser_wire_recv(d, 0, NULL, &m, err) != SER_ETIMEDOUT) {
-            if (m.env && m.env->type == SER__MSG_TYPE__MSG_PARAMS) params++;
-            ser_wire_msg_free(&m);
-        }
-        Ser__Envelope e;
-        ser__envelope__init(&e);
-        e.type = SER__MSG_TYPE__MSG_HEARTBEAT;
-        e.job_id = "ser";
-        e.text = "idle";
-        e.holds_params = 0;  // nothing arrived yet
-        ser_wire_send(d, NULL, &e, NULL, 0);
-        beats++;
-        int status;
-        if (waitpid(coord, &status, WNOHANG) == coord) {
-            rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-            break;
-        }
-        s_sleep_ms(100);
-    }
-    zmq_close(d);
-    zmq_ctx_term(ctx);
-    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
-    assert_int_equal(rc, 0);
+    int params, beats;
+    assert_int_equal(s_silent_worker_job("slowlink", "idle", 0, &params, &beats), 0);
     // One copy per step it was part of, plus at most one resend per timeout_ms (1500 ms) of
     // the run; a copy per unanswered idle heartbeat after 3 heartbeats would be ~beats / 3.
     int bound = 4 + (beats * 100) / 1500 + 1;
     print_message("%d PARAMS in %d heartbeats (%.1f s); bound %d\n", params, beats, beats * 0.1,
                   bound);
     assert_true(params <= bound);
-    s_assert_same_state(ref, out);
-    s_kill_all();
 }
 
 // The status port of a running job: `ser status HOST:PORT --json` names the job, its step and
