@@ -17,6 +17,7 @@
 #include "ser_cmd.h"
 #include "ser_dl_data.h"
 #include "ser_knn_monitor.h"
+#include "ser_monitor.h"
 #include "ser_kernels.h"
 #include "ser_runlog.h"
 #include "ser_safetensors.h"
@@ -93,6 +94,7 @@ typedef struct s_coord {
     double step_med;  // median of the last (up to 50) step times: the ETA's rate (0: none yet)
     ser_runlog *log;  // metrics.jsonl + TensorBoard events in run.out_dir (NULL: none)
     double last[3];  // loss, loss_inv, loss_equiv of the last step
+    ser_collapse_watch collapse;  // run.collapse_std for run.collapse_steps steps in a row
     int64_t last_step, steps_total, first_step;
     int64_t ipe, sched_end;  // steps per schedule epoch; optim.epochs * ipe
     int64_t task_max_ms;     // the slowest forward or backward answered so far
@@ -155,6 +157,7 @@ static void s_publish(s_coord *c) {
     snap.steps_total = c->first_step + c->steps_total;
     snap.epoch = c->ipe ? (double)(c->last_step + 1) / (double)c->ipe : (double)NAN;
     snap.knn_top1 = c->knn_step >= 0 ? c->knn_top1 : (double)NAN;
+    snap.cls_std = c->last_step >= 0 ? c->tr.cls_std : (double)NAN;
     snap.knn_step = c->knn_step;
     ser_status_worker ws[SER_COORD_MAX_WORKERS];
     for (int i = 0; i < c->nw; i++) {
@@ -1033,6 +1036,8 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     if ((rc = s_resume(c, how, sizeof how, err))) return rc;
     s_plan(c, how);
     c->knn_step = -1;
+    c->collapse = (ser_collapse_watch){o->cfg.run.collapse_std, o->cfg.run.collapse_steps, 0, 0};
+    c->tr.cls_std = NAN;
     {
         double tk = ser_time_sec();
         int64_t every = o->cfg.eval.knn_every > 0 ? o->cfg.eval.knn_every : c->ipe;
@@ -1153,28 +1158,41 @@ static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
     if (c->log) {
         static const char *const names[] = {"loss", "loss_inv", "loss_equiv", "lr", "weight_decay",
                                             "momentum", "grad_norm", "step_seconds", "images_per_second",
-                                            "knn_top1", "knn_top5"};
+                                            "cls_std", "knn_top1", "knn_top5"};
         double vals[] = {L[0], L[1], L[2], c->lr, c->wd, c->momentum, c->gnorm, c->step_s[k],
-                         c->ips, c->knn_top1, c->knn_top5};
+                         c->ips, c->tr.cls_std, c->knn_top1, c->knn_top5};
         char lerr[SER_ERR_LEN];
-        if (ser_runlog_step(c->log, c->step, names, vals, measured ? 11 : 9, lerr)) {  // the run goes on
+        if (ser_runlog_step(c->log, c->step, names, vals, measured ? 12 : 10, lerr)) {  // the run goes on
             ser_log(SER_LL_WARNING, "%s; step logs stop here", lerr);
             ser_runlog_destroy(&c->log);
         }
     }
     int every = o->cfg.run.checkpoint_every, rc;
-    if ((every > 0 && (c->step + 1) % every == 0) || k + 1 == c->nrun)
+    int collapsed = ser_collapse_watch_feed(&c->collapse, c->tr.cls_std);
+    int stop = collapsed && o->cfg.run.on_collapse == SER_CONFIG_ON_COLLAPSE_ABORT;
+    if (collapsed)
+        ser_log(SER_LL_WARNING, "step %lld: the features are collapsing: cls_std (the spread of "
+                "the student's normalised [CLS], ~1 when healthy) has been below run.collapse_std = "
+                "%g for %d steps in a row (now %.4f)%s", (long long)c->step, c->collapse.threshold,
+                c->collapse.steps, c->tr.cls_std,
+                stop ? "; stopping (run.on_collapse = abort)" : "; going on (run.on_collapse = warn)");
+    if ((every > 0 && (c->step + 1) % every == 0) || k + 1 == c->nrun || stop)
         if ((rc = s_checkpoint(c, c->ck, c->step + 1, err))) return rc;
+    if (stop)
+        return ser_errf(err, SER_ENONFINITE, "step %lld: collapse (cls_std %.4f below %g for %d "
+                        "steps; run.on_collapse = abort): checkpointed at step %lld",
+                        (long long)c->step, c->tr.cls_std, c->collapse.threshold,
+                        c->collapse.steps, (long long)c->step + 1);
     if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == c->nrun) {
         char knn[48] = "", eta[32];
         if (c->knn_step >= 0) snprintf(knn, sizeof knn, " · kNN %.1f%%", c->knn_top1);
         double med = c->step_med;
         s_duration(eta, sizeof eta, med * (double)(c->nrun - k - 1));
         ser_log(SER_LL_INFO, "step %lld: loss %.6f inv %.6f equiv %.6f · %lld/%lld (%.1f%%) · "
-                "epoch %.2f/%d · lr %.3g%s · %.0f img/s · %.2f s/step · %d workers · ETA %s",
+                "epoch %.2f/%d · lr %.3g · std %.2f%s · %.0f img/s · %.2f s/step · %d workers · ETA %s",
                 (long long)c->step, L[0], L[1], L[2], (long long)c->step + 1, (long long)c->end,
                 100.0 * (double)(c->step + 1) / (double)c->end,
-                (double)(c->step + 1) / (double)c->ipe, o->cfg.optim.epochs, c->lr, knn,
+                (double)(c->step + 1) / (double)c->ipe, o->cfg.optim.epochs, c->lr, c->tr.cls_std, knn,
                 (double)c->B / (med > 0 ? med : 1e-9), med, s_live_count(c), eta);
     }
     return SER_OK;

@@ -78,6 +78,7 @@ void ser_status_snapshot_init(ser_status_snapshot *snap) {
     snap->steps_total = -1;
     snap->knn_top1 = NAN;
     snap->knn_step = -1;
+    snap->cls_std = NAN;
 }
 
 void ser_status_opts_defaults(ser_status_opts *o) {
@@ -191,6 +192,10 @@ static void s_hist_record(s_history *h, const ser_status_snapshot *snap) {
     for (int i = 0; i < snap->n_terms; i++) {
         int j = s_hist_column(h, snap->terms[i].name);
         if (j >= 0) p->v[j] = snap->terms[i].value;
+    }
+    if (isfinite(snap->cls_std)) {
+        int j = s_hist_column(h, "cls_std");
+        if (j >= 0) p->v[j] = snap->cls_std;
     }
     if (snap->knn_step == snap->terms_step && isfinite(snap->knn_top1)) {
         int j = s_hist_column(h, "knn_top1");
@@ -396,6 +401,7 @@ static cJSON *s_json_section(const s_render_ctx *r, int sec) {
         s_json_num(o, "eta_s", sn->eta_s);
         if (sn->steps_total >= 0) cJSON_AddNumberToObject(o, "steps_total", (double)sn->steps_total);
         else cJSON_AddNullToObject(o, "steps_total");
+        s_json_num(o, "cls_std", sn->cls_std);
         s_json_num(o, "knn_top1", sn->knn_top1);
         if (sn->knn_step >= 0) cJSON_AddNumberToObject(o, "knn_step", (double)sn->knn_step);
         else cJSON_AddNullToObject(o, "knn_step");
@@ -510,6 +516,7 @@ static char *s_render_status_info(const s_render_ctx *r, int only, size_t *len) 
             s_info_num(&b, "weight_decay", sn->weight_decay);
             s_info_num(&b, "imgs_per_sec", sn->images_per_second);
             s_info_num(&b, "eta_s", sn->eta_s);
+            s_info_num(&b, "cls_std", sn->cls_std);
             s_info_num(&b, "knn_top1", sn->knn_top1);
         } else if (sec == S_SEC_WORKERS) {
             s_buf_printf(&b, "workers:%d\r\nworkers_alive:%d\r\n", sn->n_workers,
@@ -629,6 +636,8 @@ static char *s_render_metrics(const s_render_ctx *r, size_t *len) {
     s_prom_gauge(&b, "ser_weight_decay", "Weight decay at the current step.", sn->weight_decay);
     s_prom_gauge(&b, "ser_images_per_second", "Recent training throughput.", sn->images_per_second);
     s_prom_gauge(&b, "ser_eta_seconds", "Estimated seconds to the end of the job.", sn->eta_s);
+    s_prom_gauge(&b, "ser_cls_std", "Collapse monitor: spread of the normalised final [CLS] "
+                 "(1 healthy, 0 collapsed).", sn->cls_std);
     s_prom_gauge(&b, "ser_knn_top1", "Online kNN monitor: top-1 accuracy in percent.", sn->knn_top1);
     if (sn->knn_step >= 0)
         s_prom_gauge(&b, "ser_knn_step", "Step the ser_knn_top1 value belongs to.",

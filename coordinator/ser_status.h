@@ -134,6 +134,7 @@ typedef struct ser_status_snapshot {
     int64_t steps_total;                // the run's last step + 1 (< 0: unknown)
     double knn_top1;                    // online kNN monitor: top-1 in percent (NaN: none yet)
     int64_t knn_step;                   // the step whose weights it measured (< 0: none yet)
+    double cls_std;                     // collapse monitor of step terms_step (NaN: none yet)
     // workers and data. Borrowed by ser_status_update() for the duration of the call only.
     int n_workers;
     const ser_status_worker *workers;
@@ -166,7 +167,8 @@ ser_status *ser_status_new(const char *bind_addr, int port, const ser_status_opt
 int ser_status_port(const ser_status *s);
 // Copies *snap (and the worker/loader arrays it points to) into the server under a mutex.
 // When snap->terms_step is set and differs from the last recorded point, appends
-// (terms_step, lr, terms) to the history, with a column knn_top1 when knn_step equals
+// (terms_step, lr, terms) to the history, with a column cls_std when it is finite and a
+// column knn_top1 when knn_step equals
 // terms_step; a smaller terms_step (a rollback) first drops the points at or after it. Thread-safe; never blocks on a client. s == NULL (port off): no-op.
 void ser_status_update(ser_status *s, const ser_status_snapshot *snap);
 // The request path of one connection without a socket, for tests and fuzzing: feeds `len`

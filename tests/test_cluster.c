@@ -757,6 +757,66 @@ static void test_long_shard_keeps_heartbeating(void **state) {
                   (long long)(time(NULL) - t0));
 }
 
+// The collapse monitor: a batch of identical images gives identical [CLS] rows (cls_std 0),
+// so with run.collapse_steps = 3 the job warns once at the third step and goes on (warn), or
+// checkpoints that step and stops with exit 1 naming the collapse (abort). The same job on
+// random images does not warn.
+static void test_collapse_monitor(void **state) {
+    (void)state;
+    char cfg[160], batch[160], out[160], od[200], err[SER_ERR_LEN];
+    snprintf(cfg, sizeof cfg, "%s/collapse.ini", s_dir);
+    snprintf(batch, sizeof batch, "%s/collapse_batch.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/collapse.safetensors", s_dir);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs("[model]\narch = vit_tiny\ndepth = 2\nimg_size = 16\npatch = 4\ncls_layer = 2\n"
+          "[moco]\ndim = 32\nmlp_dim = 64\n[ser]\nenabled = false\n"
+          "[data]\nglobal_batch = 8\nshards = 2\n[run]\nthreads = 1\nlog_every = 1\n"
+          "collapse_steps = 3\n[cluster]\nstatus_port = -1\n", f);
+    fclose(f);
+    size_t n = (size_t)8 * 3 * 16 * 16;
+    float *v = malloc(n * 4);
+    for (int run = 0; run < 3; run++) {  // identical images (warn, abort), then random ones
+        if (run < 2)
+            for (size_t i = 0; i < n; i++) v[i] = 0.25f;
+        else
+            ser_test_fill_uniform(v, n, 7, -2, 2);
+        ser_st_writer *w = ser_st_writer_new();
+        int64_t shape[4] = {8, 3, 16, 16};
+        ser_st_writer_add(w, "inv.view0", SER_DT_F32, 4, shape, v);
+        ser_st_writer_add(w, "inv.view1", SER_DT_F32, 4, shape, v);
+        assert_int_equal(ser_st_writer_save(w, batch, err), 0);
+        ser_st_writer_destroy(&w);
+        int abort_it = run == 1;
+        char log[32], mode[40];
+        snprintf(log, sizeof log, "collapse%d.log", run);
+        snprintf(od, sizeof od, "run.out_dir=%s/collapse%d", s_dir, run);
+        snprintf(mode, sizeof mode, "run.on_collapse=%s", abort_it ? "abort" : "warn");
+        char *args[] = {"ser", "local", "--workers", "2", "--config", (char *)cfg, "--batch-file",
+                        batch, "--out", out, "--steps", "6", "--set", od, "--set", mode,
+                        "--lr", "0.001", NULL};
+        int rc = s_wait(s_start(log, args));
+        if (run == 2) {  // healthy: no warning, std printed with every step
+            assert_int_equal(rc, 0);
+            assert_int_equal(s_log_count(log, "collapsing"), 0);
+            assert_true(s_log_has(log, "step 5: loss") && s_log_has(log, " · std 0."));
+            continue;
+        }
+        assert_int_equal(s_log_count(log, "the features are collapsing"), 1);
+        assert_true(s_log_has(log, "step 2: the features are collapsing"));
+        if (abort_it) {
+            assert_int_equal(rc, 1);
+            assert_true(s_log_has(log, "collapse (cls_std 0.0000 below 0.1 for 3 steps; "
+                                       "run.on_collapse = abort): checkpointed at step 3"));
+            assert_false(s_log_has(log, "step 3: loss"));  // stopped there
+        } else {
+            assert_int_equal(rc, 0);
+            assert_true(s_log_has(log, "step 5: loss"));
+        }
+    }
+    free(v);
+}
+
 // Files a killed checkpoint write left in dir (*.tmp.<pid>); a restart removes them.
 static int s_count_tmp(const char *dir) {
     DIR *d = opendir(dir);
@@ -1304,6 +1364,7 @@ int main(void) {
         cmocka_unit_test(test_rogue_forward_done),
         cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_long_shard_keeps_heartbeating),
+        cmocka_unit_test(test_collapse_monitor),
         cmocka_unit_test(test_all_workers_gone),
         cmocka_unit_test(test_fault_plan),
         cmocka_unit_test(test_nonfinite_gradient),

@@ -27,6 +27,7 @@ static const char *const s_kind[] = {"auto", "imagefolder", "cifar10", "fashion_
 static const char *const s_interp[] = {"bilinear", "bicubic", NULL};
 static const char *const s_policy[] = {"torchvision", "kornia", NULL};
 static const char *const s_nonfinite[] = {"abort", "skip", NULL};
+static const char *const s_on_collapse[] = {"warn", "abort", NULL};
 
 // --- the table ---------------------------------------------------------------------------------
 // Defaults are the MoCo-v3 + SER ViT-S/16 ImageNet run of ser-reference.md §8 where the
@@ -243,6 +244,14 @@ static const ser_config_option s_options[] = {
          "non-finite gradient): abort the job, or skip the step. Either way the step's update "
          "never reaches the parameters or AdamW; a skipped MoCo step keeps its momentum-encoder "
          "EMA and BatchNorm buffer updates. `ser step` always aborts."),
+    DBL(run, collapse_std, 0, 10, "0.1", NOHASH,
+        "Collapse monitor (cls_std: the spread of the student's L2-normalised final [CLS] over "
+        "the batch, ~1 spread, 0 collapsed; ~0.8 in a healthy demo run): below this for "
+        "run.collapse_steps steps in a row, the job says so once (run.on_collapse)."),
+    INT(run, collapse_steps, 0, 1 << 30, "50", NOHASH,
+        "Steps in a row below run.collapse_std that count as a collapse; 0 = never."),
+    ENUM(run, on_collapse, s_on_collapse, "warn", NOHASH,
+         "On a collapse: log one warning (and go on), or checkpoint and stop the job (exit 1)."),
     // [eval]
     I64(eval, knn_every, -1, 9e18, "0", NOHASH,
         "Online kNN monitor: steps between measurements of the student's kNN top-1 on a fixed "

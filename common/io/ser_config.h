@@ -86,6 +86,7 @@ enum {
 enum { SER_CONFIG_INTERP_BILINEAR = 0, SER_CONFIG_INTERP_BICUBIC };
 enum { SER_CONFIG_POLICY_TORCHVISION = 0, SER_CONFIG_POLICY_KORNIA };
 enum { SER_CONFIG_NONFINITE_ABORT = 0, SER_CONFIG_NONFINITE_SKIP };
+enum { SER_CONFIG_ON_COLLAPSE_WARN = 0, SER_CONFIG_ON_COLLAPSE_ABORT };
 
 // --- the configuration -------------------------------------------------------------------------
 // Field meanings, ranges and defaults: docs/config.md (generated from the table).
@@ -159,6 +160,8 @@ typedef struct ser_config_run {
     int checkpoint_every, keep_checkpoints;
     char out_dir[SER_CONFIG_STR_LEN];
     int log_every, threads, nonfinite;
+    double collapse_std;  // the collapse monitor's threshold (common/train/ser_monitor.h)
+    int collapse_steps, on_collapse;
 } ser_config_run;
 
 typedef struct ser_config_cluster {

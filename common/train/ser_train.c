@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ser_monitor.h"
 #include "ser_safetensors.h"
 #include "ser_vit.h"
 
@@ -149,6 +150,7 @@ int ser_trainer_step(ser_trainer *t, const ser_step_engine_i *e, void *ctx, int6
         goto out;
     }
     t->n_eq = b->n_eq;
+    t->cls_std = ser_monitor_std(g->qcls[0], g->B, g->C);  // reads only: the bits stay
     ph = SER_STEP_BACKWARD;
     size_t off, toff, span = ser_trainer_span(t, &off, &toff);
     (void)span;

@@ -39,6 +39,8 @@ typedef struct ser_trainer {
     int64_t ipe;                 // iterations per epoch (DINO's last-layer freeze, schedules)
     unsigned char *active;       // per trainable tensor: torch's "has a gradient" this step
     int n_eq;                    // equivariant samples of the last step's batch
+    double cls_std;              // the last step's collapse monitor: ser_monitor_std of the
+                                 // student's final [CLS] rows of view 0 (ser_monitor.h)
     // The views every objective has: its trainable table and arenas, and the tables of a
     // checkpoint / weights file (trainable, teacher if any, buffers). Aliases of mdl's.
     ser_ptab *tab;
