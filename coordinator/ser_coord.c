@@ -1284,7 +1284,7 @@ int ser_coord_run(const ser_coord_opts *o) {
         double L[3];
         if ((rc = s_step(&c, c.lr, c.wd, L, k == 0 ? c.grads0 : NULL, err))) {
             if (!s_step_failed(&c, &rc, L, err)) {
-                if (!rc) status = 0;  // stopped by a signal, checkpointed
+                if (!rc) status = SER_EXIT_INTERRUPTED;  // stopped by a signal, checkpointed
                 goto done;
             }
         }

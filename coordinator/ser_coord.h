@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "ser_base.h"
+#include "ser_cmd.h"
 #include "ser_config.h"
 
 typedef struct ser_coord_opts {
@@ -35,10 +36,12 @@ typedef struct ser_coord_opts {
     int wait_workers_ms;        // how long to wait for the first worker
 } ser_coord_opts;
 
-// Runs the job to the end; returns a process exit status (0 done, 1 failure). The run trains
-// --steps K steps from --iter, else up to run.max_steps, else the whole schedule
-// (optim.epochs x the steps per epoch below); a resume continues from the newest checkpoint of
-// run.out_dir and keeps the epoch length it was trained with.
+// Runs the job to the end; returns a process exit status: SER_EXIT_OK (done), SER_EXIT_FAILED,
+// SER_EXIT_USAGE (the job cannot start), SER_EXIT_INTERRUPTED (stopped by SIGINT/SIGTERM after
+// checkpointing the last completed step). The run trains --steps K steps from --iter, else up
+// to run.max_steps, else the whole schedule (optim.epochs x the steps per epoch below); a
+// resume continues from the newest checkpoint of run.out_dir and keeps the epoch length it
+// was trained with.
 int ser_coord_run(const ser_coord_opts *o);
 
 // Steps per schedule epoch: o->iters_per_epoch (--iters-per-epoch) when > 0, else

@@ -24,29 +24,34 @@ static void s_coord_usage(FILE *f, const char *cmd) {
             "usage: ser %s [--config job.ini] [--set section.key=value]... [--steps K]\n"
             "       [--weights W.safetensors] [--out O.safetensors] [--iter N]\n"
             "       [--iters-per-epoch N] [--lr X] [--wd X] [--momentum X] [--wait-workers-ms T]\n"
-            "       %s\n"
+            "       %s [--log-level L | --quiet]\n"
             "  Trains the job's schedule: optim.epochs epochs of data.iters_per_epoch steps (0, the\n"
             "  default: ceil(train images / data.global_batch), counted from data.path), or K\n"
             "  steps (--steps, else run.max_steps when > 0). data.shards shards per\n"
             "  step computed by workers, reduced in shard order, so the result is the same bits\n"
             "  for any number of workers. Writes the final state in `ser step`'s layout to --out.\n"
-            "  With no live worker for T ms (default 60000) the coordinator gives up (exit 1).\n%s",
-            cmd,
-            local ? "[--workers N] [--batch-file B.safetensors]"
-                  : "[--endpoint-file F]",
+            "  With no live worker for T ms (default 60000) the coordinator gives up (exit 1).\n"
+            "  Checkpoints and logs go to run.out_dir, and a job started again there resumes\n"
+            "  from its newest checkpoint.\n%s"
+            "  --log-level L: error|warning|info|debug (info); --quiet: warning%s.\n"
+            "  Exit status: 0 finished, 1 failed, 2 bad option or job file, 3 stopped by\n"
+            "  SIGINT/SIGTERM after checkpointing the last completed step (docs/cli.md).\n",
+            cmd, local ? "[--workers N] [--batch-file B.safetensors]" : "[--endpoint-file F]",
             local ? "  ser local starts the coordinator, N workers (default 2) and, unless a batch\n"
                     "  file is given (the same global batch every step; docs/step-format.md), one\n"
                     "  data-loader service for the job's [data] on this machine. The status page\n"
                     "  is on a free port (printed: \"status on http://...\") unless the job sets\n"
-                    "  cluster.status_port to other than 8080; checkpoints and logs go to\n"
-                    "  run.out_dir, and a job started again there resumes from its newest\n"
-                    "  checkpoint.\n"
-                  : "  The coordinator reads no data: workers fetch shards from data loaders.\n");
+                    "  cluster.status_port to other than 8080.\n"
+                  : "  The coordinator reads no data: workers fetch shards from data loaders. Its\n"
+                    "  status page is on cluster.status_bind:cluster.status_port (127.0.0.1:8080;\n"
+                    "  `ser status`); --endpoint-file F gets the control endpoint it bound.\n",
+            local ? " (also for the workers and the loader)" : "");
 }
 
-// Parses the options shared by both commands into o; returns 0, or 2 after a message.
+// Parses the options shared by both commands into o; returns 0, 1 after --help, or 2 after a
+// message. *log_level: the --log-level / --quiet given (NULL: none), for ser local's children.
 static int s_parse(int argc, char **argv, const char *cmd, ser_coord_opts *o, int *workers,
-                   const char **cfg_path, const char **sets, int *nset) {
+                   const char **cfg_path, const char **sets, int *nset, const char **log_level) {
     static const struct option opts[] = {
         {"config", required_argument, 0, 'c'},  {"set", required_argument, 0, 's'},
         {"batch-file", required_argument, 0, 'b'}, {"weights", required_argument, 0, 'w'},
@@ -55,6 +60,7 @@ static int s_parse(int argc, char **argv, const char *cmd, ser_coord_opts *o, in
         {"lr", required_argument, 0, 'l'},      {"wd", required_argument, 0, 'd'},
         {"momentum", required_argument, 0, 'm'}, {"endpoint-file", required_argument, 0, 'e'},
         {"workers", required_argument, 0, 'W'}, {"wait-workers-ms", required_argument, 0, 'T'},
+        {"log-level", required_argument, 0, 'L'}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c, bad = 0;
@@ -78,6 +84,15 @@ static int s_parse(int argc, char **argv, const char *cmd, ser_coord_opts *o, in
         case 'e': o->endpoint_file = optarg; break;
         case 'W': *workers = (int)strtol(optarg, &end, 10); bad |= *end || *workers < 1 || *workers > 64; break;
         case 'T': o->wait_workers_ms = (int)strtol(optarg, &end, 10); bad |= *end || o->wait_workers_ms < 1; break;
+        case 'L':
+            *log_level = optarg;
+            if (ser_log_parse_level(optarg) < 0) {
+                fprintf(stderr, "ser %s: --log-level '%s': want error|warning|info|debug\n", cmd,
+                        optarg);
+                bad = 1;
+            }
+            break;
+        case 'q': *log_level = "warning"; break;
         case 'h': s_coord_usage(stdout, cmd); return 1;
         default: bad = 1;
         }
@@ -87,6 +102,7 @@ static int s_parse(int argc, char **argv, const char *cmd, ser_coord_opts *o, in
         s_coord_usage(stderr, cmd);
         return 2;
     }
+    if (*log_level) ser_log_set_level(ser_log_parse_level(*log_level));
     return 0;
 }
 
@@ -114,9 +130,9 @@ static void s_defaults(ser_coord_opts *o) {
 int ser_cmd_coordinator(int argc, char **argv) {
     ser_coord_opts o;
     s_defaults(&o);
-    const char *cfg_path = NULL, *sets[SER_MAX_SET];
+    const char *cfg_path = NULL, *sets[SER_MAX_SET], *log_level = NULL;
     int nset = 0, workers = 0;
-    int rc = s_parse(argc, argv, "coordinator", &o, &workers, &cfg_path, sets, &nset);
+    int rc = s_parse(argc, argv, "coordinator", &o, &workers, &cfg_path, sets, &nset, &log_level);
     if (rc) return rc == 1 ? 0 : rc;
     if ((rc = s_load_config(&o, cfg_path, sets, nset, "coordinator"))) return rc;
     return ser_coord_run(&o);
@@ -173,11 +189,16 @@ static void s_local_signal(int sig) {
 int ser_cmd_local(int argc, char **argv) {
     ser_coord_opts o;
     s_defaults(&o);
-    const char *cfg_path = NULL, *sets[SER_MAX_SET];
+    const char *cfg_path = NULL, *sets[SER_MAX_SET], *log_level = NULL;
     int nset = 0, workers = 2;
-    int rc = s_parse(argc, argv, "local", &o, &workers, &cfg_path, sets, &nset);
+    int rc = s_parse(argc, argv, "local", &o, &workers, &cfg_path, sets, &nset, &log_level);
     if (rc) return rc == 1 ? 0 : rc;
     if ((rc = s_load_config(&o, cfg_path, sets, nset, "local"))) return rc;
+    if (!o.batch_file && !cfg_path) {
+        fprintf(stderr, "ser local: without --batch-file, a --config naming the job's [data] is "
+                        "needed for the data loader\n");
+        return SER_EXIT_USAGE;
+    }
     // One machine: the workers share its cores (run.threads each, unless the job sets it; it is
     // part of the job, so every process gets the same value), and idle OpenMP threads sleep
     // instead of spinning against the other processes.
@@ -232,7 +253,7 @@ int ser_cmd_local(int argc, char **argv) {
     pid_t coord = s_spawn(cargs), pids[64], loader = -1;
     s_local_coord = coord;
     if (s_local_stop) kill(coord, SIGTERM);  // asked to stop before the coordinator existed
-    int nw = 0, status = 1;
+    int nw = 0, status = SER_EXIT_FAILED, reported = 0;
     char lep[256] = "", lepfile[128];
     snprintf(lepfile, sizeof lepfile, "%s/loader", dir);
     if (!o.batch_file) {
@@ -251,21 +272,23 @@ int ser_cmd_local(int argc, char **argv) {
         largs[nl++] = (char *)(uintptr_t)"tcp://127.0.0.1:*";
         largs[nl++] = (char *)(uintptr_t)"--endpoint-file";
         largs[nl++] = lepfile;
-        largs[nl] = NULL;
-        if (!cfg_path) {
-            fprintf(stderr, "ser local: without --batch-file, a --config naming the job's [data] is "
-                            "needed for the data loader\n");
-            goto out;
+        // ser local ends its loader itself: a long pause of the job must not end it.
+        largs[nl++] = (char *)(uintptr_t)"--idle-exit";
+        largs[nl++] = (char *)(uintptr_t)"0";
+        if (log_level) {
+            largs[nl++] = (char *)(uintptr_t)"--log-level";
+            largs[nl++] = (char *)(uintptr_t)log_level;
         }
+        largs[nl] = NULL;
         loader = s_spawn(largs);
         if (s_wait_line(lepfile, lep, sizeof lep, loader, "the data loader")) goto out;
-        fprintf(stderr, "ser local: data loader on %s\n", lep);
+        ser_log(SER_LL_INFO, "local: data loader on %s", lep);
     }
     if (s_wait_line(epfile, ep, sizeof ep, coord, "the coordinator")) {
         if (waitpid(coord, NULL, WNOHANG) == coord) coord = -1;
         goto out;
     }
-    fprintf(stderr, "ser local: coordinator on %s, starting %d workers\n", ep, workers);
+    ser_log(SER_LL_INFO, "local: coordinator on %s, starting %d workers", ep, workers);
     // Workers have no job file: the job's CURVE keys reach them through the environment.
     if (o.cfg.cluster.curve_key[0]) setenv("SER_CURVE_KEY", o.cfg.cluster.curve_key, 1);
     if (o.cfg.cluster.curve_server_key[0]) setenv("SER_CURVE_SERVER_KEY", o.cfg.cluster.curve_server_key, 1);
@@ -276,7 +299,10 @@ int ser_cmd_local(int argc, char **argv) {
                          (char *)(uintptr_t)"--coordinator", ep,
                          (char *)(uintptr_t)(o.batch_file ? "--batch-file" : "--loader"),
                          o.batch_file ? (char *)(uintptr_t)o.batch_file : lep,
-                         (char *)(uintptr_t)"--name", name, NULL};
+                         (char *)(uintptr_t)"--name", name,
+                         // the list ends here without a --log-level
+                         (char *)(uintptr_t)(log_level ? "--log-level" : NULL),
+                         (char *)(uintptr_t)log_level, NULL};
         pids[nw] = s_spawn(wargs);
     }
     // Wait for the coordinator; forward a stop request to it.
@@ -284,7 +310,8 @@ int ser_cmd_local(int argc, char **argv) {
         int st;
         pid_t r = waitpid(coord, &st, 0);
         if (r == coord) {
-            status = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+            reported = WIFEXITED(st);
+            status = reported ? WEXITSTATUS(st) : SER_EXIT_FAILED;
             coord = -1;
             s_local_coord = -1;
             break;
@@ -330,25 +357,43 @@ out:
     unlink(lepfile);
     unlink(epfile);
     rmdir(dir);
+    // Stopped before the coordinator could say how it ended (a signal during its start-up):
+    // no step was lost either.
+    if (s_local_stop && !reported) status = SER_EXIT_INTERRUPTED;
     return status;
 }
 
 // --- ser keygen ------------------------------------------------------------------------------
+static void s_keygen_usage(FILE *f) {
+    fprintf(f, "usage: ser keygen FILE\n"
+               "  Writes a CURVE keypair to FILE (mode 0600; never overwrites) and its public\n"
+               "  key to FILE.pub. Give FILE to every process of a job as cluster.curve_key\n"
+               "  (workers: SER_CURVE_KEY=FILE); see proto/ser_curve.h for per-process keys.\n");
+}
+
 int ser_cmd_keygen(int argc, char **argv) {
-    int help = argc == 2 && strcmp(argv[1], "--help") == 0;
-    if (argc != 2 || argv[1][0] == '-') {
-        fprintf(help ? stdout : stderr,
-                "usage: ser keygen FILE\n"
-                "  Writes a CURVE keypair to FILE (mode 0600; never overwrites) and its public\n"
-                "  key to FILE.pub. Give FILE to every process of a job as cluster.curve_key\n"
-                "  (workers: SER_CURVE_KEY=FILE); see proto/ser_curve.h for per-process keys.\n");
-        return help ? 0 : 2;
+    static const struct option opts[] = {{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'h') {
+            s_keygen_usage(stdout);
+            return SER_EXIT_OK;
+        }
+        s_keygen_usage(stderr);
+        return SER_EXIT_USAGE;
     }
+    if (optind != argc - 1) {
+        fprintf(stderr, "ser keygen: want exactly one FILE\n");
+        s_keygen_usage(stderr);
+        return SER_EXIT_USAGE;
+    }
+    const char *path = argv[optind];
     char err[SER_ERR_LEN];
-    if (ser_curve_keygen(argv[1], err)) {
+    if (ser_curve_keygen(path, err)) {
         fprintf(stderr, "ser keygen: %s\n", err);
-        return 1;
+        return SER_EXIT_FAILED;
     }
-    printf("wrote %s and %s.pub\n", argv[1], argv[1]);
-    return 0;
+    printf("wrote %s and %s.pub\n", path, path);
+    return SER_EXIT_OK;
 }

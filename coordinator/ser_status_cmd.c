@@ -5,6 +5,7 @@
 // http-parser, the same library the server uses. No libcurl.
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <math.h>
 #include <netdb.h>
 #include <poll.h>
@@ -419,7 +420,8 @@ static void s_usage(FILE *f) {
             "  --json             print the raw /status JSON\n"
             "  --watch SECONDS    refresh every SECONDS until interrupted (errors are shown\n"
             "                     and retried)\n"
-            "  --timeout SECONDS  connect + response deadline (5)\n");
+            "  --timeout SECONDS  connect + response deadline (5)\n"
+            "  Exit status: 0 printed, 1 no answer or not a coordinator's, 2 bad option.\n");
 }
 
 // One fetch and print. Returns 0, or 1 with the error printed.
@@ -457,33 +459,41 @@ static int s_once(const char *hostport, int json, int timeout_ms) {
 
 int ser_cmd_status(int argc, char **argv) {
     const char *hostport = "127.0.0.1:8080";
-    int json = 0;
+    int json = 0, c;
     double watch = 0, timeout = 5;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                         {"watch", required_argument, 0, 'w'},
+                                         {"timeout", required_argument, 0, 't'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'h') {
             s_usage(stdout);
             return 0;
-        } else if (strcmp(a, "--json") == 0) {
+        } else if (c == 'j') {
             json = 1;
-        } else if ((strcmp(a, "--watch") == 0 || strcmp(a, "--timeout") == 0) && i + 1 < argc) {
+        } else if (c == 'w' || c == 't') {
             char *end;
-            double v = strtod(argv[++i], &end);
-            if (*end || !(v > 0) || v > 86400) {
-                fprintf(stderr, "ser status: %s wants a number of seconds in (0, 86400]\n", a);
+            double v = strtod(optarg, &end);
+            if (!*optarg || *end || !(v > 0) || v > 86400) {
+                fprintf(stderr, "ser status: --%s wants a number of seconds in (0, 86400]\n",
+                        c == 'w' ? "watch" : "timeout");
                 return 2;
             }
-            if (a[2] == 'w')
+            if (c == 'w')
                 watch = v;
             else
                 timeout = v;
-        } else if (a[0] != '-') {
-            hostport = a;
         } else {
-            fprintf(stderr, "ser status: unknown option '%s'\n", a);
-            s_usage(stderr);
+            s_usage(stderr);  // getopt_long named the option
             return 2;
         }
+    }
+    if (optind < argc) hostport = argv[optind++];
+    if (optind < argc) {
+        fprintf(stderr, "ser status: one HOST:PORT, not '%s' too\n", argv[optind]);
+        return 2;
     }
     int timeout_ms = (int)(timeout * 1000);
     if (watch <= 0) return s_once(hostport, json, timeout_ms);

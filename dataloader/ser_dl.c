@@ -34,6 +34,7 @@ void ser_dl_config_defaults(ser_dl_config *c) {
     c->crop_min = 0.08;
     c->photometric = 1;
     c->strength = ser_dl_photo_moco;
+    c->max_bad_fraction = 0.01;
 }
 
 int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
@@ -52,6 +53,8 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
         why = "interp must be bilinear or bicubic";
     else if (!(c->crop_min > 0 && c->crop_min <= 1)) why = "crop_min must be in (0, 1]";
     else if (c->threads < 0 || c->threads > 256) why = "threads must be in [0, 256]";
+    else if (!(c->max_bad_fraction >= 0 && c->max_bad_fraction <= 1))
+        why = "max_bad_fraction must be in [0, 1]";
     else if (!(c->strength.jitter >= 0 && c->strength.jitter <= 1)) why = "jitter must be in [0, 1]";
     else if (!(c->strength.blur_sigma == 0 || (c->strength.blur_sigma >= 0.1 && c->strength.blur_sigma <= 100)))
         why = "blur_sigma must be 0 (no blur) or in [0.1, 100]";
@@ -72,10 +75,11 @@ static uint64_t s_fnv(uint64_t h, const void *p, size_t n) {
 uint64_t ser_dl_config_hash(const ser_dl_config *c) {
     // v2: group elements drawn by common/nn/ser_group.c (v1 had the loader's own sampler and a
     // configurable scale range), so a v1 peer is refused rather than sent other content.
-    // v3: photometric strengths.
+    // v3: photometric strengths. v4: PNG files are indexed and decoded (a v3 loader skips
+    // them, so a tree that holds PNGs has another index there).
     char s[640];
     int n = snprintf(s, sizeof s,
-                     "ser-dl-v3 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
+                     "ser-dl-v4 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
                      "policy=%d gs=%d interp=%d crop=%.17g photo=%d jit=%.17g blur=%.17g "
                      "gray=%.17g sol=%.17g",
                      c->kind, c->split, c->img, c->patch, c->global_batch, c->shards, c->eq_ratio,
@@ -217,6 +221,7 @@ ser_dl *ser_dl_new(const ser_dl_config *cfg, char err[256]) {
     ser_dl_data *d = ser_dl_data_open(cfg->data, cfg->kind, cfg->split,
                                       cfg->cache_dir[0] ? cfg->cache_dir : NULL, err);
     if (!d) return NULL;
+    ser_dl_data_set_max_bad(d, cfg->max_bad_fraction);
     ser_dl *dl = ser_xcalloc(1, sizeof *dl);
     dl->cfg = *cfg;
     dl->data = d;
@@ -251,6 +256,9 @@ const ser_dl_config *ser_dl_config_of(const ser_dl *dl) { return &dl->cfg; }
 int ser_dl_threads(const ser_dl *dl) { return dl->pool.nthreads; }
 uint64_t ser_dl_bad_files(const ser_dl *dl) { return ser_dl_data_bad_files(dl->data); }
 uint64_t ser_dl_replacements(const ser_dl *dl) { return ser_dl_data_replacements(dl->data); }
+int ser_dl_bad_report(const ser_dl *dl, char *buf, size_t n) {
+    return ser_dl_data_bad_report(dl->data, buf, n);
+}
 
 void ser_dl_shard_free(ser_dl_shard *s) {
     free(s->samples);
@@ -458,4 +466,5 @@ void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
     c->strength = (ser_dl_photo_strength){job->data.jitter, job->data.blur_sigma,
                                           job->data.gray_prob, job->data.solarize_prob};
     c->threads = job->data.workers;
+    c->max_bad_fraction = job->data.max_bad_fraction;
 }

@@ -46,7 +46,7 @@
 //   ser_dl_sample, ser_dl_shard, ser_dl_shard_free()
 //   ser_dl (opaque), ser_dl_new(), ser_dl_destroy(), ser_dl_make_shard()
 //   ser_dl_num_eq(), ser_dl_shard_size(), ser_dl_count(), ser_dl_config_of()
-//   ser_dl_bad_files(), ser_dl_replacements()
+//   ser_dl_bad_files(), ser_dl_replacements(), ser_dl_bad_report()
 #ifndef SER_DL_H
 #define SER_DL_H
 
@@ -82,6 +82,8 @@ typedef struct ser_dl_config {
     int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
     ser_dl_photo_strength strength;  // ser_dl_photo_moco
     int threads;          // decode/augment threads; 0 = all online cores
+    double max_bad_fraction;  // bad-file budget (ser_dl_data_set_max_bad); 0.01. Not hashed:
+                              // it changes no shard, only when the loader gives up
 } ser_dl_config;
 
 void ser_dl_config_defaults(ser_dl_config *c);
@@ -126,8 +128,11 @@ ser_dl *ser_dl_new(const ser_dl_config *cfg, char err[256]);
 void ser_dl_destroy(ser_dl **dlp);
 
 // Fills *out (caller frees with ser_dl_shard_free). Not reentrant: one call at a time per dl.
-// Returns SER_OK, SER_EINVAL (shard out of range) or SER_EFORMAT (nothing decodable).
+// Returns SER_OK, SER_EINVAL (shard out of range) or SER_EFORMAT (nothing decodable, or more
+// bad files than the budget: ser_dl_bad_report says which).
 int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *out);
+// ser_dl_data_bad_report() of the dataset.
+int ser_dl_bad_report(const ser_dl *dl, char *buf, size_t n);
 
 int ser_dl_num_eq(const ser_dl *dl);
 int ser_dl_shard_size(const ser_dl *dl);

@@ -29,6 +29,7 @@ typedef struct s_opts {
     int have_job;
     int prefetch, cache_shards, preview_samples, steps, repeat;
     int64_t step;
+    double idle_exit;  // seconds; 0: serve until stopped
 } s_opts;
 
 static void s_usage(FILE *f, const char *cmd) {
@@ -52,8 +53,27 @@ static void s_usage(FILE *f, const char *cmd) {
             "  --crop-min X          RandomResizedCrop minimum scale (0.08)\n"
             "  --no-photometric      geometry only\n"
             "  --threads N           decode/augment threads (0 = all cores)\n"
-            "  --log-level L         debug|info|warning|error (info)\n",
+            "  --log-level L         debug|info|warning|error (info); --quiet: warning\n",
             cmd);
+    if (strcmp(cmd, "ser dataloader") == 0)
+        fprintf(f,
+                "service (docs/dataloader.md):\n"
+                "  --bind EP             endpoint to serve on (tcp://127.0.0.1:5600; port * = any)\n"
+                "  --endpoint-file F     write the bound endpoint to F\n"
+                "  --prefetch N          steps of each shard index built ahead while idle (2)\n"
+                "  --cache-shards N      shards kept in memory (8)\n"
+                "  --idle-exit S         once shards were served, exit (0) after S seconds without\n"
+                "                        a request: the job has ended (600; 0 = serve until\n"
+                "                        stopped)\n"
+                "preview (no service):\n"
+                "  --preview OUT.jpg     write a grid of augmented pairs of one step and exit\n"
+                "  --preview-samples N   rows of the grid (6)\n"
+                "  --step N              the step drawn (0)\n"
+                "Exit status: 0 stopped (SIGINT/SIGTERM) or idle after its job, 1 failed, 2 bad\n"
+                "option or job file.\n");
+    else
+        fprintf(f, "  --steps K             steps per timed repeat (10)\n"
+                   "  --repeat R            timed repeats; the median is reported (5)\n");
 }
 
 static int s_enum(const char *v, const char *const *names, int *out) {
@@ -79,11 +99,24 @@ static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1, used = 1;
+        // --name=value, as getopt_long takes it: the value is in this word.
+        char name[32];
+        const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
+        if (eq && (size_t)(eq - a) < sizeof name) {
+            memcpy(name, a, (size_t)(eq - a));
+            name[eq - a] = 0;
+            a = name, v = eq + 1, used = 0;
+        }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             s_usage(stdout, cmd);
             exit(0);
-        } else if (strcmp(a, "--no-photometric") == 0) {
-            c->photometric = 0;
+        } else if (strcmp(a, "--no-photometric") == 0 || strcmp(a, "--quiet") == 0) {
+            if (eq) {
+                fprintf(stderr, "%s: %s takes no value\n", cmd, a);
+                return 2;
+            }
+            if (a[2] == 'q') ser_log_set_level(SER_LL_WARNING);
+            else c->photometric = 0;
             used = 0;
         } else if (!v) {
             fprintf(stderr, "%s: %s needs a value\n", cmd, a);
@@ -161,6 +194,10 @@ static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
             o->steps = atoi(v);
         } else if (strcmp(a, "--repeat") == 0) {
             o->repeat = atoi(v);
+        } else if (strcmp(a, "--idle-exit") == 0) {
+            char *end;
+            o->idle_exit = strtod(v, &end);
+            ok = *v && !*end && o->idle_exit >= 0 && o->idle_exit <= 1e7;
         } else if (strcmp(a, "--log-level") == 0) {
             int l = ser_log_parse_level(v);
             ok = l >= 0;
@@ -196,6 +233,7 @@ static void s_opts_defaults(s_opts *o) {
     o->preview_samples = 6;
     o->steps = 10;
     o->repeat = 5;
+    o->idle_exit = 600;  // past any pause of a live job (a checkpoint, the kNN monitor, a restart)
 }
 
 // --- preview -----------------------------------------------------------------------------------
@@ -295,6 +333,7 @@ int ser_cmd_dataloader(int argc, char **argv) {
         ser_dl_destroy(&dl);
         return 1;
     }
+    ser_dl_service_set_idle_exit(svc, (int64_t)(o.idle_exit * 1000));
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;
@@ -315,6 +354,9 @@ int ser_cmd_dataloader(int argc, char **argv) {
             o.cfg.job_id, (unsigned long long)ser_dl_config_hash(&o.cfg), ser_dl_count(dl),
             ser_dl_threads(dl), o.cfg.global_batch, o.cfg.shards, ser_dl_num_eq(dl),
             ser_dl_service_endpoint(svc));
+    if (o.idle_exit > 0)
+        ser_log(SER_LL_INFO, "dataloader: exits when no request comes for %g s after it has "
+                "served shards (--idle-exit)", o.idle_exit);
     rc = ser_dl_service_run(svc, &s_stop);
     ser_dl_service_stats st;
     ser_dl_service_get_stats(svc, &st);

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <png.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,8 @@
 
 #define SER_DL_INDEX_MAGIC 0x58444c53u  // "SLDX"
 // v2: files that are not regular files are left out, folders reached twice walked once.
-#define SER_DL_INDEX_VERSION 2u
+// v3: PNG files are indexed (a v2 index of the same folders left them out).
+#define SER_DL_INDEX_VERSION 3u
 
 // Limits on what one dataset may contain. Past them something is wrong (a root pointed at /,
 // a symlink farm, a disk image named .jpg): the walk stops with an error naming the limit
@@ -28,6 +31,7 @@
 #define SER_DL_MAX_FILE_BYTES ((size_t)64 << 20)  // one image (or CIFAR-10 batch) file
 #define SER_DL_MAX_ENTRIES 10000000u              // folder entries read by one index walk
 #define SER_DL_MAX_DEPTH 16                       // folder levels below a class folder
+#define S_FIRST_BAD 4                             // bad files named by ser_dl_data_bad_report
 
 typedef struct s_entry {
     uint32_t path;  // offset into the string arena
@@ -58,6 +62,16 @@ struct ser_dl_data {
     // Bad-file bookkeeping: 0 unknown/good, 1 bad (logged).
     uint8_t *bad;
     uint64_t n_bad, n_replaced;
+    // The budget: with more than max_bad bad files every load fails (ser_dl_data_set_max_bad).
+    uint64_t max_bad;
+    double max_bad_fraction;
+    // The first bad files with their reasons, for the message that stops a job: slot k is
+    // written by the thread that counted the (k+1)-th bad file, then marked ready.
+    struct {
+        uint32_t idx;
+        int ready;
+        char why[96];
+    } first_bad[S_FIRST_BAD];
 };
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -106,10 +120,10 @@ static int s_has_ext(const char *name, const char *const *exts) {
     return 0;
 }
 
-static const char *const s_jpeg_exts[] = {"jpg", "jpeg", "jpe", "jfif", NULL};
+// The images read: JPEG and PNG (the decoder is chosen by the file's signature, not its name).
+static const char *const s_image_exts[] = {"jpg", "jpeg", "jpe", "jfif", "png", NULL};
 // The rest of torchvision's IMG_EXTENSIONS: recognised, counted, skipped.
-static const char *const s_other_exts[] = {"png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
-                                           NULL};
+static const char *const s_other_exts[] = {"ppm", "bmp", "pgm", "tif", "tiff", "webp", NULL};
 
 static int s_strcmp_p(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -221,8 +235,8 @@ typedef struct s_devino {
 typedef struct s_scan {
     s_file *files;
     size_t n, cap;
-    uint64_t skipped;    // other image formats (png, ...)
-    uint64_t irregular;  // JPEG names that are no regular file (FIFO, device, dangling link)
+    uint64_t skipped;    // other image formats (bmp, webp, ...)
+    uint64_t irregular;  // image names that are no regular file (FIFO, device, dangling link)
     uint64_t entries;    // folder entries read, against SER_DL_MAX_ENTRIES
     s_devino *seen;      // open-addressing set of the folders walked, seen_cap a power of 2
     size_t seen_n, seen_cap;
@@ -312,7 +326,7 @@ static void s_add_dirstamp(ser_dl_data *d, const char *rel, const char *abs) {
     d->ndirs++;
 }
 
-// A JPEG name that is not a regular file is left out of the index: reading a FIFO would block
+// An image name that is not a regular file is left out of the index: reading a FIFO would block
 // a loader thread, a device (a link to /dev/zero) would never end. The first few are named.
 static void s_skip_irregular(s_scan *sc, const char *abs, const char *why) {
     if (sc->irregular++ < 10)
@@ -320,7 +334,7 @@ static void s_skip_irregular(s_scan *sc, const char *abs, const char *why) {
                 why);
 }
 
-// Walks folder rel (relative to d->dir) recursively, adding the regular JPEG files with the
+// Walks folder rel (relative to d->dir) recursively, adding the regular image files with the
 // given label. Links are followed, as os.walk(followlinks=True) does, but a folder (device,
 // inode) is walked once per scan, so a link to "." or to a parent is skipped instead of looping;
 // the depth below the class folder and the number of entries read are bounded. Returns SER_OK,
@@ -346,9 +360,9 @@ static int s_walk(ser_dl_data *d, s_scan *sc, const char *rel, int32_t label, in
             ser_log(SER_LL_WARNING, "dataloader: skipping %s/%s: path too long", abs, names[i]);
             continue;
         }
-        int is_jpeg = s_has_ext(names[i], s_jpeg_exts);
+        int is_image = s_has_ext(names[i], s_image_exts);
         if (stat(child_abs, &st) != 0) {  // a dangling link, or removed during the walk
-            if (is_jpeg)
+            if (is_image)
                 s_skip_irregular(sc, child_abs,
                                  errno == ENOENT ? "a dangling link" : strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
@@ -360,7 +374,7 @@ static int s_walk(ser_dl_data *d, s_scan *sc, const char *rel, int32_t label, in
                               child_abs, SER_DL_MAX_DEPTH);
             else
                 rc = s_walk(d, sc, child_rel, label, depth + 1);
-        } else if (is_jpeg) {
+        } else if (is_image) {
             if (!S_ISREG(st.st_mode)) {
                 s_skip_irregular(sc, child_abs, s_file_kind(st.st_mode));
                 continue;
@@ -410,15 +424,15 @@ static int s_scan_imagefolder(ser_dl_data *d, char *err) {
     free(sc.seen);
     d->nclasses = (uint32_t)label;
     if (sc.skipped)
-        ser_log(SER_LL_WARNING, "dataloader: %s: skipped %llu non-JPEG image files", d->dir,
-                (unsigned long long)sc.skipped);
+        ser_log(SER_LL_WARNING, "dataloader: %s: skipped %llu image files that are neither JPEG "
+                "nor PNG (bmp, ppm, pgm, tif, webp)", d->dir, (unsigned long long)sc.skipped);
     if (sc.irregular)
         ser_log(SER_LL_WARNING,
-                "dataloader: %s: skipped %llu JPEG names that are not regular files", d->dir,
+                "dataloader: %s: skipped %llu image names that are not regular files", d->dir,
                 (unsigned long long)sc.irregular);
     if (sc.n) qsort(sc.files, sc.n, sizeof *sc.files, s_file_cmp);
     if (!rc && (sc.n == 0 || sc.n >= UINT32_MAX)) {
-        snprintf(err, 256, "no JPEG files in class folders under %s", d->dir);
+        snprintf(err, 256, "no JPEG or PNG files in class folders under %s", d->dir);
         rc = SER_ENOENT;
     } else if (!rc) {  // (otherwise err says which limit the walk passed)
         d->n = (uint32_t)sc.n;
@@ -726,15 +740,21 @@ ser_dl_data *ser_dl_data_open(const char *root, int kind, int split, const char 
             rc = SER_EIO;
             goto fail;
         }
-        const char *sub = split == SER_DL_SPLIT_TRAIN ? "train" : "val";
-        snprintf(d->dir, sizeof d->dir, "%s/%s", real, sub);
-        if (!s_is_dir(d->dir)) {
-            if (split == SER_DL_SPLIT_VAL) {
-                snprintf(err, 256, "dataset root %s has no val/ folder", root);
+        // The held-out split is val/ (ImageNet's name), else test/ (the name of many exported
+        // datasets): the folder used is logged, so that a test/ tree is never mistaken for none.
+        if (split == SER_DL_SPLIT_TRAIN) {
+            snprintf(d->dir, sizeof d->dir, "%s/train", real);
+            if (!s_is_dir(d->dir)) snprintf(d->dir, sizeof d->dir, "%s", real);  // ROOT is train
+        } else {
+            snprintf(d->dir, sizeof d->dir, "%s/val", real);
+            if (!s_is_dir(d->dir)) snprintf(d->dir, sizeof d->dir, "%s/test", real);
+            if (!s_is_dir(d->dir)) {
+                snprintf(err, 256, "dataset root %s has no val/ or test/ folder", root);
                 rc = SER_ENOENT;
                 goto fail;
             }
-            snprintf(d->dir, sizeof d->dir, "%s", real);  // ROOT is the train split
+            ser_log(SER_LL_INFO, "dataloader: %s: the validation split is %s/", root,
+                    strrchr(d->dir, '/') + 1);
         }
         char cpath[PATH_MAX + 64];
         if (cache_dir && *cache_dir) {
@@ -753,6 +773,8 @@ ser_dl_data *ser_dl_data_open(const char *root, int kind, int split, const char 
     }
     if (rc) goto fail;
     d->bad = ser_xcalloc(d->n, 1);
+    d->max_bad = UINT64_MAX;  // no budget until one is set
+    d->max_bad_fraction = 1;
     return d;
 fail:
     ser_dl_data_destroy(&d);
@@ -796,6 +818,48 @@ uint64_t ser_dl_data_bad_files(const ser_dl_data *d) {
 }
 uint64_t ser_dl_data_replacements(const ser_dl_data *d) {
     return __atomic_load_n(&d->n_replaced, __ATOMIC_RELAXED);
+}
+
+const char *ser_dl_data_dir(const ser_dl_data *d) { return d->dir; }
+
+void ser_dl_data_set_max_bad(ser_dl_data *d, double fraction) {
+    double b = floor(fraction * (double)d->n);
+    d->max_bad_fraction = fraction;
+    d->max_bad = b < SER_DL_BAD_FILES_FREE ? SER_DL_BAD_FILES_FREE : (uint64_t)b;
+}
+
+int ser_dl_data_bad_report(const ser_dl_data *d, char *buf, size_t n) {
+    uint64_t nb = ser_dl_data_bad_files(d);
+    int over = nb > d->max_bad || nb >= d->n;
+    size_t off = 0;
+#define S_PUT(...)                                                   \
+    do {                                                             \
+        if (off < n) {                                               \
+            int w_ = snprintf(buf + off, n - off, __VA_ARGS__);      \
+            off += w_ > 0 ? (size_t)w_ : 0;                          \
+        }                                                            \
+    } while (0)
+    if (nb >= d->n)
+        S_PUT("none of the %u files can be decoded", d->n);
+    else if (over)
+        S_PUT("%llu of %u files cannot be decoded, more than data.max_bad_fraction = %g allows "
+              "(%llu)", (unsigned long long)nb, d->n, d->max_bad_fraction,
+              (unsigned long long)d->max_bad);
+    else
+        S_PUT("%llu of %u files cannot be decoded", (unsigned long long)nb, d->n);
+    // The first few by name, then the folder, then the first one's reason (every bad file was
+    // logged with its own): messages on the way to the coordinator are cut, names go first.
+    int named = 0;
+    for (int k = 0; k < S_FIRST_BAD && (uint64_t)k < nb && d->kind == SER_DL_KIND_IMAGEFOLDER;
+         k++) {
+        if (!__atomic_load_n(&d->first_bad[k].ready, __ATOMIC_ACQUIRE)) continue;
+        S_PUT("%s%s", named++ ? ", " : ": ", d->strings + d->entries[d->first_bad[k].idx].path);
+    }
+    S_PUT("%s in %s", nb > (uint64_t)named ? ", ..." : "", d->dir);
+    if (named && __atomic_load_n(&d->first_bad[0].ready, __ATOMIC_ACQUIRE))
+        S_PUT(" (%s: %s)", d->strings + d->entries[d->first_bad[0].idx].path, d->first_bad[0].why);
+#undef S_PUT
+    return over ? SER_EFORMAT : SER_OK;
 }
 
 // --- decoding --------------------------------------------------------------------------------
@@ -904,6 +968,139 @@ done:
     return rc;
 }
 
+// --- PNG -------------------------------------------------------------------------------------
+// libpng reports errors by longjmp: everything a failed decode must free lives in s_png (memory
+// the jump does not roll back), and the frame that called setjmp returns at once.
+
+typedef struct s_png {
+    const uint8_t *buf;
+    size_t n, off;
+    char *err;
+    uint32_t w, h;  // as the header says
+    uint8_t *px;
+    png_bytep *rows;
+} s_png;
+
+static void s_png_read(png_structp png, png_bytep out, size_t len) {
+    s_png *s = png_get_io_ptr(png);
+    if (len > s->n - s->off) png_error(png, "the file is truncated");
+    memcpy(out, s->buf + s->off, len);
+    s->off += len;
+}
+
+static void s_png_error(png_structp png, png_const_charp msg) {
+    s_png *s = png_get_error_ptr(png);
+    if (!s->err[0]) snprintf(s->err, 256, "PNG decode failed: %s", msg);
+    png_longjmp(png, 1);
+}
+
+// Warnings (an ancillary chunk with a bad CRC, an unknown chunk) are accepted, as PIL does.
+static void s_png_warning(png_structp png, png_const_charp msg) {
+    (void)png, (void)msg;
+}
+
+// The decode proper, between setjmp and the last libpng call; rc as ser_dl_decode_png.
+static int s_png_decode(png_structp png, png_infop info, s_png *s) {
+    if (setjmp(png_jmpbuf(png))) return SER_EFORMAT;
+    png_set_read_fn(png, s, s_png_read);
+    png_set_chunk_malloc_max(png, (png_alloc_size_t)8 << 20);  // text and other ancillary chunks
+    png_read_info(png, info);
+    png_uint_32 w, h;
+    int depth, ctype, interlace;
+    png_get_IHDR(png, info, &w, &h, &depth, &ctype, &interlace, NULL, NULL);
+    s->w = w, s->h = h;
+    // PIL's decompression-bomb limit, as for JPEG: a few hundred bytes of IDAT can announce
+    // gigapixels.
+    if (w == 0 || h == 0 || (uint64_t)w * h > (uint64_t)178956970) {
+        snprintf(s->err, 256, "PNG size %ux%u out of range (at most 178956970 pixels, PIL's limit)",
+                 (unsigned)w, (unsigned)h);
+        return SER_EFORMAT;
+    }
+    // PIL's convert("RGB"): palette -> its colours; 1/2/4-bit grey scaled to 8 bits; 16-bit
+    // colour (RGB, grey+alpha) -> the high byte; alpha and tRNS dropped, not composited; grey
+    // replicated. 16-bit grey alone is opened by PIL as a 32-bit integer image whose RGB is the
+    // value clipped to 255: read it at 16 bits and clip below.
+    int gray16 = depth == 16 && ctype == PNG_COLOR_TYPE_GRAY;
+    if (ctype == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+    if (ctype == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+    if (depth == 16 && !gray16) png_set_strip_16(png);
+    // (png_set_palette_to_rgb turns a palette's tRNS into alpha: stripped too.)
+    if ((ctype & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS))
+        png_set_strip_alpha(png);
+    if ((ctype == PNG_COLOR_TYPE_GRAY || ctype == PNG_COLOR_TYPE_GRAY_ALPHA) && !gray16)
+        png_set_gray_to_rgb(png);
+    png_set_interlace_handling(png);
+    png_read_update_info(png, info);
+    size_t rb = png_get_rowbytes(png, info), want = (size_t)w * (gray16 ? 2 : 3);
+    if (rb != want) {
+        snprintf(s->err, 256, "PNG rows of %zu bytes after conversion, expected %zu", rb, want);
+        return SER_EFORMAT;
+    }
+    // The 16-bit grey rows (2 bytes a pixel) fit in the RGB buffer and widen in place.
+    s->px = malloc((size_t)w * h * 3);
+    s->rows = malloc(sizeof(png_bytep) * h);
+    if (!s->px || !s->rows) return SER_ENOMEM;
+    for (png_uint_32 y = 0; y < h; y++) s->rows[y] = s->px + (size_t)y * rb;
+    png_read_image(png, s->rows);  // every interlace pass; IDAT cut short is an error
+    if (gray16)  // backwards: pixel i's RGB (3i..3i+2) lies past the grey of every pixel < i
+        for (size_t i = (size_t)w * h; i-- > 0;) {
+            unsigned v = (unsigned)s->px[2 * i] << 8 | s->px[2 * i + 1];
+            uint8_t g = (uint8_t)(v > 255 ? 255 : v);
+            s->px[3 * i] = s->px[3 * i + 1] = s->px[3 * i + 2] = g;
+        }
+    return SER_OK;
+}
+
+int ser_dl_decode_png(const uint8_t *buf, size_t n, ser_dl_image *out, char err[256]) {
+    out->px = NULL;
+    out->w = out->h = 0;
+    err[0] = 0;
+    if (n < 8 || png_sig_cmp(buf, 0, 8) != 0) {
+        snprintf(err, 256, "not a PNG file (%zu bytes)", n);
+        return SER_EFORMAT;
+    }
+    // The size first, from IHDR (always the first chunk): libpng reads on to the first IDAT
+    // before it says, and a file cut there would be refused for that instead.
+    if (n >= 24 && !memcmp(buf + 12, "IHDR", 4)) {
+        uint64_t w = (uint64_t)buf[16] << 24 | (uint64_t)buf[17] << 16 | buf[18] << 8 | buf[19];
+        uint64_t h = (uint64_t)buf[20] << 24 | (uint64_t)buf[21] << 16 | buf[22] << 8 | buf[23];
+        if (w * h > (uint64_t)178956970) {
+            snprintf(err, 256, "PNG size %llux%llu out of range (at most 178956970 pixels, PIL's "
+                     "limit)", (unsigned long long)w, (unsigned long long)h);
+            return SER_EFORMAT;
+        }
+    }
+    s_png s = {buf, n, 0, err, 0, 0, NULL, NULL};
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &s, s_png_error, s_png_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!info) {
+        png_destroy_read_struct(&png, NULL, NULL);
+        snprintf(err, 256, "png_create_read_struct failed");
+        return SER_ENOMEM;
+    }
+    int rc = s_png_decode(png, info, &s);
+    png_destroy_read_struct(&png, &info, NULL);
+    free(s.rows);
+    if (rc) {
+        free(s.px);
+        if (rc == SER_ENOMEM) snprintf(err, 256, "out of memory for a %ux%u PNG", s.w, s.h);
+        else if (!err[0]) snprintf(err, 256, "PNG decode failed");
+        return rc;
+    }
+    out->px = s.px, out->w = (int)s.w, out->h = (int)s.h;
+    return SER_OK;
+}
+
+int ser_dl_decode_image(void **tj, const uint8_t *buf, size_t n, ser_dl_image *out,
+                        char err[256]) {
+    if (n >= 8 && png_sig_cmp(buf, 0, 8) == 0) return ser_dl_decode_png(buf, n, out, err);
+    if (n >= 2 && buf[0] == 0xFF && buf[1] == 0xD8) return ser_dl_decode_jpeg(tj, buf, n, out, err);
+    out->px = NULL;
+    out->w = out->h = 0;
+    snprintf(err, 256, "not a JPEG or PNG file (%zu bytes)", n);
+    return SER_EFORMAT;
+}
+
 // Decodes one index without replacement; SER_EFORMAT/SER_EIO with err on a bad file.
 static int s_load_one(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out, char *err) {
     if (d->kind != SER_DL_KIND_IMAGEFOLDER) {
@@ -933,7 +1130,7 @@ static int s_load_one(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out
         snprintf(err, 256, "empty file");
         rc = SER_EFORMAT;
     } else {
-        rc = ser_dl_decode_jpeg(tj, buf, n, out, err);
+        rc = ser_dl_decode_image(tj, buf, n, out, err);
     }
     free(buf);
     return rc;
@@ -944,8 +1141,10 @@ int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out,
     SER_ASSERT(idx < d->n);
     // The result depends on idx and the files alone, never on what was decoded before: a
     // file's verdict is a function of its bytes (the decoder is reset after every failure),
-    // so skipping a file already known bad gives what decoding it again would.
+    // so skipping a file already known bad gives what decoding it again would. Past the
+    // budget every load fails: the job stops instead of training on what is left.
     for (uint32_t k = 0; k < d->n; k++) {
+        if (__atomic_load_n(&d->n_bad, __ATOMIC_RELAXED) > d->max_bad) return SER_EFORMAT;
         uint32_t j = (uint32_t)(((uint64_t)idx + k) % d->n);
         if (__atomic_load_n(&d->bad[j], __ATOMIC_RELAXED)) continue;
         char err[256] = "";
@@ -959,7 +1158,12 @@ int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out,
         if (rc == SER_ENOMEM) return rc;
         if (__atomic_exchange_n(&d->bad[j], 1, __ATOMIC_RELAXED) == 0) {
             char path[PATH_MAX];
-            __atomic_add_fetch(&d->n_bad, 1, __ATOMIC_RELAXED);
+            uint64_t nb = __atomic_add_fetch(&d->n_bad, 1, __ATOMIC_RELAXED);
+            if (nb <= S_FIRST_BAD) {
+                d->first_bad[nb - 1].idx = j;
+                snprintf(d->first_bad[nb - 1].why, sizeof d->first_bad[nb - 1].why, "%s", err);
+                __atomic_store_n(&d->first_bad[nb - 1].ready, 1, __ATOMIC_RELEASE);
+            }
             ser_log(SER_LL_WARNING, "dataloader: bad file %s (%s); replaced by the next index",
                     ser_dl_data_path(d, j, path, sizeof path), err);
         }

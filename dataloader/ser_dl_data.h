@@ -2,11 +2,14 @@
 //
 // Three kinds of dataset, each with a train and a val split:
 //   ImageFolder  ROOT/{train,val}/<class>/<file>.jpg (the ImageNet layout; if ROOT has no
-//                train/ folder, ROOT itself is the train split). Classes are the sorted folder
-//                names, files are sorted by name within a class (torchvision's order). Only
-//                JPEG files are indexed (.jpg/.jpeg/.jpe/.jfif, any case); other image files
-//                are counted and skipped with one warning. Grayscale and CMYK JPEGs are
-//                converted to RGB the way PIL's convert("RGB") does. Links are followed, but
+//                train/ folder, ROOT itself is the train split; the validation split is val/,
+//                else test/, and the folder used is logged). Classes are the sorted folder
+//                names, files are sorted by name within a class (torchvision's order). JPEG and
+//                PNG files are indexed (.jpg/.jpeg/.jpe/.jfif/.png, any case; the decoder is
+//                chosen by the file's signature, as PIL does); other image files are counted
+//                and skipped with one warning. Grayscale and CMYK JPEGs, and grey, grey+alpha,
+//                RGBA, palette and 16-bit PNGs, are converted to RGB the way PIL's
+//                convert("RGB") does. Links are followed, but
 //                each folder (device, inode) is walked once, so links to "." or a parent end;
 //                a JPEG name that is no regular file (FIFO, device, socket, dangling link) is
 //                skipped with a warning. More than 16 folder levels below a class folder or
@@ -21,20 +24,26 @@
 // revalidated by the modification times of the class folders. CIFAR-10 and Fashion-MNIST are
 // small enough to be read whole into memory at open.
 //
-// Bad input: a file that is empty, truncated, corrupt, not a JPEG, over 64 MiB, or no longer a
-// regular file when read (it is opened non-blocking and checked with fstat first) is logged
-// once with its path, counted, and replaced by the first good index in the fixed probe
+// Bad input: a file that is empty, truncated, corrupt, neither JPEG nor PNG, over 64 MiB, or no
+// longer a regular file when read (it is opened non-blocking and checked with fstat first) is
+// logged once with its path, counted, and replaced by the first good index in the fixed probe
 // sequence idx+1, idx+2, ... (mod N). Which file is good depends on its bytes alone (the
 // decoder is reset after every failure), so the replacement depends on the index only, never
-// on the order of loads. A missing or unreadable root is an error at open.
+// on the order of loads. A budget (ser_dl_data_set_max_bad: data.max_bad_fraction of the files,
+// at least SER_DL_BAD_FILES_FREE) bounds this: past it every load fails, and
+// ser_dl_data_bad_report() names the count and the first bad files for the message that stops
+// the job. A missing or unreadable root is an error at open.
 //
 // defines:
 //   ser_dl_data (opaque), ser_dl_data_open(), ser_dl_data_destroy()
 //   ser_dl_data_count(), ser_dl_data_label(), ser_dl_data_path(), ser_dl_data_classes()
 //   ser_dl_data_load(): decode one sample (with replacement of bad files) to RGB HWC uint8
 //   ser_dl_data_bad_files(), ser_dl_data_replacements(): counters
+//   ser_dl_data_set_max_bad(), ser_dl_data_bad_report(): the bad-file budget
+//   ser_dl_data_dir(): the split folder read
 //   ser_dl_image, ser_dl_image_free()
-//   ser_dl_decode_jpeg(): the JPEG decoder on its own (TurboJPEG)
+//   ser_dl_decode_image(): JPEG or PNG by the signature
+//   ser_dl_decode_jpeg(), ser_dl_decode_png(): the decoders on their own (TurboJPEG, libpng)
 //   ser_dl_encode_jpeg(), ser_dl_data_make_synthetic(): JPEG writing, synthetic trees for
 //   tests, previews and benchmarks
 #ifndef SER_DL_DATA_H
@@ -52,6 +61,9 @@ enum ser_dl_kind {
 };
 
 enum ser_dl_split { SER_DL_SPLIT_TRAIN = 0, SER_DL_SPLIT_VAL = 1 };
+
+// Bad files always tolerated, whatever the fraction (a small dataset with a few bad files).
+#define SER_DL_BAD_FILES_FREE 10
 
 // An RGB image, rows of w*3 bytes (HWC), owned by the struct.
 typedef struct ser_dl_image {
@@ -91,6 +103,20 @@ int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out,
 uint64_t ser_dl_data_bad_files(const ser_dl_data *d);
 uint64_t ser_dl_data_replacements(const ser_dl_data *d);
 
+// The bad-file budget: once more than max(SER_DL_BAD_FILES_FREE, floor(fraction * count)) files
+// are found bad, every ser_dl_data_load fails with SER_EFORMAT. None until set. Call it before
+// loads start (not thread-safe against them).
+void ser_dl_data_set_max_bad(ser_dl_data *d, double fraction);
+// Writes into buf what is known of the bad files: "12 of 16 files cannot be decoded, more than
+// data.max_bad_fraction = 0.01 allows (10): c00/a.jpg, c00/b.jpg, ... in /data/train (c00/a.jpg:
+// not a JPEG or PNG file (14 bytes))" (or "none of the 16 files can be decoded: ..."): the first
+// few named, then the first one's reason. Only bad files of an ImageFolder are ever named (the
+// in-memory datasets have none). Returns SER_EFORMAT when the budget is passed or no file
+// decodes, else SER_OK.
+int ser_dl_data_bad_report(const ser_dl_data *d, char *buf, size_t n);
+// The folder of the split (ImageFolder: ROOT/train, ROOT, ROOT/val or ROOT/test; "" others).
+const char *ser_dl_data_dir(const ser_dl_data *d);
+
 // Decodes a JPEG held in memory to RGB with TurboJPEG (accurate DCT, fancy upsampling, as
 // PIL's decoder). Grayscale is replicated; CMYK/YCCK is converted as PIL does (Adobe
 // inverted CMYK, then cmyk2rgb). Truncated data is an error (as PIL without
@@ -102,6 +128,21 @@ uint64_t ser_dl_data_replacements(const ser_dl_data *d);
 // with a reason in err.
 int ser_dl_decode_jpeg(void **tj, const uint8_t *buf, size_t n, ser_dl_image *out,
                        char err[256]);
+
+// Decodes a PNG held in memory to RGB with libpng, as PIL's Image.open(...).convert("RGB"):
+// palette images take their colours (tRNS ignored), 1/2/4-bit grey is scaled to 8 bits, 16-bit
+// RGB / RGBA / grey+alpha keep the high byte, alpha is dropped (not composited), grey is
+// replicated, and 16-bit grey alone is clipped to 255 (PIL reads it as a 32-bit integer image).
+// Interlaced images are read whole. At most 178956970 pixels (PIL's limit, as for JPEG);
+// truncated data (IDAT cut short), a bad CRC on a critical chunk or a corrupt stream is an
+// error, never a crash. Returns SER_OK, SER_ENOMEM, or SER_EFORMAT with a reason in err.
+int ser_dl_decode_png(const uint8_t *buf, size_t n, ser_dl_image *out, char err[256]);
+
+// Decodes a JPEG or a PNG, chosen by its signature (as PIL does, whatever the file's name);
+// tj as for ser_dl_decode_jpeg (untouched for a PNG). SER_EFORMAT "not a JPEG or PNG file" for
+// anything else.
+int ser_dl_decode_image(void **tj, const uint8_t *buf, size_t n, ser_dl_image *out,
+                        char err[256]);
 
 // Encodes RGB (h, w, 3) to a JPEG file (4:2:0, quality q). Returns SER_OK or SER_EIO.
 int ser_dl_encode_jpeg(const char *path, const uint8_t *rgb, int w, int h, int q);

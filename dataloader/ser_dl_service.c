@@ -3,6 +3,7 @@
 #include "ser_wire.h"
 
 #include "ser_curve.h"
+#include "ser_netdiag.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -123,7 +124,10 @@ struct ser_dl_service {
     uint64_t clock;
     s_key queue[S_QUEUE_CAP];
     int qlen;
+    int bad_logged;  // the bad-data refusal was logged (once)
     ser_dl_service_stats st;
+    int64_t idle_exit_ms, last_request_ms;  // see ser_dl_service_set_idle_exit
+    int idle_noted;                         // this silence was logged
 };
 
 ser_dl_service *ser_dl_service_new(ser_dl *dl, const char *endpoint, int prefetch,
@@ -159,6 +163,8 @@ fail:
 }
 
 const char *ser_dl_service_endpoint(const ser_dl_service *s) { return s->endpoint; }
+
+void ser_dl_service_set_idle_exit(ser_dl_service *s, int64_t ms) { s->idle_exit_ms = ms; }
 
 void ser_dl_service_get_stats(const ser_dl_service *s, ser_dl_service_stats *out) {
     *out = s->st;
@@ -295,6 +301,8 @@ static void s_enqueue(ser_dl_service *s, s_key k) {
 
 static void s_handle(ser_dl_service *s, s_parts *p) {
     s->st.requests++;
+    s->last_request_ms = ser_clock_now_ms();
+    s->idle_noted = 0;
     // [identity, "", request]
     if (p->truncated || p->n != 3 || zmq_msg_size(&p->m[1]) != 0) {
         ser_log(SER_LL_WARNING, "dataloader: dropped a malformed request (%d frames)", p->n);
@@ -315,7 +323,7 @@ static void s_handle(ser_dl_service *s, s_parts *p) {
         return;
     }
     const ser_dl_config *cfg = ser_dl_config_of(s->dl);
-    char why[256] = "";
+    char why[512] = "";
     int status = SER_OK;
     if (req->protocol_version != SER_DL_PROTOCOL_VERSION) {
         snprintf(why, sizeof why, "protocol version %u, this loader speaks %u",
@@ -350,7 +358,18 @@ static void s_handle(ser_dl_service *s, s_parts *p) {
             int rc;
             r = s_build(s, k, &rc);
             if (!r) {
-                snprintf(why, sizeof why, "cannot build the shard: %s", ser_strerror(rc));
+                // Bad data refuses every shard from now on: the worker passes the reason on
+                // and the coordinator stops the job with it (the counts and files first, as
+                // the way there cuts long texts).
+                char bad[400];
+                if (rc == SER_EFORMAT && ser_dl_bad_report(s->dl, bad, sizeof bad)) {
+                    snprintf(why, sizeof why, "bad data: %s", bad);
+                    if (!s->bad_logged++)
+                        ser_log(SER_LL_ERROR, "dataloader: refusing every shard: %s (each bad "
+                                "file is logged above)", bad);
+                } else {
+                    snprintf(why, sizeof why, "cannot build the shard: %s", ser_strerror(rc));
+                }
                 s_reply(s, &p->m[0], k.step, k.shard, NULL, rc, why);
             }
         }
@@ -362,6 +381,28 @@ static void s_handle(ser_dl_service *s, s_parts *p) {
         for (int d = 1; d <= s->prefetch; d++) s_enqueue(s, (s_key){k.step + (uint64_t)d, k.shard});
     }
     ser__loader_shard_request__free_unpacked(req, NULL);
+}
+
+// After a job: 1 when the idle exit is due. A minute of silence is logged once, with what the
+// service will do about it, so that a loader left running says why.
+static int s_idle_over(ser_dl_service *s, int64_t now) {
+    if (s->st.served == 0) return 0;  // not yet a job to wait out
+    int64_t idle = now - s->last_request_ms;
+    if (s->idle_exit_ms > 0 && idle >= s->idle_exit_ms) {
+        ser_log(SER_LL_INFO, "dataloader: no request for %.0f s after serving shards: the job has "
+                "ended; exiting (--idle-exit)", (double)idle / 1000.0);
+        return 1;
+    }
+    if (!s->idle_noted && idle >= 60000) {
+        s->idle_noted = 1;
+        if (s->idle_exit_ms > 0)
+            ser_log(SER_LL_INFO, "dataloader: no request for 60 s; exiting when none comes for "
+                    "%.0f s (--idle-exit)", (double)s->idle_exit_ms / 1000.0);
+        else
+            ser_log(SER_LL_INFO, "dataloader: no request for 60 s; serving until stopped "
+                    "(--idle-exit 0)");
+    }
+    return 0;
 }
 
 int ser_dl_service_run(ser_dl_service *s, volatile sig_atomic_t *stop) {
@@ -404,6 +445,7 @@ int ser_dl_service_run(ser_dl_service *s, volatile sig_atomic_t *stop) {
                     (unsigned long long)st.dropped, (unsigned long long)st.refused,
                     (unsigned long long)st.bad_files, (unsigned long long)st.replacements);
         }
+        if (!s->qlen && s_idle_over(s, now)) break;
     }
     return SER_OK;
 }
@@ -412,7 +454,9 @@ int ser_dl_service_run(ser_dl_service *s, volatile sig_atomic_t *stop) {
 
 struct ser_dl_client {
     void *ctx, *sock;
+    ser_netdiag *diag;  // why an endpoint does not connect (logged while fetching)
     char job_id[64];
+    char endpoints[256];  // as given, for messages
     uint64_t hash;
 };
 
@@ -420,6 +464,7 @@ ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint
                                  char err[256]) {
     ser_dl_client *c = ser_xcalloc(1, sizeof *c);
     snprintf(c->job_id, sizeof c->job_id, "%s", job_id);
+    snprintf(c->endpoints, sizeof c->endpoints, "%s", endpoints);
     c->hash = config_hash;
     c->ctx = zmq_ctx_new();
     c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
@@ -430,11 +475,14 @@ ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint
     int linger = 0;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     if (ser_curve_client(c->sock, err)) goto fail;
+    c->diag = ser_netdiag_new(c->ctx, "data-loader client");
+    char derr[SER_ERR_LEN];
+    if (ser_netdiag_watch(c->diag, c->sock, derr)) ser_log(SER_LL_WARNING, "%s", derr);
     char *list = ser_xstrdup(endpoints), *save = NULL;
     int nconn = 0;
     for (char *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
-        if (zmq_connect(c->sock, e) != 0) {
-            snprintf(err, 256, "cannot connect to %s: %s", e, zmq_strerror(zmq_errno()));
+        if (ser_netdiag_connect(c->sock, e, derr)) {
+            snprintf(err, 256, "%s", derr);
             free(list);
             goto fail;
         }
@@ -442,7 +490,7 @@ ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint
     }
     free(list);
     if (!nconn) {
-        snprintf(err, 256, "no loader endpoint given");
+        snprintf(err, 256, "no loader endpoint given: expected tcp://HOST:PORT[,...]");
         goto fail;
     }
     return c;
@@ -454,6 +502,7 @@ fail:
 void ser_dl_client_destroy(ser_dl_client **cp) {
     if (!cp || !*cp) return;
     ser_dl_client *c = *cp;
+    ser_netdiag_destroy(&c->diag);  // its PAIR socket first: zmq_ctx_term waits for every socket
     if (c->sock) zmq_close(c->sock);
     if (c->ctx) zmq_ctx_term(c->ctx);
     free(c);
@@ -477,14 +526,19 @@ static int s_group_from_wire(ser_group_elem *out, const Ser__LoaderGroup *g, uin
     return SER_OK;
 }
 
+// s_parse_reply's verdicts besides SER_OK and the negative codes it returns.
+#define S_STALE 1      // a reply to another request (late after a timeout): dropped quietly
+#define S_MALFORMED 2  // dropped with a warning (not SER_EFORMAT: a loader that cannot decode
+                       // its files refuses with that status, and that must reach the caller)
+
 // Validates a reply [ "", LoaderShard, frames ] for (step, shard) and fills out.
-// Returns SER_OK, SER_EFORMAT (malformed: dropped), SER_EAGAIN-like 1 (another request's
-// reply: dropped quietly), or the loader's negative status.
+// Returns SER_OK, S_MALFORMED, S_STALE, or the loader's negative status (SER_EVERSION,
+// SER_ECONFIG for a reply of another job).
 static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t shard,
                          ser_dl_shard *out, char *err) {
     if (p->truncated || p->n < 2 || zmq_msg_size(&p->m[0]) != 0) {
         snprintf(err, 256, "malformed reply (%d frames)", p->n);
-        return SER_EFORMAT;
+        return S_MALFORMED;
     }
     static const uint32_t reply_strs[2] = {2, 7};  // job_id, error
     Ser__LoaderShard *m =
@@ -494,9 +548,9 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
             : NULL;
     if (!m) {
         snprintf(err, 256, "reply does not parse");
-        return SER_EFORMAT;
+        return S_MALFORMED;
     }
-    int rc = SER_EFORMAT;
+    int rc = S_MALFORMED;
     if (m->protocol_version != SER_DL_PROTOCOL_VERSION) {
         snprintf(err, 256, "reply has protocol version %u, want %u", m->protocol_version,
                  SER_DL_PROTOCOL_VERSION);
@@ -504,7 +558,7 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         goto done;
     }
     if (m->step != step || m->shard != shard) {
-        rc = 1;  // a late reply to an earlier request
+        rc = S_STALE;
         goto done;
     }
     if (m->status != 0) {
@@ -601,16 +655,22 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
     for (;;) {
         int64_t left = deadline - ser_clock_now_ms();
         if (left < 0) left = 0;
-        zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, (long)left);
+        // The connection's monitor too: why a loader does not answer is logged while waiting.
+        zmq_pollitem_t it[2] = {{c->sock, 0, ZMQ_POLLIN, 0},
+                                {ser_netdiag_socket(c->diag), 0, ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(it, it[1].socket ? 2 : 1, (long)left);
         if (rc < 0 && zmq_errno() != EINTR) {
             snprintf(err, 256, "poll: %s", zmq_strerror(zmq_errno()));
             return SER_EIO;
         }
-        if (rc <= 0) {
+        if (rc > 0 && (it[1].revents & ZMQ_POLLIN)) ser_netdiag_drain(c->diag);
+        if (rc <= 0 || !(it[0].revents & ZMQ_POLLIN)) {
             if (ser_clock_now_ms() >= deadline) {
-                snprintf(err, 256, "no reply for step %llu shard %u in %d ms",
-                         (unsigned long long)step, shard, timeout_ms);
+                char why[200];
+                ser_netdiag_describe(c->diag, why, sizeof why);
+                snprintf(err, 256, "no reply for step %llu shard %u in %d ms from %.80s%s%s%s",
+                         (unsigned long long)step, shard, timeout_ms, c->endpoints,
+                         why[0] ? " (" : "", why, why[0] ? ")" : "");
                 return SER_ETIMEDOUT;
             }
             continue;
@@ -619,8 +679,8 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
         if (s_recv_parts(c->sock, &p, ZMQ_DONTWAIT) != SER_OK) continue;
         rc = s_parse_reply(c, &p, step, shard, out, err);
         s_parts_free(&p);
-        if (rc == 1) continue;  // stale
-        if (rc == SER_EFORMAT) {
+        if (rc == S_STALE) continue;
+        if (rc == S_MALFORMED) {
             ser_log(SER_LL_WARNING, "dataloader client: dropped a reply: %s", err);
             continue;
         }

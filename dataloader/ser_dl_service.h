@@ -13,9 +13,14 @@
 // prefetches the next `prefetch` steps of the same shard index into a cache of at most
 // `cache_shards` shards (bounded memory).
 //
+// A job's end reaches its workers (the coordinator's SHUTDOWN), not its loaders: a loader
+// learns it from the silence that follows. Once it has served a shard, a service with an idle
+// exit returns from run after that long without a request (ser_dl_service_set_idle_exit).
+//
 // defines:
 //   SER_DL_PROTOCOL_VERSION
-//   ser_dl_service (opaque), ser_dl_service_new(), ser_dl_service_run(),
+//   ser_dl_service (opaque), ser_dl_service_new(), ser_dl_service_set_idle_exit(),
+//   ser_dl_service_run(),
 //   ser_dl_service_endpoint(), ser_dl_service_stats, ser_dl_service_get_stats(),
 //   ser_dl_service_destroy()
 //   ser_dl_client (opaque), ser_dl_client_new(), ser_dl_client_fetch(), ser_dl_client_destroy()
@@ -45,7 +50,11 @@ ser_dl_service *ser_dl_service_new(ser_dl *dl, const char *endpoint, int prefetc
                                    int cache_shards, char err[256]);
 // The endpoint actually bound (with the port chosen).
 const char *ser_dl_service_endpoint(const ser_dl_service *s);
-// Serves until *stop becomes non-zero (checked at least every 100 ms). Returns SER_OK.
+// After it has served a shard, run returns when no request has come for ms milliseconds
+// (0, the default: never). It logs once when a minute of silence passes.
+void ser_dl_service_set_idle_exit(ser_dl_service *s, int64_t ms);
+// Serves until *stop becomes non-zero (checked at least every 100 ms) or the idle exit.
+// Returns SER_OK.
 int ser_dl_service_run(ser_dl_service *s, volatile sig_atomic_t *stop);
 void ser_dl_service_get_stats(const ser_dl_service *s, ser_dl_service_stats *out);
 void ser_dl_service_destroy(ser_dl_service **sp);

@@ -75,9 +75,11 @@ int ser_eval_data_open(ser_eval_data *ed, const char *spec, const ser_config *cf
     snprintf(ed->kind, sizeof ed->kind, "%s",
              kind == SER_DL_KIND_CIFAR10 ? "cifar10"
              : kind == SER_DL_KIND_FMNIST ? "fashion-mnist" : "imagefolder");
-    char valdir[4200];
+    // ImageFolder's test split: val/, else test/ (ser_dl_data_open's order); neither: holdout.
+    char valdir[4200], testdir[4200];
     snprintf(valdir, sizeof valdir, "%s/val", root);
-    int holdout = kind == SER_DL_KIND_IMAGEFOLDER && !s_is_dir(valdir);
+    snprintf(testdir, sizeof testdir, "%s/test", root);
+    int holdout = kind == SER_DL_KIND_IMAGEFOLDER && !s_is_dir(valdir) && !s_is_dir(testdir);
     ed->ncls = ser_dl_data_num_classes(ed->dtr);
     uint32_t ntot = ser_dl_data_count(ed->dtr);
     if (ed->ncls < 2)
@@ -95,10 +97,16 @@ int ser_eval_data_open(ser_eval_data *ed, const char *spec, const ser_config *cf
         s_take(&ed->tr, ed->dtr, ptr, a, ed->ncls, train_limit, seed);
         s_take(&ed->te, ed->dte, pte, b, ed->ncls, test_limit, seed + 1);
         free(m), free(ptr), free(pte);
+        ser_log(SER_LL_INFO, "eval data %s: no val/ or test/ folder: the test split is a seeded "
+                "20%% of train (%d images)", root, b);
     } else {
-        snprintf(ed->test_split, sizeof ed->test_split, "val");
         ed->dte = ser_dl_data_open(root, kind, SER_DL_SPLIT_VAL, NULL, e2);
         if (!ed->dte) return ser_errf(err, SER_ENOENT, "dataset (test split): %s", e2);
+        // "val" or "test": the folder ImageFolder read (the in-memory datasets' own test files
+        // are "val" here, as before).
+        const char *dir = ser_dl_data_dir(ed->dte), *slash = strrchr(dir, '/');
+        snprintf(ed->test_split, sizeof ed->test_split, "%s",
+                 kind == SER_DL_KIND_IMAGEFOLDER && slash ? slash + 1 : "val");
         int nc2 = ser_dl_data_num_classes(ed->dte);
         if (nc2 != ed->ncls)
             return ser_errf(err, SER_ESHAPE, "dataset %s: train has %d classes, val %d", root,

@@ -3,9 +3,9 @@
 // images, in the same order, and compute the same features: the monitor's figure at step t
 // equals `ser eval knn` on the checkpoint of step t (same subsets, same threads).
 //
-// Data: the train and test splits of an ImageFolder tree (val/ is the test split; without one,
-// a seeded 20% of train is held out as test), CIFAR-10 or Fashion-MNIST (gray replicated to
-// RGB by the loader). Every image is resized to the model's img_size x img_size (PIL bilinear,
+// Data: the train and test splits of an ImageFolder tree (val/, else test/, is the test split;
+// without either, a seeded 20% of train is held out as test, and the log says so), CIFAR-10
+// or Fashion-MNIST (gray replicated to RGB by the loader). Every image is resized to the model's img_size x img_size (PIL bilinear,
 // antialiased, the whole image: no crop, no augmentation) and normalised with the ImageNet mean
 // and std as the workers do. Limits take a seeded, class-balanced subset (ser_eval_subset).
 //

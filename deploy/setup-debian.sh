@@ -8,7 +8,7 @@ PKGS=(
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
   libopenblas-dev libopenblas-openmp-dev
   libturbojpeg0-dev libjpeg62-turbo-dev
-  libuv1-dev libhttp-parser-dev libcjson-dev libinih-dev zlib1g-dev libxxhash-dev
+  libuv1-dev libhttp-parser-dev libcjson-dev libinih-dev zlib1g-dev libpng-dev libxxhash-dev
   libcmocka-dev iproute2
   dataset-fashion-mnist
 )

@@ -56,6 +56,10 @@ int ser_test_run(const char *dir, const char *args);
 int ser_test_log_has(const char *dir, const char *needle);
 // The entries of dir whose name contains sub.
 int ser_test_count_entries(const char *dir, const char *sub);
+// How many times needle occurs in the first 64 KiB of the file at path (0 when absent).
+int ser_test_count_in_file(const char *path, const char *needle);
+// A TCP port of 127.0.0.1 where nothing listens (bound, then closed).
+int ser_test_closed_port(void);
 
 // One objective's forward and backward on one batch in this process, without a trainer: the
 // engine forward, the objective's batch-coupled half, the engine backward (the step loop of

@@ -1,5 +1,8 @@
 // ser_testutil.c — see ser_test.h.
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -260,4 +263,30 @@ void ser_test_write_jpeg_sof0_zero(const char *path, const uint8_t *good, size_t
     memset(b + sof + 5, 0, 4);  // FF C0, length (2), precision (1), height (2), width (2)
     ser_test_write_file(path, b, n);
     free(b);
+}
+
+int ser_test_count_in_file(const char *path, const char *needle) {
+    static char buf[65536];
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    int k = 0;
+    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p += strlen(needle)) k++;
+    return k;
+}
+
+int ser_test_closed_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
 }

@@ -3,20 +3,24 @@
 // nothing; garbage frames crash nothing; a peer of another job is refused; a coordinator whose
 // workers are all gone says so and exits. Every child is killed by pid on every exit path and
 // the whole test runs under a hard alarm.
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "ser_test.h"
+#include "ser_cmd.h"
 #include "ser_dl_data.h"
 #include "ser_curve.h"
 #include "ser_wire.h"
@@ -159,16 +163,9 @@ static int s_read_line(const char *name, char *buf, size_t n, int timeout_ms) {
 
 // How many times needle occurs in the first 64 KiB of log.
 static int s_log_count(const char *log, const char *needle) {
-    char path[256], buf[65536];
+    char path[256];
     snprintf(path, sizeof path, "%s/%s", s_dir, log);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    int k = 0;
-    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p += strlen(needle)) k++;
-    return k;
+    return ser_test_count_in_file(path, needle);
 }
 
 static int s_log_has(const char *log, const char *needle) {
@@ -356,7 +353,8 @@ static void test_dino_skip_resends_teacher(void **state) {
 }
 
 // `kill PID` of ser local (SIGTERM to it alone, as systemd or a scheduler sends it) stops the
-// job the way Ctrl-C does: the coordinator checkpoints the last completed step and all exit.
+// job the way Ctrl-C does: the coordinator checkpoints the last completed step and all exit,
+// ser local with the status that tells an interrupted job from a finished one.
 static void test_local_stops_on_sigterm(void **state) {
     (void)state;
     char cfg[160], od[200];
@@ -368,7 +366,7 @@ static void test_local_stops_on_sigterm(void **state) {
     for (int t = 0; t < 3000 && !s_log_has("sigterm.log", "I step 2:"); t++) s_sleep_ms(5);
     assert_true(s_log_has("sigterm.log", "I step 2:"));
     kill(pid, SIGTERM);
-    assert_int_equal(s_wait(pid), 0);
+    assert_int_equal(s_wait(pid), SER_EXIT_INTERRUPTED);
     assert_true(s_log_has("sigterm.log", "stop requested during step"));
     assert_true(s_log_has("sigterm.log", "checkpoint /"));
 }
@@ -1347,6 +1345,102 @@ static void test_all_workers_gone(void **state) {
     assert_true(s_log_has("coord.log", "no live worker"));
 }
 
+// 1 when DIR/log holds needle within ms milliseconds.
+static int s_log_within(const char *log, const char *needle, int ms) {
+    for (int t = 0; t < ms; t += 10) {
+        if (s_log_has(log, needle)) return 1;
+        s_sleep_ms(10);
+    }
+    return s_log_has(log, needle);
+}
+
+// A worker that cannot reach its coordinator says why within 2 s, once: a closed port, a host
+// name that does not resolve, a CURVE coordinator when the worker has no key (ZeroMQ alone
+// retries in silence). A malformed endpoint is refused at start with what is expected.
+static void test_worker_names_why_it_cannot_connect(void **state) {
+    (void)state;
+    char ep[64], want[200], key[120], kset[180], out[160], cep[256], err[SER_ERR_LEN];
+    int port = ser_test_closed_port();
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    pid_t refused = s_worker(ep, "wrefused");
+    pid_t nohost = s_worker("tcp://no-such-host.invalid:5555", "wnohost");
+    snprintf(key, sizeof key, "%s/diag.key", s_dir);
+    assert_int_equal(ser_curve_keygen(key, err), 0);
+    snprintf(kset, sizeof kset, "cluster.curve_key=%s", key);
+    snprintf(out, sizeof out, "%s/diag.safetensors", s_dir);
+    snprintf(s_extra, sizeof s_extra, "%s", kset);
+    pid_t coord = s_coordinator_at(out, "1", "20000", cep, sizeof cep, "0", "diagcoord.log");
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    pid_t nokey = s_worker(cep, "wnokey");  // this process has no SER_CURVE_KEY
+    snprintf(want, sizeof want, "worker wrefused: tcp://127.0.0.1:%d: connection refused (nothing "
+             "listening on 127.0.0.1:%d?)", port, port);
+    assert_true(s_log_within("wrefused.log", want, 2000));
+    assert_true(s_log_within("wnohost.log", "worker wnohost: tcp://no-such-host.invalid:5555: host "
+                             "not found: cannot resolve 'no-such-host.invalid'", 2000));
+    assert_true(s_log_within("wnokey.log", ": CURVE handshake failed: the server uses CURVE and "
+                             "this process has no key (SER_CURVE_KEY is unset: set SER_CURVE_KEY / "
+                             "SER_CURVE_SERVER_KEY)", 2000));
+    // Once, not at every retry of ZeroMQ (every ~100 ms): again only after 30 s, with a count.
+    s_sleep_ms(1500);
+    assert_int_equal(s_log_count("wrefused.log", "connection refused"), 1);
+    assert_int_equal(s_log_count("wnohost.log", "host not found"), 1);
+    assert_int_equal(s_log_count("wnokey.log", "handshake failed"), 1);
+    assert_false(s_log_has("wnokey.log", "worker wnokey joined"));
+    pid_t kids[4] = {refused, nohost, nokey, coord};
+    for (int i = 0; i < 4; i++) {
+        kill(kids[i], SIGKILL);
+        s_wait(kids[i]);
+    }
+    // A malformed endpoint: named with what is expected, and the worker exits.
+    assert_int_not_equal(s_wait(s_worker("localhost:5555", "wbadep")), 0);
+    assert_true(s_log_has("wbadep.log", "endpoint 'localhost:5555' has no transport: expected "
+                          "tcp://HOST:PORT (did you mean tcp://localhost:5555?)"));
+    assert_int_not_equal(s_wait(s_worker("tcp:/x", "wbadep2")), 0);
+    assert_true(s_log_has("wbadep2.log", "endpoint 'tcp:/x': expected tcp://HOST:PORT"));
+    s_kill_all();
+}
+
+// A dataset where no file decodes (text files named .jpg): the loader refuses its shards with
+// the count and the files, and the coordinator stops the job (exit 1) with that message instead
+// of retrying the shard for ever.
+static void test_bad_data_stops_the_job(void **state) {
+    (void)state;
+    char root[128], p[200], out[128], ep[256], lep[256];
+    snprintf(root, sizeof root, "%s/fakedata", s_dir);
+    for (int c = 0; c < 2; c++) {
+        snprintf(p, sizeof p, "%s/train/c%d", root, c);
+        char err[SER_ERR_LEN];
+        assert_int_equal(ser_mkdir_p(p, err), 0);
+        for (int i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/train/c%d/f%d.jpg", root, c, i);
+            FILE *f = fopen(p, "w");
+            assert_non_null(f);
+            fputs("not an image\n", f);
+            fclose(f);
+        }
+    }
+    snprintf(out, sizeof out, "%s/baddata.safetensors", s_dir);
+    s_loader(root, "*", "badloader.log", lep, sizeof lep);
+    snprintf(s_extra, sizeof s_extra, "data.path=%s", root);
+    pid_t coord = s_coordinator_at(out, "3", "30000", ep, sizeof ep, "0", "baddata.log");
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+    s_loader_worker(ep, lep, "wbad");
+    time_t t0 = time(NULL);
+    int rc = s_wait(coord);
+    print_message("the job stopped after %lld s\n", (long long)(time(NULL) - t0));
+    if (rc != 1) system("tail -20 /tmp/ser_cluster_*/baddata.log");
+    assert_int_equal(rc, 1);
+    assert_true(time(NULL) - t0 < 30);
+    assert_true(s_log_has("baddata.log", "loader refused: bad data: none of the 8 files can be "
+                          "decoded: c"));
+    assert_true(s_log_has("baddata.log", "no usable worker"));
+    assert_true(s_log_has("badloader.log", "refusing every shard: none of the 8 files can be "
+                          "decoded: "));
+    assert_true(s_log_has("badloader.log", ": not a JPEG or PNG file (13 bytes))"));
+    assert_int_equal(access(out, F_OK), -1);
+    s_kill_all();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_workers_equal_ser_step),
@@ -1372,6 +1466,8 @@ int main(void) {
         cmocka_unit_test(test_loader_killed_and_restarted),
         cmocka_unit_test(test_netns_hosts),
         cmocka_unit_test(test_curve_keys),
+        cmocka_unit_test(test_worker_names_why_it_cannot_connect),
+        cmocka_unit_test(test_bad_data_stops_the_job),
     };
     if (getenv("SER_TEST_FILTER")) cmocka_set_test_filter(getenv("SER_TEST_FILTER"));  // e.g. "*netns*"
     // ctest runs the namespace test on its own (cluster_netns), so that a machine without

@@ -1,7 +1,8 @@
 // test_dl_service.c — `ser dataloader` as two child processes on 127.0.0.1 (ephemeral ports):
 // the same shard has the same bytes from either process (1 and 2 threads) and from the
 // in-process pipeline; mismatched job, config or version is refused with a reason; garbage
-// frames do not crash the service. Children are killed by pid on every exit path, and a
+// frames do not crash the service; a loader with --idle-exit exits once its job has gone
+// quiet, not before it served one. Children are killed by pid on every exit path, and a
 // hard alarm ends the test if anything hangs.
 #include <signal.h>
 #include <stdio.h>
@@ -19,11 +20,11 @@
 #define NCHILD 2
 
 static char s_tmp[256], s_root[300];
-static pid_t s_child[NCHILD];
+static pid_t s_child[NCHILD + 1];  // the last: test_idle_exit's own loader
 static char s_ep[NCHILD][256];
 
 static void s_kill_children(void) {
-    for (int i = 0; i < NCHILD; i++) {
+    for (int i = 0; i < NCHILD + 1; i++) {
         if (s_child[i] <= 0) continue;
         kill(s_child[i], SIGTERM);
         int status = 0;
@@ -41,7 +42,7 @@ static void s_kill_children(void) {
 
 static void s_on_alarm(int sig) {
     (void)sig;
-    for (int i = 0; i < NCHILD; i++)
+    for (int i = 0; i < NCHILD + 1; i++)
         if (s_child[i] > 0) kill(s_child[i], SIGKILL);
     static const char msg[] = "test_dl_service: hard timeout, children killed\n";
     ssize_t w = write(2, msg, sizeof msg - 1);
@@ -61,6 +62,41 @@ static void s_config(ser_dl_config *c) {
     c->seed = 77;
 }
 
+// Starts `ser dataloader` for the test job on an ephemeral port, writing it to DIR/endpoint<i>,
+// with --idle-exit=IDLE (the --opt=value form).
+static pid_t s_loader(int i, int threads, const char *idle) {
+    char epf[300], nthreads[8], idle_opt[32];
+    snprintf(epf, sizeof epf, "%s/endpoint%d", s_tmp, i);
+    snprintf(nthreads, sizeof nthreads, "%d", threads);
+    snprintf(idle_opt, sizeof idle_opt, "--idle-exit=%s", idle);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *argv[] = {"ser", "dataloader", "--data", s_root, "--job", "test-job", "--img",
+                        "32", "--patch", "8", "--batch", "8", "--shards", "2", "--eq-ratio",
+                        "0.25", "--seed", "77", "--threads", nthreads, "--cache", "",
+                        "--bind", "tcp://127.0.0.1:*", "--endpoint-file", epf,
+                        "--log-level", "warning", idle_opt, NULL};
+        execv(SER_BINARY, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+// Waits for DIR/endpoint<i> (10 s at most); ep[0] stays 0 when it does not come.
+static void s_read_endpoint(int i, char *ep, size_t n) {
+    char epf[300];
+    snprintf(epf, sizeof epf, "%s/endpoint%d", s_tmp, i);
+    for (int t = 0; t < 1000 && !ep[0]; t++) {
+        FILE *f = fopen(epf, "r");
+        if (f) {
+            if (!fgets(ep, (int)n, f)) ep[0] = 0;
+            ep[strcspn(ep, "\n")] = 0;
+            fclose(f);
+        }
+        if (!ep[0]) usleep(10000);
+    }
+}
+
 static int s_setup(void **state) {
     (void)state;
     char err[256];
@@ -70,35 +106,10 @@ static int s_setup(void **state) {
     if (!mkdtemp(s_tmp)) return -1;
     snprintf(s_root, sizeof s_root, "%s/data", s_tmp);
     if (ser_dl_data_make_synthetic(s_root, 2, 5, 48, 40, 3, err)) return -1;
+    for (int i = 0; i < NCHILD; i++)
+        if ((s_child[i] = s_loader(i, i + 1, "0")) < 0) return -1;
     for (int i = 0; i < NCHILD; i++) {
-        char epf[300], threads[8];
-        snprintf(epf, sizeof epf, "%s/endpoint%d", s_tmp, i);
-        snprintf(threads, sizeof threads, "%d", i + 1);
-        pid_t pid = fork();
-        if (pid < 0) return -1;
-        if (pid == 0) {
-            char *argv[] = {"ser", "dataloader", "--data", s_root, "--job", "test-job", "--img",
-                            "32", "--patch", "8", "--batch", "8", "--shards", "2", "--eq-ratio",
-                            "0.25", "--seed", "77", "--threads", threads, "--cache", "",
-                            "--bind", "tcp://127.0.0.1:*", "--endpoint-file", epf,
-                            "--log-level", "warning", NULL};
-            execv(SER_BINARY, argv);
-            _exit(127);
-        }
-        s_child[i] = pid;
-    }
-    for (int i = 0; i < NCHILD; i++) {  // wait for each endpoint file (10 s at most)
-        char epf[300];
-        snprintf(epf, sizeof epf, "%s/endpoint%d", s_tmp, i);
-        for (int t = 0; t < 1000 && !s_ep[i][0]; t++) {
-            FILE *f = fopen(epf, "r");
-            if (f) {
-                if (!fgets(s_ep[i], sizeof s_ep[i], f)) s_ep[i][0] = 0;
-                s_ep[i][strcspn(s_ep[i], "\n")] = 0;
-                fclose(f);
-            }
-            if (!s_ep[i][0]) usleep(10000);
-        }
+        s_read_endpoint(i, s_ep[i], sizeof s_ep[i]);
         if (!s_ep[i][0]) {
             fprintf(stderr, "loader %d did not start\n", i);
             s_kill_children();
@@ -281,7 +292,49 @@ static void test_timeout(void **state) {
     int64_t t0 = ser_clock_now_ms();
     assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 300, &sh, err), SER_ETIMEDOUT);
     assert_true(ser_clock_now_ms() - t0 < 2000);
+    // The timeout names the endpoint and, from the socket's monitor, why it did not answer.
+    print_message("%s\n", err);
+    assert_non_null(strstr(err, "from tcp://127.0.0.1:1"));
+    assert_non_null(strstr(err, "connection refused (nothing listening on 127.0.0.1:1?)"));
     ser_dl_client_destroy(&cl);
+    // A malformed endpoint is named with what is expected, before anything connects.
+    assert_null(ser_dl_client_new("tcp://127.0.0.1:2,localhost:5556", "test-job", 1, err));
+    assert_non_null(strstr(err, "'localhost:5556' has no transport: expected tcp://HOST:PORT"));
+    assert_null(ser_dl_client_new("tcp:/x", "test-job", 1, err));
+    assert_non_null(strstr(err, "'tcp:/x': expected tcp://HOST:PORT"));
+}
+
+// --idle-exit=1: a loader that has served nothing waits for its job however long; once it has
+// served a shard, a second without requests ends it with exit status 0.
+static void test_idle_exit(void **state) {
+    (void)state;
+    char ep[256] = "", err[256];
+    s_child[NCHILD] = s_loader(NCHILD, 1, "1");
+    s_read_endpoint(NCHILD, ep, sizeof ep);
+    assert_true(ep[0]);
+    usleep(1500000);
+    int status = 0;
+    assert_int_equal(waitpid(s_child[NCHILD], &status, WNOHANG), 0);  // no job yet: stays
+    ser_dl_config c;
+    s_config(&c);
+    ser_dl_client *cl = ser_dl_client_new(ep, "test-job", ser_dl_config_hash(&c), err);
+    assert_non_null(cl);
+    ser_dl_shard sh;
+    int64_t t0 = ser_clock_now_ms();  // before the loader sees the request
+    assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 10000, &sh, err), SER_OK);
+    ser_dl_shard_free(&sh);
+    pid_t r = 0;
+    for (int t = 0; t < 1000 && r == 0; t++) {  // 10 s at most
+        r = waitpid(s_child[NCHILD], &status, WNOHANG);
+        if (r == 0) usleep(10000);
+    }
+    int64_t waited = ser_clock_now_ms() - t0;
+    ser_dl_client_destroy(&cl);
+    assert_int_equal(r, s_child[NCHILD]);
+    s_child[NCHILD] = 0;
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_true(waited >= 1000);  // not before the second of silence
 }
 
 int main(void) {
@@ -290,6 +343,7 @@ int main(void) {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_garbage_does_not_crash),
         cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_idle_exit),
     };
     int rc = cmocka_run_group_tests(tests, s_setup, s_teardown);
     s_kill_children();

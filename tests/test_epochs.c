@@ -8,7 +8,8 @@
 //   epoch length; a short --steps prints the warning naming where the schedule ends.
 // - The kNN monitor: its figure at the last step equals `ser eval knn` on that checkpoint with
 //   the same subsets and threads, and the final state is bitwise the same with the monitor on or
-//   off (whole output files compared).
+//   off (whole output files compared); `ser local --log-level=warning` silences the info lines
+//   of every process it starts.
 // Every child runs under `timeout` and the whole test under alarm(); temp dirs are removed.
 #include <math.h>
 #include <signal.h>
@@ -360,9 +361,16 @@ static void test_knn_monitor(void **state) {
     assert_int_equal(system(cmd), 0);
     // And a mutation check of the comparison itself: another seed gives other bytes.
     rc = s_ser("seed1", "local --workers 2 --config %s/job.ini --set data.path=%s "
-               "--set run.out_dir=%s/seed1 --steps 10 --set data.seed=1 --out %s/seed1.safetensors",
-               s_dir, s_data, s_dir, s_dir);
+               "--set run.out_dir=%s/seed1 --steps 10 --set data.seed=1 --out %s/seed1.safetensors "
+               "--log-level=warning", s_dir, s_data, s_dir, s_dir);
     assert_int_equal(rc, 0);
+    // ser local passes its log level on: no info line from it, the coordinator, the workers
+    // or the loader.
+    char *log = s_log("seed1");
+    int info = strstr(log, " I ") != NULL;
+    if (info) fprintf(stderr, "seed1.log has info lines:\n%s\n", log);
+    free(log);
+    assert_false(info);
     snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s/seed1.safetensors'", a, s_dir);
     assert_int_not_equal(system(cmd), 0);
 }

@@ -42,7 +42,22 @@ static void s_usage(FILE *f) {
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(f, "  %-12s %s%s\n", s_commands[i].name, s_commands[i].summary,
                 s_commands[i].fn ? "" : "  [not implemented yet]");
-    fprintf(f, "\n  ser --version   print the version\n");
+    fprintf(f, "\n  ser --version   print the version\n"
+               "\n"
+               "Every command takes -h/--help and --opt=value; the long-running ones (local,\n"
+               "coordinator, worker, dataloader) take --log-level error|warning|info|debug and\n"
+               "--quiet (= warning).\n"
+               "\n"
+               "exit status: 0 finished, 1 failed, 2 bad option or job file, 3 a job (local,\n"
+               "coordinator) stopped by SIGINT/SIGTERM after checkpointing its last completed\n"
+               "step (started again, it resumes).\n"
+               "\n"
+               "environment: SER_CURVE_KEY, SER_CURVE_SERVER_KEY, SER_CURVE_ALLOW (a process's\n"
+               "cluster.curve_key, curve_server_key, curve_allow when its job has none: workers),\n"
+               "SER_PLAINTEXT=1 (cluster.plaintext), SER_FAULT (fault injection, for tests),\n"
+               "SER_MALLOC_DEFAULT=1 (glibc's own malloc thresholds).\n"
+               "\n"
+               "docs/cli.md (installed: share/doc/ser/cli.md) describes every command.\n");
 }
 
 int ser_cmd_unimplemented(const char *name, const char *what) {

@@ -26,6 +26,7 @@
 #include "ser_kernels.h"
 #include "ser_backbones.h"
 #include "ser_engine.h"
+#include "ser_netdiag.h"
 #include "ser_shard.h"
 #include "ser_wire.h"
 
@@ -53,6 +54,7 @@ typedef struct s_worker {
     const char *endpoint, *name, *batch_file, *loader;
     ser_dl_client *dl;
     void *ctx, *sock;
+    ser_netdiag *diag;  // why sock does not connect; read by the main thread only (s_run)
     char job_id[SER_CONFIG_STR_LEN];
     ser_config cfg;
     int have_model;
@@ -127,13 +129,24 @@ static int s_connect(s_worker *w) {
     zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, w->name, strlen(w->name));
     char cerr[SER_ERR_LEN];
+    // ZeroMQ retries a connection that does not come up in silence: the socket's monitor says
+    // why (refused, unknown host, CURVE), read and logged by s_run. It outlives the socket, so
+    // a cause is not logged again for every socket made again here. On failure it goes (its
+    // socket must be closed before zmq_ctx_term; s_run is not reached or returns).
+    if (!w->diag) {
+        char who[96];
+        snprintf(who, sizeof who, "worker %s", w->name);
+        w->diag = ser_netdiag_new(w->ctx, who);
+    }
+    if (ser_netdiag_watch(w->diag, w->sock, cerr)) ser_log(SER_LL_WARNING, "%s", cerr);
     if (ser_curve_client(w->sock, cerr)) {
         ser_log(SER_LL_ERROR, "worker %s: %s", w->name, cerr);
+        ser_netdiag_destroy(&w->diag);
         return SER_EIO;
     }
-    if (zmq_connect(w->sock, w->endpoint) != 0) {
-        ser_log(SER_LL_ERROR, "worker %s: cannot connect to %s: %s", w->name, w->endpoint,
-                zmq_strerror(zmq_errno()));
+    if (ser_netdiag_connect(w->sock, w->endpoint, cerr)) {
+        ser_log(SER_LL_ERROR, "worker %s: --coordinator: %s", w->name, cerr);
+        ser_netdiag_destroy(&w->diag);
         return SER_EIO;
     }
     Ser__Envelope e;
@@ -142,7 +155,9 @@ static int s_connect(s_worker *w) {
     e.config_hash = w->have_model ? ser_config_hash(&w->cfg) : 0;
     e.threads = (uint32_t)ser_kernels_get_threads();
     w->last_heard = w->last_sent = ser_clock_now_ms();
-    return ser_wire_send(w->sock, NULL, &e, NULL, 0);
+    int rc = ser_wire_send(w->sock, NULL, &e, NULL, 0);
+    if (rc) ser_netdiag_destroy(&w->diag);
+    return rc;
 }
 
 static int s_welcome(s_worker *w, const Ser__Envelope *e) {
@@ -375,13 +390,14 @@ static void s_params(s_worker *w, const ser_wire_msg *m) {
     }
 }
 
-static int s_run(s_worker *w) {
+static int s_serve(s_worker *w) {
     int64_t hb = 1000, timeout = 10000;
     for (;;) {
         if (s_stop) return 0;
         if (w->have_model) hb = w->cfg.cluster.heartbeat_ms, timeout = w->cfg.cluster.timeout_ms;
-        zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
-        zmq_poll(&it, 1, (long)(hb / 2 > 0 ? hb / 2 : 1));
+        zmq_pollitem_t it[2] = {{w->sock, 0, ZMQ_POLLIN, 0},
+                                {ser_netdiag_socket(w->diag), 0, ZMQ_POLLIN, 0}};
+        zmq_poll(it, it[1].socket ? 2 : 1, (long)(hb / 2 > 0 ? hb / 2 : 1));
         for (int k = 0; k < 16; k++) {
             ser_wire_msg m;
             char err[SER_ERR_LEN];
@@ -426,6 +442,8 @@ static int s_run(s_worker *w) {
                 return 0;
             }
         }
+        // The connection's monitor: after the messages (a SHUTDOWN before its disconnect).
+        ser_netdiag_drain(w->diag);
         // After draining what queued up (during a long task too): heartbeat, then judge silence.
         int64_t now = ser_clock_now_ms();
         if (w->have_model && now - w->last_sent >= hb) {
@@ -445,23 +463,38 @@ static int s_run(s_worker *w) {
             s_send(w, &e, NULL, 0);
         }
         if (now - w->last_heard > timeout) {
-            ser_log(SER_LL_WARNING, "worker %s: coordinator silent for %lld ms; reconnecting to %s",
-                    w->name, (long long)(now - w->last_heard), w->endpoint);
+            // A connection that never came up has its cause in the log already (and again
+            // every SER_NETDIAG_REPEAT_MS); otherwise the silence is named with what is known.
+            char why[400];
+            int st = ser_netdiag_describe(w->diag, why, sizeof why);
+            ser_log(st == SER_NETDIAG_DOWN_LOGGED ? SER_LL_DEBUG : SER_LL_WARNING,
+                    "worker %s: coordinator silent for %lld ms%s%s%s; reconnecting to %s", w->name,
+                    (long long)(now - w->last_heard), why[0] ? " (" : "", why, why[0] ? ")" : "",
+                    w->endpoint);
             if (s_connect(w)) return 1;
         }
     }
 }
 
+// s_serve, then the connection's monitor goes: its socket must be closed before zmq_ctx_term.
+static int s_run(s_worker *w) {
+    int rc = s_serve(w);
+    ser_netdiag_destroy(&w->diag);
+    return rc;
+}
+
 static void s_usage(FILE *f) {
     fprintf(f, "usage: ser worker --coordinator tcp://HOST:PORT (--loader EP[,EP...] | --batch-file B)\n"
-               "                  [--name N]\n"
+               "                  [--name N] [--log-level L | --quiet]\n"
                "  Computes shards for the coordinator until it shuts the job down. The job's\n"
                "  configuration comes from the coordinator. Data: each shard from the data-loader\n"
                "  services at EP (tcp://HOST:PORT, comma-separated), or the global batch of every\n"
                "  step from a batch file (docs/step-format.md; the reference/testing path).\n"
                "  CURVE (a worker has no job file): SER_CURVE_KEY=FILE (its keypair, `ser keygen`),\n"
                "  SER_CURVE_SERVER_KEY=FILE.pub (the servers' public key when it is not the same\n"
-               "  keypair's).\n");
+               "  keypair's).\n"
+               "  --log-level L: error|warning|info|debug (info); --quiet: warning.\n"
+               "  Exit status: 0 job ended or SIGINT/SIGTERM, 1 failed, 2 bad option.\n");
 }
 
 int ser_cmd_worker(int argc, char **argv) {
@@ -474,6 +507,8 @@ int ser_cmd_worker(int argc, char **argv) {
                                           {"batch-file", required_argument, 0, 'b'},
                                           {"loader", required_argument, 0, 'l'},
                                           {"name", required_argument, 0, 'n'},
+                                          {"log-level", required_argument, 0, 'L'},
+                                          {"quiet", no_argument, 0, 'q'},
                                           {"help", no_argument, 0, 'h'},
                                           {0, 0, 0, 0}};
     int c;
@@ -492,6 +527,15 @@ int ser_cmd_worker(int argc, char **argv) {
             }
             w.name = optarg;
             break;
+        case 'L':
+            if (ser_log_parse_level(optarg) < 0) {
+                fprintf(stderr, "ser worker: --log-level '%s': want error|warning|info|debug\n",
+                        optarg);
+                return 2;
+            }
+            ser_log_set_level(ser_log_parse_level(optarg));
+            break;
+        case 'q': ser_log_set_level(SER_LL_WARNING); break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }

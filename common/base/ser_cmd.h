@@ -1,13 +1,22 @@
 // ser_cmd.h — the subcommand entry points of the `ser` executable.
 //
 // Each role folder implements its own entry points; tools/ser_main.c dispatches to them.
-// An entry point returns the process exit status (0 success, 1 runtime failure, 2 usage).
+// An entry point returns the process exit status, one of SER_EXIT_* (docs/cli.md).
 //
 // defines:
+//   SER_EXIT_OK, SER_EXIT_FAILED, SER_EXIT_USAGE, SER_EXIT_INTERRUPTED
 //   ser_cmd_bench (tools/), ser_cmd_dataloader, ser_bench_loader (dataloader/)
 //   ser_cmd_unimplemented()   the uniform message for commands of later milestones
 #ifndef SER_CMD_H
 #define SER_CMD_H
+
+// Exit statuses of every subcommand. A script or scheduler tells a finished job from one
+// stopped by SIGINT/SIGTERM (3: the last completed step is checkpointed, and the same command
+// started again resumes) without parsing logs.
+#define SER_EXIT_OK 0           // finished (a service: stopped, or its job ended)
+#define SER_EXIT_FAILED 1       // failed at run time
+#define SER_EXIT_USAGE 2        // bad option, value or job file: nothing was started
+#define SER_EXIT_INTERRUPTED 3  // a job (coordinator, local) stopped by a signal, checkpointed
 
 int ser_cmd_bench(int argc, char **argv);
 // `ser bench step ...` (argv[0] is "step"), tools/ser_bench_step.c.

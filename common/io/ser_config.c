@@ -220,6 +220,10 @@ static const ser_config_option s_options[] = {
         "Job seed: every random draw is keyed by (seed, epoch, sample, view, purpose)."),
     INT(data, workers, 0, 1024, "4", NOHASH,
         "Decode/augment threads per data loader; 0 = all online cores."),
+    DBL(data, max_bad_fraction, 0, 1, "0.01", NOHASH,
+        "Bad-file budget: a file that cannot be decoded is replaced by the next good one, but "
+        "once more than this fraction of the split's files (and more than 10) are bad the "
+        "loader refuses its shards and the job stops, naming them; 1 = only when none decodes."),
     INT(data, synthetic_images, 1, 1 << 30, "4096", 0, "Images of the synthetic dataset."),
     I64(data, iters_per_epoch, 0, 9e18, "0", 0,
         "Steps per schedule epoch; 0 = ceil(images in the train split / global_batch), counted "

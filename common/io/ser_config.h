@@ -143,6 +143,7 @@ typedef struct ser_config_data {
     int64_t seed;
     int workers, synthetic_images;
     int64_t iters_per_epoch;
+    double max_bad_fraction;
 } ser_config_data;
 
 // The online kNN monitor (coordinator/ser_knn_monitor.h): not hashed, it never changes the

@@ -24,10 +24,6 @@
 #include "fuzz_util.h"
 #include "ser_base.h"
 #include "ser_dl_data.h"
-#include "ser_dl_ops.h"
-#include "ser_rng.h"
-
-#define S_OUT 16
 
 static void *s_tj;
 static tjhandle s_hdr;
@@ -65,27 +61,6 @@ static void s_fail(const char *what, const char *detail) {
     abort();
 }
 
-// The loader's ops on an accepted image (as s_crop_view and s_photo in ser_dl.c do them).
-static void s_augment(const ser_dl_image *im, const uint8_t *data, size_t size) {
-    ser_rng r;
-    uint32_t key = size ? (uint32_t)data[size / 2] << 8 | data[size - 1] : 0;
-    ser_rng_init(&r, 1, key, (uint32_t)size, SER_RNG_CROP);
-    int i, j, h, w;
-    ser_dl_rrc_params(&r, im->w, im->h, 0.08, 1.0, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
-    if (h < 1 || w < 1 || i < 0 || j < 0 || i + h > im->h || j + w > im->w) {
-        char d[128];
-        snprintf(d, sizeof d, "crop (%d, %d, %d, %d) of %d x %d", i, j, h, w, im->w, im->h);
-        s_fail("RandomResizedCrop box outside the image", d);
-    }
-    uint8_t out[S_OUT * S_OUT * 3];
-    int interp = (int)(key & 1);  // bilinear or bicubic, by the input
-    ser_dl_pil_resize(out, S_OUT, S_OUT, im->px, im->w * 3, j, i, w, h, interp);
-    ser_dl_hflip_u8(out, S_OUT, S_OUT);
-    ser_dl_photo p;
-    ser_dl_photo_draw(&p, SER_DL_POLICY_TORCHVISION, 1, key, (uint32_t)size, interp, NULL, NULL);
-    ser_dl_photo_apply_u8(out, S_OUT, S_OUT, &p);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!s_hdr) LLVMFuzzerInitialize(NULL, NULL);
     int w, h, sub, cs;
@@ -103,7 +78,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         // reads the crop box).
         volatile uint8_t last = im.px[(size_t)im.w * im.h * 3 - 1];
         (void)last;
-        s_augment(&im, data, size);
+        char why[160];
+        if (ser_fuzz_augment(&im, data, size, why, sizeof why)) s_fail(why, NULL);
         ser_dl_image_free(&im);
     } else {
         if (!err[0] || im.px) s_fail("a refusal without a reason, or with an image", err);

@@ -7,16 +7,20 @@
 //   ckpt             a checkpoint saved by ser_ckpt_save with the fixture binding
 //   config           INI texts with overrides
 //   jpeg             small JPEGs from TurboJPEG: 4:2:0, 4:4:4, gray, progressive, CMYK, 1x1
+//   png              small PNGs from libpng: RGB, RGBA 16-bit interlaced, grey 1/4/16-bit,
+//                    grey+alpha, palette with tRNS; one truncated, one announcing 20000 x 20000
 //   status_http      HTTP requests for the status port
 // Each seed is valid or one small step from valid. It tests nothing itself and is not run by
 // ctest; run it by hand after a format changes (docs/fuzzing.md):
 //   build/tests/fuzz/fuzz_make_corpus tests/fuzz/corpus
 #include <errno.h>
+#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
+#include <zlib.h>
 
 #include "fuzz_fixtures.h"
 #include "fuzz_util.h"
@@ -445,6 +449,88 @@ static void s_jpeg(void) {
     s_jpeg_one("rgb_40x1", 40, 1, TJPF_RGB, TJSAMP_420, 0);
 }
 
+// --- PNG -----------------------------------------------------------------------------------
+typedef struct s_membuf {
+    uint8_t *p;
+    size_t n, cap;
+} s_membuf;
+
+static void s_png_write_cb(png_structp png, png_bytep data, size_t n) {
+    s_membuf *m = png_get_io_ptr(png);
+    if (m->n + n > m->cap) {
+        m->cap = (m->n + n) * 2;
+        m->p = realloc(m->p, m->cap);
+        if (!m->p) abort();
+    }
+    memcpy(m->p + m->n, data, n);
+    m->n += n;
+}
+
+static void s_png_flush_cb(png_structp png) { (void)png; }
+
+// A w x h PNG of colour type ct, bit depth bd, packed samples from a fixed pattern; palette
+// images get 6 colours and a tRNS of 3 entries.
+static void s_png_one(const char *name, int w, int h, int bd, int ct, int interlace) {
+    s_membuf m = {NULL, 0, 0};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!info || setjmp(png_jmpbuf(png))) {
+        fprintf(stderr, "fuzz_make_corpus: PNG %s: libpng failed\n", name);
+        exit(1);
+    }
+    png_set_write_fn(png, &m, s_png_write_cb, s_png_flush_cb);
+    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, bd, ct,
+                 interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 PNG_FILTER_TYPE_DEFAULT);
+    if (ct == PNG_COLOR_TYPE_PALETTE) {
+        png_color pal[6];
+        png_byte trns[3] = {0, 128, 255};
+        for (int i = 0; i < 6; i++)
+            pal[i] = (png_color){(png_byte)(40 * i), 200, (png_byte)(i * i)};
+        png_set_PLTE(png, info, pal, 6);
+        png_set_tRNS(png, info, trns, 3, NULL);
+    }
+    png_write_info(png, info);
+    int passes = png_set_interlace_handling(png);  // 7 when interlaced: every row each pass
+    size_t rb = png_get_rowbytes(png, info);
+    uint8_t *row = calloc(rb, 1);
+    for (int y = 0; y < h * passes; y++) {
+        for (size_t k = 0; k < rb; k++) {
+            size_t idx = (k + (size_t)(y % h)) % 6;  // palette: both nibbles at 4 bits
+            row[k] = (uint8_t)(ct != PNG_COLOR_TYPE_PALETTE ? k * 37 + (size_t)(y % h) * 11
+                               : bd == 8                    ? idx
+                                                            : idx * 0x11);
+        }
+        png_write_row(png, row);
+    }
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    free(row);
+    s_write("png", name, m.p, m.n);
+    if (strcmp(name, "rgb_8x8") == 0) {
+        s_write("png", "truncated", m.p, m.n - 20);  // IDAT cut short
+        // IHDR announcing 20000 x 20000 (over the 178956970-pixel limit), its CRC made again.
+        static const uint8_t dims[8] = {0, 0, 0x4e, 0x20, 0, 0, 0x4e, 0x20};
+        memcpy(m.p + 16, dims, 8);
+        uLong crc = crc32(0, m.p + 12, 17);
+        for (int i = 0; i < 4; i++) m.p[29 + i] = (uint8_t)(crc >> (24 - 8 * i));
+        s_write("png", "huge_header", m.p, m.n);
+    }
+    free(m.p);
+}
+
+static void s_png(void) {
+    s_png_one("rgb_8x8", 8, 8, 8, PNG_COLOR_TYPE_RGB, 0);
+    s_png_one("rgba16_interlaced_9x7", 9, 7, 16, PNG_COLOR_TYPE_RGB_ALPHA, 1);
+    s_png_one("gray1_13x5", 13, 5, 1, PNG_COLOR_TYPE_GRAY, 0);
+    s_png_one("gray4_interlaced_6x6", 6, 6, 4, PNG_COLOR_TYPE_GRAY, 1);
+    s_png_one("gray16_5x4", 5, 4, 16, PNG_COLOR_TYPE_GRAY, 0);
+    s_png_one("gray_alpha_7x3", 7, 3, 8, PNG_COLOR_TYPE_GRAY_ALPHA, 0);
+    s_png_one("palette8_trns_10x4", 10, 4, 8, PNG_COLOR_TYPE_PALETTE, 0);
+    s_png_one("palette4_11x3", 11, 3, 4, PNG_COLOR_TYPE_PALETTE, 0);
+    s_png_one("rgb_1x1", 1, 1, 8, PNG_COLOR_TYPE_RGB, 0);
+}
+
 // --- status port ---------------------------------------------------------------------------
 static void s_http(void) {
     static const char *const req[][2] = {
@@ -496,6 +582,7 @@ int main(int argc, char **argv) {
     s_ckpt();
     s_config();
     s_jpeg();
+    s_png();
     s_http();
     return 0;
 }

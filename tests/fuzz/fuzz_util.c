@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "ser_base.h"
+#include "ser_dl_ops.h"
+#include "ser_rng.h"
 
 zmq_msg_t *ser_fuzz_msgs(const ser_fuzz_frame *f, int n) {
     zmq_msg_t *m = ser_xcalloc((size_t)(n ? n : 1), sizeof(zmq_msg_t));
@@ -107,4 +109,27 @@ int ser_fuzz_write_file(const char *path, const void *data, size_t n) {
         p += w, n -= (size_t)w;
     }
     return close(fd);
+}
+
+int ser_fuzz_augment(const ser_dl_image *im, const uint8_t *data, size_t size, char *why,
+                     size_t n) {
+    enum { S_OUT = 16 };
+    ser_rng r;
+    uint32_t key = size ? (uint32_t)data[size / 2] << 8 | data[size - 1] : 0;
+    ser_rng_init(&r, 1, key, (uint32_t)size, SER_RNG_CROP);
+    int i, j, h, w;
+    ser_dl_rrc_params(&r, im->w, im->h, 0.08, 1.0, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
+    if (h < 1 || w < 1 || i < 0 || j < 0 || i + h > im->h || j + w > im->w) {
+        snprintf(why, n, "RandomResizedCrop box outside the image: crop (%d, %d, %d, %d) of "
+                 "%d x %d", i, j, h, w, im->w, im->h);
+        return -1;
+    }
+    uint8_t out[S_OUT * S_OUT * 3];
+    int interp = (int)(key & 1);  // bilinear or bicubic, by the input
+    ser_dl_pil_resize(out, S_OUT, S_OUT, im->px, im->w * 3, j, i, w, h, interp);
+    ser_dl_hflip_u8(out, S_OUT, S_OUT);
+    ser_dl_photo p;
+    ser_dl_photo_draw(&p, SER_DL_POLICY_TORCHVISION, 1, key, (uint32_t)size, interp, NULL, NULL);
+    ser_dl_photo_apply_u8(out, S_OUT, S_OUT, &p);
+    return 0;
 }

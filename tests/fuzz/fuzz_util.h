@@ -19,12 +19,15 @@
 //   ser_fuzz_tmpdir()           a per-process temporary folder, removed at exit
 //   ser_fuzz_write_file()       the whole of a buffer into a file (truncating it)
 //   ser_fuzz_rm_rf()            removes a folder tree
+//   ser_fuzz_augment()          the loader's ops on a decoded image (the image harnesses)
 #ifndef SER_FUZZ_UTIL_H
 #define SER_FUZZ_UTIL_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <zmq.h>
+
+#include "ser_dl_data.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -52,5 +55,13 @@ const char *ser_fuzz_tmpdir(void);
 // Returns 0, or -1 (errno set).
 int ser_fuzz_write_file(const char *path, const void *data, size_t n);
 void ser_fuzz_rm_rf(const char *path);
+
+// What the loader does next with an image a decoder accepted, at whatever size it has (as
+// s_crop_view and s_photo in dataloader/ser_dl.c): RandomResizedCrop parameters, PIL resizing to
+// 16 x 16 (bilinear or bicubic, chosen by the input), the flip and the torchvision photometric
+// ops, keyed by the input's bytes. Returns 0, or -1 with the reason in why (n bytes) when the
+// crop box leaves the image.
+int ser_fuzz_augment(const ser_dl_image *im, const uint8_t *data, size_t size, char *why,
+                     size_t n);
 
 #endif
