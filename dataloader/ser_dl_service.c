@@ -6,6 +6,7 @@
 #include "ser_netdiag.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -460,8 +461,13 @@ struct ser_dl_client {
     uint64_t hash;
 };
 
+int64_t ser_dl_reply_max_bytes(int per_shard, int img, int patch, double scale_max) {
+    int64_t side = (int64_t)ceil(img * (scale_max > 1 ? scale_max : 1.0)) + 2 * (int64_t)patch;
+    return (int64_t)per_shard * 2 * 3 * side * side + ((int64_t)1 << 20);
+}
+
 ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint64_t config_hash,
-                                 char err[256]) {
+                                 int64_t max_msg, char err[256]) {
     ser_dl_client *c = ser_xcalloc(1, sizeof *c);
     snprintf(c->job_id, sizeof c->job_id, "%s", job_id);
     snprintf(c->endpoints, sizeof c->endpoints, "%s", endpoints);
@@ -474,6 +480,7 @@ ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint
     }
     int linger = 0;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg);
     if (ser_curve_client(c->sock, err)) goto fail;
     c->diag = ser_netdiag_new(c->ctx, "data-loader client");
     char derr[SER_ERR_LEN];

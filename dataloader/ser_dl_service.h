@@ -61,9 +61,15 @@ void ser_dl_service_destroy(ser_dl_service **sp);
 
 typedef struct ser_dl_client ser_dl_client;
 
-// endpoints: one or more, comma-separated. NULL with a reason in err on failure.
+// endpoints: one or more, comma-separated. max_msg: the largest reply frame taken
+// (ZMQ_MAXMSGSIZE: a loader that sends a larger one is disconnected before it is buffered;
+// ser_dl_reply_max_bytes() sizes it for a job), or -1 for no limit. NULL with a reason in err
+// on failure.
 ser_dl_client *ser_dl_client_new(const char *endpoints, const char *job_id, uint64_t config_hash,
-                                 char err[256]);
+                                 int64_t max_msg, char err[256]);
+// The largest legitimate reply frame of a job's loader: a shard of per_shard samples, each
+// with two views of at most (img x scale_max + 2 x patch) pixels a side, plus 1 MiB.
+int64_t ser_dl_reply_max_bytes(int per_shard, int img, int patch, double scale_max);
 // Requests shard (step, shard) and waits at most timeout_ms for a valid reply; replies for
 // other requests (late answers to an earlier timeout) and malformed replies are dropped.
 // Fills *out (free with ser_dl_shard_free). Returns SER_OK, SER_ETIMEDOUT, or the loader's

@@ -4,6 +4,7 @@
 // frames do not crash the service; a loader with --idle-exit exits once its job has gone
 // quiet, not before it served one. Children are killed by pid on every exit path, and a
 // hard alarm ends the test if anything hangs.
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,7 +167,7 @@ static void test_two_processes_same_bytes(void **state) {
     assert_non_null(local);
     ser_dl_client *cl[NCHILD];
     for (int i = 0; i < NCHILD; i++) {
-        cl[i] = ser_dl_client_new(s_ep[i], "test-job", hash, err);
+        cl[i] = ser_dl_client_new(s_ep[i], "test-job", hash, -1, err);
         assert_non_null(cl[i]);
     }
     // Steps 0..3 (step 2 straddles the epoch boundary: N = 10, B = 8), both shards.
@@ -186,7 +187,7 @@ static void test_two_processes_same_bytes(void **state) {
     // A client connected to both loaders (round robin) gets the same shards.
     char both[600];
     snprintf(both, sizeof both, "%s,%s", s_ep[0], s_ep[1]);
-    ser_dl_client *rr = ser_dl_client_new(both, "test-job", hash, err);
+    ser_dl_client *rr = ser_dl_client_new(both, "test-job", hash, -1, err);
     assert_non_null(rr);
     for (uint64_t t = 0; t < 3; t++) {
         ser_dl_shard a, ref;
@@ -207,16 +208,16 @@ static void test_refusals(void **state) {
     s_config(&c);
     char err[256];
     ser_dl_shard sh;
-    ser_dl_client *cl = ser_dl_client_new(s_ep[0], "other-job", ser_dl_config_hash(&c), err);
+    ser_dl_client *cl = ser_dl_client_new(s_ep[0], "other-job", ser_dl_config_hash(&c), -1, err);
     assert_non_null(cl);
     assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 5000, &sh, err), SER_ECONFIG);
     fprintf(stderr, "expected refusal: %s\n", err);
     ser_dl_client_destroy(&cl);
-    cl = ser_dl_client_new(s_ep[0], "test-job", ser_dl_config_hash(&c) ^ 1, err);
+    cl = ser_dl_client_new(s_ep[0], "test-job", ser_dl_config_hash(&c) ^ 1, -1, err);
     assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 5000, &sh, err), SER_ECONFIG);
     fprintf(stderr, "expected refusal: %s\n", err);
     ser_dl_client_destroy(&cl);
-    cl = ser_dl_client_new(s_ep[0], "test-job", ser_dl_config_hash(&c), err);
+    cl = ser_dl_client_new(s_ep[0], "test-job", ser_dl_config_hash(&c), -1, err);
     assert_int_equal(ser_dl_client_fetch(cl, 0, 7, 5000, &sh, err), SER_EINVAL);
     fprintf(stderr, "expected refusal: %s\n", err);
     ser_dl_client_destroy(&cl);
@@ -272,7 +273,7 @@ static void test_garbage_does_not_crash(void **state) {
     ser_dl_config c;
     s_config(&c);
     char err[256];
-    ser_dl_client *cl = ser_dl_client_new(s_ep[1], "test-job", ser_dl_config_hash(&c), err);
+    ser_dl_client *cl = ser_dl_client_new(s_ep[1], "test-job", ser_dl_config_hash(&c), -1, err);
     ser_dl_shard sh;
     assert_int_equal(ser_dl_client_fetch(cl, 5, 0, 10000, &sh, err), SER_OK);
     assert_int_equal(sh.n, 4);
@@ -286,7 +287,7 @@ static void test_timeout(void **state) {
     (void)state;
     char err[256];
     // Nothing listens there: the fetch times out, it does not hang.
-    ser_dl_client *cl = ser_dl_client_new("tcp://127.0.0.1:1", "test-job", 1, err);
+    ser_dl_client *cl = ser_dl_client_new("tcp://127.0.0.1:1", "test-job", 1, -1, err);
     assert_non_null(cl);
     ser_dl_shard sh;
     int64_t t0 = ser_clock_now_ms();
@@ -298,14 +299,80 @@ static void test_timeout(void **state) {
     assert_non_null(strstr(err, "connection refused (nothing listening on 127.0.0.1:1?)"));
     ser_dl_client_destroy(&cl);
     // A malformed endpoint is named with what is expected, before anything connects.
-    assert_null(ser_dl_client_new("tcp://127.0.0.1:2,localhost:5556", "test-job", 1, err));
+    assert_null(ser_dl_client_new("tcp://127.0.0.1:2,localhost:5556", "test-job", 1, -1, err));
     assert_non_null(strstr(err, "'localhost:5556' has no transport: expected tcp://HOST:PORT"));
-    assert_null(ser_dl_client_new("tcp:/x", "test-job", 1, err));
+    assert_null(ser_dl_client_new("tcp:/x", "test-job", 1, -1, err));
     assert_non_null(strstr(err, "'tcp:/x': expected tcp://HOST:PORT"));
 }
 
 // --idle-exit=1: a loader that has served nothing waits for its job however long; once it has
 // served a shard, a second without requests ends it with exit status 0.
+// A rogue loader: answers every request with one frame of `reply_bytes` bytes of junk.
+typedef struct s_rogue {
+    void *sock;
+    size_t reply_bytes;
+    int answered;
+} s_rogue;
+
+static void *s_rogue_main(void *arg) {
+    s_rogue *r = arg;
+    zmq_pollitem_t it = {r->sock, 0, ZMQ_POLLIN, 0};
+    for (int t = 0; t < 40 && !r->answered; t++) {  // 2 s at most
+        if (zmq_poll(&it, 1, 50) <= 0) continue;
+        zmq_msg_t id, part;
+        zmq_msg_init(&id);
+        if (zmq_msg_recv(&id, r->sock, 0) < 0) continue;
+        for (int more = 1; more;) {  // the request's other frames
+            zmq_msg_init(&part);
+            zmq_msg_recv(&part, r->sock, 0);
+            more = zmq_msg_more(&part);
+            zmq_msg_close(&part);
+        }
+        char *junk = calloc(1, r->reply_bytes);
+        zmq_msg_send(&id, r->sock, ZMQ_SNDMORE);
+        zmq_send(r->sock, "", 0, ZMQ_SNDMORE);
+        zmq_send(r->sock, junk, r->reply_bytes, 0);
+        free(junk);
+        r->answered = 1;
+    }
+    return NULL;
+}
+
+// ZMQ_MAXMSGSIZE on the client: a loader whose reply frame is over the job's largest legitimate
+// one is disconnected before the frame is buffered (the fetch then times out naming the
+// disconnection); without the limit the same reply is received and dropped as malformed.
+static void test_reply_size_limit(void **state) {
+    (void)state;
+    int64_t legit = ser_dl_reply_max_bytes(16, 32, 4, 1.3);
+    assert_true(legit == (int64_t)16 * 2 * 3 * 50 * 50 + (1 << 20));  // sides of 42 + 2 x 4 px
+    for (int limited = 0; limited < 2; limited++) {
+        void *ctx = zmq_ctx_new(), *srv = zmq_socket(ctx, ZMQ_ROUTER);
+        int linger = 0;
+        zmq_setsockopt(srv, ZMQ_LINGER, &linger, sizeof linger);
+        assert_int_equal(zmq_bind(srv, "tcp://127.0.0.1:*"), 0);
+        char ep[128], err[256];
+        size_t n = sizeof ep;
+        zmq_getsockopt(srv, ZMQ_LAST_ENDPOINT, ep, &n);
+        s_rogue r = {srv, 2 << 20, 0};
+        ser_dl_client *cl = ser_dl_client_new(ep, "test-job", 1, limited ? (1 << 20) : -1, err);
+        assert_non_null(cl);
+        pthread_t th;
+        pthread_create(&th, NULL, s_rogue_main, &r);
+        ser_dl_shard sh;
+        assert_int_equal(ser_dl_client_fetch(cl, 0, 0, 1500, &sh, err), SER_ETIMEDOUT);
+        pthread_join(th, NULL);
+        assert_true(r.answered);
+        print_message("%s: %s\n", limited ? "limited" : "unlimited", err);
+        if (limited)
+            assert_non_null(strstr(err, "disconnected"));
+        else
+            assert_null(strstr(err, "disconnected"));
+        ser_dl_client_destroy(&cl);
+        zmq_close(srv);
+        zmq_ctx_term(ctx);
+    }
+}
+
 static void test_idle_exit(void **state) {
     (void)state;
     char ep[256] = "", err[256];
@@ -317,7 +384,7 @@ static void test_idle_exit(void **state) {
     assert_int_equal(waitpid(s_child[NCHILD], &status, WNOHANG), 0);  // no job yet: stays
     ser_dl_config c;
     s_config(&c);
-    ser_dl_client *cl = ser_dl_client_new(ep, "test-job", ser_dl_config_hash(&c), err);
+    ser_dl_client *cl = ser_dl_client_new(ep, "test-job", ser_dl_config_hash(&c), -1, err);
     assert_non_null(cl);
     ser_dl_shard sh;
     int64_t t0 = ser_clock_now_ms();  // before the loader sees the request
@@ -344,6 +411,7 @@ int main(void) {
         cmocka_unit_test(test_garbage_does_not_crash),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_idle_exit),
+        cmocka_unit_test(test_reply_size_limit),
     };
     int rc = cmocka_run_group_tests(tests, s_setup, s_teardown);
     s_kill_children();

@@ -202,7 +202,11 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         ser_dl_config dc;
         ser_dl_config_from_job(&dc, &cfg);
         char derr[256];
-        w->dl = ser_dl_client_new(w->loader, dc.job_id, ser_dl_config_hash(&dc), derr);
+        // No loader can make this worker buffer more than a legitimate shard of the job.
+        int64_t max_msg = ser_dl_reply_max_bytes(cfg.data.global_batch / cfg.data.shards,
+                                                 cfg.model.img_size, cfg.model.patch,
+                                                 cfg.ser.scale_max);
+        w->dl = ser_dl_client_new(w->loader, dc.job_id, ser_dl_config_hash(&dc), max_msg, derr);
         if (!w->dl) {
             ser_log(SER_LL_ERROR, "worker %s: loader %s: %s", w->name, w->loader, derr);
             ser_backbones_free(&w->v);
