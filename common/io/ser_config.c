@@ -30,7 +30,7 @@ static const char *const s_nonfinite[] = {"abort", "skip", NULL};
 static const char *const s_on_collapse[] = {"warn", "abort", NULL};
 
 // --- the table ---------------------------------------------------------------------------------
-// Defaults are the MoCo-v3 + SER ViT-S/16 ImageNet run of ser-reference.md §8 where the
+// Defaults are the MoCo-v3 + SER ViT-S/16 ImageNet run of the paper's public code where the
 // reference has a value; configs/ holds the other runs.
 #define OPT(sec, key, type, lo, hi, def, choices, flags, help) \
     {#sec, #key, type, lo, hi, def, choices, offsetof(ser_config, sec.key), flags, help}
@@ -130,7 +130,7 @@ static const ser_config_option s_options[] = {
     ENUM(ser, grad, s_grad, "on", 0,
          "on: the SER loss backpropagates (the paper's objective). off: the loss is computed "
          "and logged but gives no gradient, and projector_equiv/norm_equiv stay at their init "
-         "(the reference code, ser-reference.md section 0.1)."),
+         "(what the paper's public code does)."),
     DBL(ser, lambda, 0, 1000, "1.0", 0,
         "Weight of the SER loss (MoCo and Barlow Twins reference: 1.0; DINO: 0.3)."),
     DBL(ser, tau, 0, 100, "0.5", GT,
@@ -147,7 +147,7 @@ static const ser_config_option s_options[] = {
     ENUM(ser, group_sampling, s_group, "paper", 0,
          "paper: the two views' transforms are drawn independently per sample; reference: "
          "scale/aspect/rot90 shared per shard and view 1's flip and 180-degree rotation forced "
-         "to the opposite of view 0's (ser-reference.md section 3.3)."),
+         "to the opposite of view 0's (as the paper's public code draws them)."),
     DBL(ser, scale_min, 0, 10, "0.7", GT,
         "Lower bound of the area factor of the equivariant scaling, U(scale_min, scale_max)."),
     DBL(ser, scale_max, 0, 10, "1.3", GT, "Upper bound of the area factor."),
@@ -214,8 +214,8 @@ static const ser_config_option s_options[] = {
     ENUM(data, interpolation, s_interp, "bilinear", 0,
          "Resize interpolation of the crops (MoCo: bilinear; DINO and Barlow Twins: bicubic)."),
     ENUM(data, policy, s_policy, "kornia", 0,
-         "Photometric policy: kornia = the reference's GPU policy (ser-reference.md section "
-         "3.2); torchvision = the classic CPU one."),
+         "Photometric policy: kornia = the GPU policy of the paper's public code (kornia "
+         "augmentations); torchvision = the classic CPU one."),
     I64(data, seed, 0, 9e18, "0", 0,
         "Job seed: every random draw is keyed by (seed, epoch, sample, view, purpose)."),
     INT(data, workers, 0, 1024, "4", NOHASH,
@@ -1040,9 +1040,9 @@ int ser_config_write_markdown(FILE *f) {
             "Comments are lines\n"
             "starting with `;` or `#`, or the rest of a line after ` ;`. Every key has a "
             "default, so a file only\n"
-            "lists what differs; `configs/` holds presets (the three `run_pretrain.sh` runs of "
-            "ser-reference.md\n"
-            "section 8 and small CPU runs). Overrides come after the file, in order: "
+            "lists what differs; `configs/` holds presets (the paper's three ImageNet runs, as its "
+            "public code's\n"
+            "`run_pretrain.sh` sets them, and small CPU runs). Overrides come after the file, in order: "
             "`--set optim.lr=1e-4`.\n\n"
             "Loading is all or nothing. A bad file names the file, the line, the key and what "
             "is allowed, and\n"
@@ -1070,8 +1070,8 @@ int ser_config_write_markdown(FILE *f) {
             "Decisions worth knowing:\n\n"
             "- **The SER layer is `model.cls_layer`.** The SER map is taken after the block "
             "where [CLS] is\n"
-            "  inserted (ser-reference.md section 1.6); the reference uses one flag "
-            "(`--equiv-layer`) for both.\n"
+            "  inserted (as in the paper's public code, which uses one flag "
+            "(`--equiv-layer`) for both).\n"
             "- **`ser.ratio` applies to the global batch**: `round(ratio * global_batch)` "
             "equivariant samples,\n"
             "  ties to even, at the last positions of the global batch (0.01 of 2048 = 20). "
