@@ -1156,13 +1156,22 @@ static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
         }
     }
     if (c->log) {
-        static const char *const names[] = {"loss", "loss_inv", "loss_equiv", "lr", "weight_decay",
-                                            "momentum", "grad_norm", "step_seconds", "images_per_second",
-                                            "cls_std", "knn_top1", "knn_top5"};
-        double vals[] = {L[0], L[1], L[2], c->lr, c->wd, c->momentum, c->gnorm, c->step_s[k],
-                         c->ips, c->tr.cls_std, c->knn_top1, c->knn_top5};
+        // The fixed scalars, the objective's own monitors (DINO, Barlow Twins), then the kNN
+        // monitor's figures at the steps it measured.
+        const char *names[10 + SER_OBJECTIVE_MAX_MONITORS + 2] = {
+            "loss", "loss_inv", "loss_equiv", "lr", "weight_decay", "momentum", "grad_norm",
+            "step_seconds", "images_per_second", "cls_std"};
+        double vals[10 + SER_OBJECTIVE_MAX_MONITORS + 2] = {
+            L[0], L[1], L[2], c->lr, c->wd, c->momentum, c->gnorm, c->step_s[k], c->ips,
+            c->tr.cls_std};
+        int nv = 10;
+        for (int i = 0; i < c->tr.n_mon; i++) names[nv] = c->tr.mon_names[i], vals[nv++] = c->tr.mon[i];
+        if (measured) {
+            names[nv] = "knn_top1", vals[nv++] = c->knn_top1;
+            names[nv] = "knn_top5", vals[nv++] = c->knn_top5;
+        }
         char lerr[SER_ERR_LEN];
-        if (ser_runlog_step(c->log, c->step, names, vals, measured ? 12 : 10, lerr)) {  // the run goes on
+        if (ser_runlog_step(c->log, c->step, names, vals, nv, lerr)) {  // the run goes on
             ser_log(SER_LL_WARNING, "%s; step logs stop here", lerr);
             ser_runlog_destroy(&c->log);
         }

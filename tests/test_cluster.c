@@ -259,6 +259,25 @@ static void s_method_ini(char *cfg, size_t n, const char *method, const char *se
     fclose(f);
 }
 
+// The method's own collapse monitors are in every line of the run's metrics.jsonl, finite.
+static void s_assert_monitors(const char *run, const char *a, const char *b) {
+    char path[256], line[2048], ka[64], kb[64];
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", s_dir, run);
+    snprintf(ka, sizeof ka, "\"%s\":", a);
+    snprintf(kb, sizeof kb, "\"%s\":", b);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    int lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        lines++;
+        const char *pa = strstr(line, ka), *pb = strstr(line, kb), *ps = strstr(line, "\"cls_std\":");
+        assert_true(pa && pb && ps);
+        assert_true(isfinite(strtod(pa + strlen(ka), NULL)) && isfinite(strtod(pb + strlen(kb), NULL)));
+    }
+    fclose(f);
+    assert_int_equal(lines, 20);
+}
+
 static void s_method_n_workers(const char *method, const char *section) {
     char cfg[160], ref[160], out[160], nw[8], od[200];
     s_method_ini(cfg, sizeof cfg, method, section);
@@ -277,6 +296,9 @@ static void s_method_n_workers(const char *method, const char *section) {
         if (rc) system("tail -20 /tmp/ser_cluster_*/local.log");
         assert_int_equal(rc, 0);
         s_assert_same_bits(ref, out);
+        snprintf(od, sizeof od, "%s-local%d", method, n);
+        if (!strcmp(method, "dino")) s_assert_monitors(od, "dino_teacher_entropy", "dino_kl");
+        if (!strcmp(method, "barlow")) s_assert_monitors(od, "barlow_on_diag", "barlow_off_diag");
     }
 }
 

@@ -336,7 +336,7 @@ typedef struct {
 
 static double s_fd_f(fd_ctx *c) {
     const float *s = ser_dino_head_forward(&c->h, &c->a, c->x, 2 * c->M);
-    return ser_dino_loss(NULL, s, c->t, c->center, c->M, c->K, c->ts, c->tt);
+    return ser_dino_loss(NULL, s, c->t, c->center, c->M, c->K, c->ts, c->tt, NULL);
 }
 
 static int s_fd_check(const char *label, fd_ctx *c, float *x, const float *g, size_t n) {
@@ -390,7 +390,7 @@ static void s_fd_head(int norm_last_layer) {
     // Analytic gradients.
     float *ds = malloc(sizeof(float) * R * c.K), *dx = malloc(sizeof(float) * R * C);
     const float *s = ser_dino_head_forward(&c.h, &c.a, c.x, (int)R);
-    ser_dino_loss(ds, s, c.t, c.center, c.M, c.K, c.ts, c.tt);
+    ser_dino_loss(ds, s, c.t, c.center, c.M, c.K, c.ts, c.tt, NULL);
     ser_dino_head_backward(&c.h, &c.a, dx, ds);
     int ok = s_fd_check("x", &c, c.x, dx, R * C);
     for (int i = 0; i < tab.n; i++) {
@@ -420,7 +420,7 @@ static void test_loss_definition(void **state) {
     ser_test_fill_uniform(t, 20, 5, -2, 2);
     ser_test_fill_uniform(ctr, 5, 6, -0.5f, 0.5f);
     float ts = 0.1f, tt = 0.04f;
-    double L = ser_dino_loss(ds, s, t, ctr, M, K, ts, tt), ref = 0;
+    double L = ser_dino_loss(ds, s, t, ctr, M, K, ts, tt, NULL), ref = 0;
     for (int v = 0; v < 2; v++)
         for (int i = 0; i < M; i++) {
             const float *tr = t + ((1 - v) * M + i) * K, *sr = s + (v * M + i) * K;
@@ -441,6 +441,27 @@ static void test_loss_definition(void **state) {
 }
 
 // --- the helpers the caller needs ---------------------------------------------------------------
+// The collapse monitors of the loss on cases worked by hand (temperatures 1, centre 0):
+// uniform teachers have entropy ln K; a teacher row [1/4, 3/4] has entropy
+// -(1/4 ln 1/4 + 3/4 ln 3/4); KL([1/2, 1/2] || [1/4, 3/4]) = 1/2 ln(4/3).
+static void test_loss_monitors(void **state) {
+    (void)state;
+    double mon[2];
+    float u[2 * 6], s6[2 * 6], c6[6] = {0};
+    for (int i = 0; i < 12; i++) u[i] = 0.3f, s6[i] = -1.25f;  // uniform teacher and student
+    ser_dino_loss(NULL, s6, u, c6, 1, 6, 1.0f, 1.0f, mon);
+    assert_true(fabs(mon[0] - log(6.0)) < 1e-6 && fabs(mon[1]) < 1e-6);
+    float l3 = (float)log(3.0);
+    // Rows: view 0 then view 1 (M = 1, K = 2).
+    float t[4] = {0, l3, 0, 0}, s[4] = {0, l3, 0, l3}, c[2] = {0, 0};
+    ser_dino_loss(NULL, s, t, c, 1, 2, 1.0f, 1.0f, mon);
+    double h0 = -(0.25 * log(0.25) + 0.75 * log(0.75)), h1 = log(2.0);
+    assert_true(fabs(mon[0] - (h0 + h1) / 2) < 1e-6);
+    // Student view 0 [1/4, 3/4] against teacher view 1 [1/2, 1/2]: 1/2 ln(4/3); student view 1
+    // against teacher view 0, both [1/4, 3/4]: 0.
+    assert_true(fabs(mon[1] - 0.5 * log(4.0 / 3.0) / 2) < 1e-6);
+}
+
 static void test_active_mask_and_optimizer(void **state) {
     (void)state;
     s_case c;
@@ -617,6 +638,7 @@ int main(void) {
         cmocka_unit_test(test_fd_head_and_loss),
         cmocka_unit_test(test_fd_head_norm_last_layer),
         cmocka_unit_test(test_loss_definition),
+        cmocka_unit_test(test_loss_monitors),
         cmocka_unit_test(test_active_mask_and_optimizer),
         cmocka_unit_test(test_teacher_temp_and_config),
         cmocka_unit_test(test_init_weights),

@@ -292,7 +292,18 @@ static int s_objective_i(void *st, const ser_batch *b, ser_gathered *g, const se
     ser_barlow_losses L;
     int rc = ser_barlow_objective(st, b, g, &L, err);
     losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    ((ser_barlow *)st)->last_on_diag = L.on_diag, ((ser_barlow *)st)->last_off_diag = L.off_diag;
     return rc;
+}
+
+// On-diagonal: sum (c_ii - 1)^2 (0 when the two views agree in every dimension, proj_dim when
+// they are unrelated); off-diagonal: sum_{i != j} c_ij^2 (redundancy: it grows when the
+// dimensions say the same thing, a dimensional collapse).
+static int s_monitors(void *st, const char **names, double *values) {
+    const ser_barlow *m = st;
+    names[0] = "barlow_on_diag", values[0] = m->last_on_diag;
+    names[1] = "barlow_off_diag", values[1] = m->last_off_diag;
+    return 2;
 }
 
 static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
@@ -319,4 +330,5 @@ const ser_objective_i ser_objective_barlow = {
     .objective = s_objective_i,
     .sched = s_sched,
     .memory = s_memory,
+    .monitors = s_monitors,
 };

@@ -96,6 +96,7 @@ typedef struct ser_barlow {
     size_t bn_rm, bn_rv, bn_nbt;  // offsets of the `bn` buffers in buffers
     ser_vit vit;
     ser_mlp proj, pequiv;
+    double last_on_diag, last_off_diag;  // of the last objective call (the collapse monitors)
 } ser_barlow;
 
 // Returns SER_OK, or SER_ECONFIG with a message (bad widths, lambda, tau; SER without the SER

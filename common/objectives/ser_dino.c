@@ -222,11 +222,14 @@ void ser_dino_head_backward(const ser_dino_head *h, ser_dino_head_acts *a, float
 // --- the loss ----------------------------------------------------------------------------------
 // Sum over the M samples of 1/2 [CE(t0_i, s1_i) + CE(t1_i, s0_i)], divided by `batch`; ds is
 // d/ds of that. s and t are (2M, K), view 0's rows first.
+// mon (NULL: not wanted) gets the sums over the 2M rows of the teacher's entropy
+// -sum p log p (mon[0]) and of KL(teacher row || student row of the other view) (mon[1]).
 static double s_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
-                          int K, float student_temp, float teacher_temp, int batch) {
+                          int K, float student_temp, float teacher_temp, int batch, double mon[2]) {
     int R = 2 * M;
     float *p = ser_xaligned(sizeof(float) * (size_t)R * K);
     double *rowloss = ser_xmalloc(sizeof(double) * (size_t)R);
+    double *rowent = ser_xmalloc(sizeof(double) * (size_t)R);
     // Teacher: softmax((t - center) / teacher_temp), row by row.
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
@@ -239,7 +242,16 @@ static double s_dino_loss(float *ds, const float *s, const float *t, const float
         }
         double z = 0;
         for (int k = 0; k < K; k++) z += exp((double)(pr[k] - mx));
-        for (int k = 0; k < K; k++) pr[k] = (float)(exp((double)(pr[k] - mx)) / z);
+        // The entropy from the same terms, no extra exp or log per element:
+        // -sum p log p = log z - sum p (x - mx) with p = exp(x - mx) / z.
+        double pd = 0;
+        for (int k = 0; k < K; k++) {
+            float dk = pr[k] - mx;
+            double e = exp((double)dk) / z;
+            pr[k] = (float)e;
+            pd += e * (double)dk;
+        }
+        rowent[r] = log(z) - pd;
     }
     // Student row r (view v, sample i) against the teacher row of the other view.
     double gscale = 0.5 / (double)batch;
@@ -272,13 +284,22 @@ static double s_dino_loss(float *ds, const float *s, const float *t, const float
     }
     double loss = 0;
     for (int r = 0; r < R; r++) loss += rowloss[r];
-    free(p), free(rowloss);
+    if (mon)  // in row order: the same sums for any thread count
+        for (int r = 0; r < R; r++) {
+            int v = r / M, i = r % M;
+            double hq = rowent[(size_t)(1 - v) * M + i];
+            mon[0] += rowent[r], mon[1] += rowloss[r] - hq;  // CE(q, s) - H(q) = KL(q || s)
+        }
+    free(p), free(rowloss), free(rowent);
     return loss * gscale;
 }
 
 double ser_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
-                     int K, float student_temp, float teacher_temp) {
-    return s_dino_loss(ds, s, t, center, M, K, student_temp, teacher_temp, M);
+                     int K, float student_temp, float teacher_temp, double mon[2]) {
+    if (mon) mon[0] = mon[1] = 0;
+    double L = s_dino_loss(ds, s, t, center, M, K, student_temp, teacher_temp, M, mon);
+    if (mon) mon[0] /= 2 * M, mon[1] /= 2 * M;
+    return L;
 }
 
 // --- the model ---------------------------------------------------------------------------------
@@ -445,7 +466,7 @@ static int s_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, float t
     double *csum = ser_xcalloc((size_t)K, sizeof(double));
     ser_dino_head_acts sa, ta;
     memset(&sa, 0, sizeof sa), memset(&ta, 0, sizeof ta);
-    double loss_inv = 0;
+    double loss_inv = 0, mon[2] = {0, 0};
     for (int i0 = 0; i0 < B; i0 += chunk) {
         int M = B - i0 < chunk ? B - i0 : chunk;
         size_t mc = (size_t)M * C;
@@ -455,7 +476,7 @@ static int s_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, float t
         }
         const float *S = ser_dino_head_forward(&d->head, &sa, X, 2 * M);
         const float *T = ser_dino_head_forward(&d->thead, &ta, XT, 2 * M);
-        loss_inv += s_dino_loss(dS, S, T, d->center, M, K, cfg->student_temp, teacher_temp, B);
+        loss_inv += s_dino_loss(dS, S, T, d->center, M, K, cfg->student_temp, teacher_temp, B, mon);
         ser_dino_head_backward(&d->head, &sa, dX, dS);
         for (int v = 0; v < 2; v++)
             memcpy(g->dqcls[v] + (size_t)i0 * C, dX + v * mc, sizeof(float) * mc);
@@ -471,6 +492,7 @@ static int s_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, float t
     }
     for (int k = 0; k < K; k++) d->batch_center[k] = (float)(csum[k] / (2.0 * B));
     out->loss_inv = loss_inv;
+    out->teacher_entropy = mon[0] / (2.0 * B), out->kl = mon[1] / (2.0 * B);
     out->loss_equiv = 0;
     if (cfg->ser) {
         ser_equiv_opts eo = {.tau = cfg->ser_tau, .lambda = cfg->ser_lambda, .grad = cfg->ser_grad,
@@ -518,7 +540,15 @@ static int s_objective_i(void *st, const ser_batch *b, ser_gathered *g, const se
     ser_dino_losses L;
     int rc = ser_dino_objective(st, b, g, s->teacher_temp, &L, err);
     losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    ((ser_dino *)st)->last_entropy = L.teacher_entropy, ((ser_dino *)st)->last_kl = L.kl;
     return rc;
+}
+
+static int s_monitors(void *st, const char **names, double *values) {
+    const ser_dino *d = st;
+    names[0] = "dino_teacher_entropy", values[0] = d->last_entropy;
+    names[1] = "dino_kl", values[1] = d->last_kl;
+    return 2;
 }
 
 // The reference clips, then drops the last layer's gradient during its frozen epochs.
@@ -578,4 +608,5 @@ const ser_objective_i ser_objective_dino = {
     .sched = s_sched,
     .memory = s_memory,
     .check = s_check,
+    .monitors = s_monitors,
 };

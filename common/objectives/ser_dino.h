@@ -159,9 +159,11 @@ void ser_dino_head_backward(const ser_dino_head *h, ser_dino_head_acts *a, float
 // The 2-view DINO loss on head outputs s (student) and t (teacher, raw), both (2M, K) with
 // view 0's rows first; center (K,). Returns 1/2 [CE(t_0, s_1) + CE(t_1, s_0)] with
 // t_v = softmax((t_v - center)/teacher_temp), s_v/student_temp in the log-softmax. When ds is
-// non-NULL it receives (written, not added) d loss / d s, (2M, K).
+// non-NULL it receives (written, not added) d loss / d s, (2M, K). mon, when non-NULL, gets
+// the means over the 2M teacher rows of their entropy (mon[0]) and of KL(teacher row ||
+// student row of the other view) (mon[1]).
 double ser_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
-                     int K, float student_temp, float teacher_temp);
+                     int K, float student_temp, float teacher_temp, double mon[2]);
 
 // --- the model ---------------------------------------------------------------------------------
 // The heads and the loss run over chunks of this many samples (both views, student and
@@ -186,6 +188,7 @@ typedef struct ser_dino {
     ser_vit vit, tvit;
     ser_dino_head head, thead;
     ser_mlp proj;
+    double last_entropy, last_kl;  // of the last objective call (the collapse monitors)
 } ser_dino;
 
 int ser_dino_init(ser_dino *d, const ser_dino_config *cfg, char err[SER_ERR_LEN]);
@@ -196,6 +199,9 @@ void ser_dino_init_weights(ser_dino *d, uint64_t seed);
 
 typedef struct ser_dino_losses {
     double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv
+    // Collapse monitors, means over the 2B teacher rows: the entropy of the centred and
+    // sharpened teacher output (ln out_dim: uniform, 0: one-hot) and KL(teacher || student).
+    double teacher_entropy, kl;
 } ser_dino_losses;
 
 // The batch-coupled half on gathered features (used by the step loop, train/ser_train.h): heads, loss, centre batch mean, SER term; fills g->dqcls/dqmap and the

@@ -39,6 +39,8 @@ struct ser_sched_params;
 
 // The most objectives a process knows (built-in plus registered).
 #define SER_OBJECTIVE_MAX 16
+// The most collapse monitors one objective reports (ser_objective_i.monitors).
+#define SER_OBJECTIVE_MAX_MONITORS 4
 
 // When the teacher's EMA runs (the coordinator and the worker follow it).
 enum {
@@ -103,6 +105,10 @@ typedef struct ser_objective_i {
                    const char **key);
     // Method-specific config rules (beyond the section's ranges), or NULL.
     int (*check)(const struct ser_config *cfg, char err[SER_ERR_LEN]);
+    // The objective's own collapse monitors of its last objective call (DINO: the teacher's
+    // entropy and the student-teacher KL; Barlow Twins: the on- and off-diagonal terms):
+    // fills names / values (SER_OBJECTIVE_MAX_MONITORS at most), returns how many. NULL: none.
+    int (*monitors)(void *st, const char **names, double *values);
 } ser_objective_i;
 
 // Fills m from an objective's tables: trainable (tab, its arenas), teacher (ttab / tparams, or

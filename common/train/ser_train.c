@@ -151,6 +151,7 @@ int ser_trainer_step(ser_trainer *t, const ser_step_engine_i *e, void *ctx, int6
     }
     t->n_eq = b->n_eq;
     t->cls_std = ser_monitor_std(g->qcls[0], g->B, g->C);  // reads only: the bits stay
+    t->n_mon = o->monitors ? o->monitors(t->st, t->mon_names, t->mon) : 0;
     ph = SER_STEP_BACKWARD;
     size_t off, toff, span = ser_trainer_span(t, &off, &toff);
     (void)span;

@@ -41,6 +41,9 @@ typedef struct ser_trainer {
     int n_eq;                    // equivariant samples of the last step's batch
     double cls_std;              // the last step's collapse monitor: ser_monitor_std of the
                                  // student's final [CLS] rows of view 0 (ser_monitor.h)
+    int n_mon;                   // the objective's own monitors of the last step
+    const char *mon_names[SER_OBJECTIVE_MAX_MONITORS];
+    double mon[SER_OBJECTIVE_MAX_MONITORS];
     // The views every objective has: its trainable table and arenas, and the tables of a
     // checkpoint / weights file (trainable, teacher if any, buffers). Aliases of mdl's.
     ser_ptab *tab;
