@@ -996,7 +996,7 @@ static int s_bind(s_coord *c, char *err) {
     }
     size_t eplen = sizeof ep;
     zmq_getsockopt(c->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
-    ser_log(SER_LL_INFO, "coordinator of job '%s' (config %016llx) on %s; %d shards of %d",
+    ser_log(SER_LL_INFO, "coordinator of job '%s' (config hash %016llx) on %s; %d shards of %d",
             c->job_id, (unsigned long long)c->hash, ep, c->S, c->B / c->S);
     if (o->endpoint_file) {
         char tmp[1100];

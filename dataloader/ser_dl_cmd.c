@@ -349,7 +349,7 @@ int ser_cmd_dataloader(int argc, char **argv) {
             ser_log(SER_LL_WARNING, "dataloader: cannot write %s", o.endpoint_file);
     }
     ser_log(SER_LL_INFO,
-            "dataloader: job '%s' config %016llx: %u samples, %d threads, B %d in %d shards "
+            "dataloader: job '%s' data hash %016llx (its shards' content; not the job's config hash): %u samples, %d threads, B %d in %d shards "
             "(%d equivariant), serving on %s",
             o.cfg.job_id, (unsigned long long)ser_dl_config_hash(&o.cfg), ser_dl_count(dl),
             ser_dl_threads(dl), o.cfg.global_batch, o.cfg.shards, ser_dl_num_eq(dl),

@@ -335,7 +335,7 @@ static void s_handle(ser_dl_service *s, s_parts *p) {
                  req->job_id ? req->job_id : "", cfg->job_id);
         status = SER_ECONFIG;
     } else if (req->config_hash != s->hash) {
-        snprintf(why, sizeof why, "config hash %016llx, this loader has %016llx",
+        snprintf(why, sizeof why, "data hash %016llx, this loader's is %016llx (another [data] or augmentation)",
                  (unsigned long long)req->config_hash, (unsigned long long)s->hash);
         status = SER_ECONFIG;
     } else if (req->shard >= (uint32_t)cfg->shards || req->step > UINT32_MAX) {
