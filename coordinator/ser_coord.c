@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <cjson/cJSON.h>
 #include <zmq.h>
 
 #include "ser_ckpt.h"
@@ -969,6 +970,46 @@ static int s_resume(s_coord *c, char *how, size_t hn, char *err) {
     return SER_OK;
 }
 
+// A resumed job's status history starts where the job started, not at the resume step: the
+// points of run.out_dir/metrics.jsonl before the resume step go to the status port first (a
+// step logged twice, redone after a restart, keeps its last line, as /history does live).
+static void s_seed_history(s_coord *c) {
+    char path[SER_CONFIG_STR_LEN + 32];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", c->o->cfg.run.out_dir);
+    FILE *f = c->first > 0 ? fopen(path, "r") : NULL;
+    if (!f) return;
+    static const char *const names[3] = {"loss", "loss_inv", "loss_equiv"};
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *st = j ? cJSON_GetObjectItemCaseSensitive(j, "step") : NULL;
+        if (cJSON_IsNumber(st) && st->valuedouble >= 0 && st->valuedouble < (double)c->first) {
+            ser_status_snapshot snap;
+            ser_status_snapshot_init(&snap);
+            snap.terms_step = (int64_t)st->valuedouble;
+            snap.n_terms = 3;
+            for (int i = 0; i < 3; i++) {
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, names[i]);
+                snprintf(snap.terms[i].name, sizeof snap.terms[i].name, "%s", names[i]);
+                snap.terms[i].value = cJSON_IsNumber(v) ? v->valuedouble : (double)NAN;
+            }
+            const cJSON *lr = cJSON_GetObjectItemCaseSensitive(j, "lr"),
+                        *sd = cJSON_GetObjectItemCaseSensitive(j, "cls_std"),
+                        *knn = cJSON_GetObjectItemCaseSensitive(j, "knn_top1");
+            snap.lr = cJSON_IsNumber(lr) ? lr->valuedouble : (double)NAN;
+            snap.cls_std = cJSON_IsNumber(sd) ? sd->valuedouble : (double)NAN;
+            if (cJSON_IsNumber(knn)) snap.knn_top1 = knn->valuedouble, snap.knn_step = snap.terms_step;
+            ser_status_update(c->st, &snap);
+            n++;
+        }
+        cJSON_Delete(j);
+    }
+    fclose(f);
+    if (n) ser_log(SER_LL_INFO, "status history: %d steps before step %lld from %s", n,
+                   (long long)c->first, path);
+}
+
 // The sockets: bound, CURVE when configured, the endpoint written for `ser local`.
 static int s_bind(s_coord *c, char *err) {
     const ser_coord_opts *o = c->o;
@@ -1092,6 +1133,7 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
         }
         ser_log(SER_LL_INFO, "status on http://%s:%d/", o->cfg.cluster.status_bind,
                 ser_status_port(c->st));
+        s_seed_history(c);
         s_publish(c);
     }
     if (o->cfg.run.out_dir[0]) {

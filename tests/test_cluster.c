@@ -17,12 +17,14 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <cjson/cJSON.h>
 #include <zmq.h>
 
 #include "ser_test.h"
 #include "ser_cmd.h"
 #include "ser_dl_data.h"
 #include "ser_curve.h"
+#include "ser_status.h"
 #include "ser_wire.h"
 
 #define MAX_CHILD 16
@@ -728,6 +730,41 @@ static void test_status_port(void **state) {
     char *args2[] = {"ser", "status", url, NULL};
     assert_int_equal(s_wait(s_start("status.txt", args2)), 0);
     assert_true(s_log_has("status.txt", "ws"));
+    kill(coord, SIGTERM);
+    s_wait(coord);
+    s_kill_all();
+    // Resumed, the job's /history starts at step 0 (seeded from metrics.jsonl), not at the
+    // resume step, and goes on from there.
+    coord = s_coordinator_at(out, "400", "30000", ep, sizeof ep, "0", "coord2.log");
+    s_worker(ep, "ws2");
+    for (int t = 0; t < 600 && !s_log_has("coord2.log", "I step "); t++) s_sleep_ms(20);
+    assert_true(s_log_has("coord2.log", "status history: "));
+    snprintf(path, sizeof path, "%s/coord2.log", s_dir);
+    f = fopen(path, "r");
+    assert_non_null(f);
+    long long resumed = -1;
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, "status on http://");
+        if (p) sscanf(p + strlen("status on http://"), "%63[^/]", url);
+        p = strstr(line, "resumed from ");
+        if (p && (p = strstr(p, " at step "))) resumed = atoll(p + strlen(" at step "));
+    }
+    fclose(f);
+    assert_true(resumed > 0);
+    char *body = NULL, err[SER_ERR_LEN];
+    size_t blen = 0;
+    int http = 0;
+    assert_int_equal(ser_status_fetch(url, "/history", 5000, &http, &body, &blen, err), SER_OK);
+    assert_int_equal(http, 200);
+    cJSON *h = cJSON_Parse(body);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(h, "steps");
+    assert_true(cJSON_IsArray(steps) && cJSON_GetArraySize(steps) > resumed);
+    for (int i = 0; i <= resumed; i++)  // every step before the resume, in order
+        assert_int_equal((int)cJSON_GetArrayItem(steps, i)->valuedouble, i);
+    print_message("/history after a resume at step %lld: %d points\n", resumed,
+                  cJSON_GetArraySize(steps));
+    cJSON_Delete(h);
+    free(body);
     kill(coord, SIGTERM);
     s_wait(coord);
     s_kill_all();
