@@ -4,8 +4,8 @@
 Checks a `ser export` backbone (docs/export.md) from the PyTorch side:
   1. builds timm's VisionTransformer from the file's metadata (timm.create_model(timm_model,
      **timm_kwargs)) when `import timm` works; otherwise an equivalent module with timm's exact
-     parameter names (TimmViT below; Debian has no timm). Either way the parameter names and
-     shapes must be exactly timm's for those kwargs (listed independently in timm_names());
+     parameter names (python/ser_torch.py's TimmViT; Debian has no timm). Either way the
+     parameter names and shapes must be exactly timm's for those kwargs (ser_torch.timm_names);
   2. load_state_dict(strict=True) of every exported tensor except the ser.* extras;
   3. runs the documented forward (ser_forward: blocks[:k] on the patches, [CLS] concatenated,
      blocks[k:], final norm) in float64 on EXPECT's __test__.img and compares the final [CLS]
@@ -13,6 +13,7 @@ Checks a `ser export` backbone (docs/export.md) from the PyTorch side:
   4. with FULL (`ser export --full`): loads it into the reference model of the method
      (ser_ref.MoCoSER, ser_ref_dino.DINOSER, ser_ref_barlow.BarlowSER) with strict=True and
      checks that its student backbone is bitwise the exported one.
+  5. python/ser_torch.py's load_backbone (what users call) gives the same [CLS] and SER map.
 Exit status 0 on success. Used by tests/test_backbone.c."""
 import configparser
 import json
@@ -23,78 +24,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ser_ref import Block, PatchEmbed  # noqa: E402  (the same names as timm's modules)
-from st_io import load_file, load_metadata  # noqa: E402
-
-
-def timm_names(kw):
-    """name -> shape of timm's VisionTransformer(**kw) state_dict with num_classes=0,
-    global_pool='token', class_token=True, no registers, no layer scale."""
-    C, P, D = kw["embed_dim"], kw["patch_size"], kw["depth"]
-    H = int(C * kw["mlp_ratio"])
-    npatch = (kw["img_size"] // P) ** 2
-    out = {
-        "cls_token": (1, 1, C),
-        "pos_embed": (1, npatch + (0 if kw["no_embed_class"] else 1), C),
-        "patch_embed.proj.weight": (C, 3, P, P),
-        "patch_embed.proj.bias": (C,),
-    }
-    for i in range(D):
-        b = f"blocks.{i}."
-        out.update({b + "norm1.weight": (C,), b + "norm1.bias": (C,),
-                    b + "attn.qkv.weight": (3 * C, C), b + "attn.qkv.bias": (3 * C,),
-                    b + "attn.proj.weight": (C, C), b + "attn.proj.bias": (C,),
-                    b + "norm2.weight": (C,), b + "norm2.bias": (C,),
-                    b + "mlp.fc1.weight": (H, C), b + "mlp.fc1.bias": (H,),
-                    b + "mlp.fc2.weight": (C, H), b + "mlp.fc2.bias": (C,)})
-    out.update({"norm.weight": (C,), "norm.bias": (C,)})
-    return out
-
-
-class TimmViT(nn.Module):
-    """The parameters of timm.models.vision_transformer.VisionTransformer, same names."""
-
-    def __init__(self, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio,
-                 no_embed_class, **_):
-        super().__init__()
-        npatch = (img_size // patch_size) ** 2
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, npatch + (0 if no_embed_class else 1), embed_dim))
-        self.patch_embed = PatchEmbed(patch_size, embed_dim)
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, int(embed_dim * mlp_ratio))
-                                      for _ in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-
-
-def build(meta):
-    kw = json.loads(meta["timm_kwargs"])
-    try:
-        import timm  # noqa: F401
-        m = timm.create_model(meta["timm_model"], pretrained=False, **kw)
-        how = f"timm {timm.__version__}"
-    except ImportError:
-        m = TimmViT(**kw)
-        how = "timm-equivalent module (no timm installed)"
-    return m, kw, how
-
-
-def ser_forward(model, img, k):
-    """docs/export.md: the forward of a ser backbone loaded into timm; k = ser_cls_after_block
-    (0: the baseline layout, timm's standard forward)."""
-    x = model.patch_embed(img)  # (B, N, C)
-    cls = model.cls_token.expand(x.shape[0], -1, -1)
-    if k == 0:
-        x = torch.cat([cls, x], dim=1) + model.pos_embed
-    else:
-        x = x + model.pos_embed  # patches only: no position embedding on [CLS]
-    fmap = None
-    for i, blk in enumerate(model.blocks):
-        if k > 0 and i == k:
-            fmap = x  # the block-k patch map (before ser.norm_equiv)
-            x = torch.cat([cls, x], dim=1)
-        x = blk(x)
-    return model.norm(x)[:, 0], fmap
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from ser_torch import build_vit, load_file, load_metadata, ser_forward, timm_names  # noqa: E402
 
 
 def close(name, got, ref):
@@ -165,7 +96,9 @@ def main(path, expect_path, full_path=None):
     meta = load_metadata(path)
     assert meta["format"] == "ser-timm-vit", meta.get("format")
     tensors = load_file(path)
-    model, kw, how = build(meta)
+    model = build_vit(meta)
+    kw = json.loads(meta["timm_kwargs"])
+    how = "timm" if type(model).__name__ != "TimmViT" else "timm-equivalent module (no timm installed)"
     k = int(meta["ser_cls_after_block"])
     assert kw["no_embed_class"] == (k > 0), (kw, k)
     want = timm_names(kw)
@@ -191,6 +124,13 @@ def main(path, expect_path, full_path=None):
         ln.bias.data.copy_(extras["ser.norm_equiv.bias"])
         with torch.no_grad():
             ok &= close("SER map (ser.norm_equiv)", ln(fmap), exp["__test__.map"].double())
+    from ser_torch import load_backbone
+    user = load_backbone(path).double()
+    with torch.no_grad():
+        ucls, umap = user.forward_features(exp["__test__.img"].double())
+    ok &= close("ser_torch.load_backbone [CLS]", ucls, exp["__test__.cls"].double())
+    if k > 0:
+        ok &= close("ser_torch.load_backbone SER map", umap, exp["__test__.map"].double())
     if full_path:
         ok &= check_full(full_path, tensors)
     return 0 if ok else 1

@@ -11,47 +11,22 @@ Used by make_fixtures.py (fixtures, in float64) and bench_vit_peer.py (the peer 
 """
 import math
 
+import os
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from ser_torch import Attention, Mlp, PatchEmbed  # noqa: E402,F401
+from ser_torch import Block as TimmBlock  # noqa: E402
 
 
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.num_heads = heads
-        self.scale = (dim // heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
-        return self.proj(x)
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, hidden):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden)
+# The attention, MLP and patch embedding are timm's (the users' module, python/ser_torch.py);
+# the block here adds explicit drop-path keep masks.
+class Block(TimmBlock):
+    """timm's block with explicit drop-path keep masks."""
 
     def forward(self, x, keep=None):
         # keep: (2, B) scale factors (0 or 1/keep_prob) per residual branch, or None.
@@ -63,15 +38,6 @@ class Block(nn.Module):
         if keep is not None:
             m = m * keep[1].view(-1, 1, 1)
         return x + m
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch, dim):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class ViT(nn.Module):
