@@ -999,7 +999,10 @@ static void s_seed_history(s_coord *c) {
                         *knn = cJSON_GetObjectItemCaseSensitive(j, "knn_top1");
             snap.lr = cJSON_IsNumber(lr) ? lr->valuedouble : (double)NAN;
             snap.cls_std = cJSON_IsNumber(sd) ? sd->valuedouble : (double)NAN;
-            if (cJSON_IsNumber(knn)) snap.knn_top1 = knn->valuedouble, snap.knn_step = snap.terms_step;
+            if (cJSON_IsNumber(knn)) {  // the summary's last kNN figure too, until a new one
+                snap.knn_top1 = c->knn_top1 = knn->valuedouble;
+                snap.knn_step = c->knn_step = snap.terms_step;
+            }
             ser_status_update(c->st, &snap);
             n++;
         }

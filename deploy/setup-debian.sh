@@ -14,12 +14,15 @@ PKGS=(
 )
 # Only for the experiments' learning-curve plots (experiments/plot_knn.sh).
 PLOT_PKGS=(gnuplot-nox)
+# Only for the status-page test in a real browser (ctest status_page; skipped without it).
+BROWSER_PKGS=(chromium)
 # Only needed to regenerate fixtures and run the PyTorch peer benchmarks.
 PY_PKGS=(python3 python3-numpy python3-torch python3-torchvision python3-pil)
 
 want=("${PKGS[@]}")
 if [ "${SER_WITH_TORCH:-0}" = 1 ]; then want+=("${PY_PKGS[@]}"); fi
 if [ "${SER_WITH_PLOTS:-0}" = 1 ]; then want+=("${PLOT_PKGS[@]}"); fi
+if [ "${SER_WITH_BROWSER:-0}" = 1 ]; then want+=("${BROWSER_PKGS[@]}"); fi
 
 missing=()
 for p in "${want[@]}"; do
