@@ -123,6 +123,18 @@ typedef struct s_coord {
     int64_t ckpt_step, ckpt_time_ms;
 } s_coord;
 
+// A step's loss terms, as named on the status port and in metrics.jsonl.
+static const char *const s_loss_names[3] = {"loss", "loss_inv", "loss_equiv"};
+
+// The loss terms v as a status snapshot's terms.
+static void s_snap_terms(ser_status_snapshot *snap, const double v[3]) {
+    snap->n_terms = 3;
+    for (int i = 0; i < 3; i++) {
+        snprintf(snap->terms[i].name, sizeof snap->terms[i].name, "%s", s_loss_names[i]);
+        snap->terms[i].value = v[i];
+    }
+}
+
 // Publishes the coordinator's state to the status port.
 static void s_publish(s_coord *c) {
     if (!c->st) return;
@@ -142,15 +154,7 @@ static void s_publish(s_coord *c) {
     snap.ckpt_step = c->ckpt_path[0] ? c->ckpt_step : -1;
     snap.ckpt_time_ms = c->ckpt_path[0] ? c->ckpt_time_ms : -1;
     snap.terms_step = c->last_step;
-    if (c->last_step >= 0) {
-        snap.n_terms = 3;
-        const char *names[3] = {"loss", "loss_inv", "loss_equiv"};
-        const double *vals = c->last;
-        for (int i = 0; i < 3; i++) {
-            snprintf(snap.terms[i].name, sizeof snap.terms[i].name, "%s", names[i]);
-            snap.terms[i].value = vals[i];
-        }
-    }
+    if (c->last_step >= 0) s_snap_terms(&snap, c->last);
     snap.lr = c->lr, snap.momentum = c->momentum, snap.weight_decay = c->wd;
     snap.images_per_second = c->ips;
     int64_t done = c->last_step - c->first_step + 1, left = c->steps_total - done;
@@ -978,7 +982,6 @@ static void s_seed_history(s_coord *c) {
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->o->cfg.run.out_dir);
     FILE *f = c->first > 0 ? fopen(path, "r") : NULL;
     if (!f) return;
-    static const char *const names[3] = {"loss", "loss_inv", "loss_equiv"};
     char line[4096];
     int n = 0;
     while (fgets(line, sizeof line, f)) {
@@ -988,12 +991,12 @@ static void s_seed_history(s_coord *c) {
             ser_status_snapshot snap;
             ser_status_snapshot_init(&snap);
             snap.terms_step = (int64_t)st->valuedouble;
-            snap.n_terms = 3;
+            double L[3];
             for (int i = 0; i < 3; i++) {
-                const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, names[i]);
-                snprintf(snap.terms[i].name, sizeof snap.terms[i].name, "%s", names[i]);
-                snap.terms[i].value = cJSON_IsNumber(v) ? v->valuedouble : (double)NAN;
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, s_loss_names[i]);
+                L[i] = cJSON_IsNumber(v) ? v->valuedouble : (double)NAN;
             }
+            s_snap_terms(&snap, L);
             const cJSON *lr = cJSON_GetObjectItemCaseSensitive(j, "lr"),
                         *sd = cJSON_GetObjectItemCaseSensitive(j, "cls_std"),
                         *knn = cJSON_GetObjectItemCaseSensitive(j, "knn_top1");

@@ -770,21 +770,32 @@ static void test_status_port(void **state) {
     s_kill_all();
 }
 
-// A shard whose computation takes several times cluster.timeout_ms: the worker heartbeats
-// between ViT blocks (and the coordinator to the workers), so nobody is declared lost.
+// A batch file at path holding B invariant samples of img x img pixels: view 0 from v0, view 1
+// from v1 (B x 3 x img x img floats each).
+static void s_write_inv_batch(const char *path, int B, int img, const float *v0, const float *v1) {
+    char err[SER_ERR_LEN];
+    ser_st_writer *w = ser_st_writer_new();
+    int64_t shape[4] = {B, 3, img, img};
+    ser_st_writer_add(w, "inv.view0", SER_DT_F32, 4, shape, v0);
+    ser_st_writer_add(w, "inv.view1", SER_DT_F32, 4, shape, v1);
+    assert_int_equal(ser_st_writer_save(w, path, err), 0);
+    ser_st_writer_destroy(&w);
+}
+
+// A shard whose computation takes several times cluster.timeout_ms: the worker's heartbeat
+// thread keeps it alive while it computes (and the coordinator heartbeats the workers), so
+// nobody is declared lost.
 static void test_long_shard_keeps_heartbeating(void **state) {
     (void)state;
     char cfg[160], batch[160], out[160];
     snprintf(cfg, sizeof cfg, "%s/slow.ini", s_dir);
     snprintf(batch, sizeof batch, "%s/slow_batch.safetensors", s_dir);
     snprintf(out, sizeof out, "%s/slow.safetensors", s_dir);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fputs("[model]\narch = vit_tiny\ndepth = 6\nimg_size = 32\npatch = 4\ncls_layer = 2\n"
-          "[moco]\ndim = 64\nmlp_dim = 256\n[ser]\nenabled = false\n"
-          "[data]\nglobal_batch = 48\nshards = 1\n[run]\nthreads = 1\n"
-          "[cluster]\nheartbeat_ms = 50\ntimeout_ms = 800\nstatus_port = -1\n", f);
-    fclose(f);
+    const char *ini = "[model]\narch = vit_tiny\ndepth = 6\nimg_size = 32\npatch = 4\ncls_layer = 2\n"
+                      "[moco]\ndim = 64\nmlp_dim = 256\n[ser]\nenabled = false\n"
+                      "[data]\nglobal_batch = 48\nshards = 1\n[run]\nthreads = 1\n"
+                      "[cluster]\nheartbeat_ms = 50\ntimeout_ms = 800\nstatus_port = -1\n";
+    ser_test_write_file(cfg, ini, strlen(ini));
     // 48 random 32-px images per view: one shard's forward+backward takes several times 800 ms
     // on one thread, and one ViT block can take longer than that on a loaded machine: the
     // worker's heartbeat thread, not the compute, keeps it alive.
@@ -792,14 +803,9 @@ static void test_long_shard_keeps_heartbeating(void **state) {
     float *v0 = malloc(n * 4), *v1 = malloc(n * 4);
     ser_test_fill_uniform(v0, n, 1, -2, 2);
     ser_test_fill_uniform(v1, n, 2, -2, 2);
-    ser_st_writer *w = ser_st_writer_new();
-    int64_t shape[4] = {48, 3, 32, 32};
-    ser_st_writer_add(w, "inv.view0", SER_DT_F32, 4, shape, v0);
-    ser_st_writer_add(w, "inv.view1", SER_DT_F32, 4, shape, v1);
-    char err[SER_ERR_LEN], od[200];
-    assert_int_equal(ser_st_writer_save(w, batch, err), 0);
-    ser_st_writer_destroy(&w);
+    s_write_inv_batch(batch, 48, 32, v0, v1);
     free(v0), free(v1);
+    char od[200];
     snprintf(od, sizeof od, "run.out_dir=%s/slowrun", s_dir);
     char *args[] = {"ser", "local", "--workers", "1", "--config", cfg, "--batch-file", batch,
                     "--out", out, "--steps", "2", "--set", od, "--lr", "0.001", NULL};
@@ -820,17 +826,15 @@ static void test_long_shard_keeps_heartbeating(void **state) {
 // random images does not warn.
 static void test_collapse_monitor(void **state) {
     (void)state;
-    char cfg[160], batch[160], out[160], od[200], err[SER_ERR_LEN];
+    char cfg[160], batch[160], out[160], od[200];
     snprintf(cfg, sizeof cfg, "%s/collapse.ini", s_dir);
     snprintf(batch, sizeof batch, "%s/collapse_batch.safetensors", s_dir);
     snprintf(out, sizeof out, "%s/collapse.safetensors", s_dir);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fputs("[model]\narch = vit_tiny\ndepth = 2\nimg_size = 16\npatch = 4\ncls_layer = 2\n"
-          "[moco]\ndim = 32\nmlp_dim = 64\n[ser]\nenabled = false\n"
-          "[data]\nglobal_batch = 8\nshards = 2\n[run]\nthreads = 1\nlog_every = 1\n"
-          "collapse_steps = 3\n[cluster]\nstatus_port = -1\n", f);
-    fclose(f);
+    const char *ini = "[model]\narch = vit_tiny\ndepth = 2\nimg_size = 16\npatch = 4\ncls_layer = 2\n"
+                      "[moco]\ndim = 32\nmlp_dim = 64\n[ser]\nenabled = false\n"
+                      "[data]\nglobal_batch = 8\nshards = 2\n[run]\nthreads = 1\nlog_every = 1\n"
+                      "collapse_steps = 3\n[cluster]\nstatus_port = -1\n";
+    ser_test_write_file(cfg, ini, strlen(ini));
     size_t n = (size_t)8 * 3 * 16 * 16;
     float *v = malloc(n * 4);
     for (int run = 0; run < 3; run++) {  // identical images (warn, abort), then random ones
@@ -838,12 +842,7 @@ static void test_collapse_monitor(void **state) {
             for (size_t i = 0; i < n; i++) v[i] = 0.25f;
         else
             ser_test_fill_uniform(v, n, 7, -2, 2);
-        ser_st_writer *w = ser_st_writer_new();
-        int64_t shape[4] = {8, 3, 16, 16};
-        ser_st_writer_add(w, "inv.view0", SER_DT_F32, 4, shape, v);
-        ser_st_writer_add(w, "inv.view1", SER_DT_F32, 4, shape, v);
-        assert_int_equal(ser_st_writer_save(w, batch, err), 0);
-        ser_st_writer_destroy(&w);
+        s_write_inv_batch(batch, 8, 16, v, v);
         int abort_it = run == 1;
         char log[32], mode[40];
         snprintf(log, sizeof log, "collapse%d.log", run);

@@ -403,15 +403,22 @@ static void s_mixed_tree(const char *root, int ngood, int nbad) {
     }
 }
 
+// ROOT's train split with the bad-file budget frac (< 0: none set, the default).
+static ser_dl_data *s_open_budget(const char *root, double frac) {
+    char err[256];
+    ser_dl_data *d = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, NULL, err);
+    assert_non_null(d);
+    if (frac >= 0) ser_dl_data_set_max_bad(d, frac);
+    return d;
+}
+
 static void test_bad_file_budget(void **state) {
     (void)state;
-    char root[300], rep[400], err[256];
+    char root[300], rep[400];
     // 12 bad of 24: a budget of 0.01 (at least SER_DL_BAD_FILES_FREE = 10 files) is passed.
     snprintf(root, sizeof root, "%s/mixed", s_tmp);
     s_mixed_tree(root, 12, 12);
-    ser_dl_data *d = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, NULL, err);
-    assert_non_null(d);
-    ser_dl_data_set_max_bad(d, 0.01);
+    ser_dl_data *d = s_open_budget(root, 0.01);
     ser_dl_image im = {0};
     int rc = SER_OK;
     uint32_t i = 0;
@@ -431,11 +438,8 @@ static void test_bad_file_budget(void **state) {
     assert_int_equal(ser_dl_data_load(d, ser_dl_data_count(d) - 1, NULL, &im, NULL), SER_EFORMAT);
     ser_dl_data_destroy(&d);
     // A budget of 1: every bad file is replaced, as without one, with the same sources.
-    d = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, NULL, err);
-    ser_dl_data *none = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, NULL, err);
-    assert_non_null(d);
-    assert_non_null(none);
-    ser_dl_data_set_max_bad(d, 1.0);
+    d = s_open_budget(root, 1.0);
+    ser_dl_data *none = s_open_budget(root, -1);
     for (i = 0; i < ser_dl_data_count(d); i++) {
         uint32_t a, b;
         assert_int_equal(ser_dl_data_load(d, i, NULL, &im, &a), SER_OK);
@@ -452,9 +456,7 @@ static void test_bad_file_budget(void **state) {
     // A few bad files in a small dataset stay under the free allowance of 10.
     snprintf(root, sizeof root, "%s/fewbad", s_tmp);
     s_mixed_tree(root, 4, 3);
-    d = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, NULL, err);
-    assert_non_null(d);
-    ser_dl_data_set_max_bad(d, 0.0);
+    d = s_open_budget(root, 0.0);
     for (i = 0; i < ser_dl_data_count(d); i++) {
         assert_int_equal(ser_dl_data_load(d, i, NULL, &im, NULL), SER_OK);
         ser_dl_image_free(&im);
@@ -463,9 +465,7 @@ static void test_bad_file_budget(void **state) {
     // Nothing decodes: named as such.
     snprintf(root, sizeof root, "%s/nonebad", s_tmp);
     s_mixed_tree(root, 0, 5);
-    d = ser_dl_data_open(root, SER_DL_KIND_AUTO, SER_DL_SPLIT_TRAIN, NULL, err);
-    assert_non_null(d);
-    ser_dl_data_set_max_bad(d, 0.01);
+    d = s_open_budget(root, 0.01);
     assert_int_equal(ser_dl_data_load(d, 2, NULL, &im, NULL), SER_EFORMAT);
     assert_int_equal(ser_dl_data_bad_report(d, rep, sizeof rep), SER_EFORMAT);
     fprintf(stderr, "report: %s\n", rep);

@@ -5,8 +5,10 @@
 // shard, attempt) -> FORWARD_DONE with the shard's rows -> BACKWARD with their gradients ->
 // BACKWARD_DONE with the shard's ViT gradient. The worker applies the teacher EMA itself on
 // each step's PARAMS (the same float operations as the coordinator's, so the same bits). Heartbeats go
-// out every cluster.heartbeat_ms; a coordinator silent for cluster.timeout_ms is reconnected
-// to (a restarted coordinator), and every invalid message is logged and dropped.
+// out every cluster.heartbeat_ms, from a thread of their own while a message is being handled
+// (a shard, a model build, a loader fetch: s_heart), so that no block size, model size or CPU
+// contention makes a computing worker look dead; a coordinator silent for cluster.timeout_ms
+// is reconnected to (a restarted coordinator), and every invalid message is logged and dropped.
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
