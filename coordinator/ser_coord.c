@@ -102,6 +102,7 @@ typedef struct s_coord {
     char data_error[SER_STATUS_TEXT_LEN];  // the last TASK_FAILED reason ("" none)
     int E;                   // equivariant samples per step (the last E positions); -1: unknown
     int grid_max;            // largest token-grid side a loader can draw
+    int L;                   // local views per sample (data.local_crops)
     ser_knn_monitor *knn;    // NULL: off
     int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
     // Peers already named in a warning (unknown, refused or malformed): later messages from
@@ -352,15 +353,14 @@ static void s_send_forward(s_coord *c, int s) {
 static void s_send_backward(s_coord *c, int s) {
     s_shard *sh = &c->sh[s];
     size_t map0[2] = {sh->n_eq ? c->g.tokoff[0][sh->e0] : 0, sh->n_eq ? c->g.tokoff[1][sh->e0] : 0};
-    ser_wire_tensor t[4];
-    ser_shard_pack_backward(t, c->g.dqcls, c->g.dqmap, sh->p0, sh->p1 - sh->p0, c->g.C, map0,
-                            sh->ntok);
+    ser_wire_tensor t[SER_SHARD_MAX_BWD];
+    int nt = ser_shard_pack_backward(t, &c->g, sh->p0, sh->p1 - sh->p0, map0, sh->ntok);
     Ser__Envelope e;
     s_env(c, &e, SER__MSG_TYPE__MSG_BACKWARD);
     e.shard = (uint32_t)s;
     e.attempt = sh->attempt;
     sh->state = SH_BWD_SENT;
-    ser_wire_send(c->sock, c->w[sh->worker].id, &e, t, 4);
+    ser_wire_send(c->sock, c->w[sh->worker].id, &e, t, nt);
     sh->sent_ms = s_now();  // after the send, which a fault plan may delay
 }
 
@@ -376,13 +376,15 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
         if (want < 0) want = 0;
     }
     ser_shard_fwd f;
-    int rc = ser_shard_parse_forward(m, sh->p1 - sh->p0, C, c->m->teacher != NULL, want,
+    int rc = ser_shard_parse_forward(m, sh->p1 - sh->p0, C, c->m->teacher != NULL, c->L, want,
                                      c->grid_max, &f);
     if (rc) return rc;
     size_t nr = (size_t)(sh->p1 - sh->p0);
     float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
     for (int i = 0; i < 4; i++)
         if (f.cls[i]) memcpy(dst[i] + (size_t)sh->p0 * C, f.cls[i], sizeof(float) * nr * C);
+    for (int k = 0; k < c->L; k++)
+        memcpy(c->g.lcls[k] + (size_t)sh->p0 * C, f.lcls[k], sizeof(float) * nr * C);
     for (int v = 0; v < 2; v++) free(sh->g[v]), sh->g[v] = f.g[v], f.g[v] = NULL;
     for (int i = 0; i < 4; i++) {
         free(sh->maps[i]);
@@ -442,6 +444,7 @@ static int s_assemble(s_coord *c, char *err) {
     memset(&c->b, 0, sizeof c->b);
     c->b.n_inv = g->n_inv, c->b.n_eq = n_eq;
     c->b.g[0] = c->gall[0], c->b.g[1] = c->gall[1];
+    c->b.n_local = c->L, c->b.local_img = c->o->cfg.data.local_size;  // rows only: no images here
     return SER_OK;
 }
 
@@ -775,9 +778,12 @@ static void s_name_nonfinite_rows(const s_coord *c, char *err) {
         const s_shard *sh = &c->sh[s];
         const float *rows[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
         int bad = 0;
-        for (int i = 0; i < (c->m->teacher ? 4 : 2) && !bad; i++)
+        int nq = c->m->teacher ? 4 : 2;
+        for (int i = 0; i < nq + c->L && !bad; i++) {
+            const float *x = i < nq ? rows[i] : c->g.lcls[i - nq];
             for (size_t j = (size_t)sh->p0 * C; j < (size_t)sh->p1 * C && !bad; j++)
-                bad = !isfinite(rows[i][j]);
+                bad = !isfinite(x[j]);
+        }
         for (int v = 0; v < 2 && sh->n_eq && !bad; v++)
             for (size_t j = 0; j < sh->ntok[v] * (size_t)C && !bad; j++)
                 bad = !isfinite(sh->maps[v][j]) || (c->m->teacher && !isfinite(sh->maps[2 + v][j]));
@@ -808,6 +814,7 @@ static int s_remote_forward(void *ctx, const ser_batch **b, ser_gathered **g, ch
     c->phase = SER_STATUS_PHASE_OBJECTIVE;
     if ((rc = s_assemble(c, err))) return rc;
     for (int v = 0; v < 2; v++) memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
+    for (int k = 0; k < c->L; k++) memset(c->g.dlcls[k], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
     *b = &c->b, *g = &c->g;
     return SER_OK;
 }
@@ -1124,6 +1131,11 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
         c->g.qcls[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
         c->g.kcls[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
         c->g.dqcls[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
+    }
+    c->L = c->g.n_local = o->cfg.data.local_crops;
+    for (int k = 0; k < c->L; k++) {
+        c->g.lcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
+        c->g.dlcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
     }
     if ((rc = s_bind(c, err))) return rc;
     c->last_step = -1, c->first_step = c->first, c->steps_total = c->end - c->first;

@@ -32,6 +32,9 @@ void ser_dl_config_defaults(ser_dl_config *c) {
     c->group_sampling = SER_DL_GROUP_PAPER;
     c->interp = SER_DL_INTERP_BILINEAR;
     c->crop_min = 0.08;
+    c->local_size = 96;
+    c->local_crop_min = 0.05;
+    c->local_crop_max = 0.4;
     c->photometric = 1;
     c->strength = ser_dl_photo_moco;
     c->max_bad_fraction = 0.01;
@@ -52,6 +55,16 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
     else if (c->interp != SER_DL_INTERP_BILINEAR && c->interp != SER_DL_INTERP_BICUBIC)
         why = "interp must be bilinear or bicubic";
     else if (!(c->crop_min > 0 && c->crop_min <= 1)) why = "crop_min must be in (0, 1]";
+    else if (c->local_crops < 0 || c->local_crops > SER_MAX_LOCAL)
+        why = "local_crops must be in [0, 10]";
+    else if (c->local_crops && (c->local_size < c->patch || c->local_size % c->patch ||
+                                c->local_size > 4096))
+        why = "local_size must be a multiple of patch in [patch, 4096]";
+    else if (c->local_rotations && c->local_crops != 4)
+        why = "local rotations need local_crops = 4";
+    else if (c->local_crops && !(c->local_crop_min > 0 && c->local_crop_min <= c->local_crop_max &&
+                                 c->local_crop_max <= 1))
+        why = "local crop scale must satisfy 0 < local_crop_min <= local_crop_max <= 1";
     else if (c->threads < 0 || c->threads > 256) why = "threads must be in [0, 256]";
     else if (!(c->max_bad_fraction >= 0 && c->max_bad_fraction <= 1))
         why = "max_bad_fraction must be in [0, 1]";
@@ -76,16 +89,19 @@ uint64_t ser_dl_config_hash(const ser_dl_config *c) {
     // v2: group elements drawn by common/nn/ser_group.c (v1 had the loader's own sampler and a
     // configurable scale range), so a v1 peer is refused rather than sent other content.
     // v3: photometric strengths. v4: PNG files are indexed and decoded (a v3 loader skips
-    // them, so a tree that holds PNGs has another index there).
-    char s[640];
+    // them, so a tree that holds PNGs has another index there). v5: local views.
+    char s[768];
     int n = snprintf(s, sizeof s,
-                     "ser-dl-v4 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
+                     "ser-dl-v5 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
                      "policy=%d gs=%d interp=%d crop=%.17g photo=%d jit=%.17g blur=%.17g "
-                     "gray=%.17g sol=%.17g",
+                     "gray=%.17g sol=%.17g local=%d",
                      c->kind, c->split, c->img, c->patch, c->global_batch, c->shards, c->eq_ratio,
                      (unsigned long long)c->seed, c->policy, c->group_sampling, c->interp,
                      c->crop_min, c->photometric, c->strength.jitter, c->strength.blur_sigma,
-                     c->strength.gray_prob, c->strength.solarize_prob);
+                     c->strength.gray_prob, c->strength.solarize_prob, c->local_crops);
+    if (c->local_crops)  // the local views' geometry counts only when there are local views
+        n += snprintf(s + n, sizeof s - (size_t)n, " ls=%d lmin=%.17g lmax=%.17g rot=%d",
+                      c->local_size, c->local_crop_min, c->local_crop_max, c->local_rotations);
     return s_fnv(0xcbf29ce484222325ull, s, (size_t)n);
 }
 
@@ -300,20 +316,23 @@ typedef struct s_job {
     ser_dl *dl;
     ser_dl_shard *sh;
     uint32_t *epochs;
-    int kornia_order[2][4];
+    int kornia_order[2 + SER_MAX_LOCAL][4];
     int rc;
 } s_job;
 
-// RandomResizedCrop + hflip of view v's draws, resized into out (img, img, 3).
+// RandomResizedCrop + hflip of view v's draws, resized into out (side, side, 3): the global
+// views (v 0, 1) at img with scale (crop_min, 1), the local ones (v >= 2) at local_size with
+// scale (local_crop_min, local_crop_max).
 static void s_crop_view(const ser_dl_config *c, const ser_dl_image *im, uint32_t epoch,
                         uint32_t index, int v, uint8_t *out) {
     ser_rng r;
-    int i, j, h, w;
+    int i, j, h, w, side = v < 2 ? c->img : c->local_size;
+    double smin = v < 2 ? c->crop_min : c->local_crop_min, smax = v < 2 ? 1.0 : c->local_crop_max;
     ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_CROP);
-    ser_dl_rrc_params(&r, im->w, im->h, c->crop_min, 1.0, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
-    ser_dl_pil_resize(out, c->img, c->img, im->px, im->w * 3, j, i, w, h, c->interp);
+    ser_dl_rrc_params(&r, im->w, im->h, smin, smax, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
+    ser_dl_pil_resize(out, side, side, im->px, im->w * 3, j, i, w, h, c->interp);
     ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_FLIP);
-    if (ser_rng_uniform(&r) < 0.5f) ser_dl_hflip_u8(out, c->img, c->img);
+    if (ser_rng_uniform(&r) < 0.5f) ser_dl_hflip_u8(out, side, side);
 }
 
 static void s_photo(const s_job *jb, uint8_t *img, int w, int h, uint32_t epoch, uint32_t index,
@@ -346,10 +365,29 @@ static void s_make_sample(void *arg, int k, void **tj) {
         __atomic_store_n(&jb->rc, rc, __ATOMIC_RELAXED);
         memset(s->view[0], 0, (size_t)s->h[0] * s->w[0] * 3);
         memset(s->view[1], 0, (size_t)s->h[1] * s->w[1] * 3);
+        for (int l = 0; l < c->local_crops; l++)
+            memset(s->local[l], 0, (size_t)c->local_size * c->local_size * 3);
         return;
     }
     s->label = ser_dl_data_label(dl->data, s->source);
     const int S = c->img, n = S * S * 3;
+    if (c->local_crops) {
+        const int LS = c->local_size, ln = LS * LS * 3;
+        float *f = c->policy == SER_DL_POLICY_KORNIA ? ser_xmalloc(sizeof(float) * 2 * ln) : NULL;
+        for (int l = 0; l < c->local_crops; l++) {
+            if (c->local_rotations && l > 0) {  // a quarter turn counter-clockwise of view l-1
+                const uint8_t *in = s->local[l - 1];
+                for (int i = 0; i < LS; i++)
+                    for (int j = 0; j < LS; j++)
+                        memcpy(s->local[l] + ((size_t)i * LS + j) * 3,
+                               in + ((size_t)j * LS + (LS - 1 - i)) * 3, 3);
+                continue;
+            }
+            s_crop_view(c, &im, epoch, s->index, 2 + l, s->local[l]);
+            s_photo(jb, s->local[l], LS, LS, epoch, s->index, 2 + l, f, f ? f + ln : NULL);
+        }
+        free(f);
+    }
     if (!s->equivariant) {
         float *f = c->policy == SER_DL_POLICY_KORNIA ? ser_xmalloc(sizeof(float) * 2 * n) : NULL;
         for (int v = 0; v < 2; v++) {
@@ -416,20 +454,28 @@ int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *o
             }
         }
         total += (size_t)(s->h[0] * s->w[0] + s->h[1] * s->w[1]) * 3;
+        total += (size_t)c->local_crops * c->local_size * c->local_size * 3;
     }
+    out->n_local = c->local_crops;
+    out->local_size = c->local_crops ? c->local_size : 0;
     out->data = ser_xmalloc(total ? total : 1);
     out->nbytes = total;
     size_t off = 0;
-    for (int k = 0; k < n; k++)
+    for (int k = 0; k < n; k++) {
+        ser_dl_sample *s = &out->samples[k];
         for (int v = 0; v < 2; v++) {
-            ser_dl_sample *s = &out->samples[k];
             s->view[v] = out->data + off;
             off += (size_t)s->h[v] * s->w[v] * 3;
         }
+        for (int l = 0; l < c->local_crops; l++) {
+            s->local[l] = out->data + off;
+            off += (size_t)c->local_size * c->local_size * 3;
+        }
+    }
     // Pass 2 (parallel across samples): decode and augment.
     s_job jb = {.dl = dl, .sh = out, .epochs = epochs, .rc = SER_OK};
     if (c->policy == SER_DL_POLICY_KORNIA)
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < 2 + c->local_crops; v++) {
             ser_rng r;
             ser_rng_init(&r, c->seed, (uint32_t)step, shard,
                          S_SHARD_STREAM | (uint32_t)v << 16 | SER_RNG_COLOR);
@@ -463,6 +509,11 @@ void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
     c->interp = job->data.interpolation == SER_CONFIG_INTERP_BICUBIC ? SER_DL_INTERP_BICUBIC
                                                                     : SER_DL_INTERP_BILINEAR;
     c->crop_min = job->data.crop_min;
+    c->local_crops = job->data.local_crops;
+    c->local_size = ser_config_local_size(job);
+    c->local_crop_min = job->data.local_crop_min;
+    c->local_crop_max = job->data.local_crop_max;
+    c->local_rotations = job->data.local_mode == SER_CONFIG_LOCAL_ROTATIONS;
     c->strength = (ser_dl_photo_strength){job->data.jitter, job->data.blur_sigma,
                                           job->data.gray_prob, job->data.solarize_prob};
     c->threads = job->data.workers;

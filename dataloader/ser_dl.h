@@ -8,6 +8,12 @@
 //
 // Samples. Invariant: two views of img x img, each its own RandomResizedCrop + hflip +
 // photometric draw (view 0: blur p 1.0, solarize p 0; view 1: blur p 0.1, solarize p 0.2).
+// Local views (local_crops > 0, every sample, invariant or not): view 2 + k is its own
+// RandomResizedCrop with scale (local_crop_min, local_crop_max) of the decoded image, resized
+// to local_size x local_size, + hflip + the photometric draw of view 2 + k (blur p 0.5, no
+// solarize: DINO's local-crop policy). With local_rotations (E-SSL; local_crops = 4): one such
+// crop (view 2's draws), and local view k is it rotated k x 90 degrees counter-clockwise
+// (torch.rot90(x, k, (H, W))): out[i][j] = in[j][S-1-i] per quarter turn.
 // Equivariant: one crop (view 0's crop + flip) resized to img x img, then per view v the
 // photometric draw of view v, then the group element g_v (ser_group_elem of common/nn/ser_group.h,
 // the type the worker's objective consumes) applied in float by ser_group_image_action_hwc,
@@ -55,6 +61,7 @@
 
 #include "ser_dl_data.h"
 #include "ser_dl_ops.h"
+#include "ser_engine.h"
 #include "ser_group.h"
 
 enum ser_dl_group_sampling {
@@ -79,6 +86,10 @@ typedef struct ser_dl_config {
     int group_sampling;   // enum ser_dl_group_sampling; paper
     int interp;           // enum ser_dl_interp; bilinear (MoCo); bicubic for DINO/BT
     double crop_min;      // RandomResizedCrop scale (crop_min, 1); 0.08
+    int local_crops;      // local views per sample, 0..SER_MAX_LOCAL; 0
+    int local_size;       // their side (a multiple of patch); 96
+    double local_crop_min, local_crop_max;  // their RandomResizedCrop scale; (0.05, 0.4)
+    int local_rotations;  // 1: local view k = local view 0 rotated k x 90 degrees (E-SSL)
     int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
     ser_dl_photo_strength strength;  // ser_dl_photo_moco
     int threads;          // decode/augment threads; 0 = all online cores
@@ -106,14 +117,16 @@ typedef struct ser_dl_sample {
     ser_group_elem g[2]; // equivariant only
     int h[2], w[2];      // each view's size
     uint8_t *view[2];    // (h, w, 3) uint8, pointing into the shard's data
+    uint8_t *local[SER_MAX_LOCAL];  // (local_size, local_size, 3) local views, likewise
 } ser_dl_sample;
 
 typedef struct ser_dl_shard {
     uint64_t step;
     uint32_t shard;
     int n;                  // samples
+    int n_local, local_size;  // local views per sample and their side (0, 0: none)
     ser_dl_sample *samples;
-    uint8_t *data;          // all views, sample-major, view 0 then view 1
+    uint8_t *data;          // all views, sample-major, view 0, view 1, local views
     size_t nbytes;
 } ser_dl_shard;
 

@@ -710,8 +710,10 @@ static int s_is_moco(const ser_dl_photo_strength *st) {
 void ser_dl_photo_draw(ser_dl_photo *p, int policy, uint64_t seed, uint32_t epoch,
                        uint32_t index, int view, const int *shard_order,
                        const ser_dl_photo_strength *st) {
-    static const float p_blur[2] = {1.0f, 0.1f}, p_sol[2] = {0.0f, 0.2f};
-    SER_ASSERT(view == 0 || view == 1);
+    // Views 0 and 1: MoCo-v3's two global policies; 2..: DINO's local-crop policy.
+    static const float p_blur[3] = {1.0f, 0.1f, 0.5f}, p_sol[3] = {0.0f, 0.2f, 0.0f};
+    SER_ASSERT(view >= 0 && view < 2 + SER_DL_MAX_LOCAL);
+    int pv = view < 2 ? view : 2;
     if (!st) st = &ser_dl_photo_moco;
     // MoCo-v3's strengths keep their original float constants: the same bits as the
     // torchvision/kornia fixtures.
@@ -742,12 +744,12 @@ void ser_dl_photo_draw(ser_dl_photo *p, int policy, uint64_t seed, uint32_t epoc
     }
     p->gray = ser_rng_uniform(&r) < (moco ? 0.2f : (float)st->gray_prob);
     ser_rng_init(&r, seed, epoch, index, v | SER_RNG_BLUR);
-    p->blur = ser_rng_uniform(&r) < p_blur[view];
+    p->blur = ser_rng_uniform(&r) < p_blur[pv];
     float u = ser_rng_uniform(&r);
     p->sigma = moco ? 0.1f + 1.9f * u : 0.1f + ((float)st->blur_sigma - 0.1f) * u;
     if (!moco && st->blur_sigma <= 0.0) p->blur = 0;
     ser_rng_init(&r, seed, epoch, index, v | SER_RNG_SOLARIZE);
-    p->solarize = ser_rng_uniform(&r) < (moco || view == 0 ? p_sol[view] : (float)st->solarize_prob);
+    p->solarize = ser_rng_uniform(&r) < (moco || view != 1 ? p_sol[pv] : (float)st->solarize_prob);
     p->threshold = policy == SER_DL_POLICY_KORNIA ? ser_rng_uniform(&r) : 128.0f / 255.0f;
 }
 

@@ -19,7 +19,7 @@
 // here only ever point at data that outlives the pack call and is never written through.
 #pragma GCC diagnostic ignored "-Wcast-qual"
 
-#define S_MAX_FRAMES (2 * SER_DL_WIRE_MAX_SAMPLES + 3)
+#define S_MAX_FRAMES ((2 + SER_MAX_LOCAL) * SER_DL_WIRE_MAX_SAMPLES + 3)
 #define S_QUEUE_CAP 64
 
 // --- multipart helpers -----------------------------------------------------------------------
@@ -239,7 +239,8 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
     m.error = (char *)(error ? error : "");
     m.bad_files = ser_dl_bad_files(s->dl);
     m.replacements = ser_dl_replacements(s->dl);
-    int n = r ? r->sh.n : 0;
+    int n = r ? r->sh.n : 0, L = r ? r->sh.n_local : 0, LS = r ? r->sh.local_size : 0;
+    m.local_crops = (uint32_t)L, m.local_size = (uint32_t)LS;
     Ser__LoaderSample *smp = ser_xcalloc((size_t)n + 1, sizeof *smp);
     Ser__LoaderSample **sp = ser_xcalloc((size_t)n + 1, sizeof *sp);
     Ser__LoaderGroup *gr = ser_xcalloc(2 * (size_t)n + 1, sizeof *gr);
@@ -276,12 +277,15 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
     if (rc == SER_OK) rc = s_send_buf(s->sock, "", 0, 1);
     if (rc == SER_OK) rc = s_send_buf(s->sock, buf, len, n > 0);
     for (int i = 0; rc == SER_OK && i < n; i++)
-        for (int v = 0; v < 2 && rc == SER_OK; v++) {
+        for (int v = 0; v < 2 + L && rc == SER_OK; v++) {
             const ser_dl_sample *x = &r->sh.samples[i];
             zmq_msg_t f;
             __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
-            zmq_msg_init_data(&f, x->view[v], (size_t)x->h[v] * x->w[v] * 3, s_frame_free, r);
-            rc = s_send(s->sock, &f, !(i == n - 1 && v == 1));
+            if (v < 2)
+                zmq_msg_init_data(&f, x->view[v], (size_t)x->h[v] * x->w[v] * 3, s_frame_free, r);
+            else
+                zmq_msg_init_data(&f, x->local[v - 2], (size_t)LS * LS * 3, s_frame_free, r);
+            rc = s_send(s->sock, &f, !(i == n - 1 && v == 1 + L));
             if (rc) zmq_msg_close(&f);  // releases the reference
         }
     if (rc) ser_log(SER_LL_WARNING, "dataloader: reply for step %llu shard %u not sent",
@@ -579,24 +583,28 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         rc = SER_ECONFIG;
         goto done;
     }
-    size_t n = m->n_samples;
-    if (n > SER_DL_WIRE_MAX_SAMPLES || (size_t)p->n != 2 + 2 * n) {
+    size_t n = m->n_samples, L = m->local_crops, LS = m->local_size, per = 2 + L;
+    if (L > SER_MAX_LOCAL || (L && (LS < 1 || LS > SER_DL_WIRE_MAX_SIDE))) {
+        snprintf(err, 256, "reply has %zu local views of %zu px", L, LS);
+        goto done;
+    }
+    if (n > SER_DL_WIRE_MAX_SAMPLES || (size_t)p->n != 2 + per * n) {
         snprintf(err, 256, "reply has %zu samples but %d frames", n, p->n);
         goto done;
     }
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         const Ser__LoaderSample *x = m->samples[i];
-        uint32_t hw[2][2] = {{x->h0, x->w0}, {x->h1, x->w1}};
-        for (int v = 0; v < 2; v++) {
-            if (hw[v][0] < 1 || hw[v][1] < 1 || hw[v][0] > SER_DL_WIRE_MAX_SIDE ||
-                hw[v][1] > SER_DL_WIRE_MAX_SIDE ||
-                zmq_msg_size(&p->m[2 + 2 * i + (size_t)v]) != (size_t)hw[v][0] * hw[v][1] * 3) {
-                snprintf(err, 256, "sample %zu view %d: frame size does not match %ux%u", i, v,
-                         hw[v][0], hw[v][1]);
+        for (size_t v = 0; v < per; v++) {
+            uint32_t h = v == 0 ? x->h0 : v == 1 ? x->h1 : (uint32_t)LS;
+            uint32_t w = v == 0 ? x->w0 : v == 1 ? x->w1 : (uint32_t)LS;
+            if (h < 1 || w < 1 || h > SER_DL_WIRE_MAX_SIDE || w > SER_DL_WIRE_MAX_SIDE ||
+                zmq_msg_size(&p->m[2 + per * i + v]) != (size_t)h * w * 3) {
+                snprintf(err, 256, "sample %zu view %zu: frame size does not match %ux%u", i, v,
+                         h, w);
                 goto done;
             }
-            total += (size_t)hw[v][0] * hw[v][1] * 3;
+            total += (size_t)h * w * 3;
         }
         ser_group_elem g[2];
         if (x->equivariant && (s_group_from_wire(&g[0], x->g0, x->h0, x->w0) ||
@@ -609,6 +617,7 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
     out->step = step;
     out->shard = shard;
     out->n = (int)n;
+    out->n_local = (int)L, out->local_size = L ? (int)LS : 0;
     out->samples = ser_xcalloc(n ? n : 1, sizeof *out->samples);
     out->data = ser_xmalloc(total ? total : 1);
     out->nbytes = total;
@@ -627,11 +636,12 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
                      s_group_from_wire(&s->g[1], x->g1, x->h1, x->w1) == SER_OK;
             SER_ASSERT(ok);
         }
-        for (int v = 0; v < 2; v++) {
-            size_t len = zmq_msg_size(&p->m[2 + 2 * i + (size_t)v]);
-            s->view[v] = out->data + off;
-            memcpy(s->view[v], zmq_msg_data(&p->m[2 + 2 * i + (size_t)v]), len);
-            off += len;
+        for (size_t v = 0; v < per; v++) {
+            const zmq_msg_t *f = &p->m[2 + per * i + v];
+            uint8_t **dst = v < 2 ? &s->view[v] : &s->local[v - 2];
+            *dst = out->data + off;
+            memcpy(*dst, zmq_msg_data((zmq_msg_t *)f), zmq_msg_size((zmq_msg_t *)f));
+            off += zmq_msg_size((zmq_msg_t *)f);
         }
     }
     rc = SER_OK;

@@ -6,6 +6,12 @@
 
 static const char *const s_cls[4] = {"qcls0", "qcls1", "kcls0", "kcls1"};
 static const char *const s_maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
+static const char *const s_lcls[SER_MAX_LOCAL] = {"lcls0", "lcls1", "lcls2", "lcls3", "lcls4",
+                                                  "lcls5", "lcls6", "lcls7", "lcls8", "lcls9"};
+static const char *const s_dlcls[SER_MAX_LOCAL] = {"dlcls0", "dlcls1", "dlcls2", "dlcls3",
+                                                   "dlcls4", "dlcls5", "dlcls6", "dlcls7",
+                                                   "dlcls8", "dlcls9"};
+_Static_assert(SER_MAX_LOCAL == 10, "one frame name per local view");
 
 int ser_shard_pack_params(ser_wire_tensor out[2], const float *student, const float *teacher,
                           size_t span) {
@@ -21,13 +27,15 @@ void ser_shard_parse_params(const ser_wire_msg *m, size_t span, int want_teacher
     *teacher = want_teacher ? ser_wire_find(m, "teacher", span) : NULL;
 }
 
-int ser_shard_pack_forward(ser_wire_tensor out[9], const ser_gathered *g, const ser_batch *b,
-                           int has_teacher, float *gbuf) {
+int ser_shard_pack_forward(ser_wire_tensor out[SER_SHARD_MAX_FWD], const ser_gathered *g,
+                           const ser_batch *b, int has_teacher, float *gbuf) {
     int C = g->C, B = g->B, n = 0;
     for (int i = 0; i < 4; i++) {
         if (i >= 2 && !has_teacher) break;
         out[n++] = (ser_wire_tensor){s_cls[i], 2, {B, C}, i < 2 ? g->qcls[i] : g->kcls[i - 2]};
     }
+    for (int k = 0; k < g->n_local; k++)
+        out[n++] = (ser_wire_tensor){s_lcls[k], 2, {B, C}, g->lcls[k]};
     if (b->n_eq == 0) return n;
     for (int i = 0; i < 4; i++) {
         if (i >= 2 && !has_teacher) break;
@@ -49,13 +57,19 @@ void ser_shard_fwd_free(ser_shard_fwd *f) {
     f->g[0] = f->g[1] = NULL;
 }
 
-int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int want_n_eq,
-                            int grid_max, ser_shard_fwd *out) {
+int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int n_local,
+                            int want_n_eq, int grid_max, ser_shard_fwd *out) {
     memset(out, 0, sizeof *out);
     out->rows = rows, out->C = C;
     size_t nr = (size_t)rows, nsets = has_teacher ? 4 : 2;
+    if (n_local < 0 || n_local > SER_MAX_LOCAL) return SER_EFORMAT;
     for (size_t i = 0; i < nsets; i++)
         if (!(out->cls[i] = ser_wire_find(m, s_cls[i], nr * (size_t)C))) return SER_EFORMAT;
+    for (int k = 0; k < n_local; k++)
+        if (!(out->lcls[k] = ser_wire_find(m, s_lcls[k], nr * (size_t)C))) {
+            memset(out, 0, sizeof *out);
+            return SER_EFORMAT;
+        }
     // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
     int n_eq = 0;
     const float *gf = NULL;
@@ -103,24 +117,32 @@ int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teac
     return SER_OK;
 }
 
-void ser_shard_pack_backward(ser_wire_tensor out[4], float *const dqcls[2], float *const dqmap[2],
-                             int row0, int rows, int C, const size_t map0[2], const size_t ntok[2]) {
-    static const char *const names[4] = {"dqcls0", "dqcls1", "dqmap0", "dqmap1"};
+static const char *const s_bwd[4] = {"dqcls0", "dqcls1", "dqmap0", "dqmap1"};
+
+int ser_shard_pack_backward(ser_wire_tensor out[SER_SHARD_MAX_BWD], const ser_gathered *g,
+                            int row0, int rows, const size_t map0[2], const size_t ntok[2]) {
+    int C = g->C;
     for (int v = 0; v < 2; v++) {
-        out[v] = (ser_wire_tensor){names[v], 2, {rows, C}, dqcls[v] + (size_t)row0 * C};
-        out[2 + v] = (ser_wire_tensor){names[2 + v], 2, {(int64_t)ntok[v], C},
-                                       dqmap[v] + map0[v] * (size_t)C};
+        out[v] = (ser_wire_tensor){s_bwd[v], 2, {rows, C}, g->dqcls[v] + (size_t)row0 * C};
+        out[2 + v] = (ser_wire_tensor){s_bwd[2 + v], 2, {(int64_t)ntok[v], C},
+                                       g->dqmap[v] + map0[v] * (size_t)C};
     }
+    for (int k = 0; k < g->n_local; k++)
+        out[4 + k] = (ser_wire_tensor){s_dlcls[k], 2, {rows, C}, g->dlcls[k] + (size_t)row0 * C};
+    return 4 + g->n_local;
 }
 
 int ser_shard_parse_backward(const ser_wire_msg *m, int rows, int C, const size_t ntok[2],
-                             const float *out[4]) {
+                             int n_local, const float *out[SER_SHARD_MAX_BWD]) {
     size_t BC = (size_t)rows * C;
-    out[0] = ser_wire_find(m, "dqcls0", BC);
-    out[1] = ser_wire_find(m, "dqcls1", BC);
-    out[2] = ser_wire_find(m, "dqmap0", ntok[0] * (size_t)C);
-    out[3] = ser_wire_find(m, "dqmap1", ntok[1] * (size_t)C);
-    return out[0] && out[1] && out[2] && out[3] ? SER_OK : SER_EFORMAT;
+    if (n_local < 0 || n_local > SER_MAX_LOCAL) return SER_EFORMAT;
+    int ok = 1;
+    for (int i = 0; i < 4 + n_local; i++) {
+        const char *name = i < 4 ? s_bwd[i] : s_dlcls[i - 4];
+        out[i] = ser_wire_find(m, name, i == 2 || i == 3 ? ntok[i - 2] * (size_t)C : BC);
+        ok &= out[i] != NULL;
+    }
+    return ok ? SER_OK : SER_EFORMAT;
 }
 
 void ser_shard_pack_grad(ser_wire_tensor *out, const float *grad, size_t span) {

@@ -11,7 +11,10 @@
 //                  g (n_eq, 2, 5)             the group elements as floats: rot180, hflip, rot90,
 //                                             gh, gw of view 0 and view 1 (the coordinator reads
 //                                             no data: the grids and token counts follow from g)
+//                  lcls0..lcls<L-1> (rows, C) the student's [CLS] rows of the L local views
+//                                             (data.local_crops), when L > 0
 //   BACKWARD       dqcls0, dqcls1 (rows, C), dqmap0, dqmap1 (ntok_v, C)
+//                  [dlcls0..dlcls<L-1> (rows, C)]
 //   BACKWARD_DONE  grad (span)               the shard's student gradient
 // Frames are F32 (ser_wire.h); a frame's bytes carry no alignment guarantee.
 //
@@ -40,37 +43,42 @@ void ser_shard_parse_params(const ser_wire_msg *m, size_t span, int want_teacher
                             const float **student, const float **teacher);
 
 // --- FORWARD_DONE --------------------------------------------------------------------------------
+#define SER_SHARD_MAX_FWD (9 + SER_MAX_LOCAL)
+#define SER_SHARD_MAX_BWD (4 + SER_MAX_LOCAL)
 // What a worker sends of a shard's forward (g: its gathered rows and maps; b: its batch).
-// gbuf: n_eq * 10 + 1 floats for the group elements. Returns the number of frames (<= 9).
-int ser_shard_pack_forward(ser_wire_tensor out[9], const ser_gathered *g, const ser_batch *b,
-                           int has_teacher, float *gbuf);
+// gbuf: n_eq * 10 + 1 floats for the group elements. Returns the number of frames.
+int ser_shard_pack_forward(ser_wire_tensor out[SER_SHARD_MAX_FWD], const ser_gathered *g,
+                           const ser_batch *b, int has_teacher, float *gbuf);
 
 // A FORWARD_DONE as the coordinator takes it. The row and map pointers point into the message.
 typedef struct ser_shard_fwd {
     int rows, C, n_eq;
     const float *cls[4];   // qcls0, qcls1, kcls0, kcls1 (the last two NULL without a teacher)
     const float *maps[4];  // qmap0, qmap1, kmap0, kmap1 (NULL when n_eq == 0)
+    const float *lcls[SER_MAX_LOCAL];  // lcls0.. (n_local of them)
     ser_group_elem *g[2];  // [view] (n_eq,) owned: ser_shard_fwd_free()
     size_t ntok[2];        // rows of each view's maps
 } ser_shard_fwd;
 
 // Validates m against what was asked: rows [CLS] rows of width C per view, the teacher's when
-// has_teacher, want_n_eq equivariant samples (-1: any count from 0 to rows), group elements that
+// has_teacher, those of n_local local views, want_n_eq equivariant samples (-1: any count from 0 to rows), group elements that
 // are valid and whose view grids are at most grid_max tokens a side, maps of the sizes they
 // imply. SER_EFORMAT (missing or mis-sized frames, bad group elements) or SER_ESHAPE (another
 // number of equivariant samples than asked); on failure nothing is allocated.
-int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int want_n_eq,
-                            int grid_max, ser_shard_fwd *out);
+int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int n_local,
+                            int want_n_eq, int grid_max, ser_shard_fwd *out);
 void ser_shard_fwd_free(ser_shard_fwd *f);
 
 // --- BACKWARD ------------------------------------------------------------------------------------
-// The gradients of a shard's rows (rows x C per view, from dqcls + row0 * C) and of its maps
-// (ntok[v] x C, from dqmap[v] + map0[v] * C) as 4 frames.
-void ser_shard_pack_backward(ser_wire_tensor out[4], float *const dqcls[2], float *const dqmap[2],
-                             int row0, int rows, int C, const size_t map0[2], const size_t ntok[2]);
-// The 4 frames (pointers into m) when every one is there with its size, else SER_EFORMAT.
+// The gradients of a shard's rows (rows x C per view, from dqcls + row0 * C), of its maps
+// (ntok[v] x C, from dqmap[v] + map0[v] * C) and of its local views' rows (from g->dlcls):
+// 4 + g->n_local frames, the count returned.
+int ser_shard_pack_backward(ser_wire_tensor out[SER_SHARD_MAX_BWD], const ser_gathered *g,
+                            int row0, int rows, const size_t map0[2], const size_t ntok[2]);
+// The 4 + n_local frames (pointers into m: dqcls0, dqcls1, dqmap0, dqmap1, dlcls0..) when every
+// one is there with its size, else SER_EFORMAT.
 int ser_shard_parse_backward(const ser_wire_msg *m, int rows, int C, const size_t ntok[2],
-                             const float *out[4]);
+                             int n_local, const float *out[SER_SHARD_MAX_BWD]);
 
 // --- BACKWARD_DONE -------------------------------------------------------------------------------
 void ser_shard_pack_grad(ser_wire_tensor *out, const float *grad, size_t span);

@@ -37,6 +37,9 @@ double ser_test_nmse(const float *a, const float *b, size_t n);
 
 ser_st_file *ser_test_open_fixture(const char *name);
 float *ser_test_tensor(const ser_st_file *f, const char *name, size_t *numel);
+// The fixture's local views local.view0, local.view1, ... ((B, 3, s, s) each) into b (n_local,
+// local_img, local[]); the arrays go to local[] for the caller to free. Returns their count.
+int ser_test_local_views(const ser_st_file *f, ser_batch *b, float *local[SER_MAX_LOCAL]);
 float ser_test_maxabs(const float *x, size_t n);
 int ser_test_have_torch(void);
 // Writes n bytes of buf to path, or fails the test.

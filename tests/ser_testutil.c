@@ -81,6 +81,22 @@ float *ser_test_tensor(const ser_st_file *f, const char *name, size_t *numel) {
     return x;
 }
 
+int ser_test_local_views(const ser_st_file *f, ser_batch *b, float *local[SER_MAX_LOCAL]) {
+    int k = 0;
+    for (; k < SER_MAX_LOCAL; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "local.view%d", k);
+        const ser_st_entry *e = ser_st_find(f, name);
+        if (!e) break;
+        assert_int_equal(e->ndim, 4);
+        local[k] = ser_test_tensor(f, name, NULL);
+        b->local[k] = local[k];
+        b->local_img = (int)e->shape[2];
+    }
+    b->n_local = k;
+    return k;
+}
+
 float ser_test_maxabs(const float *x, size_t n) {
     float m = 0;
     for (size_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;

@@ -359,7 +359,9 @@ static void test_hash(void **state) {
     char key[128], val[256], line[512];
     for (int i = 0; i < n; i++) {
         if (t[i].flags & SER_CONFIG_F_NOHASH) continue;
-        if (strcmp(t[i].section, "dino") == 0 || strcmp(t[i].section, "barlow") == 0) continue;
+        if (strcmp(t[i].section, "dino") == 0 || strcmp(t[i].section, "barlow") == 0 ||
+            strcmp(t[i].section, "essl") == 0)
+            continue;
         snprintf(key, sizeof key, "%s.%s", t[i].section, t[i].name);
         ser_config_get(&c, key, val, sizeof val);
         snprintf(line, sizeof line, "%s=%s\n", key, val);
@@ -377,6 +379,7 @@ static void test_hash(void **state) {
         {"run.checkpoint_every", "7"}, {"run.keep_checkpoints", "9"}, {"run.name", "other"},
         {"cluster.port", "6000"},    {"cluster.status_port", "-1"}, {"cluster.coordinator", "h"},
         {"dino.momentum", "0.99"},   {"barlow.proj_dim", "64"},  // methods not selected
+        {"essl.lambda", "1"},
     };
     char err[SER_ERR_LEN];
     for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
@@ -397,6 +400,19 @@ static void test_hash(void **state) {
         if (ser_config_hash(&d) == ser_config_hash(&c))
             fail_msg("%s leaves the hash", differ[i][0]);
     }
+    // E-SSL is MoCo-v3 plus a rotation head: its own section and [moco] both count.
+    ser_config e = c;
+    assert_int_equal(ser_config_set(&e, "method.name", "essl", err), SER_OK);
+    const char *essl_keys[][2] = {{"essl.lambda", "1"}, {"moco.temperature", "0.3"}};
+    for (int i = 0; i < 2; i++) {
+        d = e;
+        assert_int_equal(ser_config_set(&d, essl_keys[i][0], essl_keys[i][1], err), SER_OK);
+        if (ser_config_hash(&d) == ser_config_hash(&e))
+            fail_msg("essl: %s leaves the hash", essl_keys[i][0]);
+    }
+    d = e;
+    assert_int_equal(ser_config_set(&d, "dino.momentum", "0.99", err), SER_OK);
+    assert_true(ser_config_hash(&d) == ser_config_hash(&e));
 }
 
 // --- presets -----------------------------------------------------------------------------------

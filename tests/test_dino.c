@@ -29,6 +29,7 @@ typedef struct {
     const float *eqp[2][3];
     ser_group_elem g[2][3];
     ser_batch b;
+    float *local[SER_MAX_LOCAL];
     double teacher_temp, momentum;
 } s_case;
 
@@ -79,6 +80,8 @@ static void s_load_cfg(s_case *c, const char *file, const ser_dino_config *cfg_i
     free(g);
     c->b = (ser_batch){.n_inv = 5, .n_eq = 3, .img = 16, .inv = {c->inv[0], c->inv[1]},
                        .eq = {c->eqp[0], c->eqp[1]}, .g = {c->g[0], c->g[1]}};
+    memset(c->local, 0, sizeof c->local);
+    ser_test_local_views(c->f, &c->b, c->local);
 }
 
 static void s_load(s_case *c, const char *file) { s_load_cfg(c, file, NULL); }
@@ -88,6 +91,7 @@ static void s_free(s_case *c) {
         free(c->inv[v]);
         for (int e = 0; e < 3; e++) free(c->eqimg[v][e]);
     }
+    for (int k = 0; k < SER_MAX_LOCAL; k++) free(c->local[k]);
     ser_dino_free(&c->d);
     ser_st_destroy(&c->f);
 }
@@ -155,6 +159,9 @@ static void s_run(const char *file, int shards, int head_chunk) {
 
 static void test_ser_on_4_shards(void **s) { (void)s, s_run("dino_ser_on.safetensors", 4, 0); }
 static void test_ser_on_1_shard(void **s) { (void)s, s_run("dino_ser_on.safetensors", 1, 0); }
+// Multi-crop: 2 local crops of 8 px, student only; 1 shard, and 8 shards with head chunks of 3.
+static void test_multicrop_1_shard(void **s) { (void)s, s_run("dino_multicrop.safetensors", 1, 0); }
+static void test_multicrop_chunks(void **s) { (void)s, s_run("dino_multicrop.safetensors", 8, 3); }
 static void test_ser_off_2_shards(void **s) { (void)s, s_run("dino_ser_off.safetensors", 2, 0); }
 // Head chunks of 3 samples (3 + 3 + 2) over 8 shards of one sample each.
 static void test_ser_on_head_chunks(void **s) { (void)s, s_run("dino_ser_on.safetensors", 8, 3); }
@@ -440,6 +447,58 @@ static void test_loss_definition(void **state) {
     }
 }
 
+// Multi-crop: the loss with 2 local views against its definition in double (every student view
+// against every teacher global but its own, averaged over the 6 pairs), and its gradient by
+// central finite differences in double precision of the definition.
+static double s_mc_ref(const float *s, const float *t, const float *ctr, int M, int K, int V,
+                       double ts, double tt, int r_pert, int k_pert, double h) {
+    double L = 0;
+    for (int iq = 0; iq < 2; iq++)
+        for (int v = 0; v < V; v++) {
+            if (v == iq) continue;
+            for (int i = 0; i < M; i++) {
+                const float *tr = t + (iq * M + i) * K, *sr = s + (v * M + i) * K;
+                double zt = 0, zs = 0, x[8];
+                for (int k = 0; k < K; k++) {
+                    x[k] = (double)sr[k] + ((v * M + i) == r_pert && k == k_pert ? h : 0);
+                    zt += exp(((double)tr[k] - (double)ctr[k]) / tt);
+                    zs += exp(x[k] / ts);
+                }
+                for (int k = 0; k < K; k++)
+                    L -= exp(((double)tr[k] - (double)ctr[k]) / tt) / zt * (x[k] / ts - log(zs)) / M;
+            }
+        }
+    return L / (2.0 * (V - 1));
+}
+
+static void test_multicrop_loss_definition_and_fd(void **state) {
+    (void)state;
+    enum { M = 3, K = 6, V = 4 };
+    float s[V * M * K], t[2 * M * K], ctr[K], ds[V * M * K];
+    ser_test_fill_uniform(s, V * M * K, 14, -1, 1);
+    ser_test_fill_uniform(t, 2 * M * K, 15, -1, 1);
+    ser_test_fill_uniform(ctr, K, 16, -0.2f, 0.2f);
+    double L = ser_dino_loss_crops(ds, s, t, ctr, M, K, V, 0.5f, 0.3f, NULL);
+    double ref = s_mc_ref(s, t, ctr, M, K, V, 0.5f, 0.3f, -1, 0, 0);
+    assert_true(fabs(L - ref) <= 1e-6 * fabs(ref));
+    double worst = 0;
+    for (int r = 0; r < V * M; r++)
+        for (int k = 0; k < K; k++) {
+            double h = 1e-5;
+            double fd = (s_mc_ref(s, t, ctr, M, K, V, 0.5f, 0.3f, r, k, h) -
+                         s_mc_ref(s, t, ctr, M, K, V, 0.5f, 0.3f, r, k, -h)) / (2 * h);
+            double e = fabs(fd - (double)ds[r * K + k]);
+            worst = e > worst ? e : worst;
+        }
+    print_message("multi-crop DINO loss: |analytic - finite difference| <= %.2e\n", worst);
+    assert_true(worst < 1e-5);
+    // V = 2 is the two-view loss, bit for bit.
+    float ds2[2 * M * K];
+    assert_true(ser_dino_loss_crops(ds2, s, t, ctr, M, K, 2, 0.5f, 0.3f, NULL) ==
+                ser_dino_loss(ds, s, t, ctr, M, K, 0.5f, 0.3f, NULL));
+    assert_memory_equal(ds2, ds, sizeof ds2);
+}
+
 // --- the helpers the caller needs ---------------------------------------------------------------
 // The collapse monitors of the loss on cases worked by hand (temperatures 1, centre 0):
 // uniform teachers have entropy ln K; a teacher row [1/4, 3/4] has entropy
@@ -628,6 +687,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ser_on_4_shards),
         cmocka_unit_test(test_ser_on_1_shard),
+        cmocka_unit_test(test_multicrop_1_shard),
+        cmocka_unit_test(test_multicrop_chunks),
+        cmocka_unit_test(test_multicrop_loss_definition_and_fd),
         cmocka_unit_test(test_ser_off_2_shards),
         cmocka_unit_test(test_ser_on_head_chunks),
         cmocka_unit_test(test_ser_disabled),

@@ -392,6 +392,122 @@ static void test_equivariant_relative_transform(void **state) {
     }
 }
 
+// Local views: view 2 + k of every sample (equivariant ones too) is the RandomResizedCrop of its
+// own streams at local_size with scale (local_crop_min, local_crop_max), then the flip; the ops
+// are those checked byte-exact against torchvision in test_dl_ops. With photometrics the shard
+// still does not depend on the thread count, and the config hash follows the local views.
+static void test_local_views(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    c.photometric = 0;
+    c.local_crops = 3;
+    c.local_size = 16;
+    c.local_crop_min = 0.05, c.local_crop_max = 0.25;
+    ser_dl *dl = s_new(&c);
+    char err[256];
+    ser_dl_data *d = ser_dl_data_open(s_root, c.kind, c.split, NULL, err);
+    assert_non_null(d);
+    int checked = 0, eq_seen = 0;
+    for (uint32_t sh_i = 0; sh_i < 3; sh_i++) {
+        ser_dl_shard sh;
+        assert_int_equal(ser_dl_make_shard(dl, 0, sh_i, &sh), SER_OK);
+        assert_int_equal(sh.n_local, 3);
+        assert_int_equal(sh.local_size, 16);
+        size_t want_bytes = (size_t)sh.n * 3 * 16 * 16 * 3;
+        for (int k = 0; k < sh.n; k++)
+            for (int v = 0; v < 2; v++)
+                want_bytes += (size_t)sh.samples[k].h[v] * sh.samples[k].w[v] * 3;
+        assert_int_equal(sh.nbytes, want_bytes);
+        for (int k = 0; k < sh.n; k++) {
+            const ser_dl_sample *x = &sh.samples[k];
+            eq_seen += x->equivariant;
+            ser_dl_image im = {0};
+            uint32_t src;
+            assert_int_equal(ser_dl_data_load(d, x->index, NULL, &im, &src), SER_OK);
+            assert_int_equal(src, x->source);
+            for (int l = 0; l < 3; l++) {
+                uint8_t want[16 * 16 * 3];
+                ser_rng r;
+                int i, j, h, w;
+                ser_rng_init(&r, c.seed, 0, x->index, (uint32_t)(2 + l) << 16 | SER_RNG_CROP);
+                ser_dl_rrc_params(&r, im.w, im.h, 0.05, 0.25, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
+                double area = (double)h * w / ((double)im.w * im.h);
+                assert_true(area <= 0.25 * 1.2);  // the fallback (centre crop) is larger
+                ser_dl_pil_resize(want, 16, 16, im.px, im.w * 3, j, i, w, h, c.interp);
+                ser_rng_init(&r, c.seed, 0, x->index, (uint32_t)(2 + l) << 16 | SER_RNG_FLIP);
+                if (ser_rng_uniform(&r) < 0.5f) ser_dl_hflip_u8(want, 16, 16);
+                assert_memory_equal(x->local[l], want, sizeof want);
+                checked++;
+            }
+            assert_memory_not_equal(x->local[0], x->local[1], 16 * 16 * 3);
+            ser_dl_image_free(&im);
+        }
+        ser_dl_shard_free(&sh);
+    }
+    assert_int_equal(checked, 12 * 3);
+    assert_true(eq_seen == 3);
+    ser_dl_data_destroy(&d);
+    ser_dl_destroy(&dl);
+    // Rotations (E-SSL): local view 0 is the crop of view 2's streams, view k its k-th
+    // counter-clockwise quarter turn (torch.rot90(x, k, (H, W)): out[i][j] = in[j][S-1-i]).
+    {
+        ser_dl_config cr = c;
+        cr.local_crops = 4, cr.local_rotations = 1;
+        ser_dl_shard a, b;
+        ser_dl *d1 = s_new(&c), *d2 = s_new(&cr);
+        assert_int_equal(ser_dl_make_shard(d1, 0, 1, &a), SER_OK);
+        assert_int_equal(ser_dl_make_shard(d2, 0, 1, &b), SER_OK);
+        assert_true(ser_dl_config_hash(&c) != ser_dl_config_hash(&cr));
+        for (int k = 0; k < a.n; k++) {
+            const ser_dl_sample *x = &a.samples[k], *y = &b.samples[k];
+            assert_memory_equal(x->local[0], y->local[0], 16 * 16 * 3);
+            for (int l = 1; l < 4; l++)
+                for (int i = 0; i < 16; i++)
+                    for (int j = 0; j < 16; j++)
+                        assert_memory_equal(y->local[l] + (i * 16 + j) * 3,
+                                            y->local[l - 1] + (j * 16 + (15 - i)) * 3, 3);
+            assert_memory_not_equal(y->local[0], y->local[2], 16 * 16 * 3);
+        }
+        ser_dl_shard_free(&a), ser_dl_shard_free(&b);
+        ser_dl_destroy(&d1), ser_dl_destroy(&d2);
+        cr.local_crops = 3;
+        assert_int_not_equal(ser_dl_config_check(&cr, err), SER_OK);
+        assert_non_null(strstr(err, "rotations"));
+    }
+    // Photometrics on: 1 thread and 3 threads give the same shard.
+    c.photometric = 1;
+    c.policy = SER_DL_POLICY_KORNIA;
+    ser_dl_shard a, b;
+    dl = s_new(&c);
+    assert_int_equal(ser_dl_make_shard(dl, 1, 2, &a), SER_OK);
+    ser_dl_destroy(&dl);
+    c.threads = 3;
+    dl = s_new(&c);
+    assert_int_equal(ser_dl_make_shard(dl, 1, 2, &b), SER_OK);
+    ser_dl_destroy(&dl);
+    s_assert_same_shard(&a, &b);
+    ser_dl_shard_free(&a), ser_dl_shard_free(&b);
+    // The hash: local views change it; their geometry matters only when there are some.
+    ser_dl_config z;
+    s_config(&z);
+    uint64_t h0 = ser_dl_config_hash(&z);
+    z.local_size = 24;
+    assert_true(ser_dl_config_hash(&z) == h0);
+    z.local_crops = 2;
+    uint64_t h1 = ser_dl_config_hash(&z);
+    assert_true(h1 != h0);
+    z.local_size = 16;
+    assert_true(ser_dl_config_hash(&z) != h1);
+    // Bad local settings are refused with a reason.
+    z.local_size = 12;  // not a multiple of patch 8
+    assert_int_not_equal(ser_dl_config_check(&z, err), SER_OK);
+    assert_non_null(strstr(err, "local_size"));
+    z.local_size = 16, z.local_crop_min = 0.5, z.local_crop_max = 0.3;
+    assert_int_not_equal(ser_dl_config_check(&z, err), SER_OK);
+    assert_non_null(strstr(err, "local crop scale"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_geometry),
@@ -400,6 +516,7 @@ int main(void) {
         cmocka_unit_test(test_reference_group_sampling),
         cmocka_unit_test(test_group_keys),
         cmocka_unit_test(test_equivariant_relative_transform),
+        cmocka_unit_test(test_local_views),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -177,6 +177,46 @@ static double s_dot(const float *a, const float *b, size_t n) {
     return s;
 }
 
+// Central differences of f over x (nx values) and every `stride`-th parameter of o, against
+// the analytic gradients dx and o->grads; returns how many disagree (printing the first few).
+typedef double (*s_fd_fn)(s_mod *o, ser_mlp_acts *a, const float *x, const void *ctx);
+static int s_fd_check(s_mod *o, ser_mlp_acts *a, float *x, size_t nx, const float *dx,
+                      size_t stride, double eps, s_fd_fn f, const void *ctx, double *max_err) {
+    int bad = 0;
+    float *targets[2] = {x, o->params};
+    const float *grads[2] = {dx, o->grads};
+    size_t counts[2] = {nx, o->tab.total};
+    *max_err = 0;
+    for (int t = 0; t < 2; t++)
+        for (size_t i = 0; i < counts[t]; i += (t ? stride : 1)) {
+            float v = targets[t][i];
+            targets[t][i] = v + (float)eps;
+            double fp = f(o, a, x, ctx);
+            targets[t][i] = v - (float)eps;
+            double fm = f(o, a, x, ctx);
+            targets[t][i] = v;
+            double fd = (fp - fm) / (2 * eps), err = fabs(fd - (double)grads[t][i]);
+            *max_err = err > *max_err ? err : *max_err;
+            if (err > 1e-3 + 1e-2 * fabs(fd)) {
+                if (bad < 5)
+                    print_error("  %s[%zu]: analytic %g fd %g\n", t ? "param" : "x", i,
+                                (double)grads[t][i], fd);
+                bad++;
+            }
+        }
+    return bad;
+}
+
+// ctr(mlp(x), k) with T = 0.3 over 6 rows.
+static double s_fd_ctr(s_mod *o, ser_mlp_acts *a, const float *x, const void *k) {
+    return ser_moco_ctr(NULL, ser_mlp_forward(&o->m, a, x, 6, 0), k, 6, 4, 0.3f, 1);
+}
+
+// sum(mlp(x) * w) over 3 rows of 4 outputs.
+static double s_fd_dot(s_mod *o, ser_mlp_acts *a, const float *x, const void *w) {
+    return s_dot(ser_mlp_forward(&o->m, a, x, 3, 0), w, 12);
+}
+
 static void test_fd_mlp_and_ctr(void **state) {
     (void)state;
     ser_mlp_layer_spec spec[SER_MLP_MAX_LAYERS];
@@ -195,31 +235,44 @@ static void test_fd_mlp_and_ctr(void **state) {
     const float *y = ser_mlp_forward(&o.m, &a, x, M, 0);
     ser_moco_ctr(dq, y, k, M, 4, 0.3f, 1.0f);
     ser_mlp_backward(&o.m, &a, dx, dq);
-    double eps = 2e-3, max_err = 0;  // BatchNorm over 6 rows is strongly curved
-    int bad = 0;
-    float *targets[2] = {x, o.params};
-    float *grads[2] = {dx, o.grads};
-    size_t counts[2] = {30, o.tab.total};
-    for (int t = 0; t < 2; t++)
-        for (size_t i = 0; i < counts[t]; i += (t ? 3 : 1)) {
-            float v = targets[t][i];
-            targets[t][i] = v + (float)eps;
-            double fp = ser_moco_ctr(NULL, ser_mlp_forward(&o.m, &a, x, M, 0), k, M, 4, 0.3f, 1);
-            targets[t][i] = v - (float)eps;
-            double fm = ser_moco_ctr(NULL, ser_mlp_forward(&o.m, &a, x, M, 0), k, M, 4, 0.3f, 1);
-            targets[t][i] = v;
-            double fd = (fp - fm) / (2 * eps), err = fabs(fd - (double)grads[t][i]);
-            max_err = err > max_err ? err : max_err;
-            if (err > 1e-3 + 1e-2 * fabs(fd)) {
-                if (bad < 5) print_error("  %s[%zu]: analytic %g fd %g\n", t ? "param" : "x", i, (double)grads[t][i], fd);
-                bad++;
-            }
-        }
+    double max_err;  // eps 2e-3: BatchNorm over 6 rows is strongly curved
+    int bad = s_fd_check(&o, &a, x, 30, dx, 3, 2e-3, s_fd_ctr, k, &max_err);
     print_message("fd mlp(BN, ReLU, GELU) + ctr: max|fd-g| = %.2e\n", max_err);
     assert_int_equal(bad, 0);
     ser_mlp_acts_free(&a);
     s_mod_free(&o);
-    (void)s_dot;
+}
+
+// LayerNorm layers (E-SSL's rotation head): Linear+LN+ReLU, Linear+LN, Linear with biases, on
+// the functional sum(y * w), by central differences over the input and every parameter; the
+// names are nn.Sequential's (Linear 0, LN 1, ReLU 2, Linear 3, LN 4, Linear 5).
+static void test_fd_layernorm_mlp(void **state) {
+    (void)state;
+    ser_mlp_layer_spec spec[3] = {{5, 7, 1, SER_BN_LAYERNORM, SER_ACT_RELU, 0},
+                                  {7, 6, 1, SER_BN_LAYERNORM, SER_ACT_NONE, 0},
+                                  {6, 4, 1, SER_BN_NONE, SER_ACT_NONE, 0}};
+    s_mod o;
+    s_mod_init(&o, spec, 3, "rotation_head.");
+    assert_int_equal(o.tab.n, 10);
+    assert_string_equal(o.tab.t[2].name, "rotation_head.1.weight");
+    assert_string_equal(o.tab.t[5].name, "rotation_head.3.bias");
+    assert_string_equal(o.tab.t[7].name, "rotation_head.4.bias");
+    assert_string_equal(o.tab.t[8].name, "rotation_head.5.weight");
+    for (size_t i = 0; i < o.tab.total; i++) o.params[i] += 0.3f * (float)sin((double)i);
+    int M = 3;
+    float x[15], w[12], dx[15];
+    ser_test_fill_uniform(x, 15, 11, -2, 2);
+    ser_test_fill_uniform(w, 12, 12, -1, 1);
+    ser_mlp_acts a;
+    memset(&a, 0, sizeof a);
+    ser_mlp_forward(&o.m, &a, x, M, 1);
+    ser_mlp_backward(&o.m, &a, dx, w);
+    double max_err;
+    int bad = s_fd_check(&o, &a, x, 15, dx, 1, 1e-3, s_fd_dot, w, &max_err);
+    print_message("fd mlp(LayerNorm, ReLU): max|fd-g| = %.2e\n", max_err);
+    assert_int_equal(bad, 0);
+    ser_mlp_acts_free(&a);
+    s_mod_free(&o);
 }
 
 static void test_bad_specs(void **state) {
@@ -244,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_contrastive_loss),
         cmocka_unit_test(test_projector_equiv),
         cmocka_unit_test(test_fd_mlp_and_ctr),
+        cmocka_unit_test(test_fd_layernorm_mlp),
         cmocka_unit_test(test_bad_specs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -27,6 +27,7 @@ typedef struct {
     const float *eqp[2][3];
     ser_group_elem g[2][3];
     ser_batch b;
+    float *local[SER_MAX_LOCAL];
 } s_case;
 
 static void s_load(s_case *c, const char *file) {
@@ -39,6 +40,12 @@ static void s_load(s_case *c, const char *file) {
     cfg.mlp_dim = 32, cfg.dim = 16, cfg.T = 0.2f, cfg.ser_lambda = 0.7f, cfg.ser_tau = 0.4f;
     cfg.ser_proj_dim = 20;
     cfg.ser_grad = atoi(ser_st_meta(c->f, "ser_grad"));
+    const char *essl = ser_st_meta(c->f, "essl");  // "lambda,hidden,bottleneck" or ""
+    if (essl && *essl) {
+        cfg.essl = 1;
+        assert_int_equal(sscanf(essl, "%f,%d,%d", &cfg.essl_lambda, &cfg.essl_hidden,
+                                &cfg.essl_bottleneck), 3);
+    }
     char err[SER_ERR_LEN];
     if (ser_moco_init(&c->m, &cfg, err)) fail_msg("%s", err);
     const ser_ptab *tabs[2] = {&c->m.tab, &c->m.mtab};
@@ -62,6 +69,8 @@ static void s_load(s_case *c, const char *file) {
     free(g);
     c->b = (ser_batch){.n_inv = 5, .n_eq = 3, .img = 16, .inv = {c->inv[0], c->inv[1]},
                        .eq = {c->eqp[0], c->eqp[1]}, .g = {c->g[0], c->g[1]}};
+    memset(c->local, 0, sizeof c->local);
+    ser_test_local_views(c->f, &c->b, c->local);
 }
 
 static void s_free(s_case *c) {
@@ -69,6 +78,7 @@ static void s_free(s_case *c) {
         free(c->inv[v]);
         for (int e = 0; e < 3; e++) free(c->eqimg[v][e]);
     }
+    for (int k = 0; k < SER_MAX_LOCAL; k++) free(c->local[k]);
     ser_moco_free(&c->m);
     ser_st_destroy(&c->f);
 }
@@ -104,6 +114,12 @@ static void s_run(const char *file, int shards) {
     int ok = ser_test_allclose("loss", &got[0], ref[0], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_inv", &got[1], ref[1], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_equiv", &got[2], ref[2], 1, 1e-6f, RTOL);
+    if (ser_st_find(c.f, "loss_rot")) {
+        float *lr = ser_test_tensor(c.f, "loss_rot", NULL), gr = (float)L.loss_rot;
+        ok &= ser_test_allclose("loss_rot", &gr, lr, 1, 1e-6f, RTOL);
+        assert_true(L.rot_acc >= 0 && L.rot_acc <= 1);
+        free(lr);
+    }
     ok &= s_check_table(c.f, &c.m.tab, c.m.grads, "grad.", NULL);
     ok &= s_check_table(c.f, &c.m.mtab, c.m.mparams, "after.", NULL);
     ok &= s_check_table(c.f, &c.m.btab, c.m.buffers, "after.", NULL);
@@ -114,6 +130,13 @@ static void s_run(const char *file, int shards) {
 
 static void test_ser_on_4_shards(void **s) { (void)s, s_run("moco_ser_on.safetensors", 4); }
 static void test_ser_on_1_shard(void **s) { (void)s, s_run("moco_ser_on.safetensors", 1); }
+// 2 local views of 8 px as extra queries (the paper's inv_local4 at L = 2), 1 and 4 shards.
+static void test_local_views_1_shard(void **s) { (void)s, s_run("moco_local2.safetensors", 1); }
+static void test_local_views_4_shards(void **s) { (void)s, s_run("moco_local2.safetensors", 4); }
+// E-SSL: one local crop in its 4 rotations, the rotation head (LayerNorm MLP) and its
+// cross-entropy; the rotated views are not queries.
+static void test_essl_1_shard(void **s) { (void)s, s_run("moco_essl.safetensors", 1); }
+static void test_essl_2_shards(void **s) { (void)s, s_run("moco_essl.safetensors", 2); }
 static void test_ser_off_2_shards(void **s) { (void)s, s_run("moco_ser_off.safetensors", 2); }
 
 // ser_grad=off is the public code: projector_equiv and norm_equiv get no gradient and are frozen.
@@ -177,6 +200,10 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ser_on_4_shards),
         cmocka_unit_test(test_ser_on_1_shard),
+        cmocka_unit_test(test_local_views_1_shard),
+        cmocka_unit_test(test_local_views_4_shards),
+        cmocka_unit_test(test_essl_1_shard),
+        cmocka_unit_test(test_essl_2_shards),
         cmocka_unit_test(test_ser_off_2_shards),
         cmocka_unit_test(test_ser_off_freezes_the_ser_modules),
         cmocka_unit_test(test_repeatable_bitwise),

@@ -48,6 +48,7 @@ typedef struct s_wshard {
     uint32_t *ids;
     // Loader-fed data of this shard's current step (normalised float CHW).
     float *inv[2], **eq[2];
+    float *local[SER_MAX_LOCAL];  // (rows, 3, local_size, local_size) per local view
     ser_group_elem *gel[2];
     int neq_cap;
 } s_wshard;
@@ -200,6 +201,12 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
             ser_backbones_free(&w->v);
             return SER_ESHAPE;
         }
+        if (w->bf.b.n_local != cfg.data.local_crops) {
+            ser_log(SER_LL_ERROR, "worker %s: %s holds %d local views, the job's data.local_crops "
+                    "is %d", w->name, w->batch_file, w->bf.b.n_local, cfg.data.local_crops);
+            ser_backbones_free(&w->v);
+            return SER_ESHAPE;
+        }
     } else {
         ser_dl_config dc;
         ser_dl_config_from_job(&dc, &cfg);
@@ -260,11 +267,19 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
         sh->gel[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem));
     }
     sh->neq_cap = n_eq;
+    int L = w->cfg.data.local_crops, ls = ser_config_local_size(&w->cfg);
+    size_t lpix = (size_t)3 * ls * ls;
+    for (int k = 0; k < SER_MAX_LOCAL; k++) {
+        free(sh->local[k]);
+        sh->local[k] = k < L ? ser_xaligned(sizeof(float) * lpix * (size_t)d.n) : NULL;
+    }
     int ii = 0, qq = 0;
-    rc = SER_OK;
+    rc = d.n_local != L || (L && d.local_size != ls) ? SER_ESHAPE : SER_OK;
     for (int i = 0; i < d.n && !rc; i++) {
         const ser_dl_sample *x = &d.samples[i];
         sh->ids[i] = (uint32_t)x->position;
+        for (int k = 0; k < L; k++)
+            ser_dl_normalise(sh->local[k] + (size_t)i * lpix, x->local[k], ls, ls);
         if ((x->equivariant && i < n_inv) || (!x->equivariant && i >= n_inv)) rc = SER_EFORMAT;
         for (int v = 0; v < 2 && !rc; v++) {
             if (!x->equivariant) {
@@ -286,6 +301,8 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
     }
     memset(&sh->b, 0, sizeof sh->b);
     sh->b.n_inv = n_inv, sh->b.n_eq = n_eq, sh->b.img = img, sh->b.ids = sh->ids;
+    sh->b.n_local = L, sh->b.local_img = ls;
+    for (int k = 0; k < L; k++) sh->b.local[k] = sh->local[k];
     for (int v = 0; v < 2; v++) {
         sh->b.inv[v] = sh->inv[v];
         sh->b.eq[v] = (const float *const *)sh->eq[v];
@@ -333,7 +350,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     sh->have = 1, sh->step = step, sh->attempt = e->attempt;
     // The group elements travel with the rows: the coordinator reads no data.
     float *gf = ser_xcalloc((size_t)sh->b.n_eq * 10 + 1, sizeof(float));
-    ser_wire_tensor all[9];
+    ser_wire_tensor all[SER_SHARD_MAX_FWD];
     int nt = ser_shard_pack_forward(all, &sh->g, &sh->b, w->v.has_teacher, gf);
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
@@ -353,8 +370,8 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     }
     s_wshard *sh = &w->sh[s];
     int C = sh->g.C;
-    const float *d[4];
-    if (ser_shard_parse_backward(m, sh->g.B, C, sh->g.ntok, d)) {
+    const float *d[SER_SHARD_MAX_BWD];
+    if (ser_shard_parse_backward(m, sh->g.B, C, sh->g.ntok, sh->g.n_local, d)) {
         ser_log(SER_LL_WARNING, "worker %s: BACKWARD for shard %d with wrong sizes: dropped", w->name, s);
         return;
     }
@@ -363,6 +380,7 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     memcpy(sh->g.dqcls[1], d[1], sizeof(float) * BC);
     memcpy(sh->g.dqmap[0], d[2], sizeof(float) * sh->g.ntok[0] * C);
     memcpy(sh->g.dqmap[1], d[3], sizeof(float) * sh->g.ntok[1] * C);
+    for (int k = 0; k < sh->g.n_local; k++) memcpy(sh->g.dlcls[k], d[4 + k], sizeof(float) * BC);
     ser_engine_backward(&sh->eng, &w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
     ser_wire_tensor t;
     ser_shard_pack_grad(&t, w->v.grads + w->off, w->span);
@@ -581,6 +599,7 @@ int ser_cmd_worker(int argc, char **argv) {
             for (int q = 0; sh->eq[v] && q < sh->neq_cap; q++) free(sh->eq[v][q]);
             free(sh->eq[v]), free(sh->gel[v]);
         }
+        for (int k = 0; k < SER_MAX_LOCAL; k++) free(sh->local[k]);
     }
     ser_dl_client_destroy(&w.dl);
     free(w.sh);

@@ -74,6 +74,7 @@ void ser_batchfile_free(ser_batchfile *sb) {
         for (int e = 0; sb->eq[v] && e < sb->b.n_eq; e++) free(sb->eq[v][e]);
         free(sb->eq[v]), free(sb->g[v]);
     }
+    for (int k = 0; k < SER_MAX_LOCAL; k++) free(sb->local[k]);
     free(sb->ids);
     memset(sb, 0, sizeof *sb);  // safe to call again
 }
@@ -141,6 +142,20 @@ int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[
                 }
             }
     }
+    // Local views: local.view0, local.view1, ... (B, 3, ls, ls), consecutive from 0.
+    for (int k = 0; k < SER_MAX_LOCAL && !rc; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "local.view%d", k);
+        if (!ser_st_find(f, name)) break;
+        int ln, lh, lw, B = sb->b.n_inv + sb->b.n_eq;
+        rc = s_images(f, name, 0, &ln, &lh, &lw, &sb->local[k], err);
+        if (!rc && (ln != B || lh != lw || (k && lh != sb->b.local_img) || lh % patch)) {
+            snprintf(err, SER_ERR_LEN, "batch: %s must hold %d square images of one size, a "
+                     "multiple of the patch %d (got %d of %dx%d)", name, B, patch, ln, lh, lw);
+            rc = SER_ESHAPE;
+        }
+        if (!rc) sb->b.n_local = k + 1, sb->b.local_img = lh;
+    }
     const ser_st_entry *ie = rc ? NULL : ser_st_find(f, "ids");
     if (ie) {
         int B = sb->b.n_inv + sb->b.n_eq;
@@ -171,6 +186,7 @@ int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[
         sb->b.g[v] = sb->g[v];
     }
     sb->b.ids = sb->ids;
+    for (int k = 0; k < sb->b.n_local; k++) sb->b.local[k] = sb->local[k];
     return SER_OK;
 }
 
@@ -189,4 +205,7 @@ void ser_batch_shard(const ser_batch *b, int s, int shards, ser_batch *out, uint
     }
     for (int p = p0; p < p1; p++) ids[p - p0] = b->ids ? b->ids[p] : (uint32_t)p;
     out->ids = ids;
+    out->n_local = b->n_local, out->local_img = b->local_img;
+    size_t per_local = (size_t)3 * b->local_img * b->local_img;
+    for (int k = 0; k < b->n_local; k++) out->local[k] = b->local[k] + (size_t)p0 * per_local;
 }

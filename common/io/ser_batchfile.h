@@ -15,6 +15,7 @@ typedef struct ser_batchfile {
     ser_batch b;      // points into the buffers below
     float *inv[2];
     float **eq[2];
+    float *local[SER_MAX_LOCAL];  // local.view<k>: (B, 3, ls, ls) by position
     ser_group_elem *g[2];
     uint32_t *ids;
 } ser_batchfile;

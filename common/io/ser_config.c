@@ -26,6 +26,7 @@ static const char *const s_kind[] = {"auto", "imagefolder", "cifar10", "fashion_
                                      "synthetic", NULL};
 static const char *const s_interp[] = {"bilinear", "bicubic", NULL};
 static const char *const s_policy[] = {"torchvision", "kornia", NULL};
+static const char *const s_local_mode[] = {"crops", "rotations", NULL};
 static const char *const s_nonfinite[] = {"abort", "skip", NULL};
 static const char *const s_on_collapse[] = {"warn", "abort", NULL};
 
@@ -124,6 +125,16 @@ static const ser_config_option s_options[] = {
         "Width of every layer of the 3-layer projector (8192-8192-8192)."),
     DBL(barlow, lambda_offdiag, 0, 100, "0.0051", 0,
         "Weight of the off-diagonal terms of the cross-correlation loss."),
+    // [essl]
+    DBL(essl, lambda, 0, 1000, "0.4", 0,
+        "Weight of E-SSL's 4-way rotation cross-entropy (method.name = essl: MoCo-v3 on the two "
+        "global views + lambda * CE of the rotation head on the 4 rotated local views)."),
+    INT(essl, hidden, 0, BIG, "0", 0,
+        "Width of the rotation head's two hidden layers; 0 = the ViT width (the reference's "
+        "384 for ViT-S)."),
+    INT(essl, bottleneck, 1, BIG, "256", 0,
+        "Width of the rotation head's last hidden layer before the 4 logits (Linear C-C, LN, "
+        "ReLU, Linear C-C, LN, ReLU, Linear C-bottleneck, LN, Linear bottleneck-4)."),
     // [ser]
     BOOL(ser, enabled, "true", 0,
          "Soft Equivariance Regularization: equivariant sub-batch, SER map and loss."),
@@ -201,6 +212,25 @@ static const ser_config_option s_options[] = {
         "the number of workers."),
     DBL(data, crop_min, 0, 1, "0.08", GT,
         "RandomResizedCrop scale (crop_min, 1) of the invariant views (DINO reference: 0.25)."),
+    INT(data, local_crops, 0, SER_MAX_LOCAL, "0", 0,
+        "Local views per image (multi-crop; DINO's local_crops_number): each its own "
+        "RandomResizedCrop with scale (local_crop_min, local_crop_max) at local_size, hflip, and "
+        "DINO's local photometrics (blur p 0.5, no solarize); run by the student only. dino: "
+        "every local view against both teacher globals; moco: 2 + L queries against the two "
+        "global keys, the 2(L + 1) contrastive terms summed (the paper's inv_local4 at L = 4)."),
+    INT(data, local_size, 0, 4096, "0", 0,
+        "Side of the local views in pixels, a multiple of model.patch; 0 = model.img_size * "
+        "96 / 224 rounded to a multiple of the patch (96 for 224-px images, 12 for 32-px ones "
+        "with patch 4)."),
+    ENUM(data, local_mode, s_local_mode, "crops", 0,
+         "crops: every local view its own crop. rotations: E-SSL's rotated crops, one crop per "
+         "image (the streams of local view 0) in its 4 rotations by 0, 90, 180 and 270 degrees "
+         "counter-clockwise (local view k is rotated k times; data.local_crops must be 4). With "
+         "method moco they are extra queries (the paper's inv_essl baseline); essl predicts the "
+         "rotation."),
+    DBL(data, local_crop_min, 0, 1, "0.05", GT, "Smallest area share of a local crop."),
+    DBL(data, local_crop_max, 0, 1, "0.4", 0,
+        "Largest area share of a local crop (DINO: 0.4; the paper's 2+4 runs: 0.25)."),
     DBL(data, jitter, 0, 1, "1", 0,
         "Strength of the colour jitter: its four ranges scaled from MoCo-v3's (brightness and "
         "contrast 0.4, saturation 0.2, hue 0.1, applied with p 0.8); 0 = none."),
@@ -790,6 +820,12 @@ int ser_config_load(ser_config *cfg, const char *path, int n_overrides,
 }
 
 // --- cross-field rules -------------------------------------------------------------------------
+int ser_config_local_size(const ser_config *cfg) {
+    if (cfg->data.local_size > 0) return cfg->data.local_size;
+    int P = cfg->model.patch, n = (int)lround(cfg->model.img_size * 96.0 / 224.0 / P);
+    return (n < 1 ? 1 : n) * P;
+}
+
 int ser_config_to_vit(const ser_config *cfg, ser_vit_config *out, char err[SER_ERR_LEN]) {
     const ser_config_model *m = &cfg->model;
     if (ser_vit_config_preset(out, s_arch[m->arch], m->img_size, m->patch)) {
@@ -826,6 +862,10 @@ double ser_config_memory_bytes(const ser_config *cfg, char *largest, size_t n) {
     // Student: parameters, gradients and two AdamW moments; the teacher's copy; one shard's
     // saved activations (two views; attention probabilities per head).
     double act = 2 * Bs * (L * T * (16 * C + 2 * H) + L * vc.heads * T * T);
+    if (cfg->data.local_crops) {  // the local views' activations, at their own token count
+        double ls = ser_config_local_size(cfg), Tl = (ls / P) * (ls / P) + 1;
+        act += cfg->data.local_crops * Bs * (L * Tl * (16 * C + 2 * H) + L * vc.heads * Tl * Tl);
+    }
     double parts[4] = {4 * vit + tvit, 4 * (heads + ser) + theads + hact, act, 0};
     const char *names[3] = {"model (dim, depth, mlp_hidden, img_size / patch)", hkey,
                             "data.global_batch / data.shards (activations of one shard)"};
@@ -883,6 +923,19 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
          d->shards);
     RULE(d->blur_sigma == 0 || d->blur_sigma >= 0.1,
          "data.blur_sigma = %g: must be 0 (no blur) or at least 0.1", d->blur_sigma);
+    RULE(d->local_crop_min <= d->local_crop_max,
+         "data.local_crop_min = %g must be <= data.local_crop_max = %g", d->local_crop_min,
+         d->local_crop_max);
+    RULE(d->local_mode != SER_CONFIG_LOCAL_ROTATIONS || d->local_crops == 4,
+         "data.local_mode = rotations needs data.local_crops = 4 (one per rotation), not %d",
+         d->local_crops);
+    RULE(c->method.name != SER_CONFIG_METHOD_ESSL ||
+             (d->local_crops == 4 && d->local_mode == SER_CONFIG_LOCAL_ROTATIONS),
+         "method.name = essl predicts the rotation of 4 rotated crops: set data.local_crops = 4 "
+         "and data.local_mode = rotations (data.local_size and data.local_crop_min/max size "
+         "them; the reference: 96 px, scale 0.05-0.14)");
+    RULE(d->local_size % m->patch == 0, "data.local_size = %d is not a multiple of model.patch = %d",
+         d->local_size, m->patch);
     RULE(d->kind != SER_CONFIG_DATA_SYNTHETIC || d->synthetic_images >= d->global_batch,
          "data.synthetic_images = %d is smaller than data.global_batch = %d (no full batch)",
          d->synthetic_images, d->global_batch);
@@ -908,6 +961,9 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
          s->aspect_min, s->aspect_max);
 
     const ser_objective_i *obj = ser_objective_get(c->method.name);
+    RULE(d->local_crops == 0 || (obj && obj->local_views),
+         "data.local_crops = %d: method.name = %s has no use for local views (dino and moco do)",
+         d->local_crops, obj ? obj->name : "?");
     if (obj && obj->check) {
         char e2[SER_ERR_LEN];
         RULE(obj->check(c, e2) == SER_OK, "%s", e2);
@@ -1000,11 +1056,16 @@ uint64_t ser_config_hash(const ser_config *cfg) {
     h = (h ^ *q) * 0x100000001b3ull
     FNV("ser-config-v1\n");
     const char *method = ser_objective_names[cfg->method.name];
+    const ser_objective_i *obj = ser_objective_get(cfg->method.name);
+    const char *base = obj && obj->base_section ? obj->base_section : "";
     for (int i = 0; i < N_OPTIONS; i++) {
         const ser_config_option *o = &s_options[i];
         if (o->flags & SER_CONFIG_F_NOHASH) continue;
-        // The sections of the methods that are not selected cannot change results.
-        if (s_is_method_section(o->section) && strcmp(o->section, method) != 0) continue;
+        // The sections of the methods that are not selected cannot change results (E-SSL reads
+        // [moco] as well as its own: its base_section).
+        if (s_is_method_section(o->section) && strcmp(o->section, method) != 0 &&
+            strcmp(o->section, base) != 0)
+            continue;
         char val[SER_CONFIG_STR_LEN + 32];
         s_format(cfg, o, val, sizeof val);
         snprintf(line, sizeof line, "%s.%s=%s\n", o->section, o->name, val);

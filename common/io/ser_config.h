@@ -64,7 +64,10 @@
 enum { SER_CONFIG_ARCH_VIT_TINY = 0, SER_CONFIG_ARCH_VIT_SMALL, SER_CONFIG_ARCH_VIT_BASE };
 // Same values as SER_VIT_INIT_*.
 enum { SER_CONFIG_INIT_GENERIC = 0, SER_CONFIG_INIT_MOCO };
-enum { SER_CONFIG_METHOD_MOCO = 0, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW };
+enum { SER_CONFIG_METHOD_MOCO = 0, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
+        SER_CONFIG_METHOD_ESSL };
+// data.local_mode: independent local crops, or one crop in its 4 rotations (E-SSL).
+enum { SER_CONFIG_LOCAL_CROPS = 0, SER_CONFIG_LOCAL_ROTATIONS };
 enum { SER_CONFIG_GRAD_OFF = 0, SER_CONFIG_GRAD_ON };
 // ser.symmetric: false, true, auto (the method's reference direction).
 enum { SER_CONFIG_SYM_FALSE = 0, SER_CONFIG_SYM_TRUE, SER_CONFIG_SYM_AUTO };
@@ -118,6 +121,11 @@ typedef struct ser_config_barlow {
     double lambda_offdiag;
 } ser_config_barlow;
 
+typedef struct ser_config_essl {
+    double lambda;
+    int hidden, bottleneck;
+} ser_config_essl;
+
 typedef struct ser_config_ser {
     int enabled, grad;
     double lambda, tau, ratio;
@@ -139,6 +147,8 @@ typedef struct ser_config_data {
     char path[SER_CONFIG_STR_LEN];
     int kind, global_batch, shards;
     double crop_min, jitter, blur_sigma, gray_prob, solarize_prob;
+    int local_crops, local_size, local_mode;
+    double local_crop_min, local_crop_max;
     int interpolation, policy;
     int64_t seed;
     int workers, synthetic_images;
@@ -182,6 +192,7 @@ typedef struct ser_config {
     ser_config_moco moco;
     ser_config_dino dino;
     ser_config_barlow barlow;
+    ser_config_essl essl;
     ser_config_ser ser;
     ser_config_optim optim;
     ser_config_data data;
@@ -281,5 +292,7 @@ int ser_config_check_memory_here(const ser_config *cfg, char err[SER_ERR_LEN]);
 void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sched_params *out);
 // global_batch / shards: the batch one shard computes (ser.ratio applies to the global batch).
 int ser_config_shard_batch(const ser_config *cfg);
+// data.local_size, or its default when 0: img_size * 96 / 224 rounded to a multiple of patch.
+int ser_config_local_size(const ser_config *cfg);
 
 #endif

@@ -29,6 +29,14 @@ int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
                               e, v, b->g[v][e].rot180, b->g[v][e].hflip, b->g[v][e].rot90,
                               b->g[v][e].gh, b->g[v][e].gw);
         }
+    if (b->n_local < 0 || b->n_local > SER_MAX_LOCAL)
+        return ser_errf(err, SER_ESHAPE, "batch: %d local views (at most %d)", b->n_local,
+                        SER_MAX_LOCAL);
+    if (b->n_local && (b->local_img % vit->patch || b->local_img < vit->patch))
+        return ser_errf(err, SER_ESHAPE, "batch: local views of %d px with patch %d", b->local_img,
+                        vit->patch);
+    for (int k = 0; k < b->n_local; k++)
+        if (!b->local[k]) return ser_errf(err, SER_EINVAL, "batch: local view %d missing", k);
     return SER_OK;
 }
 
@@ -38,6 +46,7 @@ void ser_gathered_free(ser_gathered *g) {
         free(g->qcls[v]), free(g->kcls[v]), free(g->dqcls[v]), free(g->tok[v]), free(g->tokoff[v]);
         free(g->qmap[v]), free(g->kmap[v]), free(g->dqmap[v]);
     }
+    for (int k = 0; k < SER_MAX_LOCAL; k++) free(g->lcls[k]), free(g->dlcls[k]);
     memset(g, 0, sizeof *g);
 }
 
@@ -52,11 +61,11 @@ void ser_engine_free(ser_engine *e) {
 
 // --- calls -----------------------------------------------------------------------------------
 typedef struct s_call {
-    int view, eq;  // eq: -1 for an invariant slice
-    int i0, i1;    // invariant rows [i0, i1)
+    int view, eq;  // view 2 + k: local view k; eq: -1 for an invariant or local slice
+    int i0, i1;    // rows [i0, i1)
 } s_call;
 
-static int s_max_calls(int B, int shards) { return 2 + 2 * (B / shards); }
+static int s_max_calls(int B, int shards) { return 2 + 2 * (B / shards) + SER_MAX_LOCAL; }
 
 static int s_shard_calls(const ser_batch *b, int s, int shards, s_call *calls) {
     int B = b->n_inv + b->n_eq, per = B / shards, p0 = s * per, p1 = p0 + per, n = 0;
@@ -65,6 +74,7 @@ static int s_shard_calls(const ser_batch *b, int s, int shards, s_call *calls) {
         for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, -1, i0, i1};
     for (int p = p0 > b->n_inv ? p0 : b->n_inv; p < p1; p++)
         for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, p - b->n_inv, 0, 0};
+    for (int k = 0; k < b->n_local; k++) calls[n++] = (s_call){2 + k, -1, p0, p1};
     return n;
 }
 
@@ -80,7 +90,11 @@ static int s_call_forward(const ser_batch *b, const s_call *c, ser_vit *vit, ser
     int C = g->C, B, H, W;
     const float *img;
     size_t pos = s_call_pos(b, c);
-    if (c->eq < 0) {
+    int local = c->view >= 2;
+    if (local) {
+        B = c->i1 - c->i0, H = W = b->local_img;
+        img = b->local[c->view - 2] + (size_t)c->i0 * 3 * H * W;
+    } else if (c->eq < 0) {
         B = c->i1 - c->i0, H = W = b->img;
         img = b->inv[c->view] + (size_t)c->i0 * 3 * H * W;
     } else {
@@ -91,13 +105,15 @@ static int s_call_forward(const ser_batch *b, const s_call *c, ser_vit *vit, ser
     uint32_t *ids = ser_xmalloc(sizeof(uint32_t) * (size_t)B);
     for (int i = 0; i < B; i++) {
         uint32_t id = b->ids ? b->ids[pos + (size_t)i] : (uint32_t)(pos + (size_t)i);
-        ids[i] = id * 2u + (uint32_t)c->view;  // two views of a sample draw different masks
+        ids[i] = id * 2u + (uint32_t)(local ? 0 : c->view);  // two views: two masks
     }
-    ser_vit_fwd_opts o = {.train = student, .seed = seed, .step = step, .sample_ids = ids};
+    uint64_t vseed = local ? seed + (uint64_t)(c->view - 1) * 0x9E3779B97F4A7C15ull : seed;
+    ser_vit_fwd_opts o = {.train = student, .seed = vseed, .step = step, .sample_ids = ids};
     int rc = ser_vit_forward(vit, a, img, B, H, W, &o, err);
     free(ids);
     if (rc) return rc;
-    memcpy((student ? g->qcls : g->kcls)[c->view] + pos * C, a->cls, sizeof(float) * (size_t)B * C);
+    float *rows = local ? g->lcls[c->view - 2] : (student ? g->qcls : g->kcls)[c->view];
+    memcpy(rows + pos * C, a->cls, sizeof(float) * (size_t)B * C);
     if (c->eq >= 0 && maps) {
         float *dst = (student ? g->qmap : g->kmap)[c->view] + g->tokoff[c->view][c->eq] * C;
         memcpy(dst, a->map, sizeof(float) * (size_t)a->NP * C);
@@ -132,6 +148,11 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         g->kmap[v] = ser_xaligned(sizeof(float) * nm);
         g->dqmap[v] = ser_xaligned(sizeof(float) * nm);
     }
+    g->n_local = b->n_local;
+    for (int k = 0; k < b->n_local; k++) {
+        g->lcls[k] = ser_xaligned(sizeof(float) * BC);
+        g->dlcls[k] = ser_xaligned(sizeof(float) * BC);
+    }
     int maxc = s_max_calls(g->B, shards), need = shards * maxc;
     if (need > e->nacts) {
         e->acts = realloc(e->acts, sizeof *e->acts * (size_t)need);
@@ -145,7 +166,7 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         for (int i = 0; i < n && !rc; i++) {
             rc = s_call_forward(b, &calls[i], student, &e->acts[s * maxc + i], 1, maps, seed, step,
                                 g, err);
-            if (!rc && teacher)
+            if (!rc && teacher && calls[i].view < 2)
                 rc = s_call_forward(b, &calls[i], teacher, &e->tacts, 0, maps, seed, step, g, err);
         }
     }
@@ -176,7 +197,8 @@ void ser_engine_backward(ser_engine *e, ser_vit *student, const ser_batch *b, in
             const float *dmap = c->eq >= 0 && map_grad
                                     ? g->dqmap[c->view] + g->tokoff[c->view][c->eq] * C
                                     : NULL;
-            ser_vit_backward(student, &e->acts[s * maxc + i], g->dqcls[c->view] + pos * C, dmap);
+            const float *dcls = c->view >= 2 ? g->dlcls[c->view - 2] : g->dqcls[c->view];
+            ser_vit_backward(student, &e->acts[s * maxc + i], dcls + pos * C, dmap);
         }
         ser_vit_bind(student, student->params, grads);
         const float *sg = e->shard_grads + off;

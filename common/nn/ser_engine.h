@@ -8,9 +8,15 @@
 // dqcls/dqmap; the engine runs each shard's student backward into a zeroed buffer and adds
 // the shard gradients in shard order. Which process computes a shard does not change a bit.
 //
+// Local views (multi-crop: DINO's local crops, MoCo's 2+L queries): n_local more views of every
+// sample, local_img x local_img, run through the student only; their [CLS] rows are gathered in
+// lcls and their gradients come back in dlcls. The teacher sees the two global views only.
+//
 // Calls within a shard, in order: invariant view 0 (all its invariant rows), invariant view 1,
-// then for each equivariant sample: view 0, view 1 (one image each: their sizes differ).
-// Drop-path masks are keyed by (seed, step, 2*id + view) with id the global sample id.
+// then for each equivariant sample: view 0, view 1 (one image each: their sizes differ), then
+// local view 0..n_local-1 (all the shard's rows).
+// Drop-path masks are keyed by (seed, step, 2*id + view) with id the global sample id; local
+// view k keys them by (seed + (k+1)*0x9E3779B97F4A7C15, step, 2*id).
 //
 // defines:
 //   ser_batch, ser_batch_check()         one global batch (views, group elements, ids)
@@ -27,6 +33,9 @@
 #include "ser_group.h"
 #include "ser_vit.h"
 
+// The most local views per sample (DINO's reference uses up to 10 local crops).
+#define SER_MAX_LOCAL 10
+
 // One global batch: positions [0, n_inv) are invariant samples, [n_inv, n_inv + n_eq) the
 // equivariant ones (the reference puts the equivariant sub-batch last). Images are normalised
 // float CHW.
@@ -37,6 +46,9 @@ typedef struct ser_batch {
     const float *const *eq[2];   // [view][e] (3, H, W) with (H, W) = ser_group_image_size(g)
     const ser_group_elem *g[2];  // [view] (n_eq,)
     const uint32_t *ids;         // (n_inv + n_eq,) global sample ids for drop path, or NULL
+    int n_local;                 // local views per sample, 0..SER_MAX_LOCAL
+    int local_img;               // local views are local_img x local_img
+    const float *local[SER_MAX_LOCAL];  // [k] (n_inv + n_eq, 3, local_img, local_img) by position
 } ser_batch;
 
 // Checks sizes and group elements against the model; a message names the offending sample.
@@ -52,6 +64,9 @@ typedef struct ser_gathered {
     size_t ntok[2];            // [view] total rows
     float *qmap[2], *kmap[2];  // [view] (ntok, C) student / teacher SER maps (norm_equiv)
     float *dqmap[2];           // [view] gradient w.r.t. qmap, filled by the objective
+    int n_local;               // local views (ser_batch.n_local)
+    float *lcls[SER_MAX_LOCAL];   // [k] (B, C) the student's final [CLS] of local view k
+    float *dlcls[SER_MAX_LOCAL];  // [k] (B, C) its gradient, filled by the objective
 } ser_gathered;
 
 void ser_gathered_free(ser_gathered *g);

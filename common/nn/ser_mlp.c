@@ -62,7 +62,11 @@ int ser_mlp_register(ser_mlp *m, const ser_mlp_layer_spec *spec, int n, ser_ptab
         }
         if (s->bias) L->b = s_add(tab, prefix, idx, "bias", nd, 1, s->out, 0);
         idx++;
-        if (s->bn != SER_BN_NONE) {
+        if (s->bn == SER_BN_LAYERNORM) {
+            L->bnw = s_add(tab, prefix, idx, "weight", nd, 1, s->out, 0);
+            L->bnb = s_add(tab, prefix, idx, "bias", nd, 1, s->out, 0);
+            idx++;
+        } else if (s->bn != SER_BN_NONE) {
             if (s->bn == SER_BN_AFFINE) {
                 L->bnw = s_add(tab, prefix, idx, "weight", nd, 1, s->out, 0);
                 L->bnb = s_add(tab, prefix, idx, "bias", nd, 1, s->out, 0);
@@ -102,9 +106,9 @@ void ser_mlp_init_weights(ser_mlp *m, uint64_t seed) {
         if (L->s.bias)
             for (int i = 0; i < L->s.out; i++)
                 m->params[L->b + i] = (float)((2.0 * ser_rng_uniform_double(&r) - 1.0) * bound);
-        if (L->s.bn == SER_BN_AFFINE)
+        if (L->s.bn == SER_BN_AFFINE || L->s.bn == SER_BN_LAYERNORM)
             for (int i = 0; i < L->s.out; i++) m->params[L->bnw + i] = 1.0f, m->params[L->bnb + i] = 0.0f;
-        if (L->s.bn != SER_BN_NONE && m->buffers) {
+        if (L->s.bn != SER_BN_NONE && L->s.bn != SER_BN_LAYERNORM && m->buffers) {
             for (int i = 0; i < L->s.out; i++)
                 m->buffers[L->rm + i] = 0.0f, m->buffers[L->rv + i] = 1.0f;
             m->buffers[L->nbt] = 0.0f;
@@ -188,10 +192,11 @@ static size_t s_layout(const ser_mlp *m, ser_mlp_acts *a, int M, int alloc) {
         size_t mo = (size_t)M * s->out;
         TAKE(a->x[l], (size_t)M * s->in);
         TAKE(a->h[l], mo);
-        if (s->bn != SER_BN_NONE) {
+        if (s->bn != SER_BN_NONE) {  // mean/rstd per column (BN) or per row (LN)
+            size_t ns = s->bn == SER_BN_LAYERNORM ? (size_t)M : (size_t)s->out;
             TAKE(a->a[l], mo);
-            TAKE(a->mean[l], s->out);
-            TAKE(a->rstd[l], s->out);
+            TAKE(a->mean[l], ns);
+            TAKE(a->rstd[l], ns);
         } else if (alloc) {
             a->a[l] = a->h[l];
         }
@@ -222,7 +227,10 @@ const float *ser_mlp_forward(const ser_mlp *m, ser_mlp_acts *a, const float *x, 
         const ser_mlp_layer_spec *s = &L->s;
         const float *p = m->params;
         ser_matmul_forward(a->h[l], a->x[l], p + L->w, s->bias ? p + L->b : NULL, M, s->in, s->out);
-        if (s->bn != SER_BN_NONE) {
+        if (s->bn == SER_BN_LAYERNORM) {
+            ser_layernorm_forward(a->a[l], a->mean[l], a->rstd[l], a->h[l], p + L->bnw, p + L->bnb,
+                                  M, s->out, 1e-5f);
+        } else if (s->bn != SER_BN_NONE) {
             SER_ASSERT(M >= 2);  // PyTorch: "Expected more than 1 value per channel"
             int aff = s->bn == SER_BN_AFFINE;
             int upd = update_running && m->buffers;
@@ -260,7 +268,12 @@ void ser_mlp_backward(const ser_mlp *m, ser_mlp_acts *a, float *dx, const float 
         } else if (s->act == SER_ACT_GELU) {
             ser_gelu_backward(d, a->a[l], d, n, 0);
         }
-        if (s->bn != SER_BN_NONE) {
+        if (s->bn == SER_BN_LAYERNORM) {
+            ser_layernorm_backward(other, m->grads + L->bnw, m->grads + L->bnb, d, a->h[l],
+                                   m->params + L->bnw, a->mean[l], a->rstd[l], M, s->out, 0);
+            float *t = d;
+            d = other, other = t;
+        } else if (s->bn != SER_BN_NONE) {
             int aff = s->bn == SER_BN_AFFINE;
             ser_batchnorm_backward(other, aff ? m->grads + L->bnw : NULL, aff ? m->grads + L->bnb : NULL,
                                    d, a->h[l], aff ? m->params + L->bnw : NULL, a->mean[l],

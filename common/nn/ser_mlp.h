@@ -1,5 +1,5 @@
 // ser_mlp.h — the projection and prediction heads: a stack of Linear layers, each optionally
-// followed by BatchNorm1d and an activation, with PyTorch nn.Sequential naming.
+// followed by BatchNorm1d (or LayerNorm) and an activation, with PyTorch nn.Sequential naming.
 //
 // MoCo-v3's _build_mlp(L, in, hidden, out, last_bn) is layers {Linear(no bias), BN, ReLU} x
 // (L-1), then Linear(no bias) and BN(affine=False): names head.0.weight, head.1.weight,
@@ -26,7 +26,9 @@
 #include "ser_ptab.h"
 
 enum ser_act { SER_ACT_NONE = 0, SER_ACT_RELU, SER_ACT_GELU };
-enum ser_bn { SER_BN_NONE = 0, SER_BN_AFFINE, SER_BN_PLAIN /* affine=False */ };
+// The norm after a Linear: BatchNorm1d (affine or not), or LayerNorm (affine, eps 1e-5: the
+// E-SSL rotation head's), which normalises each row and has no running statistics.
+enum ser_bn { SER_BN_NONE = 0, SER_BN_AFFINE, SER_BN_PLAIN /* affine=False */, SER_BN_LAYERNORM };
 
 #define SER_MLP_MAX_LAYERS 8
 #define SER_BN_EPS 1e-5f

@@ -220,15 +220,19 @@ void ser_dino_head_backward(const ser_dino_head *h, ser_dino_head_acts *a, float
 }
 
 // --- the loss ----------------------------------------------------------------------------------
-// Sum over the M samples of 1/2 [CE(t0_i, s1_i) + CE(t1_i, s0_i)], divided by `batch`; ds is
-// d/ds of that. s and t are (2M, K), view 0's rows first.
-// mon (NULL: not wanted) gets the sums over the 2M rows of the teacher's entropy
-// -sum p log p (mon[0]) and of KL(teacher row || student row of the other view) (mon[1]).
+// DINO's multi-crop loss: the sum over the M samples and over the pairs (teacher global view
+// iq, student view v != iq) of CE(t_iq_i, s_v_i), divided by the number of pairs 2(V - 1) and
+// by `batch`; ds is d/ds of that. s is (V*M, K) with V = 2 + local views, view-major (view 0's
+// M rows, view 1's, then the local views'); t is (2M, K), the two global views. V = 2 is the
+// two-view loss 1/2 [CE(t0_i, s1_i) + CE(t1_i, s0_i)].
+// mon (NULL: not wanted) gets the sums over the 2M global rows of the teacher's entropy
+// -sum p log p (mon[0]) and of KL(teacher row || student row of the other global view) (mon[1]).
 static double s_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
-                          int K, float student_temp, float teacher_temp, int batch, double mon[2]) {
-    int R = 2 * M;
+                          int K, int V, float student_temp, float teacher_temp, int batch,
+                          double mon[2]) {
+    int R = 2 * M, RS = V * M;
     float *p = ser_xaligned(sizeof(float) * (size_t)R * K);
-    double *rowloss = ser_xmalloc(sizeof(double) * (size_t)R);
+    double *rowloss = ser_xmalloc(sizeof(double) * (size_t)RS);
     double *rowent = ser_xmalloc(sizeof(double) * (size_t)R);
     // Teacher: softmax((t - center) / teacher_temp), row by row.
 #pragma omp parallel for schedule(static)
@@ -253,12 +257,15 @@ static double s_dino_loss(float *ds, const float *s, const float *t, const float
         }
         rowent[r] = log(z) - pd;
     }
-    // Student row r (view v, sample i) against the teacher row of the other view.
-    double gscale = 0.5 / (double)batch;
+    // Student row r (view v, sample i) against the teacher rows of the global views other than
+    // v: the other one for a global view, both for a local one.
+    double gscale = 1.0 / ((double)(2 * (V - 1)) * (double)batch);
 #pragma omp parallel for schedule(static)
-    for (int r = 0; r < R; r++) {
+    for (int r = 0; r < RS; r++) {
         int v = r / M, i = r % M;
-        const float *sr = s + (size_t)r * K, *q = p + ((size_t)(1 - v) * M + i) * K;
+        const float *sr = s + (size_t)r * K;
+        const float *q0 = p + ((size_t)(v < 2 ? 1 - v : 0) * M + i) * K;
+        const float *q1 = v < 2 ? NULL : p + ((size_t)M + i) * K;
         float mx = -INFINITY;
         for (int k = 0; k < K; k++) {
             float x = sr[k] / student_temp;
@@ -269,21 +276,32 @@ static double s_dino_loss(float *ds, const float *s, const float *t, const float
         double lse = (double)mx + log(z), ce = 0;
         for (int k = 0; k < K; k++) {
             double x = (double)(sr[k] / student_temp);
-            ce -= (double)q[k] * (x - lse);
-            sq += (double)q[k];
+            ce -= (double)q0[k] * (x - lse);
+            sq += (double)q0[k];
+        }
+        if (q1) {
+            double ce1 = 0;
+            for (int k = 0; k < K; k++) {
+                double x = (double)(sr[k] / student_temp);
+                ce1 -= (double)q1[k] * (x - lse);
+                sq += (double)q1[k];
+            }
+            ce += ce1;
         }
         rowloss[r] = ce;
         if (ds) {
-            // d/dx of -sum q log_softmax(x) = softmax(x) * sum(q) - q; x = s / student_temp.
+            // d/dx of -sum_j sum q_j log_softmax(x) = softmax(x) * sum_j sum(q_j) - sum_j q_j;
+            // x = s / student_temp.
             float *dr = ds + (size_t)r * K;
             for (int k = 0; k < K; k++) {
                 double x = (double)(sr[k] / student_temp);
-                dr[k] = (float)((exp(x - lse) * sq - (double)q[k]) / (double)student_temp * gscale);
+                double qk = q1 ? (double)q0[k] + (double)q1[k] : (double)q0[k];
+                dr[k] = (float)((exp(x - lse) * sq - qk) / (double)student_temp * gscale);
             }
         }
     }
     double loss = 0;
-    for (int r = 0; r < R; r++) loss += rowloss[r];
+    for (int r = 0; r < RS; r++) loss += rowloss[r];
     if (mon)  // in row order: the same sums for any thread count
         for (int r = 0; r < R; r++) {
             int v = r / M, i = r % M;
@@ -294,12 +312,18 @@ static double s_dino_loss(float *ds, const float *s, const float *t, const float
     return loss * gscale;
 }
 
-double ser_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
-                     int K, float student_temp, float teacher_temp, double mon[2]) {
+double ser_dino_loss_crops(float *ds, const float *s, const float *t, const float *center, int M,
+                           int K, int V, float student_temp, float teacher_temp, double mon[2]) {
+    SER_ASSERT(V >= 2 && V <= 2 + SER_MAX_LOCAL);
     if (mon) mon[0] = mon[1] = 0;
-    double L = s_dino_loss(ds, s, t, center, M, K, student_temp, teacher_temp, M, mon);
+    double L = s_dino_loss(ds, s, t, center, M, K, V, student_temp, teacher_temp, M, mon);
     if (mon) mon[0] /= 2 * M, mon[1] /= 2 * M;
     return L;
+}
+
+double ser_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
+                     int K, float student_temp, float teacher_temp, double mon[2]) {
+    return ser_dino_loss_crops(ds, s, t, center, M, K, 2, student_temp, teacher_temp, mon);
 }
 
 // --- the model ---------------------------------------------------------------------------------
@@ -457,10 +481,10 @@ void ser_dino_after_step(ser_dino *d, double momentum) {
 static int s_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, float teacher_temp,
                        ser_dino_losses *out, char *err) {
     const ser_dino_config *cfg = &d->cfg;
-    int B = g->B, C = g->C, K = cfg->out_dim, rc = SER_OK;
+    int B = g->B, C = g->C, K = cfg->out_dim, V = 2 + g->n_local, rc = SER_OK;
     SER_ASSERT(d->head_chunk >= 1);
     int chunk = B < d->head_chunk ? B : d->head_chunk;
-    size_t xn = (size_t)2 * chunk * C, sn = (size_t)2 * chunk * K;
+    size_t xn = (size_t)V * chunk * C, sn = (size_t)V * chunk * K;
     float *X = ser_xaligned(sizeof(float) * xn), *XT = ser_xaligned(sizeof(float) * xn);
     float *dX = ser_xaligned(sizeof(float) * xn), *dS = ser_xaligned(sizeof(float) * sn);
     double *csum = ser_xcalloc((size_t)K, sizeof(double));
@@ -470,16 +494,20 @@ static int s_objective(ser_dino *d, const ser_batch *b, ser_gathered *g, float t
     for (int i0 = 0; i0 < B; i0 += chunk) {
         int M = B - i0 < chunk ? B - i0 : chunk;
         size_t mc = (size_t)M * C;
-        for (int v = 0; v < 2; v++) {
-            memcpy(X + v * mc, g->qcls[v] + (size_t)i0 * C, sizeof(float) * mc);
-            memcpy(XT + v * mc, g->kcls[v] + (size_t)i0 * C, sizeof(float) * mc);
+        for (int v = 0; v < V; v++) {
+            const float *src = v < 2 ? g->qcls[v] : g->lcls[v - 2];
+            memcpy(X + v * mc, src + (size_t)i0 * C, sizeof(float) * mc);
+            if (v < 2) memcpy(XT + v * mc, g->kcls[v] + (size_t)i0 * C, sizeof(float) * mc);
         }
-        const float *S = ser_dino_head_forward(&d->head, &sa, X, 2 * M);
+        const float *S = ser_dino_head_forward(&d->head, &sa, X, V * M);
         const float *T = ser_dino_head_forward(&d->thead, &ta, XT, 2 * M);
-        loss_inv += s_dino_loss(dS, S, T, d->center, M, K, cfg->student_temp, teacher_temp, B, mon);
+        loss_inv += s_dino_loss(dS, S, T, d->center, M, K, V, cfg->student_temp, teacher_temp, B,
+                                mon);
         ser_dino_head_backward(&d->head, &sa, dX, dS);
-        for (int v = 0; v < 2; v++)
-            memcpy(g->dqcls[v] + (size_t)i0 * C, dX + v * mc, sizeof(float) * mc);
+        for (int v = 0; v < V; v++) {
+            float *dst = v < 2 ? g->dqcls[v] : g->dlcls[v - 2];
+            memcpy(dst + (size_t)i0 * C, dX + v * mc, sizeof(float) * mc);
+        }
         // The centre's batch sum: teacher rows in chunk order (view 0 then view 1 per chunk),
         // columns in parallel blocks.
         int nblk = (K + 63) / 64;
@@ -572,7 +600,7 @@ static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
 static void s_memory(const ser_config *cfg, double C, double B, double f[3], const char **key) {
     double Hd = cfg->dino.hidden_dim, Bn = cfg->dino.bottleneck_dim, O = cfg->dino.out_dim;
     f[0] = f[1] = C * Hd + Hd * Hd + Hd * Bn + Bn * O;
-    f[2] = 2 * B * (6 * Hd + 2 * Bn + 4 * O);
+    f[2] = (4.0 + cfg->data.local_crops) * B * (3 * Hd + Bn + 2 * O);
     *key = "dino.out_dim / dino.hidden_dim (DINO head)";
 }
 
@@ -598,6 +626,7 @@ const ser_objective_i ser_objective_dino = {
     // The reference's student and teacher share projector_equiv: --full writes it under both.
     .alias_from = "student.projector_equiv.",
     .alias_to = "teacher.projector_equiv.",
+    .local_views = 1,
     .init = s_init,
     .free = s_free,
     .init_weights = s_init_weights,

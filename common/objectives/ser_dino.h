@@ -67,6 +67,7 @@
 //   ser_dino_head_acts, ser_dino_head_acts_free(), ser_dino_head_forward(),
 //   ser_dino_head_backward()
 //   ser_dino_loss()                      the 2-view DINO cross-entropy and its gradient
+//   ser_dino_loss_crops()                the same with local crops (multi-crop)
 //   ser_dino, ser_dino_init(), ser_dino_free(), ser_dino_init_weights()
 //   ser_dino_losses
 //   ser_objective_dino      the objective table (ser_objective.h)
@@ -164,6 +165,11 @@ void ser_dino_head_backward(const ser_dino_head *h, ser_dino_head_acts *a, float
 // student row of the other view) (mon[1]).
 double ser_dino_loss(float *ds, const float *s, const float *t, const float *center, int M,
                      int K, float student_temp, float teacher_temp, double mon[2]);
+// The multi-crop loss: s is (V*M, K), the two global views' rows then V - 2 local views'
+// (view-major); t is (2M, K), the globals. The mean over the 2(V - 1) pairs (teacher global
+// iq, student view v != iq) of the batch-mean CE(t_iq, s_v): DINO's DINOLoss with ncrops = V.
+double ser_dino_loss_crops(float *ds, const float *s, const float *t, const float *center, int M,
+                           int K, int V, float student_temp, float teacher_temp, double mon[2]);
 
 // --- the model ---------------------------------------------------------------------------------
 // The heads and the loss run over chunks of this many samples (both views, student and

@@ -31,8 +31,8 @@ void ser_moco_config_default(ser_moco_config *c) {
 
 int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
     ser_moco_config_default(c);
-    if (job->method.name != SER_CONFIG_METHOD_MOCO)
-        return ser_errf(err, SER_ECONFIG, "method.name: ser_moco needs moco");
+    if (job->method.name != SER_CONFIG_METHOD_MOCO && job->method.name != SER_CONFIG_METHOD_ESSL)
+        return ser_errf(err, SER_ECONFIG, "method.name: ser_moco needs moco or essl");
     int rc = ser_config_to_vit(job, &c->vit, err);
     if (rc) return rc;
     c->init_scheme = job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO
@@ -46,6 +46,10 @@ int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err
     c->ser_tau = (float)job->ser.tau;
     c->ser_proj_dim = job->ser.proj_dim;
     c->ser_symmetric = job->ser.symmetric == SER_CONFIG_SYM_AUTO ? 1 : job->ser.symmetric;
+    c->essl = job->method.name == SER_CONFIG_METHOD_ESSL;
+    c->essl_lambda = (float)job->essl.lambda;
+    c->essl_hidden = job->essl.hidden ? job->essl.hidden : c->vit.dim;
+    c->essl_bottleneck = job->essl.bottleneck;
     return SER_OK;
 }
 
@@ -74,6 +78,20 @@ int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]
     m->n_base = m->tab.n;
     n = ser_mlp_moco_spec(spec, 2, cfg->dim, cfg->mlp_dim, cfg->dim, 1);
     if ((rc = ser_mlp_register(&m->pred, spec, n, &m->tab, &m->btab, "predictor.", err))) goto fail;
+    if (cfg->essl) {  // Linear, LN, ReLU, Linear, LN, ReLU, Linear, LN, Linear (with biases)
+        int H = cfg->essl_hidden, Bn = cfg->essl_bottleneck;
+        if (H < 1 || Bn < 1 || !(cfg->essl_lambda >= 0.0f)) {
+            rc = ser_errf(err, SER_ECONFIG, "essl: hidden %d, bottleneck %d, lambda %g out of "
+                          "range", H, Bn, (double)cfg->essl_lambda);
+            goto fail;
+        }
+        ser_mlp_layer_spec rs[4] = {{C, H, 1, SER_BN_LAYERNORM, SER_ACT_RELU, 0},
+                                    {H, H, 1, SER_BN_LAYERNORM, SER_ACT_RELU, 0},
+                                    {H, Bn, 1, SER_BN_LAYERNORM, SER_ACT_NONE, 0},
+                                    {Bn, 4, 1, SER_BN_NONE, SER_ACT_NONE, 0}};
+        if ((rc = ser_mlp_register(&m->rot, rs, 4, &m->tab, &m->btab, "rotation_head.", err)))
+            goto fail;
+    }
     if (cfg->ser) {
         ser_mlp_layer_spec pe[2] = {{C, cfg->ser_proj_dim, 0, SER_BN_NONE, SER_ACT_GELU, 1},
                                     {cfg->ser_proj_dim, cfg->ser_proj_dim, 0, SER_BN_NONE,
@@ -102,6 +120,7 @@ int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]
     ser_vit_bind(&m->vit, m->params, m->grads);
     ser_mlp_bind(&m->head, m->params, m->grads, m->buffers);
     ser_mlp_bind(&m->pred, m->params, m->grads, m->buffers);
+    if (cfg->essl) ser_mlp_bind(&m->rot, m->params, m->grads, m->buffers);
     if (cfg->ser) ser_mlp_bind(&m->proj, m->params, m->grads, m->buffers);
     ser_vit_bind(&m->mvit, m->mparams, NULL);
     ser_mlp_bind(&m->mhead, m->mparams, NULL, m->buffers);
@@ -132,6 +151,7 @@ void ser_moco_init_weights(ser_moco *m, uint64_t seed) {
     ser_mlp_init_weights(&m->head, seed + 1);
     ser_mlp_init_weights(&m->pred, seed + 2);
     if (m->cfg.ser) ser_mlp_init_weights(&m->proj, seed + 3);
+    if (m->cfg.essl) ser_mlp_init_weights(&m->rot, seed + 5);
     ser_mlp_init_weights(&m->mhead, seed + 4);  // sets its BN buffers; weights copied below
     memcpy(m->mparams, m->params, sizeof(float) * s_base_span(m));
 }
@@ -143,29 +163,78 @@ void ser_moco_momentum_update(ser_moco *m, double momentum) {
 }
 
 // --- the step --------------------------------------------------------------------------------
+// E-SSL's rotation term: the head on the [CLS] rows of the 4 rotated local views as one batch of
+// 4B rows (view k's rows labelled k), the mean cross-entropy; dlcls gets lambda x its gradient.
+static double s_rotation(ser_moco *m, ser_gathered *g, double *acc) {
+    int B = g->B, C = g->C, R = 4 * B;
+    size_t BC = (size_t)B * C;
+    float *X = ser_xaligned(sizeof(float) * (size_t)R * C);
+    float *dX = ser_xaligned(sizeof(float) * (size_t)R * C);
+    float *dZ = ser_xaligned(sizeof(float) * (size_t)R * 4);
+    for (int k = 0; k < 4; k++) memcpy(X + k * BC, g->lcls[k], sizeof(float) * BC);
+    ser_mlp_acts a;
+    memset(&a, 0, sizeof a);
+    const float *Z = ser_mlp_forward(&m->rot, &a, X, R, 1);
+    double loss = 0, scale = (double)m->cfg.essl_lambda / R;
+    int right = 0;
+    for (int r = 0; r < R; r++) {
+        const float *z = Z + (size_t)r * 4;
+        int label = r / B, best = 0;
+        double mx = z[0];
+        for (int j = 1; j < 4; j++)
+            if (z[j] > z[best]) best = j;
+        mx = z[best];
+        double se = 0;
+        for (int j = 0; j < 4; j++) se += exp((double)z[j] - mx);
+        double lse = mx + log(se);
+        loss += lse - (double)z[label];
+        right += best == label;
+        for (int j = 0; j < 4; j++)
+            dZ[(size_t)r * 4 + j] = (float)((exp((double)z[j] - lse) - (j == label)) * scale);
+    }
+    ser_mlp_backward(&m->rot, &a, dX, dZ);
+    for (int k = 0; k < 4; k++) memcpy(g->dlcls[k], dX + k * BC, sizeof(float) * BC);
+    ser_mlp_acts_free(&a);
+    free(X), free(dX), free(dZ);
+    *acc = (double)right / R;
+    return loss / R;
+}
+
 // The batch-coupled part: heads, contrastive loss, projector_equiv, group action, NT-Xent.
+// With L local views (multi-crop; the paper's inv_local4 at L = 4): queries from the 2 + L
+// views (each through the projector and predictor on its own, so its own BatchNorm batch, in
+// view order), keys from the two global views, and the 2(L + 1) terms ctr(q_v, k_j), j != v,
+// summed (not averaged), as the reference's inv_local4 / inv_essl.
 static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_moco_losses *out,
                        char *err) {
     const ser_moco_config *cfg = &m->cfg;
-    int B = st->B, D = cfg->dim, rc = SER_OK;
-    ser_mlp_acts ha[2], pa[2], ma;
+    // E-SSL's rotated crops go to the rotation head, not to the contrastive loss.
+    int B = st->B, D = cfg->dim, V = cfg->essl ? 2 : 2 + st->n_local, rc = SER_OK;
+    size_t BD = (size_t)B * D;
+    ser_mlp_acts ha[2 + SER_MAX_LOCAL], pa[2 + SER_MAX_LOCAL], ma;
     memset(ha, 0, sizeof ha), memset(pa, 0, sizeof pa), memset(&ma, 0, sizeof ma);
-    float *P[2], *KZ[2], *dP[2], *dz = ser_xaligned(sizeof(float) * (size_t)B * D);
-    for (int v = 0; v < 2; v++) {
-        P[v] = ser_xaligned(sizeof(float) * (size_t)B * D);
-        KZ[v] = ser_xaligned(sizeof(float) * (size_t)B * D);
-        dP[v] = ser_xaligned(sizeof(float) * (size_t)B * D);
-        const float *z = ser_mlp_forward(&m->head, &ha[v], st->qcls[v], B, 1);
-        memcpy(P[v], ser_mlp_forward(&m->pred, &pa[v], z, B, 1), sizeof(float) * (size_t)B * D);
+    float *P[2 + SER_MAX_LOCAL], *KZ[2], *dP[2 + SER_MAX_LOCAL];
+    float *dz = ser_xaligned(sizeof(float) * BD);
+    for (int v = 0; v < V; v++) {
+        const float *q = v < 2 ? st->qcls[v] : st->lcls[v - 2];
+        P[v] = ser_xaligned(sizeof(float) * BD);
+        dP[v] = ser_xaligned(sizeof(float) * BD);
+        const float *z = ser_mlp_forward(&m->head, &ha[v], q, B, 1);
+        memcpy(P[v], ser_mlp_forward(&m->pred, &pa[v], z, B, 1), sizeof(float) * BD);
     }
-    for (int v = 0; v < 2; v++)
-        memcpy(KZ[v], ser_mlp_forward(&m->mhead, &ma, st->kcls[v], B, 1),
-               sizeof(float) * (size_t)B * D);
+    for (int v = 0; v < 2; v++) {
+        KZ[v] = ser_xaligned(sizeof(float) * BD);
+        memcpy(KZ[v], ser_mlp_forward(&m->mhead, &ma, st->kcls[v], B, 1), sizeof(float) * BD);
+    }
     out->loss_inv = ser_moco_ctr(dP[0], P[0], KZ[1], B, D, cfg->T, 1.0f) +
                     ser_moco_ctr(dP[1], P[1], KZ[0], B, D, cfg->T, 1.0f);
-    for (int v = 0; v < 2; v++) {
+    for (int v = 2; v < V; v++) {  // a local query against both keys (ser_moco_ctr adds to dP)
+        out->loss_inv += ser_moco_ctr(dP[v], P[v], KZ[0], B, D, cfg->T, 1.0f);
+        out->loss_inv += ser_moco_ctr(dP[v], P[v], KZ[1], B, D, cfg->T, 1.0f);
+    }
+    for (int v = 0; v < V; v++) {
         ser_mlp_backward(&m->pred, &pa[v], dz, dP[v]);
-        ser_mlp_backward(&m->head, &ha[v], st->dqcls[v], dz);
+        ser_mlp_backward(&m->head, &ha[v], v < 2 ? st->dqcls[v] : st->dlcls[v - 2], dz);
     }
     out->loss_equiv = 0;
     if (cfg->ser) {
@@ -174,10 +243,17 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
         rc = ser_equiv_term(&m->proj, b, st, &eo, &out->loss_equiv, err);
     }
     out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;
-    for (int v = 0; v < 2; v++) {
-        free(P[v]), free(KZ[v]), free(dP[v]);
+    out->loss_rot = out->rot_acc = 0;
+    if (cfg->essl && !rc) {
+        SER_ASSERT(st->n_local == 4);  // the config's rule
+        out->loss_rot = s_rotation(m, st, &out->rot_acc);
+        out->loss += (double)cfg->essl_lambda * out->loss_rot;
+    }
+    for (int v = 0; v < V; v++) {
+        free(P[v]), free(dP[v]);
         ser_mlp_acts_free(&ha[v]), ser_mlp_acts_free(&pa[v]);
     }
+    free(KZ[0]), free(KZ[1]);
     ser_mlp_acts_free(&ma);
     free(dz);
     return rc;
@@ -186,9 +262,9 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
 int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moco_losses *out,
                        char err[SER_ERR_LEN]) {
     int rc = s_objective(m, b, g, out, err);
-    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv)))
-        rc = ser_errf(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g)", out->loss_inv,
-                    out->loss_equiv);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv) && isfinite(out->loss_rot)))
+        rc = ser_errf(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g, rotation %g)",
+                      out->loss_inv, out->loss_equiv, out->loss_rot);
     return rc;
 }
 
@@ -214,7 +290,15 @@ static int s_objective_i(void *st, const ser_batch *b, ser_gathered *g, const se
     ser_moco_losses L;
     int rc = ser_moco_objective(st, b, g, &L, err);
     losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
+    ((ser_moco *)st)->last_rot_ce = L.loss_rot, ((ser_moco *)st)->last_rot_acc = L.rot_acc;
     return rc;
+}
+
+static int s_monitors_essl(void *st, const char **names, double *values) {
+    const ser_moco *m = st;
+    names[0] = "essl_rot_ce", values[0] = m->last_rot_ce;
+    names[1] = "essl_rot_acc", values[1] = m->last_rot_acc;
+    return 2;
 }
 
 static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
@@ -227,22 +311,37 @@ static void s_memory(const ser_config *cfg, double C, double B, double f[3], con
     double M = cfg->moco.mlp_dim, D = cfg->moco.dim;
     double proj = C * M + M * M + M * D, pred = D * M + M * D;
     f[0] = proj + pred, f[1] = proj;
-    f[2] = 2 * B * (6 * M + 4 * D);  // both views' hidden and output rows, and gradients
+    // Every query view's hidden and output rows, and gradients; the two keys'.
+    f[2] = (2.0 + cfg->data.local_crops) * B * (6 * M + 4 * D);
     *key = "moco.mlp_dim / moco.dim (projector and predictor)";
 }
 
+static void s_memory_essl(const ser_config *cfg, double C, double B, double f[3],
+                          const char **key) {
+    s_memory(cfg, C, B, f, key);
+    double H = cfg->essl.hidden ? cfg->essl.hidden : C, Bn = cfg->essl.bottleneck;
+    f[0] += C * H + H * H + H * Bn + Bn * 4;
+    f[2] += 4 * B * 2 * (C + 2 * H + Bn);  // the 4 rotated views' head rows and gradients
+}
+
+// MoCo-v3 and E-SSL share everything but their name, memory estimate and monitors.
+#define S_MOCO_FAMILY                                                                 \
+    .student_prefix = "base_encoder.", .teacher_prefix = "momentum_encoder.",         \
+    .ema = SER_OBJECTIVE_EMA_BEFORE, .ema_kind = SER_OPTIM_EMA_MOCO,                  \
+    .state_size = sizeof(ser_moco), .local_views = 1, .init = s_init, .free = s_free, \
+    .init_weights = s_init_weights, .objective = s_objective_i, .teacher_ema = s_ema, \
+    .sched = s_sched
+
 const ser_objective_i ser_objective_moco = {
     .name = "moco",
-    .student_prefix = "base_encoder.",
-    .teacher_prefix = "momentum_encoder.",
-    .ema = SER_OBJECTIVE_EMA_BEFORE,
-    .ema_kind = SER_OPTIM_EMA_MOCO,
-    .state_size = sizeof(ser_moco),
-    .init = s_init,
-    .free = s_free,
-    .init_weights = s_init_weights,
-    .objective = s_objective_i,
-    .teacher_ema = s_ema,
-    .sched = s_sched,
+    S_MOCO_FAMILY,
     .memory = s_memory,
+};
+
+const ser_objective_i ser_objective_essl = {
+    .name = "essl",
+    .base_section = "moco",
+    S_MOCO_FAMILY,
+    .memory = s_memory_essl,
+    .monitors = s_monitors_essl,
 };

@@ -13,6 +13,7 @@ static const ser_objective_i *s_table[SER_OBJECTIVE_MAX] = {
     &ser_objective_moco,
     &ser_objective_dino,
     &ser_objective_barlow,
+    &ser_objective_essl,
 };
 static int s_count;  // the rows above, counted before main()
 

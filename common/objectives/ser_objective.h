@@ -77,6 +77,11 @@ typedef struct ser_objective_i {
     size_t state_size;           // bytes of the objective's state (zeroed before init)
     // Export: tensors under alias_from are also written under alias_to (--full), or NULL.
     const char *alias_from, *alias_to;
+    // The objective reads local views (ser_gathered.lcls) when data.local_crops > 0; the config
+    // refuses local crops for one that does not.
+    int local_views;
+    // Another method's config section it also reads (E-SSL: "moco"), hashed with its own; NULL.
+    const char *base_section;
 
     // Builds the model from the job config (no weights): SER_ECONFIG with a message naming the
     // key when the config does not fit. On failure the state is left freeable.

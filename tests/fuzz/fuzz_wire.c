@@ -119,12 +119,14 @@ static void s_shards(const ser_wire_msg *m, int opt) {
         rows = (int)shp[0], C = (int)shp[1];
     ser_shard_fwd f;
     size_t ntok[2] = {0, 0};
-    int rc = ser_shard_parse_forward(m, rows, C, has_teacher, want_n_eq, grid_max, &f);
+    int n_local = (int)(rows % 3);  // 0..2 local views asked, varied by the input
+    int rc = ser_shard_parse_forward(m, rows, C, has_teacher, n_local, want_n_eq, grid_max, &f);
     if (rc == SER_OK) {
         if (f.rows != rows || f.C != C || f.n_eq < 0 || f.n_eq > rows ||
             (want_n_eq >= 0 && f.n_eq != want_n_eq))
             s_fail("FORWARD_DONE: accepted with other sizes than asked");
         for (int i = 0; i < (has_teacher ? 4 : 2); i++) s_touch(f.cls[i], (size_t)rows * C);
+        for (int k = 0; k < n_local; k++) s_touch(f.lcls[k], (size_t)rows * C);
         size_t tok[2] = {0, 0};
         for (int e = 0; e < f.n_eq; e++)
             for (int v = 0; v < 2; v++) {
@@ -147,10 +149,11 @@ static void s_shards(const ser_wire_msg *m, int opt) {
         int64_t n = s_numel(m, v ? "dqmap1" : "dqmap0", NULL, NULL);
         ntok[v] = n > 0 && n % C == 0 ? (size_t)(n / C) : 0;
     }
-    const float *d[4];
-    if (ser_shard_parse_backward(m, rows, C, ntok, d) == SER_OK) {
+    const float *d[SER_SHARD_MAX_BWD];
+    if (ser_shard_parse_backward(m, rows, C, ntok, n_local, d) == SER_OK) {
         s_touch(d[0], (size_t)rows * C), s_touch(d[1], (size_t)rows * C);
         s_touch(d[2], ntok[0] * (size_t)C), s_touch(d[3], ntok[1] * (size_t)C);
+        for (int k = 0; k < n_local; k++) s_touch(d[4 + k], (size_t)rows * C);
     }
 }
 

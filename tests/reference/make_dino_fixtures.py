@@ -29,7 +29,9 @@ Metadata: ser_grad, norm_last_layer, teacher_temp, student_temp, center_momentum
 lambda, tau and the widths.
 
 Cases: dino_ser_on (ser_grad on, weight_g trainable) and dino_ser_off (ser_grad off, the public
-code; norm_last_layer on, so weight_g is frozen too).
+code; norm_last_layer on, so weight_g is frozen too); dino_multicrop: dino_ser_on's setting with
+2 local crops of 8 px (local.view0, local.view1: (8, 3, 8, 8), student only; `multicrop` as the
+argument writes only this case).
 """
 import os
 import sys
@@ -68,7 +70,7 @@ def fill(m):
                 p.copy_(r(*p.shape, scale=p[0].numel() ** -0.5))
 
 
-def dino_case(name, ser_grad, norm_last_layer, seed):
+def dino_case(name, ser_grad, norm_last_layer, seed, n_local=0):
     torch.manual_seed(seed)
     h = HYPER
     m = DINOSER(VIT, DIMS["out_dim"], DIMS["hidden_dim"], DIMS["bottleneck_dim"], norm_last_layer,
@@ -93,7 +95,10 @@ def dino_case(name, ser_grad, norm_last_layer, seed):
         t[f"eq.view1.{e}"] = eq1[-1][0]
     t.update({"inv.view0": inv0, "inv.view1": inv1,
               "eq.g": torch.tensor([[list(ga), list(gb)] for ga, gb in MOCO_GROUP]).double()})
-    loss, loss_inv, loss_equiv, _ = m(inv0, inv1, eq0, eq1, g0, g1, h["teacher_temp"])
+    local = [r(8, 3, 8, 8) for _ in range(n_local)]  # 8 px: a 2 x 2 token grid
+    for k, x in enumerate(local):
+        t[f"local.view{k}"] = x
+    loss, loss_inv, loss_equiv, _ = m(inv0, inv1, eq0, eq1, g0, g1, h["teacher_temp"], local)
     named = list(m.named_parameters())
     params = [(n_, p) for n_, p in named if p.requires_grad]
     gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
@@ -132,8 +137,10 @@ def dino_case(name, ser_grad, norm_last_layer, seed):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    dino_case("dino_ser_on", True, False, 400)
-    dino_case("dino_ser_off", False, True, 401)
+    if sys.argv[1:] != ["multicrop"]:  # only the multi-crop case (the others left as they are)
+        dino_case("dino_ser_on", True, False, 400)
+        dino_case("dino_ser_off", False, True, 401)
+    dino_case("dino_multicrop", True, False, 402, n_local=2)
     print("fixtures written to", OUT)
 
 

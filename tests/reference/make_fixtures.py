@@ -223,11 +223,13 @@ MOCO_GROUP = [  # (view 0, view 1) per equivariant sample: (rot180, hflip, rot90
 ]
 
 
-def moco_case(name, ser_grad, seed):
-    """A whole MoCo-v3 + SER forward/backward on 5 invariant + 3 equivariant samples."""
+def moco_case(name, ser_grad, seed, n_local=0, essl=None):
+    """A whole MoCo-v3 + SER forward/backward on 5 invariant + 3 equivariant samples (and
+    n_local local views of 8 px per sample, extra queries)."""
     torch.manual_seed(seed)
     vit = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48, cls_layer=2)
-    m = MoCoSER(vit, mlp_dim=32, dim=16, T=0.2, lam=0.7, tau=0.4, proj_dim=20, ser_grad=ser_grad)
+    m = MoCoSER(vit, mlp_dim=32, dim=16, T=0.2, lam=0.7, tau=0.4, proj_dim=20, ser_grad=ser_grad,
+                essl=essl)
     with torch.no_grad():
         for pname, p in list(m.named_parameters()):
             if p.dim() == 1 and pname.endswith("weight"):
@@ -258,7 +260,12 @@ def moco_case(name, ser_grad, seed):
         t[f"eq.view1.{e}"] = eq1[-1][0]
     t.update({"inv.view0": inv0, "inv.view1": inv1,
               "eq.g": torch.tensor([[list(ga), list(gb)] for ga, gb in MOCO_GROUP]).double()})
-    loss, loss_inv, loss_equiv = m(inv0, inv1, eq0, eq1, g0, g1, 0.9)
+    local = [r(8, 3, 8, 8) for _ in range(n_local)]
+    if essl is not None:  # one crop in its 4 counter-clockwise quarter turns
+        local = [torch.rot90(local[0], k, (2, 3)) for k in range(4)]
+    for k, x in enumerate(local):
+        t[f"local.view{k}"] = x
+    loss, loss_inv, loss_equiv = m(inv0, inv1, eq0, eq1, g0, g1, 0.9, local)
     params = [(n_, p) for n_, p in m.named_parameters() if p.requires_grad]
     gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
     for (n_, p), g in zip(params, gs):
@@ -268,11 +275,12 @@ def moco_case(name, ser_grad, seed):
     for n_, b in m.named_buffers():
         t["after." + n_] = b.detach().clone().double()
     t.update({"loss": loss.reshape(1), "loss_inv": loss_inv.reshape(1),
-              "loss_equiv": loss_equiv.reshape(1)})
-    if ser_grad:
+              "loss_equiv": loss_equiv.reshape(1), "loss_rot": m.loss_rot.reshape(1)})
+    if ser_grad and not n_local:
         step_files(m, t, gs, params)
     save_file(f32(t), os.path.join(OUT, name + ".safetensors"),
               metadata={"momentum": "0.9", "ser_grad": str(int(ser_grad)), "lambda": "0.7",
+                        "essl": ",".join(str(x) for x in essl) if essl else "",
                         "tau": "0.4", "T": "0.2", "mlp_dim": "32", "dim": "16", "proj_dim": "20"})
 
 
@@ -347,6 +355,10 @@ def unused_case():
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if sys.argv[1:] == ["local"]:  # only the local-views cases (leaves the others as they are)
+        moco_case("moco_local2", True, 302, n_local=2)
+        moco_case("moco_essl", True, 303, n_local=1, essl=(0.4, 20, 12))
+        return
     if sys.argv[1:] == ["unused"]:  # only the AdamW-unused case (leaves the others as they are)
         unused_case()
         return
@@ -354,6 +366,8 @@ def main():
     heads()
     moco_case("moco_ser_on", True, 300)
     moco_case("moco_ser_off", False, 301)
+    moco_case("moco_local2", True, 302, n_local=2)
+    moco_case("moco_essl", True, 303, n_local=1, essl=(0.4, 20, 12))
     unused_case()
     for i, (name, args) in enumerate(CASES.items()):
         vit_case(name, *args, seed=100 + i)

@@ -167,9 +167,18 @@ def ntxent(q, k, tokens, tau):
 class MoCoSER(nn.Module):
     """MoCo_ViT + SER of the reference (erl_inv), the SER term with or without gradient."""
 
-    def __init__(self, vit, mlp_dim, dim, T, lam, tau, proj_dim, ser_grad):
+    def __init__(self, vit, mlp_dim, dim, T, lam, tau, proj_dim, ser_grad, essl=None):
+        """essl: (lambda, hidden, bottleneck) for E-SSL's rotation head (train_essl: Linear,
+        LN, ReLU, Linear, LN, ReLU, Linear, LN, Linear to 4 logits, default init), or None."""
         super().__init__()
         self.T, self.lam, self.tau, self.ser_grad = T, lam, tau, ser_grad
+        self.essl = essl
+        if essl is not None:
+            _, H, Bn = essl
+            C = vit["dim"]
+            self.rotation_head = nn.Sequential(
+                nn.Linear(C, H), nn.LayerNorm(H), nn.ReLU(), nn.Linear(H, H), nn.LayerNorm(H),
+                nn.ReLU(), nn.Linear(H, Bn), nn.LayerNorm(Bn), nn.Linear(Bn, 4))
         C = vit["dim"]
         self.base_encoder = ViT(**vit)
         self.momentum_encoder = ViT(**vit)
@@ -186,7 +195,9 @@ class MoCoSER(nn.Module):
         x = fmap.reshape(1, rows, cols, -1).permute(0, 3, 1, 2)
         return self.projector_equiv(x)  # (1, E, rows, cols)
 
-    def forward(self, inv0, inv1, eq0, eq1, g0, g1, m):
+    def forward(self, inv0, inv1, eq0, eq1, g0, g1, m, local=()):
+        """local: the local views (each (B, 3, s, s), by batch position), extra queries against
+        both global keys, the terms summed (the reference's inv_local4 / inv_essl)."""
         with torch.no_grad():  # momentum update before any key (params only, not buffers)
             for pb, pm in zip(self.base_encoder.parameters(), self.momentum_encoder.parameters()):
                 pm.data = pm.data * m + pb.data * (1.0 - m)
@@ -210,12 +221,22 @@ class MoCoSER(nn.Module):
             kcls.append(torch.cat(krows))
             qmaps.append(qm)
             kmaps.append(km)
-        p = [self.predictor(self.base_encoder.head(qcls[v])) for v in range(2)]
+        lcls = [self.base_encoder(x)[0] for x in local]
+        queries = qcls if self.essl is not None else qcls + lcls  # E-SSL: not queries
+        p = [self.predictor(self.base_encoder.head(c)) for c in queries]
         with torch.no_grad():
             k = [self.momentum_encoder.head(kcls[v]) for v in range(2)]
         loss_inv = moco_ctr(p[0], k[1], self.T) + moco_ctr(p[1], k[0], self.T)
+        for q in p[2:]:
+            loss_inv = loss_inv + moco_ctr(q, k[0], self.T) + moco_ctr(q, k[1], self.T)
+        self.loss_rot = torch.zeros(())
+        if self.essl is not None:  # the 4 rotated views as one batch, view k labelled k
+            logits = self.rotation_head(torch.cat(lcls))
+            labels = torch.arange(4).repeat_interleave(lcls[0].shape[0])
+            self.loss_rot = F.cross_entropy(logits, labels)
+        rot = self.essl[0] * self.loss_rot if self.essl is not None else 0.0
         if len(eq0) == 0:  # no equivariant sample: the SER term is not in the graph at all
-            return loss_inv, loss_inv, torch.zeros(())
+            return loss_inv + rot, loss_inv, torch.zeros(())
         L = []
         for w in range(2):  # anchors: student view w; teacher view 1-w moved onto w's grid
             Q, K, tokens = [], [], []
@@ -232,4 +253,4 @@ class MoCoSER(nn.Module):
             L.append(ntxent(Q, K, tokens, self.tau))
         loss_equiv = 0.5 * (L[0] + L[1])
         loss = loss_inv + self.lam * loss_equiv if self.ser_grad else loss_inv + self.lam * loss_equiv.detach()
-        return loss, loss_inv, loss_equiv
+        return loss + rot, loss_inv, loss_equiv

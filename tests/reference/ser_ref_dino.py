@@ -58,8 +58,8 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_output, teacher_output, teacher_temp):
-        student_out = (student_output / self.student_temp).chunk(2)
+    def forward(self, student_output, teacher_output, teacher_temp, ncrops=2):
+        student_out = (student_output / self.student_temp).chunk(ncrops)
         teacher_out = F.softmax((teacher_output - self.center) / teacher_temp, dim=-1)
         teacher_out = teacher_out.detach().chunk(2)
         total_loss, n_loss_terms = 0, 0
@@ -118,8 +118,10 @@ class DINOSER(nn.Module):
         x = fmap.reshape(1, rows, cols, -1).permute(0, 3, 1, 2)
         return self.student.projector_equiv(x)  # (1, E, rows, cols)
 
-    def forward(self, inv0, inv1, eq0, eq1, g0, g1, teacher_temp):
-        """Returns (loss, loss_inv, loss_equiv, teacher head outputs (2B, out_dim))."""
+    def forward(self, inv0, inv1, eq0, eq1, g0, g1, teacher_temp, local=()):
+        """Returns (loss, loss_inv, loss_equiv, teacher head outputs (2B, out_dim)). local: the
+        local crops (each (B, 3, s, s), by batch position), student only (main_dino.py's
+        multi-crop: the teacher sees the two global views)."""
         inv, eq, gs = [inv0, inv1], [eq0, eq1], [g0, g1]
         qcls, kcls, qmaps, kmaps = [], [], [], []
         for v in range(2):  # view v rows: [inv_v; eq_v] (the reference's chunk v)
@@ -139,10 +141,11 @@ class DINOSER(nn.Module):
             kcls.append(torch.cat(krows))
             qmaps.append(qm)
             kmaps.append(km)
-        s = self.student.head(torch.cat(qcls))
+        lcls = [self.student.backbone(x)[0] for x in local]
+        s = self.student.head(torch.cat(qcls + lcls))
         with torch.no_grad():
             t = self.teacher.head(torch.cat(kcls))
-        loss_inv = self.dino_loss(s, t, teacher_temp)
+        loss_inv = self.dino_loss(s, t, teacher_temp, ncrops=2 + len(local))
         L = []
         for w in range(2):  # anchors: student view w; teacher view 1-w moved onto w's grid
             Q, K, tokens = [], [], []
