@@ -376,8 +376,8 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
         if (want < 0) want = 0;
     }
     ser_shard_fwd f;
-    int rc = ser_shard_parse_forward(m, sh->p1 - sh->p0, C, c->m->teacher != NULL, c->L, want,
-                                     c->grid_max, &f);
+    int rc = ser_shard_parse_forward(m, sh->p1 - sh->p0, C, c->m->teacher != NULL, c->L,
+                                     c->g.vparams != NULL, want, c->grid_max, &f);
     if (rc) return rc;
     size_t nr = (size_t)(sh->p1 - sh->p0);
     float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
@@ -385,6 +385,9 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
         if (f.cls[i]) memcpy(dst[i] + (size_t)sh->p0 * C, f.cls[i], sizeof(float) * nr * C);
     for (int k = 0; k < c->L; k++)
         memcpy(c->g.lcls[k] + (size_t)sh->p0 * C, f.lcls[k], sizeof(float) * nr * C);
+    if (f.vparams)
+        memcpy(c->g.vparams + (size_t)sh->p0 * 2 * SER_VIEW_PARAMS, f.vparams,
+               sizeof(float) * nr * 2 * SER_VIEW_PARAMS);
     for (int v = 0; v < 2; v++) free(sh->g[v]), sh->g[v] = f.g[v], f.g[v] = NULL;
     for (int i = 0; i < 4; i++) {
         free(sh->maps[i]);
@@ -1133,6 +1136,8 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
         c->g.dqcls[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
     }
     c->L = c->g.n_local = o->cfg.data.local_crops;
+    if (c->tr.obj->view_params)  // the workers send them; a FORWARD_DONE without them is refused
+        c->g.vparams = ser_xaligned(sizeof(float) * (size_t)c->B * 2 * SER_VIEW_PARAMS);
     for (int k = 0; k < c->L; k++) {
         c->g.lcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
         c->g.dlcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);

@@ -62,6 +62,8 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
         why = "local_size must be a multiple of patch in [patch, 4096]";
     else if (c->local_rotations && c->local_crops != 4)
         why = "local rotations need local_crops = 4";
+    else if (c->local_center && (c->local_crops != 1 || c->local_rotations))
+        why = "the centre view needs local_crops = 1 and no rotations";
     else if (c->local_crops && !(c->local_crop_min > 0 && c->local_crop_min <= c->local_crop_max &&
                                  c->local_crop_max <= 1))
         why = "local crop scale must satisfy 0 < local_crop_min <= local_crop_max <= 1";
@@ -89,10 +91,11 @@ uint64_t ser_dl_config_hash(const ser_dl_config *c) {
     // v2: group elements drawn by common/nn/ser_group.c (v1 had the loader's own sampler and a
     // configurable scale range), so a v1 peer is refused rather than sent other content.
     // v3: photometric strengths. v4: PNG files are indexed and decoded (a v3 loader skips
-    // them, so a tree that holds PNGs has another index there). v5: local views.
+    // them, so a tree that holds PNGs has another index there). v5: local views. v6: every
+    // sample carries its views' parameters.
     char s[768];
     int n = snprintf(s, sizeof s,
-                     "ser-dl-v5 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
+                     "ser-dl-v6 kind=%d split=%d img=%d patch=%d B=%d S=%d eq=%.17g seed=%llu "
                      "policy=%d gs=%d interp=%d crop=%.17g photo=%d jit=%.17g blur=%.17g "
                      "gray=%.17g sol=%.17g local=%d",
                      c->kind, c->split, c->img, c->patch, c->global_batch, c->shards, c->eq_ratio,
@@ -100,8 +103,9 @@ uint64_t ser_dl_config_hash(const ser_dl_config *c) {
                      c->crop_min, c->photometric, c->strength.jitter, c->strength.blur_sigma,
                      c->strength.gray_prob, c->strength.solarize_prob, c->local_crops);
     if (c->local_crops)  // the local views' geometry counts only when there are local views
-        n += snprintf(s + n, sizeof s - (size_t)n, " ls=%d lmin=%.17g lmax=%.17g rot=%d",
-                      c->local_size, c->local_crop_min, c->local_crop_max, c->local_rotations);
+        n += snprintf(s + n, sizeof s - (size_t)n, " ls=%d lmin=%.17g lmax=%.17g rot=%d ctr=%d",
+                      c->local_size, c->local_crop_min, c->local_crop_max, c->local_rotations,
+                      c->local_center);
     return s_fnv(0xcbf29ce484222325ull, s, (size_t)n);
 }
 
@@ -322,9 +326,10 @@ typedef struct s_job {
 
 // RandomResizedCrop + hflip of view v's draws, resized into out (side, side, 3): the global
 // views (v 0, 1) at img with scale (crop_min, 1), the local ones (v >= 2) at local_size with
-// scale (local_crop_min, local_crop_max).
+// scale (local_crop_min, local_crop_max). vp (NULL: not wanted) gets the crop box, the flip and
+// the source size (ser_engine.h's SER_VIEW_PARAMS layout).
 static void s_crop_view(const ser_dl_config *c, const ser_dl_image *im, uint32_t epoch,
-                        uint32_t index, int v, uint8_t *out) {
+                        uint32_t index, int v, uint8_t *out, float *vp) {
     ser_rng r;
     int i, j, h, w, side = v < 2 ? c->img : c->local_size;
     double smin = v < 2 ? c->crop_min : c->local_crop_min, smax = v < 2 ? 1.0 : c->local_crop_max;
@@ -332,17 +337,29 @@ static void s_crop_view(const ser_dl_config *c, const ser_dl_image *im, uint32_t
     ser_dl_rrc_params(&r, im->w, im->h, smin, smax, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
     ser_dl_pil_resize(out, side, side, im->px, im->w * 3, j, i, w, h, c->interp);
     ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_FLIP);
-    if (ser_rng_uniform(&r) < 0.5f) ser_dl_hflip_u8(out, side, side);
+    int flip = ser_rng_uniform(&r) < 0.5f;
+    if (flip) ser_dl_hflip_u8(out, side, side);
+    if (vp) {
+        vp[0] = (float)i, vp[1] = (float)j, vp[2] = (float)h, vp[3] = (float)w;
+        vp[4] = (float)flip, vp[18] = (float)im->h, vp[19] = (float)im->w;
+    }
 }
 
 static void s_photo(const s_job *jb, uint8_t *img, int w, int h, uint32_t epoch, uint32_t index,
-                    int v, float *fbuf, float *ftmp) {
+                    int v, float *fbuf, float *ftmp, float *vp) {
     const ser_dl_config *c = &jb->dl->cfg;
     if (!c->photometric) return;
     ser_dl_photo p;
     int kornia = c->policy == SER_DL_POLICY_KORNIA;
     ser_dl_photo_draw(&p, c->policy, c->seed, epoch, index, v, kornia ? jb->kornia_order[v] : NULL,
                       &c->strength);
+    if (vp) {  // SER_VIEW_PARAMS 5..17
+        vp[5] = (float)p.jitter;
+        for (int k = 0; k < 4; k++) vp[6 + k] = (float)p.order[k];
+        vp[10] = p.b, vp[11] = p.c, vp[12] = p.s, vp[13] = p.h;
+        vp[14] = (float)p.gray, vp[15] = (float)p.blur, vp[16] = p.sigma;
+        vp[17] = (float)p.solarize, vp[20] = p.threshold;
+    }
     if (!kornia) {
         ser_dl_photo_apply_u8(img, w, h, &p);
         return;
@@ -383,22 +400,27 @@ static void s_make_sample(void *arg, int k, void **tj) {
                                in + ((size_t)j * LS + (LS - 1 - i)) * 3, 3);
                 continue;
             }
-            s_crop_view(c, &im, epoch, s->index, 2 + l, s->local[l]);
-            s_photo(jb, s->local[l], LS, LS, epoch, s->index, 2 + l, f, f ? f + ln : NULL);
+            if (c->local_center) {
+                ser_dl_resize_center_crop(s->local[l], LS, im.px, im.w, im.h, c->interp);
+                continue;
+            }
+            s_crop_view(c, &im, epoch, s->index, 2 + l, s->local[l], NULL);
+            s_photo(jb, s->local[l], LS, LS, epoch, s->index, 2 + l, f, f ? f + ln : NULL, NULL);
         }
         free(f);
     }
     if (!s->equivariant) {
         float *f = c->policy == SER_DL_POLICY_KORNIA ? ser_xmalloc(sizeof(float) * 2 * n) : NULL;
         for (int v = 0; v < 2; v++) {
-            s_crop_view(c, &im, epoch, s->index, v, s->view[v]);
-            s_photo(jb, s->view[v], S, S, epoch, s->index, v, f, f ? f + n : NULL);
+            s_crop_view(c, &im, epoch, s->index, v, s->view[v], s->vparams[v]);
+            s_photo(jb, s->view[v], S, S, epoch, s->index, v, f, f ? f + n : NULL, s->vparams[v]);
         }
         free(f);
     } else {
         // One crop; both views made from it.
         uint8_t *base = ser_xmalloc((size_t)n), *tmp8 = ser_xmalloc((size_t)n);
-        s_crop_view(c, &im, epoch, s->index, 0, base);
+        s_crop_view(c, &im, epoch, s->index, 0, base, s->vparams[0]);
+        memcpy(s->vparams[1], s->vparams[0], sizeof s->vparams[0]);  // the same crop and flip
         int big = n;
         for (int v = 0; v < 2; v++)
             if (s->h[v] * s->w[v] * 3 > big) big = s->h[v] * s->w[v] * 3;
@@ -406,7 +428,7 @@ static void s_make_sample(void *arg, int k, void **tj) {
         float *fk = ser_xmalloc(sizeof(float) * 2 * n);
         for (int v = 0; v < 2; v++) {
             memcpy(tmp8, base, (size_t)n);
-            s_photo(jb, tmp8, S, S, epoch, s->index, v, fk, fk + n);
+            s_photo(jb, tmp8, S, S, epoch, s->index, v, fk, fk + n, s->vparams[v]);
             ser_dl_u8_to_f32(fin, tmp8, n);
             // (S, S, 3) -> (h[v], w[v], 3); g and P were checked when the shard was laid out.
             int arc = ser_group_image_action_hwc(fout, fin, 3, S, S, c->patch, &s->g[v]);
@@ -514,6 +536,7 @@ void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
     c->local_crop_min = job->data.local_crop_min;
     c->local_crop_max = job->data.local_crop_max;
     c->local_rotations = job->data.local_mode == SER_CONFIG_LOCAL_ROTATIONS;
+    c->local_center = job->data.local_mode == SER_CONFIG_LOCAL_CENTER;
     c->strength = (ser_dl_photo_strength){job->data.jitter, job->data.blur_sigma,
                                           job->data.gray_prob, job->data.solarize_prob};
     c->threads = job->data.workers;

@@ -13,7 +13,12 @@
 // to local_size x local_size, + hflip + the photometric draw of view 2 + k (blur p 0.5, no
 // solarize: DINO's local-crop policy). With local_rotations (E-SSL; local_crops = 4): one such
 // crop (view 2's draws), and local view k is it rotated k x 90 degrees counter-clockwise
-// (torch.rot90(x, k, (H, W))): out[i][j] = in[j][S-1-i] per quarter turn.
+// (torch.rot90(x, k, (H, W))): out[i][j] = in[j][S-1-i] per quarter turn. With local_center
+// (EquiMod's x_0; local_crops = 1): local view 0 is the image resized so that its shorter side
+// is round(local_size * 256 / 224), then centre-cropped to local_size (torchvision Resize(256)
+// + CenterCrop(224)), without augmentation.
+// Every sample records the parameters its two global views were made with (vparams,
+// SER_VIEW_PARAMS floats per view: ser_engine.h).
 // Equivariant: one crop (view 0's crop + flip) resized to img x img, then per view v the
 // photometric draw of view v, then the group element g_v (ser_group_elem of common/nn/ser_group.h,
 // the type the worker's objective consumes) applied in float by ser_group_image_action_hwc,
@@ -90,6 +95,7 @@ typedef struct ser_dl_config {
     int local_size;       // their side (a multiple of patch); 96
     double local_crop_min, local_crop_max;  // their RandomResizedCrop scale; (0.05, 0.4)
     int local_rotations;  // 1: local view k = local view 0 rotated k x 90 degrees (E-SSL)
+    int local_center;     // 1: local view 0 = the centre crop, unaugmented (EquiMod's x_0)
     int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
     ser_dl_photo_strength strength;  // ser_dl_photo_moco
     int threads;          // decode/augment threads; 0 = all online cores
@@ -118,6 +124,7 @@ typedef struct ser_dl_sample {
     int h[2], w[2];      // each view's size
     uint8_t *view[2];    // (h, w, 3) uint8, pointing into the shard's data
     uint8_t *local[SER_MAX_LOCAL];  // (local_size, local_size, 3) local views, likewise
+    float vparams[2][SER_VIEW_PARAMS];  // each global view's parameters (ser_engine.h)
 } ser_dl_sample;
 
 typedef struct ser_dl_shard {

@@ -232,6 +232,21 @@ void ser_dl_pil_resize_naive(uint8_t *out, int ow, int oh, const uint8_t *in, in
     free(kv);
 }
 
+void ser_dl_resize_center_crop(uint8_t *out, int side, const uint8_t *in, int w, int h,
+                               int interp) {
+    int s = (int)lround(side * 256.0 / 224.0);
+    int rw = w <= h ? s : (int)((double)s * w / h), rh = w <= h ? (int)((double)s * h / w) : s;
+    if (rw < side) rw = side;
+    if (rh < side) rh = side;
+    uint8_t *full = ser_xmalloc((size_t)rw * rh * 3);
+    ser_dl_pil_resize(full, rw, rh, in, w * 3, 0, 0, w, h, interp);
+    int top = (int)rint((rh - side) / 2.0), left = (int)rint((rw - side) / 2.0);
+    for (int y = 0; y < side; y++)
+        memcpy(out + (size_t)y * side * 3, full + ((size_t)(top + y) * rw + left) * 3,
+               (size_t)side * 3);
+    free(full);
+}
+
 void ser_dl_hflip_u8(uint8_t *img, int w, int h) {
     for (int y = 0; y < h; y++) {
         uint8_t *row = img + (size_t)y * w * 3;

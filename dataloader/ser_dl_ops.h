@@ -53,6 +53,10 @@ void ser_dl_pil_resize_naive(uint8_t *out, int ow, int oh, const uint8_t *in, in
                              int x0, int y0, int cw, int ch, int interp);
 
 void ser_dl_hflip_u8(uint8_t *img, int w, int h);
+// torchvision Resize(round(side * 256 / 224)) (the shorter side; the longer one truncated) then
+// CenterCrop(side) (offsets rounded half to even) on a w x h image: out is (side, side, 3).
+void ser_dl_resize_center_crop(uint8_t *out, int side, const uint8_t *in, int w, int h,
+                               int interp);
 
 // --- torchvision / PIL photometrics (in place, (h, w, 3) uint8) -------------------------------
 

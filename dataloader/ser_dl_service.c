@@ -253,6 +253,8 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
         smp[i].source_index = x->source;
         smp[i].label = x->label;
         smp[i].equivariant = x->equivariant;
+        smp[i].n_vparams = 2 * SER_VIEW_PARAMS;
+        smp[i].vparams = (float *)x->vparams[0];  // [2][SER_VIEW_PARAMS]: contiguous
         smp[i].h0 = (uint32_t)x->h[0];
         smp[i].w0 = (uint32_t)x->w[0];
         smp[i].h1 = (uint32_t)x->h[1];
@@ -606,6 +608,11 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
             }
             total += (size_t)h * w * 3;
         }
+        if (x->n_vparams != 2 * SER_VIEW_PARAMS) {
+            snprintf(err, 256, "sample %zu: %zu view parameters, want %d", i, x->n_vparams,
+                     2 * SER_VIEW_PARAMS);
+            goto done;
+        }
         ser_group_elem g[2];
         if (x->equivariant && (s_group_from_wire(&g[0], x->g0, x->h0, x->w0) ||
                                s_group_from_wire(&g[1], x->g1, x->h1, x->w1))) {
@@ -631,6 +638,7 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         s->label = x->label;
         s->equivariant = x->equivariant;
         s->h[0] = (int)x->h0, s->w[0] = (int)x->w0, s->h[1] = (int)x->h1, s->w[1] = (int)x->w1;
+        memcpy(s->vparams, x->vparams, sizeof s->vparams);
         if (x->equivariant) {  // validated above, so this cannot fail
             int ok = s_group_from_wire(&s->g[0], x->g0, x->h0, x->w0) == SER_OK &&
                      s_group_from_wire(&s->g[1], x->g1, x->h1, x->w1) == SER_OK;

@@ -36,6 +36,8 @@ int ser_shard_pack_forward(ser_wire_tensor out[SER_SHARD_MAX_FWD], const ser_gat
     }
     for (int k = 0; k < g->n_local; k++)
         out[n++] = (ser_wire_tensor){s_lcls[k], 2, {B, C}, g->lcls[k]};
+    if (g->vparams)
+        out[n++] = (ser_wire_tensor){"vparams", 3, {B, 2, SER_VIEW_PARAMS}, g->vparams};
     if (b->n_eq == 0) return n;
     for (int i = 0; i < 4; i++) {
         if (i >= 2 && !has_teacher) break;
@@ -58,7 +60,7 @@ void ser_shard_fwd_free(ser_shard_fwd *f) {
 }
 
 int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int n_local,
-                            int want_n_eq, int grid_max, ser_shard_fwd *out) {
+                            int want_vparams, int want_n_eq, int grid_max, ser_shard_fwd *out) {
     memset(out, 0, sizeof *out);
     out->rows = rows, out->C = C;
     size_t nr = (size_t)rows, nsets = has_teacher ? 4 : 2;
@@ -70,6 +72,10 @@ int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teac
             memset(out, 0, sizeof *out);
             return SER_EFORMAT;
         }
+    if (want_vparams && !(out->vparams = ser_wire_find(m, "vparams", nr * 2 * SER_VIEW_PARAMS))) {
+        memset(out, 0, sizeof *out);
+        return SER_EFORMAT;
+    }
     // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
     int n_eq = 0;
     const float *gf = NULL;

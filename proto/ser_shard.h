@@ -13,6 +13,8 @@
 //                                             no data: the grids and token counts follow from g)
 //                  lcls0..lcls<L-1> (rows, C) the student's [CLS] rows of the L local views
 //                                             (data.local_crops), when L > 0
+//                  [vparams (rows, 2, 21)]    the global views' parameters (SER_VIEW_PARAMS),
+//                                             when the batch has them
 //   BACKWARD       dqcls0, dqcls1 (rows, C), dqmap0, dqmap1 (ntok_v, C)
 //                  [dlcls0..dlcls<L-1> (rows, C)]
 //   BACKWARD_DONE  grad (span)               the shard's student gradient
@@ -43,7 +45,7 @@ void ser_shard_parse_params(const ser_wire_msg *m, size_t span, int want_teacher
                             const float **student, const float **teacher);
 
 // --- FORWARD_DONE --------------------------------------------------------------------------------
-#define SER_SHARD_MAX_FWD (9 + SER_MAX_LOCAL)
+#define SER_SHARD_MAX_FWD (10 + SER_MAX_LOCAL)
 #define SER_SHARD_MAX_BWD (4 + SER_MAX_LOCAL)
 // What a worker sends of a shard's forward (g: its gathered rows and maps; b: its batch).
 // gbuf: n_eq * 10 + 1 floats for the group elements. Returns the number of frames.
@@ -56,17 +58,18 @@ typedef struct ser_shard_fwd {
     const float *cls[4];   // qcls0, qcls1, kcls0, kcls1 (the last two NULL without a teacher)
     const float *maps[4];  // qmap0, qmap1, kmap0, kmap1 (NULL when n_eq == 0)
     const float *lcls[SER_MAX_LOCAL];  // lcls0.. (n_local of them)
+    const float *vparams;  // (rows, 2, SER_VIEW_PARAMS), or NULL when not asked for
     ser_group_elem *g[2];  // [view] (n_eq,) owned: ser_shard_fwd_free()
     size_t ntok[2];        // rows of each view's maps
 } ser_shard_fwd;
 
 // Validates m against what was asked: rows [CLS] rows of width C per view, the teacher's when
-// has_teacher, those of n_local local views, want_n_eq equivariant samples (-1: any count from 0 to rows), group elements that
+// has_teacher, those of n_local local views, the views' parameters when want_vparams, want_n_eq equivariant samples (-1: any count from 0 to rows), group elements that
 // are valid and whose view grids are at most grid_max tokens a side, maps of the sizes they
 // imply. SER_EFORMAT (missing or mis-sized frames, bad group elements) or SER_ESHAPE (another
 // number of equivariant samples than asked); on failure nothing is allocated.
 int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int n_local,
-                            int want_n_eq, int grid_max, ser_shard_fwd *out);
+                            int want_vparams, int want_n_eq, int grid_max, ser_shard_fwd *out);
 void ser_shard_fwd_free(ser_shard_fwd *f);
 
 // --- BACKWARD ------------------------------------------------------------------------------------

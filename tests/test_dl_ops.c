@@ -19,11 +19,11 @@
 
 enum {
     OP_DECODE = 1, OP_RESIZE, OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE, OP_GRAY,
-    OP_BLUR, OP_SOLARIZE, OP_JITTER, OP_HFLIP
+    OP_BLUR, OP_SOLARIZE, OP_JITTER, OP_HFLIP, OP_CENTER
 };
 static const char *const s_op_names[] = {"?",   "decode",   "resize", "brightness",
                                          "contrast", "saturation", "hue", "grayscale",
-                                         "blur", "solarize", "jitter", "hflip"};
+                                         "blur", "solarize", "jitter", "hflip", "center"};
 
 static uint8_t *s_read_fixture(size_t *n) {
     char path[1024];
@@ -81,7 +81,7 @@ static void test_torchvision_fixtures(void **state) {
         const uint8_t *in = buf + off, *ref = buf + off + in_n;
         off += in_n + out_n;
         uint8_t *got = ser_xcalloc(out_n > in_n ? out_n : in_n, 1);
-        if (op != OP_DECODE && op != OP_RESIZE) memcpy(got, in, in_n);
+        if (op != OP_DECODE && op != OP_RESIZE && op != OP_CENTER) memcpy(got, in, in_n);
         int n = iw * ih;
         ser_dl_image im = {0};
         char err[256] = "";
@@ -105,6 +105,10 @@ static void test_torchvision_fixtures(void **state) {
             case OP_BLUR: ser_dl_pil_gaussian_blur(got, iw, ih, fl[0]); break;
             case OP_SOLARIZE: ser_dl_pil_solarize(got, n, rec[5]); break;
             case OP_HFLIP: ser_dl_hflip_u8(got, iw, ih); break;
+            case OP_CENTER:
+                assert_int_equal(ow, rec[5]);
+                ser_dl_resize_center_crop(got, rec[5], in, iw, ih, rec[6]);
+                break;
             case OP_JITTER: {
                 ser_dl_photo p = {.jitter = 1, .b = fl[0], .c = fl[1], .s = fl[2], .h = fl[3]};
                 for (int k = 0; k < 4; k++) p.order[k] = rec[5 + k];

@@ -475,6 +475,82 @@ static void test_local_views(void **state) {
         assert_int_not_equal(ser_dl_config_check(&cr, err), SER_OK);
         assert_non_null(strstr(err, "rotations"));
     }
+    // The centre view (EquiMod's x_0): the op checked against torchvision in test_dl_ops, on
+    // the sample's decoded image, unaugmented.
+    {
+        ser_dl_config cc = c;
+        cc.photometric = 1, cc.local_crops = 1, cc.local_center = 1, cc.local_size = 24;
+        ser_dl *dc = s_new(&cc);
+        ser_dl_data *dd = ser_dl_data_open(s_root, cc.kind, cc.split, NULL, err);
+        ser_dl_shard sh;
+        assert_int_equal(ser_dl_make_shard(dc, 2, 1, &sh), SER_OK);
+        for (int k = 0; k < sh.n; k++) {
+            ser_dl_image im = {0};
+            uint32_t src;
+            uint8_t want[24 * 24 * 3];
+            assert_int_equal(ser_dl_data_load(dd, sh.samples[k].index, NULL, &im, &src), SER_OK);
+            ser_dl_resize_center_crop(want, 24, im.px, im.w, im.h, cc.interp);
+            assert_memory_equal(sh.samples[k].local[0], want, sizeof want);
+            ser_dl_image_free(&im);
+        }
+        ser_dl_shard_free(&sh);
+        ser_dl_data_destroy(&dd);
+        ser_dl_destroy(&dc);
+        cc.local_crops = 2;
+        assert_int_not_equal(ser_dl_config_check(&cc, err), SER_OK);
+        assert_non_null(strstr(err, "centre view"));
+    }
+    // Every global view is what its recorded parameters (vparams) make of the decoded image:
+    // crop box, flip and the photometric draw, rebuilt from the vector alone (torchvision and
+    // kornia policies; invariant samples, whose views are not resampled by a group element).
+    for (int pol = 0; pol < 2; pol++) {
+        ser_dl_config cp = c;
+        cp.photometric = 1, cp.policy = pol ? SER_DL_POLICY_KORNIA : SER_DL_POLICY_TORCHVISION;
+        ser_dl *dp = s_new(&cp);
+        ser_dl_data *dd = ser_dl_data_open(s_root, cp.kind, cp.split, NULL, err);
+        assert_non_null(dd);
+        int rebuilt = 0, jit = 0, blur = 0, sol = 0, gray = 0;
+        for (int step = 0; step < 8; step++) {
+            ser_dl_shard sh;
+            assert_int_equal(ser_dl_make_shard(dp, (uint64_t)step, 0, &sh), SER_OK);
+            for (int k = 0; k < sh.n; k++) {
+                const ser_dl_sample *x = &sh.samples[k];
+                if (x->equivariant) continue;
+                ser_dl_image im = {0};
+                uint32_t src;
+                assert_int_equal(ser_dl_data_load(dd, x->index, NULL, &im, &src), SER_OK);
+                for (int v = 0; v < 2; v++) {
+                    const float *q = x->vparams[v];
+                    uint8_t want[32 * 32 * 3];
+                    float f[32 * 32 * 3], tmp[32 * 32 * 3];
+                    assert_true(q[18] == (float)im.h && q[19] == (float)im.w);
+                    ser_dl_pil_resize(want, 32, 32, im.px, im.w * 3, (int)q[1], (int)q[0],
+                                      (int)q[3], (int)q[2], cp.interp);
+                    if (q[4] != 0) ser_dl_hflip_u8(want, 32, 32);
+                    ser_dl_photo p = {.jitter = q[5] != 0, .b = q[10], .c = q[11], .s = q[12],
+                                      .h = q[13], .gray = q[14] != 0, .blur = q[15] != 0,
+                                      .sigma = q[16], .solarize = q[17] != 0, .threshold = q[20]};
+                    for (int o = 0; o < 4; o++) p.order[o] = (int)q[6 + o];
+                    if (pol) {
+                        ser_dl_u8_to_f32(f, want, 32 * 32 * 3);
+                        ser_dl_photo_apply_f32(f, 32, 32, &p, tmp);
+                        ser_dl_f32_to_u8(want, f, 32 * 32 * 3);
+                    } else {
+                        ser_dl_photo_apply_u8(want, 32, 32, &p);
+                    }
+                    assert_memory_equal(x->view[v], want, sizeof want);
+                    rebuilt++, jit += p.jitter, blur += p.blur, sol += p.solarize, gray += p.gray;
+                }
+                ser_dl_image_free(&im);
+            }
+            ser_dl_shard_free(&sh);
+        }
+        fprintf(stderr, "%s: %d views rebuilt from vparams (jitter %d, gray %d, blur %d, "
+                "solarize %d)\n", pol ? "kornia" : "torchvision", rebuilt, jit, gray, blur, sol);
+        assert_true(rebuilt >= 48 && jit > 0 && blur > 0 && gray > 0 && sol > 0);
+        ser_dl_data_destroy(&dd);
+        ser_dl_destroy(&dp);
+    }
     // Photometrics on: 1 thread and 3 threads give the same shard.
     c.photometric = 1;
     c.policy = SER_DL_POLICY_KORNIA;

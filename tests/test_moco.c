@@ -28,6 +28,7 @@ typedef struct {
     ser_group_elem g[2][3];
     ser_batch b;
     float *local[SER_MAX_LOCAL];
+    ser_config job;  // what an add-on reads
 } s_case;
 
 static void s_load(s_case *c, const char *file) {
@@ -41,10 +42,12 @@ static void s_load(s_case *c, const char *file) {
     cfg.ser_proj_dim = 20;
     cfg.ser_grad = atoi(ser_st_meta(c->f, "ser_grad"));
     const char *essl = ser_st_meta(c->f, "essl");  // "lambda,hidden,bottleneck" or ""
-    if (essl && *essl) {
-        cfg.essl = 1;
-        assert_int_equal(sscanf(essl, "%f,%d,%d", &cfg.essl_lambda, &cfg.essl_hidden,
-                                &cfg.essl_bottleneck), 3);
+    if (essl && *essl) {  // E-SSL's add-on reads its section of a job config
+        ser_config_defaults(&c->job);
+        c->job.method.name = SER_CONFIG_METHOD_ESSL, c->job.data.local_crops = 4;
+        assert_int_equal(sscanf(essl, "%lf,%d,%d", &c->job.essl.lambda, &c->job.essl.hidden,
+                                &c->job.essl.bottleneck), 3);
+        cfg.addon = &ser_moco_addon_essl, cfg.addon_job = &c->job;
     }
     char err[SER_ERR_LEN];
     if (ser_moco_init(&c->m, &cfg, err)) fail_msg("%s", err);
@@ -114,10 +117,15 @@ static void s_run(const char *file, int shards) {
     int ok = ser_test_allclose("loss", &got[0], ref[0], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_inv", &got[1], ref[1], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_equiv", &got[2], ref[2], 1, 1e-6f, RTOL);
-    if (ser_st_find(c.f, "loss_rot")) {
-        float *lr = ser_test_tensor(c.f, "loss_rot", NULL), gr = (float)L.loss_rot;
+    if (c.m.cfg.addon) {  // E-SSL: its cross-entropy and accuracy as monitors
+        const char *names[SER_OBJECTIVE_MAX_MONITORS];
+        double v[SER_OBJECTIVE_MAX_MONITORS];
+        assert_int_equal(c.m.cfg.addon->monitors(c.m.addon, names, v), 2);
+        assert_string_equal(names[0], "essl_rot_ce");
+        float *lr = ser_test_tensor(c.f, "loss_rot", NULL), gr = (float)v[0];
         ok &= ser_test_allclose("loss_rot", &gr, lr, 1, 1e-6f, RTOL);
-        assert_true(L.rot_acc >= 0 && L.rot_acc <= 1);
+        assert_true(v[1] >= 0 && v[1] <= 1);
+        assert_true(fabs(L.loss_addon - c.job.essl.lambda * v[0]) <= 1e-12 * fabs(L.loss_addon));
         free(lr);
     }
     ok &= s_check_table(c.f, &c.m.tab, c.m.grads, "grad.", NULL);

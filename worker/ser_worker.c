@@ -49,6 +49,7 @@ typedef struct s_wshard {
     // Loader-fed data of this shard's current step (normalised float CHW).
     float *inv[2], **eq[2];
     float *local[SER_MAX_LOCAL];  // (rows, 3, local_size, local_size) per local view
+    float *vparams;               // (rows, 2, SER_VIEW_PARAMS) the global views' parameters
     ser_group_elem *gel[2];
     int neq_cap;
 } s_wshard;
@@ -273,6 +274,11 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
         free(sh->local[k]);
         sh->local[k] = k < L ? ser_xaligned(sizeof(float) * lpix * (size_t)d.n) : NULL;
     }
+    free(sh->vparams);
+    sh->vparams = ser_xmalloc(sizeof(float) * (size_t)d.n * 2 * SER_VIEW_PARAMS);
+    for (int i = 0; i < d.n; i++)
+        memcpy(sh->vparams + (size_t)i * 2 * SER_VIEW_PARAMS, d.samples[i].vparams,
+               sizeof d.samples[i].vparams);
     int ii = 0, qq = 0;
     rc = d.n_local != L || (L && d.local_size != ls) ? SER_ESHAPE : SER_OK;
     for (int i = 0; i < d.n && !rc; i++) {
@@ -301,7 +307,7 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
     }
     memset(&sh->b, 0, sizeof sh->b);
     sh->b.n_inv = n_inv, sh->b.n_eq = n_eq, sh->b.img = img, sh->b.ids = sh->ids;
-    sh->b.n_local = L, sh->b.local_img = ls;
+    sh->b.n_local = L, sh->b.local_img = ls, sh->b.vparams = sh->vparams;
     for (int k = 0; k < L; k++) sh->b.local[k] = sh->local[k];
     for (int v = 0; v < 2; v++) {
         sh->b.inv[v] = sh->inv[v];
@@ -600,6 +606,7 @@ int ser_cmd_worker(int argc, char **argv) {
             free(sh->eq[v]), free(sh->gel[v]);
         }
         for (int k = 0; k < SER_MAX_LOCAL; k++) free(sh->local[k]);
+        free(sh->vparams);
     }
     ser_dl_client_destroy(&w.dl);
     free(w.sh);

@@ -75,6 +75,7 @@ void ser_batchfile_free(ser_batchfile *sb) {
         free(sb->eq[v]), free(sb->g[v]);
     }
     for (int k = 0; k < SER_MAX_LOCAL; k++) free(sb->local[k]);
+    free(sb->vparams);
     free(sb->ids);
     memset(sb, 0, sizeof *sb);  // safe to call again
 }
@@ -156,6 +157,26 @@ int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[
         }
         if (!rc) sb->b.n_local = k + 1, sb->b.local_img = lh;
     }
+    // The global views' parameters (AugSelf, EquiMod): vparams (B, 2, SER_VIEW_PARAMS), F32.
+    const ser_st_entry *ve = rc ? NULL : ser_st_find(f, "vparams");
+    if (ve) {
+        int B = sb->b.n_inv + sb->b.n_eq;
+        if (ve->dtype != SER_DT_F32 || ve->ndim != 3 || ve->shape[0] != B || ve->shape[1] != 2 ||
+            ve->shape[2] != SER_VIEW_PARAMS) {
+            snprintf(err, SER_ERR_LEN, "batch: vparams must be F32 (%d, 2, %d)", B,
+                     SER_VIEW_PARAMS);
+            rc = SER_ESHAPE;
+        } else {
+            sb->vparams = ser_xmalloc(ve->nbytes);
+            memcpy(sb->vparams, ve->data, ve->nbytes);
+            for (size_t i = 0; i < ve->numel; i++)
+                if (!isfinite(sb->vparams[i])) {
+                    snprintf(err, SER_ERR_LEN, "batch: vparams[%zu] is not finite", i);
+                    rc = SER_EINVAL;
+                    break;
+                }
+        }
+    }
     const ser_st_entry *ie = rc ? NULL : ser_st_find(f, "ids");
     if (ie) {
         int B = sb->b.n_inv + sb->b.n_eq;
@@ -187,6 +208,7 @@ int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[
     }
     sb->b.ids = sb->ids;
     for (int k = 0; k < sb->b.n_local; k++) sb->b.local[k] = sb->local[k];
+    sb->b.vparams = sb->vparams;
     return SER_OK;
 }
 
@@ -208,4 +230,5 @@ void ser_batch_shard(const ser_batch *b, int s, int shards, ser_batch *out, uint
     out->n_local = b->n_local, out->local_img = b->local_img;
     size_t per_local = (size_t)3 * b->local_img * b->local_img;
     for (int k = 0; k < b->n_local; k++) out->local[k] = b->local[k] + (size_t)p0 * per_local;
+    out->vparams = b->vparams ? b->vparams + (size_t)p0 * 2 * SER_VIEW_PARAMS : NULL;
 }

@@ -16,6 +16,7 @@ typedef struct ser_batchfile {
     float *inv[2];
     float **eq[2];
     float *local[SER_MAX_LOCAL];  // local.view<k>: (B, 3, ls, ls) by position
+    float *vparams;               // vparams: (B, 2, SER_VIEW_PARAMS), or NULL
     ser_group_elem *g[2];
     uint32_t *ids;
 } ser_batchfile;

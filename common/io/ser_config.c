@@ -26,7 +26,7 @@ static const char *const s_kind[] = {"auto", "imagefolder", "cifar10", "fashion_
                                      "synthetic", NULL};
 static const char *const s_interp[] = {"bilinear", "bicubic", NULL};
 static const char *const s_policy[] = {"torchvision", "kornia", NULL};
-static const char *const s_local_mode[] = {"crops", "rotations", NULL};
+static const char *const s_local_mode[] = {"crops", "rotations", "center", NULL};
 static const char *const s_nonfinite[] = {"abort", "skip", NULL};
 static const char *const s_on_collapse[] = {"warn", "abort", NULL};
 
@@ -227,7 +227,8 @@ static const ser_config_option s_options[] = {
          "image (the streams of local view 0) in its 4 rotations by 0, 90, 180 and 270 degrees "
          "counter-clockwise (local view k is rotated k times; data.local_crops must be 4). With "
          "method moco they are extra queries (the paper's inv_essl baseline); essl predicts the "
-         "rotation."),
+         "rotation. center: EquiMod's x_0, the image resized to local_size * 256 / 224 on its "
+         "shorter side and centre-cropped to local_size, unaugmented (data.local_crops = 1)."),
     DBL(data, local_crop_min, 0, 1, "0.05", GT, "Smallest area share of a local crop."),
     DBL(data, local_crop_max, 0, 1, "0.4", 0,
         "Largest area share of a local crop (DINO: 0.4; the paper's 2+4 runs: 0.25)."),
@@ -926,6 +927,8 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
     RULE(d->local_crop_min <= d->local_crop_max,
          "data.local_crop_min = %g must be <= data.local_crop_max = %g", d->local_crop_min,
          d->local_crop_max);
+    RULE(d->local_mode != SER_CONFIG_LOCAL_CENTER || d->local_crops == 1,
+         "data.local_mode = center needs data.local_crops = 1, not %d", d->local_crops);
     RULE(d->local_mode != SER_CONFIG_LOCAL_ROTATIONS || d->local_crops == 4,
          "data.local_mode = rotations needs data.local_crops = 4 (one per rotation), not %d",
          d->local_crops);

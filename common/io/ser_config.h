@@ -66,8 +66,9 @@ enum { SER_CONFIG_ARCH_VIT_TINY = 0, SER_CONFIG_ARCH_VIT_SMALL, SER_CONFIG_ARCH_
 enum { SER_CONFIG_INIT_GENERIC = 0, SER_CONFIG_INIT_MOCO };
 enum { SER_CONFIG_METHOD_MOCO = 0, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
         SER_CONFIG_METHOD_ESSL };
-// data.local_mode: independent local crops, or one crop in its 4 rotations (E-SSL).
-enum { SER_CONFIG_LOCAL_CROPS = 0, SER_CONFIG_LOCAL_ROTATIONS };
+// data.local_mode: independent local crops, one crop in its 4 rotations (E-SSL), or the
+// unaugmented centre crop (EquiMod's x_0).
+enum { SER_CONFIG_LOCAL_CROPS = 0, SER_CONFIG_LOCAL_ROTATIONS, SER_CONFIG_LOCAL_CENTER };
 enum { SER_CONFIG_GRAD_OFF = 0, SER_CONFIG_GRAD_ON };
 // ser.symmetric: false, true, auto (the method's reference direction).
 enum { SER_CONFIG_SYM_FALSE = 0, SER_CONFIG_SYM_TRUE, SER_CONFIG_SYM_AUTO };

@@ -47,6 +47,7 @@ void ser_gathered_free(ser_gathered *g) {
         free(g->qmap[v]), free(g->kmap[v]), free(g->dqmap[v]);
     }
     for (int k = 0; k < SER_MAX_LOCAL; k++) free(g->lcls[k]), free(g->dlcls[k]);
+    free(g->vparams);
     memset(g, 0, sizeof *g);
 }
 
@@ -149,6 +150,11 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         g->dqmap[v] = ser_xaligned(sizeof(float) * nm);
     }
     g->n_local = b->n_local;
+    if (b->vparams) {
+        size_t nv = (size_t)g->B * 2 * SER_VIEW_PARAMS;
+        g->vparams = ser_xmalloc(sizeof(float) * nv);
+        memcpy(g->vparams, b->vparams, sizeof(float) * nv);
+    }
     for (int k = 0; k < b->n_local; k++) {
         g->lcls[k] = ser_xaligned(sizeof(float) * BC);
         g->dlcls[k] = ser_xaligned(sizeof(float) * BC);

@@ -36,6 +36,20 @@
 // The most local views per sample (DINO's reference uses up to 10 local crops).
 #define SER_MAX_LOCAL 10
 
+// The parameters a global view was made with, per sample and view (AugSelf and EquiMod
+// predict them): floats
+//   0-3   crop box i, j, h, w in source pixels (top, left, height, width)
+//   4     horizontal flip applied
+//   5     colour jitter applied; 6-9 its op order (0 brightness, 1 contrast, 2 saturation,
+//         3 hue); 10-13 brightness, contrast, saturation factors and hue shift (as drawn)
+//   14    grayscale applied
+//   15    blur applied; 16 its sigma
+//   17    solarize applied
+//   18-19 source image height, width
+//   20    solarize threshold in [0, 1] (kornia: drawn; torchvision: 128/255)
+// 0-17 are EquiMod's 18-dim transformation vector (loader/equimod.py), in its order.
+#define SER_VIEW_PARAMS 21
+
 // One global batch: positions [0, n_inv) are invariant samples, [n_inv, n_inv + n_eq) the
 // equivariant ones (the reference puts the equivariant sub-batch last). Images are normalised
 // float CHW.
@@ -49,6 +63,7 @@ typedef struct ser_batch {
     int n_local;                 // local views per sample, 0..SER_MAX_LOCAL
     int local_img;               // local views are local_img x local_img
     const float *local[SER_MAX_LOCAL];  // [k] (n_inv + n_eq, 3, local_img, local_img) by position
+    const float *vparams;        // (n_inv + n_eq, 2, SER_VIEW_PARAMS) by position, or NULL
 } ser_batch;
 
 // Checks sizes and group elements against the model; a message names the offending sample.
@@ -67,6 +82,7 @@ typedef struct ser_gathered {
     int n_local;               // local views (ser_batch.n_local)
     float *lcls[SER_MAX_LOCAL];   // [k] (B, C) the student's final [CLS] of local view k
     float *dlcls[SER_MAX_LOCAL];  // [k] (B, C) its gradient, filled by the objective
+    float *vparams;            // (B, 2, SER_VIEW_PARAMS) the views' parameters, or NULL
 } ser_gathered;
 
 void ser_gathered_free(ser_gathered *g);

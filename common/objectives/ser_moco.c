@@ -12,6 +12,9 @@
 #include "ser_optim.h"
 #include "ser_sched.h"
 
+// The add-ons (ser_moco_addon.h): one row each.
+static const ser_moco_addon_i *const s_addons[] = {&ser_moco_addon_essl};
+
 void ser_moco_config_default(ser_moco_config *c) {
     memset(c, 0, sizeof *c);
     ser_vit_config_preset(&c->vit, "vit_small", 224, 16);
@@ -31,8 +34,11 @@ void ser_moco_config_default(ser_moco_config *c) {
 
 int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
     ser_moco_config_default(c);
-    if (job->method.name != SER_CONFIG_METHOD_MOCO && job->method.name != SER_CONFIG_METHOD_ESSL)
-        return ser_errf(err, SER_ECONFIG, "method.name: ser_moco needs moco or essl");
+    const ser_moco_addon_i *addon = NULL;
+    for (size_t i = 0; i < sizeof s_addons / sizeof s_addons[0]; i++)
+        if (s_addons[i]->method == job->method.name) addon = s_addons[i];
+    if (job->method.name != SER_CONFIG_METHOD_MOCO && !addon)
+        return ser_errf(err, SER_ECONFIG, "method.name: ser_moco needs moco or one of its add-ons");
     int rc = ser_config_to_vit(job, &c->vit, err);
     if (rc) return rc;
     c->init_scheme = job->model.init == SER_CONFIG_INIT_MOCO ? SER_VIT_INIT_MOCO
@@ -46,10 +52,7 @@ int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err
     c->ser_tau = (float)job->ser.tau;
     c->ser_proj_dim = job->ser.proj_dim;
     c->ser_symmetric = job->ser.symmetric == SER_CONFIG_SYM_AUTO ? 1 : job->ser.symmetric;
-    c->essl = job->method.name == SER_CONFIG_METHOD_ESSL;
-    c->essl_lambda = (float)job->essl.lambda;
-    c->essl_hidden = job->essl.hidden ? job->essl.hidden : c->vit.dim;
-    c->essl_bottleneck = job->essl.bottleneck;
+    c->addon = addon, c->addon_job = addon ? job : NULL;
     return SER_OK;
 }
 
@@ -78,18 +81,10 @@ int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]
     m->n_base = m->tab.n;
     n = ser_mlp_moco_spec(spec, 2, cfg->dim, cfg->mlp_dim, cfg->dim, 1);
     if ((rc = ser_mlp_register(&m->pred, spec, n, &m->tab, &m->btab, "predictor.", err))) goto fail;
-    if (cfg->essl) {  // Linear, LN, ReLU, Linear, LN, ReLU, Linear, LN, Linear (with biases)
-        int H = cfg->essl_hidden, Bn = cfg->essl_bottleneck;
-        if (H < 1 || Bn < 1 || !(cfg->essl_lambda >= 0.0f)) {
-            rc = ser_errf(err, SER_ECONFIG, "essl: hidden %d, bottleneck %d, lambda %g out of "
-                          "range", H, Bn, (double)cfg->essl_lambda);
-            goto fail;
-        }
-        ser_mlp_layer_spec rs[4] = {{C, H, 1, SER_BN_LAYERNORM, SER_ACT_RELU, 0},
-                                    {H, H, 1, SER_BN_LAYERNORM, SER_ACT_RELU, 0},
-                                    {H, Bn, 1, SER_BN_LAYERNORM, SER_ACT_NONE, 0},
-                                    {Bn, 4, 1, SER_BN_NONE, SER_ACT_NONE, 0}};
-        if ((rc = ser_mlp_register(&m->rot, rs, 4, &m->tab, &m->btab, "rotation_head.", err)))
+    if (cfg->addon) {  // its tensors after the predictor
+        SER_ASSERT(cfg->addon_job);
+        m->addon = ser_xcalloc(1, cfg->addon->state_size);
+        if ((rc = cfg->addon->build(m->addon, cfg->addon_job, C, &m->tab, &m->btab, err)))
             goto fail;
     }
     if (cfg->ser) {
@@ -120,7 +115,7 @@ int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]
     ser_vit_bind(&m->vit, m->params, m->grads);
     ser_mlp_bind(&m->head, m->params, m->grads, m->buffers);
     ser_mlp_bind(&m->pred, m->params, m->grads, m->buffers);
-    if (cfg->essl) ser_mlp_bind(&m->rot, m->params, m->grads, m->buffers);
+    if (cfg->addon) cfg->addon->bind(m->addon, m->params, m->grads, m->buffers);
     if (cfg->ser) ser_mlp_bind(&m->proj, m->params, m->grads, m->buffers);
     ser_vit_bind(&m->mvit, m->mparams, NULL);
     ser_mlp_bind(&m->mhead, m->mparams, NULL, m->buffers);
@@ -138,6 +133,8 @@ void ser_moco_free(ser_moco *m) {
     ser_ptab_free(&m->tab);
     ser_ptab_free(&m->mtab);
     ser_ptab_free(&m->btab);
+    if (m->addon && m->cfg.addon && m->cfg.addon->free) m->cfg.addon->free(m->addon);
+    free(m->addon);
     memset(m, 0, sizeof *m);
 }
 
@@ -151,7 +148,7 @@ void ser_moco_init_weights(ser_moco *m, uint64_t seed) {
     ser_mlp_init_weights(&m->head, seed + 1);
     ser_mlp_init_weights(&m->pred, seed + 2);
     if (m->cfg.ser) ser_mlp_init_weights(&m->proj, seed + 3);
-    if (m->cfg.essl) ser_mlp_init_weights(&m->rot, seed + 5);
+    if (m->cfg.addon) m->cfg.addon->init_weights(m->addon, seed + 5);
     ser_mlp_init_weights(&m->mhead, seed + 4);  // sets its BN buffers; weights copied below
     memcpy(m->mparams, m->params, sizeof(float) * s_base_span(m));
 }
@@ -163,43 +160,6 @@ void ser_moco_momentum_update(ser_moco *m, double momentum) {
 }
 
 // --- the step --------------------------------------------------------------------------------
-// E-SSL's rotation term: the head on the [CLS] rows of the 4 rotated local views as one batch of
-// 4B rows (view k's rows labelled k), the mean cross-entropy; dlcls gets lambda x its gradient.
-static double s_rotation(ser_moco *m, ser_gathered *g, double *acc) {
-    int B = g->B, C = g->C, R = 4 * B;
-    size_t BC = (size_t)B * C;
-    float *X = ser_xaligned(sizeof(float) * (size_t)R * C);
-    float *dX = ser_xaligned(sizeof(float) * (size_t)R * C);
-    float *dZ = ser_xaligned(sizeof(float) * (size_t)R * 4);
-    for (int k = 0; k < 4; k++) memcpy(X + k * BC, g->lcls[k], sizeof(float) * BC);
-    ser_mlp_acts a;
-    memset(&a, 0, sizeof a);
-    const float *Z = ser_mlp_forward(&m->rot, &a, X, R, 1);
-    double loss = 0, scale = (double)m->cfg.essl_lambda / R;
-    int right = 0;
-    for (int r = 0; r < R; r++) {
-        const float *z = Z + (size_t)r * 4;
-        int label = r / B, best = 0;
-        double mx = z[0];
-        for (int j = 1; j < 4; j++)
-            if (z[j] > z[best]) best = j;
-        mx = z[best];
-        double se = 0;
-        for (int j = 0; j < 4; j++) se += exp((double)z[j] - mx);
-        double lse = mx + log(se);
-        loss += lse - (double)z[label];
-        right += best == label;
-        for (int j = 0; j < 4; j++)
-            dZ[(size_t)r * 4 + j] = (float)((exp((double)z[j] - lse) - (j == label)) * scale);
-    }
-    ser_mlp_backward(&m->rot, &a, dX, dZ);
-    for (int k = 0; k < 4; k++) memcpy(g->dlcls[k], dX + k * BC, sizeof(float) * BC);
-    ser_mlp_acts_free(&a);
-    free(X), free(dX), free(dZ);
-    *acc = (double)right / R;
-    return loss / R;
-}
-
 // The batch-coupled part: heads, contrastive loss, projector_equiv, group action, NT-Xent.
 // With L local views (multi-crop; the paper's inv_local4 at L = 4): queries from the 2 + L
 // views (each through the projector and predictor on its own, so its own BatchNorm batch, in
@@ -208,8 +168,10 @@ static double s_rotation(ser_moco *m, ser_gathered *g, double *acc) {
 static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_moco_losses *out,
                        char *err) {
     const ser_moco_config *cfg = &m->cfg;
-    // E-SSL's rotated crops go to the rotation head, not to the contrastive loss.
-    int B = st->B, D = cfg->dim, V = cfg->essl ? 2 : 2 + st->n_local, rc = SER_OK;
+    // An add-on that reads the local views itself (E-SSL's rotated crops) keeps them out of the
+    // contrastive loss.
+    int queries = !cfg->addon || cfg->addon->local_queries;
+    int B = st->B, D = cfg->dim, V = queries ? 2 + st->n_local : 2, rc = SER_OK;
     size_t BD = (size_t)B * D;
     ser_mlp_acts ha[2 + SER_MAX_LOCAL], pa[2 + SER_MAX_LOCAL], ma;
     memset(ha, 0, sizeof ha), memset(pa, 0, sizeof pa), memset(&ma, 0, sizeof ma);
@@ -243,11 +205,10 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
         rc = ser_equiv_term(&m->proj, b, st, &eo, &out->loss_equiv, err);
     }
     out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;
-    out->loss_rot = out->rot_acc = 0;
-    if (cfg->essl && !rc) {
-        SER_ASSERT(st->n_local == 4);  // the config's rule
-        out->loss_rot = s_rotation(m, st, &out->rot_acc);
-        out->loss += (double)cfg->essl_lambda * out->loss_rot;
+    out->loss_addon = 0;
+    if (cfg->addon && !rc) {
+        rc = cfg->addon->loss(m->addon, b, st, &out->loss_addon, err);
+        out->loss += out->loss_addon;
     }
     for (int v = 0; v < V; v++) {
         free(P[v]), free(dP[v]);
@@ -262,9 +223,9 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
 int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moco_losses *out,
                        char err[SER_ERR_LEN]) {
     int rc = s_objective(m, b, g, out, err);
-    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv) && isfinite(out->loss_rot)))
-        rc = ser_errf(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g, rotation %g)",
-                      out->loss_inv, out->loss_equiv, out->loss_rot);
+    if (!rc && !(isfinite(out->loss_inv) && isfinite(out->loss_equiv) && isfinite(out->loss_addon)))
+        rc = ser_errf(err, SER_ENONFINITE, "non-finite loss (inv %g, equiv %g, add-on %g)",
+                      out->loss_inv, out->loss_equiv, out->loss_addon);
     return rc;
 }
 
@@ -290,15 +251,13 @@ static int s_objective_i(void *st, const ser_batch *b, ser_gathered *g, const se
     ser_moco_losses L;
     int rc = ser_moco_objective(st, b, g, &L, err);
     losses[0] = L.loss, losses[1] = L.loss_inv, losses[2] = L.loss_equiv;
-    ((ser_moco *)st)->last_rot_ce = L.loss_rot, ((ser_moco *)st)->last_rot_acc = L.rot_acc;
     return rc;
 }
 
-static int s_monitors_essl(void *st, const char **names, double *values) {
+static int s_monitors_addon(void *st, const char **names, double *values) {
     const ser_moco *m = st;
-    names[0] = "essl_rot_ce", values[0] = m->last_rot_ce;
-    names[1] = "essl_rot_acc", values[1] = m->last_rot_acc;
-    return 2;
+    return m->cfg.addon && m->cfg.addon->monitors ? m->cfg.addon->monitors(m->addon, names, values)
+                                                   : 0;
 }
 
 static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
@@ -316,12 +275,13 @@ static void s_memory(const ser_config *cfg, double C, double B, double f[3], con
     *key = "moco.mlp_dim / moco.dim (projector and predictor)";
 }
 
-static void s_memory_essl(const ser_config *cfg, double C, double B, double f[3],
-                          const char **key) {
+// An add-on method's estimate: MoCo's plus the add-on's.
+static void s_memory_addon(const ser_config *cfg, double C, double B, double f[3],
+                           const char **key) {
     s_memory(cfg, C, B, f, key);
-    double H = cfg->essl.hidden ? cfg->essl.hidden : C, Bn = cfg->essl.bottleneck;
-    f[0] += C * H + H * H + H * Bn + Bn * 4;
-    f[2] += 4 * B * 2 * (C + 2 * H + Bn);  // the 4 rotated views' head rows and gradients
+    for (size_t i = 0; i < sizeof s_addons / sizeof s_addons[0]; i++)
+        if (s_addons[i]->method == cfg->method.name && s_addons[i]->memory)
+            s_addons[i]->memory(cfg, C, B, f);
 }
 
 // MoCo-v3 and E-SSL share everything but their name, memory estimate and monitors.
@@ -338,10 +298,9 @@ const ser_objective_i ser_objective_moco = {
     .memory = s_memory,
 };
 
-const ser_objective_i ser_objective_essl = {
-    .name = "essl",
-    .base_section = "moco",
-    S_MOCO_FAMILY,
-    .memory = s_memory_essl,
-    .monitors = s_monitors_essl,
-};
+// An add-on method: MoCo-v3's table with the add-on's name, memory and monitors.
+#define SER_MOCO_OBJECTIVE(nm)                                                            \
+    {.name = nm, .base_section = "moco", S_MOCO_FAMILY, .memory = s_memory_addon,          \
+     .monitors = s_monitors_addon}
+
+const ser_objective_i ser_objective_essl = SER_MOCO_OBJECTIVE("essl");

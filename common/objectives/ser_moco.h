@@ -29,6 +29,7 @@
 #include "ser_engine.h"
 #include "ser_group.h"
 #include "ser_mlp.h"
+#include "ser_moco_addon.h"
 #include "ser_objective.h"
 #include "ser_ptab.h"
 #include "ser_vit.h"
@@ -45,11 +46,9 @@ typedef struct ser_moco_config {
     float ser_tau;     // NT-Xent temperature
     int ser_proj_dim;  // projector_equiv width (512)
     int ser_symmetric; // 1: both directions averaged (the reference); 0: L0 only
-    // E-SSL (method essl): a rotation head on the [CLS] of the 4 rotated local views, weight
-    // essl_lambda; the local views are then not queries.
-    int essl;
-    float essl_lambda;
-    int essl_hidden, essl_bottleneck;
+    // An add-on (ser_moco_addon.h: E-SSL, ...) and the job config it reads, or NULL.
+    const ser_moco_addon_i *addon;
+    const ser_config *addon_job;
 } ser_moco_config;
 
 // The reference ViT-S/16 run (ser-reference.md §8) with the paper's gradient.
@@ -66,8 +65,7 @@ typedef struct ser_moco {
     float *params, *grads, *mparams, *buffers;
     ser_vit vit, mvit;
     ser_mlp head, mhead, pred, proj;
-    ser_mlp rot;                   // E-SSL's rotation_head.* (cfg.essl)
-    double last_rot_ce, last_rot_acc;  // of the last objective call (E-SSL's monitors)
+    void *addon;  // the add-on's state (cfg.addon), or NULL
 } ser_moco;
 
 int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]);
@@ -78,8 +76,8 @@ void ser_moco_init_weights(ser_moco *m, uint64_t seed);
 void ser_moco_momentum_update(ser_moco *m, double momentum);
 
 typedef struct ser_moco_losses {
-    double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv (+ E-SSL's)
-    double loss_rot, rot_acc;  // E-SSL: the rotation cross-entropy (mean), its top-1 accuracy
+    double loss, loss_inv, loss_equiv;  // loss = loss_inv + lambda * loss_equiv + loss_addon
+    double loss_addon;                  // the add-on's weighted term (0 without one)
 } ser_moco_losses;
 
 // The batch-coupled half on gathered features (used by the step loop, train/ser_train.h, in
@@ -91,10 +89,7 @@ int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moc
 
 // The objective table of MoCo-v3 (+ SER): method.name = moco.
 extern const ser_objective_i ser_objective_moco;
-// E-SSL (Dangovski et al.; the paper's `essl` baseline): MoCo-v3 on the two global views plus
-// essl.lambda x the 4-way rotation cross-entropy of a rotation head on the final [CLS] of the
-// 4 rotated local views (data.local_mode = rotations): loss = loss_inv + lambda_ser * loss_ser
-// + essl.lambda * CE. A MoCo variant, so it lives in this file.
+// The add-on methods (ser_moco_addon.h): MoCo-v3 + the add-on's head and loss.
 extern const ser_objective_i ser_objective_essl;
 
 #endif

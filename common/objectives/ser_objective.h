@@ -14,7 +14,9 @@
 //
 // Adding an objective: one file in this folder that defines its `const ser_objective_i`, one
 // row in s_table (ser_objective.c) and, if it has options, its section in io/ser_config.c. A
-// test build can also register one at run time (ser_objective_register).
+// test build can also register one at run time (ser_objective_register). A head and loss on top
+// of MoCo-v3 (the paper's E-SSL, AugSelf, EquiMod baselines) is a MoCo add-on instead
+// (ser_moco_addon.h).
 //
 // defines:
 //   ser_objective_model   what an objective's init hands the trainer (tables, arenas, ViTs)
@@ -82,6 +84,9 @@ typedef struct ser_objective_i {
     int local_views;
     // Another method's config section it also reads (E-SSL: "moco"), hashed with its own; NULL.
     const char *base_section;
+    // The objective reads the global views' parameters (ser_gathered.vparams: AugSelf,
+    // EquiMod): the workers send them and the coordinator requires them.
+    int view_params;
 
     // Builds the model from the job config (no weights): SER_ECONFIG with a message naming the
     // key when the config does not fit. On failure the state is left freeable.

@@ -120,13 +120,16 @@ static void s_shards(const ser_wire_msg *m, int opt) {
     ser_shard_fwd f;
     size_t ntok[2] = {0, 0};
     int n_local = (int)(rows % 3);  // 0..2 local views asked, varied by the input
-    int rc = ser_shard_parse_forward(m, rows, C, has_teacher, n_local, want_n_eq, grid_max, &f);
+    int want_vp = (opt >> 6) & 1;
+    int rc = ser_shard_parse_forward(m, rows, C, has_teacher, n_local, want_vp, want_n_eq,
+                                     grid_max, &f);
     if (rc == SER_OK) {
         if (f.rows != rows || f.C != C || f.n_eq < 0 || f.n_eq > rows ||
             (want_n_eq >= 0 && f.n_eq != want_n_eq))
             s_fail("FORWARD_DONE: accepted with other sizes than asked");
         for (int i = 0; i < (has_teacher ? 4 : 2); i++) s_touch(f.cls[i], (size_t)rows * C);
         for (int k = 0; k < n_local; k++) s_touch(f.lcls[k], (size_t)rows * C);
+        if (want_vp) s_touch(f.vparams, (size_t)rows * 2 * SER_VIEW_PARAMS);
         size_t tok[2] = {0, 0};
         for (int e = 0; e < f.n_eq; e++)
             for (int v = 0; v < 2; v++) {

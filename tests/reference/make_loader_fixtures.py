@@ -26,7 +26,7 @@ from torchvision.transforms import InterpolationMode
 
 MAGIC, VERSION = 20251121, 1
 OP_DECODE, OP_RESIZE, OP_BRIGHTNESS, OP_CONTRAST, OP_SATURATION, OP_HUE = 1, 2, 3, 4, 5, 6
-OP_GRAY, OP_BLUR, OP_SOLARIZE, OP_JITTER, OP_HFLIP = 7, 8, 9, 10, 11
+OP_GRAY, OP_BLUR, OP_SOLARIZE, OP_JITTER, OP_HFLIP, OP_CENTER = 7, 8, 9, 10, 11, 12
 INTERP = {0: InterpolationMode.BILINEAR, 1: InterpolationMode.BICUBIC}
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "loader")
@@ -129,6 +129,11 @@ def main():
         for k in order:
             img = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue][k](img, fac[k])
         w.add(OP_JITTER, b, img, ints=order, floats=fac)
+
+    # EquiMod's x_0: Resize(round(side * 256 / 224)) on the shorter side, then CenterCrop(side).
+    for img, side, interp in [(a, 24, 0), (a, 24, 1), (b, 28, 0), (b, 16, 1), (a, 35, 0)]:
+        out = F.center_crop(F.resize(img, round(side * 256 / 224), INTERP[interp]), [side, side])
+        w.add(OP_CENTER, img, out, ints=(side, interp))
 
     path = os.path.join(OUT, "loader_ops.bin")
     w.write(path)

@@ -1,0 +1,54 @@
+// ser_moco_addon.h — add-ons on MoCo-v3: a head and a loss next to the contrastive objective,
+// the paper's invariance + equivariance baselines (E-SSL's rotation prediction; AugSelf and
+// EquiMod's transformation heads are meant to come here too).
+//
+// An add-on is a method of its own (method.name = its name; its config section beside [moco],
+// which it also reads). ser_moco registers the add-on's tensors after the predictor (names as in
+// the reference's modules), runs the contrastive and SER terms, then the add-on's loss, which
+// adds its gradient to the gathered rows (dqcls, dlcls) and to its own tensors. Its weighted
+// loss is part of the step's total and its own values go to metrics.jsonl as monitors.
+//
+// Adding an add-on: one file in this folder defining its `const ser_moco_addon_i`, one row in
+// ser_moco.c's s_addons and one SER_MOCO_OBJECTIVE line there, one row in ser_objective.c's
+// s_table, and its config section in io/ser_config.c.
+//
+// defines:
+//   ser_moco_addon_i   the table of an add-on
+//   ser_moco_addon_essl
+#ifndef SER_MOCO_ADDON_H
+#define SER_MOCO_ADDON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ser_base.h"
+#include "ser_engine.h"
+#include "ser_ptab.h"
+
+struct ser_config;
+
+typedef struct ser_moco_addon_i {
+    int method;         // SER_CONFIG_METHOD_* it is selected by
+    size_t state_size;  // bytes of its state (zeroed before build)
+    int local_queries;  // 1: the local views are also MoCo queries; 0: only the add-on reads them
+    // Registers its tensors into tab (trainable) and btab (buffers) from the job; C is the ViT
+    // width. SER_ECONFIG with the key named when the job does not fit.
+    int (*build)(void *st, const struct ser_config *job, int C, ser_ptab *tab, ser_ptab *btab,
+                 char err[SER_ERR_LEN]);
+    void (*bind)(void *st, float *params, float *grads, float *buffers);
+    void (*init_weights)(void *st, uint64_t seed);
+    // Its term on the gathered batch: *loss = weight x its loss (the part of the step's total);
+    // its gradient is ADDED to g->dqcls / g->dlcls, its tensors' gradients accumulate.
+    int (*loss)(void *st, const ser_batch *b, ser_gathered *g, double *loss,
+                char err[SER_ERR_LEN]);
+    // Its monitors of the last loss call (SER_OBJECTIVE_MAX_MONITORS at most).
+    int (*monitors)(void *st, const char **names, double *values);
+    void (*free)(void *st);
+    // Floats of its tensors (f[0]) and of its activations (f[2]) for the memory estimate.
+    void (*memory)(const struct ser_config *cfg, double C, double B, double f[3]);
+} ser_moco_addon_i;
+
+// E-SSL (common/objectives/ser_essl.c).
+extern const ser_moco_addon_i ser_moco_addon_essl;
+
+#endif
