@@ -868,7 +868,8 @@ static int s_checkpoint(s_coord *c, ser_ckpt *ck, int64_t next, char *err) {
     int rc = ser_ckpt_save(ck, c->tr.cfg.run.out_dir, &pos, &c->tr.cfg, c->tr.cfg.run.keep_checkpoints,
                            path, sizeof path, err);
     if (rc == SER_OK) {
-        ser_log(SER_LL_INFO, "checkpoint %s", path);
+        char hs[SER_HUMAN_BYTES_LEN];
+        ser_log(SER_LL_INFO, "checkpoint %s (%s)", path, ser_human_file_size(path, hs));
         snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s", path);
         c->ckpt_step = next, c->ckpt_time_ms = s_now();
     }
@@ -1352,11 +1353,14 @@ int ser_coord_run(const ser_coord_opts *o) {
     if (c.nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only
         uint64_t b_sent, b_recv;
         ser_wire_bytes(&b_sent, &b_recv);
+        // The exact counts first (`ser bench cluster` reads them), then for people.
+        double ps = (double)(b_sent - c.b_sent0) / (double)(c.nrun - 1);
+        double pr = (double)(b_recv - c.b_recv0) / (double)(c.nrun - 1);
+        char hs[SER_HUMAN_BYTES_LEN], hr[SER_HUMAN_BYTES_LEN];
         ser_log(SER_LL_INFO, "run summary: %lld steps, median %.4f s/step after the first, "
-                "%.0f bytes/step sent, %.0f bytes/step received", (long long)c.nrun,
-                ser_median(c.step_s + 1, (int)c.nrun - 1),
-                (double)(b_sent - c.b_sent0) / (double)(c.nrun - 1),
-                (double)(b_recv - c.b_recv0) / (double)(c.nrun - 1));
+                "%.0f bytes/step sent, %.0f bytes/step received (%s sent, %s received a step)",
+                (long long)c.nrun, ser_median(c.step_s + 1, (int)c.nrun - 1), ps, pr,
+                ser_human_bytes(ps, hs), ser_human_bytes(pr, hr));
     }
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, c.nrun ? c.grads0 : NULL, c.losses, c.nrun,
                                           c.first, err)))

@@ -280,8 +280,10 @@ int ser_cmd_export(int argc, char **argv) {
     }
     tmp_out[0] = 0;
     s_fsync_parent(out_path);
-    printf("wrote %s: %s backbone (%d tensors, timm names, [CLS] after block %d) of %s, step %lld\n",
-           out_path, s_method_name(b.method), b.vit.tabp->n,
+    char hs[SER_HUMAN_BYTES_LEN];
+    printf("wrote %s (%s): %s backbone (%d tensors, timm names, [CLS] after block %d) of %s, "
+           "step %lld\n", out_path, ser_human_file_size(out_path, hs), s_method_name(b.method),
+           b.vit.tabp->n,
            b.vit.baseline ? 0 : b.vit.cfg.cls_layer, file, (long long)b.step);
     if (full_path) {
         if (rename(tmp_full, full_path) != 0) {
@@ -291,8 +293,8 @@ int ser_cmd_export(int argc, char **argv) {
         }
         tmp_full[0] = 0;
         s_fsync_parent(full_path);
-        printf("wrote %s: the full %s model state (%d tensors, reference names)\n", full_path,
-               s_method_name(b.method), n_full);
+        printf("wrote %s (%s): the full %s model state (%d tensors, reference names)\n",
+               full_path, ser_human_file_size(full_path, hs), s_method_name(b.method), n_full);
     }
     status = 0;
     goto done;
