@@ -12,6 +12,7 @@
 #include "ser_dl.h"
 #include "ser_curve.h"
 #include "ser_dl_service.h"
+#include "ser_netdiag.h"
 
 static volatile sig_atomic_t s_stop = 0;
 
@@ -214,6 +215,11 @@ static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
     }
     if (!c->data[0]) {
         fprintf(stderr, "%s: --data DIR is required\n", cmd);
+        return 2;
+    }
+    char berr[SER_ERR_LEN];
+    if (ser_netdiag_check_bind(o->bind, berr)) {  // before any data is read or socket bound
+        fprintf(stderr, "%s: --bind: %s\n", cmd, berr);
         return 2;
     }
     char err[256];

@@ -550,6 +550,15 @@ int ser_cmd_worker(int argc, char **argv) {
         s_usage(stderr);
         return 2;
     }
+    // A malformed endpoint is a usage error, named before anything connects.
+    char eerr[SER_ERR_LEN];
+    const char *bad = ser_netdiag_check_endpoint(w.endpoint, eerr)                   ? "--coordinator"
+                      : w.loader && ser_netdiag_check_endpoints(w.loader, eerr) ? "--loader"
+                                                                                  : NULL;
+    if (bad) {
+        fprintf(stderr, "ser worker: %s: %s\n", bad, eerr);
+        return 2;
+    }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
     char cerr[SER_ERR_LEN];
