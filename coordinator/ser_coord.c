@@ -18,6 +18,7 @@
 #include "ser_cmd.h"
 #include "ser_dl_data.h"
 #include "ser_knn_monitor.h"
+#include "ser_loadstat.h"
 #include "ser_monitor.h"
 #include "ser_kernels.h"
 #include "ser_runlog.h"
@@ -121,6 +122,9 @@ typedef struct s_coord {
     // The last checkpoint written or resumed from (the status port shows it).
     char ckpt_path[1024];
     int64_t ckpt_step, ckpt_time_ms;
+    // The data loaders, as the workers' FORWARD_DONE texts describe them (status port).
+    ser_loadstat loaders[SER_LOADSTAT_MAX];
+    int nloaders;
 } s_coord;
 
 // A step's loss terms, as named on the status port and in metrics.jsonl.
@@ -181,7 +185,30 @@ static void s_publish(s_coord *c) {
     }
     snap.n_workers = c->nw;
     snap.workers = ws;
+    ser_status_loader ls[SER_LOADSTAT_MAX];
+    for (int i = 0; i < c->nloaders; i++) {
+        const ser_loadstat *L = &c->loaders[i];
+        ser_status_loader *l = &ls[i];
+        memset(l, 0, sizeof *l);
+        snprintf(l->id, sizeof l->id, "l%d", i);
+        snprintf(l->address, sizeof l->address, "%s", L->endpoint);
+        l->lag_steps = L->step >= 0 && c->step >= 0 ? c->step - L->step : 0;
+        l->lag_shards = -1;  // a worker's requests are spread over its loaders unattributed
+        l->last_heard_ms = L->heard_ms;
+        l->served = (int64_t)L->served, l->bad_files = (int64_t)L->bad_files;
+        l->replacements = (int64_t)L->replacements;
+    }
+    snap.n_loaders = c->nloaders;
+    snap.loaders = ls;
     ser_status_update(c->st, &snap);
+}
+
+// A FORWARD_DONE's text: the worker's data loaders (proto/ser_loadstat.h), into the table.
+static void s_note_loaders(s_coord *c, const char *text) {
+    ser_loadstat rec[SER_LOADSTAT_MAX];
+    int n = ser_loadstat_parse(text, rec, SER_LOADSTAT_MAX, ser_clock_now_ms());
+    for (int i = 0; i < n; i++)
+        ser_loadstat_merge(c->loaders, &c->nloaders, SER_LOADSTAT_MAX, &rec[i]);
 }
 
 static int64_t s_now(void) { return ser_clock_now_ms(); }
@@ -607,6 +634,8 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
         s_task_failed(c, wi, e);
         return;
     }
+    if (e->type == SER__MSG_TYPE__MSG_FORWARD_DONE && e->text && e->text[0])
+        s_note_loaders(c, e->text);  // also from a late or stale answer: the loaders are news
     if (e->type != SER__MSG_TYPE__MSG_FORWARD_DONE && e->type != SER__MSG_TYPE__MSG_BACKWARD_DONE) {
         ser_log(SER_LL_WARNING, "unexpected message type %d from %s dropped", e->type, w->id);
         return;

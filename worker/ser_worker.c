@@ -338,6 +338,13 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
     out.step = (uint64_t)step, out.shard = (uint32_t)s, out.attempt = e->attempt;
+    // What the loaders said of themselves, for the coordinator's status port (the coordinator
+    // talks to no loader): one line each (proto/ser_loadstat.h).
+    ser_loadstat ls[SER_LOADSTAT_MAX];
+    char ltext[SER_LOADSTAT_MAX * (SER_LOADSTAT_EP_LEN + 160)];
+    int nls = w->dl ? ser_dl_client_loaders(w->dl, ls, SER_LOADSTAT_MAX) : 0;
+    if (nls > 0 && ser_loadstat_format(ltext, sizeof ltext, ls, nls, ser_clock_now_ms()) > 0)
+        out.text = ltext;
     s_send(w, &out, all, nt);
     free(gf);
 }
