@@ -18,6 +18,7 @@
 #include "ser_cmd.h"
 #include "ser_dl_data.h"
 #include "ser_knn_monitor.h"
+#include "ser_loadstat.h"
 #include "ser_monitor.h"
 #include "ser_kernels.h"
 #include "ser_runlog.h"
@@ -122,6 +123,9 @@ typedef struct s_coord {
     // The last checkpoint written or resumed from (the status port shows it).
     char ckpt_path[1024];
     int64_t ckpt_step, ckpt_time_ms;
+    // The data loaders, as the workers' FORWARD_DONE texts describe them (status port).
+    ser_loadstat loaders[SER_LOADSTAT_MAX];
+    int nloaders;
 } s_coord;
 
 // A step's loss terms, as named on the status port and in metrics.jsonl.
@@ -182,7 +186,30 @@ static void s_publish(s_coord *c) {
     }
     snap.n_workers = c->nw;
     snap.workers = ws;
+    ser_status_loader ls[SER_LOADSTAT_MAX];
+    for (int i = 0; i < c->nloaders; i++) {
+        const ser_loadstat *L = &c->loaders[i];
+        ser_status_loader *l = &ls[i];
+        memset(l, 0, sizeof *l);
+        snprintf(l->id, sizeof l->id, "l%d", i);
+        snprintf(l->address, sizeof l->address, "%s", L->endpoint);
+        l->lag_steps = L->step >= 0 && c->step >= 0 ? c->step - L->step : 0;
+        l->lag_shards = -1;  // a worker's requests are spread over its loaders unattributed
+        l->last_heard_ms = L->heard_ms;
+        l->served = (int64_t)L->served, l->bad_files = (int64_t)L->bad_files;
+        l->replacements = (int64_t)L->replacements;
+    }
+    snap.n_loaders = c->nloaders;
+    snap.loaders = ls;
     ser_status_update(c->st, &snap);
+}
+
+// A FORWARD_DONE's text: the worker's data loaders (proto/ser_loadstat.h), into the table.
+static void s_note_loaders(s_coord *c, const char *text) {
+    ser_loadstat rec[SER_LOADSTAT_MAX];
+    int n = ser_loadstat_parse(text, rec, SER_LOADSTAT_MAX, ser_clock_now_ms());
+    for (int i = 0; i < n; i++)
+        ser_loadstat_merge(c->loaders, &c->nloaders, SER_LOADSTAT_MAX, &rec[i]);
 }
 
 static int64_t s_now(void) { return ser_clock_now_ms(); }
@@ -613,6 +640,8 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
         s_task_failed(c, wi, e);
         return;
     }
+    if (e->type == SER__MSG_TYPE__MSG_FORWARD_DONE && e->text && e->text[0])
+        s_note_loaders(c, e->text);  // also from a late or stale answer: the loaders are news
     if (e->type != SER__MSG_TYPE__MSG_FORWARD_DONE && e->type != SER__MSG_TYPE__MSG_BACKWARD_DONE) {
         ser_log(SER_LL_WARNING, "unexpected message type %d from %s dropped", e->type, w->id);
         return;
@@ -878,7 +907,8 @@ static int s_checkpoint(s_coord *c, ser_ckpt *ck, int64_t next, char *err) {
     int rc = ser_ckpt_save(ck, c->tr.cfg.run.out_dir, &pos, &c->tr.cfg, c->tr.cfg.run.keep_checkpoints,
                            path, sizeof path, err);
     if (rc == SER_OK) {
-        ser_log(SER_LL_INFO, "checkpoint %s", path);
+        char hs[SER_HUMAN_BYTES_LEN];
+        ser_log(SER_LL_INFO, "checkpoint %s (%s)", path, ser_human_file_size(path, hs));
         snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s", path);
         c->ckpt_step = next, c->ckpt_time_ms = s_now();
     }
@@ -1369,11 +1399,14 @@ int ser_coord_run(const ser_coord_opts *o) {
     if (c.nrun > 1) {  // the figures `ser bench cluster` reads: steady-state steps only
         uint64_t b_sent, b_recv;
         ser_wire_bytes(&b_sent, &b_recv);
+        // The exact counts first (`ser bench cluster` reads them), then for people.
+        double ps = (double)(b_sent - c.b_sent0) / (double)(c.nrun - 1);
+        double pr = (double)(b_recv - c.b_recv0) / (double)(c.nrun - 1);
+        char hs[SER_HUMAN_BYTES_LEN], hr[SER_HUMAN_BYTES_LEN];
         ser_log(SER_LL_INFO, "run summary: %lld steps, median %.4f s/step after the first, "
-                "%.0f bytes/step sent, %.0f bytes/step received", (long long)c.nrun,
-                ser_median(c.step_s + 1, (int)c.nrun - 1),
-                (double)(b_sent - c.b_sent0) / (double)(c.nrun - 1),
-                (double)(b_recv - c.b_recv0) / (double)(c.nrun - 1));
+                "%.0f bytes/step sent, %.0f bytes/step received (%s sent, %s received a step)",
+                (long long)c.nrun, ser_median(c.step_s + 1, (int)c.nrun - 1), ps, pr,
+                ser_human_bytes(ps, hs), ser_human_bytes(pr, hr));
     }
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, c.nrun ? c.grads0 : NULL, c.losses, c.nrun,
                                           c.first, err)))

@@ -433,7 +433,11 @@ static cJSON *s_json_section(const s_render_ctx *r, int sec) {
             cJSON_AddStringToObject(e, "id", L->id);
             cJSON_AddStringToObject(e, "address", L->address);
             cJSON_AddNumberToObject(e, "lag_steps", (double)L->lag_steps);
-            cJSON_AddNumberToObject(e, "lag_shards", (double)L->lag_shards);
+            s_json_num(e, "lag_shards", L->lag_shards < 0 ? (double)NAN : (double)L->lag_shards);
+            s_json_num(e, "shards_served", L->served < 0 ? (double)NAN : (double)L->served);
+            s_json_num(e, "bad_files", L->bad_files < 0 ? (double)NAN : (double)L->bad_files);
+            s_json_num(e, "replacements",
+                       L->replacements < 0 ? (double)NAN : (double)L->replacements);
             s_json_age(e, "last_heartbeat_age_ms", L->last_heard_ms, r->now_ms);
             cJSON_AddItemToArray(a, e);
         }
@@ -532,10 +536,16 @@ static char *s_render_status_info(const s_render_ctx *r, int only, size_t *len) 
             s_buf_printf(&b, "loaders:%d\r\n", sn->n_loaders);
             for (int i = 0; i < sn->n_loaders; i++) {
                 const ser_status_loader *L = &sn->loaders[i];
+                char v[4][24];  // unknown counts are empty, as other unknown values
+                const int64_t c[4] = {L->lag_shards, L->served, L->bad_files, L->replacements};
+                for (int k = 0; k < 4; k++) {
+                    if (c[k] < 0) v[k][0] = 0;
+                    else snprintf(v[k], sizeof v[k], "%lld", (long long)c[k]);
+                }
                 s_buf_printf(&b,
-                             "loader_%s:address=%s,lag_steps=%lld,lag_shards=%lld,"
-                             "heartbeat_age_ms=%lld\r\n",
-                             L->id, L->address, (long long)L->lag_steps, (long long)L->lag_shards,
+                             "loader_%s:address=%s,lag_steps=%lld,lag_shards=%s,served=%s,"
+                             "bad_files=%s,replacements=%s,heartbeat_age_ms=%lld\r\n",
+                             L->id, L->address, (long long)L->lag_steps, v[0], v[1], v[2], v[3],
                              (long long)s_age_ms(L->last_heard_ms, r->now_ms));
             }
         }
@@ -678,10 +688,30 @@ static char *s_render_metrics(const s_render_ctx *r, size_t *len) {
         for (int i = 0; i < sn->n_loaders; i++)
             s_prom_sample(&b, "ser_loader_lag_steps", "loader", sn->loaders[i].id,
                           (double)sn->loaders[i].lag_steps);
-        s_prom_family(&b, "ser_loader_lag_shards", "gauge", "Shards requested, not served yet.");
-        for (int i = 0; i < sn->n_loaders; i++)
-            s_prom_sample(&b, "ser_loader_lag_shards", "loader", sn->loaders[i].id,
-                          (double)sn->loaders[i].lag_shards);
+        // Counts that are not known (< 0) are left out, as gauges of unknown value are.
+        static const struct {
+            const char *name, *type, *help;
+            size_t off;
+        } counts[] = {
+            {"ser_loader_lag_shards", "gauge", "Shards requested, not served yet.",
+             offsetof(ser_status_loader, lag_shards)},
+            {"ser_loader_shards_served_total", "counter", "Shards the loader process has served.",
+             offsetof(ser_status_loader, served)},
+            {"ser_loader_bad_files_total", "counter", "Distinct files the loader could not decode.",
+             offsetof(ser_status_loader, bad_files)},
+            {"ser_loader_replacements_total", "counter",
+             "Loads the loader served from a replacement of a bad file.",
+             offsetof(ser_status_loader, replacements)},
+        };
+        for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
+            s_prom_family(&b, counts[k].name, counts[k].type, counts[k].help);
+            for (int i = 0; i < sn->n_loaders; i++) {
+                int64_t v;
+                memcpy(&v, (const char *)&sn->loaders[i] + counts[k].off, sizeof v);
+                if (v >= 0)
+                    s_prom_sample(&b, counts[k].name, "loader", sn->loaders[i].id, (double)v);
+            }
+        }
         s_prom_family(&b, "ser_loader_last_heartbeat_seconds", "gauge",
                       "Seconds since the loader was last heard from.");
         for (int i = 0; i < sn->n_loaders; i++) {

@@ -105,8 +105,11 @@ typedef struct ser_status_loader {
     char id[SER_STATUS_NAME_LEN];
     char address[SER_STATUS_ADDR_LEN];
     int64_t lag_steps;   // steps the loader is behind the coordinator's step (< 0: ahead)
-    int64_t lag_shards;  // shards requested but not served yet
+    int64_t lag_shards;  // shards requested but not served yet (< 0: unknown)
     int64_t last_heard_ms;
+    // The loader process's own counters (< 0: unknown): shards served to every client, distinct
+    // bad files, loads that needed a replacement.
+    int64_t served, bad_files, replacements;
 } ser_status_loader;
 
 typedef struct ser_status_snapshot {

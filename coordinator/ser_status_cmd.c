@@ -398,11 +398,18 @@ char *ser_status_format(const char *json, size_t len, char err[SER_ERR_LEN]) {
     const cJSON *lo = cJSON_GetObjectItemCaseSensitive(da, "loaders"), *L;
     fprintf(f, "\nloaders     %.0f\n", s_num(da, "count"));
     if (cJSON_GetArraySize(lo) > 0) {
-        fprintf(f, "  %-10s %-24s %-11s %-11s %s\n", "ID", "ADDRESS", "LAG(steps)", "LAG(shards)",
-                "HEARTBEAT");
+        fprintf(f, "  %-10s %-24s %-11s %-8s %-9s %-13s %s\n", "ID", "ADDRESS", "LAG(steps)",
+                "SERVED", "BAD FILES", "REPLACEMENTS", "HEARTBEAT");
         cJSON_ArrayForEach(L, lo) {
-            fprintf(f, "  %-10s %-24s %-11.0f %-11.0f %s\n", s_str(L, "id", "?"),
-                    s_str(L, "address", "?"), s_num(L, "lag_steps"), s_num(L, "lag_shards"),
+            char n[3][24];
+            const char *keys[3] = {"shards_served", "bad_files", "replacements"};
+            for (int k = 0; k < 3; k++) {  // null (unknown): "-"
+                double v = s_num(L, keys[k]);
+                if (isfinite(v)) snprintf(n[k], sizeof n[k], "%.0f", v);
+                else snprintf(n[k], sizeof n[k], "-");
+            }
+            fprintf(f, "  %-10s %-24s %-11.0f %-8s %-9s %-13s %s\n", s_str(L, "id", "?"),
+                    s_str(L, "address", "?"), s_num(L, "lag_steps"), n[0], n[1], n[2],
                     s_ago(a, s_num(L, "last_heartbeat_age_ms")));
         }
     }

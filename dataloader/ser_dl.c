@@ -42,7 +42,9 @@ void ser_dl_config_defaults(ser_dl_config *c) {
 
 int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
     const char *why = NULL;
-    if (c->img < 8 || c->img > 4096) why = "img must be in [8, 4096]";
+    if (c->kind == SER_DL_KIND_SYNTHETIC && c->synthetic_images < 1)
+        why = "synthetic data needs synthetic_images >= 1";
+    else if (c->img < 8 || c->img > 4096) why = "img must be in [8, 4096]";
     else if (c->patch < 1 || c->img % c->patch) why = "img must be a multiple of patch";
     else if (c->patch > SER_GROUP_MAX_PATCH) why = "patch must be at most 2048";
     else if (c->global_batch < 1 || c->shards < 1 || c->global_batch % c->shards)
@@ -106,6 +108,10 @@ uint64_t ser_dl_config_hash(const ser_dl_config *c) {
         n += snprintf(s + n, sizeof s - (size_t)n, " ls=%d lmin=%.17g lmax=%.17g rot=%d ctr=%d",
                       c->local_size, c->local_crop_min, c->local_crop_max, c->local_rotations,
                       c->local_center);
+    // The synthetic dataset's size keys its content (other kinds: the files'); left out of the
+    // others' text, so their hashes stay what they were.
+    if (c->kind == SER_DL_KIND_SYNTHETIC && n > 0 && (size_t)n < sizeof s)
+        n += snprintf(s + n, sizeof s - (size_t)n, " synth=%u", c->synthetic_images);
     return s_fnv(0xcbf29ce484222325ull, s, (size_t)n);
 }
 
@@ -238,8 +244,10 @@ struct ser_dl {
 
 ser_dl *ser_dl_new(const ser_dl_config *cfg, char err[256]) {
     if (ser_dl_config_check(cfg, err)) return NULL;
-    ser_dl_data *d = ser_dl_data_open(cfg->data, cfg->kind, cfg->split,
-                                      cfg->cache_dir[0] ? cfg->cache_dir : NULL, err);
+    ser_dl_data *d = cfg->kind == SER_DL_KIND_SYNTHETIC
+                         ? ser_dl_data_open_synthetic(cfg->synthetic_images, cfg->split, err)
+                         : ser_dl_data_open(cfg->data, cfg->kind, cfg->split,
+                                            cfg->cache_dir[0] ? cfg->cache_dir : NULL, err);
     if (!d) return NULL;
     ser_dl_data_set_max_bad(d, cfg->max_bad_fraction);
     ser_dl *dl = ser_xcalloc(1, sizeof *dl);
@@ -515,7 +523,10 @@ void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
     c->kind = job->data.kind == SER_CONFIG_DATA_IMAGEFOLDER   ? SER_DL_KIND_IMAGEFOLDER
               : job->data.kind == SER_CONFIG_DATA_CIFAR10       ? SER_DL_KIND_CIFAR10
               : job->data.kind == SER_CONFIG_DATA_FASHION_MNIST ? SER_DL_KIND_FMNIST
+              : job->data.kind == SER_CONFIG_DATA_SYNTHETIC     ? SER_DL_KIND_SYNTHETIC
                                                                  : SER_DL_KIND_AUTO;
+    c->synthetic_images =
+        job->data.kind == SER_CONFIG_DATA_SYNTHETIC ? (uint32_t)job->data.synthetic_images : 0;
     snprintf(c->job_id, sizeof c->job_id, "%s", job->run.name[0] ? job->run.name : "ser");
     c->img = job->model.img_size;
     c->patch = job->model.patch;

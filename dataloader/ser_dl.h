@@ -76,8 +76,9 @@ enum ser_dl_group_sampling {
 };
 
 typedef struct ser_dl_config {
-    char data[1024];      // dataset root
+    char data[1024];      // dataset root ("" for synthetic data)
     int kind;             // enum ser_dl_kind
+    uint32_t synthetic_images;  // kind SER_DL_KIND_SYNTHETIC: images of the dataset
     int split;            // enum ser_dl_split
     char cache_dir[1024]; // index cache folder; "" = none
     char job_id[64];

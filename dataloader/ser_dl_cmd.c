@@ -12,6 +12,7 @@
 #include "ser_dl.h"
 #include "ser_curve.h"
 #include "ser_dl_service.h"
+#include "ser_netdiag.h"
 
 static volatile sig_atomic_t s_stop = 0;
 
@@ -39,7 +40,8 @@ static void s_usage(FILE *f, const char *cmd) {
             "                        options override it\n"
             "  --set SECTION.KEY=V   override a key of that job file (after --config)\n"
             "  --data DIR            dataset root (ImageFolder, CIFAR-10 binary or Fashion-MNIST)\n"
-            "  --kind K              auto|imagefolder|cifar10|fmnist (auto)\n"
+            "  --kind K              auto|imagefolder|cifar10|fmnist|synthetic (auto)\n"
+            "  --synthetic-images N  images of the synthetic dataset (4096; no --data)\n"
             "  --split S             train|val (train)\n"
             "  --cache DIR           index cache folder (~/.cache/ser; '' for none)\n"
             "  --job ID              job id the clients must present (default)\n"
@@ -88,7 +90,8 @@ static int s_enum(const char *v, const char *const *names, int *out) {
 // Parses the options shared by the service, --preview and the benchmark. Returns 0, or 2 on
 // a usage error (message printed).
 static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
-    static const char *const kinds[] = {"auto", "imagefolder", "cifar10", "fmnist", NULL};
+    static const char *const kinds[] = {"auto", "imagefolder", "cifar10", "fmnist", "synthetic",
+                                        NULL};
     static const char *const splits[] = {"train", "val", NULL};
     static const char *const policies[] = {"torchvision", "kornia", NULL};
     static const char *const gsamp[] = {"paper", "reference", NULL};
@@ -152,6 +155,11 @@ static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
             snprintf(c->job_id, sizeof c->job_id, "%s", v);
         } else if (strcmp(a, "--kind") == 0) {
             ok = s_enum(v, kinds, &c->kind);
+        } else if (strcmp(a, "--synthetic-images") == 0) {
+            char *end;
+            unsigned long n = strtoul(v, &end, 10);
+            ok = *v >= '0' && *v <= '9' && !*end && n >= 1 && n <= (1ul << 30);
+            c->synthetic_images = (uint32_t)n;
         } else if (strcmp(a, "--split") == 0) {
             ok = s_enum(v, splits, &c->split);
         } else if (strcmp(a, "--policy") == 0) {
@@ -212,8 +220,15 @@ static int s_parse(int argc, char **argv, s_opts *o, const char *cmd) {
         }
         i += used;
     }
-    if (!c->data[0]) {
-        fprintf(stderr, "%s: --data DIR is required\n", cmd);
+    if (c->kind == SER_DL_KIND_SYNTHETIC && !c->synthetic_images)
+        c->synthetic_images = 4096;  // data.synthetic_images' default
+    if (!c->data[0] && c->kind != SER_DL_KIND_SYNTHETIC) {
+        fprintf(stderr, "%s: --data DIR is required (or --kind synthetic)\n", cmd);
+        return 2;
+    }
+    char berr[SER_ERR_LEN];
+    if (ser_netdiag_check_bind(o->bind, berr)) {  // before any data is read or socket bound
+        fprintf(stderr, "%s: --bind: %s\n", cmd, berr);
         return 2;
     }
     char err[256];

@@ -781,6 +781,48 @@ fail:
     return NULL;
 }
 
+ser_dl_data *ser_dl_data_open_synthetic(uint32_t n, int split, char err[256]) {
+    if (n == 0) {
+        snprintf(err, 256, "the synthetic dataset needs at least one image (data.synthetic_images)");
+        return NULL;
+    }
+    ser_dl_data *d = ser_xcalloc(1, sizeof *d);
+    d->kind = SER_DL_KIND_SYNTHETIC;
+    d->split = split;
+    d->n = n;
+    d->nclasses = 10;
+    d->rec_w = d->rec_h = SER_DL_SYNTHETIC_SIDE;
+    d->rec_c = 3;
+    d->max_bad = UINT64_MAX;  // nothing can be bad; no per-file bookkeeping (n may be 2^30)
+    d->max_bad_fraction = 1;
+    return d;
+}
+
+// Image idx of the synthetic dataset: a pure function of (split, idx). Class c = idx mod 10
+// sets the stripes' direction and frequency, the draws of (split, idx) their phase, a second
+// frequency and a tint, so that images of a class are alike but none is the same.
+static void s_synthetic_image(const ser_dl_data *d, uint32_t idx, ser_dl_image *out) {
+    const int S = SER_DL_SYNTHETIC_SIDE, c = (int)(idx % 10);
+    ser_rng r;
+    ser_rng_init(&r, 0x53594e54ull, idx, (uint32_t)d->split, SER_RNG_FIXTURE);
+    float ph = 6.2831853f * ser_rng_uniform(&r), f2 = 1.0f + 2.0f * ser_rng_uniform(&r);
+    float tint[3];
+    for (int k = 0; k < 3; k++) tint[k] = 0.6f + 0.4f * ser_rng_uniform(&r);
+    float ang = 0.31415927f * (float)c, fx = cosf(ang), fy = sinf(ang), f1 = 1.0f + (float)(c % 4);
+    out->w = out->h = S;
+    out->px = ser_xmalloc((size_t)S * S * 3);
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++) {
+            float u = (float)x / (float)S, v = (float)y / (float)S;
+            float a = sinf(6.2831853f * f1 * (fx * u + fy * v) + ph);
+            float b = cosf(6.2831853f * f2 * (u - v));
+            uint8_t *o = out->px + ((size_t)y * S + x) * 3;
+            o[0] = (uint8_t)(tint[0] * (128.0f + 100.0f * a));
+            o[1] = (uint8_t)(tint[1] * (128.0f + 60.0f * a * b));
+            o[2] = (uint8_t)(tint[2] * (128.0f + 100.0f * b));
+        }
+}
+
 void ser_dl_data_destroy(ser_dl_data **dp) {
     if (!dp || !*dp) return;
     ser_dl_data *d = *dp;
@@ -801,6 +843,7 @@ int ser_dl_data_index_from_cache(const ser_dl_data *d) { return d->from_cache; }
 
 int ser_dl_data_label(const ser_dl_data *d, uint32_t idx) {
     SER_ASSERT(idx < d->n);
+    if (d->kind == SER_DL_KIND_SYNTHETIC) return (int)(idx % 10);
     return d->kind == SER_DL_KIND_IMAGEFOLDER ? d->entries[idx].label : d->labels[idx];
 }
 
@@ -809,7 +852,11 @@ const char *ser_dl_data_path(const ser_dl_data *d, uint32_t idx, char *buf, size
     if (d->kind == SER_DL_KIND_IMAGEFOLDER)
         snprintf(buf, n, "%s/%s", d->dir, d->strings + d->entries[idx].path);
     else
-        snprintf(buf, n, "%s[%u]", d->kind == SER_DL_KIND_CIFAR10 ? "cifar10" : "fmnist", idx);
+        snprintf(buf, n, "%s[%u]",
+                 d->kind == SER_DL_KIND_CIFAR10  ? "cifar10"
+                 : d->kind == SER_DL_KIND_FMNIST ? "fmnist"
+                                                 : "synthetic",
+                 idx);
     return buf;
 }
 
@@ -1139,6 +1186,11 @@ static int s_load_one(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out
 int ser_dl_data_load(ser_dl_data *d, uint32_t idx, void **tj, ser_dl_image *out,
                      uint32_t *source) {
     SER_ASSERT(idx < d->n);
+    if (d->kind == SER_DL_KIND_SYNTHETIC) {  // generated: never bad
+        s_synthetic_image(d, idx, out);
+        if (source) *source = idx;
+        return SER_OK;
+    }
     // The result depends on idx and the files alone, never on what was decoded before: a
     // file's verdict is a function of its bytes (the decoder is reset after every failure),
     // so skipping a file already known bad gives what decoding it again would. Past the

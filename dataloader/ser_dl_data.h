@@ -18,6 +18,9 @@
 //                (val); records of 1 label byte + 3072 bytes (R, G, B planes of 32x32).
 //   Fashion-MNIST  gzipped IDX: ROOT/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz; 28x28
 //                grayscale, replicated to RGB.
+//   synthetic    no files (data.kind = synthetic): N generated 32x32 RGB images in 10 classes
+//                (label = index mod 10), each a pure function of (split, index): a class-tied
+//                stripe pattern with a per-image phase, frequency and tint (ser_dl_data_open_synthetic).
 //
 // The ImageFolder index (relative paths, labels, file sizes) is built once and cached in a
 // versioned binary file under cfg->cache_dir, keyed by the root's real path and split, and
@@ -35,7 +38,7 @@
 // the job. A missing or unreadable root is an error at open.
 //
 // defines:
-//   ser_dl_data (opaque), ser_dl_data_open(), ser_dl_data_destroy()
+//   ser_dl_data (opaque), ser_dl_data_open(), ser_dl_data_open_synthetic(), ser_dl_data_destroy()
 //   ser_dl_data_count(), ser_dl_data_label(), ser_dl_data_path(), ser_dl_data_classes()
 //   ser_dl_data_load(): decode one sample (with replacement of bad files) to RGB HWC uint8
 //   ser_dl_data_bad_files(), ser_dl_data_replacements(): counters
@@ -58,7 +61,11 @@ enum ser_dl_kind {
     SER_DL_KIND_IMAGEFOLDER = 1,
     SER_DL_KIND_CIFAR10 = 2,
     SER_DL_KIND_FMNIST = 3,
+    SER_DL_KIND_SYNTHETIC = 4,  // generated images, no files (ser_dl_data_open_synthetic)
 };
+
+// Side of the synthetic dataset's images.
+#define SER_DL_SYNTHETIC_SIDE 32
 
 enum ser_dl_split { SER_DL_SPLIT_TRAIN = 0, SER_DL_SPLIT_VAL = 1 };
 
@@ -79,6 +86,9 @@ typedef struct ser_dl_data ser_dl_data;
 // Returns NULL on failure with a message in err (a missing root, no images, bad files).
 ser_dl_data *ser_dl_data_open(const char *root, int kind, int split, const char *cache_dir,
                               char err[256]);
+// The synthetic dataset of n images (n >= 1; kind SER_DL_KIND_SYNTHETIC): no files, nothing
+// held in memory; every load generates its image. NULL with a reason in err for n == 0.
+ser_dl_data *ser_dl_data_open_synthetic(uint32_t n, int split, char err[256]);
 void ser_dl_data_destroy(ser_dl_data **dp);
 
 uint32_t ser_dl_data_count(const ser_dl_data *d);

@@ -239,6 +239,8 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
     m.error = (char *)(error ? error : "");
     m.bad_files = ser_dl_bad_files(s->dl);
     m.replacements = ser_dl_replacements(s->dl);
+    m.endpoint = s->endpoint;
+    m.served = s->st.served + (r ? 1 : 0);
     int n = r ? r->sh.n : 0, L = r ? r->sh.n_local : 0, LS = r ? r->sh.local_size : 0;
     m.local_crops = (uint32_t)L, m.local_size = (uint32_t)LS;
     Ser__LoaderSample *smp = ser_xcalloc((size_t)n + 1, sizeof *smp);
@@ -465,7 +467,53 @@ struct ser_dl_client {
     char job_id[64];
     char endpoints[256];  // as given, for messages
     uint64_t hash;
+    ser_loadstat loaders[SER_LOADSTAT_MAX];  // what the replies said (ser_dl_client_loaders)
+    int nloaders;
 };
+
+// The endpoint this client knows a loader by, from the one the loader says it is bound to:
+// that one when the client connected to it, else the client's only endpoint, else the one of
+// the client's endpoints with the same port (a loader bound to tcp://*:5600 or 0.0.0.0 and
+// reached as tcp://host:5600), else the loader's own.
+static void s_loader_name(const ser_dl_client *c, const char *bound, char *out, size_t n) {
+    const char *bport = strrchr(bound, ':');
+    int nep = 0, nport = 0;
+    char only[SER_LOADSTAT_EP_LEN] = "", byport[SER_LOADSTAT_EP_LEN] = "";
+    for (const char *p = c->endpoints; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char ep[SER_LOADSTAT_EP_LEN];
+        snprintf(ep, sizeof ep, "%.*s", (int)(len < sizeof ep ? len : sizeof ep - 1), p);
+        if (len && !strcmp(ep, bound)) {
+            snprintf(out, n, "%s", ep);
+            return;
+        }
+        const char *port = strrchr(ep, ':');
+        if (len) nep++, snprintf(only, sizeof only, "%s", ep);
+        if (len && port && bport && !strcmp(port, bport))
+            nport++, snprintf(byport, sizeof byport, "%s", ep);
+        if (!comma) break;
+        p = comma + 1;
+    }
+    snprintf(out, n, "%s", nep == 1 ? only : nport == 1 ? byport : bound[0] ? bound : "?");
+}
+
+// Notes what a reply of a loader said about it.
+static void s_note_loader(ser_dl_client *c, const Ser__LoaderShard *m) {
+    ser_loadstat r;
+    memset(&r, 0, sizeof r);
+    s_loader_name(c, m->endpoint ? m->endpoint : "", r.endpoint, sizeof r.endpoint);
+    r.served = m->served, r.bad_files = m->bad_files, r.replacements = m->replacements;
+    r.step = (int64_t)m->step;
+    r.heard_ms = ser_clock_now_ms();
+    ser_loadstat_merge(c->loaders, &c->nloaders, SER_LOADSTAT_MAX, &r);
+}
+
+int ser_dl_client_loaders(const ser_dl_client *c, ser_loadstat *out, int max) {
+    int n = c->nloaders < max ? c->nloaders : max;
+    if (n > 0) memcpy(out, c->loaders, (size_t)n * sizeof *out);
+    return n;
+}
 
 int64_t ser_dl_reply_max_bytes(int per_shard, int img, int patch, double scale_max) {
     int64_t side = (int64_t)ceil(img * (scale_max > 1 ? scale_max : 1.0)) + 2 * (int64_t)patch;
@@ -553,9 +601,9 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         snprintf(err, 256, "malformed reply (%d frames)", p->n);
         return S_MALFORMED;
     }
-    static const uint32_t reply_strs[2] = {2, 7};  // job_id, error
+    static const uint32_t reply_strs[3] = {2, 7, 11};  // job_id, error, endpoint
     Ser__LoaderShard *m =
-        ser_wire_pb_strings_ok(zmq_msg_data(&p->m[1]), zmq_msg_size(&p->m[1]), reply_strs, 2, 0,
+        ser_wire_pb_strings_ok(zmq_msg_data(&p->m[1]), zmq_msg_size(&p->m[1]), reply_strs, 3, 0,
                                NULL, 0)
             ? ser__loader_shard__unpack(NULL, zmq_msg_size(&p->m[1]), zmq_msg_data(&p->m[1]))
             : NULL;
@@ -574,6 +622,7 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         rc = S_STALE;
         goto done;
     }
+    s_note_loader(c, m);  // a refusal too: its counters say why
     if (m->status != 0) {
         snprintf(err, 256, "loader refused: %s (%s)", m->error ? m->error : "",
                  ser_strerror(m->status));

@@ -23,7 +23,8 @@
 //   ser_dl_service_run(),
 //   ser_dl_service_endpoint(), ser_dl_service_stats, ser_dl_service_get_stats(),
 //   ser_dl_service_destroy()
-//   ser_dl_client (opaque), ser_dl_client_new(), ser_dl_client_fetch(), ser_dl_client_destroy()
+//   ser_dl_client (opaque), ser_dl_client_new(), ser_dl_client_fetch(), ser_dl_client_loaders(),
+//   ser_dl_client_destroy()
 #ifndef SER_DL_SERVICE_H
 #define SER_DL_SERVICE_H
 
@@ -31,6 +32,7 @@
 #include <stdint.h>
 
 #include "ser_dl.h"
+#include "ser_loadstat.h"
 
 #define SER_DL_PROTOCOL_VERSION 1u
 // Largest accepted view side and sample count on the wire (validation bounds).
@@ -76,6 +78,11 @@ int64_t ser_dl_reply_max_bytes(int per_shard, int img, int patch, double scale_m
 // negative status (SER_EVERSION, SER_ECONFIG, ...) with its text in err.
 int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int timeout_ms,
                         ser_dl_shard *out, char err[256]);
+// What the loaders' replies said about them (proto/ser_loadstat.h): one record per loader, by
+// the endpoint this client connected to (or, for a loader that does not say where it is bound,
+// "?"), with its counters, the step of its last reply and when that came. Copies at most max
+// records into out; returns how many.
+int ser_dl_client_loaders(const ser_dl_client *c, ser_loadstat *out, int max);
 void ser_dl_client_destroy(ser_dl_client **cp);
 
 #endif

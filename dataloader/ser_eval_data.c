@@ -51,7 +51,9 @@ int ser_eval_data_open(ser_eval_data *ed, const char *spec, const ser_config *cf
     if (!spec || !spec[0]) {
         if (cfg->data.kind == SER_CONFIG_DATA_SYNTHETIC || !cfg->data.path[0])
             return ser_errf(err, SER_EINVAL, "the job's [data] is %s: give labelled data",
-                            cfg->data.path[0] ? "synthetic (no labels)" : "not set");
+                            cfg->data.kind == SER_CONFIG_DATA_SYNTHETIC
+                                ? "synthetic (generated images, nothing to evaluate on)"
+                                : "not set");
         root = cfg->data.path;
         kind = cfg->data.kind;  // SER_CONFIG_DATA_* equal SER_DL_KIND_* up to synthetic
     } else if (strncmp(spec, "fashion-mnist", 13) == 0 && (spec[13] == 0 || spec[13] == ':')) {

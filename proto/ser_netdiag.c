@@ -155,8 +155,15 @@ static int s_host_ok(const char *h, size_t n) {
     return 1;
 }
 
-int ser_netdiag_check_endpoint(const char *ep, char err[SER_ERR_LEN]) {
-    if (!ep || !*ep) return ser_errf(err, SER_EINVAL, "empty endpoint: expected tcp://HOST:PORT");
+// A bind's port may also be "*", "!" or 0 (any free one), "*" and "!" with a "[lo-hi]" range.
+static int s_bind_port_ok(const char *p) {
+    return s_port_ok(p) || !strcmp(p, "0") || ((p[0] == '*' || p[0] == '!') && (!p[1] || p[1] == '['));
+}
+
+// ser_netdiag_check_endpoint and ser_netdiag_check_bind: bind says which.
+static int s_check(const char *ep, int bind, char err[SER_ERR_LEN]) {
+    const char *want = bind ? "tcp://HOST:PORT (HOST may be *, PORT may be *)" : "tcp://HOST:PORT";
+    if (!ep || !*ep) return ser_errf(err, SER_EINVAL, "empty endpoint: expected %s", want);
     if (strlen(ep) >= S_EP_LEN)
         return ser_errf(err, SER_EINVAL, "endpoint '%.40s...' is longer than %d characters", ep,
                         S_EP_LEN - 1);
@@ -167,8 +174,7 @@ int ser_netdiag_check_endpoint(const char *ep, char err[SER_ERR_LEN]) {
             s_host_ok(ep, (size_t)(colon - ep)))
             return ser_errf(err, SER_EINVAL, "endpoint '%s' has no transport: expected "
                             "tcp://HOST:PORT (did you mean tcp://%s?)", ep, ep);
-        return ser_errf(err, SER_EINVAL, "endpoint '%s': expected tcp://HOST:PORT (or ipc://PATH)",
-                        ep);
+        return ser_errf(err, SER_EINVAL, "endpoint '%s': expected %s (or ipc://PATH)", ep, want);
     }
     size_t tlen = (size_t)(sep - ep);
     const char *rest = sep + 3;
@@ -177,14 +183,13 @@ int ser_netdiag_check_endpoint(const char *ep, char err[SER_ERR_LEN]) {
         const char *hp = semi ? semi + 1 : rest;
         const char *colon = strrchr(hp, ':');
         if (!colon)
-            return ser_errf(err, SER_EINVAL, "endpoint '%s' has no port: expected tcp://HOST:PORT",
-                            ep);
+            return ser_errf(err, SER_EINVAL, "endpoint '%s' has no port: expected %s", ep, want);
         if (!s_host_ok(hp, (size_t)(colon - hp)))
             return ser_errf(err, SER_EINVAL, "endpoint '%s': '%.*s' is not a host name or address: "
-                            "expected tcp://HOST:PORT", ep, (int)(colon - hp), hp);
-        if (!s_port_ok(colon + 1))
+                            "expected %s", ep, (int)(colon - hp), hp, want);
+        if (bind ? !s_bind_port_ok(colon + 1) : !s_port_ok(colon + 1))
             return ser_errf(err, SER_EINVAL, "endpoint '%s': port '%s' is not a number in "
-                            "1..65535: expected tcp://HOST:PORT", ep, colon + 1);
+                            "1..65535%s: expected %s", ep, colon + 1, bind ? ", 0 or *" : "", want);
         return SER_OK;
     }
     if ((tlen == 3 && !strncmp(ep, "ipc", 3)) || (tlen == 6 && !strncmp(ep, "inproc", 6))) {
@@ -194,8 +199,34 @@ int ser_netdiag_check_endpoint(const char *ep, char err[SER_ERR_LEN]) {
     static const char *const other[] = {"pgm", "epgm", "tipc", "vmci", "ws", "wss", "udp", NULL};
     for (int i = 0; other[i]; i++)
         if (strlen(other[i]) == tlen && !strncmp(ep, other[i], tlen)) return SER_OK;
-    return ser_errf(err, SER_EINVAL, "endpoint '%s': unknown transport '%.*s': expected "
-                    "tcp://HOST:PORT", ep, (int)tlen, ep);
+    return ser_errf(err, SER_EINVAL, "endpoint '%s': unknown transport '%.*s': expected %s", ep,
+                    (int)tlen, ep, want);
+}
+
+int ser_netdiag_check_endpoint(const char *ep, char err[SER_ERR_LEN]) { return s_check(ep, 0, err); }
+
+int ser_netdiag_check_bind(const char *ep, char err[SER_ERR_LEN]) { return s_check(ep, 1, err); }
+
+int ser_netdiag_check_endpoints(const char *list, char err[SER_ERR_LEN]) {
+    if (!list || !*list) return ser_errf(err, SER_EINVAL, "no endpoint given: expected "
+                                         "tcp://HOST:PORT[,tcp://HOST:PORT...]");
+    for (const char *p = list;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        char ep[S_EP_LEN];
+        if (n >= sizeof ep)
+            return ser_errf(err, SER_EINVAL, "endpoint '%.40s...' is longer than %d characters", p,
+                            S_EP_LEN - 1);
+        memcpy(ep, p, n);
+        ep[n] = 0;
+        int rc = s_check(ep, 0, err);
+        if (rc) {
+            if (!n) ser_err_prefix(err, "'%s' has an empty item: ", list);
+            return rc;
+        }
+        if (!comma) return SER_OK;
+        p = comma + 1;
+    }
 }
 
 int ser_netdiag_connect(void *sock, const char *endpoint, char err[SER_ERR_LEN]) {

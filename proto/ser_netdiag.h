@@ -34,7 +34,8 @@
 //   ser_netdiag_socket()      the PAIR socket to poll beside the watched one
 //   ser_netdiag_drain()       read the waiting events, log what changed
 //   ser_netdiag_describe()    the endpoints' state in words, for a timeout message
-//   ser_netdiag_check_endpoint(), ser_netdiag_connect()
+//   ser_netdiag_check_endpoint(), ser_netdiag_check_endpoints(), ser_netdiag_check_bind(),
+//   ser_netdiag_connect()
 #ifndef SER_NETDIAG_H
 #define SER_NETDIAG_H
 
@@ -83,6 +84,12 @@ int ser_netdiag_describe(ser_netdiag *d, char *buf, size_t n);
 // you mean tcp://localhost:5555?)"). tcp:// needs HOST:PORT with a port in 1..65535; ipc:// and
 // inproc:// a name; other transports libzmq knows are left to it.
 int ser_netdiag_check_endpoint(const char *endpoint, char err[SER_ERR_LEN]);
+// The same for each item of a comma-separated list ("tcp://a:1,tcp://b:2"); an empty list or
+// item is an error too.
+int ser_netdiag_check_endpoints(const char *list, char err[SER_ERR_LEN]);
+// The same for an endpoint to bind: the host may also be "*" and the port "*", "!" or 0 (any
+// free one; libzmq's "*[lo-hi]" ranges too).
+int ser_netdiag_check_bind(const char *endpoint, char err[SER_ERR_LEN]);
 // ser_netdiag_check_endpoint(), then zmq_connect(sock, endpoint); SER_EINVAL / SER_EIO with err
 // naming the endpoint.
 int ser_netdiag_connect(void *sock, const char *endpoint, char err[SER_ERR_LEN]);

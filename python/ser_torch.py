@@ -24,6 +24,7 @@ defines:
     timm_names(kw)           timm's VisionTransformer parameter names and shapes for kwargs kw
     TimmViT                  a module with exactly those names (used when timm is absent)
     build_vit(meta)          the timm (or TimmViT) model an export's metadata describes
+    timm_name_note(meta)     "" when timm_model is timm's name for this very model, else why not
     ser_forward(vit, img, k) ser's forward on such a model: final [CLS], block-k patch map
     SerBackbone, load_backbone(path, strict=True)
 """
@@ -260,6 +261,25 @@ def build_vit(meta):
     return timm.create_model(meta["timm_model"], pretrained=False, **kw)
 
 
+def timm_name_note(meta):
+    """"" when the export's timm_model is timm's registered name of this very model; otherwise
+    what the export says about it (timm_model is then only the closest registered name, e.g.
+    vit_tiny_patch16_224 for a 32 px / patch-4 ViT-Ti, and timm_kwargs give the real sizes).
+    Exports of older ser versions have no timm_model_exact: the kwargs are compared with the
+    name then."""
+    if meta.get("timm_model_exact") == "true":
+        return ""
+    if meta.get("timm_model_note"):
+        return meta["timm_model_note"]
+    kw = json.loads(meta["timm_kwargs"])
+    name = meta.get("timm_model", "")
+    if name.endswith(f"_patch{kw['patch_size']}_{kw['img_size']}"):
+        return ""
+    return (f"no timm name fits this model (patch {kw['patch_size']} at {kw['img_size']} px): "
+            f"{name} is the closest; timm.create_model(timm_model, **timm_kwargs) builds it "
+            "with the export's sizes")
+
+
 def ser_forward(vit, img, k):
     """ser's forward on a timm-named ViT (docs/export.md): blocks 1..k on the patch tokens
     with the position embedding, [CLS] (no position embedding) inserted after block k, the
@@ -346,6 +366,9 @@ def main(argv=None):
           f"{kw['embed_dim']} wide, {kw['depth']} blocks, {kw['img_size']} px / patch "
           f"{kw['patch_size']}, {n} parameters, [CLS] after block {m.k}"
           f"{'' if m.norm_equiv is None else ', SER map'}")
+    note = timm_name_note(m.meta)
+    print(f"  timm: {m.meta.get('timm_model', '?')} with timm_kwargs"
+          f"{' (' + note + ')' if note else ' (timm registers this very model)'}")
     if a.check:
         with torch.no_grad():
             cls, smap = m.forward_features(torch.randn(2, 3, kw["img_size"], kw["img_size"]))

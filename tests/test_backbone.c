@@ -398,8 +398,55 @@ static void s_check_export(const char *path, const ser_backbone *b) {
     assert_string_equal(ser_st_meta(f, "ser_extras"),
                         b->vit.baseline ? "" : "ser.norm_equiv.weight,ser.norm_equiv.bias");
     assert_non_null(ser_st_meta(f, "config"));
-    assert_non_null(ser_st_meta(f, "timm_model"));
+    // The tiny test ViT (24 wide, patch 4 at 16 px) has no timm name of its own: the closest
+    // is written, and said to be only that, with what differs.
+    assert_string_equal(ser_st_meta(f, "timm_model"), "vit_tiny_patch16_224");
+    assert_string_equal(ser_st_meta(f, "timm_model_exact"), "false");
+    const char *note = ser_st_meta(f, "timm_model_note");
+    assert_non_null(note);
+    assert_non_null(strstr(note, "patch 4 at 16 px"));
+    assert_non_null(strstr(note, "vit_tiny_patch16_224 is the closest"));
     ser_st_destroy(&f);
+}
+
+// The timm name of a ViT: the registered one when timm has that very model, else the closest
+// registered name of the arch (its patch size first, then the nearest image size), flagged.
+static void test_timm_name(void **state) {
+    (void)state;
+    static const struct {
+        const char *preset;
+        int arch, img, patch, exact;
+        const char *want;
+    } cases[] = {
+        {"vit_small", SER_CONFIG_ARCH_VIT_SMALL, 224, 16, 1, "vit_small_patch16_224"},
+        {"vit_small", SER_CONFIG_ARCH_VIT_SMALL, 224, 8, 1, "vit_small_patch8_224"},
+        {"vit_base", SER_CONFIG_ARCH_VIT_BASE, 384, 32, 1, "vit_base_patch32_384"},
+        {"vit_tiny", SER_CONFIG_ARCH_VIT_TINY, 384, 16, 1, "vit_tiny_patch16_384"},
+        {"vit_tiny", SER_CONFIG_ARCH_VIT_TINY, 32, 4, 0, "vit_tiny_patch16_224"},
+        {"vit_small", SER_CONFIG_ARCH_VIT_SMALL, 96, 8, 0, "vit_small_patch8_224"},
+        {"vit_base", SER_CONFIG_ARCH_VIT_BASE, 320, 32, 0, "vit_base_patch32_384"},
+        {"vit_small", SER_CONFIG_ARCH_VIT_SMALL, 64, 16, 0, "vit_small_patch16_224"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ser_vit_config vc;
+        assert_int_equal(ser_vit_config_preset(&vc, cases[i].preset, cases[i].img, cases[i].patch),
+                         SER_OK);
+        char name[64], note[400];
+        int exact = ser_backbone_timm_name(cases[i].arch, &vc, name, sizeof name, note, sizeof note);
+        if (exact != cases[i].exact || strcmp(name, cases[i].want) != 0)
+            fail_msg("%s %d px / patch %d: '%s' exact %d, want '%s' exact %d", cases[i].preset,
+                     cases[i].img, cases[i].patch, name, exact, cases[i].want, cases[i].exact);
+        assert_true(exact ? note[0] == 0 : strstr(note, name) != NULL);
+    }
+    // The right patch and image size but other widths: the name, not exact.
+    ser_vit_config vc;
+    assert_int_equal(ser_vit_config_preset(&vc, "vit_small", 224, 16), SER_OK);
+    vc.depth = 6;
+    char name[64], note[400];
+    assert_int_equal(ser_backbone_timm_name(SER_CONFIG_ARCH_VIT_SMALL, &vc, name, sizeof name, note,
+                                            sizeof note), 0);
+    assert_string_equal(name, "vit_small_patch16_224");
+    assert_non_null(strstr(note, "6 blocks"));
 }
 
 // The full state: every table of t with its reference name, counters as 0-d I64, bitwise; no
@@ -609,6 +656,7 @@ int main(void) {
         cmocka_unit_test(test_dir_walks_back),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_export),
+        cmocka_unit_test(test_timm_name),
         cmocka_unit_test(test_export_refusals),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -4,6 +4,7 @@
 #   an unknown option exits 2;
 #   --opt=value is taken (one option of each command, seen in what the command then says);
 #   --log-level rejects a level it does not know (exit 2);
+#   a malformed --coordinator, --loader or --bind endpoint exits 2, naming it, before connecting;
 #   every option a --help names is in CLI_MD (docs/cli.md).
 # Every command runs under `timeout`; nothing is left running. ctest: cli_conventions.
 set -u
@@ -83,6 +84,17 @@ expect 2 "--watch" status 127.0.0.1:1 --watch=abc
 expect 1 "$T/nockpt" eval knn --checkpoint="$T/nockpt"
 expect 2 "$T/nope.ini" export "$T/x" --out="$T/o.safetensors" --config="$T/nope.ini"
 expect 2 "--quiet takes no value" dataloader --quiet=1 --data=x
+# A malformed endpoint is a usage error (exit 2) naming it, before any connection is tried
+# (a worker with a good --coordinator and a bad --loader used to connect, then fail or wait).
+expect 2 "'tcp://host'" worker --coordinator=tcp://host --loader=tcp://127.0.0.1:1
+expect 2 "'foo'" worker --coordinator foo --batch-file x
+expect 2 "'tcp://127.0.0.1:99999'" worker --coordinator tcp://127.0.0.1:99999 --batch-file x
+expect 2 "--loader: endpoint 'tcp://127.0.0.1'" worker --coordinator tcp://127.0.0.1:1 \
+  --loader tcp://127.0.0.1:2,tcp://127.0.0.1
+grep -q refused "$T/err" && fail "ser worker with a malformed --loader tried to connect"
+expect 2 "--bind: endpoint 'foo'" dataloader --data "$T/nodata" --bind foo
+expect 2 "'tcp://host'" dataloader --data="$T/nodata" --bind=tcp://host
+
 # keygen has no option but --help: FILE, then never over it.
 run keygen "$T/job.key"
 [ "$rc" = 0 ] && [ -s "$T/job.key" ] && [ -s "$T/job.key.pub" ] || fail "ser keygen FILE: exit $rc"

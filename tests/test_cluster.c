@@ -174,6 +174,24 @@ static int s_log_has(const char *log, const char *needle) {
     return s_log_count(log, needle) > 0;
 }
 
+// The status URL a coordinator logged ("status on http://127.0.0.1:PORT/") into url: HOST:PORT.
+static void s_status_url(const char *log, char *url, size_t n) {
+    char path[256], line[512];
+    snprintf(path, sizeof path, "%s/%s", s_dir, log);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    url[0] = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, "status on http://");
+        if (p) {
+            p += strlen("status on http://");
+            snprintf(url, n, "%.*s", (int)strcspn(p, "/\n"), p);
+        }
+    }
+    fclose(f);
+    assert_true(url[0]);
+}
+
 // Every tensor of two `ser step`-layout files, byte for byte.
 static void s_assert_same_bits(const char *a, const char *b) {
     char err[SER_ERR_LEN];
@@ -760,17 +778,8 @@ static void test_status_port(void **state) {
     pid_t coord = s_coordinator(out, "400", "30000", ep, sizeof ep);
     s_worker(ep, "ws");
     for (int t = 0; t < 600 && !s_log_has("coord.log", "step 5:"); t++) s_sleep_ms(20);
-    // "status on http://127.0.0.1:PORT/"
-    char path[256], line[512], url[64] = "";
-    snprintf(path, sizeof path, "%s/coord.log", s_dir);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    while (fgets(line, sizeof line, f)) {
-        char *p = strstr(line, "status on http://");
-        if (p) sscanf(p + strlen("status on http://"), "%63[^/]", url);
-    }
-    fclose(f);
-    assert_true(url[0]);
+    char path[256], line[512], url[64];
+    s_status_url("coord.log", url, sizeof url);
     char *args[] = {"ser", "status", url, "--json", NULL};
     assert_int_equal(s_wait(s_start("status.json", args)), 0);
     assert_true(s_log_has("status.json", "\"ws\""));
@@ -792,7 +801,7 @@ static void test_status_port(void **state) {
     for (int t = 0; t < 600 && !s_log_has("coord2.log", "I step "); t++) s_sleep_ms(20);
     assert_true(s_log_has("coord2.log", "status history: "));
     snprintf(path, sizeof path, "%s/coord2.log", s_dir);
-    f = fopen(path, "r");
+    FILE *f = fopen(path, "r");
     assert_non_null(f);
     long long resumed = -1;
     while (fgets(line, sizeof line, f)) {
@@ -1051,6 +1060,31 @@ static void test_loader_killed_and_restarted(void **state) {
     s_loader_worker(ep, lep, "wl1");
     for (int t = 0; t < 3000 && !s_log_has("lkill.log", "step 3:"); t++) s_sleep_ms(5);
     assert_false(s_log_has("lkill.log", "step 29:"));
+    // The status port lists the loader the worker fetches from (the coordinator learns it from
+    // the worker's FORWARD_DONE): by its endpoint, with its own counters (by step 3 every index
+    // was drawn: both damaged files found and replaced) and a fresh age.
+    char url[64], *body = NULL;
+    size_t blen = 0;
+    int http = 0;
+    s_status_url("lkill.log", url, sizeof url);
+    assert_int_equal(ser_status_fetch(url, "/status?section=data", 5000, &http, &body, &blen, err),
+                     SER_OK);
+    assert_int_equal(http, 200);
+    print_message("loaders on /status: %s\n", body);
+    cJSON *doc = cJSON_Parse(body);
+    const cJSON *da = cJSON_GetObjectItemCaseSensitive(doc, "data");
+    assert_int_equal((int)cJSON_GetObjectItemCaseSensitive(da, "count")->valuedouble, 1);
+    const cJSON *l0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(da, "loaders"), 0);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(l0, "address")->valuestring, lep);
+    assert_true(cJSON_GetObjectItemCaseSensitive(l0, "shards_served")->valuedouble >= 16);
+    assert_int_equal((int)cJSON_GetObjectItemCaseSensitive(l0, "bad_files")->valuedouble, 2);
+    assert_true(cJSON_GetObjectItemCaseSensitive(l0, "replacements")->valuedouble >= 2);
+    double lag = cJSON_GetObjectItemCaseSensitive(l0, "lag_steps")->valuedouble;
+    assert_true(lag >= 0 && lag <= 3);
+    const cJSON *age = cJSON_GetObjectItemCaseSensitive(l0, "last_heartbeat_age_ms");
+    assert_true(cJSON_IsNumber(age) && age->valuedouble < 5000);
+    cJSON_Delete(doc);
+    free(body);
     kill(ld, SIGKILL);
     s_wait(ld);
     s_sleep_ms(2500);  // longer than a fetch's deadline (cluster.timeout_ms): fetches fail

@@ -16,6 +16,7 @@
 
 #include "ser_base.h"
 #include "ser_config.h"
+#include "ser_dl.h"
 #include "ser_dl_data.h"
 #include "ser_eval_data.h"
 #include "ser_test.h"
@@ -637,6 +638,62 @@ static void test_fmnist_debian(void **state) {
     ser_dl_data_destroy(&d);
 }
 
+// data.kind = synthetic: generated images, no files. Each is a pure function of (split, index)
+// (loaded twice, or in another order, it is the same), images differ, labels are index mod 10,
+// and the job's loader config takes the kind and the size (which keys the shards' hash).
+static void test_synthetic(void **state) {
+    (void)state;
+    char err[256];
+    assert_null(ser_dl_data_open_synthetic(0, SER_DL_SPLIT_TRAIN, err));
+    assert_non_null(strstr(err, "data.synthetic_images"));
+    ser_dl_data *d = ser_dl_data_open_synthetic(50, SER_DL_SPLIT_TRAIN, err);
+    ser_dl_data *v = ser_dl_data_open_synthetic(50, SER_DL_SPLIT_VAL, err);
+    assert_non_null(d);
+    assert_non_null(v);
+    assert_int_equal(ser_dl_data_count(d), 50);
+    assert_int_equal(ser_dl_data_kind(d), SER_DL_KIND_SYNTHETIC);
+    assert_int_equal(ser_dl_data_num_classes(d), 10);
+    assert_int_equal(ser_dl_data_label(d, 23), 3);
+    ser_dl_image a, b, c, e;
+    uint32_t src = 99;
+    assert_int_equal(ser_dl_data_load(d, 7, NULL, &a, &src), SER_OK);
+    assert_int_equal(src, 7);
+    assert_int_equal(ser_dl_data_load(d, 8, NULL, &b, NULL), SER_OK);
+    assert_int_equal(ser_dl_data_load(d, 7, NULL, &c, NULL), SER_OK);
+    assert_int_equal(ser_dl_data_load(v, 7, NULL, &e, NULL), SER_OK);
+    assert_int_equal(a.w, SER_DL_SYNTHETIC_SIDE);
+    assert_int_equal(a.h, SER_DL_SYNTHETIC_SIDE);
+    size_t nb = (size_t)a.w * a.h * 3;
+    assert_memory_equal(a.px, c.px, nb);      // the same index: the same image
+    assert_memory_not_equal(a.px, b.px, nb);  // another index
+    assert_memory_not_equal(a.px, e.px, nb);  // the other split
+    ser_dl_image_free(&a), ser_dl_image_free(&b), ser_dl_image_free(&c), ser_dl_image_free(&e);
+    assert_int_equal(ser_dl_data_bad_files(d), 0);
+    ser_dl_data_destroy(&d);
+    ser_dl_data_destroy(&v);
+
+    ser_config job;
+    ser_config_defaults(&job);
+    assert_int_equal(ser_config_set_arg(&job, "data.kind=synthetic", err), SER_OK);
+    assert_int_equal(ser_config_set_arg(&job, "data.synthetic_images=64", err), SER_OK);
+    ser_dl_config dc;
+    ser_dl_config_from_job(&dc, &job);
+    assert_int_equal(dc.kind, SER_DL_KIND_SYNTHETIC);
+    assert_int_equal(dc.synthetic_images, 64);
+    uint64_t h64 = ser_dl_config_hash(&dc);
+    dc.synthetic_images = 65;
+    assert_true(ser_dl_config_hash(&dc) != h64);
+    dc.global_batch = 8, dc.shards = 2, dc.img = 16, dc.patch = 4, dc.threads = 1;
+    ser_dl *dl = ser_dl_new(&dc, err);
+    if (!dl) fail_msg("ser_dl_new: %s", err);
+    assert_int_equal(ser_dl_count(dl), 65);
+    ser_dl_shard sh;
+    assert_int_equal(ser_dl_make_shard(dl, 3, 1, &sh), SER_OK);
+    assert_int_equal(sh.n, 4);
+    ser_dl_shard_free(&sh);
+    ser_dl_destroy(&dl);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_imagefolder_index_cache_and_bad_files),
@@ -649,6 +706,7 @@ int main(void) {
         cmocka_unit_test(test_png_imagefolder),
         cmocka_unit_test(test_bad_file_budget),
         cmocka_unit_test(test_val_or_test_split),
+        cmocka_unit_test(test_synthetic),
     };
     if (getenv("SER_TEST_FILTER")) cmocka_set_test_filter(getenv("SER_TEST_FILTER"));  // "*png*"
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

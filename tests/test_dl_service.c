@@ -184,6 +184,16 @@ static void test_two_processes_same_bytes(void **state) {
             ser_dl_shard_free(&b);
             ser_dl_shard_free(&ref);
         }
+    // What the replies said of the loaders (for the coordinator's status port): one record,
+    // named by the endpoint the client connected to, with the loader's counters and the step of
+    // its last reply.
+    ser_loadstat ls[SER_LOADSTAT_MAX];
+    assert_int_equal(ser_dl_client_loaders(cl[0], ls, SER_LOADSTAT_MAX), 1);
+    assert_string_equal(ls[0].endpoint, s_ep[0]);
+    assert_true(ls[0].served >= 8);  // its 8 shards, and what other tests asked of it
+    assert_int_equal(ls[0].step, 3);
+    assert_int_equal(ls[0].bad_files, 0);
+    assert_true(ser_clock_now_ms() - ls[0].heard_ms < 10000);
     // A client connected to both loaders (round robin) gets the same shards.
     char both[600];
     snprintf(both, sizeof both, "%s,%s", s_ep[0], s_ep[1]);
@@ -197,6 +207,10 @@ static void test_two_processes_same_bytes(void **state) {
         ser_dl_shard_free(&a);
         ser_dl_shard_free(&ref);
     }
+    int nl = ser_dl_client_loaders(rr, ls, SER_LOADSTAT_MAX);  // whichever answered, by name
+    assert_true(nl >= 1 && nl <= 2);
+    for (int i = 0; i < nl; i++)
+        assert_true(!strcmp(ls[i].endpoint, s_ep[0]) || !strcmp(ls[i].endpoint, s_ep[1]));
     ser_dl_client_destroy(&rr);
     for (int i = 0; i < NCHILD; i++) ser_dl_client_destroy(&cl[i]);
     ser_dl_destroy(&local);

@@ -109,8 +109,11 @@ static void s_fill(ser_status_snapshot *sn) {
         snprintf(s_loaders[i].id, sizeof s_loaders[i].id, "l%d", i);
         snprintf(s_loaders[i].address, sizeof s_loaders[i].address, "tcp://10.0.1.%d:6000", i);
         s_loaders[i].lag_steps = i;
-        s_loaders[i].lag_shards = 3 * i;
+        s_loaders[i].lag_shards = i == 0 ? -1 : 3 * i;  // l0: not known
         s_loaders[i].last_heard_ms = i == 0 ? T_NOW - 1500 : -1;
+        s_loaders[i].served = i == 0 ? 1200 : -1;  // l1: counters not known
+        s_loaders[i].bad_files = i == 0 ? 2 : -1;
+        s_loaders[i].replacements = i == 0 ? 5 : -1;
     }
     sn->n_workers = 3;
     sn->workers = s_workers;
@@ -473,6 +476,12 @@ static void test_status_json(void **state) {
     assert_string_equal(s_jstr(doc, "data.loaders.1.address"), "tcp://10.0.1.1:6000");
     assert_int_equal((int)s_jnum(doc, "data.loaders.1.lag_steps"), 1);
     assert_int_equal((int)s_jnum(doc, "data.loaders.1.lag_shards"), 3);
+    assert_true(cJSON_IsNull(s_at(doc, "data.loaders.0.lag_shards")));
+    assert_int_equal((int)s_jnum(doc, "data.loaders.0.shards_served"), 1200);
+    assert_int_equal((int)s_jnum(doc, "data.loaders.0.bad_files"), 2);
+    assert_int_equal((int)s_jnum(doc, "data.loaders.0.replacements"), 5);
+    assert_true(cJSON_IsNull(s_at(doc, "data.loaders.1.shards_served")));
+    assert_true(cJSON_IsNull(s_at(doc, "data.loaders.1.bad_files")));
     assert_int_equal((int)s_jnum(doc, "data.loaders.0.last_heartbeat_age_ms"), 1500);
     assert_true(cJSON_IsNull(s_at(doc, "data.loaders.1.last_heartbeat_age_ms")));
 
@@ -554,6 +563,9 @@ static void test_sections(void **state) {
     body = s_get(port, "/status?format=info&section=data", &status, NULL);
     assert_int_equal(status, 200);
     assert_true(strncmp(body, "# Data\r\nloaders:2\r\n", 19) == 0);
+    assert_non_null(strstr(body, "loader_l0:address=tcp://10.0.1.0:6000,lag_steps=0,lag_shards=,"
+                                 "served=1200,bad_files=2,replacements=5,"
+                                 "heartbeat_age_ms=1500\r\n"));
     assert_null(strstr(body, "# Training"));
     free(body);
 }
@@ -694,6 +706,11 @@ static void test_metrics(void **state) {
     assert_true(s_metric(s, n, "ser_worker_info",
                          "worker=\"w3\",address=\"10.0.0.3:5555\",state=\"lost\"") == 1);
     assert_true(s_metric(s, n, "ser_loader_lag_shards", "loader=\"l1\"") == 3);
+    assert_true(s_metric(s, n, "ser_loader_shards_served_total", "loader=\"l0\"") == 1200);
+    assert_true(s_metric(s, n, "ser_loader_bad_files_total", "loader=\"l0\"") == 2);
+    assert_true(s_metric(s, n, "ser_loader_replacements_total", "loader=\"l0\"") == 5);
+    assert_null(strstr(t.r[0].body, "ser_loader_lag_shards{loader=\"l0\"}"));  // unknown: left out
+    assert_null(strstr(t.r[0].body, "ser_loader_shards_served_total{loader=\"l1\"}"));
     assert_true(s_metric(s, n, "ser_loader_last_heartbeat_seconds", "loader=\"l0\"") == 1.5);
     assert_true(s_metric(s, n, "ser_checkpoint_step", "") == 1200);
     assert_true(s_metric(s, n, "ser_checkpoint_age_seconds", "") == 600);
@@ -1442,6 +1459,11 @@ static void test_client_format(void **state) {
     assert_non_null(strstr(text, "41s ago"));
     assert_non_null(strstr(text, "loaders     2"));
     assert_non_null(strstr(text, "tcp://10.0.1.1:6000"));
+    assert_non_null(strstr(text, "SERVED   BAD FILES REPLACEMENTS"));
+    assert_non_null(
+        strstr(text, "l0         tcp://10.0.1.0:6000      0           1200     2         5"));
+    assert_non_null(
+        strstr(text, "l1         tcp://10.0.1.1:6000      1           -        -         -"));
     assert_non_null(strstr(text, "never"));
     free(text);
     free(body);

@@ -2,7 +2,8 @@
 # test_status_page.sh SER — the status page as a browser renders it: a `ser local` job on
 # Fashion-MNIST (Debian's dataset-fashion-mnist) with its status port on, loaded in headless Chromium (Debian's chromium),
 # whose DOM after the page's scripts ran must hold the progress bar's text, drawn loss, kNN,
-# collapse-monitor and learning-rate curves, and the worker table; and a screenshot is taken.
+# collapse-monitor and learning-rate curves, the worker table and the data loader's row; and a
+# screenshot is taken.
 # Skipped (exit 77, with the reason) without chromium or the dataset. Every process is killed by pid; 120 s
 # at most. ctest: status_page.
 set -u
@@ -68,6 +69,11 @@ for id in chart stdchart lrchart; do  # each chart has a drawn curve
 done
 grep -q "cls_std" "$T/dom.html" || fail "no cls_std legend"
 grep -q ">w0<\\|>w[0-9]*<" "$T/dom.html" || fail "no worker row"
+# The data loader's row: its endpoint (from the job's log) and its counters.
+lep=$(grep -o 'local: data loader on tcp://[0-9.:]*' "$T/job.log" | head -1 | sed 's/^local: data loader on //')
+perl -0ne 'print $1 if /<table id="loaders"(.*?)<\/table>/s' "$T/dom.html" > "$T/loaders.html"
+grep -q "shards served" "$T/loaders.html" || fail "no loader table header"
+[ -n "$lep" ] && grep -qF ">$lep<" "$T/loaders.html" || fail "no row of the loader $lep"
 timeout 45 "$CHROMIUM" "${flags[@]}" --window-size=1100,1400 --screenshot="$T/page.png" "$url" \
   > /dev/null 2>&1
 [ -s "$T/page.png" ] || fail "no screenshot"

@@ -12,6 +12,7 @@
 #include "loader.pb-c.h"
 #include "ser.pb-c.h"
 #include "ser_test.h"
+#include "ser_loadstat.h"
 #include "ser_wire.h"
 
 static const uint32_t s_env_strs[2] = {2, 8}, s_meta_strs[1] = {1};
@@ -104,10 +105,71 @@ static void test_router_refuses_nul_job_id(void **state) {
     zmq_close(d), zmq_close(r), zmq_ctx_term(ctx);
 }
 
+// The loader records a worker sends in FORWARD_DONE: format -> parse round trip (ages, not
+// timestamps), hostile or foreign lines skipped, and the coordinator's merge by endpoint.
+static void test_loadstat(void **state) {
+    (void)state;
+    ser_loadstat in[2], out[4];
+    memset(in, 0, sizeof in);
+    snprintf(in[0].endpoint, sizeof in[0].endpoint, "tcp://10.0.0.1:5600");
+    in[0].served = 120, in[0].bad_files = 2, in[0].replacements = 5, in[0].step = 59;
+    in[0].heard_ms = 1000;
+    snprintf(in[1].endpoint, sizeof in[1].endpoint, "tcp://10.0.0.2:5600");
+    in[1].served = 7, in[1].step = -1, in[1].heard_ms = 400;
+    char text[1024];
+    size_t len = ser_loadstat_format(text, sizeof text, in, 2, 1012);
+    assert_int_equal(len, strlen(text));
+    assert_non_null(strstr(text, "loader tcp://10.0.0.1:5600 served=120 bad_files=2 "
+                                 "replacements=5 step=59 age_ms=12\n"));
+    assert_int_equal(ser_loadstat_parse(text, out, 4, 5000), 2);  // another clock: ages count
+    assert_string_equal(out[0].endpoint, "tcp://10.0.0.1:5600");
+    assert_true(out[0].served == 120 && out[0].bad_files == 2 && out[0].replacements == 5);
+    assert_true(out[0].step == 59 && out[0].heard_ms == 5000 - 12);
+    assert_true(out[1].step == -1 && out[1].heard_ms == 5000 - 612);
+    // Too small a buffer: whole lines only.
+    char small[100];
+    ser_loadstat_format(small, sizeof small, in, 2, 1012);
+    assert_int_equal(ser_loadstat_parse(small, out, 4, 0), 1);
+    // Foreign text, broken lines, odd endpoints, trailing junk, an old worker's empty text.
+    const char *junk = "busy\nloader tcp://a:1 served=1\nloader  served=1 bad_files=0 "
+                       "replacements=0 step=0 age_ms=0\nloader tcp://b:2 served=1 bad_files=0 "
+                       "replacements=0 step=0 age_ms=0 extra\nloader tcp://c:3 served=x "
+                       "bad_files=0 replacements=0 step=0 age_ms=0\nloader tcp://d:4 served=1 "
+                       "bad_files=0 replacements=0 step=3 age_ms=-5";
+    assert_int_equal(ser_loadstat_parse(junk, out, 4, 100), 1);
+    assert_string_equal(out[0].endpoint, "tcp://d:4");
+    assert_true(out[0].heard_ms == 100);  // a negative age counts as 0
+    assert_int_equal(ser_loadstat_parse("", out, 4, 0), 0);
+    char lng[400];
+    memset(lng, 'x', sizeof lng);
+    memcpy(lng, "loader tcp://", 13);
+    lng[sizeof lng - 1] = 0;
+    assert_int_equal(ser_loadstat_parse(lng, out, 4, 0), 0);
+    // Merge: by endpoint; the later report's counters (a restarted loader counts from 0), the
+    // larger step; a full table takes no new endpoint.
+    ser_loadstat tab[2];
+    int n = 0;
+    assert_int_equal(ser_loadstat_merge(tab, &n, 2, &in[0]), 0);
+    ser_loadstat later = in[0];
+    later.served = 3, later.step = 50, later.heard_ms = 2000;
+    assert_int_equal(ser_loadstat_merge(tab, &n, 2, &later), 0);
+    assert_true(n == 1 && tab[0].served == 3 && tab[0].step == 59 && tab[0].heard_ms == 2000);
+    ser_loadstat older = in[0];
+    older.served = 1, older.step = 70, older.heard_ms = 10;
+    ser_loadstat_merge(tab, &n, 2, &older);
+    assert_true(tab[0].served == 3 && tab[0].step == 70);
+    assert_int_equal(ser_loadstat_merge(tab, &n, 2, &in[1]), 1);
+    ser_loadstat third = in[1];
+    snprintf(third.endpoint, sizeof third.endpoint, "tcp://10.0.0.3:5600");
+    assert_int_equal(ser_loadstat_merge(tab, &n, 2, &third), -1);
+    assert_int_equal(n, 2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_strings),
         cmocka_unit_test(test_router_refuses_nul_job_id),
+        cmocka_unit_test(test_loadstat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -224,15 +224,18 @@ int ser_bench_cluster(int argc, char **argv) {
                    "\"overhead\":%.6f,\"bytes_per_step\":%.0f,\"link_10g_s\":%.6f}\n",
                    model, img, patch, sb, shards, workers, eq, threads, steps, single, cl, over,
                    bytes, link);
-        else
+        else {
+            char hb[SER_HUMAN_BYTES_LEN], hs[SER_HUMAN_BYTES_LEN], hr[SER_HUMAN_BYTES_LEN];
             printf("ser bench cluster: moco+ser %s/%d img %d, %d shards x %d images (%d equivariant), "
                    "%d worker(s) x %d threads, median of %d steps after the first\n"
                    "  one process      %.4f s/step\n"
                    "  ser local        %.4f s/step   overhead %.2f%% of step time\n"
-                   "  bytes/step       %.1f MB (%.1f MB sent, %.1f MB received by the coordinator)\n"
+                   "  bytes/step       %s (%s sent, %s received by the coordinator)\n"
                    "  10 Gbit/s link   +%.3f s/step (%.2f%% of the one-process step) if not overlapped\n",
                    model, patch, img, shards, sb, eq, workers, threads, steps - 1, single, cl,
-                   100 * over, bytes / 1e6, sent / 1e6, recv / 1e6, link, 100 * link / single);
+                   100 * over, ser_human_bytes(bytes, hb), ser_human_bytes(sent, hs),
+                   ser_human_bytes(recv, hr), link, 100 * link / single);
+        }
     }
     if (keep) {
         fprintf(stderr, "ser bench cluster: files kept in %s\n", dir);

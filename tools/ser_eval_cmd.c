@@ -94,6 +94,10 @@ typedef struct s_ctx {
     ser_group_elem G[SER_EVAL_MAX_GROUP];
     char gname[SER_EVAL_MAX_GROUP][24];
     int nG;
+    // The result table's rows, held until every mode has run: it goes to stdout in one piece
+    // after the last log line, so that no log line on a shared terminal or file lands inside it.
+    char *rows;
+    size_t rows_len, rows_cap;
 } s_ctx;
 
 static void s_usage(FILE *f) {
@@ -170,13 +174,41 @@ static int s_parse_modes(const char *s, unsigned *modes) {
 
 // --- output ----------------------------------------------------------------------------------------
 
-// One metric: a table line on stdout and root[mode][metric] = value.
+// One metric: a row of the table (printed by s_print_table) and root[mode][metric] = value.
 static void s_put(s_ctx *c, const char *mode, const char *metric, double value) {
     cJSON *m = cJSON_GetObjectItemCaseSensitive(c->root, mode);
     if (!m) m = cJSON_AddObjectToObject(c->root, mode);
     cJSON_AddNumberToObject(m, metric, value);
-    printf("%-13s %-34s %12.4f\n", mode, metric, value);
+    char row[128];
+    int n = snprintf(row, sizeof row, "%-13s %-34s %12.4f\n", mode, metric, value);
+    if (n < 0) return;
+    if ((size_t)n >= sizeof row) n = (int)sizeof row - 1;
+    if (c->rows_len + (size_t)n + 1 > c->rows_cap) {
+        c->rows_cap = 2 * c->rows_cap + (size_t)n + 1024;
+        c->rows = realloc(c->rows, c->rows_cap);
+        SER_ASSERT(c->rows);
+    }
+    memcpy(c->rows + c->rows_len, row, (size_t)n + 1);
+    c->rows_len += (size_t)n;
+}
+
+// The table (header and every row so far) on stdout in one write, after what is pending on
+// stderr: the modes log while they run, and none of it may interleave with the table.
+static void s_print_table(s_ctx *c) {
+    fflush(stderr);
     fflush(stdout);
+    char head[128];
+    int n = snprintf(head, sizeof head, "%-13s %-34s %12s\n", "mode", "metric", "value");
+    size_t len = (size_t)n + c->rows_len;
+    char *all = ser_xmalloc(len + 1);
+    memcpy(all, head, (size_t)n);
+    if (c->rows_len) memcpy(all + n, c->rows, c->rows_len);
+    for (size_t off = 0; off < len;) {  // one write(2) unless the pipe takes it in parts
+        ssize_t w = write(STDOUT_FILENO, all + off, len - off);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    free(all);
 }
 
 // --- data ------------------------------------------------------------------------------------------
@@ -764,6 +796,7 @@ static void s_ctx_free(s_ctx *c) {
     free(c->cls_tr), free(c->cls_te), free(c->last_tr), free(c->last_te);
     ser_eval_linear_free(&c->lin);
     cJSON_Delete(c->root);
+    free(c->rows);
 }
 
 static int s_load_model(s_ctx *c, char err[SER_ERR_LEN]) {
@@ -867,7 +900,6 @@ static int s_run(s_ctx *c) {
            hash, c->img, c->P, c->C, c->L, c->k);
     printf("data: %s %s, %d classes, train %d of %u, test %d of %u (%s)\n", c->ed.kind,
            c->ed.root, c->ed.ncls, c->ed.tr.n, c->ed.tr.total, c->ed.te.n, c->ed.te.total, c->ed.test_split);
-    printf("%-13s %-34s %12s\n", "mode", "metric", "value");
     fflush(stdout);
 
     unsigned m = c->o.modes;
@@ -897,7 +929,9 @@ static int s_run(s_ctx *c) {
         t = ser_time_sec();
         rc = fns[i](c, err);
         cJSON_AddNumberToObject(jt, s_mode_names[i], ser_time_sec() - t);
+        if (!rc) ser_log(SER_LL_INFO, "eval: %s done in %.1f s", s_mode_names[i], ser_time_sec() - t);
     }
+    s_print_table(c);  // what was measured, also when a mode failed
     if (rc) {
         fprintf(stderr, "ser eval: %s\n", err[0] ? err : ser_strerror(rc));
         return 1;

@@ -85,16 +85,15 @@ static void s_backbone_writer(ser_st_writer *w, const ser_backbone *b, const cha
              "\"no_embed_class\": %s, \"global_pool\": \"token\", \"num_classes\": 0}",
              c->img_size, c->patch, c->dim, c->depth, c->heads, ratio,
              v->baseline ? "false" : "true");
-    const char *arch = b->cfg.model.arch == SER_CONFIG_ARCH_VIT_TINY    ? "vit_tiny"
-                       : b->cfg.model.arch == SER_CONFIG_ARCH_VIT_SMALL ? "vit_small"
-                                                                         : "vit_base";
-    char model[64], k[16], eps[32];
-    snprintf(model, sizeof model, "%s_patch16_224", arch);
+    char model[64], k[16], eps[32], note[400];
+    int exact = ser_backbone_timm_name(b->cfg.model.arch, c, model, sizeof model, note, sizeof note);
     snprintf(k, sizeof k, "%d", v->baseline ? 0 : c->cls_layer);
     snprintf(eps, sizeof eps, "%g", (double)c->ln_eps);
     ser_st_writer_meta(w, "format", SER_EXPORT_FORMAT);
     ser_st_writer_meta(w, "format_version", SER_EXPORT_VERSION);
     ser_st_writer_meta(w, "timm_model", model);
+    ser_st_writer_meta(w, "timm_model_exact", exact ? "true" : "false");
+    ser_st_writer_meta(w, "timm_model_note", note);
     ser_st_writer_meta(w, "timm_kwargs", kw);
     ser_st_writer_meta(w, "ser_layout", v->baseline ? "baseline" : "ser");
     ser_st_writer_meta(w, "ser_cls_after_block", k);
@@ -280,8 +279,10 @@ int ser_cmd_export(int argc, char **argv) {
     }
     tmp_out[0] = 0;
     s_fsync_parent(out_path);
-    printf("wrote %s: %s backbone (%d tensors, timm names, [CLS] after block %d) of %s, step %lld\n",
-           out_path, s_method_name(b.method), b.vit.tabp->n,
+    char hs[SER_HUMAN_BYTES_LEN];
+    printf("wrote %s (%s): %s backbone (%d tensors, timm names, [CLS] after block %d) of %s, "
+           "step %lld\n", out_path, ser_human_file_size(out_path, hs), s_method_name(b.method),
+           b.vit.tabp->n,
            b.vit.baseline ? 0 : b.vit.cfg.cls_layer, file, (long long)b.step);
     if (full_path) {
         if (rename(tmp_full, full_path) != 0) {
@@ -291,8 +292,8 @@ int ser_cmd_export(int argc, char **argv) {
         }
         tmp_full[0] = 0;
         s_fsync_parent(full_path);
-        printf("wrote %s: the full %s model state (%d tensors, reference names)\n", full_path,
-               s_method_name(b.method), n_full);
+        printf("wrote %s (%s): the full %s model state (%d tensors, reference names)\n",
+               full_path, ser_human_file_size(full_path, hs), s_method_name(b.method), n_full);
     }
     status = 0;
     goto done;

@@ -160,7 +160,8 @@ int ser_cmd_step(int argc, char **argv) {
                (long long)it, L[0], L[1], L[2], lr, wd, mom, gnorm);
     }
     if ((rc = ser_trainer_write(&tr, out_path, grads0, losses, steps, iter, err))) goto fail;
-    printf("wrote %s\n", out_path);
+    char hs[SER_HUMAN_BYTES_LEN];
+    printf("wrote %s (%s)\n", out_path, ser_human_file_size(out_path, hs));
     if (save_dir) {
         int64_t next = iter + steps;
         ser_ckpt_pos pos = {next, next / ipe, next * (sb.b.n_inv + sb.b.n_eq), ipe};
@@ -168,7 +169,7 @@ int ser_cmd_step(int argc, char **argv) {
         if ((rc = ser_ckpt_save(ck, save_dir, &pos, &cfg, cfg.run.keep_checkpoints, saved,
                                 sizeof saved, err)))
             goto fail;
-        printf("wrote checkpoint %s\n", saved);
+        printf("wrote checkpoint %s (%s)\n", saved, ser_human_file_size(saved, hs));
     }
     status = 0;
 fail:

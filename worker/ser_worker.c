@@ -361,6 +361,13 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_FORWARD_DONE);
     out.step = (uint64_t)step, out.shard = (uint32_t)s, out.attempt = e->attempt;
+    // What the loaders said of themselves, for the coordinator's status port (the coordinator
+    // talks to no loader): one line each (proto/ser_loadstat.h).
+    ser_loadstat ls[SER_LOADSTAT_MAX];
+    char ltext[SER_LOADSTAT_MAX * (SER_LOADSTAT_EP_LEN + 160)];
+    int nls = w->dl ? ser_dl_client_loaders(w->dl, ls, SER_LOADSTAT_MAX) : 0;
+    if (nls > 0 && ser_loadstat_format(ltext, sizeof ltext, ls, nls, ser_clock_now_ms()) > 0)
+        out.text = ltext;
     s_send(w, &out, all, nt);
     free(gf);
 }
@@ -572,6 +579,15 @@ int ser_cmd_worker(int argc, char **argv) {
     }
     if (!w.endpoint || !w.batch_file == !w.loader || optind != argc) {
         s_usage(stderr);
+        return 2;
+    }
+    // A malformed endpoint is a usage error, named before anything connects.
+    char eerr[SER_ERR_LEN];
+    const char *bad = ser_netdiag_check_endpoint(w.endpoint, eerr)                   ? "--coordinator"
+                      : w.loader && ser_netdiag_check_endpoints(w.loader, eerr) ? "--loader"
+                                                                                  : NULL;
+    if (bad) {
+        fprintf(stderr, "ser worker: %s: %s\n", bad, eerr);
         return 2;
     }
     signal(SIGINT, s_on_signal);

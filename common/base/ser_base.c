@@ -178,3 +178,25 @@ double ser_time_sec(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+// --- sizes -----------------------------------------------------------------------------------
+
+const char *ser_human_bytes(double bytes, char buf[SER_HUMAN_BYTES_LEN]) {
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    if (!(bytes >= 0) || bytes > 1e24) {  // NaN, negative, past what an int shows in EiB
+        snprintf(buf, SER_HUMAN_BYTES_LEN, "?");
+        return buf;
+    }
+    int u = 0;
+    // Rounded as printed: 1023.97 B is "1.0 KiB", never "1024.0 B".
+    while (u < 6 && bytes >= (u == 0 ? 1023.5 : 1023.95)) bytes /= 1024.0, u++;
+    if (u == 0) snprintf(buf, SER_HUMAN_BYTES_LEN, "%d B", (int)(bytes + 0.5));
+    else if (bytes < 99.95) snprintf(buf, SER_HUMAN_BYTES_LEN, "%.1f %s", bytes, units[u]);
+    else snprintf(buf, SER_HUMAN_BYTES_LEN, "%d %s", (int)(bytes + 0.5), units[u]);
+    return buf;
+}
+
+const char *ser_human_file_size(const char *path, char buf[SER_HUMAN_BYTES_LEN]) {
+    struct stat st;
+    return ser_human_bytes(stat(path, &st) == 0 ? (double)st.st_size : -1.0, buf);
+}

@@ -8,6 +8,7 @@
 //   ser_xmalloc(), ser_xcalloc(), ser_xaligned(), ser_xstrdup()   abort on OOM
 //   ser_clock_now_ms(), ser_clock_set()   injectable monotonic clock
 //   ser_time_sec(), ser_median()   wall clock and medians for benchmarks
+//   ser_human_bytes(), ser_human_file_size()   byte counts for people: "1.2 GiB"
 #ifndef SER_BASE_H
 #define SER_BASE_H
 
@@ -101,5 +102,14 @@ void ser_clock_unix_set(double (*fn)(void));
 double ser_time_sec(void);
 // The median of x[0..n) (n >= 1; the mean of the middle two for even n). Sorts x in place.
 double ser_median(double *x, int n);
+
+// --- sizes -----------------------------------------------------------------------------------
+#define SER_HUMAN_BYTES_LEN 16
+// A byte count as people read it, in powers of 1024: "512 B", "1.5 KiB", "12.3 MiB",
+// "1.2 GiB", "117 TiB" (one decimal below 100, none above; up to EiB). A negative or non-finite
+// count is "?". Writes into buf and returns it.
+const char *ser_human_bytes(double bytes, char buf[SER_HUMAN_BYTES_LEN]);
+// The size of the file at path the same way ("?" when it cannot be stat()ed).
+const char *ser_human_file_size(const char *path, char buf[SER_HUMAN_BYTES_LEN]);
 
 #endif

@@ -888,8 +888,9 @@ int ser_config_check_memory(const ser_config *cfg, double avail_bytes, char err[
     char largest[96];
     double need = ser_config_memory_bytes(cfg, largest, sizeof largest);
     if (need <= avail_bytes) return SER_OK;
-    s_err(err, "the job needs about %.3g GB of memory and this machine has %.3g GB; most of it "
-          "is %s: make it smaller", need / 1e9, avail_bytes / 1e9, largest);
+    char hn[SER_HUMAN_BYTES_LEN], ha[SER_HUMAN_BYTES_LEN];
+    s_err(err, "the job needs about %s of memory and this machine has %s; most of it is %s: "
+          "make it smaller", ser_human_bytes(need, hn), ser_human_bytes(avail_bytes, ha), largest);
     return SER_ENOMEM;
 }
 

@@ -163,3 +163,46 @@ fail:
     ser_backbone_free(b);
     return rc;
 }
+
+// --- timm names --------------------------------------------------------------------------------
+
+// The plain ViTs timm registers (timm.models.vision_transformer) of the three widths ser has:
+// width, depth 12, heads, 4x MLP; patch and image size in the name.
+static const struct {
+    int arch, patch, img;
+} s_timm_vits[] = {
+    {SER_CONFIG_ARCH_VIT_TINY, 16, 224},  {SER_CONFIG_ARCH_VIT_TINY, 16, 384},
+    {SER_CONFIG_ARCH_VIT_SMALL, 32, 224}, {SER_CONFIG_ARCH_VIT_SMALL, 32, 384},
+    {SER_CONFIG_ARCH_VIT_SMALL, 16, 224}, {SER_CONFIG_ARCH_VIT_SMALL, 16, 384},
+    {SER_CONFIG_ARCH_VIT_SMALL, 8, 224},  {SER_CONFIG_ARCH_VIT_BASE, 32, 224},
+    {SER_CONFIG_ARCH_VIT_BASE, 32, 384},  {SER_CONFIG_ARCH_VIT_BASE, 16, 224},
+    {SER_CONFIG_ARCH_VIT_BASE, 16, 384},  {SER_CONFIG_ARCH_VIT_BASE, 8, 224},
+};
+
+int ser_backbone_timm_name(int arch, const ser_vit_config *c, char *name, size_t n, char *note,
+                           size_t nn) {
+    static const char *const archs[3] = {"vit_tiny", "vit_small", "vit_base"};
+    static const int dims[3] = {192, 384, 768}, heads[3] = {3, 6, 12};
+    if (arch < 0 || arch > 2) arch = SER_CONFIG_ARCH_VIT_BASE;
+    int best = -1, best_score = 0;
+    for (int i = 0; i < (int)(sizeof s_timm_vits / sizeof s_timm_vits[0]); i++) {
+        if (s_timm_vits[i].arch != arch) continue;
+        int d = s_timm_vits[i].img - c->img_size;
+        int score = (s_timm_vits[i].patch != c->patch) * 100000 + (d < 0 ? -d : d);
+        if (best < 0 || score < best_score) best = i, best_score = score;
+    }
+    snprintf(name, n, "%s_patch%d_%d", archs[arch], s_timm_vits[best].patch, s_timm_vits[best].img);
+    int grid = best_score == 0;
+    int dims_ok = c->dim == dims[arch] && c->depth == 12 && c->heads == heads[arch] &&
+                  c->mlp_hidden == 4 * c->dim;
+    if (note && nn) {
+        note[0] = 0;
+        if (!grid || !dims_ok)
+            snprintf(note, nn, "no timm name fits this model (patch %d at %d px; %d wide, %d "
+                     "blocks, %d heads, MLP %d): %s is the closest; "
+                     "timm.create_model(timm_model, **timm_kwargs) builds it with the export's "
+                     "sizes", c->patch, c->img_size, c->dim, c->depth, c->heads, c->mlp_hidden,
+                     name);
+    }
+    return grid && dims_ok;
+}

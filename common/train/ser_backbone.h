@@ -14,6 +14,7 @@
 //   ser_backbone_init_random()     the untrained network a fresh job starts from (baseline)
 //   ser_backbone_free()
 //   ser_backbone_prefix()          the backbone's name prefix in a method's state
+//   ser_backbone_timm_name()       the timm model name for an export, and whether it is exact
 #ifndef SER_BACKBONE_H
 #define SER_BACKBONE_H
 
@@ -66,5 +67,15 @@ void ser_backbone_free(ser_backbone *b);
 
 // "base_encoder.", "student.backbone." or "backbone." (NULL for an unknown method).
 const char *ser_backbone_prefix(int method);
+
+// The timm model name an export writes for a ViT of arch (SER_CONFIG_ARCH_*) shaped as c.
+// Returns 1 when timm registers that very model ("vit_small_patch8_224": the arch's width,
+// depth, heads and 4x MLP, this patch and image size), else 0: then name is the closest
+// registered one of the arch (same patch size if timm has one, then the nearest image size;
+// "vit_tiny_patch16_224" for a 32 px / patch-4 ViT-Ti) and note (may be NULL) says what
+// differs. Either way timm.create_model(name, **timm_kwargs) builds the real model, since the
+// export's kwargs give every size explicitly.
+int ser_backbone_timm_name(int arch, const ser_vit_config *c, char *name, size_t n, char *note,
+                           size_t nn);
 
 #endif

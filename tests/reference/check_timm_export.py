@@ -13,7 +13,9 @@ Checks a `ser export` backbone (docs/export.md) from the PyTorch side:
   4. with FULL (`ser export --full`): loads it into the reference model of the method
      (ser_ref.MoCoSER, ser_ref_dino.DINOSER, ser_ref_barlow.BarlowSER) with strict=True and
      checks that its student backbone is bitwise the exported one.
-  5. python/ser_torch.py's load_backbone (what users call) gives the same [CLS] and SER map.
+  5. python/ser_torch.py's load_backbone (what users call) gives the same [CLS] and SER map;
+  6. timm_model is timm's name of this very model, or flagged (timm_model_exact = false) with a
+     note (ser_torch.timm_name_note) naming the real patch and image size.
 Exit status 0 on success. Used by tests/test_backbone.c."""
 import configparser
 import json
@@ -25,7 +27,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
-from ser_torch import build_vit, load_file, load_metadata, ser_forward, timm_names  # noqa: E402
+from ser_torch import build_vit, load_file, load_metadata, ser_forward, timm_name_note, timm_names  # noqa: E402,E501
 
 
 def close(name, got, ref):
@@ -101,6 +103,13 @@ def main(path, expect_path, full_path=None):
     how = "timm" if type(model).__name__ != "TimmViT" else "timm-equivalent module (no timm installed)"
     k = int(meta["ser_cls_after_block"])
     assert kw["no_embed_class"] == (k > 0), (kw, k)
+    # timm_model is timm's name of this very model, or the export says it is only the closest
+    # and what the real sizes are (a 16 px / patch-4 model is no vit_tiny_patch16_224).
+    note = timm_name_note(meta)
+    exact = meta["timm_model"].endswith(f"_patch{kw['patch_size']}_{kw['img_size']}")
+    assert meta["timm_model_exact"] == ("true" if exact and not note else "false"), meta
+    assert exact or (f"patch {kw['patch_size']} at {kw['img_size']} px" in note and
+                     meta["timm_model"] in note), (meta["timm_model"], note)
     want = timm_names(kw)
     extras = {n: v for n, v in tensors.items() if n.startswith("ser.")}
     listed = set(filter(None, meta["ser_extras"].split(",")))
