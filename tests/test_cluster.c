@@ -323,6 +323,7 @@ static void s_method_n_workers_batch(const char *method, const char *section, co
         snprintf(od, sizeof od, "%s-local%d", tag, n);
         if (!strcmp(method, "dino")) s_assert_monitors(od, "dino_teacher_entropy", "dino_kl");
         if (!strcmp(method, "barlow")) s_assert_monitors(od, "barlow_on_diag", "barlow_off_diag");
+        if (!strcmp(method, "equimod")) s_assert_monitors(od, "equimod_loss", "equimod_top1");
     }
 }
 
@@ -330,30 +331,41 @@ static void s_method_n_workers(const char *method, const char *section) {
     s_method_n_workers_batch(method, section, s_b, method);
 }
 
-// DIR/local<L>_batch.safetensors: the step batch with L local views of 8 px per sample
-// (local.view<k>, (8, 3, 8, 8), deterministic values).
-static void s_batch_with_locals(char *path, size_t n, int L) {
+// DIR/local<L>_<side>[vp]_batch.safetensors: the step batch with L local views of side px per
+// sample (local.view<k>, (8, 3, side, side), deterministic values) and, when vp, the global
+// views' parameters of the EquiMod fixture (vparams, (8, 2, SER_VIEW_PARAMS)).
+static void s_batch_with_locals(char *path, size_t n, int L, int side, int vp) {
     char err[SER_ERR_LEN];
-    snprintf(path, n, "%s/local%d_batch.safetensors", s_dir, L);
-    ser_st_file *f = NULL;
+    snprintf(path, n, "%s/local%d_%d%s_batch.safetensors", s_dir, L, side, vp ? "vp" : "");
+    ser_st_file *f = NULL, *fv = NULL;
     assert_int_equal(ser_st_open(&f, s_b, err), 0);
     ser_st_writer *w = ser_st_writer_new();
     for (int i = 0; i < ser_st_count(f); i++) {
         const ser_st_entry *e = ser_st_at(f, i);
         ser_st_writer_add(w, e->name, e->dtype, e->ndim, e->shape, e->data);
     }
-    const int64_t shape[4] = {8, 3, 8, 8};
+    const int64_t shape[4] = {8, 3, side, side};
+    size_t nx = (size_t)8 * 3 * side * side;
     float *x[SER_MAX_LOCAL];
     char name[SER_MAX_LOCAL][32];
     for (int k = 0; k < L; k++) {
-        x[k] = malloc(sizeof(float) * 8 * 3 * 8 * 8);
-        ser_test_fill_uniform(x[k], 8 * 3 * 8 * 8, 700 + (uint64_t)k, -2, 2);
+        x[k] = malloc(sizeof(float) * nx);
+        ser_test_fill_uniform(x[k], nx, 700 + (uint64_t)k, -2, 2);
         snprintf(name[k], sizeof name[k], "local.view%d", k);
         ser_st_writer_add(w, name[k], SER_DT_F32, 4, shape, x[k]);
+    }
+    if (vp) {
+        char fx[1024];
+        ser_test_fixture_path(fx, sizeof fx, "moco_equimod.safetensors");
+        assert_int_equal(ser_st_open(&fv, fx, err), 0);
+        const ser_st_entry *e = ser_st_find(fv, "vparams");
+        assert_non_null(e);
+        ser_st_writer_add(w, "vparams", e->dtype, e->ndim, e->shape, e->data);
     }
     assert_int_equal(ser_st_writer_save(w, path, err), 0);
     ser_st_writer_destroy(&w);
     ser_st_destroy(&f);
+    ser_st_destroy(&fv);
     for (int k = 0; k < L; k++) free(x[k]);
 }
 
@@ -363,15 +375,37 @@ static void s_batch_with_locals(char *path, size_t n, int L) {
 static void test_local_views_n_workers_equal_ser_step(void **state) {
     (void)state;
     char batch[160], sec[512];
-    s_batch_with_locals(batch, sizeof batch, 2);
+    s_batch_with_locals(batch, sizeof batch, 2, 8, 0);
     snprintf(sec, sizeof sec, "%s[data]\nlocal_crops = 2\nlocal_size = 8\n", s_dino_section);
     s_method_n_workers_batch("dino", sec, batch, "dino-mc");
     s_method_n_workers_batch("moco", "[data]\nlocal_crops = 2\nlocal_size = 8\n", batch,
                              "moco-mc");
-    s_batch_with_locals(batch, sizeof batch, 4);  // E-SSL: its rotation head on 4 local views
+    s_batch_with_locals(batch, sizeof batch, 4, 8, 0);  // E-SSL: its rotation head on 4 local views
     s_method_n_workers_batch("essl", "[essl]\nhidden = 16\nbottleneck = 8\n[data]\n"
                              "local_crops = 4\nlocal_size = 8\nlocal_mode = rotations\n",
                              batch, "essl");
+}
+
+// EquiMod: x_0 as local view 0 at the image size and the views' parameters in the batch file;
+// 1..3 workers against `ser step`, bitwise (the parameters travel in FORWARD_DONE), its monitors
+// in metrics.jsonl. Without vparams in the batch, the objective says so.
+static void test_equimod_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    char batch[160];
+    const char *sec = "[equimod]\nproj_dim = 8\nhidden = 16\n[data]\nlocal_crops = 1\n"
+                      "local_size = 16\nlocal_mode = center\n";
+    s_batch_with_locals(batch, sizeof batch, 1, 16, 1);
+    s_method_n_workers_batch("equimod", sec, batch, "equimod");
+    char cfg[160], ref[160];
+    s_method_ini(cfg, sizeof cfg, "equimod", sec);
+    s_batch_with_locals(batch, sizeof batch, 1, 16, 0);
+    snprintf(ref, sizeof ref, "%s/equimod-novp.safetensors", s_dir);
+    char *sargs[] = {"ser", "step", "--config", cfg, "--batch", batch, "--out", ref, NULL};
+    assert_int_not_equal(s_wait(s_start("step-novp.log", sargs)), 0);
+    char log[256], cmd[400];
+    snprintf(log, sizeof log, "%s/step-novp.log", s_dir);
+    snprintf(cmd, sizeof cmd, "grep -q 'no view parameters (vparams' %s", log);
+    assert_int_equal(system(cmd), 0);
 }
 
 // A batch without equivariant samples (SER on): projector_equiv and norm_equiv get no gradient,
@@ -1615,6 +1649,7 @@ int main(void) {
         cmocka_unit_test(test_no_equivariant_sample_runtime),
         cmocka_unit_test(test_dino_n_workers_equal_ser_step),
         cmocka_unit_test(test_local_views_n_workers_equal_ser_step),
+        cmocka_unit_test(test_equimod_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_local_stops_on_sigterm),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),

@@ -183,6 +183,12 @@ static void test_cross_field_errors(void **state) {
            "dino.teacher_temp_warmup_epochs = 101 must be <= optim.epochs = 100");
     EXPECT("[data]\nkind = synthetic\nsynthetic_images = 100\n",
            "data.synthetic_images = 100 is smaller than data.global_batch = 2048");
+    EXPECT("[method]\nname = equimod\n",
+           "method.name = equimod reads the unaugmented centre view x_0 as local view 0: set "
+           "data.local_crops = 1, data.local_mode = center and data.local_size = model.img_size "
+           "(= 224; now local_crops 0, local_size 96)");
+    EXPECT("[method]\nname = equimod\n[data]\nlocal_crops = 1\nlocal_mode = center\n",
+           "data.local_size = model.img_size (= 224; now local_crops 1, local_size 96)");
     // The baseline layout is fine without SER.
     ser_config c;
     ser_config_defaults(&c);
@@ -190,6 +196,11 @@ static void test_cross_field_errors(void **state) {
     assert_int_equal(
         ser_config_load_string(&c, "[model]\ncls_layer = 12\n[ser]\nenabled = false\n", "j", err),
         SER_OK);
+    assert_int_equal(ser_config_load_string(&c,
+                                            "[method]\nname = equimod\n[data]\nlocal_crops = 1\n"
+                                            "local_mode = center\nlocal_size = 224\n",
+                                            "j", err),
+                     SER_OK);
 }
 
 static void test_missing_file(void **state) {
@@ -360,7 +371,7 @@ static void test_hash(void **state) {
     for (int i = 0; i < n; i++) {
         if (t[i].flags & SER_CONFIG_F_NOHASH) continue;
         if (strcmp(t[i].section, "dino") == 0 || strcmp(t[i].section, "barlow") == 0 ||
-            strcmp(t[i].section, "essl") == 0)
+            strcmp(t[i].section, "essl") == 0 || strcmp(t[i].section, "equimod") == 0)
             continue;
         snprintf(key, sizeof key, "%s.%s", t[i].section, t[i].name);
         ser_config_get(&c, key, val, sizeof val);
@@ -379,7 +390,7 @@ static void test_hash(void **state) {
         {"run.checkpoint_every", "7"}, {"run.keep_checkpoints", "9"}, {"run.name", "other"},
         {"cluster.port", "6000"},    {"cluster.status_port", "-1"}, {"cluster.coordinator", "h"},
         {"dino.momentum", "0.99"},   {"barlow.proj_dim", "64"},  // methods not selected
-        {"essl.lambda", "1"},
+        {"essl.lambda", "1"}, {"equimod.lambda", "2"},
     };
     char err[SER_ERR_LEN];
     for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {

@@ -28,6 +28,7 @@ typedef struct {
     ser_group_elem g[2][3];
     ser_batch b;
     float *local[SER_MAX_LOCAL];
+    float *vparams;  // (8, 2, SER_VIEW_PARAMS) when the fixture has them
     ser_config job;  // what an add-on reads
 } s_case;
 
@@ -48,6 +49,16 @@ static void s_load(s_case *c, const char *file) {
         assert_int_equal(sscanf(essl, "%lf,%d,%d", &c->job.essl.lambda, &c->job.essl.hidden,
                                 &c->job.essl.bottleneck), 3);
         cfg.addon = &ser_moco_addon_essl, cfg.addon_job = &c->job;
+    }
+    const char *eqm = ser_st_meta(c->f, "equimod");  // "lambda,temperature,proj_dim,hidden"
+    if (eqm && *eqm) {  // EquiMod: x_0 as local view 0, the views' parameters
+        ser_config_defaults(&c->job);
+        c->job.method.name = SER_CONFIG_METHOD_EQUIMOD, c->job.data.local_crops = 1;
+        c->job.data.local_mode = SER_CONFIG_LOCAL_CENTER;
+        assert_int_equal(sscanf(eqm, "%lf,%lf,%d,%d", &c->job.equimod.lambda,
+                                &c->job.equimod.temperature, &c->job.equimod.proj_dim,
+                                &c->job.equimod.hidden), 4);
+        cfg.addon = &ser_moco_addon_equimod, cfg.addon_job = &c->job;
     }
     char err[SER_ERR_LEN];
     if (ser_moco_init(&c->m, &cfg, err)) fail_msg("%s", err);
@@ -74,6 +85,8 @@ static void s_load(s_case *c, const char *file) {
                        .eq = {c->eqp[0], c->eqp[1]}, .g = {c->g[0], c->g[1]}};
     memset(c->local, 0, sizeof c->local);
     ser_test_local_views(c->f, &c->b, c->local);
+    c->vparams = ser_st_find(c->f, "vparams") ? ser_test_tensor(c->f, "vparams", NULL) : NULL;
+    c->b.vparams = c->vparams;
 }
 
 static void s_free(s_case *c) {
@@ -82,6 +95,7 @@ static void s_free(s_case *c) {
         for (int e = 0; e < 3; e++) free(c->eqimg[v][e]);
     }
     for (int k = 0; k < SER_MAX_LOCAL; k++) free(c->local[k]);
+    free(c->vparams);
     ser_moco_free(&c->m);
     ser_st_destroy(&c->f);
 }
@@ -117,15 +131,23 @@ static void s_run(const char *file, int shards) {
     int ok = ser_test_allclose("loss", &got[0], ref[0], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_inv", &got[1], ref[1], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_equiv", &got[2], ref[2], 1, 1e-6f, RTOL);
-    if (c.m.cfg.addon) {  // E-SSL: its cross-entropy and accuracy as monitors
+    if (c.m.cfg.addon) {  // E-SSL's cross-entropy / EquiMod's loss and top-1 as monitors
         const char *names[SER_OBJECTIVE_MAX_MONITORS];
         double v[SER_OBJECTIVE_MAX_MONITORS];
+        int essl = c.m.cfg.addon == &ser_moco_addon_essl;
         assert_int_equal(c.m.cfg.addon->monitors(c.m.addon, names, v), 2);
-        assert_string_equal(names[0], "essl_rot_ce");
-        float *lr = ser_test_tensor(c.f, "loss_rot", NULL), gr = (float)v[0];
-        ok &= ser_test_allclose("loss_rot", &gr, lr, 1, 1e-6f, RTOL);
+        assert_string_equal(names[0], essl ? "essl_rot_ce" : "equimod_loss");
+        float *lr = ser_test_tensor(c.f, essl ? "loss_rot" : "loss_equimod", NULL);
+        float gr = (float)v[0];
+        ok &= ser_test_allclose(names[0], &gr, lr, 1, 1e-6f, RTOL);
         assert_true(v[1] >= 0 && v[1] <= 1);
-        assert_true(fabs(L.loss_addon - c.job.essl.lambda * v[0]) <= 1e-12 * fabs(L.loss_addon));
+        if (!essl) {  // the share of predictions matched to their own view: a count, exact
+            float *t1 = ser_test_tensor(c.f, "equimod_top1", NULL);
+            assert_true(fabs(v[1] - (double)t1[0]) < 1e-6);
+            free(t1);
+        }
+        double lambda = essl ? c.job.essl.lambda : c.job.equimod.lambda;
+        assert_true(fabs(L.loss_addon - lambda * v[0]) <= 1e-12 * fabs(L.loss_addon));
         free(lr);
     }
     ok &= s_check_table(c.f, &c.m.tab, c.m.grads, "grad.", NULL);
@@ -146,6 +168,96 @@ static void test_local_views_4_shards(void **s) { (void)s, s_run("moco_local2.sa
 static void test_essl_1_shard(void **s) { (void)s, s_run("moco_essl.safetensors", 1); }
 static void test_essl_2_shards(void **s) { (void)s, s_run("moco_essl.safetensors", 2); }
 static void test_ser_off_2_shards(void **s) { (void)s, s_run("moco_ser_off.safetensors", 2); }
+// EquiMod: its projector on x_1, x_2 and the centre view x_0 (local view 0, not a query), the
+// transformation embedding of the standardised vparams, the predictor and the two-way
+// contrastive loss; with SER on, 1 and 2 shards.
+static void test_equimod_1_shard(void **s) { (void)s, s_run("moco_equimod.safetensors", 1); }
+static void test_equimod_2_shards(void **s) { (void)s, s_run("moco_equimod.safetensors", 2); }
+
+// Finite differences through EquiMod's loss and modules (projector on x_1, x_2, x_0, the
+// embedding of the standardised vectors, the predictor, both contrastive terms): the add-on on
+// its own (C 6, hidden 5, proj_dim 4, B 4), its keys held at the point's (the gradient of the
+// stop-gradient loss), every input [CLS] entry and every parameter.
+static double s_fd_equimod(void *st, ser_gathered *g, const float *const keys[2]) {
+    double loss;
+    char err[SER_ERR_LEN];
+    for (int v = 0; v < 3; v++)
+        memset(v < 2 ? g->dqcls[v] : g->dlcls[0], 0, sizeof(float) * (size_t)g->B * g->C);
+    if (ser_equimod_loss_keys(st, NULL, g, keys, NULL, &loss, err)) fail_msg("%s", err);
+    return loss;
+}
+
+static void test_equimod_finite_differences(void **state) {
+    (void)state;
+    enum { B = 4, C = 6, D = 4 };
+    ser_config job;
+    ser_config_defaults(&job);
+    job.method.name = SER_CONFIG_METHOD_EQUIMOD, job.data.local_crops = 1;
+    job.data.local_mode = SER_CONFIG_LOCAL_CENTER;
+    job.equimod.lambda = 1, job.equimod.temperature = 0.3, job.equimod.proj_dim = D;
+    job.equimod.hidden = 5;
+    const ser_moco_addon_i *a = &ser_moco_addon_equimod;
+    void *st = ser_xcalloc(1, a->state_size);
+    ser_ptab tab, btab;
+    ser_ptab_init(&tab), ser_ptab_init(&btab);
+    char err[SER_ERR_LEN];
+    if (a->build(st, &job, C, &tab, &btab, err)) fail_msg("%s", err);
+    float *params = ser_xaligned(sizeof(float) * tab.total);
+    float *grads = ser_xaligned(sizeof(float) * tab.total);
+    float *bufs = ser_xaligned(sizeof(float) * btab.total);
+    a->bind(st, params, grads, bufs);
+    a->init_weights(st, 11);
+    ser_test_fill_uniform(params, tab.total, 12, -0.6f, 0.6f);  // BN gains and biases too
+    memset(grads, 0, sizeof(float) * tab.total);
+    float x[3][B * C], dx[3][B * C], vp[B * 2 * SER_VIEW_PARAMS];
+    ser_test_fill_uniform(&x[0][0], sizeof x / sizeof(float), 13, -2, 2);
+    ser_test_fill_uniform(vp, sizeof vp / sizeof(float), 14, 0, 1.4f);
+    for (int r = 0; r < B * 2; r++) {  // source 24 x 32 px, jitter and blur on half the views
+        float *q = vp + r * SER_VIEW_PARAMS;
+        q[5] = (float)(r % 2), q[15] = (float)(r / 2 % 2), q[18] = 24, q[19] = 32;
+    }
+    ser_gathered g = {.B = B, .C = C, .n_local = 1, .qcls = {x[0], x[1]},
+                      .dqcls = {dx[0], dx[1]}, .lcls = {x[2]}, .dlcls = {dx[2]}, .vparams = vp};
+    float *k[2] = {malloc(sizeof(float) * 2 * B * D), malloc(sizeof(float) * 2 * B * D)};
+    double loss;
+    memset(dx, 0, sizeof dx);
+    if (ser_equimod_loss_keys(st, NULL, &g, NULL, k, &loss, err)) fail_msg("%s", err);
+    float gx[3][B * C], *gp = malloc(sizeof(float) * tab.total);
+    memcpy(gx, dx, sizeof dx), memcpy(gp, grads, sizeof(float) * tab.total);
+    const float *const keys[2] = {k[0], k[1]};
+    // eps 3e-4: the error is truncation above it (1e-3: 46% of the tolerance, 3e-3: 381%), the
+    // float32 forward's rounding below it
+    double eps = 3e-4, max_err = 0, max_used = 0;
+    int bad = 0;
+    float *targets[2] = {&x[0][0], params};
+    const float *an[2] = {&gx[0][0], gp};
+    size_t counts[2] = {3 * B * C, tab.total};
+    for (int t = 0; t < 2; t++)
+        for (size_t i = 0; i < counts[t]; i++) {
+            float v = targets[t][i];
+            targets[t][i] = v + (float)eps;
+            double fp = s_fd_equimod(st, &g, keys);
+            targets[t][i] = v - (float)eps;
+            double fm = s_fd_equimod(st, &g, keys);
+            targets[t][i] = v;
+            double fd = (fp - fm) / (2 * eps), e = fabs(fd - (double)an[t][i]);
+            double tol = 1e-3 + 1e-2 * fabs(fd);
+            max_err = e > max_err ? e : max_err;
+            max_used = e / tol > max_used ? e / tol : max_used;
+            if (e > tol && bad++ < 5)
+                print_error("  %s[%zu]: analytic %g fd %g\n", t ? "param" : "x", i,
+                            (double)an[t][i], fd);
+        }
+    print_message("equimod FD: loss %.6f, %zu inputs and parameters, max |fd - analytic| %.3g, "
+                  "%.0f%% of the tolerance 1e-3 + 1e-2 |fd|\n",
+                  loss, counts[0] + counts[1], max_err, 100 * max_used);
+    assert_int_equal(bad, 0);
+    g.vparams = NULL;  // a batch without the views' parameters
+    assert_int_equal(ser_equimod_loss_keys(st, NULL, &g, NULL, NULL, &loss, err), SER_EINVAL);
+    assert_non_null(strstr(err, "vparams"));
+    free(k[0]), free(k[1]), free(gp), free(params), free(grads), free(bufs), free(st);
+    ser_ptab_free(&tab), ser_ptab_free(&btab);
+}
 
 // ser_grad=off is the public code: projector_equiv and norm_equiv get no gradient and are frozen.
 static void test_ser_off_freezes_the_ser_modules(void **state) {
@@ -213,6 +325,9 @@ int main(void) {
         cmocka_unit_test(test_essl_1_shard),
         cmocka_unit_test(test_essl_2_shards),
         cmocka_unit_test(test_ser_off_2_shards),
+        cmocka_unit_test(test_equimod_1_shard),
+        cmocka_unit_test(test_equimod_2_shards),
+        cmocka_unit_test(test_equimod_finite_differences),
         cmocka_unit_test(test_ser_off_freezes_the_ser_modules),
         cmocka_unit_test(test_repeatable_bitwise),
         cmocka_unit_test(test_bad_batches),

@@ -163,10 +163,10 @@ static int teardown(void **state) {
 // --- the table ---------------------------------------------------------------------------------
 static void test_table(void **state) {
     (void)state;
-    const char *names[4] = {"moco", "dino", "barlow", "essl"};
-    int idx[4] = {SER_CONFIG_METHOD_MOCO, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
-                  SER_CONFIG_METHOD_ESSL};
-    for (int i = 0; i < 4; i++) {
+    const char *names[5] = {"moco", "dino", "barlow", "essl", "equimod"};
+    int idx[5] = {SER_CONFIG_METHOD_MOCO, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
+                  SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_EQUIMOD};
+    for (int i = 0; i < 5; i++) {
         const ser_objective_i *o = ser_objective_get(idx[i]);
         assert_non_null(o);
         assert_string_equal(o->name, names[i]);
@@ -175,10 +175,10 @@ static void test_table(void **state) {
         assert_non_null(o->init), assert_non_null(o->objective), assert_non_null(o->student_prefix);
         assert_true((o->ema == SER_OBJECTIVE_EMA_NONE) == (o->teacher_ema == NULL));
     }
-    assert_int_equal(s_toy_index, 4);
-    assert_int_equal(ser_objective_count(), 5);
-    assert_int_equal(ser_objective_find("toy"), 4);
-    assert_null(ser_objective_get(5));
+    assert_int_equal(s_toy_index, 5);
+    assert_int_equal(ser_objective_count(), 6);
+    assert_int_equal(ser_objective_find("toy"), 5);
+    assert_null(ser_objective_get(6));
     assert_int_equal(ser_objective_find("simclr"), -1);
     assert_int_equal(ser_objective_register(&s_toy_i), -1);  // the name is taken
     // The config knows the registered name.
@@ -186,7 +186,7 @@ static void test_table(void **state) {
     char err[SER_ERR_LEN];
     ser_config_defaults(&c);
     assert_int_equal(ser_config_set_arg(&c, "method.name=toy", err), SER_OK);
-    assert_int_equal(c.method.name, 4);
+    assert_int_equal(c.method.name, 5);
     assert_int_not_equal(ser_config_set_arg(&c, "method.name=simclr", err), SER_OK);
 }
 

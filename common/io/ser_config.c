@@ -135,6 +135,20 @@ static const ser_config_option s_options[] = {
     INT(essl, bottleneck, 1, BIG, "256", 0,
         "Width of the rotation head's last hidden layer before the 4 logits (Linear C-C, LN, "
         "ReLU, Linear C-C, LN, ReLU, Linear C-bottleneck, LN, Linear bottleneck-4)."),
+    // [equimod]
+    DBL(equimod, lambda, 0, 1000, "1", 0,
+        "Weight of EquiMod's equivariance loss (method.name = equimod: MoCo-v3 on the two global "
+        "views + lambda * the contrastive loss between the projected views and their prediction "
+        "from the centre view x_0 and the views' standardised 18-dim transformation vectors)."),
+    DBL(equimod, temperature, 0, 100, "0.2", GT,
+        "Temperature of the equivariance loss (the reference's --temperature-equiv); the loss is "
+        "MoCo's contrastive loss at this temperature, x 2 temperature."),
+    INT(equimod, proj_dim, 1, BIG, "128", 0,
+        "Width of the equivariant projection, the transformation embedding and the predictor "
+        "output."),
+    INT(equimod, hidden, 0, BIG, "0", 0,
+        "Width of the equivariant projector's two hidden layers; 0 = the ViT width (the "
+        "reference's 384 for ViT-S)."),
     // [ser]
     BOOL(ser, enabled, "true", 0,
          "Soft Equivariance Regularization: equivariant sub-batch, SER map and loss."),
@@ -938,6 +952,13 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
          "method.name = essl predicts the rotation of 4 rotated crops: set data.local_crops = 4 "
          "and data.local_mode = rotations (data.local_size and data.local_crop_min/max size "
          "them; the reference: 96 px, scale 0.05-0.14)");
+    RULE(c->method.name != SER_CONFIG_METHOD_EQUIMOD ||
+             (d->local_crops == 1 && d->local_mode == SER_CONFIG_LOCAL_CENTER &&
+              ser_config_local_size(c) == m->img_size),
+         "method.name = equimod reads the unaugmented centre view x_0 as local view 0: set "
+         "data.local_crops = 1, data.local_mode = center and data.local_size = model.img_size "
+         "(= %d; now local_crops %d, local_size %d)", m->img_size, d->local_crops,
+         ser_config_local_size(c));
     RULE(d->local_size % m->patch == 0, "data.local_size = %d is not a multiple of model.patch = %d",
          d->local_size, m->patch);
     RULE(d->kind != SER_CONFIG_DATA_SYNTHETIC || d->synthetic_images >= d->global_batch,

@@ -1,6 +1,7 @@
 // ser_moco_addon.h — add-ons on MoCo-v3: a head and a loss next to the contrastive objective,
-// the paper's invariance + equivariance baselines (E-SSL's rotation prediction; AugSelf and
-// EquiMod's transformation heads are meant to come here too).
+// the paper's invariance + equivariance baselines (E-SSL's rotation prediction, EquiMod's
+// transformation-conditioned predictor; AugSelf's transformation heads are meant to come here
+// too).
 //
 // An add-on is a method of its own (method.name = its name; its config section beside [moco],
 // which it also reads). ser_moco registers the add-on's tensors after the predictor (names as in
@@ -9,12 +10,14 @@
 // loss is part of the step's total and its own values go to metrics.jsonl as monitors.
 //
 // Adding an add-on: one file in this folder defining its `const ser_moco_addon_i`, one row in
-// ser_moco.c's s_addons and one SER_MOCO_OBJECTIVE line there, one row in ser_objective.c's
+// ser_moco.c's s_addons and one SER_MOCO_OBJECTIVE line there (SER_MOCO_OBJECTIVE_VP for an
+// add-on that reads ser_gathered.vparams), one row in ser_objective.c's
 // s_table, and its config section in io/ser_config.c.
 //
 // defines:
 //   ser_moco_addon_i   the table of an add-on
 //   ser_moco_addon_essl
+//   ser_moco_addon_equimod, ser_equimod_standardise(), ser_equimod_loss_keys()
 #ifndef SER_MOCO_ADDON_H
 #define SER_MOCO_ADDON_H
 
@@ -50,5 +53,21 @@ typedef struct ser_moco_addon_i {
 
 // E-SSL (common/objectives/ser_essl.c).
 extern const ser_moco_addon_i ser_moco_addon_essl;
+
+// EquiMod (common/objectives/ser_equimod.c).
+extern const ser_moco_addon_i ser_moco_addon_equimod;
+// The 18 floats of EquiMod's transformation vector (SER_VIEW_PARAMS 0-17).
+#define SER_EQUIMOD_DIMS 18
+// out (18,): the standardised vector of one view's parameters vp (SER_VIEW_PARAMS): the fixed
+// map documented in ser_equimod.c (not the reference's p_mean / p_std).
+void ser_equimod_standardise(float *out, const float *vp);
+// The add-on's loss with the contrastive keys given: keys[0] (2B, proj_dim) stands for the
+// predictions in ctr(y_t, .) and keys[1] for the projections in ctr(ŷ_t, .). Their gradient is
+// the add-on's (its keys are constants), so finite differences of this function with the keys
+// of the point held fixed check it. keys NULL: the call's own rows (the add-on's loss); keys_out
+// non-NULL: the call's own rows are copied there (2B x proj_dim each).
+int ser_equimod_loss_keys(void *st, const ser_batch *b, ser_gathered *g,
+                          const float *const keys[2], float *const keys_out[2], double *loss,
+                          char err[SER_ERR_LEN]);
 
 #endif
