@@ -20,10 +20,12 @@ static void s_usage(FILE *f) {
             "usage: ser bench step [--method moco|dino|barlow] [--ser on|off] [--model M]\n"
             "                      [--img N] [--patch P] [--batch B] [--ratio R | --eq N]\n"
             "                      [--threads T] [--runs R] [--mlp-dim D | --out-dim D |\n"
-            "                      --proj-dim D] [--json]\n"
+            "                      --proj-dim D] [--local L [--local-size S]] [--json]\n"
             "  times one whole training step (student and teacher ViT on both views, heads,\n"
             "  losses, SER, backward, AdamW) on synthetic data. --ser off is the base method\n"
             "  alone on the whole batch; on splits off round(R*B) equivariant samples (or --eq N).\n"
+            "  --local L adds L local views per image (multi-crop: DINO's local crops, MoCo's\n"
+            "  2 + L queries) of S px (default img x 96/224 rounded to the patch).\n"
             "  defaults: moco, ser on, vit_small, 224, patch 16, batch 32, ratio 0.01, 2 threads,\n"
             "  5 runs, the method's head widths (moco mlp 4096, dino out 65536, barlow 8192)\n");
 }
@@ -39,6 +41,7 @@ int ser_bench_step(int argc, char **argv) {
     const char *method = "moco", *model = "vit_small";
     int ser = 1, img = 224, patch = 16, batch = 32, threads = 2, runs = 5, json = 0, eq = -1;
     int head = 0;  // moco: mlp_dim; barlow: proj_dim (0 = the method's default)
+    int n_local = 0, local_size = 0;
     double ratio = 0.01;
     static const struct option opts[] = {
         {"method", required_argument, 0, 'M'}, {"ser", required_argument, 0, 's'},
@@ -47,7 +50,8 @@ int ser_bench_step(int argc, char **argv) {
         {"ratio", required_argument, 0, 'r'},  {"eq", required_argument, 0, 'e'},
         {"threads", required_argument, 0, 't'}, {"runs", required_argument, 0, 'R'},
         {"mlp-dim", required_argument, 0, 'd'}, {"proj-dim", required_argument, 0, 'd'},
-        {"out-dim", required_argument, 0, 'd'},
+        {"out-dim", required_argument, 0, 'd'}, {"local", required_argument, 0, 'L'},
+        {"local-size", required_argument, 0, 'S'},
         {"json", no_argument, 0, 'j'},         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
@@ -71,14 +75,18 @@ int ser_bench_step(int argc, char **argv) {
         case 't': threads = atoi(optarg); break;
         case 'R': runs = atoi(optarg); break;
         case 'd': head = atoi(optarg); break;
+        case 'L': n_local = atoi(optarg); break;
+        case 'S': local_size = atoi(optarg); break;
         case 'j': json = 1; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }
     }
-    if (batch < 2 || threads < 1 || runs < 1 || runs > 1000 || ratio < 0 || ratio > 1 || head < 0) {
+    if (batch < 2 || threads < 1 || runs < 1 || runs > 1000 || ratio < 0 || ratio > 1 || head < 0 ||
+        n_local < 0 || n_local > SER_MAX_LOCAL || local_size < 0) {
         fprintf(stderr, "ser bench step: need --batch >= 2, --threads >= 1, 1 <= --runs <= 1000, "
-                        "0 <= --ratio <= 1, head width >= 0\n");
+                        "0 <= --ratio <= 1, head width >= 0, 0 <= --local <= %d, --local-size >= 0\n",
+                SER_MAX_LOCAL);
         return 2;
     }
     // The job: defaults (the reference MoCo run) with the benchmark's overrides.
@@ -86,8 +94,8 @@ int ser_bench_step(int argc, char **argv) {
     ser_config_defaults(&cfg);
     char err[SER_ERR_LEN], kv[128];
     int n_eq = ser ? (eq >= 0 ? eq : ser_sched_equiv_count(ratio, batch)) : 0;
-    const char *sets[20];
-    char buf[20][128];
+    const char *sets[24];
+    char buf[24][128];
     int ns = 0;
 #define SET(...) (snprintf(buf[ns], sizeof buf[ns], __VA_ARGS__), sets[ns] = buf[ns], ns++)
     SET("method.name=%s", method);
@@ -104,6 +112,8 @@ int ser_bench_step(int argc, char **argv) {
     if (head && strcmp(method, "barlow") == 0) SET("barlow.proj_dim=%d", head);
     if (head && strcmp(method, "dino") == 0) SET("dino.out_dim=%d", head);
     if (strcmp(method, "dino") == 0) SET("optim.decay=no_bias_1d"), SET("model.init=generic");
+    SET("data.local_crops=%d", n_local);
+    SET("data.local_size=%d", local_size);
 #undef SET
     int rc = 0;
     for (int i = 0; i < ns && !rc; i++) rc = ser_config_set_arg(&cfg, sets[i], err);
@@ -140,6 +150,15 @@ int ser_bench_step(int argc, char **argv) {
     ser_batch b = {.n_inv = n_inv, .n_eq = n_eq, .img = img, .inv = {inv[0], inv[1]},
                    .eq = {(const float *const *)eqimg[0], (const float *const *)eqimg[1]},
                    .g = {g[0], g[1]}};
+    int ls = ser_config_local_size(&cfg);
+    float *loc[SER_MAX_LOCAL] = {0};
+    b.n_local = n_local, b.local_img = ls;
+    for (int k = 0; k < n_local; k++) {
+        size_t nl = (size_t)batch * 3 * ls * ls;
+        loc[k] = ser_xaligned(sizeof(float) * nl);
+        s_fill(loc[k], nl, (uint32_t)(1000 + k));
+        b.local[k] = loc[k];
+    }
     double *t = ser_xcalloc((size_t)runs, sizeof(double)), L[3] = {0, 0, 0};
     for (int r = -1; r < runs && !rc; r++) {  // r = -1: warm-up
         double t0 = ser_time_sec(), lr, wd, mom;
@@ -153,20 +172,22 @@ int ser_bench_step(int argc, char **argv) {
         double med = ser_median(t, runs);
         if (json)
             printf("{\"bench\":\"step\",\"method\":\"%s\",\"ser\":%d,\"model\":\"%s\",\"img\":%d,"
-                   "\"patch\":%d,\"batch\":%d,\"n_eq\":%d,\"threads\":%d,\"runs\":%d,"
+                   "\"patch\":%d,\"batch\":%d,\"n_eq\":%d,\"local\":%d,\"local_size\":%d,"
+                   "\"threads\":%d,\"runs\":%d,"
                    "\"median_step_s\":%.6f,\"images_per_s\":%.3f,\"loss\":%.6f}\n",
-                   method, ser && n_eq > 0, model, img, patch, batch, n_eq, threads, runs, med,
-                   batch / med, L[0]);
+                   method, ser && n_eq > 0, model, img, patch, batch, n_eq, n_local,
+                   n_local ? ls : 0, threads, runs, med, batch / med, L[0]);
         else
-            printf("ser bench step: %s%s %s/%d img %d batch %d (%d equivariant) threads %d "
-                   "(median of %d)\n  step %.4f s  %.2f images/s  loss %.4f\n",
-                   method, ser && n_eq > 0 ? "+ser" : "", model, patch, img, batch, n_eq, threads,
-                   runs, med, batch / med, L[0]);
+            printf("ser bench step: %s%s %s/%d img %d batch %d (%d equivariant, %d local of %d "
+                   "px) threads %d (median of %d)\n  step %.4f s  %.2f images/s  loss %.4f\n",
+                   method, ser && n_eq > 0 ? "+ser" : "", model, patch, img, batch, n_eq, n_local,
+                   n_local ? ls : 0, threads, runs, med, batch / med, L[0]);
     }
     for (int v = 0; v < 2; v++) {
         for (int e = 0; e < n_eq; e++) free(eqimg[v][e]);
         free(eqimg[v]), free(g[v]), free(inv[v]);
     }
+    for (int k = 0; k < n_local; k++) free(loc[k]);
     free(t);
     ser_trainer_free(&tr);
     return rc ? 1 : 0;

@@ -33,17 +33,25 @@ def main():
         i = args.index("--rounds")
         rounds = int(args[i + 1])
         del args[i:i + 2]
+    peer_args = []  # options only the peer takes (--autocast bf16: its best CPU setting)
+    if "--autocast" in args:
+        i = args.index("--autocast")
+        peer_args = args[i:i + 2]
+        del args[i:i + 2]
     ser = os.environ.get("SER_BIN", os.path.join(ROOT, "build", "ser"))
+    py = os.environ.get("SER_PYTHON", "/usr/bin/python3")
     ours, peer = [], []
     for _ in range(rounds):
         ours.append(run_json([ser, "bench", what, "--json"] + args))
-        peer.append(run_json(["/usr/bin/python3", os.path.join(HERE, PEERS[what])] + args))
+        peer.append(run_json([py, os.path.join(HERE, PEERS[what])] + args + peer_args))
     o = statistics.median(r["images_per_s"] for r in ours)
     p = statistics.median(r["images_per_s"] for r in peer)
     r0 = ours[0]
     if what == "step":
-        print(f"| {r0['method']}{'+ser' if r0['ser'] else ''} | {r0['model']}/{r0['patch']} | "
-              f"{r0['img']} | {r0['batch']} ({r0['n_eq']} eq) | {r0['threads']} | "
+        loc = f" + {r0['local']} local of {r0['local_size']} px" if r0.get("local") else ""
+        pk = f" ({peer[0]['autocast']})" if peer[0].get("autocast", "none") != "none" else ""
+        print(f"| {r0['method']}{'+ser' if r0['ser'] else ''}{loc} | {r0['model']}/{r0['patch']} | "
+              f"{r0['img']} | {r0['batch']} ({r0['n_eq']} eq) | {r0['threads']}{pk} | "
               f"{r0['median_step_s']:.3f} s | {statistics.median(r['median_step_s'] for r in peer):.3f} s | "
               f"{o / p:.2f}x |")
         return

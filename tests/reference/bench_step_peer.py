@@ -41,6 +41,11 @@ def main():
     ap.add_argument("--mlp-dim", type=int, default=0)
     ap.add_argument("--proj-dim", type=int, default=0)
     ap.add_argument("--out-dim", type=int, default=0)
+    ap.add_argument("--local", type=int, default=0, help="local views per image (multi-crop)")
+    ap.add_argument("--local-size", type=int, default=0, help="their side; 0 = img x 96/224")
+    ap.add_argument("--autocast", default="none", choices=["none", "bf16"],
+                    help="bf16: torch.autocast('cpu', bfloat16) around the forward (the peer's "
+                         "best setting on a CPU with fast bf16)")
     a = ap.parse_args()
     assert a.method in ("moco", "barlow", "dino")
     torch.set_num_threads(a.threads)
@@ -72,6 +77,10 @@ def main():
     n_inv = a.batch - n_eq
     g0 = a.img // a.patch
     inv = [torch.randn(n_inv, 3, a.img, a.img) for _ in range(2)]
+    ls = a.local_size or max(1, round(a.img * 96 / 224 / a.patch)) * a.patch
+    local = [torch.randn(a.batch, 3, ls, ls) for _ in range(a.local)]
+    if a.local and a.method == "barlow":
+        sys.exit("bench_step_peer: barlow has no local views")
     gs = [[], []]
     eq = [[], []]
     for _ in range(n_eq):
@@ -84,15 +93,16 @@ def main():
     for r in range(a.runs + 1):
         t0 = time.perf_counter()
         m.zero_grad(set_to_none=False)
-        if a.method == "barlow":
-            loss = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1])[0]
-        elif a.method == "dino":
-            out = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.04)
-            loss = out[0]
-        elif n_eq:
-            loss, _, _ = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.99)
-        else:  # MoCo-v3 alone: no equivariant samples, no SER term
-            loss = moco_only(m, inv[0], inv[1])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+            if a.method == "barlow":
+                loss = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1])[0]
+            elif a.method == "dino":
+                out = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.04, local)
+                loss = out[0]
+            elif n_eq or local:
+                loss, _, _ = m(inv[0], inv[1], eq[0], eq[1], gs[0], gs[1], 0.99, local)
+            else:  # MoCo-v3 alone: no equivariant samples, no SER term
+                loss = moco_only(m, inv[0], inv[1])
         loss.backward()
         opt.step()
         if a.method == "dino":  # after the step: centre and teacher EMA, as main_dino.py
@@ -105,6 +115,8 @@ def main():
     print(json.dumps({"bench": "step_peer", "impl": f"pytorch {torch.__version__}",
                       "method": a.method, "ser": int(a.ser == "on" and n_eq > 0), "model": a.model,
                       "img": a.img, "patch": a.patch, "batch": a.batch, "n_eq": n_eq,
+                      "local": a.local, "local_size": ls if a.local else 0,
+                      "autocast": a.autocast,
                       "threads": a.threads, "runs": a.runs,
                       "median_step_s": med, "images_per_s": a.batch / med}))
 

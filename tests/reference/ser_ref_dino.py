@@ -146,6 +146,8 @@ class DINOSER(nn.Module):
         with torch.no_grad():
             t = self.teacher.head(torch.cat(kcls))
         loss_inv = self.dino_loss(s, t, teacher_temp, ncrops=2 + len(local))
+        if len(eq0) == 0:  # no equivariant sample: no SER term in the graph
+            return loss_inv, loss_inv, torch.zeros(()), t
         L = []
         for w in range(2):  # anchors: student view w; teacher view 1-w moved onto w's grid
             Q, K, tokens = [], [], []
