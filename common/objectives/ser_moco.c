@@ -13,7 +13,7 @@
 #include "ser_sched.h"
 
 // The add-ons (ser_moco_addon.h): one row each.
-static const ser_moco_addon_i *const s_addons[] = {&ser_moco_addon_essl};
+static const ser_moco_addon_i *const s_addons[] = {&ser_moco_addon_essl, &ser_moco_addon_augself};
 
 void ser_moco_config_default(ser_moco_config *c) {
     memset(c, 0, sizeof *c);
@@ -298,9 +298,11 @@ const ser_objective_i ser_objective_moco = {
     .memory = s_memory,
 };
 
-// An add-on method: MoCo-v3's table with the add-on's name, memory and monitors.
-#define SER_MOCO_OBJECTIVE(nm)                                                            \
+// An add-on method: MoCo-v3's table with the add-on's name, memory and monitors; vp = 1 for one
+// that reads the global views' parameters (the coordinator then requires them).
+#define SER_MOCO_OBJECTIVE(nm, vp)                                                        \
     {.name = nm, .base_section = "moco", S_MOCO_FAMILY, .memory = s_memory_addon,          \
-     .monitors = s_monitors_addon}
+     .monitors = s_monitors_addon, .view_params = vp}
 
-const ser_objective_i ser_objective_essl = SER_MOCO_OBJECTIVE("essl");
+const ser_objective_i ser_objective_essl = SER_MOCO_OBJECTIVE("essl", 0);
+const ser_objective_i ser_objective_augself = SER_MOCO_OBJECTIVE("augself", 1);

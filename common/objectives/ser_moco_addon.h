@@ -1,6 +1,6 @@
 // ser_moco_addon.h — add-ons on MoCo-v3: a head and a loss next to the contrastive objective,
-// the paper's invariance + equivariance baselines (E-SSL's rotation prediction; AugSelf and
-// EquiMod's transformation heads are meant to come here too).
+// the paper's invariance + equivariance baselines (E-SSL's rotation prediction, AugSelf's
+// augmentation-difference predictors; EquiMod's transformation head is meant to come here too).
 //
 // An add-on is a method of its own (method.name = its name; its config section beside [moco],
 // which it also reads). ser_moco registers the add-on's tensors after the predictor (names as in
@@ -14,7 +14,7 @@
 //
 // defines:
 //   ser_moco_addon_i   the table of an add-on
-//   ser_moco_addon_essl
+//   ser_moco_addon_essl, ser_moco_addon_augself
 #ifndef SER_MOCO_ADDON_H
 #define SER_MOCO_ADDON_H
 
@@ -50,5 +50,7 @@ typedef struct ser_moco_addon_i {
 
 // E-SSL (common/objectives/ser_essl.c).
 extern const ser_moco_addon_i ser_moco_addon_essl;
+// AugSelf (common/objectives/ser_augself.c).
+extern const ser_moco_addon_i ser_moco_addon_augself;
 
 #endif
