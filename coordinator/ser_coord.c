@@ -1168,6 +1168,16 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     c->L = c->g.n_local = o->cfg.data.local_crops;
     if (c->tr.obj->view_params)  // the workers send them; a FORWARD_DONE without them is refused
         c->g.vparams = ser_xaligned(sizeof(float) * (size_t)c->B * 2 * SER_VIEW_PARAMS);
+    if (c->tr.obj->view_params && o->batch_file) {  // say so now, not after the workers' timeout
+        ser_st_file *bf = NULL;
+        char berr[SER_ERR_LEN];
+        int lacks = ser_st_open(&bf, o->batch_file, berr) == 0 && !ser_st_find(bf, "vparams");
+        ser_st_destroy(&bf);  // a file this host cannot open is the workers' to check
+        if (lacks)
+            return ser_errf(err, SER_ESHAPE, "%s has no vparams (the global views' parameters, "
+                            "(B, 2, %d) F32), which method.name = %s reads", o->batch_file,
+                            SER_VIEW_PARAMS, c->tr.obj->name);
+    }
     for (int k = 0; k < c->L; k++) {
         c->g.lcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
         c->g.dlcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);

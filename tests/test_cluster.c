@@ -324,11 +324,24 @@ static void s_method_n_workers_batch(const char *method, const char *section, co
         if (!strcmp(method, "dino")) s_assert_monitors(od, "dino_teacher_entropy", "dino_kl");
         if (!strcmp(method, "barlow")) s_assert_monitors(od, "barlow_on_diag", "barlow_off_diag");
         if (!strcmp(method, "equimod")) s_assert_monitors(od, "equimod_loss", "equimod_top1");
+        if (!strcmp(method, "augself")) s_assert_monitors(od, "augself_crop_mse", "augself_color_mse");
     }
 }
 
 static void s_method_n_workers(const char *method, const char *section) {
     s_method_n_workers_batch(method, section, s_b, method);
+}
+
+// A writer holding every tensor of the step batch (*f keeps their data until the save).
+static ser_st_writer *s_step_batch_writer(ser_st_file **f) {
+    char err[SER_ERR_LEN];
+    assert_int_equal(ser_st_open(f, s_b, err), 0);
+    ser_st_writer *w = ser_st_writer_new();
+    for (int i = 0; i < ser_st_count(*f); i++) {
+        const ser_st_entry *e = ser_st_at(*f, i);
+        ser_st_writer_add(w, e->name, e->dtype, e->ndim, e->shape, e->data);
+    }
+    return w;
 }
 
 // DIR/local<L>_<side>[vp]_batch.safetensors: the step batch with L local views of side px per
@@ -338,12 +351,7 @@ static void s_batch_with_locals(char *path, size_t n, int L, int side, int vp) {
     char err[SER_ERR_LEN];
     snprintf(path, n, "%s/local%d_%d%s_batch.safetensors", s_dir, L, side, vp ? "vp" : "");
     ser_st_file *f = NULL, *fv = NULL;
-    assert_int_equal(ser_st_open(&f, s_b, err), 0);
-    ser_st_writer *w = ser_st_writer_new();
-    for (int i = 0; i < ser_st_count(f); i++) {
-        const ser_st_entry *e = ser_st_at(f, i);
-        ser_st_writer_add(w, e->name, e->dtype, e->ndim, e->shape, e->data);
-    }
+    ser_st_writer *w = s_step_batch_writer(&f);
     const int64_t shape[4] = {8, 3, side, side};
     size_t nx = (size_t)8 * 3 * side * side;
     float *x[SER_MAX_LOCAL];
@@ -406,6 +414,56 @@ static void test_equimod_n_workers_equal_ser_step(void **state) {
     snprintf(log, sizeof log, "%s/step-novp.log", s_dir);
     snprintf(cmd, sizeof cmd, "grep -q 'no view parameters (vparams' %s", log);
     assert_int_equal(system(cmd), 0);
+}
+
+// DIR/vparams_batch.safetensors: the step batch with its global views' parameters (vparams,
+// (8, 2, SER_VIEW_PARAMS) F32: crop boxes inside sources of various sizes, flips that differ
+// within some pairs, jitter on and off, factors in MoCo-v3's ranges).
+static void s_batch_with_vparams(char *path, size_t n) {
+    char err[SER_ERR_LEN];
+    snprintf(path, n, "%s/vparams_batch.safetensors", s_dir);
+    ser_st_file *f = NULL;
+    ser_st_writer *w = s_step_batch_writer(&f);
+    float vp[8][2][SER_VIEW_PARAMS];
+    memset(vp, 0, sizeof vp);
+    for (int i = 0; i < 8; i++)
+        for (int v = 0; v < 2; v++) {
+            float *p = vp[i][v], H = (float)(64 + 8 * i), W = (float)(96 - 4 * i);
+            p[2] = H / 2 + (float)(4 * v), p[3] = W / 2 + (float)(3 * i);  // h, w
+            p[0] = (float)(2 * i + v), p[1] = (float)(3 * v + i);      // i, j
+            p[4] = (float)((i + v) % 2), p[5] = (float)((i + v) % 4 != 3);
+            p[6] = 0, p[7] = 1, p[8] = 2, p[9] = 3;
+            p[10] = 0.7f + 0.08f * (float)i, p[11] = 1.3f - 0.07f * (float)i;
+            p[12] = 0.8f + 0.05f * (float)(i + v), p[13] = 0.02f * (float)(i - 4 + v);
+            p[14] = (float)(i == 5), p[15] = (float)(v == 0), p[16] = 0.5f + 0.1f * (float)i;
+            p[18] = H, p[19] = W, p[20] = 128.0f / 255.0f;
+        }
+    const int64_t shape[3] = {8, 2, SER_VIEW_PARAMS};
+    ser_st_writer_add(w, "vparams", SER_DT_F32, 3, shape, vp);
+    assert_int_equal(ser_st_writer_save(w, path, err), 0);
+    ser_st_writer_destroy(&w);
+    ser_st_destroy(&f);
+}
+
+// AugSelf: its predictors read the global views' parameters, which travel from the batch file
+// through FORWARD_DONE to the coordinator; 1..3 workers against `ser step`, bitwise, its two MSEs
+// in metrics.jsonl. Without vparams in the batch file, `ser step` and `ser local` stop with an
+// error naming them.
+static void test_augself_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    char batch[160], cfg[160], out[160];
+    s_batch_with_vparams(batch, sizeof batch);
+    s_method_n_workers_batch("augself", "[augself]\nhidden = 16\nmirror_typo = true\n", batch,
+                             "augself");
+    s_method_ini(cfg, sizeof cfg, "augself", "");
+    snprintf(out, sizeof out, "%s/augself-novp.safetensors", s_dir);
+    char *sargs[] = {"ser", "step", "--config", cfg, "--batch", s_b, "--out", out, NULL};
+    assert_int_not_equal(s_wait(s_start("novp-step.log", sargs)), 0);
+    assert_true(s_log_has("novp-step.log", "augself: the batch has no vparams"));
+    char *largs[] = {"ser", "local", "--workers", "1", "--config", cfg, "--batch-file", s_b,
+                     "--out", out, "--steps", "2", NULL};
+    assert_int_not_equal(s_wait(s_start("novp-local.log", largs)), 0);
+    assert_true(s_log_has("novp-local.log", "no vparams"));
 }
 
 // A batch without equivariant samples (SER on): projector_equiv and norm_equiv get no gradient,
@@ -1132,18 +1190,18 @@ static void test_loader_killed_and_restarted(void **state) {
 
 // Local views from the data loader (DINO, 2 local crops of the default size, 8 px here): 1 and
 // 3 workers of `ser local` reach the same bits.
-static void test_local_views_from_the_loader(void **state) {
-    (void)state;
-    char root[128], cfg[160], sec[512], out[2][160], od[200], dp[160], err[SER_ERR_LEN];
-    snprintf(root, sizeof root, "%s/mcdata", s_dir);
+// `ser local` of the method on synthetic images (its own loader) with 1 and 3 workers, 6 steps:
+// the same bits. tag names the run's files.
+static void s_method_loader_1_and_3(const char *method, const char *sec, const char *tag) {
+    char root[128], cfg[160], out[2][160], od[200], dp[160], err[SER_ERR_LEN];
+    snprintf(root, sizeof root, "%s/%sdata", s_dir, tag);
     assert_int_equal(ser_dl_data_make_synthetic(root, 2, 8, 48, 40, 3, err), 0);
-    snprintf(sec, sizeof sec, "%s[data]\nlocal_crops = 2\n", s_dino_section);
-    s_method_ini(cfg, sizeof cfg, "dino", sec);
+    s_method_ini(cfg, sizeof cfg, method, sec);
     snprintf(dp, sizeof dp, "data.path=%s", root);
     const char *nws[2] = {"1", "3"};
     for (int i = 0; i < 2; i++) {
-        snprintf(out[i], sizeof out[i], "%s/mc-loader%s.safetensors", s_dir, nws[i]);
-        snprintf(od, sizeof od, "run.out_dir=%s/mc-loader%s", s_dir, nws[i]);
+        snprintf(out[i], sizeof out[i], "%s/%s-loader%s.safetensors", s_dir, tag, nws[i]);
+        snprintf(od, sizeof od, "run.out_dir=%s/%s-loader%s", s_dir, tag, nws[i]);
         char *args[] = {"ser", "local", "--workers", (char *)(uintptr_t)nws[i], "--config", cfg,
                         "--out", out[i], "--steps", "6", "--iters-per-epoch", "5", "--set", dp,
                         "--set", od, NULL};
@@ -1152,6 +1210,20 @@ static void test_local_views_from_the_loader(void **state) {
         assert_int_equal(rc, 0);
     }
     s_assert_same_bits(out[0], out[1]);
+}
+
+static void test_local_views_from_the_loader(void **state) {
+    (void)state;
+    char sec[512];
+    snprintf(sec, sizeof sec, "%s[data]\nlocal_crops = 2\n", s_dino_section);
+    s_method_loader_1_and_3("dino", sec, "mc");
+}
+
+// AugSelf fed by the loader: the views' parameters it records reach the objective.
+static void test_augself_from_the_loader(void **state) {
+    (void)state;
+    s_method_loader_1_and_3("augself", "[augself]\nhidden = 16\n", "augself");
+    assert_true(s_log_has("augself-loader3/metrics.jsonl", "\"augself_color_mse\":"));
 }
 
 // A joined worker whose FORWARD_DONE claims 2 equivariant samples for a shard the job's layout
@@ -1650,6 +1722,7 @@ int main(void) {
         cmocka_unit_test(test_dino_n_workers_equal_ser_step),
         cmocka_unit_test(test_local_views_n_workers_equal_ser_step),
         cmocka_unit_test(test_equimod_n_workers_equal_ser_step),
+        cmocka_unit_test(test_augself_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_local_stops_on_sigterm),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),
@@ -1669,6 +1742,7 @@ int main(void) {
         cmocka_unit_test(test_coordinator_killed_during_checkpoints),
         cmocka_unit_test(test_loader_killed_and_restarted),
         cmocka_unit_test(test_local_views_from_the_loader),
+        cmocka_unit_test(test_augself_from_the_loader),
         cmocka_unit_test(test_netns_hosts),
         cmocka_unit_test(test_curve_keys),
         cmocka_unit_test(test_worker_names_why_it_cannot_connect),

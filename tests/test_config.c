@@ -371,7 +371,8 @@ static void test_hash(void **state) {
     for (int i = 0; i < n; i++) {
         if (t[i].flags & SER_CONFIG_F_NOHASH) continue;
         if (strcmp(t[i].section, "dino") == 0 || strcmp(t[i].section, "barlow") == 0 ||
-            strcmp(t[i].section, "essl") == 0 || strcmp(t[i].section, "equimod") == 0)
+            strcmp(t[i].section, "essl") == 0 || strcmp(t[i].section, "augself") == 0 ||
+            strcmp(t[i].section, "equimod") == 0)
             continue;
         snprintf(key, sizeof key, "%s.%s", t[i].section, t[i].name);
         ser_config_get(&c, key, val, sizeof val);
@@ -390,7 +391,7 @@ static void test_hash(void **state) {
         {"run.checkpoint_every", "7"}, {"run.keep_checkpoints", "9"}, {"run.name", "other"},
         {"cluster.port", "6000"},    {"cluster.status_port", "-1"}, {"cluster.coordinator", "h"},
         {"dino.momentum", "0.99"},   {"barlow.proj_dim", "64"},  // methods not selected
-        {"essl.lambda", "1"}, {"equimod.lambda", "2"},
+        {"essl.lambda", "1"},        {"augself.crop", "1"}, {"equimod.lambda", "2"},
     };
     char err[SER_ERR_LEN];
     for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {

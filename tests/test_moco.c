@@ -1,7 +1,8 @@
 // test_moco.c — a whole MoCo-v3 + SER forward/backward against the PyTorch reference
 // (tests/reference/ser_ref.py MoCoSER): every loss term, every parameter gradient, the
 // momentum update and the BatchNorm buffers, with the SER gradient on (the paper) and off
-// (the public code); shard splits; bad batches.
+// (the public code); shard splits; bad batches. The add-ons: E-SSL and AugSelf (fixtures of
+// make_fixtures.py and make_augself_fixtures.py), AugSelf also by finite differences.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,7 @@ typedef struct {
     ser_group_elem g[2][3];
     ser_batch b;
     float *local[SER_MAX_LOCAL];
-    float *vparams;  // (8, 2, SER_VIEW_PARAMS) when the fixture has them
+    float *vparams;  // (8, 2, SER_VIEW_PARAMS) the global views' parameters, or NULL
     ser_config job;  // what an add-on reads
 } s_case;
 
@@ -60,6 +61,15 @@ static void s_load(s_case *c, const char *file) {
                                 &c->job.equimod.hidden), 4);
         cfg.addon = &ser_moco_addon_equimod, cfg.addon_job = &c->job;
     }
+    const char *augself = ser_st_meta(c->f, "augself");  // "crop,color,hidden,mirror_typo"
+    if (augself && *augself) {
+        ser_config_defaults(&c->job);
+        c->job.method.name = SER_CONFIG_METHOD_AUGSELF;
+        assert_int_equal(sscanf(augself, "%lf,%lf,%d,%d", &c->job.augself.crop,
+                                &c->job.augself.color, &c->job.augself.hidden,
+                                &c->job.augself.mirror_typo), 4);
+        cfg.addon = &ser_moco_addon_augself, cfg.addon_job = &c->job;
+    }
     char err[SER_ERR_LEN];
     if (ser_moco_init(&c->m, &cfg, err)) fail_msg("%s", err);
     const ser_ptab *tabs[2] = {&c->m.tab, &c->m.mtab};
@@ -85,8 +95,12 @@ static void s_load(s_case *c, const char *file) {
                        .eq = {c->eqp[0], c->eqp[1]}, .g = {c->g[0], c->g[1]}};
     memset(c->local, 0, sizeof c->local);
     ser_test_local_views(c->f, &c->b, c->local);
-    c->vparams = ser_st_find(c->f, "vparams") ? ser_test_tensor(c->f, "vparams", NULL) : NULL;
-    c->b.vparams = c->vparams;
+    c->vparams = NULL;
+    if (ser_st_find(c->f, "vparams")) {
+        size_t n;
+        c->b.vparams = c->vparams = ser_test_tensor(c->f, "vparams", &n);
+        assert_int_equal(n, 8 * 2 * SER_VIEW_PARAMS);
+    }
 }
 
 static void s_free(s_case *c) {
@@ -118,6 +132,24 @@ static int s_check_table(const ser_st_file *f, const ser_ptab *t, const float *a
     return ok;
 }
 
+// AugSelf's monitors are the two MSEs (against the reference's), its loss their weighted sum.
+static int s_check_augself(const s_case *c, const ser_moco_losses *L) {
+    const char *names[SER_OBJECTIVE_MAX_MONITORS];
+    double v[SER_OBJECTIVE_MAX_MONITORS];
+    assert_int_equal(c->m.cfg.addon->monitors(c->m.addon, names, v), 2);
+    assert_string_equal(names[0], "augself_crop_mse");
+    assert_string_equal(names[1], "augself_color_mse");
+    float *ref[2] = {ser_test_tensor(c->f, "loss_crop", NULL),
+                     ser_test_tensor(c->f, "loss_color", NULL)};
+    float got[2] = {(float)v[0], (float)v[1]};
+    int ok = ser_test_allclose("loss_crop", &got[0], ref[0], 1, 1e-6f, RTOL);
+    ok &= ser_test_allclose("loss_color", &got[1], ref[1], 1, 1e-6f, RTOL);
+    double want = c->job.augself.crop * v[0] + c->job.augself.color * v[1];
+    assert_true(fabs(L->loss_addon - want) <= 1e-12 * fabs(want));
+    free(ref[0]), free(ref[1]);
+    return ok;
+}
+
 static void s_run(const char *file, int shards) {
     s_case c;
     s_load(&c, file);
@@ -131,7 +163,9 @@ static void s_run(const char *file, int shards) {
     int ok = ser_test_allclose("loss", &got[0], ref[0], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_inv", &got[1], ref[1], 1, 1e-6f, RTOL);
     ok &= ser_test_allclose("loss_equiv", &got[2], ref[2], 1, 1e-6f, RTOL);
-    if (c.m.cfg.addon) {  // E-SSL's cross-entropy / EquiMod's loss and top-1 as monitors
+    if (c.m.cfg.addon == &ser_moco_addon_augself) ok &= s_check_augself(&c, &L);
+    if (c.m.cfg.addon && c.m.cfg.addon != &ser_moco_addon_augself) {  // E-SSL's cross-entropy /
+        // EquiMod's loss and top-1 as monitors
         const char *names[SER_OBJECTIVE_MAX_MONITORS];
         double v[SER_OBJECTIVE_MAX_MONITORS];
         int essl = c.m.cfg.addon == &ser_moco_addon_essl;
@@ -167,6 +201,11 @@ static void test_local_views_4_shards(void **s) { (void)s, s_run("moco_local2.sa
 // cross-entropy; the rotated views are not queries.
 static void test_essl_1_shard(void **s) { (void)s, s_run("moco_essl.safetensors", 1); }
 static void test_essl_2_shards(void **s) { (void)s, s_run("moco_essl.safetensors", 2); }
+// AugSelf: the crop and colour predictors on the global [CLS] pair, targets from vparams; the
+// augself branch's mirroring of view 2's centre with view 1's flip (mirror_typo) on its own.
+static void test_augself_1_shard(void **s) { (void)s, s_run("moco_augself.safetensors", 1); }
+static void test_augself_4_shards(void **s) { (void)s, s_run("moco_augself.safetensors", 4); }
+static void test_augself_mirror_typo(void **s) { (void)s, s_run("moco_augself_typo.safetensors", 2); }
 static void test_ser_off_2_shards(void **s) { (void)s, s_run("moco_ser_off.safetensors", 2); }
 // EquiMod: its projector on x_1, x_2 and the centre view x_0 (local view 0, not a query), the
 // transformation embedding of the standardised vparams, the predictor and the two-way
@@ -315,6 +354,115 @@ static void test_bad_batches(void **state) {
     assert_non_null(strstr(err, "SER layout"));
 }
 
+// AugSelf without the views' parameters (a batch file without `vparams`), with a view whose
+// source size is 0, and with both task weights 0: errors that name them.
+static void test_augself_bad_inputs(void **state) {
+    (void)state;
+    s_case c;
+    s_load(&c, "moco_augself.safetensors");
+    ser_moco_losses L;
+    char err[SER_ERR_LEN];
+    c.b.vparams = NULL;
+    assert_int_equal(ser_moco_forward_backward(&c.m, &c.b, 2, 0.9f, 0, 0, &L, err), SER_EINVAL);
+    assert_non_null(strstr(err, "augself: the batch has no vparams"));
+    c.b.vparams = c.vparams;
+    c.vparams[(3 * 2 + 1) * SER_VIEW_PARAMS + 18] = 0;
+    assert_int_equal(ser_moco_forward_backward(&c.m, &c.b, 2, 0.9f, 0, 0, &L, err), SER_EINVAL);
+    assert_non_null(strstr(err, "sample 3 view 1"));
+    ser_moco_config cfg = c.m.cfg;
+    c.job.augself.crop = c.job.augself.color = 0;
+    ser_moco m;
+    assert_int_equal(ser_moco_init(&m, &cfg, err), SER_ECONFIG);
+    assert_non_null(strstr(err, "augself.crop and augself.color are both 0"));
+    s_free(&c);
+}
+
+// The add-on's loss at x and its gradients written into dq (the [CLS] rows') and dp (its
+// tensors'), from zero.
+static double s_augself_eval(const void *st, ser_gathered *g, float *grads, size_t np, float *dq,
+                             float *dp) {
+    const ser_moco_addon_i *ai = &ser_moco_addon_augself;
+    size_t BC = (size_t)g->B * g->C;
+    memset(g->dqcls[0], 0, sizeof(float) * BC), memset(g->dqcls[1], 0, sizeof(float) * BC);
+    memset(grads, 0, sizeof(float) * np);
+    double loss;
+    char err[SER_ERR_LEN];
+    if (ai->loss((void *)(uintptr_t)st, NULL, g, &loss, err)) fail_msg("%s", err);
+    if (dq) memcpy(dq, g->dqcls[0], sizeof(float) * BC), memcpy(dq + BC, g->dqcls[1], sizeof(float) * BC);
+    if (dp) memcpy(dp, grads, sizeof(float) * np);
+    return loss;
+}
+
+// Finite differences through AugSelf's loss and predictors alone (ser's float32 forward, the
+// loss in double): 8 samples of width 6, hidden 7, weights 0.6 / 0.4, mirror_typo on, the
+// fixture's view parameters (flips that differ within a pair, jitter on and off); central
+// differences over every [CLS] input and every predictor tensor, as tests/test_heads.c. Points
+// where a ReLU switches within +-eps (the two one-sided differences disagree) are skipped, as
+// ggml's test-backend-ops does; they must stay few.
+static void test_augself_fd(void **state) {
+    (void)state;
+    enum { B = 8, C = 6 };
+    const ser_moco_addon_i *ai = &ser_moco_addon_augself;
+    ser_config job;
+    ser_config_defaults(&job);
+    job.method.name = SER_CONFIG_METHOD_AUGSELF;
+    job.augself.crop = 0.6, job.augself.color = 0.4, job.augself.hidden = 7;
+    job.augself.mirror_typo = 1;
+    void *st = ser_xcalloc(1, ai->state_size);
+    ser_ptab tab, btab;
+    ser_ptab_init(&tab), ser_ptab_init(&btab);
+    char err[SER_ERR_LEN];
+    assert_int_equal(ai->build(st, &job, C, &tab, &btab, err), SER_OK);
+    assert_non_null(ser_ptab_find(&tab, "augself_predictor.crop.6.bias"));
+    assert_non_null(ser_ptab_find(&btab, "augself_predictor.color.4.running_var"));
+    size_t np = tab.total;
+    float *params = ser_xcalloc(np, sizeof(float)), *grads = ser_xcalloc(np, sizeof(float));
+    float *buffers = ser_xcalloc(btab.total, sizeof(float)), *dp = ser_xcalloc(np, sizeof(float));
+    ai->bind(st, params, grads, buffers);
+    ai->init_weights(st, 11);
+    for (size_t i = 0; i < np; i++) params[i] += 0.2f * (float)sin(0.7 * (double)i);
+    ser_gathered g;
+    memset(&g, 0, sizeof g);
+    g.B = B, g.C = C;
+    float q[2][B * C], dqc[2][B * C], dq[2 * B * C];
+    ser_test_fill_uniform(q[0], B * C, 21, -1.5f, 1.5f);
+    ser_test_fill_uniform(q[1], B * C, 22, -1.5f, 1.5f);
+    g.qcls[0] = q[0], g.qcls[1] = q[1], g.dqcls[0] = dqc[0], g.dqcls[1] = dqc[1];
+    ser_st_file *f = ser_test_open_fixture("moco_augself.safetensors");
+    g.vparams = ser_test_tensor(f, "vparams", NULL);
+    double f0 = s_augself_eval(st, &g, grads, np, dq, dp);
+    float *targets[2] = {q[0], params}, *analytic[2] = {dq, dp};
+    size_t counts[2] = {2 * B * C, np};
+    double eps = 1e-3, max_err = 0, max_g = 0;
+    int bad = 0, kinks = 0;
+    for (int t = 0; t < 2; t++)
+        for (size_t i = 0; i < counts[t]; i++) {  // q[0] and q[1] are contiguous in q
+            float v = targets[t][i];
+            targets[t][i] = v + (float)eps;
+            double fp = s_augself_eval(st, &g, grads, np, NULL, NULL);
+            targets[t][i] = v - (float)eps;
+            double fm = s_augself_eval(st, &g, grads, np, NULL, NULL);
+            targets[t][i] = v;
+            double fd = (fp - fm) / (2 * eps), e = fabs(fd - (double)analytic[t][i]);
+            if (fabs((fp - f0) - (f0 - fm)) / eps > 1e-4 + 1e-2 * fabs(fd)) {
+                kinks++;
+                continue;
+            }
+            max_err = e > max_err ? e : max_err;
+            max_g = fabs(fd) > max_g ? fabs(fd) : max_g;
+            if (e > 1e-4 + 1e-2 * fabs(fd) && bad++ < 5)
+                print_error("  %s[%zu]: analytic %g fd %g\n", t ? "param" : "cls", i,
+                            (double)analytic[t][i], fd);
+        }
+    print_message("fd augself (%zu inputs and parameters, %d at a ReLU kink skipped): "
+                  "max|fd-g| = %.2e (max|g| %.2e)\n", counts[0] + counts[1], kinks, max_err, max_g);
+    assert_int_equal(bad, 0);
+    assert_true(kinks * 20 < (int)(counts[0] + counts[1]));
+    free((void *)g.vparams), ser_st_destroy(&f);
+    free(params), free(grads), free(buffers), free(dp), free(st);
+    ser_ptab_free(&tab), ser_ptab_free(&btab);
+}
+
 int main(void) {
     ser_kernels_set_threads(2);
     const struct CMUnitTest tests[] = {
@@ -324,6 +472,11 @@ int main(void) {
         cmocka_unit_test(test_local_views_4_shards),
         cmocka_unit_test(test_essl_1_shard),
         cmocka_unit_test(test_essl_2_shards),
+        cmocka_unit_test(test_augself_1_shard),
+        cmocka_unit_test(test_augself_4_shards),
+        cmocka_unit_test(test_augself_mirror_typo),
+        cmocka_unit_test(test_augself_bad_inputs),
+        cmocka_unit_test(test_augself_fd),
         cmocka_unit_test(test_ser_off_2_shards),
         cmocka_unit_test(test_equimod_1_shard),
         cmocka_unit_test(test_equimod_2_shards),

@@ -163,10 +163,12 @@ static int teardown(void **state) {
 // --- the table ---------------------------------------------------------------------------------
 static void test_table(void **state) {
     (void)state;
-    const char *names[5] = {"moco", "dino", "barlow", "essl", "equimod"};
-    int idx[5] = {SER_CONFIG_METHOD_MOCO, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
-                  SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_EQUIMOD};
-    for (int i = 0; i < 5; i++) {
+    enum { N = 6 };  // the built-in objectives
+    const char *names[N] = {"moco", "dino", "barlow", "essl", "augself", "equimod"};
+    int idx[N] = {SER_CONFIG_METHOD_MOCO, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
+                  SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_AUGSELF,
+                  SER_CONFIG_METHOD_EQUIMOD};
+    for (int i = 0; i < N; i++) {
         const ser_objective_i *o = ser_objective_get(idx[i]);
         assert_non_null(o);
         assert_string_equal(o->name, names[i]);
@@ -174,11 +176,14 @@ static void test_table(void **state) {
         assert_int_equal(ser_objective_find(names[i]), idx[i]);
         assert_non_null(o->init), assert_non_null(o->objective), assert_non_null(o->student_prefix);
         assert_true((o->ema == SER_OBJECTIVE_EMA_NONE) == (o->teacher_ema == NULL));
+        // Only AugSelf reads the global views' parameters (the coordinator then requires them).
+        assert_int_equal(o->view_params, idx[i] == SER_CONFIG_METHOD_AUGSELF ||
+                                             idx[i] == SER_CONFIG_METHOD_EQUIMOD);
     }
-    assert_int_equal(s_toy_index, 5);
-    assert_int_equal(ser_objective_count(), 6);
-    assert_int_equal(ser_objective_find("toy"), 5);
-    assert_null(ser_objective_get(6));
+    assert_int_equal(s_toy_index, N);
+    assert_int_equal(ser_objective_count(), N + 1);
+    assert_int_equal(ser_objective_find("toy"), N);
+    assert_null(ser_objective_get(N + 1));
     assert_int_equal(ser_objective_find("simclr"), -1);
     assert_int_equal(ser_objective_register(&s_toy_i), -1);  // the name is taken
     // The config knows the registered name.
@@ -186,7 +191,7 @@ static void test_table(void **state) {
     char err[SER_ERR_LEN];
     ser_config_defaults(&c);
     assert_int_equal(ser_config_set_arg(&c, "method.name=toy", err), SER_OK);
-    assert_int_equal(c.method.name, 5);
+    assert_int_equal(c.method.name, N);
     assert_int_not_equal(ser_config_set_arg(&c, "method.name=simclr", err), SER_OK);
 }
 

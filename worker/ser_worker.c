@@ -29,6 +29,7 @@
 #include "ser_backbones.h"
 #include "ser_engine.h"
 #include "ser_netdiag.h"
+#include "ser_objective.h"
 #include "ser_shard.h"
 #include "ser_wire.h"
 
@@ -199,6 +200,14 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         if (w->bf.b.n_inv + w->bf.b.n_eq != cfg.data.global_batch) {
             ser_log(SER_LL_ERROR, "worker %s: %s holds %d samples, the job's data.global_batch is %d",
                     w->name, w->batch_file, w->bf.b.n_inv + w->bf.b.n_eq, cfg.data.global_batch);
+            ser_backbones_free(&w->v);
+            return SER_ESHAPE;
+        }
+        const ser_objective_i *obj = ser_objective_get(cfg.method.name);
+        if (obj && obj->view_params && !w->bf.b.vparams) {
+            ser_log(SER_LL_ERROR, "worker %s: %s has no vparams (the global views' parameters, "
+                    "(B, 2, %d) F32), which method.name = %s reads", w->name, w->batch_file,
+                    SER_VIEW_PARAMS, obj->name);
             ser_backbones_free(&w->v);
             return SER_ESHAPE;
         }

@@ -84,7 +84,8 @@ static const ser_config_option s_options[] = {
     // [method]
     ENUM(method, name, ser_objective_names, "moco", 0,
          "The base invariance objective on the final [CLS] embedding: MoCo-v3, DINO or Barlow "
-         "Twins. Only that method's section is used."),
+         "Twins, or a MoCo-v3 add-on (essl, augself; they also read [moco]). Only that "
+         "method's section is used."),
     // [moco]
     INT(moco, dim, 1, BIG, "256", 0, "Output dimension of the projector and the predictor."),
     INT(moco, mlp_dim, 1, BIG, "4096", 0,
@@ -135,6 +136,20 @@ static const ser_config_option s_options[] = {
     INT(essl, bottleneck, 1, BIG, "256", 0,
         "Width of the rotation head's last hidden layer before the 4 logits (Linear C-C, LN, "
         "ReLU, Linear C-C, LN, ReLU, Linear C-bottleneck, LN, Linear bottleneck-4)."),
+    // [augself]
+    DBL(augself, crop, 0, 1000, "0.5", 0,
+        "Weight of AugSelf's crop task (method.name = augself: MoCo-v3 on the two global views + "
+        "crop x MSE + color x MSE of predictors of the views' parameter differences from their "
+        "final [CLS] pair; no extra lambda). 0 = no crop predictor."),
+    DBL(augself, color, 0, 1000, "0.5", 0,
+        "Weight of AugSelf's colour task (the jitter factors' difference, (f-1)/0.8 and hue/0.2 "
+        "as the reference's, also when data.jitter scales the ranges). 0 = no colour predictor."),
+    INT(augself, hidden, 1, BIG, "512", 0,
+        "Width of the two hidden layers of each AugSelf predictor (Linear 2C-hidden, BN, ReLU, "
+        "Linear hidden-hidden, BN, ReLU, Linear hidden-4)."),
+    BOOL(augself, mirror_typo, "false", 0,
+         "Mirror view 2's crop centre with view 1's flip, as the augself branch's code does "
+         "(utils:1246-1247, likely a typo); false = each view's own flip."),
     // [equimod]
     DBL(equimod, lambda, 0, 1000, "1", 0,
         "Weight of EquiMod's equivariance loss (method.name = equimod: MoCo-v3 on the two global "

@@ -65,7 +65,7 @@ enum { SER_CONFIG_ARCH_VIT_TINY = 0, SER_CONFIG_ARCH_VIT_SMALL, SER_CONFIG_ARCH_
 // Same values as SER_VIT_INIT_*.
 enum { SER_CONFIG_INIT_GENERIC = 0, SER_CONFIG_INIT_MOCO };
 enum { SER_CONFIG_METHOD_MOCO = 0, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
-        SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_EQUIMOD };
+        SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_AUGSELF, SER_CONFIG_METHOD_EQUIMOD };
 // data.local_mode: independent local crops, one crop in its 4 rotations (E-SSL), or the
 // unaugmented centre crop (EquiMod's x_0).
 enum { SER_CONFIG_LOCAL_CROPS = 0, SER_CONFIG_LOCAL_ROTATIONS, SER_CONFIG_LOCAL_CENTER };
@@ -126,6 +126,11 @@ typedef struct ser_config_essl {
     double lambda;
     int hidden, bottleneck;
 } ser_config_essl;
+
+typedef struct ser_config_augself {
+    double crop, color;
+    int hidden, mirror_typo;
+} ser_config_augself;
 
 typedef struct ser_config_equimod {
     double lambda, temperature;
@@ -199,6 +204,7 @@ typedef struct ser_config {
     ser_config_dino dino;
     ser_config_barlow barlow;
     ser_config_essl essl;
+    ser_config_augself augself;
     ser_config_equimod equimod;
     ser_config_ser ser;
     ser_config_optim optim;

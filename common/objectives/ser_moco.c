@@ -13,7 +13,7 @@
 #include "ser_sched.h"
 
 // The add-ons (ser_moco_addon.h): one row each.
-static const ser_moco_addon_i *const s_addons[] = {&ser_moco_addon_essl,
+static const ser_moco_addon_i *const s_addons[] = {&ser_moco_addon_essl, &ser_moco_addon_augself,
                                                    &ser_moco_addon_equimod};
 
 void ser_moco_config_default(ser_moco_config *c) {
@@ -299,13 +299,12 @@ const ser_objective_i ser_objective_moco = {
     .memory = s_memory,
 };
 
-// An add-on method: MoCo-v3's table with the add-on's name, memory and monitors; _VP for one that
-// reads the global views' parameters (ser_gathered.vparams: the coordinator then requires them).
-#define S_MOCO_ADDON(nm)                                                                  \
-    .name = nm, .base_section = "moco", S_MOCO_FAMILY, .memory = s_memory_addon,          \
-    .monitors = s_monitors_addon
-#define SER_MOCO_OBJECTIVE(nm) {S_MOCO_ADDON(nm)}
-#define SER_MOCO_OBJECTIVE_VP(nm) {S_MOCO_ADDON(nm), .view_params = 1}
+// An add-on method: MoCo-v3's table with the add-on's name, memory and monitors; vp = 1 for one
+// that reads the global views' parameters (the coordinator then requires them).
+#define SER_MOCO_OBJECTIVE(nm, vp)                                                        \
+    {.name = nm, .base_section = "moco", S_MOCO_FAMILY, .memory = s_memory_addon,          \
+     .monitors = s_monitors_addon, .view_params = vp}
 
-const ser_objective_i ser_objective_essl = SER_MOCO_OBJECTIVE("essl");
-const ser_objective_i ser_objective_equimod = SER_MOCO_OBJECTIVE_VP("equimod");
+const ser_objective_i ser_objective_essl = SER_MOCO_OBJECTIVE("essl", 0);
+const ser_objective_i ser_objective_augself = SER_MOCO_OBJECTIVE("augself", 1);
+const ser_objective_i ser_objective_equimod = SER_MOCO_OBJECTIVE("equimod", 1);

@@ -91,6 +91,7 @@ int ser_moco_objective(ser_moco *m, const ser_batch *b, ser_gathered *g, ser_moc
 extern const ser_objective_i ser_objective_moco;
 // The add-on methods (ser_moco_addon.h): MoCo-v3 + the add-on's head and loss.
 extern const ser_objective_i ser_objective_essl;
+extern const ser_objective_i ser_objective_augself;
 extern const ser_objective_i ser_objective_equimod;
 
 #endif

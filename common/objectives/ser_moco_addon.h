@@ -1,7 +1,6 @@
 // ser_moco_addon.h — add-ons on MoCo-v3: a head and a loss next to the contrastive objective,
-// the paper's invariance + equivariance baselines (E-SSL's rotation prediction, EquiMod's
-// transformation-conditioned predictor; AugSelf's transformation heads are meant to come here
-// too).
+// the paper's invariance + equivariance baselines (E-SSL's rotation prediction, AugSelf's
+// augmentation-difference predictors, EquiMod's transformation-conditioned predictor).
 //
 // An add-on is a method of its own (method.name = its name; its config section beside [moco],
 // which it also reads). ser_moco registers the add-on's tensors after the predictor (names as in
@@ -10,13 +9,13 @@
 // loss is part of the step's total and its own values go to metrics.jsonl as monitors.
 //
 // Adding an add-on: one file in this folder defining its `const ser_moco_addon_i`, one row in
-// ser_moco.c's s_addons and one SER_MOCO_OBJECTIVE line there (SER_MOCO_OBJECTIVE_VP for an
-// add-on that reads ser_gathered.vparams), one row in ser_objective.c's
+// ser_moco.c's s_addons and one SER_MOCO_OBJECTIVE(name, vp) line there (vp = 1 for an add-on
+// that reads ser_gathered.vparams), one row in ser_objective.c's
 // s_table, and its config section in io/ser_config.c.
 //
 // defines:
 //   ser_moco_addon_i   the table of an add-on
-//   ser_moco_addon_essl
+//   ser_moco_addon_essl, ser_moco_addon_augself
 //   ser_moco_addon_equimod, ser_equimod_standardise(), ser_equimod_loss_keys()
 #ifndef SER_MOCO_ADDON_H
 #define SER_MOCO_ADDON_H
@@ -53,6 +52,8 @@ typedef struct ser_moco_addon_i {
 
 // E-SSL (common/objectives/ser_essl.c).
 extern const ser_moco_addon_i ser_moco_addon_essl;
+// AugSelf (common/objectives/ser_augself.c).
+extern const ser_moco_addon_i ser_moco_addon_augself;
 
 // EquiMod (common/objectives/ser_equimod.c).
 extern const ser_moco_addon_i ser_moco_addon_equimod;

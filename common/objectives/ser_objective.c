@@ -14,6 +14,7 @@ static const ser_objective_i *s_table[SER_OBJECTIVE_MAX] = {
     &ser_objective_dino,
     &ser_objective_barlow,
     &ser_objective_essl,
+    &ser_objective_augself,
     &ser_objective_equimod,
 };
 static int s_count;  // the rows above, counted before main()
