@@ -97,6 +97,7 @@ typedef struct s_coord {
     ser_runlog *log;  // metrics.jsonl + TensorBoard events in run.out_dir (NULL: none)
     double last[3];  // loss, loss_inv, loss_equiv of the last step
     ser_collapse_watch collapse;  // run.collapse_std for run.collapse_steps steps in a row
+    ser_collapse_watch ocollapse;  // the objective's own test (collapsed()) in a row
     int64_t last_step, steps_total, first_step;
     int64_t ipe, sched_end;  // steps per schedule epoch; optim.epochs * ipe
     int64_t task_max_ms;     // the slowest forward or backward answered so far
@@ -1124,6 +1125,7 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     s_plan(c, how);
     c->knn_step = -1;
     c->collapse = (ser_collapse_watch){o->cfg.run.collapse_std, o->cfg.run.collapse_steps, 0, 0};
+    c->ocollapse = (ser_collapse_watch){0.5, o->cfg.run.collapse_steps, 0, 0};  // fed 0 / 1
     c->tr.cls_std = NAN;
     {
         double tk = ser_time_sec();
@@ -1282,21 +1284,28 @@ static int s_after_step(s_coord *c, int64_t k, const double L[3], char *err) {
         }
     }
     int every = o->cfg.run.checkpoint_every, rc;
+    char why[384] = "", owhy[256] = "";
     int collapsed = ser_collapse_watch_feed(&c->collapse, c->tr.cls_std);
+    if (collapsed)
+        snprintf(why, sizeof why, "cls_std (the spread of the student's normalised [CLS], ~1 when "
+                 "healthy) has been below run.collapse_std = %g for %d steps in a row (now %.4f)",
+                 c->collapse.threshold, c->collapse.steps, c->tr.cls_std);
+    const ser_objective_i *obj = c->tr.obj;
+    int oc = obj->collapsed && obj->collapsed(c->tr.st, owhy, sizeof owhy);
+    if (ser_collapse_watch_feed(&c->ocollapse, oc ? 0.0 : 1.0) && !collapsed) {
+        collapsed = 1;
+        snprintf(why, sizeof why, "%s, for %d steps in a row", owhy, c->ocollapse.steps);
+    }
     int stop = collapsed && o->cfg.run.on_collapse == SER_CONFIG_ON_COLLAPSE_ABORT;
     if (collapsed)
-        ser_log(SER_LL_WARNING, "step %lld: the features are collapsing: cls_std (the spread of "
-                "the student's normalised [CLS], ~1 when healthy) has been below run.collapse_std = "
-                "%g for %d steps in a row (now %.4f)%s", (long long)c->step, c->collapse.threshold,
-                c->collapse.steps, c->tr.cls_std,
-                stop ? "; stopping (run.on_collapse = abort)" : "; going on (run.on_collapse = warn)");
+        ser_log(SER_LL_WARNING, "step %lld: the features are collapsing: %s%s", (long long)c->step,
+                why, stop ? "; stopping (run.on_collapse = abort)" : "; going on (run.on_collapse = warn)");
     if ((every > 0 && (c->step + 1) % every == 0) || k + 1 == c->nrun || stop)
         if ((rc = s_checkpoint(c, c->ck, c->step + 1, err))) return rc;
     if (stop)
-        return ser_errf(err, SER_ENONFINITE, "step %lld: collapse (cls_std %.4f below %g for %d "
-                        "steps; run.on_collapse = abort): checkpointed at step %lld",
-                        (long long)c->step, c->tr.cls_std, c->collapse.threshold,
-                        c->collapse.steps, (long long)c->step + 1);
+        return ser_errf(err, SER_ENONFINITE, "step %lld: collapse (%s; run.on_collapse = abort): "
+                        "checkpointed at step %lld", (long long)c->step, why,
+                        (long long)c->step + 1);
     if ((k + 1) % o->cfg.run.log_every == 0 || k + 1 == c->nrun) {
         char knn[48] = "", eta[32];
         if (c->knn_step >= 0) snprintf(knn, sizeof knn, " · kNN %.1f%%", c->knn_top1);

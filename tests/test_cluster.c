@@ -1015,8 +1015,9 @@ static void test_collapse_monitor(void **state) {
         assert_true(s_log_has(log, "step 2: the features are collapsing"));
         if (abort_it) {
             assert_int_equal(rc, 1);
-            assert_true(s_log_has(log, "collapse (cls_std 0.0000 below 0.1 for 3 steps; "
-                                       "run.on_collapse = abort): checkpointed at step 3"));
+            assert_true(s_log_has(log, "collapse (cls_std (the spread of the student's normalised"));
+            assert_true(s_log_has(log, "below run.collapse_std = 0.1 for 3 steps in a row (now "
+                                       "0.0000); run.on_collapse = abort): checkpointed at step 3"));
             assert_false(s_log_has(log, "step 3: loss"));  // stopped there
         } else {
             assert_int_equal(rc, 0);
@@ -1224,6 +1225,38 @@ static void test_augself_from_the_loader(void **state) {
     (void)state;
     s_method_loader_1_and_3("augself", "[augself]\nhidden = 16\n", "augself");
     assert_true(s_log_has("augself-loader3/metrics.jsonl", "\"augself_color_mse\":"));
+}
+
+// DINO's own collapse test: a teacher temperature of 50 flattens the teacher's output (its
+// entropy at ln(out_dim)) while the features stay spread (cls_std healthy): one warning naming
+// dino_teacher_entropy after run.collapse_steps steps; at the default temperatures, none.
+static void test_dino_collapse_monitor(void **state) {
+    (void)state;
+    char cfg[160], sec[512], batch[160], out[160], od[200];
+    size_t n = (size_t)8 * 3 * 16 * 16;
+    float *v0 = malloc(n * 4), *v1 = malloc(n * 4);
+    ser_test_fill_uniform(v0, n, 8, -2, 2);
+    ser_test_fill_uniform(v1, n, 9, -2, 2);
+    snprintf(batch, sizeof batch, "%s/dcollapse_batch.safetensors", s_dir);
+    s_write_inv_batch(batch, 8, 16, v0, v1);
+    free(v0), free(v1);
+    for (int hot = 1; hot >= 0; hot--) {
+        snprintf(sec, sizeof sec, "%s[ser]\nenabled = false\n[run]\ncollapse_steps = 3\n%s",
+                 s_dino_section, hot ? "[dino]\nteacher_temp = 50\nteacher_temp_final = 50\n" : "");
+        s_method_ini(cfg, sizeof cfg, "dino", sec);
+        snprintf(out, sizeof out, "%s/dcollapse%d.safetensors", s_dir, hot);
+        snprintf(od, sizeof od, "run.out_dir=%s/dcollapse%d", s_dir, hot);
+        char log[32];
+        snprintf(log, sizeof log, "dcollapse%d.log", hot);
+        char *args[] = {"ser", "local", "--workers", "1", "--config", cfg, "--batch-file", batch,
+                        "--out", out, "--steps", "6", "--iters-per-epoch", "5", "--set", od, NULL};
+        int rc = s_wait(s_start(log, args));
+        if (rc) system("tail -5 /tmp/ser_cluster_*/dcollapse*.log");
+        assert_int_equal(rc, 0);
+        assert_int_equal(s_log_count(log, "the features are collapsing"), hot);
+        assert_int_equal(s_log_count(log, "dino_teacher_entropy"), hot);
+        if (hot) assert_true(s_log_has(log, "(the teacher's output is uniform"));
+    }
 }
 
 // A joined worker whose FORWARD_DONE claims 2 equivariant samples for a shard the job's layout
@@ -1736,6 +1769,7 @@ int main(void) {
         cmocka_unit_test(test_status_port),
         cmocka_unit_test(test_long_shard_keeps_heartbeating),
         cmocka_unit_test(test_collapse_monitor),
+        cmocka_unit_test(test_dino_collapse_monitor),
         cmocka_unit_test(test_all_workers_gone),
         cmocka_unit_test(test_fault_plan),
         cmocka_unit_test(test_nonfinite_gradient),

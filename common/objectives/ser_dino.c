@@ -579,6 +579,23 @@ static int s_monitors(void *st, const char **names, double *values) {
     return 2;
 }
 
+// DINO's two ways to collapse, read on the teacher's centred and sharpened output: uniform
+// (entropy at ln K: every image gets the same flat distribution, the student follows, and the
+// loss sits at ln K) or one-hot (entropy near 0: one prototype for everything). Outside
+// [SER_DINO_ENTROPY_LO, SER_DINO_ENTROPY_HI] x ln K counts as collapsed.
+#define SER_DINO_ENTROPY_LO 0.02
+#define SER_DINO_ENTROPY_HI 0.98
+static int s_collapsed(void *st, char *why, size_t n) {
+    const ser_dino *d = st;
+    double lnk = log((double)d->cfg.out_dim), r = d->last_entropy / lnk;
+    if (lnk > 0 && r >= SER_DINO_ENTROPY_LO && r <= SER_DINO_ENTROPY_HI) return 0;
+    snprintf(why, n, "dino_teacher_entropy %.4f is %.1f%% of ln(dino.out_dim) = %.4f (the "
+             "teacher's output is %s; healthy: %.0f%%..%.0f%%)", d->last_entropy, 100 * r, lnk,
+             r > SER_DINO_ENTROPY_HI ? "uniform" : "one-hot", 100 * SER_DINO_ENTROPY_LO,
+             100 * SER_DINO_ENTROPY_HI);
+    return 1;
+}
+
 // The reference clips, then drops the last layer's gradient during its frozen epochs.
 static void s_hold(void *st, int64_t epoch, unsigned char *active) {
     (void)ser_dino_active(st, epoch, active);
@@ -638,4 +655,5 @@ const ser_objective_i ser_objective_dino = {
     .memory = s_memory,
     .check = s_check,
     .monitors = s_monitors,
+    .collapsed = s_collapsed,
 };
