@@ -7,6 +7,15 @@
 #   ser_on_l2     + SER at block 2 of 4 ([CLS] inserted after it), the paper's loss (ser.grad = on)
 #   ser_on_l3     + SER at block 3 of 4, the late layer (the [CLS] must see at least one block)
 #   ser_off_l2    + SER at block 2 as the public code runs it (ser.grad = off: no SER gradient)
+# The paper's comparison (SER_EXP_VARIANTS=comparison: the four above and these; MoCo-v3 in the
+# baseline layout plus each invariance + equivariance add-on, and the 2+4-view runs; local views
+# are 12 px at this image size):
+#   essl          E-SSL: rotation prediction on 4 rotated crops (scale 0.05-0.14)
+#   inv_essl      MoCo-v3 with those 4 rotated crops as extra queries (E-SSL's matched views)
+#   augself       AugSelf: crop and colour difference predictors on the [CLS] pair
+#   equimod       EquiMod: transformation-conditioned predictor with the centre view x_0
+#   inv_local4    MoCo-v3 with 2 + 4 views (4 local crops, scale 0.05-0.25, as extra queries)
+#   ser_local4    MoCo-v3 + SER at block 3 with the same 2 + 4 views (SER on the global pair)
 # Every run uses the same seed, data order, batch and schedules; only the listed keys differ.
 # Each run is `ser local` (coordinator, 2 workers, 1 loader) with the online kNN monitor, so its
 # learning curve is in RUN/metrics.jsonl; runs already finished are not redone, and a stopped
@@ -14,11 +23,14 @@
 #
 #   bash experiments/cifar10.sh                          # every variant, the preset's schedule
 #   SER_EXP_VARIANTS="ser_on_l2" bash experiments/cifar10.sh
+#   SER_EXP_VARIANTS=comparison bash experiments/cifar10.sh   # the paper's table (~10 runs)
 #
 # Environment: SER_CIFAR_TAR (a tarball with cifar10/train and cifar10/test class folders of
 # JPEGs; default data/cifar10-jpg.tar.gz), SER_EXP_OUT (default runs/cifar10),
 # SER_EXP_VARIANTS (names, default all four), SER_EXP_STEPS (stop each run after K steps:
-# default the whole schedule), SER_EXP_SEED (data.seed, default 0), SER_EXP_EVAL_TRAIN /
+# default the whole schedule), SER_EXP_SETS (more key=value overrides for every run, e.g. a
+# shorter schedule: "optim.epochs=1 optim.warmup_epochs=0 data.iters_per_epoch=150"),
+# SER_EXP_SEED (data.seed, default 0), SER_EXP_EVAL_TRAIN /
 # SER_EXP_EVAL_TEST (eval subset sizes, default 5000 / 1000), SER_BIN (the ser executable,
 # default build/ser), SER_EXP_TRAIN_ONLY=1 (stop after training).
 # Results: $SER_EXP_OUT/results.md (a table), $SER_EXP_OUT/knn_curves.png (the monitors' kNN
@@ -30,6 +42,8 @@ out=${SER_EXP_OUT:-runs/cifar10}
 steps=${SER_EXP_STEPS:-}
 seed=${SER_EXP_SEED:-0}
 variants=${SER_EXP_VARIANTS:-"moco ser_on_l2 ser_on_l3 ser_off_l2"}
+[ "$variants" = comparison ] &&
+  variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod inv_local4 ser_local4"
 ntrain=${SER_EXP_EVAL_TRAIN:-5000}
 ntest=${SER_EXP_EVAL_TEST:-1000}
 ser=${SER_BIN:-./build/ser}
@@ -53,6 +67,7 @@ common=(--config configs/cifar10_small.ini --workers 2 --set data.path="$data"
         --set data.kind=imagefolder --set data.seed="$seed" --set run.log_every=50
         --set cluster.status_port=0)
 [ -n "$steps" ] && common+=(--steps "$steps")
+for kv in ${SER_EXP_SETS:-}; do common+=(--set "$kv"); done
 
 variant_sets() {
   case "$1" in
@@ -60,6 +75,18 @@ variant_sets() {
     ser_on_l2)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=2" ;;
     ser_on_l3)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" ;;
     ser_off_l2) echo "--set ser.enabled=true --set ser.grad=off --set model.cls_layer=2" ;;
+    essl)       echo "--set method.name=essl --set ser.enabled=false --set model.cls_layer=4" \
+                     "--set data.local_crops=4 --set data.local_mode=rotations" \
+                     "--set data.local_crop_max=0.14" ;;
+    inv_essl)   echo "--set ser.enabled=false --set model.cls_layer=4 --set data.local_crops=4" \
+                     "--set data.local_mode=rotations --set data.local_crop_max=0.14" ;;
+    augself)    echo "--set method.name=augself --set ser.enabled=false --set model.cls_layer=4" ;;
+    equimod)    echo "--set method.name=equimod --set ser.enabled=false --set model.cls_layer=4" \
+                     "--set data.local_crops=1 --set data.local_mode=center --set data.local_size=32" ;;
+    inv_local4) echo "--set ser.enabled=false --set model.cls_layer=4 --set data.local_crops=4" \
+                     "--set data.local_crop_max=0.25" ;;
+    ser_local4) echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" \
+                     "--set data.local_crops=4 --set data.local_crop_max=0.25" ;;
     *) echo "experiments/cifar10.sh: unknown variant $1" >&2; exit 2 ;;
   esac
 }

@@ -189,6 +189,17 @@ static void test_cross_field_errors(void **state) {
            "(= 224; now local_crops 0, local_size 96)");
     EXPECT("[method]\nname = equimod\n[data]\nlocal_crops = 1\nlocal_mode = center\n",
            "data.local_size = model.img_size (= 224; now local_crops 1, local_size 96)");
+    // Local views: only for methods that read them, in a mode that fits their count.
+    EXPECT("[method]\nname = barlow\n[data]\nlocal_crops = 2\n",
+           "data.local_crops = 2: method.name = barlow has no use for local views");
+    EXPECT("[data]\nlocal_crops = 2\nlocal_mode = rotations\n",
+           "data.local_mode = rotations needs data.local_crops = 4 (one per rotation), not 2");
+    EXPECT("[data]\nlocal_crops = 2\nlocal_size = 90\n",
+           "data.local_size = 90 is not a multiple of model.patch = 16");
+    EXPECT("[data]\nlocal_crop_min = 0.5\nlocal_crop_max = 0.3\n",
+           "data.local_crop_min = 0.5 must be <= data.local_crop_max = 0.3");
+    EXPECT("[method]\nname = essl\n", "method.name = essl predicts the rotation of 4 rotated "
+           "crops: set data.local_crops = 4");
     // The baseline layout is fine without SER.
     ser_config c;
     ser_config_defaults(&c);
