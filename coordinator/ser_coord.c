@@ -475,7 +475,8 @@ static int s_assemble(s_coord *c, char *err) {
     memset(&c->b, 0, sizeof c->b);
     c->b.n_inv = g->n_inv, c->b.n_eq = n_eq;
     c->b.g[0] = c->gall[0], c->b.g[1] = c->gall[1];
-    c->b.n_local = c->L, c->b.local_img = c->o->cfg.data.local_size;  // rows only: no images here
+    // Rows only, no images here; the side as the workers resolve it (0 = the default size).
+    c->b.n_local = c->L, c->b.local_img = c->L ? ser_config_local_size(&c->o->cfg) : 0;
     return SER_OK;
 }
 

@@ -33,11 +33,16 @@ void ser_moco_config_default(ser_moco_config *c) {
     c->ser_symmetric = 1;
 }
 
+// The add-on selected by method.name, or NULL (plain MoCo-v3, or another method).
+static const ser_moco_addon_i *s_addon_of(int method) {
+    for (size_t i = 0; i < sizeof s_addons / sizeof s_addons[0]; i++)
+        if (s_addons[i]->method == method) return s_addons[i];
+    return NULL;
+}
+
 int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err[SER_ERR_LEN]) {
     ser_moco_config_default(c);
-    const ser_moco_addon_i *addon = NULL;
-    for (size_t i = 0; i < sizeof s_addons / sizeof s_addons[0]; i++)
-        if (s_addons[i]->method == job->method.name) addon = s_addons[i];
+    const ser_moco_addon_i *addon = s_addon_of(job->method.name);
     if (job->method.name != SER_CONFIG_METHOD_MOCO && !addon)
         return ser_errf(err, SER_ECONFIG, "method.name: ser_moco needs moco or one of its add-ons");
     int rc = ser_config_to_vit(job, &c->vit, err);
@@ -280,9 +285,8 @@ static void s_memory(const ser_config *cfg, double C, double B, double f[3], con
 static void s_memory_addon(const ser_config *cfg, double C, double B, double f[3],
                            const char **key) {
     s_memory(cfg, C, B, f, key);
-    for (size_t i = 0; i < sizeof s_addons / sizeof s_addons[0]; i++)
-        if (s_addons[i]->method == cfg->method.name && s_addons[i]->memory)
-            s_addons[i]->memory(cfg, C, B, f);
+    const ser_moco_addon_i *addon = s_addon_of(cfg->method.name);
+    if (addon && addon->memory) addon->memory(cfg, C, B, f);
 }
 
 // MoCo-v3 and E-SSL share everything but their name, memory estimate and monitors.
