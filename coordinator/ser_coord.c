@@ -505,6 +505,10 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
         c->w[wi].skip_step = -1;
     }
     s_worker *w = &c->w[wi];
+    // A live worker that says the job's config hash is back on a new connection (after its
+    // first WELCOME it reconnects with the job's frame limit; or it lost the coordinator for a
+    // while): one line per join, not two.
+    int again = w->alive && e->config_hash == c->hash;
     if (w->banned) {
         s_refuse(c, m->identity, "it missed its task deadline twice: no more work for it");
         return;
@@ -512,6 +516,9 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
     w->alive = 1;
     w->last_heard_ms = s_now();
     w->teacher_version = INT64_MIN;  // none held
+    // What was sent to its old connection may be lost with it: its tasks go out again now
+    // rather than after the idle-retry grace (a late answer to an old attempt is stale).
+    if (again) s_release_shards(c, wi);
     snprintf(w->addr, sizeof w->addr, "%s", m->peer);
     // The job's canonical configuration travels with the welcome.
     char *text = ser_config_text(&c->tr.cfg);
@@ -522,7 +529,8 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
     out.config_hash = c->hash;
     ser_wire_send(c->sock, w->id, &out, NULL, 0);
     free(text);
-    ser_log(SER_LL_INFO, "worker %s joined (%d live)", w->id, s_live_count(c));
+    ser_log(again ? SER_LL_DEBUG : SER_LL_INFO, "worker %s %s (%d live)", w->id,
+            again ? "reconnected" : "joined", s_live_count(c));
 }
 
 // Workers not heard from within timeout_ms are dead; their unfinished shards move.
@@ -1066,6 +1074,12 @@ static int s_bind(s_coord *c, char *err) {
     int linger = 0, mandatory = 0, rc;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
+    // A worker's new connection takes over its name from the old one, which ZeroMQ may not have
+    // closed yet: each worker connects again right after its first WELCOME (with the job's frame
+    // limit), and after a silence. Without handover the new connection would be ignored and its
+    // first message taken for its identity.
+    int handover = 1;
+    zmq_setsockopt(c->sock, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover);
     char ep[256];
     if (o->cfg.cluster.port)
         snprintf(ep, sizeof ep, "tcp://%s:%d", o->cfg.cluster.coordinator, o->cfg.cluster.port);

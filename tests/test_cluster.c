@@ -760,6 +760,115 @@ static void test_garbage_and_wrong_peers(void **state) {
     s_kill_all();
 }
 
+// Receives one message on the fake coordinator's ROUTER within timeout_ms (SER_ETIMEDOUT if
+// none); the worker's heartbeats are skipped when skip_beats.
+static int s_fake_coord_recv(void *r, ser_wire_msg *m, int timeout_ms, int skip_beats) {
+    char err[SER_ERR_LEN];
+    for (int t = 0; t < timeout_ms / 20; t++) {
+        int rc = ser_wire_recv(r, 1, NULL, m, err);
+        if (rc == SER_ETIMEDOUT) {
+            s_sleep_ms(20);
+            continue;
+        }
+        if (rc) return rc;
+        if (skip_beats && m->env->type == SER__MSG_TYPE__MSG_HEARTBEAT) {
+            ser_wire_msg_free(m);
+            continue;
+        }
+        return SER_OK;
+    }
+    return SER_ETIMEDOUT;
+}
+
+// Counts the disconnections a ROUTER's monitor reported within timeout_ms.
+static int s_disconnects(void *mon, int timeout_ms) {
+    int n = 0;
+    zmq_pollitem_t it = {mon, 0, ZMQ_POLLIN, 0};
+    for (int k = 0; k < 100 && zmq_poll(&it, 1, timeout_ms) == 1; k++) {
+        zmq_msg_t a, b;
+        zmq_msg_init(&a), zmq_msg_init(&b);
+        zmq_msg_recv(&a, mon, 0);
+        zmq_msg_recv(&b, mon, 0);
+        uint16_t ev;
+        memcpy(&ev, zmq_msg_data(&a), sizeof ev);
+        n += ev == ZMQ_EVENT_DISCONNECTED;
+        zmq_msg_close(&a), zmq_msg_close(&b);
+        timeout_ms = 200;
+    }
+    return n;
+}
+
+// ZMQ_MAXMSGSIZE on the worker's socket: before the WELCOME, frames up to 16 MiB; once the
+// WELCOME says what the job is, the worker connects again with the job's largest legitimate
+// frame (its parameters, a shard's map gradient) as the limit. A fake coordinator that then
+// sends a 4 MiB frame (the tiny test model's limit is ~1.1 MiB) is disconnected before the
+// frame is buffered: the worker never sees it (no "PARAMS ... dropped" line, which the same
+// frame under the old unlimited socket produced) and, after cluster.timeout_ms of silence, makes
+// its socket again, says HELLO and obeys a SHUTDOWN sent on the new connection.
+static void test_worker_frame_limit(void **state) {
+    (void)state;
+    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
+    int linger = 0, handover = 1;  // as the coordinator's socket
+    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(r, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover);
+    assert_int_equal(zmq_bind(r, "tcp://127.0.0.1:*"), 0);
+    char ep[256];
+    size_t n = sizeof ep;
+    zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, ep, &n);
+    assert_int_equal(zmq_socket_monitor(r, "inproc://wlimit-mon", ZMQ_EVENT_DISCONNECTED), 0);
+    void *mon = zmq_socket(ctx, ZMQ_PAIR);
+    zmq_setsockopt(mon, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(mon, "inproc://wlimit-mon"), 0);
+    pid_t wp = s_worker(ep, "wlimit");
+    ser_wire_msg m;
+    assert_int_equal(s_fake_coord_recv(r, &m, 10000, 1), SER_OK);
+    assert_int_equal(m.env->type, SER__MSG_TYPE__MSG_HELLO);
+    assert_int_equal(m.env->config_hash, 0);  // a fresh worker
+    ser_wire_msg_free(&m);
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_WELCOME;
+    e.job_id = "ser";
+    e.text = (char *)(uintptr_t)s_ini;
+    e.config_hash = 1;
+    assert_int_equal(ser_wire_send(r, "wlimit", &e, NULL, 0), 0);
+    // The reconnection: a second HELLO, now with the job's config hash.
+    assert_int_equal(s_fake_coord_recv(r, &m, 10000, 1), SER_OK);
+    assert_int_equal(m.env->type, SER__MSG_TYPE__MSG_HELLO);
+    assert_true(m.env->config_hash != 0);
+    ser_wire_msg_free(&m);
+    assert_true(s_disconnects(mon, 200) >= 1);  // the first connection, closed by the worker
+
+    // A PARAMS frame of 4 MiB: over the limit, the coordinator is disconnected.
+    size_t numel = (size_t)1 << 20;
+    float *big = calloc(numel, sizeof(float));
+    assert_non_null(big);
+    ser_wire_tensor t = {"student", 1, {(int64_t)numel}, big};
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_PARAMS;
+    e.job_id = "ser";
+    assert_int_equal(ser_wire_send(r, "wlimit", &e, &t, 1), 0);
+    free(big);
+    assert_int_equal(s_disconnects(mon, 5000), 1);
+    // ZeroMQ does not make a connection dropped for a protocol error again: the worker, hearing
+    // nothing for cluster.timeout_ms, makes a new socket and says HELLO; then SHUTDOWN.
+    assert_int_equal(s_fake_coord_recv(r, &m, 10000, 1), SER_OK);
+    assert_int_equal(m.env->type, SER__MSG_TYPE__MSG_HELLO);
+    assert_true(m.env->config_hash != 0);
+    ser_wire_msg_free(&m);
+    ser__envelope__init(&e);
+    e.type = SER__MSG_TYPE__MSG_SHUTDOWN;
+    e.job_id = "ser";
+    assert_int_equal(ser_wire_send(r, "wlimit", &e, NULL, 0), 0);
+    assert_int_equal(s_wait(wp), 0);
+    assert_true(s_log_has("wlimit.log", "job over"));
+    assert_false(s_log_has("wlimit.log", "PARAMS without a student"));
+    assert_false(s_log_has("wlimit.log", "bad message"));
+    zmq_close(mon);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
 // A fake worker on a DEALER of ctx: identity name, HELLO sent, joined before the real one.
 static void *s_fake_join(void *ctx, const char *ep, const char *name) {
     void *d = zmq_socket(ctx, ZMQ_DEALER);
@@ -1762,6 +1871,7 @@ int main(void) {
         cmocka_unit_test(test_worker_killed_mid_run),
         cmocka_unit_test(test_coordinator_killed_and_restarted),
         cmocka_unit_test(test_garbage_and_wrong_peers),
+        cmocka_unit_test(test_worker_frame_limit),
         cmocka_unit_test(test_busy_worker_loses_its_tasks),
         cmocka_unit_test(test_params_on_the_way_not_resent),
         cmocka_unit_test(test_loader_of_another_config),

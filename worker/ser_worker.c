@@ -63,6 +63,7 @@ typedef struct s_worker {
     char job_id[SER_CONFIG_STR_LEN];
     ser_config cfg;
     int have_model;
+    int capped;       // the socket's ZMQ_MAXMSGSIZE is the job's (0: the pre-WELCOME one)
     ser_backbones v;  // the student (and teacher) backbones: the heads live at the coordinator
     ser_batchfile bf;
     s_wshard *sh;
@@ -127,11 +128,37 @@ static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type) {
     e->type = type;
 }
 
+// The largest frame a coordinator sends before its WELCOME is known: the WELCOME itself (the
+// job's config text, a few KiB).
+#define S_HELLO_MAXMSG ((int64_t)16 << 20)
+
+// The job's largest legitimate frame from the coordinator: a PARAMS tensor (span floats) or a
+// BACKWARD map gradient (a shard's samples x the largest token grid of a scaled view x dim), with
+// 1 MiB for the envelope. A larger frame disconnects the coordinator before it is buffered.
+static int64_t s_max_frame(const s_worker *w) {
+    const ser_config *c = &w->cfg;
+    int64_t side = (int64_t)(c->model.img_size * (c->ser.scale_max > 1 ? c->ser.scale_max : 1)) /
+                   c->model.patch + 2;
+    int64_t map = (int64_t)(c->data.global_batch / c->data.shards) * (side * side + 1) * c->model.dim;
+    int64_t floats = (int64_t)w->span > map ? (int64_t)w->span : map;
+    return floats * (int64_t)sizeof(float) + ((int64_t)1 << 20);
+}
+
 static int s_connect(s_worker *w) {
     if (w->sock) zmq_close(w->sock);
     w->sock = zmq_socket(w->ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
+    // Applies to the connections made from here on: a socket is made again (a reconnection,
+    // below) once the WELCOME says how large the job's frames are.
+    int64_t maxmsg = w->have_model ? s_max_frame(w) : S_HELLO_MAXMSG;
+    zmq_setsockopt(w->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    w->capped = w->have_model;
+    // A connection dropped for a protocol error (such as a frame over that limit) is not made
+    // again by ZeroMQ, and a send with no connection would wait for ever: sends give up after
+    // a second, and the coordinator's silence makes this socket again (s_serve).
+    int sndtimeo = 1000;
+    zmq_setsockopt(w->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
     zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, w->name, strlen(w->name));
     char cerr[SER_ERR_LEN];
     // ZeroMQ retries a connection that does not come up in silence: the socket's monitor says
@@ -486,6 +513,16 @@ static int s_serve(s_worker *w) {
             if (done) {
                 ser_log(SER_LL_INFO, "worker %s: job over", w->name);
                 return 0;
+            }
+            if (w->have_model && !w->capped) {
+                // The first WELCOME sized the job's frames: the socket is made again with that
+                // limit (ZMQ_MAXMSGSIZE holds for connections made after it is set). Its HELLO
+                // carries the config hash: the coordinator knows the worker and logs no second
+                // join; anything it sent meanwhile is sent again (the worker holds nothing).
+                ser_log(SER_LL_DEBUG, "worker %s: reconnecting with frames up to %lld bytes",
+                        w->name, (long long)s_max_frame(w));
+                if (s_connect(w)) return 1;
+                break;
             }
         }
         // The connection's monitor: after the messages (a SHUTDOWN before its disconnect).
