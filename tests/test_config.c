@@ -200,6 +200,10 @@ static void test_cross_field_errors(void **state) {
            "data.local_crop_min = 0.5 must be <= data.local_crop_max = 0.3");
     EXPECT("[method]\nname = essl\n", "method.name = essl predicts the rotation of 4 rotated "
            "crops: set data.local_crops = 4");
+    EXPECT("[method]\nname = stl\n[data]\nglobal_batch = 12\nshards = 4\n",
+           "method.name = stl pairs the batch positions 2k and 2k+1 within a shard: "
+           "data.global_batch (= 12) and its shard size data.global_batch / data.shards (= 12 / 4) "
+           "must be even");
     // The baseline layout is fine without SER.
     ser_config c;
     ser_config_defaults(&c);
@@ -212,6 +216,10 @@ static void test_cross_field_errors(void **state) {
                                             "local_mode = center\nlocal_size = 224\n",
                                             "j", err),
                      SER_OK);
+    assert_int_equal(
+        ser_config_load_string(&c, "[method]\nname = stl\n[data]\nglobal_batch = 16\nshards = 4\n",
+                               "j", err),
+        SER_OK);
 }
 
 static void test_missing_file(void **state) {
@@ -383,7 +391,7 @@ static void test_hash(void **state) {
         if (t[i].flags & SER_CONFIG_F_NOHASH) continue;
         if (strcmp(t[i].section, "dino") == 0 || strcmp(t[i].section, "barlow") == 0 ||
             strcmp(t[i].section, "essl") == 0 || strcmp(t[i].section, "augself") == 0 ||
-            strcmp(t[i].section, "equimod") == 0)
+            strcmp(t[i].section, "equimod") == 0 || strcmp(t[i].section, "stl") == 0)
             continue;
         snprintf(key, sizeof key, "%s.%s", t[i].section, t[i].name);
         ser_config_get(&c, key, val, sizeof val);
@@ -403,6 +411,7 @@ static void test_hash(void **state) {
         {"cluster.port", "6000"},    {"cluster.status_port", "-1"}, {"cluster.coordinator", "h"},
         {"dino.momentum", "0.99"},   {"barlow.proj_dim", "64"},  // methods not selected
         {"essl.lambda", "1"},        {"augself.crop", "1"}, {"equimod.lambda", "2"},
+        {"stl.lambda_trans", "0.3"},
     };
     char err[SER_ERR_LEN];
     for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {

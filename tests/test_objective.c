@@ -163,11 +163,11 @@ static int teardown(void **state) {
 // --- the table ---------------------------------------------------------------------------------
 static void test_table(void **state) {
     (void)state;
-    enum { N = 6 };  // the built-in objectives
-    const char *names[N] = {"moco", "dino", "barlow", "essl", "augself", "equimod"};
+    enum { N = 7 };  // the built-in objectives
+    const char *names[N] = {"moco", "dino", "barlow", "essl", "augself", "equimod", "stl"};
     int idx[N] = {SER_CONFIG_METHOD_MOCO, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
                   SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_AUGSELF,
-                  SER_CONFIG_METHOD_EQUIMOD};
+                  SER_CONFIG_METHOD_EQUIMOD, SER_CONFIG_METHOD_STL};
     for (int i = 0; i < N; i++) {
         const ser_objective_i *o = ser_objective_get(idx[i]);
         assert_non_null(o);

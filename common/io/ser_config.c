@@ -84,7 +84,7 @@ static const ser_config_option s_options[] = {
     // [method]
     ENUM(method, name, ser_objective_names, "moco", 0,
          "The base invariance objective on the final [CLS] embedding: MoCo-v3, DINO or Barlow "
-         "Twins, or a MoCo-v3 add-on (essl, augself; they also read [moco]). Only that "
+         "Twins, or a MoCo-v3 add-on (essl, augself, equimod, stl; they also read [moco]). Only that "
          "method's section is used."),
     // [moco]
     INT(moco, dim, 1, BIG, "256", 0, "Output dimension of the projector and the predictor."),
@@ -164,6 +164,24 @@ static const ser_config_option s_options[] = {
     INT(equimod, hidden, 0, BIG, "0", 0,
         "Width of the equivariant projector's two hidden layers; 0 = the ViT width (the "
         "reference's 384 for ViT-S)."),
+    // [stl]
+    DBL(stl, lambda_equi, 0, 1000, "1", 0,
+        "Weight of STL's equivariance loss (method.name = stl: MoCo-v3 on the two global views + "
+        "lambda_equi * the two-way contrastive loss between the projected [CLS] rows and their "
+        "prediction W(t) c by the hypernetwork from the pair partner's transformation embedding "
+        "+ lambda_trans * the transformation loss)."),
+    DBL(stl, lambda_trans, 0, 1000, "0.1", 0,
+        "Weight of STL's transformation loss (the two-way contrastive loss between the "
+        "transformation embeddings of the samples 2k and 2k+1, which share their augmentation)."),
+    DBL(stl, temperature, 0, 100, "0.2", GT,
+        "Temperature of STL's two losses; each is MoCo's contrastive loss at this temperature, x "
+        "2 temperature."),
+    INT(stl, trans_dim, 1, BIG, "128", 0,
+        "Width of the transformation embedding (trans_backbone's hidden and output, "
+        "trans_projector's) and the hypernetwork's input: the hypernetwork Linear(trans_dim -> "
+        "C*C, no bias) has trans_dim * C * C parameters (18.9M at 128 and C = 384)."),
+    INT(stl, proj_hidden, 1, BIG, "512", 0, "Hidden width of STL's projector (projector_stl)."),
+    INT(stl, proj_dim, 1, BIG, "128", 0, "Output width of STL's projector (projector_stl)."),
     // [ser]
     BOOL(ser, enabled, "true", 0,
          "Soft Equivariance Regularization: equivariant sub-batch, SER map and loss."),
@@ -974,6 +992,12 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
          "data.local_crops = 1, data.local_mode = center and data.local_size = model.img_size "
          "(= %d; now local_crops %d, local_size %d)", m->img_size, d->local_crops,
          ser_config_local_size(c));
+    RULE(c->method.name != SER_CONFIG_METHOD_STL ||
+             (d->global_batch % 2 == 0 && d->global_batch % d->shards == 0 &&
+              d->global_batch / d->shards % 2 == 0),
+         "method.name = stl pairs the batch positions 2k and 2k+1 within a shard: "
+         "data.global_batch (= %d) and its shard size data.global_batch / data.shards (= %d / %d) "
+         "must be even", d->global_batch, d->global_batch, d->shards);
     RULE(d->local_size % m->patch == 0, "data.local_size = %d is not a multiple of model.patch = %d",
          d->local_size, m->patch);
     RULE(d->kind != SER_CONFIG_DATA_SYNTHETIC || d->synthetic_images >= d->global_batch,

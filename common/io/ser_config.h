@@ -65,7 +65,8 @@ enum { SER_CONFIG_ARCH_VIT_TINY = 0, SER_CONFIG_ARCH_VIT_SMALL, SER_CONFIG_ARCH_
 // Same values as SER_VIT_INIT_*.
 enum { SER_CONFIG_INIT_GENERIC = 0, SER_CONFIG_INIT_MOCO };
 enum { SER_CONFIG_METHOD_MOCO = 0, SER_CONFIG_METHOD_DINO, SER_CONFIG_METHOD_BARLOW,
-        SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_AUGSELF, SER_CONFIG_METHOD_EQUIMOD };
+        SER_CONFIG_METHOD_ESSL, SER_CONFIG_METHOD_AUGSELF, SER_CONFIG_METHOD_EQUIMOD,
+        SER_CONFIG_METHOD_STL };
 // data.local_mode: independent local crops, one crop in its 4 rotations (E-SSL), or the
 // unaugmented centre crop (EquiMod's x_0).
 enum { SER_CONFIG_LOCAL_CROPS = 0, SER_CONFIG_LOCAL_ROTATIONS, SER_CONFIG_LOCAL_CENTER };
@@ -137,6 +138,11 @@ typedef struct ser_config_equimod {
     int proj_dim, hidden;
 } ser_config_equimod;
 
+typedef struct ser_config_stl {
+    double lambda_equi, lambda_trans, temperature;
+    int trans_dim, proj_hidden, proj_dim;
+} ser_config_stl;
+
 typedef struct ser_config_ser {
     int enabled, grad;
     double lambda, tau, ratio;
@@ -206,6 +212,7 @@ typedef struct ser_config {
     ser_config_essl essl;
     ser_config_augself augself;
     ser_config_equimod equimod;
+    ser_config_stl stl;
     ser_config_ser ser;
     ser_config_optim optim;
     ser_config_data data;

@@ -14,7 +14,7 @@
 
 // The add-ons (ser_moco_addon.h): one row each.
 static const ser_moco_addon_i *const s_addons[] = {&ser_moco_addon_essl, &ser_moco_addon_augself,
-                                                   &ser_moco_addon_equimod};
+                                                   &ser_moco_addon_equimod, &ser_moco_addon_stl};
 
 void ser_moco_config_default(ser_moco_config *c) {
     memset(c, 0, sizeof *c);
@@ -312,3 +312,4 @@ const ser_objective_i ser_objective_moco = {
 const ser_objective_i ser_objective_essl = SER_MOCO_OBJECTIVE("essl", 0);
 const ser_objective_i ser_objective_augself = SER_MOCO_OBJECTIVE("augself", 1);
 const ser_objective_i ser_objective_equimod = SER_MOCO_OBJECTIVE("equimod", 1);
+const ser_objective_i ser_objective_stl = SER_MOCO_OBJECTIVE("stl", 0);

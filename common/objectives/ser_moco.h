@@ -93,5 +93,6 @@ extern const ser_objective_i ser_objective_moco;
 extern const ser_objective_i ser_objective_essl;
 extern const ser_objective_i ser_objective_augself;
 extern const ser_objective_i ser_objective_equimod;
+extern const ser_objective_i ser_objective_stl;
 
 #endif

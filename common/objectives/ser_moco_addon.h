@@ -1,6 +1,7 @@
 // ser_moco_addon.h — add-ons on MoCo-v3: a head and a loss next to the contrastive objective,
 // the paper's invariance + equivariance baselines (E-SSL's rotation prediction, AugSelf's
-// augmentation-difference predictors, EquiMod's transformation-conditioned predictor).
+// augmentation-difference predictors, EquiMod's transformation-conditioned predictor, STL's
+// hypernetwork of transformation embeddings).
 //
 // An add-on is a method of its own (method.name = its name; its config section beside [moco],
 // which it also reads). ser_moco registers the add-on's tensors after the predictor (names as in
@@ -17,6 +18,7 @@
 //   ser_moco_addon_i   the table of an add-on
 //   ser_moco_addon_essl, ser_moco_addon_augself
 //   ser_moco_addon_equimod, ser_equimod_standardise(), ser_equimod_loss_keys()
+//   ser_moco_addon_stl, ser_stl_loss_keys()
 #ifndef SER_MOCO_ADDON_H
 #define SER_MOCO_ADDON_H
 
@@ -70,5 +72,14 @@ void ser_equimod_standardise(float *out, const float *vp);
 int ser_equimod_loss_keys(void *st, const ser_batch *b, ser_gathered *g,
                           const float *const keys[2], float *const keys_out[2], double *loss,
                           char err[SER_ERR_LEN]);
+
+// STL (common/objectives/ser_stl.c).
+extern const ser_moco_addon_i ser_moco_addon_stl;
+// The add-on's loss with the contrastive keys given: keys[0] (2B, proj_dim) for ctr(z, .),
+// keys[1] (2B, proj_dim) for ctr(ẑ, .), keys[2] (B, trans_dim) for ctr(tp(y_trans1), .),
+// keys[3] (B, trans_dim) for ctr(tp(y_trans2), .). keys NULL: the call's own rows (the add-on's
+// loss); keys_out non-NULL: the call's own rows are copied there. An odd batch is SER_EINVAL.
+int ser_stl_loss_keys(void *st, const ser_batch *b, ser_gathered *g, const float *const keys[4],
+                      float *const keys_out[4], double *loss, char err[SER_ERR_LEN]);
 
 #endif

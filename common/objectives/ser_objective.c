@@ -16,6 +16,7 @@ static const ser_objective_i *s_table[SER_OBJECTIVE_MAX] = {
     &ser_objective_essl,
     &ser_objective_augself,
     &ser_objective_equimod,
+    &ser_objective_stl,
 };
 static int s_count;  // the rows above, counted before main()
 
