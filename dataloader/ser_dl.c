@@ -69,6 +69,8 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
     else if (c->local_crops && !(c->local_crop_min > 0 && c->local_crop_min <= c->local_crop_max &&
                                  c->local_crop_max <= 1))
         why = "local crop scale must satisfy 0 < local_crop_min <= local_crop_max <= 1";
+    else if (c->aligned_pairs && (c->global_batch / (c->shards > 0 ? c->shards : 1)) % 2)
+        why = "aligned pairs need an even shard size (global_batch / shards)";
     else if (c->threads < 0 || c->threads > 256) why = "threads must be in [0, 256]";
     else if (!(c->max_bad_fraction >= 0 && c->max_bad_fraction <= 1))
         why = "max_bad_fraction must be in [0, 1]";
@@ -112,6 +114,8 @@ uint64_t ser_dl_config_hash(const ser_dl_config *c) {
     // others' text, so their hashes stay what they were.
     if (c->kind == SER_DL_KIND_SYNTHETIC && n > 0 && (size_t)n < sizeof s)
         n += snprintf(s + n, sizeof s - (size_t)n, " synth=%u", c->synthetic_images);
+    if (c->aligned_pairs && n > 0 && (size_t)n < sizeof s)  // likewise: only STL's text has it
+        n += snprintf(s + n, sizeof s - (size_t)n, " pairs=1");
     return s_fnv(0xcbf29ce484222325ull, s, (size_t)n);
 }
 
@@ -384,6 +388,10 @@ static void s_make_sample(void *arg, int k, void **tj) {
     const ser_dl_config *c = &dl->cfg;
     ser_dl_sample *s = &jb->sh->samples[k];
     uint32_t epoch = jb->epochs[k];
+    // The global views' draws: the sample's own, or with aligned pairs at an odd position those
+    // of the sample before it (both are in this shard: its size is even).
+    uint32_t gepoch = epoch, gindex = s->index;
+    if (c->aligned_pairs && (k & 1)) gepoch = jb->epochs[k - 1], gindex = jb->sh->samples[k - 1].index;
     ser_dl_image im = {0};
     int rc = ser_dl_data_load(dl->data, s->index, tj, &im, &s->source);
     if (rc) {
@@ -420,14 +428,14 @@ static void s_make_sample(void *arg, int k, void **tj) {
     if (!s->equivariant) {
         float *f = c->policy == SER_DL_POLICY_KORNIA ? ser_xmalloc(sizeof(float) * 2 * n) : NULL;
         for (int v = 0; v < 2; v++) {
-            s_crop_view(c, &im, epoch, s->index, v, s->view[v], s->vparams[v]);
-            s_photo(jb, s->view[v], S, S, epoch, s->index, v, f, f ? f + n : NULL, s->vparams[v]);
+            s_crop_view(c, &im, gepoch, gindex, v, s->view[v], s->vparams[v]);
+            s_photo(jb, s->view[v], S, S, gepoch, gindex, v, f, f ? f + n : NULL, s->vparams[v]);
         }
         free(f);
     } else {
         // One crop; both views made from it.
         uint8_t *base = ser_xmalloc((size_t)n), *tmp8 = ser_xmalloc((size_t)n);
-        s_crop_view(c, &im, epoch, s->index, 0, base, s->vparams[0]);
+        s_crop_view(c, &im, gepoch, gindex, 0, base, s->vparams[0]);
         memcpy(s->vparams[1], s->vparams[0], sizeof s->vparams[0]);  // the same crop and flip
         int big = n;
         for (int v = 0; v < 2; v++)
@@ -436,7 +444,7 @@ static void s_make_sample(void *arg, int k, void **tj) {
         float *fk = ser_xmalloc(sizeof(float) * 2 * n);
         for (int v = 0; v < 2; v++) {
             memcpy(tmp8, base, (size_t)n);
-            s_photo(jb, tmp8, S, S, epoch, s->index, v, fk, fk + n, s->vparams[v]);
+            s_photo(jb, tmp8, S, S, gepoch, gindex, v, fk, fk + n, s->vparams[v]);
             ser_dl_u8_to_f32(fin, tmp8, n);
             // (S, S, 3) -> (h[v], w[v], 3); g and P were checked when the shard was laid out.
             int arc = ser_group_image_action_hwc(fout, fin, 3, S, S, c->patch, &s->g[v]);
@@ -548,6 +556,7 @@ void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
     c->local_crop_max = job->data.local_crop_max;
     c->local_rotations = job->data.local_mode == SER_CONFIG_LOCAL_ROTATIONS;
     c->local_center = job->data.local_mode == SER_CONFIG_LOCAL_CENTER;
+    c->aligned_pairs = job->method.name == SER_CONFIG_METHOD_STL;
     c->strength = (ser_dl_photo_strength){job->data.jitter, job->data.blur_sigma,
                                           job->data.gray_prob, job->data.solarize_prob};
     c->threads = job->data.workers;

@@ -14,6 +14,7 @@
 #   inv_essl      MoCo-v3 with those 4 rotated crops as extra queries (E-SSL's matched views)
 #   augself       AugSelf: crop and colour difference predictors on the [CLS] pair
 #   equimod       EquiMod: transformation-conditioned predictor with the centre view x_0
+#   stl           STL: hypernetwork transformation predictor on aligned pairs (trans_dim 64)
 #   inv_local4    MoCo-v3 with 2 + 4 views (4 local crops, scale 0.05-0.25, as extra queries)
 #   ser_local4    MoCo-v3 + SER at block 3 with the same 2 + 4 views (SER on the global pair)
 # Every run uses the same seed, data order, batch and schedules; only the listed keys differ.
@@ -23,7 +24,7 @@
 #
 #   bash experiments/cifar10.sh                          # every variant, the preset's schedule
 #   SER_EXP_VARIANTS="ser_on_l2" bash experiments/cifar10.sh
-#   SER_EXP_VARIANTS=comparison bash experiments/cifar10.sh   # the paper's table (~10 runs)
+#   SER_EXP_VARIANTS=comparison bash experiments/cifar10.sh   # the paper's table (~11 runs)
 #
 # Environment: SER_CIFAR_TAR (a tarball with cifar10/train and cifar10/test class folders of
 # JPEGs; default data/cifar10-jpg.tar.gz), SER_EXP_OUT (default runs/cifar10),
@@ -43,7 +44,7 @@ steps=${SER_EXP_STEPS:-}
 seed=${SER_EXP_SEED:-0}
 variants=${SER_EXP_VARIANTS:-"moco ser_on_l2 ser_on_l3 ser_off_l2"}
 [ "$variants" = comparison ] &&
-  variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod inv_local4 ser_local4"
+  variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod stl inv_local4 ser_local4"
 ntrain=${SER_EXP_EVAL_TRAIN:-5000}
 ntest=${SER_EXP_EVAL_TEST:-1000}
 ser=${SER_BIN:-./build/ser}
@@ -83,6 +84,8 @@ variant_sets() {
     augself)    echo "--set method.name=augself --set ser.enabled=false --set model.cls_layer=4" ;;
     equimod)    echo "--set method.name=equimod --set ser.enabled=false --set model.cls_layer=4" \
                      "--set data.local_crops=1 --set data.local_mode=center --set data.local_size=32" ;;
+    stl)        echo "--set method.name=stl --set ser.enabled=false --set model.cls_layer=4" \
+                     "--set stl.trans_dim=64" ;;
     inv_local4) echo "--set ser.enabled=false --set model.cls_layer=4 --set data.local_crops=4" \
                      "--set data.local_crop_max=0.25" ;;
     ser_local4) echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" \

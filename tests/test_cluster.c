@@ -325,6 +325,7 @@ static void s_method_n_workers_batch(const char *method, const char *section, co
         if (!strcmp(method, "barlow")) s_assert_monitors(od, "barlow_on_diag", "barlow_off_diag");
         if (!strcmp(method, "equimod")) s_assert_monitors(od, "equimod_loss", "equimod_top1");
         if (!strcmp(method, "augself")) s_assert_monitors(od, "augself_crop_mse", "augself_color_mse");
+        if (!strcmp(method, "stl")) s_assert_monitors(od, "stl_equi_loss", "stl_trans_loss");
     }
 }
 
@@ -464,6 +465,14 @@ static void test_augself_n_workers_equal_ser_step(void **state) {
                      "--out", out, "--steps", "2", NULL};
     assert_int_not_equal(s_wait(s_start("novp-local.log", largs)), 0);
     assert_true(s_log_has("novp-local.log", "no vparams"));
+}
+
+// STL: its heads (trans_backbone, hypernet, projectors) live at the coordinator and pair the
+// batch positions 2k, 2k+1 across the gathered rows; 1..3 workers against `ser step`, bitwise,
+// its two losses in metrics.jsonl.
+static void test_stl_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    s_method_n_workers("stl", "[stl]\ntrans_dim = 8\nproj_hidden = 12\nproj_dim = 6\n");
 }
 
 // A batch without equivariant samples (SER on): projector_equiv and norm_equiv get no gradient,
@@ -1865,6 +1874,7 @@ int main(void) {
         cmocka_unit_test(test_local_views_n_workers_equal_ser_step),
         cmocka_unit_test(test_equimod_n_workers_equal_ser_step),
         cmocka_unit_test(test_augself_n_workers_equal_ser_step),
+        cmocka_unit_test(test_stl_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_local_stops_on_sigterm),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),

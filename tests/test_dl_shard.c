@@ -584,6 +584,70 @@ static void test_local_views(void **state) {
     assert_non_null(strstr(err, "local crop scale"));
 }
 
+// The draws two views share when made with the same keys: the crop box too when the two source
+// images have one size (the box is drawn for the image's size), else flip and photometrics.
+static int s_same_draws(const float *a, const float *b) {
+    int from = a[18] == b[18] && a[19] == b[19] ? 0 : 4;
+    for (int f = from; f < SER_VIEW_PARAMS; f++)
+        if (f != 18 && f != 19 && a[f] != b[f]) return 0;
+    return 1;
+}
+
+// Aligned pairs (STL's aligned transform): positions 2k and 2k+1 of every shard share their
+// global views' draws (crop box when their images have one size, flip, photometric parameters)
+// while their images differ; equivariant pairs share their one crop too. Without the flag no
+// pair shares them. On the generated dataset (one size) and an ImageFolder of JPEGs of varying
+// sizes. An odd shard size is refused, and the flag keys the config hash.
+static void test_aligned_pairs(void **state) {
+    (void)state;
+    for (int synth = 0; synth < 2; synth++) {
+        ser_dl_config c;
+        s_config(&c);
+        c.photometric = 1, c.policy = SER_DL_POLICY_KORNIA;  // 4 per shard; 9-11 equivariant
+        if (synth) c.kind = SER_DL_KIND_SYNTHETIC, c.synthetic_images = 40;
+        uint64_t h0 = ser_dl_config_hash(&c);
+        for (int aligned = 0; aligned < 2; aligned++) {
+            c.aligned_pairs = aligned;
+            ser_dl *dl = s_new(&c);
+            int pairs = 0, same = 0, eqpairs = 0, boxes = 0;
+            for (int step = 0; step < 4; step++)
+                for (int sh = 0; sh < c.shards; sh++) {
+                    ser_dl_shard d;
+                    assert_int_equal(ser_dl_make_shard(dl, (uint64_t)step, (uint32_t)sh, &d), SER_OK);
+                    for (int k = 0; k + 1 < d.n; k += 2) {
+                        const ser_dl_sample *x = &d.samples[k], *y = &d.samples[k + 1];
+                        if (x->equivariant != y->equivariant) continue;  // vparams[1] differ in kind
+                        pairs++, eqpairs += x->equivariant;
+                        assert_true(x->index != y->index);
+                        int eq = s_same_draws(x->vparams[0], y->vparams[0]) &&
+                                 s_same_draws(x->vparams[1], y->vparams[1]);
+                        same += eq;
+                        boxes += eq && x->vparams[0][18] == y->vparams[0][18] &&
+                                 x->vparams[0][19] == y->vparams[0][19];
+                        if (aligned) {
+                            assert_true(eq);
+                            if (!x->equivariant)  // same draws, other images
+                                assert_true(memcmp(x->view[0], y->view[0], (size_t)c.img * c.img * 3));
+                        }
+                    }
+                    ser_dl_shard_free(&d);
+                }
+            fprintf(stderr, "%s, aligned %d: %d pairs (%d equivariant), %d with the same draws "
+                    "(%d with the same crop box too)\n", synth ? "generated" : "imagefolder",
+                    aligned, pairs, eqpairs, same, boxes);
+            assert_true(pairs >= 20 && eqpairs >= 4);
+            if (!aligned) assert_int_equal(same, 0);
+            if (aligned && synth) assert_int_equal(boxes, pairs);
+            ser_dl_destroy(&dl);
+        }
+        assert_true(ser_dl_config_hash(&c) != h0);
+        char err[256];
+        c.shards = 4;  // 3 per shard
+        assert_int_not_equal(ser_dl_config_check(&c, err), SER_OK);
+        assert_non_null(strstr(err, "aligned pairs need an even shard size"));
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_geometry),
@@ -593,6 +657,7 @@ int main(void) {
         cmocka_unit_test(test_group_keys),
         cmocka_unit_test(test_equivariant_relative_transform),
         cmocka_unit_test(test_local_views),
+        cmocka_unit_test(test_aligned_pairs),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
