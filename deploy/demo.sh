@@ -6,7 +6,10 @@
 # ceil(images / batch) steps), with the online kNN monitor on, then `ser eval knn` measures the
 # trained network next to the randomly initialised one and the raw input pixels, on one split.
 #
-#   bash deploy/demo.sh [--data DIR] [--steps K]
+#   bash deploy/demo.sh [--data DIR] [--steps K] [--method moco|dino|barlow]
+# --method picks the preset: moco (configs/demo_fashion.ini, the default), dino
+# (configs/dino_fashion.ini: DINO + SER with 4 local crops) or barlow (configs/barlow_fashion.ini:
+# Barlow Twins + SER); the same network, data and schedule length.
 # Environment: SER_BIN (the executable, default build/ser), SER_DEMO_STEPS (stop after K steps;
 # default: the whole schedule), SER_DEMO_OUT (run folder, default a fresh
 # /tmp/ser-demo.XXXXXX), SER_DEMO_EVAL_TRAIN / SER_DEMO_EVAL_TEST (kNN subset sizes, default
@@ -19,11 +22,13 @@ steps=${SER_DEMO_STEPS:-}
 data=/usr/share/datasets/fashion-mnist
 kind=fashion_mnist
 name="Fashion-MNIST"
+method=moco
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) data=$2; kind=auto; name=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
-    *) echo "usage: deploy/demo.sh [--data DIR] [--steps K]" >&2; exit 2 ;;
+    --method) method=$2; shift 2 ;;
+    *) echo "usage: deploy/demo.sh [--data DIR] [--steps K] [--method moco|dino|barlow]" >&2; exit 2 ;;
   esac
 done
 if [ ! -e "$data" ]; then
@@ -34,12 +39,17 @@ out=${SER_DEMO_OUT:-$(mktemp -d /tmp/ser-demo.XXXXXX)}
 mkdir -p "$out"
 ntrain=${SER_DEMO_EVAL_TRAIN:-5000}
 ntest=${SER_DEMO_EVAL_TEST:-1000}
-cfg=configs/demo_fashion.ini
+case "$method" in
+  moco) cfg=configs/demo_fashion.ini; title="MoCo-v3 + SER" ;;
+  dino) cfg=configs/dino_fashion.ini; title="DINO + SER" ;;
+  barlow) cfg=configs/barlow_fashion.ini; title="Barlow Twins + SER" ;;
+  *) echo "deploy/demo.sh: --method must be moco, dino or barlow, not '$method'" >&2; exit 2 ;;
+esac
 sets=(--set data.path="$data" --set data.kind="$kind" --set run.out_dir="$out"
       --set cluster.status_port=0)
 limit=()
 [ -n "$steps" ] && limit=(--steps "$steps")
-echo "== ser local: MoCo-v3 + SER ($cfg) on $name${steps:+, stopped after $steps steps}"
+echo "== ser local: $title ($cfg) on $name${steps:+, stopped after $steps steps}"
 echo "   (the status URL is printed below; step logs go to $out/metrics.jsonl and TensorBoard events)"
 t0=$(date +%s)
 "$ser" local --config "$cfg" "${sets[@]}" --workers 2 "${limit[@]}" \

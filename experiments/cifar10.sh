@@ -17,6 +17,12 @@
 #   stl           STL: hypernetwork transformation predictor on aligned pairs (trans_dim 64)
 #   inv_local4    MoCo-v3 with 2 + 4 views (4 local crops, scale 0.05-0.25, as extra queries)
 #   ser_local4    MoCo-v3 + SER at block 3 with the same 2 + 4 views (SER on the global pair)
+# The three base methods (SER_EXP_VARIANTS=methods: moco and ser_on_l2 above and these; the heads and
+# schedules of configs/dino_fashion.ini and configs/barlow_fashion.ini):
+#   dino          DINO (1024 prototypes, 4 local crops of 12 px), baseline layout, no SER
+#   dino_ser      DINO + SER at block 2
+#   barlow        Barlow Twins (1024-wide projector), baseline layout, no SER
+#   barlow_ser    Barlow Twins + SER at block 2
 # Every run uses the same seed, data order, batch and schedules; only the listed keys differ.
 # Each run is `ser local` (coordinator, 2 workers, 1 loader) with the online kNN monitor, so its
 # learning curve is in RUN/metrics.jsonl; runs already finished are not redone, and a stopped
@@ -45,6 +51,7 @@ seed=${SER_EXP_SEED:-0}
 variants=${SER_EXP_VARIANTS:-"moco ser_on_l2 ser_on_l3 ser_off_l2"}
 [ "$variants" = comparison ] &&
   variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod stl inv_local4 ser_local4"
+[ "$variants" = methods ] && variants="moco ser_on_l2 dino dino_ser barlow barlow_ser"
 ntrain=${SER_EXP_EVAL_TRAIN:-5000}
 ntest=${SER_EXP_EVAL_TEST:-1000}
 ser=${SER_BIN:-./build/ser}
@@ -70,8 +77,20 @@ common=(--config configs/cifar10_small.ini --workers 2 --set data.path="$data"
 [ -n "$steps" ] && common+=(--steps "$steps")
 for kv in ${SER_EXP_SETS:-}; do common+=(--set "$kv"); done
 
+dino_sets="--set method.name=dino --set dino.out_dim=1024 --set dino.hidden_dim=512
+  --set dino.bottleneck_dim=128 --set dino.norm_last_layer=true --set dino.momentum=0.99
+  --set dino.teacher_temp_warmup_epochs=1 --set optim.lr=2e-3 --set optim.lr_schedule=dino
+  --set optim.weight_decay=0.04 --set optim.weight_decay_end=0.4 --set optim.clip=3
+  --set optim.decay=no_bias_1d --set data.interpolation=bicubic --set data.crop_min=0.25
+  --set data.local_crops=4 --set data.local_crop_min=0.1 --set data.local_crop_max=0.4"
+barlow_sets="--set method.name=barlow --set barlow.proj_dim=1024 --set barlow.lambda_offdiag=0.02
+  --set optim.lr_schedule=barlow --set data.interpolation=bicubic"
 variant_sets() {
   case "$1" in
+    dino)       echo $dino_sets "--set ser.enabled=false --set model.cls_layer=4" ;;
+    dino_ser)   echo $dino_sets "--set ser.enabled=true --set ser.grad=on --set ser.lambda=0.3 --set model.cls_layer=2" ;;
+    barlow)     echo $barlow_sets "--set ser.enabled=false --set model.cls_layer=4" ;;
+    barlow_ser) echo $barlow_sets "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=2" ;;
     moco)       echo "--set ser.enabled=false --set model.cls_layer=4" ;;
     ser_on_l2)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=2" ;;
     ser_on_l3)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" ;;
