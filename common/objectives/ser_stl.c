@@ -95,8 +95,11 @@ static void s_init_weights(void *st, uint64_t seed) {
         w[i] = (float)((2.0 * ser_rng_uniform_double(&r) - 1.0) * bound);
 }
 
-static size_t s_block_rows(int C, int T) {
+// Rows of O per block: as many as fit S_BLOCK_FLOATS, and no more than the B rows there are (O
+// is allocated per call: a block sized for the cap alone mapped 64 MB for a handful of rows).
+static size_t s_block_rows(int C, int T, int B) {
     size_t n = S_BLOCK_FLOATS / ((size_t)C * T);
+    if (n > (size_t)B) n = (size_t)B;
     return n ? n : 1;
 }
 
@@ -114,7 +117,7 @@ static void s_outer(float *O, const float *r, const float *t, size_t n, int C, i
 // y (B, C) = W(t) r per row.
 static void s_hyper_forward(const s_stl *s, float *y, const float *t, const float *r, int B) {
     int C = s->C, T = s->T, CT = C * T;
-    size_t blk = s_block_rows(C, T);
+    size_t blk = s_block_rows(C, T, B);
     float *O = ser_xaligned(sizeof(float) * blk * CT);
     const float *H = s->params + s->hw;
     for (size_t i0 = 0; i0 < (size_t)B; i0 += blk) {
@@ -130,7 +133,7 @@ static void s_hyper_forward(const s_stl *s, float *y, const float *t, const floa
 static void s_hyper_backward(const s_stl *s, float *dt, float *dr, const float *dy, const float *t,
                              const float *r, int B) {
     int C = s->C, T = s->T, CT = C * T;
-    size_t blk = s_block_rows(C, T);
+    size_t blk = s_block_rows(C, T, B);
     float *O = ser_xaligned(sizeof(float) * blk * CT);
     const float *H = s->params + s->hw;
     float *dH = s->grads + s->hw;
@@ -282,7 +285,7 @@ static void s_memory(const ser_config *cfg, double C, double B, double f[3]) {
     f[0] += 2 * C * T + T * T + 2 * T + C * P + 2 * P + P * D + 2 * T * T + 2 * T + T * C * C;
     // two trans_backbone calls, four projector calls, two trans_projector calls of B rows, the
     // predictions and their gradients; one block of the hypernet's outer products
-    double blk = (double)s_block_rows((int)C, (int)T);
+    double blk = (double)s_block_rows((int)C, (int)T, B < 1 ? 1 : B > 1e9 ? 1000000000 : (int)B);
     f[2] += 2 * (2 * B * (2 * C + 3 * T) + 4 * B * (C + 3 * P + D) + 2 * B * 4 * T + 2 * B * C) +
             (blk < B ? blk : B) * C * T;
 }
