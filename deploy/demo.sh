@@ -8,7 +8,7 @@
 #
 #   bash deploy/demo.sh [--data DIR] [--steps K] [--method moco|dino|barlow]
 # --method picks the preset: moco (configs/demo_fashion.ini, the default), dino
-# (configs/dino_fashion.ini: DINO + SER with 4 local crops) or barlow (configs/barlow_fashion.ini:
+# (configs/dino_fashion.ini: DINO + SER) or barlow (configs/barlow_fashion.ini:
 # Barlow Twins + SER); the same network, data and schedule length.
 # Environment: SER_BIN (the executable, default build/ser), SER_DEMO_STEPS (stop after K steps;
 # default: the whole schedule), SER_DEMO_OUT (run folder, default a fresh

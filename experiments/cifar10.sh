@@ -19,7 +19,7 @@
 #   ser_local4    MoCo-v3 + SER at block 3 with the same 2 + 4 views (SER on the global pair)
 # The three base methods (SER_EXP_VARIANTS=methods: moco and ser_on_l2 above and these; the heads and
 # schedules of configs/dino_fashion.ini and configs/barlow_fashion.ini):
-#   dino          DINO (1024 prototypes, 4 local crops of 12 px), baseline layout, no SER
+#   dino          DINO (1024 prototypes, teacher temperature 0.04), baseline layout, no SER
 #   dino_ser      DINO + SER at block 2
 #   barlow        Barlow Twins (1024-wide projector), baseline layout, no SER
 #   barlow_ser    Barlow Twins + SER at block 2
@@ -79,10 +79,9 @@ for kv in ${SER_EXP_SETS:-}; do common+=(--set "$kv"); done
 
 dino_sets="--set method.name=dino --set dino.out_dim=1024 --set dino.hidden_dim=512
   --set dino.bottleneck_dim=128 --set dino.norm_last_layer=true --set dino.momentum=0.99
-  --set dino.teacher_temp_warmup_epochs=1 --set optim.lr=2e-3 --set optim.lr_schedule=dino
+  --set dino.teacher_temp_final=0.04 --set dino.teacher_temp_warmup_epochs=0 --set optim.lr=2e-3 --set optim.lr_schedule=dino
   --set optim.weight_decay=0.04 --set optim.weight_decay_end=0.4 --set optim.clip=3
-  --set optim.decay=no_bias_1d --set data.interpolation=bicubic --set data.crop_min=0.25
-  --set data.local_crops=4 --set data.local_crop_min=0.1 --set data.local_crop_max=0.4"
+  --set optim.decay=no_bias_1d --set data.interpolation=bicubic --set data.crop_min=0.25"
 barlow_sets="--set method.name=barlow --set barlow.proj_dim=1024 --set barlow.lambda_offdiag=0.02
   --set optim.lr_schedule=barlow --set data.interpolation=bicubic"
 variant_sets() {
