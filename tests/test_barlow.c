@@ -11,6 +11,7 @@
 
 #include "ser_barlow.h"
 #include "ser_kernels.h"
+#include "ser_objective.h"
 #include "ser_test.h"
 
 #define RTOL 1e-4f
@@ -627,6 +628,65 @@ static void test_preset_maps_to_the_reference_run(void **state) {
                 c.init_scheme == d.init_scheme && c.ser_lambda == d.ser_lambda);
 }
 
+// The collapse test (ser_objective_barlow.collapsed) on cross-correlations of known features
+// (N 64 rows, P 16 dimensions, the BatchNorm's output as the loss sees it): identical standardised
+// views are healthy (on_diag 0, mean squared off-diagonal correlation ~1/N); a constant output
+// (zeros after the BatchNorm) reads on_diag = P exactly and is collapsed; every dimension the same
+// standardised column reads c_ij = 1 (off_diag = P (P - 1)) and is a dimensional collapse.
+static void test_collapse_test(void **state) {
+    (void)state;
+    enum { N = 64, P = 16 };
+    static float a[N * P], col[N];
+    ser_test_fill_uniform(col, N, 5, -1, 1);
+    double mu = 0, var = 0;
+    for (int i = 0; i < N; i++) mu += (double)col[i];
+    mu /= N;
+    for (int i = 0; i < N; i++) var += ((double)col[i] - mu) * ((double)col[i] - mu);
+    var /= N;
+    for (int i = 0; i < N; i++) col[i] = (float)(((double)col[i] - mu) / sqrt(var));
+    ser_barlow m;
+    memset(&m, 0, sizeof m);
+    m.cfg.proj_dim = P;
+    char why[300];
+    for (int kind = 0; kind < 3; kind++) {
+        if (kind == 0) {  // standardised independent columns
+            ser_test_fill_uniform(a, N * P, 6, -1.7f, 1.7f);
+            for (int j = 0; j < P; j++) {
+                double mj = 0, vj = 0;
+                for (int i = 0; i < N; i++) mj += (double)a[i * P + j];
+                mj /= N;
+                for (int i = 0; i < N; i++) vj += ((double)a[i * P + j] - mj) * ((double)a[i * P + j] - mj);
+                vj /= N;
+                for (int i = 0; i < N; i++) a[i * P + j] = (float)(((double)a[i * P + j] - mj) / sqrt(vj));
+            }
+        } else {
+            for (int i = 0; i < N; i++)
+                for (int j = 0; j < P; j++) a[i * P + j] = kind == 1 ? 0.0f : col[i];
+        }
+        assert_int_equal(ser_barlow_xcorr_loss(&m.last_on_diag, &m.last_off_diag, NULL, NULL, a, a,
+                                               N, P, 0.005f, 1.0f),
+                         SER_OK);
+        why[0] = 0;
+        int c = ser_objective_barlow.collapsed(&m, why, sizeof why);
+        print_message("kind %d: on_diag %.6f off_diag %.6f -> %d %s\n", kind, m.last_on_diag,
+                      m.last_off_diag, c, why);
+        if (kind == 0) {
+            assert_true(m.last_on_diag < 1e-4);
+            assert_true(m.last_off_diag / (P * (P - 1)) < 0.1);
+            assert_int_equal(c, 0);
+        } else if (kind == 1) {
+            assert_true(m.last_on_diag == P && m.last_off_diag == 0);
+            assert_int_equal(c, 1);
+            assert_non_null(strstr(why, "barlow_on_diag 16 is 1.000 x barlow.proj_dim"));
+        } else {
+            assert_true(m.last_on_diag < 1e-4);
+            assert_true(fabs(m.last_off_diag - P * (P - 1)) < 1e-2);
+            assert_int_equal(c, 1);
+            assert_non_null(strstr(why, "dimensional collapse"));
+        }
+    }
+}
+
 int main(void) {
     ser_kernels_set_threads(2);
     const struct CMUnitTest tests[] = {
@@ -647,6 +707,7 @@ int main(void) {
         cmocka_unit_test(test_ser_off_freezes_the_ser_modules),
         cmocka_unit_test(test_bad_batches),
         cmocka_unit_test(test_bad_configs),
+        cmocka_unit_test(test_collapse_test),
         cmocka_unit_test(test_preset_maps_to_the_reference_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

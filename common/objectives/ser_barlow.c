@@ -306,6 +306,33 @@ static int s_monitors(void *st, const char **names, double *values) {
     return 2;
 }
 
+// Barlow Twins' two ways to collapse, read on its last cross-correlation matrix c (P x P): the
+// two views' embeddings unrelated dimension by dimension (mean (1 - c_ii)^2 = on_diag / P above
+// SER_BARLOW_ON_HI: a constant output, which the BatchNorm turns into zeros, reads 1), or
+// every dimension saying the same thing (mean c_ij^2 over i != j = off_diag / (P (P - 1))
+// above SER_BARLOW_OFF_HI: a dimensional collapse onto one direction reads 1; independent
+// dimensions read about 1 / batch).
+#define SER_BARLOW_ON_HI 0.9
+#define SER_BARLOW_OFF_HI 0.5
+static int s_collapsed(void *st, char *why, size_t n) {
+    const ser_barlow *m = st;
+    double P = m->cfg.proj_dim, on = m->last_on_diag / P;
+    double off = P > 1 ? m->last_off_diag / (P * (P - 1)) : 0;
+    if (on > SER_BARLOW_ON_HI) {
+        snprintf(why, n, "barlow_on_diag %.4g is %.3f x barlow.proj_dim (the two views' "
+                 "embeddings are unrelated or constant; healthy: below %.1f)",
+                 m->last_on_diag, on, SER_BARLOW_ON_HI);
+        return 1;
+    }
+    if (off > SER_BARLOW_OFF_HI) {
+        snprintf(why, n, "barlow_off_diag %.4g is a mean squared correlation of %.3f between "
+                 "dimensions (they say the same thing: a dimensional collapse; healthy: below %.1f)",
+                 m->last_off_diag, off, SER_BARLOW_OFF_HI);
+        return 1;
+    }
+    return 0;
+}
+
 static void s_sched(const ser_config *cfg, ser_sched_params *sp) {
     (void)cfg;
     sp->lr_kind = SER_SCHED_BARLOW;
@@ -331,4 +358,5 @@ const ser_objective_i ser_objective_barlow = {
     .sched = s_sched,
     .memory = s_memory,
     .monitors = s_monitors,
+    .collapsed = s_collapsed,
 };

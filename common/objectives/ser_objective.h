@@ -121,7 +121,8 @@ typedef struct ser_objective_i {
     int (*monitors)(void *st, const char **names, double *values);
     // The objective's own collapse test on its last objective call: 1 with a reason naming the
     // monitor and its documented threshold when the monitors show a collapse (DINO: the
-    // teacher's entropy near ln(out_dim), a uniform output, or near 0, a one-hot one). The
+    // teacher's entropy near ln(out_dim), a uniform output, or near 0, a one-hot one; Barlow
+    // Twins: the views' embeddings unrelated, or the dimensions redundant). The
     // runtime warns (or stops, run.on_collapse) after run.collapse_steps such steps in a row.
     // NULL: none (cls_std covers every method).
     int (*collapsed)(void *st, char *why, size_t n);
