@@ -685,7 +685,9 @@ static void test_garbage_and_wrong_peers(void **state) {
     (void)state;
     char out[128], ep[256];
     snprintf(out, sizeof out, "%s/garbage.safetensors", s_dir);
+    snprintf(s_extra, sizeof s_extra, "cluster.io_threads=3");
     pid_t coord = s_coordinator(out, "2", "30000", ep, sizeof ep);
+    snprintf(s_extra, sizeof s_extra, "run.log_every=1");
     void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
     int linger = 0, tmo = 5000;
     zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
@@ -760,6 +762,7 @@ static void test_garbage_and_wrong_peers(void **state) {
     rc = s_wait(coord);
     if (rc) system("tail -20 /tmp/ser_cluster_*/coord.log");
     assert_int_equal(rc, 0);
+    assert_true(s_log_has("coord.log", "; 3 ZeroMQ I/O threads"));  // cluster.io_threads
     assert_true(s_log_has("coord.log", "refused peer intruder"));
     assert_true(s_log_has("coord.log", "dropped"));
     assert_true(s_log_has("coord.log", "bad message from wc?x dropped: peer identity with a byte "
@@ -1600,6 +1603,7 @@ static void test_curve_keys(void **state) {
     if (rc) system("tail -20 /tmp/ser_cluster_*/curve.log");
     assert_int_equal(rc, 0);
     assert_true(s_log_has("curve.log", "worker member joined"));
+    assert_true(s_log_has("curve.log", "; 2 ZeroMQ I/O threads"));  // the default with CURVE
     assert_false(s_log_has("curve.log", "worker intruder joined"));
     assert_false(s_log_has("curve.log", "worker stranger joined"));
     s_kill_all();

@@ -197,6 +197,7 @@ typedef struct ser_config_cluster {
     int port, data_port, status_port;
     char status_bind[SER_CONFIG_STR_LEN];
     int heartbeat_ms, timeout_ms, task_timeout_ms;
+    int io_threads;  // the coordinator's ZeroMQ I/O threads; 0 = 2 with CURVE, 1 without
     // ZeroMQ CURVE (proto/ser_curve.h): key files, the allow-list, and plaintext off-host.
     char curve_key[SER_CONFIG_STR_LEN], curve_server_key[SER_CONFIG_STR_LEN];
     char curve_allow[SER_CONFIG_STR_LEN];
