@@ -21,7 +21,7 @@
 # schedules of configs/dino_fashion.ini and configs/barlow_fashion.ini):
 #   dino          DINO (1024 prototypes, teacher temperature 0.04), baseline layout, no SER
 #   dino_ser      DINO + SER at block 2
-#   barlow        Barlow Twins (1024-wide projector), baseline layout, no SER
+#   barlow        Barlow Twins (256-wide projector), baseline layout, no SER
 #   barlow_ser    Barlow Twins + SER at block 2
 # Every run uses the same seed, data order, batch and schedules; only the listed keys differ.
 # Each run is `ser local` (coordinator, 2 workers, 1 loader) with the online kNN monitor, so its
@@ -82,8 +82,8 @@ dino_sets="--set method.name=dino --set dino.out_dim=1024 --set dino.hidden_dim=
   --set dino.teacher_temp_final=0.04 --set dino.teacher_temp_warmup_epochs=0 --set optim.lr=2e-3 --set optim.lr_schedule=dino
   --set optim.weight_decay=0.04 --set optim.weight_decay_end=0.4 --set optim.clip=3
   --set optim.decay=no_bias_1d --set data.interpolation=bicubic --set data.crop_min=0.25"
-barlow_sets="--set method.name=barlow --set barlow.proj_dim=1024 --set barlow.lambda_offdiag=0.02
-  --set optim.lr_schedule=barlow --set data.interpolation=bicubic"
+barlow_sets="--set method.name=barlow --set barlow.proj_dim=256 --set barlow.lambda_offdiag=0.0051
+  --set optim.lr=2e-3 --set optim.lr_schedule=barlow --set data.interpolation=bicubic"
 variant_sets() {
   case "$1" in
     dino)       echo $dino_sets "--set ser.enabled=false --set model.cls_layer=4" ;;
