@@ -341,14 +341,15 @@ typedef struct s_job {
 // scale (local_crop_min, local_crop_max). vp (NULL: not wanted) gets the crop box, the flip and
 // the source size (ser_engine.h's SER_VIEW_PARAMS layout).
 static void s_crop_view(const ser_dl_config *c, const ser_dl_image *im, uint32_t epoch,
-                        uint32_t index, int v, uint8_t *out, float *vp) {
+                        uint32_t index, uint32_t fepoch, uint32_t findex, int v, uint8_t *out,
+                        float *vp) {
     ser_rng r;
     int i, j, h, w, side = v < 2 ? c->img : c->local_size;
     double smin = v < 2 ? c->crop_min : c->local_crop_min, smax = v < 2 ? 1.0 : c->local_crop_max;
     ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_CROP);
     ser_dl_rrc_params(&r, im->w, im->h, smin, smax, 3.0 / 4.0, 4.0 / 3.0, &i, &j, &h, &w);
     ser_dl_pil_resize(out, side, side, im->px, im->w * 3, j, i, w, h, c->interp);
-    ser_rng_init(&r, c->seed, epoch, index, (uint32_t)v << 16 | SER_RNG_FLIP);
+    ser_rng_init(&r, c->seed, fepoch, findex, (uint32_t)v << 16 | SER_RNG_FLIP);
     int flip = ser_rng_uniform(&r) < 0.5f;
     if (flip) ser_dl_hflip_u8(out, side, side);
     if (vp) {
@@ -357,14 +358,23 @@ static void s_crop_view(const ser_dl_config *c, const ser_dl_image *im, uint32_t
     }
 }
 
+// The photometric draw of view v keyed (epoch, index); with other aligned keys (aepoch, aindex)
+// its colour jitter and grayscale come from their draw instead (STL's aligned pairs).
 static void s_photo(const s_job *jb, uint8_t *img, int w, int h, uint32_t epoch, uint32_t index,
-                    int v, float *fbuf, float *ftmp, float *vp) {
+                    uint32_t aepoch, uint32_t aindex, int v, float *fbuf, float *ftmp, float *vp) {
     const ser_dl_config *c = &jb->dl->cfg;
     if (!c->photometric) return;
     ser_dl_photo p;
     int kornia = c->policy == SER_DL_POLICY_KORNIA;
     ser_dl_photo_draw(&p, c->policy, c->seed, epoch, index, v, kornia ? jb->kornia_order[v] : NULL,
                       &c->strength);
+    if (aepoch != epoch || aindex != index) {
+        ser_dl_photo q;
+        ser_dl_photo_draw(&q, c->policy, c->seed, aepoch, aindex, v,
+                          kornia ? jb->kornia_order[v] : NULL, &c->strength);
+        p.jitter = q.jitter, p.b = q.b, p.c = q.c, p.s = q.s, p.h = q.h, p.gray = q.gray;
+        memcpy(p.order, q.order, sizeof p.order);
+    }
     if (vp) {  // SER_VIEW_PARAMS 5..17
         vp[5] = (float)p.jitter;
         for (int k = 0; k < 4; k++) vp[6 + k] = (float)p.order[k];
@@ -388,8 +398,8 @@ static void s_make_sample(void *arg, int k, void **tj) {
     const ser_dl_config *c = &dl->cfg;
     ser_dl_sample *s = &jb->sh->samples[k];
     uint32_t epoch = jb->epochs[k];
-    // The global views' draws: the sample's own, or with aligned pairs at an odd position those
-    // of the sample before it (both are in this shard: its size is even).
+    // The global views' crop and colour draws: the sample's own, or with aligned pairs at an odd
+    // position those of the sample before it (both are in this shard: its size is even).
     uint32_t gepoch = epoch, gindex = s->index;
     if (c->aligned_pairs && (k & 1)) gepoch = jb->epochs[k - 1], gindex = jb->sh->samples[k - 1].index;
     ser_dl_image im = {0};
@@ -420,22 +430,24 @@ static void s_make_sample(void *arg, int k, void **tj) {
                 ser_dl_resize_center_crop(s->local[l], LS, im.px, im.w, im.h, c->interp);
                 continue;
             }
-            s_crop_view(c, &im, epoch, s->index, 2 + l, s->local[l], NULL);
-            s_photo(jb, s->local[l], LS, LS, epoch, s->index, 2 + l, f, f ? f + ln : NULL, NULL);
+            s_crop_view(c, &im, epoch, s->index, epoch, s->index, 2 + l, s->local[l], NULL);
+            s_photo(jb, s->local[l], LS, LS, epoch, s->index, epoch, s->index, 2 + l, f,
+                    f ? f + ln : NULL, NULL);
         }
         free(f);
     }
     if (!s->equivariant) {
         float *f = c->policy == SER_DL_POLICY_KORNIA ? ser_xmalloc(sizeof(float) * 2 * n) : NULL;
         for (int v = 0; v < 2; v++) {
-            s_crop_view(c, &im, gepoch, gindex, v, s->view[v], s->vparams[v]);
-            s_photo(jb, s->view[v], S, S, gepoch, gindex, v, f, f ? f + n : NULL, s->vparams[v]);
+            s_crop_view(c, &im, gepoch, gindex, epoch, s->index, v, s->view[v], s->vparams[v]);
+            s_photo(jb, s->view[v], S, S, epoch, s->index, gepoch, gindex, v, f, f ? f + n : NULL,
+                    s->vparams[v]);
         }
         free(f);
     } else {
         // One crop; both views made from it.
         uint8_t *base = ser_xmalloc((size_t)n), *tmp8 = ser_xmalloc((size_t)n);
-        s_crop_view(c, &im, gepoch, gindex, 0, base, s->vparams[0]);
+        s_crop_view(c, &im, gepoch, gindex, epoch, s->index, 0, base, s->vparams[0]);
         memcpy(s->vparams[1], s->vparams[0], sizeof s->vparams[0]);  // the same crop and flip
         int big = n;
         for (int v = 0; v < 2; v++)
@@ -444,7 +456,7 @@ static void s_make_sample(void *arg, int k, void **tj) {
         float *fk = ser_xmalloc(sizeof(float) * 2 * n);
         for (int v = 0; v < 2; v++) {
             memcpy(tmp8, base, (size_t)n);
-            s_photo(jb, tmp8, S, S, gepoch, gindex, v, fk, fk + n, s->vparams[v]);
+            s_photo(jb, tmp8, S, S, epoch, s->index, gepoch, gindex, v, fk, fk + n, s->vparams[v]);
             ser_dl_u8_to_f32(fin, tmp8, n);
             // (S, S, 3) -> (h[v], w[v], 3); g and P were checked when the shard was laid out.
             int arc = ser_group_image_action_hwc(fout, fin, 3, S, S, c->patch, &s->g[v]);

@@ -17,11 +17,13 @@
 // (EquiMod's x_0; local_crops = 1): local view 0 is the image resized so that its shorter side
 // is round(local_size * 256 / 224), then centre-cropped to local_size (torchvision Resize(256)
 // + CenterCrop(224)), without augmentation.
-// Aligned pairs (STL's aligned transform): the sample at an odd shard position takes the global
-// views' draws (crop scale and ratio, flip, photometrics; for an equivariant sample its one crop)
-// of the sample before it, i.e. the keys (epoch, index) of that sample; its group elements and
-// local views stay its own. Images of one size get the same crop box; of other sizes the box
-// drawn with the same stream for their size.
+// Aligned pairs (STL's aligned transform: RandomResizedCrop + colour jitter + grayscale replayed
+// on the odd sample, flip and blur independent): the sample at an odd shard position takes the
+// global views' crop draws (scale and ratio; for an equivariant sample its one crop) and their
+// colour jitter and grayscale draws from the sample before it, i.e. from that sample's keys
+// (epoch, index); its flips, blur, solarize, group elements and local views stay its own. Images
+// of one size get the same crop box; of other sizes the box drawn with the same stream for their
+// size.
 // Every sample records the parameters its two global views were made with (vparams,
 // SER_VIEW_PARAMS floats per view: ser_engine.h).
 // Equivariant: one crop (view 0's crop + flip) resized to img x img, then per view v the
@@ -102,7 +104,7 @@ typedef struct ser_dl_config {
     double local_crop_min, local_crop_max;  // their RandomResizedCrop scale; (0.05, 0.4)
     int local_rotations;  // 1: local view k = local view 0 rotated k x 90 degrees (E-SSL)
     int local_center;     // 1: local view 0 = the centre crop, unaugmented (EquiMod's x_0)
-    int aligned_pairs;    // 1: positions 2k, 2k+1 share their global views' draws (STL); 0
+    int aligned_pairs;    // 1: positions 2k, 2k+1 share their views' crop and colour draws (STL)
     int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
     ser_dl_photo_strength strength;  // ser_dl_photo_moco
     int threads;          // decode/augment threads; 0 = all online cores

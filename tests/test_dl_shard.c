@@ -584,18 +584,25 @@ static void test_local_views(void **state) {
     assert_non_null(strstr(err, "local crop scale"));
 }
 
-// The draws two views share when made with the same keys: the crop box too when the two source
-// images have one size (the box is drawn for the image's size), else flip and photometrics.
+// The draws aligned pairs share (STL's aligned transform): colour jitter (flag, order, factors)
+// and grayscale, and the crop box when the two source images have one size (the box is drawn
+// for the image's size). Flip, blur and solarize stay each sample's own.
 static int s_same_draws(const float *a, const float *b) {
-    int from = a[18] == b[18] && a[19] == b[19] ? 0 : 4;
-    for (int f = from; f < SER_VIEW_PARAMS; f++)
-        if (f != 18 && f != 19 && a[f] != b[f]) return 0;
+    if (a[18] == b[18] && a[19] == b[19] && memcmp(a, b, 4 * sizeof(float))) return 0;
+    for (int f = 5; f <= 14; f++)
+        if (a[f] != b[f]) return 0;
     return 1;
 }
 
+// 1 when two views' own draws differ: flip, blur (with sigma) or solarize (with threshold).
+static int s_own_draws_differ(const float *a, const float *b) {
+    return a[4] != b[4] || a[15] != b[15] || a[16] != b[16] || a[17] != b[17] || a[20] != b[20];
+}
+
 // Aligned pairs (STL's aligned transform): positions 2k and 2k+1 of every shard share their
-// global views' draws (crop box when their images have one size, flip, photometric parameters)
-// while their images differ; equivariant pairs share their one crop too. Without the flag no
+// global views' crop box (when their images have one size), colour jitter and grayscale while
+// their images differ, and keep their own flips, blur and solarize; equivariant pairs share their
+// one crop too. Without the flag no
 // pair shares them. On the generated dataset (one size) and an ImageFolder of JPEGs of varying
 // sizes. An odd shard size is refused, and the flag keys the config hash.
 static void test_aligned_pairs(void **state) {
@@ -609,7 +616,7 @@ static void test_aligned_pairs(void **state) {
         for (int aligned = 0; aligned < 2; aligned++) {
             c.aligned_pairs = aligned;
             ser_dl *dl = s_new(&c);
-            int pairs = 0, same = 0, eqpairs = 0, boxes = 0;
+            int pairs = 0, same = 0, eqpairs = 0, boxes = 0, own = 0;
             for (int step = 0; step < 4; step++)
                 for (int sh = 0; sh < c.shards; sh++) {
                     ser_dl_shard d;
@@ -622,6 +629,8 @@ static void test_aligned_pairs(void **state) {
                         int eq = s_same_draws(x->vparams[0], y->vparams[0]) &&
                                  s_same_draws(x->vparams[1], y->vparams[1]);
                         same += eq;
+                        own += s_own_draws_differ(x->vparams[0], y->vparams[0]) ||
+                               s_own_draws_differ(x->vparams[1], y->vparams[1]);
                         boxes += eq && x->vparams[0][18] == y->vparams[0][18] &&
                                  x->vparams[0][19] == y->vparams[0][19];
                         if (aligned) {
@@ -638,6 +647,7 @@ static void test_aligned_pairs(void **state) {
             assert_true(pairs >= 20 && eqpairs >= 4);
             if (!aligned) assert_int_equal(same, 0);
             if (aligned && synth) assert_int_equal(boxes, pairs);
+            assert_true(own >= pairs / 2);  // flips, blur, solarize: each sample's own
             ser_dl_destroy(&dl);
         }
         assert_true(ser_dl_config_hash(&c) != h0);
