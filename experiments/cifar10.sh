@@ -79,7 +79,7 @@ for kv in ${SER_EXP_SETS:-}; do common+=(--set "$kv"); done
 
 dino_sets="--set method.name=dino --set dino.out_dim=1024 --set dino.hidden_dim=512
   --set dino.bottleneck_dim=128 --set dino.norm_last_layer=true --set dino.momentum=0.99
-  --set dino.teacher_temp_final=0.04 --set dino.teacher_temp_warmup_epochs=0 --set optim.lr=2e-3 --set optim.lr_schedule=dino
+  --set dino.teacher_temp_final=0.04 --set dino.teacher_temp_warmup_epochs=0 --set dino.freeze_last_layer_epochs=0 --set optim.lr=1e-3 --set optim.lr_schedule=dino
   --set optim.weight_decay=0.04 --set optim.weight_decay_end=0.4 --set optim.clip=3
   --set optim.decay=no_bias_1d --set data.interpolation=bicubic --set data.crop_min=0.25"
 barlow_sets="--set method.name=barlow --set barlow.proj_dim=256 --set barlow.lambda_offdiag=0.0051
