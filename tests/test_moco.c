@@ -250,11 +250,43 @@ static void test_stl_1_shard(void **s) { (void)s, s_run("moco_stl.safetensors", 
 static void test_stl_2_shards(void **s) { (void)s, s_run("moco_stl.safetensors", 2); }
 static void test_stl_4_shards(void **s) { (void)s, s_run("moco_stl.safetensors", 4); }
 
+// Central differences (step eps) of an add-on's loss f(st, g, keys) over every entry of
+// targets[0] (its input rows) and targets[1] (its parameters) against the analytic gradients
+// an[0], an[1], within 1e-3 + 1e-2 |fd|; prints the sweep as `what`. Returns the entries out of
+// tolerance (the first 5 printed).
+typedef double (*s_keyed_loss)(void *st, ser_gathered *g, const float *const *keys);
+static int s_fd_sweep(const char *what, double loss, s_keyed_loss f, void *st, ser_gathered *g,
+                      const float *const *keys, float *const targets[2], const float *const an[2],
+                      const size_t counts[2], double eps) {
+    double max_err = 0, max_used = 0;
+    int bad = 0;
+    for (int t = 0; t < 2; t++)
+        for (size_t i = 0; i < counts[t]; i++) {
+            float v = targets[t][i];
+            targets[t][i] = v + (float)eps;
+            double fp = f(st, g, keys);
+            targets[t][i] = v - (float)eps;
+            double fm = f(st, g, keys);
+            targets[t][i] = v;
+            double fd = (fp - fm) / (2 * eps), e = fabs(fd - (double)an[t][i]);
+            double tol = 1e-3 + 1e-2 * fabs(fd);
+            max_err = e > max_err ? e : max_err;
+            max_used = e / tol > max_used ? e / tol : max_used;
+            if (e > tol && bad++ < 5)
+                print_error("  %s[%zu]: analytic %g fd %g\n", t ? "param" : "x", i,
+                            (double)an[t][i], fd);
+        }
+    print_message("%s FD: loss %.6f, %zu inputs and parameters, max |fd - analytic| %.3g, "
+                  "%.0f%% of the tolerance 1e-3 + 1e-2 |fd|\n",
+                  what, loss, counts[0] + counts[1], max_err, 100 * max_used);
+    return bad;
+}
+
 // Finite differences through STL's loss and modules (trans_backbone twice, the hypernet,
 // projector_stl four times, trans_projector twice, all four contrastive terms): the add-on on
 // its own (C 6, trans_dim 5, proj_hidden 7, proj_dim 4, B 6), its keys held at the point's, every
 // input [CLS] entry and every parameter (the hypernet's 180 included).
-static double s_fd_stl(void *st, ser_gathered *g, const float *const keys[4]) {
+static double s_fd_stl(void *st, ser_gathered *g, const float *const *keys) {
     double loss;
     char err[SER_ERR_LEN];
     for (int v = 0; v < 2; v++) memset(g->dqcls[v], 0, sizeof(float) * (size_t)g->B * g->C);
@@ -300,31 +332,10 @@ static void test_stl_finite_differences(void **state) {
     float gx[2][B * C], *gp = malloc(sizeof(float) * tab.total);
     memcpy(gx, dx, sizeof dx), memcpy(gp, grads, sizeof(float) * tab.total);
     const float *const keys[4] = {k[0], k[1], k[2], k[3]};
-    double eps = 3e-4, max_err = 0, max_used = 0;
-    int bad = 0;
     float *targets[2] = {&x[0][0], params};
     const float *an[2] = {&gx[0][0], gp};
     size_t counts[2] = {2 * B * C, tab.total};
-    for (int t = 0; t < 2; t++)
-        for (size_t i = 0; i < counts[t]; i++) {
-            float v = targets[t][i];
-            targets[t][i] = v + (float)eps;
-            double fp = s_fd_stl(st, &g, keys);
-            targets[t][i] = v - (float)eps;
-            double fm = s_fd_stl(st, &g, keys);
-            targets[t][i] = v;
-            double fd = (fp - fm) / (2 * eps), e = fabs(fd - (double)an[t][i]);
-            double tol = 1e-3 + 1e-2 * fabs(fd);
-            max_err = e > max_err ? e : max_err;
-            max_used = e / tol > max_used ? e / tol : max_used;
-            if (e > tol && bad++ < 5)
-                print_error("  %s[%zu]: analytic %g fd %g\n", t ? "param" : "x", i,
-                            (double)an[t][i], fd);
-        }
-    print_message("stl FD: loss %.6f, %zu inputs and parameters, max |fd - analytic| %.3g, "
-                  "%.0f%% of the tolerance 1e-3 + 1e-2 |fd|\n",
-                  loss, counts[0] + counts[1], max_err, 100 * max_used);
-    assert_int_equal(bad, 0);
+    assert_int_equal(s_fd_sweep("stl", loss, s_fd_stl, st, &g, keys, targets, an, counts, 3e-4), 0);
     g.B = 5;  // an odd batch: no pairs
     assert_int_equal(ser_stl_loss_keys(st, NULL, &g, NULL, NULL, &loss, err), SER_EINVAL);
     assert_non_null(strstr(err, "even"));
@@ -337,7 +348,7 @@ static void test_stl_finite_differences(void **state) {
 // embedding of the standardised vectors, the predictor, both contrastive terms): the add-on on
 // its own (C 6, hidden 5, proj_dim 4, B 4), its keys held at the point's (the gradient of the
 // stop-gradient loss), every input [CLS] entry and every parameter.
-static double s_fd_equimod(void *st, ser_gathered *g, const float *const keys[2]) {
+static double s_fd_equimod(void *st, ser_gathered *g, const float *const *keys) {
     double loss;
     char err[SER_ERR_LEN];
     for (int v = 0; v < 3; v++)
@@ -386,31 +397,11 @@ static void test_equimod_finite_differences(void **state) {
     const float *const keys[2] = {k[0], k[1]};
     // eps 3e-4: the error is truncation above it (1e-3: 46% of the tolerance, 3e-3: 381%), the
     // float32 forward's rounding below it
-    double eps = 3e-4, max_err = 0, max_used = 0;
-    int bad = 0;
     float *targets[2] = {&x[0][0], params};
     const float *an[2] = {&gx[0][0], gp};
     size_t counts[2] = {3 * B * C, tab.total};
-    for (int t = 0; t < 2; t++)
-        for (size_t i = 0; i < counts[t]; i++) {
-            float v = targets[t][i];
-            targets[t][i] = v + (float)eps;
-            double fp = s_fd_equimod(st, &g, keys);
-            targets[t][i] = v - (float)eps;
-            double fm = s_fd_equimod(st, &g, keys);
-            targets[t][i] = v;
-            double fd = (fp - fm) / (2 * eps), e = fabs(fd - (double)an[t][i]);
-            double tol = 1e-3 + 1e-2 * fabs(fd);
-            max_err = e > max_err ? e : max_err;
-            max_used = e / tol > max_used ? e / tol : max_used;
-            if (e > tol && bad++ < 5)
-                print_error("  %s[%zu]: analytic %g fd %g\n", t ? "param" : "x", i,
-                            (double)an[t][i], fd);
-        }
-    print_message("equimod FD: loss %.6f, %zu inputs and parameters, max |fd - analytic| %.3g, "
-                  "%.0f%% of the tolerance 1e-3 + 1e-2 |fd|\n",
-                  loss, counts[0] + counts[1], max_err, 100 * max_used);
-    assert_int_equal(bad, 0);
+    assert_int_equal(
+        s_fd_sweep("equimod", loss, s_fd_equimod, st, &g, keys, targets, an, counts, 3e-4), 0);
     g.vparams = NULL;  // a batch without the views' parameters
     assert_int_equal(ser_equimod_loss_keys(st, NULL, &g, NULL, NULL, &loss, err), SER_EINVAL);
     assert_non_null(strstr(err, "vparams"));
