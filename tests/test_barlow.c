@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ser_barlow.h"
+#include "ser_eval.h"
 #include "ser_kernels.h"
 #include "ser_objective.h"
 #include "ser_test.h"
@@ -636,14 +637,9 @@ static void test_preset_maps_to_the_reference_run(void **state) {
 static void test_collapse_test(void **state) {
     (void)state;
     enum { N = 64, P = 16 };
-    static float a[N * P], col[N];
+    static float a[N * P], col[N], mean[P], sd[P];
     ser_test_fill_uniform(col, N, 5, -1, 1);
-    double mu = 0, var = 0;
-    for (int i = 0; i < N; i++) mu += (double)col[i];
-    mu /= N;
-    for (int i = 0; i < N; i++) var += ((double)col[i] - mu) * ((double)col[i] - mu);
-    var /= N;
-    for (int i = 0; i < N; i++) col[i] = (float)(((double)col[i] - mu) / sqrt(var));
+    ser_eval_standardize(col, N, 1, mean, sd);
     ser_barlow m;
     memset(&m, 0, sizeof m);
     m.cfg.proj_dim = P;
@@ -651,14 +647,7 @@ static void test_collapse_test(void **state) {
     for (int kind = 0; kind < 3; kind++) {
         if (kind == 0) {  // standardised independent columns
             ser_test_fill_uniform(a, N * P, 6, -1.7f, 1.7f);
-            for (int j = 0; j < P; j++) {
-                double mj = 0, vj = 0;
-                for (int i = 0; i < N; i++) mj += (double)a[i * P + j];
-                mj /= N;
-                for (int i = 0; i < N; i++) vj += ((double)a[i * P + j] - mj) * ((double)a[i * P + j] - mj);
-                vj /= N;
-                for (int i = 0; i < N; i++) a[i * P + j] = (float)(((double)a[i * P + j] - mj) / sqrt(vj));
-            }
+            ser_eval_standardize(a, N, P, mean, sd);
         } else {
             for (int i = 0; i < N; i++)
                 for (int j = 0; j < P; j++) a[i * P + j] = kind == 1 ? 0.0f : col[i];
