@@ -287,7 +287,7 @@ static void s_memory(const ser_config *cfg, double C, double B, double f[3]) {
     // predictions and their gradients; one block of the hypernet's outer products
     double blk = (double)s_block_rows((int)C, (int)T, B < 1 ? 1 : B > 1e9 ? 1000000000 : (int)B);
     f[2] += 2 * (2 * B * (2 * C + 3 * T) + 4 * B * (C + 3 * P + D) + 2 * B * 4 * T + 2 * B * C) +
-            (blk < B ? blk : B) * C * T;
+            blk * C * T;  // s_block_rows is at most B
 }
 
 const ser_moco_addon_i ser_moco_addon_stl = {
