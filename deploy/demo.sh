@@ -31,6 +31,12 @@ while [ $# -gt 0 ]; do
     *) echo "usage: deploy/demo.sh [--data DIR] [--steps K] [--method moco|dino|barlow]" >&2; exit 2 ;;
   esac
 done
+case "$method" in
+  moco) cfg=configs/demo_fashion.ini; title="MoCo-v3 + SER" ;;
+  dino) cfg=configs/dino_fashion.ini; title="DINO + SER" ;;
+  barlow) cfg=configs/barlow_fashion.ini; title="Barlow Twins + SER" ;;
+  *) echo "deploy/demo.sh: --method must be moco, dino or barlow, not '$method'" >&2; exit 2 ;;
+esac
 if [ ! -e "$data" ]; then
   echo "deploy/demo.sh: no dataset at $data (install dataset-fashion-mnist, or give --data DIR)" >&2
   exit 77
@@ -39,12 +45,6 @@ out=${SER_DEMO_OUT:-$(mktemp -d /tmp/ser-demo.XXXXXX)}
 mkdir -p "$out"
 ntrain=${SER_DEMO_EVAL_TRAIN:-5000}
 ntest=${SER_DEMO_EVAL_TEST:-1000}
-case "$method" in
-  moco) cfg=configs/demo_fashion.ini; title="MoCo-v3 + SER" ;;
-  dino) cfg=configs/dino_fashion.ini; title="DINO + SER" ;;
-  barlow) cfg=configs/barlow_fashion.ini; title="Barlow Twins + SER" ;;
-  *) echo "deploy/demo.sh: --method must be moco, dino or barlow, not '$method'" >&2; exit 2 ;;
-esac
 sets=(--set data.path="$data" --set data.kind="$kind" --set run.out_dir="$out"
       --set cluster.status_port=0)
 limit=()

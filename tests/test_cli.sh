@@ -5,7 +5,8 @@
 #   --opt=value is taken (one option of each command, seen in what the command then says);
 #   --log-level rejects a level it does not know (exit 2);
 #   a malformed --coordinator, --loader or --bind endpoint exits 2, naming it, before connecting;
-#   every option a --help names is in CLI_MD (docs/cli.md).
+#   every option a --help names is in CLI_MD (docs/cli.md);
+#   deploy/demo.sh --method with no preset exits 2 before it does anything.
 # Every command runs under `timeout`; nothing is left running. ctest: cli_conventions.
 set -u
 SER=${1:?usage: test_cli.sh path/to/ser docs/cli.md}
@@ -117,6 +118,15 @@ if grep -qw avx2 /proc/cpuinfo; then
 else
   echo "skip: the OpenBLAS kernel warning needs an AVX2 CPU"
 fi
+
+# deploy/demo.sh refuses a method it has no preset for (exit 2, naming the choices) before it
+# looks for data or makes a run folder.
+before=$(ls -d /tmp/ser-demo.* 2> /dev/null | wc -l)
+timeout -k 2 10 bash "$(dirname "$0")/../deploy/demo.sh" --method nope > "$T/out" 2> "$T/err"
+rc=$?
+after=$(ls -d /tmp/ser-demo.* 2> /dev/null | wc -l)
+[ "$rc" = 2 ] && grep -q "moco, dino or barlow, not 'nope'" "$T/err" && [ "$before" = "$after" ] ||
+  fail "deploy/demo.sh --method nope: exit $rc, run folders $before -> $after: $(head -c 200 "$T/err")"
 
 if [ "$fails" -gt 0 ]; then
   echo "test_cli.sh: $fails failures"
