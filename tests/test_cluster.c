@@ -1813,7 +1813,12 @@ static void test_worker_names_why_it_cannot_connect(void **state) {
     s_sleep_ms(1500);
     assert_int_equal(s_log_count("wrefused.log", "connection refused"), 1);
     assert_int_equal(s_log_count("wnohost.log", "host not found"), 1);
-    assert_int_equal(s_log_count("wnokey.log", "handshake failed"), 1);
+    // The CURVE cause once. Under load the first failed handshake can read as a server that hung
+    // up (EPIPE, before ZeroMQ names the CURVE error): a different cause, logged once too.
+    assert_int_equal(s_log_count("wnokey.log", "CURVE handshake failed"), 1);
+    assert_true(s_log_count("wnokey.log", "handshake failed") <= 2);
+    assert_int_equal(s_log_count("wnokey.log", "server hung up"),
+                     s_log_count("wnokey.log", "handshake failed") - 1);
     assert_false(s_log_has("wnokey.log", "worker wnokey joined"));
     pid_t kids[4] = {refused, nohost, nokey, coord};
     for (int i = 0; i < 4; i++) {
