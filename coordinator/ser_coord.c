@@ -406,7 +406,7 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     }
     ser_shard_fwd f;
     int rc = ser_shard_parse_forward(m, sh->p1 - sh->p0, C, c->m->teacher != NULL, c->L,
-                                     c->g.vparams != NULL, want, c->grid_max, &f);
+                                     c->g.vparams != NULL, c->g.pool, want, c->grid_max, &f);
     if (rc) return rc;
     size_t nr = (size_t)(sh->p1 - sh->p0);
     float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
@@ -414,6 +414,8 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
         if (f.cls[i]) memcpy(dst[i] + (size_t)sh->p0 * C, f.cls[i], sizeof(float) * nr * C);
     for (int k = 0; k < c->L; k++)
         memcpy(c->g.lcls[k] + (size_t)sh->p0 * C, f.lcls[k], sizeof(float) * nr * C);
+    for (int v = 0; c->g.pool && v < 2 + c->L; v++)
+        memcpy(c->g.qpool[v] + (size_t)sh->p0 * C, f.qpool[v], sizeof(float) * nr * C);
     if (f.vparams)
         memcpy(c->g.vparams + (size_t)sh->p0 * 2 * SER_VIEW_PARAMS, f.vparams,
                sizeof(float) * nr * 2 * SER_VIEW_PARAMS);
@@ -821,9 +823,10 @@ static void s_name_nonfinite_rows(const s_coord *c, char *err) {
         const s_shard *sh = &c->sh[s];
         const float *rows[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
         int bad = 0;
-        int nq = c->m->teacher ? 4 : 2;
-        for (int i = 0; i < nq + c->L && !bad; i++) {
-            const float *x = i < nq ? rows[i] : c->g.lcls[i - nq];
+        int nq = c->m->teacher ? 4 : 2, np = c->g.pool ? 2 + c->L : 0;
+        for (int i = 0; i < nq + c->L + np && !bad; i++) {
+            const float *x = i < nq ? rows[i] : i < nq + c->L ? c->g.lcls[i - nq]
+                                                              : c->g.qpool[i - nq - c->L];
             for (size_t j = (size_t)sh->p0 * C; j < (size_t)sh->p1 * C && !bad; j++)
                 bad = !isfinite(x[j]);
         }
@@ -858,6 +861,8 @@ static int s_remote_forward(void *ctx, const ser_batch **b, ser_gathered **g, ch
     if ((rc = s_assemble(c, err))) return rc;
     for (int v = 0; v < 2; v++) memset(c->g.dqcls[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
     for (int k = 0; k < c->L; k++) memset(c->g.dlcls[k], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
+    for (int v = 0; c->g.pool && v < 2 + c->L; v++)
+        memset(c->g.dqpool[v], 0, sizeof(float) * (size_t)c->g.B * c->g.C);
     *b = &c->b, *g = &c->g;
     return SER_OK;
 }
@@ -1204,6 +1209,11 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     for (int k = 0; k < c->L; k++) {
         c->g.lcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
         c->g.dlcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
+    }
+    c->g.pool = c->m->pool;  // a decoupled add-on's pooled maps (moco.addon_layer)
+    for (int v = 0; c->g.pool && v < 2 + c->L; v++) {
+        c->g.qpool[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
+        c->g.dqpool[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
     }
     if ((rc = s_bind(c, err))) return rc;
     c->last_step = -1, c->first_step = c->first, c->steps_total = c->end - c->first;

@@ -11,6 +11,12 @@ static const char *const s_lcls[SER_MAX_LOCAL] = {"lcls0", "lcls1", "lcls2", "lc
 static const char *const s_dlcls[SER_MAX_LOCAL] = {"dlcls0", "dlcls1", "dlcls2", "dlcls3",
                                                    "dlcls4", "dlcls5", "dlcls6", "dlcls7",
                                                    "dlcls8", "dlcls9"};
+static const char *const s_qpool[2 + SER_MAX_LOCAL] = {
+    "qpool0", "qpool1", "qpool2", "qpool3", "qpool4",  "qpool5",
+    "qpool6", "qpool7", "qpool8", "qpool9", "qpool10", "qpool11"};
+static const char *const s_dqpool[2 + SER_MAX_LOCAL] = {
+    "dqpool0", "dqpool1", "dqpool2", "dqpool3", "dqpool4",  "dqpool5",
+    "dqpool6", "dqpool7", "dqpool8", "dqpool9", "dqpool10", "dqpool11"};
 _Static_assert(SER_MAX_LOCAL == 10, "one frame name per local view");
 
 int ser_shard_pack_params(ser_wire_tensor out[2], const float *student, const float *teacher,
@@ -38,6 +44,8 @@ int ser_shard_pack_forward(ser_wire_tensor out[SER_SHARD_MAX_FWD], const ser_gat
         out[n++] = (ser_wire_tensor){s_lcls[k], 2, {B, C}, g->lcls[k]};
     if (g->vparams)
         out[n++] = (ser_wire_tensor){"vparams", 3, {B, 2, SER_VIEW_PARAMS}, g->vparams};
+    for (int v = 0; g->pool && v < 2 + g->n_local; v++)
+        out[n++] = (ser_wire_tensor){s_qpool[v], 2, {B, C}, g->qpool[v]};
     if (b->n_eq == 0) return n;
     for (int i = 0; i < 4; i++) {
         if (i >= 2 && !has_teacher) break;
@@ -60,7 +68,8 @@ void ser_shard_fwd_free(ser_shard_fwd *f) {
 }
 
 int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int n_local,
-                            int want_vparams, int want_n_eq, int grid_max, ser_shard_fwd *out) {
+                            int want_vparams, int want_pool, int want_n_eq, int grid_max,
+                            ser_shard_fwd *out) {
     memset(out, 0, sizeof *out);
     out->rows = rows, out->C = C;
     size_t nr = (size_t)rows, nsets = has_teacher ? 4 : 2;
@@ -76,6 +85,11 @@ int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teac
         memset(out, 0, sizeof *out);
         return SER_EFORMAT;
     }
+    for (int v = 0; want_pool && v < 2 + n_local; v++)
+        if (!(out->qpool[v] = ser_wire_find(m, s_qpool[v], nr * (size_t)C))) {
+            memset(out, 0, sizeof *out);
+            return SER_EFORMAT;
+        }
     // Group elements: (n_eq, 2, 5) as floats; n_eq from the tensor's own shape.
     int n_eq = 0;
     const float *gf = NULL;
@@ -133,18 +147,22 @@ int ser_shard_pack_backward(ser_wire_tensor out[SER_SHARD_MAX_BWD], const ser_ga
         out[2 + v] = (ser_wire_tensor){s_bwd[2 + v], 2, {(int64_t)ntok[v], C},
                                        g->dqmap[v] + map0[v] * (size_t)C};
     }
+    int n = 4;
     for (int k = 0; k < g->n_local; k++)
-        out[4 + k] = (ser_wire_tensor){s_dlcls[k], 2, {rows, C}, g->dlcls[k] + (size_t)row0 * C};
-    return 4 + g->n_local;
+        out[n++] = (ser_wire_tensor){s_dlcls[k], 2, {rows, C}, g->dlcls[k] + (size_t)row0 * C};
+    for (int v = 0; g->pool && v < 2 + g->n_local; v++)
+        out[n++] = (ser_wire_tensor){s_dqpool[v], 2, {rows, C}, g->dqpool[v] + (size_t)row0 * C};
+    return n;
 }
 
 int ser_shard_parse_backward(const ser_wire_msg *m, int rows, int C, const size_t ntok[2],
-                             int n_local, const float *out[SER_SHARD_MAX_BWD]) {
+                             int n_local, int pool, const float *out[SER_SHARD_MAX_BWD]) {
     size_t BC = (size_t)rows * C;
     if (n_local < 0 || n_local > SER_MAX_LOCAL) return SER_EFORMAT;
-    int ok = 1;
-    for (int i = 0; i < 4 + n_local; i++) {
-        const char *name = i < 4 ? s_bwd[i] : s_dlcls[i - 4];
+    int ok = 1, n = 4 + n_local + (pool ? 2 + n_local : 0);
+    for (int i = 0; i < n; i++) {
+        const char *name = i < 4 ? s_bwd[i]
+                           : i < 4 + n_local ? s_dlcls[i - 4] : s_dqpool[i - 4 - n_local];
         out[i] = ser_wire_find(m, name, i == 2 || i == 3 ? ntok[i - 2] * (size_t)C : BC);
         ok &= out[i] != NULL;
     }

@@ -20,7 +20,7 @@
 #include "ser_base.h"
 
 #define SER_PROTOCOL_VERSION 1
-#define SER_WIRE_MAX_TENSORS 16
+#define SER_WIRE_MAX_TENSORS 40
 #define SER_WIRE_MAX_IDENTITY 64
 
 typedef struct ser_wire_tensor {

@@ -186,7 +186,7 @@ int ser_test_count_entries(const char *dir, const char *sub) {
 typedef int (*s_objective_fn)(void *st, const ser_batch *b, ser_gathered *g, void *out, char *err);
 
 static int s_local(ser_vit *student, ser_vit *teacher, float *grads, size_t n, const ser_batch *b,
-                   int shards, int ser, int ser_grad, uint64_t seed, uint32_t step,
+                   int shards, int ser, int ser_grad, int pool, uint64_t seed, uint32_t step,
                    s_objective_fn fn, void *st, void *out, char *err) {
     int rc = ser_batch_check(b, &student->cfg, shards, err);
     if (rc) return rc;
@@ -194,7 +194,8 @@ static int s_local(ser_vit *student, ser_vit *teacher, float *grads, size_t n, c
     ser_engine e;
     memset(&e, 0, sizeof e);
     ser_gathered g;
-    rc = ser_engine_forward(&e, student, teacher, b, shards, ser, seed, step, &g, err);
+    int flags = (ser ? SER_ENGINE_MAPS : 0) | (pool ? SER_ENGINE_POOL : 0);
+    rc = ser_engine_forward(&e, student, teacher, b, shards, flags, seed, step, &g, err);
     if (!rc) {
         rc = fn(st, b, &g, out, err);
         if (rc == SER_ENONFINITE) ser_err_prefix(err, "step %u: ", step);
@@ -216,7 +217,7 @@ int ser_moco_forward_backward(ser_moco *m, const ser_batch *b, int shards, float
     if (rc) return rc;
     if (momentum >= 0.0f) ser_moco_momentum_update(m, momentum);
     return s_local(&m->vit, &m->mvit, m->grads, m->tab.total, b, shards, m->cfg.ser,
-                   m->cfg.ser_grad, drop_seed, step, s_moco_fn, m, out, err);
+                   m->cfg.ser_grad, m->cfg.addon_pooled, drop_seed, step, s_moco_fn, m, out, err);
 }
 
 typedef struct {
@@ -238,7 +239,7 @@ int ser_dino_forward_backward(ser_dino *d, const ser_batch *b, int shards, doubl
                         teacher_temp);
     s_dino_out o = {out, teacher_temp};
     return s_local(&d->vit, &d->tvit, d->grads, d->tab.total, b, shards, d->cfg.ser,
-                   d->cfg.ser_grad, drop_seed, step, s_dino_fn, d, &o, err);
+                   d->cfg.ser_grad, 0, drop_seed, step, s_dino_fn, d, &o, err);
 }
 
 static int s_barlow_fn(void *st, const ser_batch *b, ser_gathered *g, void *out, char *err) {
@@ -248,7 +249,7 @@ static int s_barlow_fn(void *st, const ser_batch *b, ser_gathered *g, void *out,
 int ser_barlow_forward_backward(ser_barlow *m, const ser_batch *b, int shards, uint64_t drop_seed,
                                 uint32_t step, ser_barlow_losses *out, char err[SER_ERR_LEN]) {
     memset(out, 0, sizeof *out);
-    return s_local(&m->vit, NULL, m->grads, m->tab.total, b, shards, m->cfg.ser, m->cfg.ser_grad,
+    return s_local(&m->vit, NULL, m->grads, m->tab.total, b, shards, m->cfg.ser, m->cfg.ser_grad, 0,
                    drop_seed, step, s_barlow_fn, m, out, err);
 }
 

@@ -467,6 +467,33 @@ static void test_augself_n_workers_equal_ser_step(void **state) {
     assert_true(s_log_has("novp-local.log", "no vparams"));
 }
 
+// Layer decoupling (moco.addon_layer = cls_layer): E-SSL on its 4 rotated local views and AugSelf
+// on the global views read the pooled block-2 maps, which travel in FORWARD_DONE (qpool<v>) and
+// whose gradients come back in BACKWARD (dqpool<v>); 1..3 workers against `ser step`, bitwise.
+static void test_decoupled_addons_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    char batch[160];
+    s_batch_with_locals(batch, sizeof batch, 4, 8, 0);
+    s_method_n_workers_batch("essl", "[moco]\naddon_layer = 2\n[essl]\nhidden = 16\n"
+                             "bottleneck = 8\n[data]\nlocal_crops = 4\nlocal_size = 8\n"
+                             "local_mode = rotations\n", batch, "essl-pooled");
+    s_batch_with_vparams(batch, sizeof batch);
+    s_method_n_workers_batch("augself", "[moco]\naddon_layer = 2\n[augself]\nhidden = 16\n",
+                             batch, "augself-pooled");
+    // The pooled rows change the step: the decoupled run is not the final-[CLS] one.
+    char ref[160], cls[160];
+    snprintf(ref, sizeof ref, "%s/augself-pooled-ref.safetensors", s_dir);
+    snprintf(cls, sizeof cls, "%s/augself-ref.safetensors", s_dir);
+    char cfg[160];
+    s_method_ini(cfg, sizeof cfg, "augself", "[augself]\nhidden = 16\n");
+    char *sargs[] = {"ser", "step", "--config", cfg, "--batch", batch, "--out", cls, "--steps",
+                     "20", "--iters-per-epoch", "5", NULL};
+    assert_int_equal(s_wait(s_start("step-cls.log", sargs)), 0);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "cmp -s %s %s", ref, cls);
+    assert_int_not_equal(system(cmd), 0);
+}
+
 // STL: its heads (trans_backbone, hypernet, projectors) live at the coordinator and pair the
 // batch positions 2k, 2k+1 across the gathered rows; 1..3 workers against `ser step`, bitwise,
 // its two losses in metrics.jsonl.
@@ -1884,6 +1911,7 @@ int main(void) {
         cmocka_unit_test(test_equimod_n_workers_equal_ser_step),
         cmocka_unit_test(test_augself_n_workers_equal_ser_step),
         cmocka_unit_test(test_stl_n_workers_equal_ser_step),
+        cmocka_unit_test(test_decoupled_addons_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_local_stops_on_sigterm),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),

@@ -204,6 +204,16 @@ static void test_cross_field_errors(void **state) {
            "method.name = stl pairs the batch positions 2k and 2k+1 within a shard: "
            "data.global_batch (= 12) and its shard size data.global_batch / data.shards (= 12 / 4) "
            "must be even");
+    // Layer decoupling: only an add-on reads moco.addon_layer, and only at the SER map's block.
+    EXPECT("[moco]\naddon_layer = 3\n",
+           "moco.addon_layer = 3: only a MoCo add-on (method.name = essl, augself, equimod or stl) "
+           "reads it; method.name = moco");
+    EXPECT("[method]\nname = augself\n[moco]\naddon_layer = 4\n",
+           "moco.addon_layer = 4: the pooled map is the block-k map of the SER layout, so it must "
+           "be model.cls_layer (= 3) and model.cls_layer < the depth (12)");
+    EXPECT("[method]\nname = augself\n[model]\ncls_layer = 12\n[ser]\nenabled = false\n"
+           "[moco]\naddon_layer = 12\n",
+           "moco.addon_layer = 12: the pooled map is the block-k map of the SER layout");
     // The baseline layout is fine without SER.
     ser_config c;
     ser_config_defaults(&c);
@@ -220,6 +230,10 @@ static void test_cross_field_errors(void **state) {
         ser_config_load_string(&c, "[method]\nname = stl\n[data]\nglobal_batch = 16\nshards = 4\n",
                                "j", err),
         SER_OK);
+    ser_config_defaults(&c);
+    assert_int_equal(ser_config_load_string(&c, "[method]\nname = augself\n[moco]\n"
+                                            "addon_layer = 3\n", "j", err), SER_OK);
+    assert_int_equal(ser_config_addon_pooled(&c), 1);
 }
 
 static void test_missing_file(void **state) {

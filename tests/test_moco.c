@@ -81,6 +81,12 @@ static void s_load(s_case *c, const char *file) {
                                 &c->job.augself.mirror_typo), 4);
         cfg.addon = &ser_moco_addon_augself, cfg.addon_job = &c->job;
     }
+    const char *layer = ser_st_meta(c->f, "addon_layer");  // layer decoupling: "2"
+    if (layer && *layer) {
+        c->job.moco.addon_layer = atoi(layer);
+        assert_int_equal(c->job.moco.addon_layer, cfg.vit.cls_layer);
+        cfg.addon_pooled = 1;
+    }
     char err[SER_ERR_LEN];
     if (ser_moco_init(&c->m, &cfg, err)) fail_msg("%s", err);
     const ser_ptab *tabs[2] = {&c->m.tab, &c->m.mtab};
@@ -236,6 +242,13 @@ static void test_essl_2_shards(void **s) { (void)s, s_run("moco_essl.safetensors
 static void test_augself_1_shard(void **s) { (void)s, s_run("moco_augself.safetensors", 1); }
 static void test_augself_4_shards(void **s) { (void)s, s_run("moco_augself.safetensors", 4); }
 static void test_augself_mirror_typo(void **s) { (void)s, s_run("moco_augself_typo.safetensors", 2); }
+// Layer decoupling (moco.addon_layer = cls_layer): the add-on reads the mean of each view's
+// block-2 map after norm_equiv. E-SSL on its rotated local views (SER on); AugSelf on the global
+// views with the SER gradient off, so that norm_equiv's gradient is the add-on's alone.
+static void test_essl_pooled_1_shard(void **s) { (void)s, s_run("moco_essl_pooled.safetensors", 1); }
+static void test_essl_pooled_4_shards(void **s) { (void)s, s_run("moco_essl_pooled.safetensors", 4); }
+static void test_augself_pooled_1_shard(void **s) { (void)s, s_run("moco_augself_pooled.safetensors", 1); }
+static void test_augself_pooled_2_shards(void **s) { (void)s, s_run("moco_augself_pooled.safetensors", 2); }
 static void test_ser_off_2_shards(void **s) { (void)s, s_run("moco_ser_off.safetensors", 2); }
 // EquiMod: its projector on x_1, x_2 and the centre view x_0 (local view 0, not a query), the
 // transformation embedding of the standardised vparams, the predictor and the two-way
@@ -586,6 +599,10 @@ int main(void) {
         cmocka_unit_test(test_augself_1_shard),
         cmocka_unit_test(test_augself_4_shards),
         cmocka_unit_test(test_augself_mirror_typo),
+        cmocka_unit_test(test_essl_pooled_1_shard),
+        cmocka_unit_test(test_essl_pooled_4_shards),
+        cmocka_unit_test(test_augself_pooled_1_shard),
+        cmocka_unit_test(test_augself_pooled_2_shards),
         cmocka_unit_test(test_augself_bad_inputs),
         cmocka_unit_test(test_augself_fd),
         cmocka_unit_test(test_ser_off_2_shards),

@@ -13,6 +13,7 @@
 #include "ser.pb-c.h"
 #include "ser_test.h"
 #include "ser_loadstat.h"
+#include "ser_shard.h"
 #include "ser_wire.h"
 
 static const uint32_t s_env_strs[2] = {2, 8}, s_meta_strs[1] = {1};
@@ -105,6 +106,111 @@ static void test_router_refuses_nul_job_id(void **state) {
     zmq_close(d), zmq_close(r), zmq_ctx_term(ctx);
 }
 
+// The largest shard messages the runtime sends (a teacher, the SER maps, every local view, the
+// views' parameters and the pooled maps of all 12 views: SER_SHARD_MAX_FWD frames) go through
+// ZeroMQ and the shard schema whole: every frame arrives with its values; the BACKWARD too.
+static void test_shard_frames_round_trip(void **state) {
+    (void)state;
+    enum { B = 3, C = 4, L = SER_MAX_LOCAL };
+    ser_gathered g;
+    memset(&g, 0, sizeof g);
+    g.B = B, g.C = C, g.n_inv = B - 1, g.n_eq = 1, g.n_local = L, g.pool = 1;
+    float vals = 0;
+    float *bufs[64];
+    int nb = 0;
+#define S_ROWS(n) (bufs[nb] = malloc(sizeof(float) * (n)), bufs[nb++])
+    ser_group_elem ge[2] = {{0, 1, 1, 2, 3}, {1, 0, 0, 2, 3}};
+    const ser_group_elem *gp[2] = {&ge[0], &ge[1]};
+    for (int v = 0; v < 2; v++) {
+        g.qcls[v] = S_ROWS(B * C), g.kcls[v] = S_ROWS(B * C), g.dqcls[v] = S_ROWS(B * C);
+        g.ntok[v] = 6;
+        g.qmap[v] = S_ROWS(6 * C), g.kmap[v] = S_ROWS(6 * C), g.dqmap[v] = S_ROWS(6 * C);
+    }
+    for (int k = 0; k < L; k++) g.lcls[k] = S_ROWS(B * C), g.dlcls[k] = S_ROWS(B * C);
+    for (int v = 0; v < 2 + L; v++) g.qpool[v] = S_ROWS(B * C), g.dqpool[v] = S_ROWS(B * C);
+    g.vparams = S_ROWS(B * 2 * SER_VIEW_PARAMS);
+    for (int i = 0; i < nb; i++) {
+        size_t n = i == nb - 1 ? (size_t)B * 2 * SER_VIEW_PARAMS : (size_t)B * C;
+        for (size_t j = 0; j < n; j++) bufs[i][j] = vals++;
+    }
+    for (int v = 0; v < 2; v++)  // the maps are 6 rows: refill them past B * C
+        for (int j = 0; j < 6 * C; j++) g.qmap[v][j] = g.kmap[v][j] = g.dqmap[v][j] = vals++;
+    ser_batch b = {.n_inv = B - 1, .n_eq = 1, .g = {gp[0], gp[1]}, .n_local = L};
+    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER), *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, "w0", 2);
+    assert_int_equal(zmq_bind(r, "inproc://shard"), 0);
+    assert_int_equal(zmq_connect(d, "inproc://shard"), 0);
+    Ser__Envelope e;
+    ser__envelope__init(&e);
+    e.protocol_version = SER_PROTOCOL_VERSION;
+    e.type = SER__MSG_TYPE__MSG_FORWARD_DONE;
+    e.job_id = "job";
+    ser_wire_tensor t[SER_SHARD_MAX_FWD];
+    float gbuf[11];
+    int nt = ser_shard_pack_forward(t, &g, &b, 1, gbuf);
+    assert_int_equal(nt, SER_SHARD_MAX_FWD);
+    assert_int_equal(ser_wire_send(d, NULL, &e, t, nt), 0);
+    char err[SER_ERR_LEN];
+    ser_wire_msg m;
+    int rc = SER_ETIMEDOUT;
+    for (int i = 0; i < 1000 && rc == SER_ETIMEDOUT; i++) rc = ser_wire_recv(r, 1, "job", &m, err);
+    if (rc) fail_msg("FORWARD_DONE: %s", err);
+    ser_shard_fwd f;
+    assert_int_equal(ser_shard_parse_forward(&m, B, C, 1, L, 1, 1, 1, 8, &f), SER_OK);
+    size_t BC = (size_t)B * C;
+    for (int v = 0; v < 2; v++) {
+        assert_memory_equal(f.cls[v], g.qcls[v], sizeof(float) * BC);
+        assert_memory_equal(f.cls[2 + v], g.kcls[v], sizeof(float) * BC);
+        assert_memory_equal(f.maps[v], g.qmap[v], sizeof(float) * 6 * C);
+    }
+    for (int k = 0; k < L; k++) assert_memory_equal(f.lcls[k], g.lcls[k], sizeof(float) * BC);
+    for (int v = 0; v < 2 + L; v++) assert_memory_equal(f.qpool[v], g.qpool[v], sizeof(float) * BC);
+    assert_memory_equal(f.vparams, g.vparams, sizeof(float) * B * 2 * SER_VIEW_PARAMS);
+    assert_int_equal(f.n_eq, 1);
+    ser_shard_fwd_free(&f);
+    // Another width than was sent: refused, nothing read past a frame.
+    ser_shard_fwd f2;
+    assert_int_equal(ser_shard_parse_forward(&m, B, C + 1, 1, L, 1, 1, 1, 8, &f2), SER_EFORMAT);
+    ser_wire_msg_free(&m);
+    // BACKWARD: the coordinator's side to the worker's.
+    e.type = SER__MSG_TYPE__MSG_BACKWARD;
+    size_t map0[2] = {0, 0};
+    nt = ser_shard_pack_backward(t, &g, 0, B, map0, g.ntok);
+    assert_int_equal(nt, SER_SHARD_MAX_BWD);
+    assert_int_equal(ser_wire_send(r, "w0", &e, t, nt), 0);
+    for (rc = SER_ETIMEDOUT; rc == SER_ETIMEDOUT;) rc = ser_wire_recv(d, 0, "job", &m, err);
+    if (rc) fail_msg("BACKWARD: %s", err);
+    const float *out[SER_SHARD_MAX_BWD];
+    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 1, out), SER_OK);
+    for (int v = 0; v < 2 + L; v++)
+        assert_memory_equal(out[4 + L + v], g.dqpool[v], sizeof(float) * BC);
+    assert_memory_equal(out[2], g.dqmap[0], sizeof(float) * 6 * C);
+    // Without its pooled frames (a worker that does not expect them would not ask): the
+    // message still parses when pool is not asked, and a pool ask of a message without is refused.
+    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 0, out), SER_OK);
+    ser_wire_msg_free(&m);
+    nt = ser_shard_pack_backward(t, &(ser_gathered){.B = B, .C = C, .n_local = L,
+                                                    .dqcls = {g.dqcls[0], g.dqcls[1]},
+                                                    .dqmap = {g.dqmap[0], g.dqmap[1]},
+                                                    .dlcls = {g.dlcls[0], g.dlcls[1], g.dlcls[2],
+                                                              g.dlcls[3], g.dlcls[4], g.dlcls[5],
+                                                              g.dlcls[6], g.dlcls[7], g.dlcls[8],
+                                                              g.dlcls[9]}},
+                                 0, B, map0, g.ntok);
+    assert_int_equal(nt, 4 + L);
+    assert_int_equal(ser_wire_send(r, "w0", &e, t, nt), 0);
+    for (rc = SER_ETIMEDOUT; rc == SER_ETIMEDOUT;) rc = ser_wire_recv(d, 0, "job", &m, err);
+    if (rc) fail_msg("BACKWARD without pool: %s", err);
+    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 1, out), SER_EFORMAT);
+    ser_wire_msg_free(&m);
+    zmq_close(d), zmq_close(r), zmq_ctx_term(ctx);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+#undef S_ROWS
+}
+
 // The loader records a worker sends in FORWARD_DONE: format -> parse round trip (ages, not
 // timestamps), hostile or foreign lines skipped, and the coordinator's merge by endpoint.
 static void test_loadstat(void **state) {
@@ -170,6 +276,7 @@ int main(void) {
         cmocka_unit_test(test_strings),
         cmocka_unit_test(test_router_refuses_nul_job_id),
         cmocka_unit_test(test_loadstat),
+        cmocka_unit_test(test_shard_frames_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

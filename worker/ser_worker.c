@@ -420,7 +420,7 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     s_wshard *sh = &w->sh[s];
     int C = sh->g.C;
     const float *d[SER_SHARD_MAX_BWD];
-    if (ser_shard_parse_backward(m, sh->g.B, C, sh->g.ntok, sh->g.n_local, d)) {
+    if (ser_shard_parse_backward(m, sh->g.B, C, sh->g.ntok, sh->g.n_local, sh->g.pool, d)) {
         ser_log(SER_LL_WARNING, "worker %s: BACKWARD for shard %d with wrong sizes: dropped", w->name, s);
         return;
     }
@@ -430,6 +430,8 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     memcpy(sh->g.dqmap[0], d[2], sizeof(float) * sh->g.ntok[0] * C);
     memcpy(sh->g.dqmap[1], d[3], sizeof(float) * sh->g.ntok[1] * C);
     for (int k = 0; k < sh->g.n_local; k++) memcpy(sh->g.dlcls[k], d[4 + k], sizeof(float) * BC);
+    for (int v = 0; sh->g.pool && v < 2 + sh->g.n_local; v++)
+        memcpy(sh->g.dqpool[v], d[4 + sh->g.n_local + v], sizeof(float) * BC);
     ser_engine_backward(&sh->eng, &w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
     ser_wire_tensor t;
     ser_shard_pack_grad(&t, w->v.grads + w->off, w->span);

@@ -95,6 +95,11 @@ static const ser_config_option s_options[] = {
     DBL(moco, momentum, 0, 1, "0.99", 0,
         "Momentum-encoder EMA coefficient m0 at t = 0, raised to 1 by "
         "m(t) = 1 - 0.5(1 + cos(pi t/E))(1 - m0), t the fractional epoch."),
+    INT(moco, addon_layer, 0, 64, "0", 0,
+        "Layer decoupling of a MoCo add-on (essl, augself, equimod, stl): 0 = it reads the final "
+        "[CLS] (the paper's add-on rows); k = it reads, for every view, the mean over tokens of "
+        "the block-k patch map after norm_equiv (the paper's decoupled rows). k must be "
+        "model.cls_layer, where the SER layout has that map; the SER term, if on, is unchanged."),
     // [dino]
     INT(dino, out_dim, 1, BIG, "65536", 0, "DINO head output dimension (prototypes)."),
     INT(dino, hidden_dim, 1, BIG, "2048", 0, "Hidden width of the 3-layer DINO head MLP."),
@@ -877,6 +882,13 @@ int ser_config_local_size(const ser_config *cfg) {
     return (n < 1 ? 1 : n) * P;
 }
 
+int ser_config_addon_pooled(const ser_config *cfg) {
+    int m = cfg->method.name;
+    return cfg->moco.addon_layer > 0 &&
+           (m == SER_CONFIG_METHOD_ESSL || m == SER_CONFIG_METHOD_AUGSELF ||
+            m == SER_CONFIG_METHOD_EQUIMOD || m == SER_CONFIG_METHOD_STL);
+}
+
 int ser_config_to_vit(const ser_config *cfg, ser_vit_config *out, char err[SER_ERR_LEN]) {
     const ser_config_model *m = &cfg->model;
     if (ser_vit_config_preset(out, s_arch[m->arch], m->img_size, m->patch)) {
@@ -968,6 +980,15 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
          m->cls_layer, vc.depth);
     char vit_err[SER_ERR_LEN];
     RULE(ser_config_to_vit(c, &vc, vit_err) == SER_OK, "model: %s", vit_err);
+    RULE(c->moco.addon_layer == 0 || ser_config_addon_pooled(c),
+         "moco.addon_layer = %d: only a MoCo add-on (method.name = essl, augself, equimod or "
+         "stl) reads it; method.name = %s", c->moco.addon_layer,
+         ser_objective_names[c->method.name] ? ser_objective_names[c->method.name] : "?");
+    RULE(c->moco.addon_layer == 0 ||
+             (c->moco.addon_layer == m->cls_layer && m->cls_layer < vc.depth),
+         "moco.addon_layer = %d: the pooled map is the block-k map of the SER layout, so it must "
+         "be model.cls_layer (= %d) and model.cls_layer < the depth (%d)", c->moco.addon_layer,
+         m->cls_layer, vc.depth);
 
     const ser_config_data *d = &c->data;
     RULE(d->global_batch % d->shards == 0,

@@ -108,6 +108,7 @@ typedef struct ser_config_method {
 typedef struct ser_config_moco {
     int dim, mlp_dim;
     double temperature, momentum;
+    int addon_layer;  // 0: an add-on reads the final [CLS]; k: the pooled block-k map
 } ser_config_moco;
 
 typedef struct ser_config_dino {
@@ -315,5 +316,8 @@ void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sch
 int ser_config_shard_batch(const ser_config *cfg);
 // data.local_size, or its default when 0: img_size * 96 / 224 rounded to a multiple of patch.
 int ser_config_local_size(const ser_config *cfg);
+// 1 when the job's MoCo add-on reads the pooled block-k maps (moco.addon_layer > 0, layer
+// decoupling): the engine then gathers them (SER_ENGINE_POOL).
+int ser_config_addon_pooled(const ser_config *cfg);
 
 #endif

@@ -47,6 +47,7 @@ void ser_gathered_free(ser_gathered *g) {
         free(g->qmap[v]), free(g->kmap[v]), free(g->dqmap[v]);
     }
     for (int k = 0; k < SER_MAX_LOCAL; k++) free(g->lcls[k]), free(g->dlcls[k]);
+    for (int v = 0; v < 2 + SER_MAX_LOCAL; v++) free(g->qpool[v]), free(g->dqpool[v]);
     free(g->vparams);
     memset(g, 0, sizeof *g);
 }
@@ -57,6 +58,7 @@ void ser_engine_free(ser_engine *e) {
     free(e->acts);
     ser_vit_acts_free(&e->tacts);
     free(e->shard_grads);
+    free(e->dmap);
     memset(e, 0, sizeof *e);
 }
 
@@ -86,7 +88,7 @@ static size_t s_call_pos(const ser_batch *b, const s_call *c) {
 // Runs one ViT call (student with its activations kept in a, or the teacher) and copies the
 // CLS rows (and the map of an equivariant sample) into the gathered arrays.
 static int s_call_forward(const ser_batch *b, const s_call *c, ser_vit *vit, ser_vit_acts *a,
-                          int student, int maps, uint64_t seed, uint32_t step, ser_gathered *g,
+                          int student, int flags, uint64_t seed, uint32_t step, ser_gathered *g,
                           char *err) {
     int C = g->C, B, H, W;
     const float *img;
@@ -115,20 +117,56 @@ static int s_call_forward(const ser_batch *b, const s_call *c, ser_vit *vit, ser
     if (rc) return rc;
     float *rows = local ? g->lcls[c->view - 2] : (student ? g->qcls : g->kcls)[c->view];
     memcpy(rows + pos * C, a->cls, sizeof(float) * (size_t)B * C);
-    if (c->eq >= 0 && maps) {
+    if (c->eq >= 0 && (flags & SER_ENGINE_MAPS)) {
         float *dst = (student ? g->qmap : g->kmap)[c->view] + g->tokoff[c->view][c->eq] * C;
         memcpy(dst, a->map, sizeof(float) * (size_t)a->NP * C);
+    }
+    if (student && (flags & SER_ENGINE_POOL)) {  // each row's mean over its tokens, in order
+        float *dst = g->qpool[c->view] + pos * C;
+        double *acc = ser_xcalloc((size_t)C, sizeof(double));
+        for (int i = 0; i < B; i++) {
+            memset(acc, 0, sizeof(double) * (size_t)C);
+            const float *x = a->map + (size_t)i * a->NP * C;
+            for (int t = 0; t < a->NP; t++)
+                for (int k = 0; k < C; k++) acc[k] += (double)x[(size_t)t * C + k];
+            for (int k = 0; k < C; k++) dst[(size_t)i * C + k] = (float)(acc[k] / a->NP);
+        }
+        free(acc);
     }
     return SER_OK;
 }
 
+// The map gradient of a call whose pooled rows have a gradient: dmap (the SER term's, or NULL)
+// plus dqpool / tokens on every token of each row, in the engine's scratch.
+static const float *s_pool_grad(ser_engine *e, const ser_vit_acts *a, const ser_gathered *g,
+                                const s_call *c, size_t pos, const float *dmap) {
+    int C = g->C, B = a->B, NP = a->NP;
+    size_t n = (size_t)B * NP * C;
+    if (n > e->dmap_cap) {
+        free(e->dmap);
+        e->dmap = ser_xaligned(sizeof(float) * n);
+        e->dmap_cap = n;
+    }
+    const float *dp = g->dqpool[c->view] + pos * C;
+    for (int i = 0; i < B; i++)
+        for (int t = 0; t < NP; t++) {
+            size_t r = ((size_t)i * NP + t) * C;
+            for (int k = 0; k < C; k++)
+                e->dmap[r + k] = (dmap ? dmap[r + k] : 0.0f) + dp[(size_t)i * C + k] / (float)NP;
+        }
+    return e->dmap;
+}
+
 // --- the two halves --------------------------------------------------------------------------
 int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const ser_batch *b,
-                       int shards, int maps, uint64_t seed, uint32_t step, ser_gathered *g,
+                       int shards, int flags, uint64_t seed, uint32_t step, ser_gathered *g,
                        char err[SER_ERR_LEN]) {
     memset(g, 0, sizeof *g);
     int rc = ser_batch_check(b, &student->cfg, shards, err);
     if (rc) return rc;
+    if ((flags & SER_ENGINE_POOL) && student->baseline)
+        return ser_errf(err, SER_ECONFIG, "pooled block-k maps need the SER layout (cls_layer %d "
+                        "< depth %d)", student->cfg.cls_layer, student->cfg.depth);
     g->B = b->n_inv + b->n_eq, g->C = student->cfg.dim, g->n_inv = b->n_inv, g->n_eq = b->n_eq;
     size_t BC = (size_t)g->B * g->C;
     for (int v = 0; v < 2; v++) {
@@ -159,6 +197,11 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         g->lcls[k] = ser_xaligned(sizeof(float) * BC);
         g->dlcls[k] = ser_xaligned(sizeof(float) * BC);
     }
+    g->pool = (flags & SER_ENGINE_POOL) != 0;
+    for (int v = 0; g->pool && v < 2 + b->n_local; v++) {
+        g->qpool[v] = ser_xaligned(sizeof(float) * BC);
+        g->dqpool[v] = ser_xaligned(sizeof(float) * BC);
+    }
     int maxc = s_max_calls(g->B, shards), need = shards * maxc;
     if (need > e->nacts) {
         e->acts = realloc(e->acts, sizeof *e->acts * (size_t)need);
@@ -170,10 +213,10 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
     for (int s = 0; s < shards && !rc; s++) {
         int n = s_shard_calls(b, s, shards, calls);
         for (int i = 0; i < n && !rc; i++) {
-            rc = s_call_forward(b, &calls[i], student, &e->acts[s * maxc + i], 1, maps, seed, step,
-                                g, err);
+            rc = s_call_forward(b, &calls[i], student, &e->acts[s * maxc + i], 1, flags, seed,
+                                step, g, err);
             if (!rc && teacher && calls[i].view < 2)
-                rc = s_call_forward(b, &calls[i], teacher, &e->tacts, 0, maps, seed, step, g, err);
+                rc = s_call_forward(b, &calls[i], teacher, &e->tacts, 0, flags, seed, step, g, err);
         }
     }
     free(calls);
@@ -203,6 +246,7 @@ void ser_engine_backward(ser_engine *e, ser_vit *student, const ser_batch *b, in
             const float *dmap = c->eq >= 0 && map_grad
                                     ? g->dqmap[c->view] + g->tokoff[c->view][c->eq] * C
                                     : NULL;
+            if (g->pool) dmap = s_pool_grad(e, &e->acts[s * maxc + i], g, c, pos, dmap);
             const float *dcls = c->view >= 2 ? g->dlcls[c->view - 2] : g->dqcls[c->view];
             ser_vit_backward(student, &e->acts[s * maxc + i], dcls + pos * C, dmap);
         }

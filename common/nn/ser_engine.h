@@ -8,6 +8,11 @@
 // dqcls/dqmap; the engine runs each shard's student backward into a zeroed buffer and adds
 // the shard gradients in shard order. Which process computes a shard does not change a bit.
 //
+// Pooled maps (layer decoupling, SER_ENGINE_POOL): the mean over tokens of each call's block-k
+// map (after norm_equiv) for every sample of every view, global and local, in qpool; their
+// gradients come back in dqpool and reach the map as dqpool / tokens on every token. A MoCo
+// add-on reads these instead of the final [CLS] with moco.addon_layer (ser_moco_addon.h).
+//
 // Local views (multi-crop: DINO's local crops, MoCo's 2+L queries): n_local more views of every
 // sample, local_img x local_img, run through the student only; their [CLS] rows are gathered in
 // lcls and their gradients come back in dlcls. The teacher sees the two global views only.
@@ -83,6 +88,10 @@ typedef struct ser_gathered {
     float *lcls[SER_MAX_LOCAL];   // [k] (B, C) the student's final [CLS] of local view k
     float *dlcls[SER_MAX_LOCAL];  // [k] (B, C) its gradient, filled by the objective
     float *vparams;            // (B, 2, SER_VIEW_PARAMS) the views' parameters, or NULL
+    int pool;                  // qpool / dqpool are there (SER_ENGINE_POOL)
+    // [view] (B, C): the mean of the block-k map of view v's call for every sample, views 0, 1
+    // then the local views 2 .. 1 + n_local; dqpool its gradient, filled by the objective.
+    float *qpool[2 + SER_MAX_LOCAL], *dqpool[2 + SER_MAX_LOCAL];
 } ser_gathered;
 
 void ser_gathered_free(ser_gathered *g);
@@ -93,19 +102,27 @@ typedef struct ser_engine {
     ser_vit_acts tacts;  // the teacher's (no backward)
     float *shard_grads;  // one shard's gradient (the student's span of the arena)
     size_t cap;
+    float *dmap;         // a call's map gradient when pooled rows add to it
+    size_t dmap_cap;
 } ser_engine;
 
 void ser_engine_free(ser_engine *e);
 
-// Forward half. teacher may be NULL (no kcls/kmap). maps: gather the SER maps of the
-// equivariant samples. *g is allocated here (release with ser_gathered_free) and dqcls/dqmap
-// are zeroed for the objective to fill.
+// What the forward half gathers besides the [CLS] rows (flags of ser_engine_forward).
+enum {
+    SER_ENGINE_MAPS = 1,  // the SER maps of the equivariant samples (qmap, kmap)
+    SER_ENGINE_POOL = 2   // the student's pooled block-k maps of every view (qpool); SER layout
+};
+
+// Forward half. teacher may be NULL (no kcls/kmap). flags: SER_ENGINE_*. *g is allocated here
+// (release with ser_gathered_free) and dqcls/dqmap/dlcls/dqpool are zeroed for the objective
+// to fill.
 int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const ser_batch *b,
-                       int shards, int maps, uint64_t seed, uint32_t step, ser_gathered *g,
+                       int shards, int flags, uint64_t seed, uint32_t step, ser_gathered *g,
                        char err[SER_ERR_LEN]);
 
-// Backward half: for each shard, the student's gradient from dqcls (and dqmap when map_grad)
-// into a zeroed buffer, then added to student->grads in shard order. student->grads must hold
+// Backward half: for each shard, the student's gradient from dqcls (and dqmap when map_grad,
+// and dqpool when g->pool) into a zeroed buffer, then added to student->grads in shard order. student->grads must hold
 // the other modules' gradients already; its ViT span is overwritten, not accumulated into.
 void ser_engine_backward(ser_engine *e, ser_vit *student, const ser_batch *b, int shards,
                          const ser_gathered *g, int map_grad);

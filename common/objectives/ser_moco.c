@@ -59,6 +59,7 @@ int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err
     c->ser_proj_dim = job->ser.proj_dim;
     c->ser_symmetric = job->ser.symmetric == SER_CONFIG_SYM_AUTO ? 1 : job->ser.symmetric;
     c->addon = addon, c->addon_job = addon ? job : NULL;
+    c->addon_pooled = ser_config_addon_pooled(job);
     return SER_OK;
 }
 
@@ -70,10 +71,13 @@ int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]
     if (cfg->ser && (cfg->ser_proj_dim < 1 || !(cfg->ser_tau > 0.0f) || !(cfg->ser_lambda >= 0.0f)))
         return ser_errf(err, SER_ECONFIG, "ser: proj_dim %d, tau %g, lambda %g out of range",
                       cfg->ser_proj_dim, (double)cfg->ser_tau, (double)cfg->ser_lambda);
-    if (cfg->ser && cfg->vit.cls_layer == cfg->vit.depth)
+    if ((cfg->ser || cfg->addon_pooled) && cfg->vit.cls_layer == cfg->vit.depth)
         return ser_errf(err, SER_ECONFIG,
-                      "ser: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
-                      "has no block-k patch map", cfg->vit.cls_layer, cfg->vit.depth);
+                      "%s: needs the SER layout (cls_layer %d < depth %d): the baseline layout "
+                      "has no block-k patch map", cfg->ser ? "ser" : "moco.addon_layer",
+                      cfg->vit.cls_layer, cfg->vit.depth);
+    if (cfg->addon_pooled && !cfg->addon)
+        return ser_errf(err, SER_ECONFIG, "moco.addon_layer: plain MoCo-v3 has no add-on to read it");
     m->cfg = *cfg;
     ser_ptab_init(&m->tab);
     ser_ptab_init(&m->mtab);
@@ -108,11 +112,13 @@ int ser_moco_init(ser_moco *m, const ser_moco_config *cfg, char err[SER_ERR_LEN]
     SER_ASSERT(m->mtab.n == m->n_base);
     for (int i = 0; i < m->n_base; i++) SER_ASSERT(m->mtab.t[i].offset == m->tab.t[i].offset);
     // The public code's SER loss has no gradient, so DDP leaves projector_equiv and norm_equiv
-    // without grads and AdamW skips them entirely (no decay either): freeze them.
+    // without grads and AdamW skips them entirely (no decay either): freeze them. A decoupled
+    // add-on still backpropagates through norm_equiv, which then has a gradient.
     if (cfg->ser && !cfg->ser_grad)
         for (int i = 0; i < m->tab.n; i++)
             if (strncmp(m->tab.t[i].name, "projector_equiv.", 16) == 0 ||
-                strncmp(m->tab.t[i].name, "base_encoder.norm_equiv.", 24) == 0)
+                (!cfg->addon_pooled &&
+                 strncmp(m->tab.t[i].name, "base_encoder.norm_equiv.", 24) == 0))
                 m->tab.t[i].flags |= SER_TINFO_FROZEN;
     m->params = ser_xaligned(sizeof(float) * m->tab.total);
     m->grads = ser_xaligned(sizeof(float) * m->tab.total);
@@ -213,7 +219,18 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
     out->loss = out->loss_inv + (double)cfg->ser_lambda * out->loss_equiv;
     out->loss_addon = 0;
     if (cfg->addon && !rc) {
-        rc = cfg->addon->loss(m->addon, b, st, &out->loss_addon, err);
+        // Layer decoupling: the add-on sees the pooled block-k maps where it reads [CLS] rows
+        // (global views in qcls, local views in lcls) and its gradients land in dqpool.
+        ser_gathered ag = *st;
+        if (cfg->addon_pooled) {
+            SER_ASSERT(st->pool);
+            for (int v = 0; v < 2 + st->n_local; v++) {
+                float **q = v < 2 ? &ag.qcls[v] : &ag.lcls[v - 2];
+                float **d = v < 2 ? &ag.dqcls[v] : &ag.dlcls[v - 2];
+                *q = st->qpool[v], *d = st->dqpool[v];
+            }
+        }
+        rc = cfg->addon->loss(m->addon, b, &ag, &out->loss_addon, err);
         out->loss += out->loss_addon;
     }
     for (int v = 0; v < V; v++) {
@@ -244,6 +261,7 @@ static int s_init(void *st, const ser_config *cfg, ser_objective_model *om, char
         return rc;
     ser_objective_model_fill(om, &m->tab, m->params, m->grads, &m->mtab, m->mparams, &m->btab,
                              m->buffers, &m->vit, &m->mvit, mc.ser, mc.ser_grad);
+    om->pool = mc.addon_pooled;
     return SER_OK;
 }
 

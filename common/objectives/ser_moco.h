@@ -49,6 +49,9 @@ typedef struct ser_moco_config {
     // An add-on (ser_moco_addon.h: E-SSL, ...) and the job config it reads, or NULL.
     const ser_moco_addon_i *addon;
     const ser_config *addon_job;
+    // The add-on reads the pooled block-cls_layer maps (ser_gathered.qpool) instead of the
+    // final [CLS] rows (moco.addon_layer, layer decoupling).
+    int addon_pooled;
 } ser_moco_config;
 
 // The reference ViT-S/16 run (ser-reference.md §8) with the paper's gradient.

@@ -9,6 +9,10 @@
 // adds its gradient to the gathered rows (dqcls, dlcls) and to its own tensors. Its weighted
 // loss is part of the step's total and its own values go to metrics.jsonl as monitors.
 //
+// Layer decoupling (moco.addon_layer = model.cls_layer): ser_moco hands the add-on a
+// ser_gathered whose qcls / lcls rows are the pooled block-k maps (ser_gathered.qpool) and whose
+// dqcls / dlcls are their gradients (dqpool), so every add-on reads either without a change.
+//
 // Adding an add-on: one file in this folder defining its `const ser_moco_addon_i`, one row in
 // ser_moco.c's s_addons and one SER_MOCO_OBJECTIVE(name, vp) line there (vp = 1 for an add-on
 // that reads ser_gathered.vparams), one row in ser_objective.c's

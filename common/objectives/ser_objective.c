@@ -51,11 +51,12 @@ int ser_objective_register(const ser_objective_i *o) {
     return s_count++;
 }
 
-void ser_objective_equiv_active(const ser_ptab *tab, int ser, int ser_grad, int n_eq,
+void ser_objective_equiv_active(const ser_ptab *tab, int ser, int ser_grad, int n_eq, int pool,
                                 unsigned char *active) {
     if (ser && ser_grad && n_eq > 0) return;
     for (int i = 0; i < tab->n; i++)
-        if (strstr(tab->t[i].name, "projector_equiv.") || strstr(tab->t[i].name, "norm_equiv."))
+        if (strstr(tab->t[i].name, "projector_equiv.") ||
+            (!pool && strstr(tab->t[i].name, "norm_equiv.")))
             active[i] = 0;
 }
 

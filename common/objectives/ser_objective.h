@@ -60,8 +60,8 @@ typedef struct ser_objective_model {
     int ntabs;
     ser_vit *student, *teacher;    // teacher NULL without one
     float *tparams;                // the teacher's arena (offsets mirror tab's), or NULL
-    int maps, map_grad;            // engine flags: gather the SER maps; backpropagate them
     int ser, ser_grad;             // the SER term is on; it has a gradient
+    int pool;                      // the objective reads the pooled block-k maps (qpool)
 } ser_objective_model;
 
 typedef struct ser_objective_step {
@@ -149,9 +149,10 @@ int ser_objective_register(const ser_objective_i *o);
 
 // The shared gradient rule of the SER tensors: projector_equiv.* and the ViT's norm_equiv get a
 // gradient in a step only when the SER term is on with its gradient and the batch has
-// equivariant samples; otherwise active[i] is cleared, so AdamW leaves them, their moments and
-// step counts untouched (torch skips a parameter whose .grad is None).
-void ser_objective_equiv_active(const ser_ptab *tab, int ser, int ser_grad, int n_eq,
+// equivariant samples, and norm_equiv also when the objective reads the pooled maps (pool);
+// otherwise active[i] is cleared, so AdamW leaves them, their moments and step counts untouched
+// (torch skips a parameter whose .grad is None).
+void ser_objective_equiv_active(const ser_ptab *tab, int ser, int ser_grad, int n_eq, int pool,
                                 unsigned char *active);
 
 #endif

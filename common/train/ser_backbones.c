@@ -36,7 +36,8 @@ int ser_backbones_init(ser_backbones *b, const ser_config *cfg, char err[SER_ERR
         ser_vit_bind(&b->teacher, b->tparams, NULL);
         SER_ASSERT(ser_vit_span(&b->teacher, &b->toff) == b->span);
     }
-    b->maps = cfg->ser.enabled;
+    b->maps = (cfg->ser.enabled ? SER_ENGINE_MAPS : 0) |
+              (ser_config_addon_pooled(cfg) ? SER_ENGINE_POOL : 0);
     b->map_grad = cfg->ser.enabled && cfg->ser.grad;
     return SER_OK;
 }

@@ -23,7 +23,7 @@ typedef struct ser_backbones {
     ser_vit student, teacher;
     float *params, *grads, *tparams;
     int has_teacher;
-    int maps, map_grad;          // engine flags: gather the SER maps; backpropagate through them
+    int maps, map_grad;          // engine flags (SER_ENGINE_*); backpropagate through the SER maps
     size_t off, toff, span;      // the spans (ser_trainer_span of the same job)
 } ser_backbones;
 

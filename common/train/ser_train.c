@@ -108,8 +108,9 @@ static int s_local_forward(void *ctx, const ser_batch **b, ser_gathered **g, cha
     ser_trainer *t = l->t;
     ser_trainer_local_free(l);
     int rc = ser_batch_check(l->b, &t->mdl.student->cfg, l->shards, err);
+    int flags = (t->mdl.ser ? SER_ENGINE_MAPS : 0) | (t->mdl.pool ? SER_ENGINE_POOL : 0);
     if (!rc) rc = ser_engine_forward(&t->eng, t->mdl.student, t->mdl.teacher, l->b, l->shards,
-                                     t->mdl.ser, l->seed, l->step, &l->g, err);
+                                     flags, l->seed, l->step, &l->g, err);
     if (rc) return rc;
     l->have_g = 1;
     *b = l->b, *g = &l->g;
@@ -178,7 +179,7 @@ int ser_trainer_step_local(ser_trainer *t, const ser_batch *b, int shards, int64
 void ser_trainer_active(const ser_trainer *t, int64_t it, int n_eq, unsigned char *active) {
     memset(active, 1, (size_t)t->tab->n);
     if (t->obj->hold) t->obj->hold(t->st, t->ipe > 0 ? it / t->ipe : 0, active);
-    ser_objective_equiv_active(t->tab, t->mdl.ser, t->mdl.ser_grad, n_eq, active);
+    ser_objective_equiv_active(t->tab, t->mdl.ser, t->mdl.ser_grad, n_eq, t->mdl.pool, active);
 }
 
 int ser_trainer_apply(ser_trainer *t, int64_t it, double lr, double wd, double momentum,

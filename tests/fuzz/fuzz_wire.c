@@ -120,9 +120,9 @@ static void s_shards(const ser_wire_msg *m, int opt) {
     ser_shard_fwd f;
     size_t ntok[2] = {0, 0};
     int n_local = (int)(rows % 3);  // 0..2 local views asked, varied by the input
-    int want_vp = (opt >> 6) & 1;
-    int rc = ser_shard_parse_forward(m, rows, C, has_teacher, n_local, want_vp, want_n_eq,
-                                     grid_max, &f);
+    int want_vp = (opt >> 6) & 1, want_pool = (opt >> 7) & 1;
+    int rc = ser_shard_parse_forward(m, rows, C, has_teacher, n_local, want_vp, want_pool,
+                                     want_n_eq, grid_max, &f);
     if (rc == SER_OK) {
         if (f.rows != rows || f.C != C || f.n_eq < 0 || f.n_eq > rows ||
             (want_n_eq >= 0 && f.n_eq != want_n_eq))
@@ -130,6 +130,7 @@ static void s_shards(const ser_wire_msg *m, int opt) {
         for (int i = 0; i < (has_teacher ? 4 : 2); i++) s_touch(f.cls[i], (size_t)rows * C);
         for (int k = 0; k < n_local; k++) s_touch(f.lcls[k], (size_t)rows * C);
         if (want_vp) s_touch(f.vparams, (size_t)rows * 2 * SER_VIEW_PARAMS);
+        for (int v = 0; want_pool && v < 2 + n_local; v++) s_touch(f.qpool[v], (size_t)rows * C);
         size_t tok[2] = {0, 0};
         for (int e = 0; e < f.n_eq; e++)
             for (int v = 0; v < 2; v++) {
@@ -153,10 +154,12 @@ static void s_shards(const ser_wire_msg *m, int opt) {
         ntok[v] = n > 0 && n % C == 0 ? (size_t)(n / C) : 0;
     }
     const float *d[SER_SHARD_MAX_BWD];
-    if (ser_shard_parse_backward(m, rows, C, ntok, n_local, d) == SER_OK) {
+    if (ser_shard_parse_backward(m, rows, C, ntok, n_local, want_pool, d) == SER_OK) {
         s_touch(d[0], (size_t)rows * C), s_touch(d[1], (size_t)rows * C);
         s_touch(d[2], ntok[0] * (size_t)C), s_touch(d[3], ntok[1] * (size_t)C);
         for (int k = 0; k < n_local; k++) s_touch(d[4 + k], (size_t)rows * C);
+        for (int v = 0; want_pool && v < 2 + n_local; v++)
+            s_touch(d[4 + n_local + v], (size_t)rows * C);
     }
 }
 

@@ -54,9 +54,9 @@ def vparams(B, seed):
     return vp.float().double()
 
 
-def augself_case(name, seed, augself):
-    """make_fixtures.moco_case (SER on, seed) with AugSelf: augself = (crop, color, hidden,
-    mirror_typo)."""
+def augself_case(name, seed, augself, ser_grad=True, pooled=False):
+    """make_fixtures.moco_case (SER gradient ser_grad, seed) with AugSelf: augself = (crop,
+    color, hidden, mirror_typo); pooled: on the pooled block-2 maps (layer decoupling)."""
     made = {}
 
     def model(vit, *args, **kw):  # moco_case's MoCoSER(...), as MoCoAugSelf
@@ -77,7 +77,7 @@ def augself_case(name, seed, augself):
     make_fixtures.MoCoSER, make_fixtures.save_file = model, save
     make_fixtures.step_files = lambda *a: None  # ser step's files stay moco_ser_on's
     try:
-        make_fixtures.moco_case(name, True, seed)
+        make_fixtures.moco_case(name, ser_grad, seed, pooled=pooled)
     finally:
         make_fixtures.MoCoSER, make_fixtures.save_file, make_fixtures.step_files = saved
 
@@ -86,6 +86,8 @@ def main():
     os.makedirs(make_fixtures.OUT, exist_ok=True)
     augself_case("moco_augself", 304, (0.5, 0.5, 20, False))
     augself_case("moco_augself_typo", 305, (0.7, 0.3, 12, True))
+    # Decoupled, with the SER term's gradient off: norm_equiv's gradient is the add-on's alone.
+    augself_case("moco_augself_pooled", 307, (0.5, 0.5, 20, False), ser_grad=False, pooled=True)
     print("fixtures written to", make_fixtures.OUT)
 
 

@@ -223,13 +223,15 @@ MOCO_GROUP = [  # (view 0, view 1) per equivariant sample: (rot180, hflip, rot90
 ]
 
 
-def moco_case(name, ser_grad, seed, n_local=0, essl=None):
+def moco_case(name, ser_grad, seed, n_local=0, essl=None, pooled=False):
     """A whole MoCo-v3 + SER forward/backward on 5 invariant + 3 equivariant samples (and
-    n_local local views of 8 px per sample, extra queries)."""
+    n_local local views of 8 px per sample, extra queries). pooled: the add-on reads the pooled
+    block-2 maps (moco.addon_layer = 2, layer decoupling)."""
     torch.manual_seed(seed)
     vit = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48, cls_layer=2)
     m = MoCoSER(vit, mlp_dim=32, dim=16, T=0.2, lam=0.7, tau=0.4, proj_dim=20, ser_grad=ser_grad,
                 essl=essl)
+    m.addon_pooled = pooled
     with torch.no_grad():
         for pname, p in list(m.named_parameters()):
             if p.dim() == 1 and pname.endswith("weight"):
@@ -276,10 +278,11 @@ def moco_case(name, ser_grad, seed, n_local=0, essl=None):
         t["after." + n_] = b.detach().clone().double()
     t.update({"loss": loss.reshape(1), "loss_inv": loss_inv.reshape(1),
               "loss_equiv": loss_equiv.reshape(1), "loss_rot": m.loss_rot.reshape(1)})
-    if ser_grad and not n_local:
+    if ser_grad and not n_local and not pooled:
         step_files(m, t, gs, params)
+    more = {"addon_layer": str(vit["cls_layer"])} if pooled else {}
     save_file(f32(t), os.path.join(OUT, name + ".safetensors"),
-              metadata={"momentum": "0.9", "ser_grad": str(int(ser_grad)), "lambda": "0.7",
+              metadata={**more, "momentum": "0.9", "ser_grad": str(int(ser_grad)), "lambda": "0.7",
                         "essl": ",".join(str(x) for x in essl) if essl else "",
                         "tau": "0.4", "T": "0.2", "mlp_dim": "32", "dim": "16", "proj_dim": "20"})
 
@@ -358,6 +361,7 @@ def main():
     if sys.argv[1:] == ["local"]:  # only the local-views cases (leaves the others as they are)
         moco_case("moco_local2", True, 302, n_local=2)
         moco_case("moco_essl", True, 303, n_local=1, essl=(0.4, 20, 12))
+        moco_case("moco_essl_pooled", True, 306, n_local=1, essl=(0.4, 20, 12), pooled=True)
         return
     if sys.argv[1:] == ["unused"]:  # only the AdamW-unused case (leaves the others as they are)
         unused_case()
@@ -368,6 +372,7 @@ def main():
     moco_case("moco_ser_off", False, 301)
     moco_case("moco_local2", True, 302, n_local=2)
     moco_case("moco_essl", True, 303, n_local=1, essl=(0.4, 20, 12))
+    moco_case("moco_essl_pooled", True, 306, n_local=1, essl=(0.4, 20, 12), pooled=True)
     unused_case()
     for i, (name, args) in enumerate(CASES.items()):
         vit_case(name, *args, seed=100 + i)

@@ -173,6 +173,9 @@ class MoCoSER(nn.Module):
         super().__init__()
         self.T, self.lam, self.tau, self.ser_grad = T, lam, tau, ser_grad
         self.essl = essl
+        # Layer decoupling (moco.addon_layer): the add-on reads the mean over tokens of the
+        # block-cls_layer map after norm_equiv instead of the final [CLS].
+        self.addon_pooled = False
         if essl is not None:
             _, H, Bn = essl
             C = vit["dim"]
@@ -189,6 +192,13 @@ class MoCoSER(nn.Module):
         self.patch = vit["patch"]
         for p in self.momentum_encoder.parameters():
             p.requires_grad = False
+
+    def addon_features(self, x):
+        """What an add-on reads of the student on images x: the final [CLS], or with
+        addon_pooled the mean of the block-k map (an extra use of the same function of the same
+        weights: autograd sums its gradient with the others)."""
+        c, fmap, _ = self.base_encoder(x)
+        return fmap.mean(1) if self.addon_pooled else c
 
     def _proj(self, fmap, g):
         rows, cols = (g[3], g[4]) if g[2] % 2 == 0 else (g[4], g[3])
@@ -231,7 +241,8 @@ class MoCoSER(nn.Module):
             loss_inv = loss_inv + moco_ctr(q, k[0], self.T) + moco_ctr(q, k[1], self.T)
         self.loss_rot = torch.zeros(())
         if self.essl is not None:  # the 4 rotated views as one batch, view k labelled k
-            logits = self.rotation_head(torch.cat(lcls))
+            feats = [self.addon_features(x) for x in local] if self.addon_pooled else lcls
+            logits = self.rotation_head(torch.cat(feats))
             labels = torch.arange(4).repeat_interleave(lcls[0].shape[0])
             self.loss_rot = F.cross_entropy(logits, labels)
         rot = self.essl[0] * self.loss_rot if self.essl is not None else 0.0

@@ -66,9 +66,9 @@ class MoCoAugSelf(MoCoSER):
 
     def forward(self, inv0, inv1, eq0, eq1, g0, g1, m, local=()):
         loss, loss_inv, loss_equiv = super().forward(inv0, inv1, eq0, eq1, g0, g1, m, local)
-        # The student's final [CLS] rows again (the same function of the same weights: autograd
-        # sums both uses' gradients as one use would).
-        z = [torch.cat([self.base_encoder(x)[0] for x in [inv] + list(eq)])
+        # The student's final [CLS] rows again, or its pooled block-k maps (addon_pooled; the
+        # same function of the same weights: autograd sums both uses' gradients as one use would).
+        z = [torch.cat([self.addon_features(x) for x in [inv] + list(eq)])
              for inv, eq in ((inv0, eq0), (inv1, eq1))]
         x = torch.cat([torch.cat([z[0], z[1]], 1), torch.cat([z[1], z[0]], 1)])
         t_crop, t_color = augself_targets(self.vparams, self.mirror_typo)
