@@ -15,6 +15,9 @@
 #   augself       AugSelf: crop and colour difference predictors on the [CLS] pair
 #   equimod       EquiMod: transformation-conditioned predictor with the centre view x_0
 #   stl           STL: hypernetwork transformation predictor on aligned pairs (trans_dim 64)
+#   essl_l2, augself_l2, equimod_l2, stl_l2
+#                 the same add-ons layer-decoupled: they read the mean of the block-2 map after
+#                 norm_equiv ([CLS] after block 2, moco.addon_layer = 2), no SER term
 #   inv_local4    MoCo-v3 with 2 + 4 views (4 local crops, scale 0.05-0.25, as extra queries)
 #   ser_local4    MoCo-v3 + SER at block 3 with the same 2 + 4 views (SER on the global pair)
 # The three base methods (SER_EXP_VARIANTS=methods: moco and ser_on_l2 above and these; the heads and
@@ -50,7 +53,7 @@ steps=${SER_EXP_STEPS:-}
 seed=${SER_EXP_SEED:-0}
 variants=${SER_EXP_VARIANTS:-"moco ser_on_l2 ser_on_l3 ser_off_l2"}
 [ "$variants" = comparison ] &&
-  variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod stl inv_local4 ser_local4"
+  variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod stl essl_l2 augself_l2 equimod_l2 stl_l2 inv_local4 ser_local4"
 [ "$variants" = methods ] && variants="moco ser_on_l2 dino dino_ser barlow barlow_ser"
 ntrain=${SER_EXP_EVAL_TRAIN:-5000}
 ntest=${SER_EXP_EVAL_TEST:-1000}
@@ -104,6 +107,10 @@ variant_sets() {
                      "--set data.local_crops=1 --set data.local_mode=center --set data.local_size=32" ;;
     stl)        echo "--set method.name=stl --set ser.enabled=false --set model.cls_layer=4" \
                      "--set stl.trans_dim=64" ;;
+    essl_l2|augself_l2|equimod_l2|stl_l2)
+                # the final-[CLS] variant's keys, then the SER layout with the add-on at block 2
+                echo "$(variant_sets "${1%_l2}" | sed 's/model.cls_layer=4/model.cls_layer=2/')" \
+                     "--set moco.addon_layer=2" ;;
     inv_local4) echo "--set ser.enabled=false --set model.cls_layer=4 --set data.local_crops=4" \
                      "--set data.local_crop_max=0.25" ;;
     ser_local4) echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" \
