@@ -682,10 +682,41 @@ static void test_bad_inputs(void **state) {
     ser_dino_free(&d);  // safe on the zeroed struct a failed init leaves
 }
 
+// The collapse test (ser_objective_dino.collapsed) on given monitors, K = 1024 prototypes: the
+// two bounds of the entropy, and the drift rule (entropy above 95% of ln K with the KL under
+// 0.1) at the values measured on Fashion-MNIST: the collapsed run's 97% / 0.07 is caught, the
+// healthy preset's worst point (96.6% / 0.146) and its start (61.6% / 1.54) are not.
+static void test_collapse_test(void **state) {
+    (void)state;
+    ser_dino d;
+    memset(&d, 0, sizeof d);
+    d.cfg.out_dim = 1024;
+    double lnk = log(1024.0);
+    const struct {
+        double r, kl;
+        int want;
+        const char *says;
+    } cases[] = {{0.616, 1.5377, 0, NULL},
+                 {0.966, 0.146, 0, NULL},
+                 {0.90, 0.01, 0, NULL},
+                 {0.97, 0.07, 1, "drifting to uniform and the student follows it"},
+                 {0.985, 0.5, 1, "(the teacher's output is uniform"},
+                 {0.01, 0.3, 1, "(the teacher's output is one-hot"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        d.last_entropy = cases[i].r * lnk, d.last_kl = cases[i].kl;
+        char why[400] = "";
+        int c = ser_objective_dino.collapsed(&d, why, sizeof why);
+        print_message("entropy %.3f ln K, KL %.4f -> %d %s\n", cases[i].r, cases[i].kl, c, why);
+        assert_int_equal(c, cases[i].want);
+        if (cases[i].says) assert_non_null(strstr(why, cases[i].says));
+    }
+}
+
 int main(void) {
     ser_kernels_set_threads(2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ser_on_4_shards),
+        cmocka_unit_test(test_collapse_test),
         cmocka_unit_test(test_ser_on_1_shard),
         cmocka_unit_test(test_multicrop_1_shard),
         cmocka_unit_test(test_multicrop_chunks),

@@ -582,13 +582,28 @@ static int s_monitors(void *st, const char **names, double *values) {
 // DINO's two ways to collapse, read on the teacher's centred and sharpened output: uniform
 // (entropy at ln K: every image gets the same flat distribution, the student follows, and the
 // loss sits at ln K) or one-hot (entropy near 0: one prototype for everything). Outside
-// [SER_DINO_ENTROPY_LO, SER_DINO_ENTROPY_HI] x ln K counts as collapsed.
+// [SER_DINO_ENTROPY_LO, SER_DINO_ENTROPY_HI] x ln K counts as collapsed. A uniform collapse can
+// also settle just under the upper bound: on Fashion-MNIST (docs/recipes.md, DINO 1) the
+// entropy sat at 97% of ln K with the student-teacher KL at 0.07, while the healthy preset run
+// spent its first 1000 steps at 85-97% with the KL at 0.15-0.35. So above
+// SER_DINO_ENTROPY_DRIFT x ln K, a KL under SER_DINO_KL_DRIFT (the student matching a near-flat
+// teacher) counts as collapsed too.
 #define SER_DINO_ENTROPY_LO 0.02
 #define SER_DINO_ENTROPY_HI 0.98
+#define SER_DINO_ENTROPY_DRIFT 0.95
+#define SER_DINO_KL_DRIFT 0.1
 static int s_collapsed(void *st, char *why, size_t n) {
     const ser_dino *d = st;
     double lnk = log((double)d->cfg.out_dim), r = d->last_entropy / lnk;
-    if (lnk > 0 && r >= SER_DINO_ENTROPY_LO && r <= SER_DINO_ENTROPY_HI) return 0;
+    int drift = r > SER_DINO_ENTROPY_DRIFT && d->last_kl < SER_DINO_KL_DRIFT;
+    if (lnk > 0 && r >= SER_DINO_ENTROPY_LO && r <= SER_DINO_ENTROPY_HI && !drift) return 0;
+    if (drift && r <= SER_DINO_ENTROPY_HI) {
+        snprintf(why, n, "dino_teacher_entropy %.4f is %.1f%% of ln(dino.out_dim) = %.4f with "
+                 "dino_kl %.4f (the teacher's output is drifting to uniform and the student "
+                 "follows it; healthy: entropy <= %.0f%% or KL >= %g)", d->last_entropy, 100 * r,
+                 lnk, d->last_kl, 100 * SER_DINO_ENTROPY_DRIFT, SER_DINO_KL_DRIFT);
+        return 1;
+    }
     snprintf(why, n, "dino_teacher_entropy %.4f is %.1f%% of ln(dino.out_dim) = %.4f (the "
              "teacher's output is %s; healthy: %.0f%%..%.0f%%)", d->last_entropy, 100 * r, lnk,
              r > SER_DINO_ENTROPY_HI ? "uniform" : "one-hot", 100 * SER_DINO_ENTROPY_LO,
