@@ -3,6 +3,7 @@
 
     tests/reference/fixtures/group.safetensors   (common/nn/ser_group.c, tests/test_group.c)
     tests/reference/fixtures/ntxent.safetensors  (common/nn/ser_ntxent.c, tests/test_ntxent.c)
+    tests/reference/fixtures/ntxent_pair.safetensors  (the same files)
 
 Every reference value is computed in float64 from float32-representable inputs with the ops the
 reference code uses (torch.rot90, torch.flip, F.interpolate(mode='bicubic', size=...,
@@ -18,6 +19,9 @@ group.safetensors
 ntxent.safetensors
     <case>.q, <case>.k (N, D), <case>.tokens (n,), <case>.tau (1,), <case>.loss (1,),
     <case>.dq, <case>.dk (N, D) = dL/dq, dL/dk.
+ntxent_pair.safetensors
+    <case>.a, <case>.b (N, D), <case>.tokens (n,), <case>.tau (1,), <case>.loss (1,),
+    <case>.da, <case>.db (N, D) = dL/da, dL/db.
 """
 import os
 import sys
@@ -158,15 +162,21 @@ def ntxent_case(t, name, ranks, D, tau, corr=0.0, zero_q=(), zero_k=()):
         q[j] = 0
     for i in zero_k:
         k[i] = 0
-    q.requires_grad_()
-    k.requires_grad_()
-    L = ntxent_ref(q, k, ranks, tau)
-    dq, dk = torch.autograd.grad(L, [q, k])
-    assert torch.isfinite(dq).all() and torch.isfinite(dk).all(), name
-    t.update({f"{name}.q": q, f"{name}.k": k,
-              f"{name}.tokens": torch.tensor(tokens, dtype=torch.float64),
-              f"{name}.tau": torch.tensor([tau]), f"{name}.loss": L.reshape(1),
-              f"{name}.dq": dq, f"{name}.dk": dk})
+    ntxent_store(t, name, {"q": q, "k": k}, tokens, tau,
+                 lambda x: ntxent_ref(x["q"], x["k"], ranks, tau))
+
+
+def ntxent_store(t, name, inputs, tokens, tau, loss):
+    """Case `name`: the inputs, tokens, tau, L = loss(inputs) and dL/d<input> for each."""
+    for x in inputs.values():
+        x.requires_grad_()
+    L = loss(inputs)
+    grads = torch.autograd.grad(L, list(inputs.values()))
+    assert all(torch.isfinite(g).all() for g in grads), name
+    t.update({f"{name}.{k}": x for k, x in inputs.items()})
+    t.update({f"{name}.tokens": torch.tensor(tokens, dtype=torch.float64),
+              f"{name}.tau": torch.tensor([tau]), f"{name}.loss": L.reshape(1)})
+    t.update({f"{name}.d{k}": g for k, g in zip(inputs, grads)})
 
 
 def ntxent():
@@ -184,10 +194,52 @@ def ntxent():
               metadata={"generator": "make_group_fixtures.py"})
 
 
+# --- pair NT-Xent ----------------------------------------------------------------------------
+def ntxent_pair_ref(a, b, tokens, tau):
+    """The SimCLR-style pair loss of ser_ntxent.h, plainly from its definition (not from the
+    SER code, whose erl_local4 version has a bug): X = [a; b], S = X^ X^T / tau, anchor r's
+    positive is the same location in the other half, its denominator the positive and every
+    row of every other image (either half)."""
+    x = F.normalize(torch.cat([a, b]), dim=1)
+    S = x @ x.t() / tau
+    N = a.shape[0]
+    img = torch.repeat_interleave(torch.arange(len(tokens)), torch.tensor(tokens)).repeat(2)
+    rows = torch.arange(2 * N)
+    pos = torch.cat([torch.arange(N, 2 * N), torch.arange(0, N)])
+    allowed = img[:, None] != img[None, :]
+    allowed[rows, pos] = True
+    lse = torch.logsumexp(S.masked_fill(~allowed, float("-inf")), dim=1)
+    return (lse - S[rows, pos]).mean()
+
+
+def ntxent_pair_case(t, name, tokens, D, tau, corr=0.0):
+    tau = float(torch.tensor(tau, dtype=torch.float32))  # the C side gets a float
+    N = sum(tokens)
+    a = r(N, D)
+    b = (a * corr + r(N, D)).float().double()
+    ntxent_store(t, name, {"a": a, "b": b}, tokens, tau,
+                 lambda x: ntxent_pair_ref(x["a"], x["b"], tokens, tau))
+
+
+def ntxent_pair():
+    torch.manual_seed(13)
+    t = {}
+    # Ragged token counts (2x2, 2x3, 3x3 grids).
+    ntxent_pair_case(t, "ragged", [4, 6, 9], 12, 0.4)
+    # A sharp temperature with positives that dominate: |S| up to 20.
+    ntxent_pair_case(t, "sharp", [3, 5, 4, 2], 8, 0.05, corr=1.0)
+    # A single sample: only the positive is left in each denominator, L = 0.
+    ntxent_pair_case(t, "single", [7], 5, 0.2)
+    assert t["single.loss"].item() == 0.0 and not t["single.da"].any()
+    save_file(f32(t), os.path.join(OUT, "ntxent_pair.safetensors"),
+              metadata={"generator": "make_group_fixtures.py"})
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     group()
     ntxent()
+    ntxent_pair()
     print("fixtures written to", OUT)
 
 
