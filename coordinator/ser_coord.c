@@ -65,6 +65,9 @@ typedef struct s_shard {
     ser_group_elem *g[2];  // [view] (n_eq,) as computed by the worker
     float *maps[4];    // qmap0, qmap1, kmap0, kmap1 rows of this step
     size_t ntok[2];
+    ser_group_elem *lg[2];  // [view] (n_eq * P,) its local SER pairs' group elements (P > 0)
+    float *lmaps[2];        // lqmap0, lqmap1 rows of this step
+    size_t lntok[2];
     float *grad;       // its ViT gradient (span floats)
 } s_shard;
 
@@ -84,6 +87,7 @@ typedef struct s_coord {
     ser_gathered g;    // the batch of this step, assembled from the shards
     ser_batch b;       // its composition (no images: the objective reads n_inv, n_eq, g)
     ser_group_elem *gall[2];
+    ser_group_elem *lgall[2];  // the local SER pairs' group elements of the batch (e-major)
     int64_t step;
     double momentum;
     double tmom;  // the EMA taking step - 1's teacher to this step's (what PARAMS carries)
@@ -382,8 +386,12 @@ static void s_send_forward(s_coord *c, int s) {
 static void s_send_backward(s_coord *c, int s) {
     s_shard *sh = &c->sh[s];
     size_t map0[2] = {sh->n_eq ? c->g.tokoff[0][sh->e0] : 0, sh->n_eq ? c->g.tokoff[1][sh->e0] : 0};
+    size_t lmap0[2] = {0, 0};
+    for (int v = 0; c->g.n_lpairs && sh->n_eq && v < 2; v++)
+        lmap0[v] = c->g.ltokoff[v][(size_t)sh->e0 * c->g.n_lpairs];
     ser_wire_tensor t[SER_SHARD_MAX_BWD];
-    int nt = ser_shard_pack_backward(t, &c->g, sh->p0, sh->p1 - sh->p0, map0, sh->ntok);
+    int nt = ser_shard_pack_backward(t, &c->g, sh->p0, sh->p1 - sh->p0, map0, sh->ntok, lmap0,
+                                     sh->lntok);
     Ser__Envelope e;
     s_env(c, &e, SER__MSG_TYPE__MSG_BACKWARD);
     e.shard = (uint32_t)s;
@@ -406,7 +414,8 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
     }
     ser_shard_fwd f;
     int rc = ser_shard_parse_forward(m, sh->p1 - sh->p0, C, c->m->teacher != NULL, c->L,
-                                     c->g.vparams != NULL, c->g.pool, want, c->grid_max, &f);
+                                     c->g.vparams != NULL, c->g.pool, c->g.n_lpairs, want,
+                                     c->grid_max, &f);
     if (rc) return rc;
     size_t nr = (size_t)(sh->p1 - sh->p0);
     float *dst[4] = {c->g.qcls[0], c->g.qcls[1], c->g.kcls[0], c->g.kcls[1]};
@@ -426,6 +435,13 @@ static int s_take_forward(s_coord *c, int s, const ser_wire_msg *m) {
         if (f.maps[i]) memcpy(sh->maps[i], f.maps[i], sizeof(float) * f.ntok[i & 1] * C);
     }
     sh->n_eq = f.n_eq, sh->ntok[0] = f.ntok[0], sh->ntok[1] = f.ntok[1];
+    for (int v = 0; v < 2; v++) {
+        free(sh->lg[v]), sh->lg[v] = f.lg[v], f.lg[v] = NULL;
+        free(sh->lmaps[v]);
+        sh->lmaps[v] = ser_xaligned(sizeof(float) * (f.lntok[v] * C + 1));
+        if (f.lmaps[v]) memcpy(sh->lmaps[v], f.lmaps[v], sizeof(float) * f.lntok[v] * C);
+        sh->lntok[v] = f.lmaps[v] ? f.lntok[v] : 0;
+    }
     return SER_OK;
 }
 
@@ -474,10 +490,43 @@ static int s_assemble(s_coord *c, char *err) {
             if (c->m->teacher) memcpy(g->kmap[v] + at, sh->maps[2 + v], sizeof(float) * n);
         }
     }
+    // The local SER pairs: P per equivariant sample, e-major, in shard order.
+    int P = g->n_lpairs;
+    for (int v = 0; P && v < 2; v++) {
+        size_t np = (size_t)n_eq * P;
+        free(g->ltok[v]), free(g->ltokoff[v]), free(g->lqmap[v]), free(g->dlqmap[v]);
+        free(c->lgall[v]);
+        c->lgall[v] = ser_xcalloc(np + 1, sizeof(ser_group_elem));
+        g->ltok[v] = ser_xcalloc(np + 1, sizeof(int));
+        g->ltokoff[v] = ser_xcalloc(np + 1, sizeof(size_t));
+        g->lntok[v] = 0;
+        for (int s = 0; s < c->S; s++)
+            for (int i = 0; i < c->sh[s].n_eq * P; i++) {
+                const ser_group_elem *ge = &c->sh[s].lg[v][i];
+                size_t idx = (size_t)c->sh[s].e0 * P + (size_t)i;
+                int r, cc;
+                c->lgall[v][idx] = *ge;
+                ser_group_view_grid(ge, &r, &cc);
+                g->ltok[v][idx] = r * cc;
+                g->ltokoff[v][idx] = g->lntok[v];
+                g->lntok[v] += (size_t)r * cc;
+            }
+        size_t nm = (g->lntok[v] + 1) * (size_t)g->C;
+        g->lqmap[v] = ser_xaligned(sizeof(float) * nm);
+        g->dlqmap[v] = ser_xaligned(sizeof(float) * nm);  // zeroed: the objective adds to it
+        for (int s = 0; s < c->S; s++) {
+            const s_shard *sh = &c->sh[s];
+            if (!sh->n_eq) continue;
+            size_t at = g->ltokoff[v][(size_t)sh->e0 * P] * (size_t)g->C;
+            memcpy(g->lqmap[v] + at, sh->lmaps[v], sizeof(float) * sh->lntok[v] * g->C);
+        }
+    }
     g->n_eq = n_eq, g->n_inv = c->B - n_eq;
     memset(&c->b, 0, sizeof c->b);
     c->b.n_inv = g->n_inv, c->b.n_eq = n_eq;
     c->b.g[0] = c->gall[0], c->b.g[1] = c->gall[1];
+    c->b.n_lpairs = P;
+    c->b.lg[0] = c->lgall[0], c->b.lg[1] = c->lgall[1];
     // Rows only, no images here; the side as the workers resolve it (0 = the default size).
     c->b.n_local = c->L, c->b.local_img = c->L ? ser_config_local_size(&c->o->cfg) : 0;
     return SER_OK;
@@ -1211,6 +1260,7 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
         c->g.dlcls[k] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
     }
     c->g.pool = c->m->pool;  // a decoupled add-on's pooled maps (moco.addon_layer)
+    c->g.n_lpairs = o->cfg.ser.enabled ? o->cfg.ser.local_pairs : 0;
     for (int v = 0; c->g.pool && v < 2 + c->L; v++) {
         c->g.qpool[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
         c->g.dqpool[v] = ser_xaligned(sizeof(float) * (size_t)c->B * c->g.C);
@@ -1406,9 +1456,10 @@ static void s_teardown(s_coord *c) {
     for (int s = 0; c->sh && s < c->S; s++) {
         free(c->sh[s].grad), free(c->sh[s].g[0]), free(c->sh[s].g[1]);
         for (int i = 0; i < 4; i++) free(c->sh[s].maps[i]);
+        for (int v = 0; v < 2; v++) free(c->sh[s].lg[v]), free(c->sh[s].lmaps[v]);
     }
     free(c->sh), free(c->grads0), free(c->losses), free(c->step_s);
-    free(c->gall[0]), free(c->gall[1]);
+    free(c->gall[0]), free(c->gall[1]), free(c->lgall[0]), free(c->lgall[1]);
     ser_gathered_free(&c->g);
     ser_trainer_free(&c->tr);
 }

@@ -62,6 +62,13 @@ int ser_dl_config_check(const ser_dl_config *c, char err[256]) {
     else if (c->local_crops && (c->local_size < c->patch || c->local_size % c->patch ||
                                 c->local_size > 4096))
         why = "local_size must be a multiple of patch in [patch, 4096]";
+    else if (c->local_pairs < 0 || c->local_pairs > SER_MAX_LOCAL_PAIRS)
+        why = "local_pairs must be in [0, 4]";
+    else if (c->local_pairs && (c->local_size < c->patch || c->local_size % c->patch ||
+                                c->local_size > 4096 || !(c->local_crop_min > 0 &&
+                                c->local_crop_min <= c->local_crop_max && c->local_crop_max <= 1)))
+        why = "local SER pairs need local_size a multiple of patch in [patch, 4096] and "
+              "0 < local_crop_min <= local_crop_max <= 1";
     else if (c->local_rotations && c->local_crops != 4)
         why = "local rotations need local_crops = 4";
     else if (c->local_center && (c->local_crops != 1 || c->local_rotations))
@@ -110,6 +117,10 @@ uint64_t ser_dl_config_hash(const ser_dl_config *c) {
         n += snprintf(s + n, sizeof s - (size_t)n, " ls=%d lmin=%.17g lmax=%.17g rot=%d ctr=%d",
                       c->local_size, c->local_crop_min, c->local_crop_max, c->local_rotations,
                       c->local_center);
+    // The local SER pairs (ser.local_pairs): only when there are some, so other hashes stay.
+    if (c->local_pairs && n > 0 && (size_t)n < sizeof s)
+        n += snprintf(s + n, sizeof s - (size_t)n, " lpairs=%d ls=%d lmin=%.17g lmax=%.17g",
+                      c->local_pairs, c->local_size, c->local_crop_min, c->local_crop_max);
     // The synthetic dataset's size keys its content (other kinds: the files'); left out of the
     // others' text, so their hashes stay what they were.
     if (c->kind == SER_DL_KIND_SYNTHETIC && n > 0 && (size_t)n < sizeof s)
@@ -315,24 +326,31 @@ static const uint32_t *s_perm(ser_dl *dl, uint32_t epoch) {
 // g0, g1 of an equivariant sample from the common samplers, keyed as ser_dl.h describes. In
 // reference mode each sample redraws its shard's two geometry streams (cheap next to decoding):
 // the result is the same for every sample of the shard, and no state is shared between threads.
+// pair >= 0: local SER pair `pair`'s elements, on the local grid, from the streams of the seed
+// offset by (SER_MAX_LOCAL + 1 + pair) x 0x9E3779B97F4A7C15 (the global pair's keys otherwise).
 static void s_draw_groups(const ser_dl_config *c, uint64_t step, uint32_t shard, uint32_t epoch,
-                          uint32_t index, ser_group_elem g[2]) {
-    int g0grid = c->img / c->patch, rc;
+                          uint32_t index, int pair, ser_group_elem g[2]) {
+    int g0grid = (pair < 0 ? c->img : c->local_size) / c->patch, rc;
+    uint64_t seed = pair < 0 ? c->seed
+                             : c->seed + (uint64_t)(SER_MAX_LOCAL + 1 + pair) * 0x9E3779B97F4A7C15ull;
     if (c->group_sampling == SER_DL_GROUP_PAPER) {
-        rc = ser_group_sample_paper(&g[0], &g[1], g0grid, c->seed, epoch, index);
+        rc = ser_group_sample_paper(&g[0], &g[1], g0grid, seed, epoch, index);
     } else {
         ser_group_key sample = {epoch, index}, shard_key = {(uint32_t)step, shard};
-        rc = ser_group_sample_reference_keyed(&g[0], &g[1], 1, &sample, g0grid, c->seed,
-                                              shard_key);
+        rc = ser_group_sample_reference_keyed(&g[0], &g[1], 1, &sample, g0grid, seed, shard_key);
     }
     SER_ASSERT(rc == SER_OK);  // ser_dl_config_check keeps img / patch in 1..4096
 }
+
+// The view id of local SER pair k's view w: its crop's and photometric draws' streams (the crop
+// is drawn with w = 0's id) and kornia op order.
+#define S_PAIR_VIEW(k, w) (2 + SER_MAX_LOCAL + 2 * (k) + (w))
 
 typedef struct s_job {
     ser_dl *dl;
     ser_dl_shard *sh;
     uint32_t *epochs;
-    int kornia_order[2 + SER_MAX_LOCAL][4];
+    int kornia_order[2 + SER_MAX_LOCAL + 2 * SER_MAX_LOCAL_PAIRS][4];
     int rc;
 } s_job;
 
@@ -392,6 +410,32 @@ static void s_photo(const s_job *jb, uint8_t *img, int w, int h, uint32_t epoch,
     ser_dl_f32_to_u8(img, fbuf, n);
 }
 
+// Local SER pair k of an equivariant sample: one local crop (its own RandomResizedCrop at
+// local_size with the local scale, and flip), then per view w its own photometric draw and group
+// element lg[k][w], applied in float as for the global pair.
+static void s_make_pair(const s_job *jb, const ser_dl_image *im, ser_dl_sample *s, uint32_t epoch,
+                        int k) {
+    const ser_dl_config *c = &jb->dl->cfg;
+    const int LS = c->local_size, n = LS * LS * 3;
+    uint8_t *base = ser_xmalloc((size_t)n), *tmp8 = ser_xmalloc((size_t)n);
+    s_crop_view(c, im, epoch, s->index, epoch, s->index, S_PAIR_VIEW(k, 0), base, NULL);
+    int big = n;
+    for (int w = 0; w < 2; w++)
+        if (s->lh[k][w] * s->lw[k][w] * 3 > big) big = s->lh[k][w] * s->lw[k][w] * 3;
+    float *fin = ser_xmalloc(sizeof(float) * n), *fout = ser_xmalloc(sizeof(float) * big);
+    float *fk = ser_xmalloc(sizeof(float) * 2 * n);
+    for (int w = 0; w < 2; w++) {
+        memcpy(tmp8, base, (size_t)n);
+        s_photo(jb, tmp8, LS, LS, epoch, s->index, epoch, s->index, S_PAIR_VIEW(k, w), fk, fk + n,
+                NULL);
+        ser_dl_u8_to_f32(fin, tmp8, n);
+        int arc = ser_group_image_action_hwc(fout, fin, 3, LS, LS, c->patch, &s->lg[k][w]);
+        SER_ASSERT(arc == SER_OK);
+        ser_dl_f32_to_u8(s->lview[k][w], fout, s->lh[k][w] * s->lw[k][w] * 3);
+    }
+    free(base), free(tmp8), free(fin), free(fout), free(fk);
+}
+
 static void s_make_sample(void *arg, int k, void **tj) {
     s_job *jb = arg;
     ser_dl *dl = jb->dl;
@@ -410,6 +454,9 @@ static void s_make_sample(void *arg, int k, void **tj) {
         memset(s->view[1], 0, (size_t)s->h[1] * s->w[1] * 3);
         for (int l = 0; l < c->local_crops; l++)
             memset(s->local[l], 0, (size_t)c->local_size * c->local_size * 3);
+        for (int p = 0; s->equivariant && p < c->local_pairs; p++)
+            for (int v = 0; v < 2; v++)
+                memset(s->lview[p][v], 0, (size_t)s->lh[p][v] * s->lw[p][v] * 3);
         return;
     }
     s->label = ser_dl_data_label(dl->data, s->source);
@@ -468,6 +515,7 @@ static void s_make_sample(void *arg, int k, void **tj) {
         free(fin);
         free(fout);
         free(fk);
+        for (int q = 0; q < c->local_pairs; q++) s_make_pair(jb, &im, s, epoch, q);
     }
     ser_dl_image_free(&im);
 }
@@ -497,10 +545,18 @@ int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *o
         s->equivariant = p >= (uint64_t)(B - dl->n_eq);
         for (int v = 0; v < 2; v++) s->h[v] = s->w[v] = c->img;
         if (s->equivariant) {
-            s_draw_groups(c, step, shard, (uint32_t)e, s->index, s->g);
+            s_draw_groups(c, step, shard, (uint32_t)e, s->index, -1, s->g);
             for (int v = 0; v < 2; v++) {
                 SER_ASSERT(ser_group_elem_check(&s->g[v]) == SER_OK);
                 ser_group_image_size(&s->g[v], c->patch, &s->h[v], &s->w[v]);
+            }
+            for (int pr = 0; pr < c->local_pairs; pr++) {
+                s_draw_groups(c, step, shard, (uint32_t)e, s->index, pr, s->lg[pr]);
+                for (int v = 0; v < 2; v++) {
+                    SER_ASSERT(ser_group_elem_check(&s->lg[pr][v]) == SER_OK);
+                    ser_group_image_size(&s->lg[pr][v], c->patch, &s->lh[pr][v], &s->lw[pr][v]);
+                    total += (size_t)s->lh[pr][v] * s->lw[pr][v] * 3;
+                }
             }
         }
         total += (size_t)(s->h[0] * s->w[0] + s->h[1] * s->w[1]) * 3;
@@ -508,6 +564,7 @@ int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *o
     }
     out->n_local = c->local_crops;
     out->local_size = c->local_crops ? c->local_size : 0;
+    out->local_pairs = c->local_pairs;
     out->data = ser_xmalloc(total ? total : 1);
     out->nbytes = total;
     size_t off = 0;
@@ -521,11 +578,17 @@ int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *o
             s->local[l] = out->data + off;
             off += (size_t)c->local_size * c->local_size * 3;
         }
+        for (int q = 0; s->equivariant && q < c->local_pairs; q++)
+            for (int v = 0; v < 2; v++) {
+                s->lview[q][v] = out->data + off;
+                off += (size_t)s->lh[q][v] * s->lw[q][v] * 3;
+            }
     }
     // Pass 2 (parallel across samples): decode and augment.
     s_job jb = {.dl = dl, .sh = out, .epochs = epochs, .rc = SER_OK};
     if (c->policy == SER_DL_POLICY_KORNIA)
-        for (int v = 0; v < 2 + c->local_crops; v++) {
+        for (int v = 0; v < 2 + SER_MAX_LOCAL + 2 * c->local_pairs; v++) {
+            if (v >= 2 + c->local_crops && v < 2 + SER_MAX_LOCAL) continue;  // no such view
             ser_rng r;
             ser_rng_init(&r, c->seed, (uint32_t)step, shard,
                          S_SHARD_STREAM | (uint32_t)v << 16 | SER_RNG_COLOR);
@@ -553,6 +616,7 @@ void ser_dl_config_from_job(ser_dl_config *c, const ser_config *job) {
     c->global_batch = job->data.global_batch;
     c->shards = job->data.shards;
     c->eq_ratio = job->ser.enabled ? job->ser.ratio : 0.0;
+    c->local_pairs = job->ser.enabled ? job->ser.local_pairs : 0;
     c->seed = (uint64_t)job->data.seed;
     c->policy = job->data.policy == SER_CONFIG_POLICY_KORNIA ? SER_DL_POLICY_KORNIA
                                                              : SER_DL_POLICY_TORCHVISION;

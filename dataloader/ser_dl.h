@@ -24,6 +24,12 @@
 // (epoch, index); its flips, blur, solarize, group elements and local views stay its own. Images
 // of one size get the same crop box; of other sizes the box drawn with the same stream for their
 // size.
+// Local SER pairs (local_pairs = P, ser.local_pairs): an equivariant sample also has P pairs of
+// views; pair k is one RandomResizedCrop (scale local_crop_min..max, + hflip) to local_size of
+// its own draws (view id 2 + SER_MAX_LOCAL + 2k), then per view w the photometric draw of view
+// id 2 + SER_MAX_LOCAL + 2k + w (the local-crop policy) and the group element lg[k][w] on the
+// local grid (local_size / patch), drawn as g0, g1 are from the seed offset by
+// (SER_MAX_LOCAL + 1 + k) x 0x9E3779B97F4A7C15, applied as for the global pair.
 // Every sample records the parameters its two global views were made with (vparams,
 // SER_VIEW_PARAMS floats per view: ser_engine.h).
 // Equivariant: one crop (view 0's crop + flip) resized to img x img, then per view v the
@@ -105,6 +111,7 @@ typedef struct ser_dl_config {
     int local_rotations;  // 1: local view k = local view 0 rotated k x 90 degrees (E-SSL)
     int local_center;     // 1: local view 0 = the centre crop, unaugmented (EquiMod's x_0)
     int aligned_pairs;    // 1: positions 2k, 2k+1 share their views' crop and colour draws (STL)
+    int local_pairs;      // local SER pairs per equivariant sample (ser.local_pairs); 0
     int photometric;      // 1; 0 leaves out jitter/gray/blur/solarize (tests, previews)
     ser_dl_photo_strength strength;  // ser_dl_photo_moco
     int threads;          // decode/augment threads; 0 = all online cores
@@ -134,6 +141,10 @@ typedef struct ser_dl_sample {
     uint8_t *view[2];    // (h, w, 3) uint8, pointing into the shard's data
     uint8_t *local[SER_MAX_LOCAL];  // (local_size, local_size, 3) local views, likewise
     float vparams[2][SER_VIEW_PARAMS];  // each global view's parameters (ser_engine.h)
+    // Equivariant only, local_pairs of them: pair k's views (lh, lw, 3) and group elements.
+    ser_group_elem lg[SER_MAX_LOCAL_PAIRS][2];
+    int lh[SER_MAX_LOCAL_PAIRS][2], lw[SER_MAX_LOCAL_PAIRS][2];
+    uint8_t *lview[SER_MAX_LOCAL_PAIRS][2];
 } ser_dl_sample;
 
 typedef struct ser_dl_shard {
@@ -141,8 +152,9 @@ typedef struct ser_dl_shard {
     uint32_t shard;
     int n;                  // samples
     int n_local, local_size;  // local views per sample and their side (0, 0: none)
+    int local_pairs;          // local SER pairs per equivariant sample
     ser_dl_sample *samples;
-    uint8_t *data;          // all views, sample-major, view 0, view 1, local views
+    uint8_t *data;          // all views, sample-major, view 0, view 1, local views, pair views
     size_t nbytes;
 } ser_dl_shard;
 

@@ -727,7 +727,7 @@ void ser_dl_photo_draw(ser_dl_photo *p, int policy, uint64_t seed, uint32_t epoc
                        const ser_dl_photo_strength *st) {
     // Views 0 and 1: MoCo-v3's two global policies; 2..: DINO's local-crop policy.
     static const float p_blur[3] = {1.0f, 0.1f, 0.5f}, p_sol[3] = {0.0f, 0.2f, 0.0f};
-    SER_ASSERT(view >= 0 && view < 2 + SER_DL_MAX_LOCAL);
+    SER_ASSERT(view >= 0 && view < 2 + SER_DL_MAX_LOCAL + SER_DL_MAX_PAIR_VIEWS);
     int pv = view < 2 ? view : 2;
     if (!st) st = &ser_dl_photo_moco;
     // MoCo-v3's strengths keep their original float constants: the same bits as the

@@ -95,8 +95,10 @@ void ser_dl_kornia_solarize(float *x, int n, float t);    // x < t ? x : 1 - x
 
 // The MoCo-v3 policy per view: jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale p 0.2,
 // blur sigma ~ U(0.1, 2) with p 1.0 (view 0) / 0.1 (view 1), solarize p 0 / 0.2. Local views
-// (view 2 .. 1 + SER_DL_MAX_LOCAL): blur p 0.5, never solarized (DINO's local crops).
+// (view 2 .. 1 + SER_DL_MAX_LOCAL): blur p 0.5, never solarized (DINO's local crops); the views
+// of the local SER pairs (2 + SER_DL_MAX_LOCAL .. + SER_DL_MAX_PAIR_VIEWS) take that policy too.
 #define SER_DL_MAX_LOCAL 10
+#define SER_DL_MAX_PAIR_VIEWS 8
 typedef struct ser_dl_photo {
     int jitter;       // apply colour jitter
     int order[4];     // op order: 0 brightness, 1 contrast, 2 saturation, 3 hue

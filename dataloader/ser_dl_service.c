@@ -242,10 +242,13 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
     m.endpoint = s->endpoint;
     m.served = s->st.served + (r ? 1 : 0);
     int n = r ? r->sh.n : 0, L = r ? r->sh.n_local : 0, LS = r ? r->sh.local_size : 0;
-    m.local_crops = (uint32_t)L, m.local_size = (uint32_t)LS;
+    int P = r ? r->sh.local_pairs : 0;
+    m.local_crops = (uint32_t)L, m.local_size = (uint32_t)LS, m.local_pairs = (uint32_t)P;
     Ser__LoaderSample *smp = ser_xcalloc((size_t)n + 1, sizeof *smp);
     Ser__LoaderSample **sp = ser_xcalloc((size_t)n + 1, sizeof *sp);
-    Ser__LoaderGroup *gr = ser_xcalloc(2 * (size_t)n + 1, sizeof *gr);
+    Ser__LoaderGroup *gr = ser_xcalloc(2 * (size_t)n * (1 + (size_t)P) + 1, sizeof *gr);
+    Ser__LoaderGroup **lgp = ser_xcalloc(2 * (size_t)n * (size_t)P + 1, sizeof *lgp);
+    uint32_t *lhw = ser_xcalloc(4 * (size_t)n * (size_t)P + 1, sizeof *lhw);
     for (int i = 0; i < n; i++) {
         const ser_dl_sample *x = &r->sh.samples[i];
         Ser__LoaderSample init = SER__LOADER_SAMPLE__INIT;
@@ -269,6 +272,19 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
             s_fill_group(&gr[2 * i + 1], &x->g[1]);
             smp[i].g0 = &gr[2 * i];
             smp[i].g1 = &gr[2 * i + 1];
+            for (int k = 0; k < P; k++)
+                for (int v = 0; v < 2; v++) {
+                    size_t j = ((size_t)i * P + k) * 2 + v;  // pair k view v of sample i
+                    Ser__LoaderGroup *q = &gr[2 * (size_t)n + j];
+                    *q = ginit;
+                    s_fill_group(q, &x->lg[k][v]);
+                    lgp[j] = q;
+                    lhw[2 * j] = (uint32_t)x->lh[k][v], lhw[2 * j + 1] = (uint32_t)x->lw[k][v];
+                }
+            if (P) {
+                smp[i].n_lg = 2 * (size_t)P, smp[i].lg = &lgp[(size_t)i * P * 2];
+                smp[i].n_lhw = 4 * (size_t)P, smp[i].lhw = &lhw[(size_t)i * P * 4];
+            }
         }
         sp[i] = &smp[i];
     }
@@ -280,24 +296,33 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
     int rc = s_send(s->sock, identity, 1);
     if (rc == SER_OK) rc = s_send_buf(s->sock, "", 0, 1);
     if (rc == SER_OK) rc = s_send_buf(s->sock, buf, len, n > 0);
-    for (int i = 0; rc == SER_OK && i < n; i++)
-        for (int v = 0; v < 2 + L && rc == SER_OK; v++) {
-            const ser_dl_sample *x = &r->sh.samples[i];
+    for (int i = 0; rc == SER_OK && i < n; i++) {
+        const ser_dl_sample *x = &r->sh.samples[i];
+        int per = 2 + L + (x->equivariant ? 2 * P : 0);
+        for (int v = 0; v < per && rc == SER_OK; v++) {
             zmq_msg_t f;
             __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
-            if (v < 2)
+            if (v < 2) {
                 zmq_msg_init_data(&f, x->view[v], (size_t)x->h[v] * x->w[v] * 3, s_frame_free, r);
-            else
+            } else if (v < 2 + L) {
                 zmq_msg_init_data(&f, x->local[v - 2], (size_t)LS * LS * 3, s_frame_free, r);
-            rc = s_send(s->sock, &f, !(i == n - 1 && v == 1 + L));
+            } else {
+                int k = (v - 2 - L) / 2, w = (v - 2 - L) % 2;
+                zmq_msg_init_data(&f, x->lview[k][w], (size_t)x->lh[k][w] * x->lw[k][w] * 3,
+                                  s_frame_free, r);
+            }
+            rc = s_send(s->sock, &f, !(i == n - 1 && v == per - 1));
             if (rc) zmq_msg_close(&f);  // releases the reference
         }
+    }
     if (rc) ser_log(SER_LL_WARNING, "dataloader: reply for step %llu shard %u not sent",
                     (unsigned long long)step, shard);
     free(buf);
     free(smp);
     free(sp);
     free(gr);
+    free(lgp);
+    free(lhw);
 }
 
 static void s_enqueue(ser_dl_service *s, s_key k) {
@@ -634,29 +659,46 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         rc = SER_ECONFIG;
         goto done;
     }
-    size_t n = m->n_samples, L = m->local_crops, LS = m->local_size, per = 2 + L;
+    size_t n = m->n_samples, L = m->local_crops, LS = m->local_size, P = m->local_pairs;
     if (L > SER_MAX_LOCAL || (L && (LS < 1 || LS > SER_DL_WIRE_MAX_SIDE))) {
         snprintf(err, 256, "reply has %zu local views of %zu px", L, LS);
         goto done;
     }
-    if (n > SER_DL_WIRE_MAX_SAMPLES || (size_t)p->n != 2 + per * n) {
+    if (P > SER_MAX_LOCAL_PAIRS) {
+        snprintf(err, 256, "reply has %zu local SER pairs per sample (at most %d)", P,
+                 SER_MAX_LOCAL_PAIRS);
+        goto done;
+    }
+    size_t frames = 0;
+    for (size_t i = 0; i < n && i <= SER_DL_WIRE_MAX_SAMPLES; i++)
+        frames += 2 + L + (m->samples[i]->equivariant ? 2 * P : 0);
+    if (n > SER_DL_WIRE_MAX_SAMPLES || (size_t)p->n != 2 + frames) {
         snprintf(err, 256, "reply has %zu samples but %d frames", n, p->n);
         goto done;
     }
-    size_t total = 0;
+    size_t total = 0, at = 2;
     for (size_t i = 0; i < n; i++) {
         const Ser__LoaderSample *x = m->samples[i];
+        size_t pairs = x->equivariant ? P : 0, per = 2 + L + 2 * pairs;
+        if (pairs && (x->n_lg != 2 * pairs || x->n_lhw != 4 * pairs)) {
+            snprintf(err, 256, "sample %zu: %zu pair group elements and %zu sizes, want %zu and "
+                     "%zu", i, x->n_lg, x->n_lhw, 2 * pairs, 4 * pairs);
+            goto done;
+        }
         for (size_t v = 0; v < per; v++) {
-            uint32_t h = v == 0 ? x->h0 : v == 1 ? x->h1 : (uint32_t)LS;
-            uint32_t w = v == 0 ? x->w0 : v == 1 ? x->w1 : (uint32_t)LS;
+            size_t j = v - 2 - L;  // pair view index when v >= 2 + L
+            uint32_t h = v == 0 ? x->h0 : v == 1 ? x->h1 : v < 2 + L ? (uint32_t)LS : x->lhw[2 * j];
+            uint32_t w = v == 0 ? x->w0 : v == 1 ? x->w1 : v < 2 + L ? (uint32_t)LS
+                                                                     : x->lhw[2 * j + 1];
             if (h < 1 || w < 1 || h > SER_DL_WIRE_MAX_SIDE || w > SER_DL_WIRE_MAX_SIDE ||
-                zmq_msg_size(&p->m[2 + per * i + v]) != (size_t)h * w * 3) {
+                zmq_msg_size(&p->m[at + v]) != (size_t)h * w * 3) {
                 snprintf(err, 256, "sample %zu view %zu: frame size does not match %ux%u", i, v,
                          h, w);
                 goto done;
             }
             total += (size_t)h * w * 3;
         }
+        at += per;
         if (x->n_vparams != 2 * SER_VIEW_PARAMS) {
             snprintf(err, 256, "sample %zu: %zu view parameters, want %d", i, x->n_vparams,
                      2 * SER_VIEW_PARAMS);
@@ -668,16 +710,24 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
             snprintf(err, 256, "sample %zu: equivariant without a valid g", i);
             goto done;
         }
+        for (size_t j = 0; j < 2 * pairs; j++)
+            if (s_group_from_wire(&g[0], x->lg[j], x->lhw[2 * j], x->lhw[2 * j + 1])) {
+                snprintf(err, 256, "sample %zu: local SER pair %zu view %zu without a valid g", i,
+                         j / 2, j % 2);
+                goto done;
+            }
     }
     memset(out, 0, sizeof *out);
     out->step = step;
     out->shard = shard;
     out->n = (int)n;
     out->n_local = (int)L, out->local_size = L ? (int)LS : 0;
+    out->local_pairs = (int)P;
     out->samples = ser_xcalloc(n ? n : 1, sizeof *out->samples);
     out->data = ser_xmalloc(total ? total : 1);
     out->nbytes = total;
     size_t off = 0;
+    at = 2;
     for (size_t i = 0; i < n; i++) {
         const Ser__LoaderSample *x = m->samples[i];
         ser_dl_sample *s = &out->samples[i];
@@ -688,18 +738,27 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         s->equivariant = x->equivariant;
         s->h[0] = (int)x->h0, s->w[0] = (int)x->w0, s->h[1] = (int)x->h1, s->w[1] = (int)x->w1;
         memcpy(s->vparams, x->vparams, sizeof s->vparams);
+        size_t pairs = x->equivariant ? P : 0, per = 2 + L + 2 * pairs;
         if (x->equivariant) {  // validated above, so this cannot fail
             int ok = s_group_from_wire(&s->g[0], x->g0, x->h0, x->w0) == SER_OK &&
                      s_group_from_wire(&s->g[1], x->g1, x->h1, x->w1) == SER_OK;
+            for (size_t j = 0; j < 2 * pairs; j++) {
+                ok &= s_group_from_wire(&s->lg[j / 2][j % 2], x->lg[j], x->lhw[2 * j],
+                                        x->lhw[2 * j + 1]) == SER_OK;
+                s->lh[j / 2][j % 2] = (int)x->lhw[2 * j], s->lw[j / 2][j % 2] = (int)x->lhw[2 * j + 1];
+            }
             SER_ASSERT(ok);
         }
         for (size_t v = 0; v < per; v++) {
-            const zmq_msg_t *f = &p->m[2 + per * i + v];
-            uint8_t **dst = v < 2 ? &s->view[v] : &s->local[v - 2];
+            const zmq_msg_t *f = &p->m[at + v];
+            uint8_t **dst = v < 2       ? &s->view[v]
+                            : v < 2 + L ? &s->local[v - 2]
+                                        : &s->lview[(v - 2 - L) / 2][(v - 2 - L) % 2];
             *dst = out->data + off;
             memcpy(*dst, zmq_msg_data((zmq_msg_t *)f), zmq_msg_size((zmq_msg_t *)f));
             off += zmq_msg_size((zmq_msg_t *)f);
         }
+        at += per;
     }
     rc = SER_OK;
 done:

@@ -20,6 +20,8 @@
 #                 norm_equiv ([CLS] after block 2, moco.addon_layer = 2), no SER term
 #   inv_local4    MoCo-v3 with 2 + 4 views (4 local crops, scale 0.05-0.25, as extra queries)
 #   ser_local4    MoCo-v3 + SER at block 3 with the same 2 + 4 views (SER on the global pair)
+#   erl_local4    the paper's SER 2+4 variant: ser_local4 plus 2 local SER pairs per equivariant
+#                 sample, every pair student against student (ser.local_pairs = 2)
 # The three base methods (SER_EXP_VARIANTS=methods: moco and ser_on_l2 above and these; the heads and
 # schedules of configs/dino_fashion.ini and configs/barlow_fashion.ini):
 #   dino          DINO (1024 prototypes, teacher temperature 0.04), baseline layout, no SER
@@ -53,7 +55,7 @@ steps=${SER_EXP_STEPS:-}
 seed=${SER_EXP_SEED:-0}
 variants=${SER_EXP_VARIANTS:-"moco ser_on_l2 ser_on_l3 ser_off_l2"}
 [ "$variants" = comparison ] &&
-  variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod stl essl_l2 augself_l2 equimod_l2 stl_l2 inv_local4 ser_local4"
+  variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod stl essl_l2 augself_l2 equimod_l2 stl_l2 inv_local4 ser_local4 erl_local4"
 [ "$variants" = methods ] && variants="moco ser_on_l2 dino dino_ser barlow barlow_ser"
 ntrain=${SER_EXP_EVAL_TRAIN:-5000}
 ntest=${SER_EXP_EVAL_TEST:-1000}
@@ -115,6 +117,7 @@ variant_sets() {
                      "--set data.local_crop_max=0.25" ;;
     ser_local4) echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" \
                      "--set data.local_crops=4 --set data.local_crop_max=0.25" ;;
+    erl_local4) echo "$(variant_sets ser_local4)" "--set ser.local_pairs=2" ;;
     *) echo "experiments/cifar10.sh: unknown variant $1" >&2; exit 2 ;;
   esac
 }

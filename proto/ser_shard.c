@@ -6,6 +6,8 @@
 
 static const char *const s_cls[4] = {"qcls0", "qcls1", "kcls0", "kcls1"};
 static const char *const s_maps[4] = {"qmap0", "qmap1", "kmap0", "kmap1"};
+static const char *const s_lmaps[2] = {"lqmap0", "lqmap1"}, *const s_dlmaps[2] = {"dlqmap0",
+                                                                                 "dlqmap1"};
 static const char *const s_lcls[SER_MAX_LOCAL] = {"lcls0", "lcls1", "lcls2", "lcls3", "lcls4",
                                                   "lcls5", "lcls6", "lcls7", "lcls8", "lcls9"};
 static const char *const s_dlcls[SER_MAX_LOCAL] = {"dlcls0", "dlcls1", "dlcls2", "dlcls3",
@@ -33,6 +35,49 @@ void ser_shard_parse_params(const ser_wire_msg *m, size_t span, int want_teacher
     *teacher = want_teacher ? ser_wire_find(m, "teacher", span) : NULL;
 }
 
+static void s_pack_groups(float *out, const ser_group_elem *const g[2], int n) {
+    for (int q = 0; q < n; q++)
+        for (int v = 0; v < 2; v++) {
+            const ser_group_elem *ge = &g[v][q];
+            float *o = out + (q * 2 + v) * 5;
+            o[0] = ge->rot180, o[1] = ge->hflip, o[2] = ge->rot90, o[3] = ge->gh, o[4] = ge->gw;
+        }
+}
+
+// The group elements of a (count, 2, 5) float frame: valid, integral, grids at most grid_max a
+// side; g[v] (count + 1) allocated here and token totals in ntok. SER_EFORMAT (nothing kept).
+static int s_parse_groups(const float *gf, int count, int grid_max, ser_group_elem *g[2],
+                          size_t ntok[2]) {
+    g[0] = ser_xcalloc((size_t)count + 1, sizeof(ser_group_elem));
+    g[1] = ser_xcalloc((size_t)count + 1, sizeof(ser_group_elem));
+    ntok[0] = ntok[1] = 0;
+    int bad = 0;
+    for (int e = 0; e < count && !bad; e++)
+        for (int v = 0; v < 2 && !bad; v++) {
+            float q[5];  // frames carry no alignment guarantee: copy, do not dereference
+            memcpy(q, gf + (e * 2 + v) * 5, sizeof q);
+            // Integral and in range before any conversion (rot180, hflip in {0, 1}, rot90 in
+            // 0..3, gh, gw <= 4096): a float out of a type's range converts undefined.
+            static const float hi[5] = {1, 1, 3, 4096, 4096};
+            for (int k = 0; k < 5; k++)
+                bad |= !(q[k] >= 0 && q[k] <= hi[k] && q[k] == (float)(int)q[k]);
+            if (bad) break;
+            g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
+                                       (int16_t)q[4]};
+            bad |= ser_group_elem_check(&g[v][e]) != SER_OK;
+            int r, cc;
+            ser_group_view_grid(&g[v][e], &r, &cc);
+            bad |= r > grid_max || cc > grid_max;  // no loader draws such a view
+            ntok[v] += (size_t)r * cc;
+        }
+    if (bad) {
+        free(g[0]), free(g[1]);
+        g[0] = g[1] = NULL;
+        return SER_EFORMAT;
+    }
+    return SER_OK;
+}
+
 int ser_shard_pack_forward(ser_wire_tensor out[SER_SHARD_MAX_FWD], const ser_gathered *g,
                            const ser_batch *b, int has_teacher, float *gbuf) {
     int C = g->C, B = g->B, n = 0;
@@ -52,28 +97,33 @@ int ser_shard_pack_forward(ser_wire_tensor out[SER_SHARD_MAX_FWD], const ser_gat
         out[n++] = (ser_wire_tensor){s_maps[i], 2, {(int64_t)g->ntok[i & 1], C},
                                      i < 2 ? g->qmap[i] : g->kmap[i - 2]};
     }
-    for (int q = 0; q < b->n_eq; q++)
-        for (int v = 0; v < 2; v++) {
-            const ser_group_elem *ge = &b->g[v][q];
-            float *o = gbuf + (q * 2 + v) * 5;
-            o[0] = ge->rot180, o[1] = ge->hflip, o[2] = ge->rot90, o[3] = ge->gh, o[4] = ge->gw;
-        }
+    s_pack_groups(gbuf, b->g, b->n_eq);
     out[n++] = (ser_wire_tensor){"g", 3, {b->n_eq, 2, 5}, gbuf};
+    if (g->n_lpairs) {  // the local SER pairs: after g in gbuf
+        int np = b->n_eq * g->n_lpairs;
+        float *lbuf = gbuf + (size_t)b->n_eq * 10;
+        s_pack_groups(lbuf, b->lg, np);
+        out[n++] = (ser_wire_tensor){"lg", 3, {np, 2, 5}, lbuf};
+        for (int v = 0; v < 2; v++)
+            out[n++] = (ser_wire_tensor){s_lmaps[v], 2, {(int64_t)g->lntok[v], C}, g->lqmap[v]};
+    }
     return n;
 }
 
 void ser_shard_fwd_free(ser_shard_fwd *f) {
-    free(f->g[0]), free(f->g[1]);
-    f->g[0] = f->g[1] = NULL;
+    free(f->g[0]), free(f->g[1]), free(f->lg[0]), free(f->lg[1]);
+    f->g[0] = f->g[1] = f->lg[0] = f->lg[1] = NULL;
 }
 
 int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int n_local,
-                            int want_vparams, int want_pool, int want_n_eq, int grid_max,
-                            ser_shard_fwd *out) {
+                            int want_vparams, int want_pool, int want_lpairs, int want_n_eq,
+                            int grid_max, ser_shard_fwd *out) {
     memset(out, 0, sizeof *out);
     out->rows = rows, out->C = C;
     size_t nr = (size_t)rows, nsets = has_teacher ? 4 : 2;
-    if (n_local < 0 || n_local > SER_MAX_LOCAL) return SER_EFORMAT;
+    if (n_local < 0 || n_local > SER_MAX_LOCAL || want_lpairs < 0 ||
+        want_lpairs > SER_MAX_LOCAL_PAIRS)
+        return SER_EFORMAT;
     for (size_t i = 0; i < nsets; i++)
         if (!(out->cls[i] = ser_wire_find(m, s_cls[i], nr * (size_t)C))) return SER_EFORMAT;
     for (int k = 0; k < n_local; k++)
@@ -103,44 +153,37 @@ int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teac
     }
     if (n_eq && !gf) return SER_EFORMAT;
     if (want_n_eq >= 0 && n_eq != want_n_eq) return SER_ESHAPE;
-    ser_group_elem *g[2] = {ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem)),
-                            ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem))};
-    size_t ntok[2] = {0, 0};
-    int bad = 0;
-    for (int e = 0; e < n_eq && !bad; e++)
-        for (int v = 0; v < 2 && !bad; v++) {
-            float q[5];  // frames carry no alignment guarantee: copy, do not dereference
-            memcpy(q, gf + (e * 2 + v) * 5, sizeof q);
-            // Integral and in range before any conversion (rot180, hflip in {0, 1}, rot90 in
-            // 0..3, gh, gw <= 4096): a float out of a type's range converts undefined.
-            static const float hi[5] = {1, 1, 3, 4096, 4096};
-            for (int k = 0; k < 5; k++)
-                bad |= !(q[k] >= 0 && q[k] <= hi[k] && q[k] == (float)(int)q[k]);
-            if (bad) break;
-            g[v][e] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
-                                       (int16_t)q[4]};
-            bad |= ser_group_elem_check(&g[v][e]) != SER_OK;
-            int r, cc;
-            ser_group_view_grid(&g[v][e], &r, &cc);
-            bad |= r > grid_max || cc > grid_max;  // no loader draws such a view
-            ntok[v] += (size_t)r * cc;
-        }
+    ser_group_elem *g[2];
+    size_t ntok[2];
+    int bad = s_parse_groups(gf, n_eq, grid_max, g, ntok) != SER_OK;
     for (size_t i = 0; i < nsets && !bad && n_eq; i++)
         bad |= !(out->maps[i] = ser_wire_find(m, s_maps[i], ntok[i & 1] * (size_t)C));
+    // The local SER pairs (want_lpairs per equivariant sample): lg (n_eq * P, 2, 5), lqmap0/1.
+    const float *lgf = NULL;
+    int np = n_eq * want_lpairs;
+    if (!bad && want_lpairs > 0 && np > 0) {
+        lgf = ser_wire_find(m, "lg", (size_t)np * 10);
+        bad |= lgf == NULL || s_parse_groups(lgf, np, grid_max, out->lg, out->lntok) != SER_OK;
+        for (int v = 0; v < 2 && !bad; v++)
+            bad |= !(out->lmaps[v] = ser_wire_find(m, s_lmaps[v], out->lntok[v] * (size_t)C));
+    }
     if (bad) {
         free(g[0]), free(g[1]);
+        ser_shard_fwd_free(out);
         memset(out, 0, sizeof *out);
         return SER_EFORMAT;
     }
     out->n_eq = n_eq, out->g[0] = g[0], out->g[1] = g[1];
     out->ntok[0] = ntok[0], out->ntok[1] = ntok[1];
+    out->n_lpairs = want_lpairs;
     return SER_OK;
 }
 
 static const char *const s_bwd[4] = {"dqcls0", "dqcls1", "dqmap0", "dqmap1"};
 
 int ser_shard_pack_backward(ser_wire_tensor out[SER_SHARD_MAX_BWD], const ser_gathered *g,
-                            int row0, int rows, const size_t map0[2], const size_t ntok[2]) {
+                            int row0, int rows, const size_t map0[2], const size_t ntok[2],
+                            const size_t lmap0[2], const size_t lntok[2]) {
     int C = g->C;
     for (int v = 0; v < 2; v++) {
         out[v] = (ser_wire_tensor){s_bwd[v], 2, {rows, C}, g->dqcls[v] + (size_t)row0 * C};
@@ -152,14 +195,22 @@ int ser_shard_pack_backward(ser_wire_tensor out[SER_SHARD_MAX_BWD], const ser_ga
         out[n++] = (ser_wire_tensor){s_dlcls[k], 2, {rows, C}, g->dlcls[k] + (size_t)row0 * C};
     for (int v = 0; g->pool && v < 2 + g->n_local; v++)
         out[n++] = (ser_wire_tensor){s_dqpool[v], 2, {rows, C}, g->dqpool[v] + (size_t)row0 * C};
+    for (int v = 0; g->n_lpairs && v < 2; v++)
+        out[n++] = (ser_wire_tensor){s_dlmaps[v], 2, {(int64_t)lntok[v], C},
+                                     g->dlqmap[v] + lmap0[v] * (size_t)C};
     return n;
 }
 
 int ser_shard_parse_backward(const ser_wire_msg *m, int rows, int C, const size_t ntok[2],
-                             int n_local, int pool, const float *out[SER_SHARD_MAX_BWD]) {
+                             int n_local, int pool, const size_t lntok[2],
+                             const float *out[SER_SHARD_MAX_BWD]) {
     size_t BC = (size_t)rows * C;
     if (n_local < 0 || n_local > SER_MAX_LOCAL) return SER_EFORMAT;
-    int ok = 1, n = 4 + n_local + (pool ? 2 + n_local : 0);
+    int ok = 1, np = pool ? 2 + n_local : 0, n = 4 + n_local + np;
+    for (int v = 0; lntok && v < 2; v++) {  // the local SER pairs' map gradients, last
+        out[n + v] = ser_wire_find(m, s_dlmaps[v], lntok[v] * (size_t)C);
+        ok &= out[n + v] != NULL;
+    }
     for (int i = 0; i < n; i++) {
         const char *name = i < 4 ? s_bwd[i]
                            : i < 4 + n_local ? s_dlcls[i - 4] : s_dqpool[i - 4 - n_local];

@@ -15,12 +15,16 @@
 //                                             (data.local_crops), when L > 0
 //                  [vparams (rows, 2, 21)]    the global views' parameters (SER_VIEW_PARAMS),
 //                                             when the batch has them
+//                  [lg (n_eq * P, 2, 5), lqmap0, lqmap1 (lntok_v, C)] the local SER pairs
+//                                             (ser.local_pairs = P): their group elements
+//                                             and the student's maps of their views
 //                  [qpool0..qpool<1+L> (rows, C)] the pooled block-k maps of views 0, 1 and the
 //                                             local views, when a MoCo add-on reads them
 //                                             (moco.addon_layer)
 //   BACKWARD       dqcls0, dqcls1 (rows, C), dqmap0, dqmap1 (ntok_v, C)
 //                  [dlcls0..dlcls<L-1> (rows, C)]
 //                  [dqpool0..dqpool<1+L> (rows, C)]
+//                  [dlqmap0, dlqmap1 (lntok_v, C)]
 //   BACKWARD_DONE  grad (span)               the shard's student gradient
 // Frames are F32 (ser_wire.h); a frame's bytes carry no alignment guarantee.
 //
@@ -49,12 +53,13 @@ void ser_shard_parse_params(const ser_wire_msg *m, size_t span, int want_teacher
                             const float **student, const float **teacher);
 
 // --- FORWARD_DONE --------------------------------------------------------------------------------
-#define SER_SHARD_MAX_FWD (12 + 2 * SER_MAX_LOCAL)
-#define SER_SHARD_MAX_BWD (6 + 2 * SER_MAX_LOCAL)
+#define SER_SHARD_MAX_FWD (15 + 2 * SER_MAX_LOCAL)
+#define SER_SHARD_MAX_BWD (8 + 2 * SER_MAX_LOCAL)
 _Static_assert(SER_SHARD_MAX_FWD <= SER_WIRE_MAX_TENSORS && SER_SHARD_MAX_BWD <= SER_WIRE_MAX_TENSORS,
                "a shard message fits in one wire message");
 // What a worker sends of a shard's forward (g: its gathered rows and maps; b: its batch).
-// gbuf: n_eq * 10 + 1 floats for the group elements. Returns the number of frames.
+// gbuf: n_eq * (1 + n_lpairs) * 10 + 1 floats for the group elements. Returns the number of
+// frames.
 int ser_shard_pack_forward(ser_wire_tensor out[SER_SHARD_MAX_FWD], const ser_gathered *g,
                            const ser_batch *b, int has_teacher, float *gbuf);
 
@@ -68,30 +73,39 @@ typedef struct ser_shard_fwd {
     const float *qpool[2 + SER_MAX_LOCAL];  // qpool0.. (2 + n_local of them when asked for)
     ser_group_elem *g[2];  // [view] (n_eq,) owned: ser_shard_fwd_free()
     size_t ntok[2];        // rows of each view's maps
+    int n_lpairs;          // local SER pairs per equivariant sample (as asked)
+    ser_group_elem *lg[2];   // [view] (n_eq * n_lpairs,) owned, NULL without pairs
+    size_t lntok[2];         // rows of each view's pair maps
+    const float *lmaps[2];   // lqmap0, lqmap1 (NULL without pairs)
 } ser_shard_fwd;
 
 // Validates m against what was asked: rows [CLS] rows of width C per view, the teacher's when
 // has_teacher, those of n_local local views, the views' parameters when want_vparams, the
-// pooled maps of every view when want_pool, want_n_eq equivariant samples (-1: any count from 0
-// to rows), group elements that are valid and whose view grids are at most grid_max tokens a
-// side, maps of the sizes they imply. SER_EFORMAT (missing or mis-sized frames, bad group
+// pooled maps of every view when want_pool, want_lpairs local SER pairs per equivariant sample
+// (their group elements and maps), want_n_eq equivariant samples (-1: any count from 0 to rows),
+// group elements that are valid and whose view grids are at most grid_max tokens a side, maps of
+// the sizes they imply. SER_EFORMAT (missing or mis-sized frames, bad group
 // elements) or SER_ESHAPE (another number of equivariant samples than asked); on failure
 // nothing is allocated.
 int ser_shard_parse_forward(const ser_wire_msg *m, int rows, int C, int has_teacher, int n_local,
-                            int want_vparams, int want_pool, int want_n_eq, int grid_max,
-                            ser_shard_fwd *out);
+                            int want_vparams, int want_pool, int want_lpairs, int want_n_eq,
+                            int grid_max, ser_shard_fwd *out);
 void ser_shard_fwd_free(ser_shard_fwd *f);
 
 // --- BACKWARD ------------------------------------------------------------------------------------
 // The gradients of a shard's rows (rows x C per view, from dqcls + row0 * C), of its maps
 // (ntok[v] x C, from dqmap[v] + map0[v] * C), of its local views' rows (from g->dlcls) and,
-// when g->pool, of its pooled rows (from g->dqpool): 4 + L (+ 2 + L) frames, the count returned.
+// when g->pool, of its pooled rows (from g->dqpool), and with local SER pairs of their maps
+// (lntok[v] x C from dlqmap[v] + lmap0[v] * C): 4 + L (+ 2 + L) (+ 2) frames, the count returned.
 int ser_shard_pack_backward(ser_wire_tensor out[SER_SHARD_MAX_BWD], const ser_gathered *g,
-                            int row0, int rows, const size_t map0[2], const size_t ntok[2]);
-// The frames (pointers into m: dqcls0, dqcls1, dqmap0, dqmap1, dlcls0.., and with pool
-// dqpool0..dqpool<1+n_local>) when every one is there with its size, else SER_EFORMAT.
+                            int row0, int rows, const size_t map0[2], const size_t ntok[2],
+                            const size_t lmap0[2], const size_t lntok[2]);
+// The frames (pointers into m: dqcls0, dqcls1, dqmap0, dqmap1, dlcls0.., with pool
+// dqpool0..dqpool<1+n_local>, with lntok (not NULL) dlqmap0, dlqmap1) when every one is there
+// with its size, else SER_EFORMAT.
 int ser_shard_parse_backward(const ser_wire_msg *m, int rows, int C, const size_t ntok[2],
-                             int n_local, int pool, const float *out[SER_SHARD_MAX_BWD]);
+                             int n_local, int pool, const size_t lntok[2],
+                             const float *out[SER_SHARD_MAX_BWD]);
 
 // --- BACKWARD_DONE -------------------------------------------------------------------------------
 void ser_shard_pack_grad(ser_wire_tensor *out, const float *grad, size_t span);

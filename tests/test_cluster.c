@@ -494,6 +494,52 @@ static void test_decoupled_addons_n_workers_equal_ser_step(void **state) {
     assert_int_not_equal(system(cmd), 0);
 }
 
+// DIR/lpairs_batch.safetensors: the step batch with 2 local SER pairs per equivariant sample
+// (lpair.g (6, 2, 5) on small grids, lpair.view<v>.<i> of the sizes they give at patch 4,
+// deterministic values).
+static void s_batch_with_lpairs(char *path, size_t n) {
+    char err[SER_ERR_LEN];
+    snprintf(path, n, "%s/lpairs_batch.safetensors", s_dir);
+    ser_st_file *f = NULL;
+    ser_st_writer *w = s_step_batch_writer(&f);
+    static const float g[6][2][5] = {
+        {{0, 1, 1, 2, 3}, {1, 0, 0, 2, 2}}, {{1, 1, 0, 3, 2}, {0, 0, 3, 2, 2}},
+        {{0, 0, 2, 2, 2}, {1, 1, 1, 3, 2}}, {{0, 1, 0, 2, 3}, {1, 0, 2, 3, 3}},
+        {{1, 0, 3, 3, 3}, {0, 0, 0, 2, 2}}, {{0, 0, 1, 2, 2}, {1, 1, 0, 2, 3}}};
+    const int64_t gshape[3] = {6, 2, 5};
+    ser_st_writer_add(w, "lpair.g", SER_DT_F32, 3, gshape, g);
+    float *x[12];
+    char name[12][32];
+    int64_t shape[12][3];
+    for (int i = 0; i < 6; i++)
+        for (int v = 0; v < 2; v++) {
+            ser_group_elem ge = {(uint8_t)g[i][v][0], (uint8_t)g[i][v][1], (uint8_t)g[i][v][2],
+                                 (int16_t)g[i][v][3], (int16_t)g[i][v][4]};
+            int h, wd, j = i * 2 + v;
+            ser_group_image_size(&ge, 4, &h, &wd);
+            size_t nx = (size_t)3 * h * wd;
+            x[j] = malloc(sizeof(float) * nx);
+            ser_test_fill_uniform(x[j], nx, 900 + (uint64_t)j, -2, 2);
+            snprintf(name[j], sizeof name[j], "lpair.view%d.%d", v, i);
+            shape[j][0] = 3, shape[j][1] = h, shape[j][2] = wd;
+            ser_st_writer_add(w, name[j], SER_DT_F32, 3, shape[j], x[j]);
+        }
+    assert_int_equal(ser_st_writer_save(w, path, err), 0);
+    ser_st_writer_destroy(&w);
+    ser_st_destroy(&f);
+    for (int j = 0; j < 12; j++) free(x[j]);
+}
+
+// The 2+4-view SER (ser.local_pairs = 2): the local SER pairs' maps and group elements travel in
+// FORWARD_DONE (lqmap<v>, lg) and their gradients in BACKWARD (dlqmap<v>); 1..3 workers against
+// `ser step`, bitwise.
+static void test_local_pairs_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    char batch[160];
+    s_batch_with_lpairs(batch, sizeof batch);
+    s_method_n_workers_batch("moco", "[ser]\nlocal_pairs = 2\n", batch, "lpairs");
+}
+
 // STL: its heads (trans_backbone, hypernet, projectors) live at the coordinator and pair the
 // batch positions 2k, 2k+1 across the gathered rows; 1..3 workers against `ser step`, bitwise,
 // its two losses in metrics.jsonl.
@@ -1361,6 +1407,27 @@ static void s_method_loader_1_and_3(const char *method, const char *sec, const c
     s_assert_same_bits(out[0], out[1]);
 }
 
+// The local SER pairs made by the loader (with 2 local queries): 1 and 3 workers, same bits,
+// and a finite, positive SER term in every step's log line.
+static void test_local_pairs_from_the_loader(void **state) {
+    (void)state;
+    s_method_loader_1_and_3("moco", "[ser]\nlocal_pairs = 2\n[data]\nlocal_crops = 2\n", "lpairs");
+    char path[256], line[2048];
+    snprintf(path, sizeof path, "%s/lpairs-loader3/metrics.jsonl", s_dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    int lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"loss_equiv\":");
+        assert_non_null(p);
+        double v = strtod(p + strlen("\"loss_equiv\":"), NULL);
+        assert_true(isfinite(v) && v > 0);
+        lines++;
+    }
+    fclose(f);
+    assert_int_equal(lines, 6);
+}
+
 static void test_local_views_from_the_loader(void **state) {
     (void)state;
     char sec[512];
@@ -1912,6 +1979,7 @@ int main(void) {
         cmocka_unit_test(test_augself_n_workers_equal_ser_step),
         cmocka_unit_test(test_stl_n_workers_equal_ser_step),
         cmocka_unit_test(test_decoupled_addons_n_workers_equal_ser_step),
+        cmocka_unit_test(test_local_pairs_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_local_stops_on_sigterm),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),
@@ -1934,6 +2002,7 @@ int main(void) {
         cmocka_unit_test(test_loader_killed_and_restarted),
         cmocka_unit_test(test_local_views_from_the_loader),
         cmocka_unit_test(test_augself_from_the_loader),
+        cmocka_unit_test(test_local_pairs_from_the_loader),
         cmocka_unit_test(test_netns_hosts),
         cmocka_unit_test(test_curve_keys),
         cmocka_unit_test(test_worker_names_why_it_cannot_connect),

@@ -392,6 +392,98 @@ static void test_equivariant_relative_transform(void **state) {
     }
 }
 
+// Local SER pairs (ser.local_pairs): every equivariant sample gets P pairs; undoing each view's
+// group element on the local grid gives back one crop (token means within a few grey levels, a
+// wrong element far off), the sizes follow the elements, the pairs' elements are their own
+// draws, the shard does not depend on the thread count (photometrics on, both policies), and
+// the config hash follows local_pairs only when it is set.
+static void test_local_pairs(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    c.img = 64, c.photometric = 0, c.eq_ratio = 1.0, c.global_batch = 12, c.shards = 2;
+    c.local_pairs = 2, c.local_size = 32, c.local_crop_min = 0.3, c.local_crop_max = 0.6;
+    ser_dl *dl = s_new(&c);
+    ser_dl_shard sh;
+    assert_int_equal(ser_dl_make_shard(dl, 0, 1, &sh), SER_OK);
+    assert_int_equal(sh.local_pairs, 2);
+    const int S = 32, P = 8;
+    float *r0 = ser_xmalloc(sizeof(float) * S * S * 3), *r1 = ser_xmalloc(sizeof(float) * S * S * 3);
+    double worst_ok = 0, best_wrong = 1e9;
+    int wrong_cases = 0, own_draws = 0;
+    size_t want_bytes = 0;
+    for (int i = 0; i < sh.n; i++) {
+        const ser_dl_sample *x = &sh.samples[i];
+        assert_true(x->equivariant);
+        want_bytes += (size_t)(x->h[0] * x->w[0] + x->h[1] * x->w[1]) * 3;
+        for (int k = 0; k < 2; k++) {
+            for (int v = 0; v < 2; v++) {
+                int h, w;
+                ser_group_image_size(&x->lg[k][v], P, &h, &w);
+                assert_int_equal(x->lh[k][v], h);
+                assert_int_equal(x->lw[k][v], w);
+                want_bytes += (size_t)h * w * 3;
+                own_draws += x->lg[k][v].gh != x->g[v].gh || x->lg[k][v].rot90 != x->g[v].rot90 ||
+                             x->lg[k][v].hflip != x->g[v].hflip;
+            }
+            s_undo_group(r0, x->lview[k][0], x->lh[k][0], x->lw[k][0], &x->lg[k][0], P, S);
+            s_undo_group(r1, x->lview[k][1], x->lh[k][1], x->lw[k][1], &x->lg[k][1], P, S);
+            double d = s_token_diff(r0, r1, S, P);
+            if (d > worst_ok) worst_ok = d;
+            ser_group_elem wrong = x->lg[k][1];
+            wrong.hflip ^= 1;
+            s_undo_group(r1, x->lview[k][1], x->lh[k][1], x->lw[k][1], &wrong, P, S);
+            double dw = s_token_diff(r0, r1, S, P);
+            if (dw < best_wrong) best_wrong = dw;
+            wrong_cases++;
+        }
+    }
+    fprintf(stderr, "local SER pairs: token-mean |diff| right g <= %.4f, wrong g >= %.4f (%d "
+                    "pairs); %d of %d pair elements differ from the global pair's\n",
+            worst_ok, best_wrong, wrong_cases, own_draws, 4 * sh.n);
+    assert_int_equal(sh.nbytes, want_bytes);
+    assert_true(worst_ok < 4.0);
+    assert_true(best_wrong > 4 * worst_ok);
+    assert_true(own_draws > 0);
+    free(r0), free(r1);
+    ser_dl_shard_free(&sh);
+    ser_dl_destroy(&dl);
+    // Thread counts, with photometrics, both policies and group samplers.
+    for (int policy = 0; policy < 2; policy++) {
+        ser_dl_config t;
+        s_config(&t);
+        t.policy = policy, t.group_sampling = policy, t.local_pairs = 2, t.local_size = 16;
+        t.local_crops = 1;
+        ser_dl *a = s_new(&t);
+        t.threads = 3;
+        ser_dl *b = s_new(&t);
+        for (uint32_t s2 = 0; s2 < 3; s2++) {
+            ser_dl_shard x, y;
+            assert_int_equal(ser_dl_make_shard(a, 1, s2, &x), SER_OK);
+            assert_int_equal(ser_dl_make_shard(b, 1, s2, &y), SER_OK);
+            s_assert_same_shard(&x, &y);
+            for (int i = 0; i < x.n; i++)
+                for (int k = 0; x.samples[i].equivariant && k < 2; k++)
+                    s_assert_same_g(x.samples[i].lg[k], y.samples[i].lg[k]);
+            ser_dl_shard_free(&x);
+            ser_dl_shard_free(&y);
+        }
+        ser_dl_destroy(&a);
+        ser_dl_destroy(&b);
+    }
+    ser_dl_config z;
+    s_config(&z);
+    uint64_t h0 = ser_dl_config_hash(&z);
+    z.local_size = 24;  // no pairs, no local views: their geometry does not count
+    assert_true(ser_dl_config_hash(&z) == h0);
+    z.local_pairs = 1;
+    assert_true(ser_dl_config_hash(&z) != h0);
+    char err[256];
+    z.local_size = 12;  // not a multiple of patch 8
+    assert_int_equal(ser_dl_config_check(&z, err), SER_ECONFIG);
+    assert_non_null(strstr(err, "local SER pairs"));
+}
+
 // Local views: view 2 + k of every sample (equivariant ones too) is the RandomResizedCrop of its
 // own streams at local_size with scale (local_crop_min, local_crop_max), then the flip; the ops
 // are those checked byte-exact against torchvision in test_dl_ops. With photometrics the shard
@@ -667,6 +759,7 @@ int main(void) {
         cmocka_unit_test(test_group_keys),
         cmocka_unit_test(test_equivariant_relative_transform),
         cmocka_unit_test(test_local_views),
+        cmocka_unit_test(test_local_pairs),
         cmocka_unit_test(test_aligned_pairs),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -32,6 +32,10 @@ typedef struct {
     float *local[SER_MAX_LOCAL];
     float *vparams;  // (8, 2, SER_VIEW_PARAMS) the global views' parameters, or NULL
     ser_config job;  // what an add-on reads
+    // The local SER pairs (ser.local_pairs): 3 samples x P pairs, e-major.
+    float *lpimg[2][3 * SER_MAX_LOCAL_PAIRS];
+    const float *lpp[2][3 * SER_MAX_LOCAL_PAIRS];
+    ser_group_elem lg[2][3 * SER_MAX_LOCAL_PAIRS];
 } s_case;
 
 static void s_load(s_case *c, const char *file) {
@@ -87,6 +91,8 @@ static void s_load(s_case *c, const char *file) {
         assert_int_equal(c->job.moco.addon_layer, cfg.vit.cls_layer);
         cfg.addon_pooled = 1;
     }
+    const char *lp = ser_st_meta(c->f, "local_pairs");  // the 2+4-view SER: "2"
+    cfg.local_pairs = lp && *lp ? atoi(lp) : 0;
     char err[SER_ERR_LEN];
     if (ser_moco_init(&c->m, &cfg, err)) fail_msg("%s", err);
     const ser_ptab *tabs[2] = {&c->m.tab, &c->m.mtab};
@@ -112,6 +118,21 @@ static void s_load(s_case *c, const char *file) {
                        .eq = {c->eqp[0], c->eqp[1]}, .g = {c->g[0], c->g[1]}};
     memset(c->local, 0, sizeof c->local);
     ser_test_local_views(c->f, &c->b, c->local);
+    memset(c->lpimg, 0, sizeof c->lpimg);
+    if (cfg.local_pairs) {
+        float *lgf = ser_test_tensor(c->f, "lpair.g", NULL);  // (3 * P, 2, 5)
+        for (int i = 0; i < 3 * cfg.local_pairs; i++)
+            for (int v = 0; v < 2; v++) {
+                const float *q = lgf + (i * 2 + v) * 5;
+                c->lg[v][i] = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2],
+                                               (int16_t)q[3], (int16_t)q[4]};
+                snprintf(key, sizeof key, "lpair.view%d.%d", v, i);
+                c->lpp[v][i] = c->lpimg[v][i] = ser_test_tensor(c->f, key, NULL);
+            }
+        free(lgf);
+        c->b.n_lpairs = cfg.local_pairs;
+        for (int v = 0; v < 2; v++) c->b.lpair[v] = c->lpp[v], c->b.lg[v] = c->lg[v];
+    }
     c->vparams = NULL;
     if (ser_st_find(c->f, "vparams")) {
         size_t n;
@@ -126,6 +147,8 @@ static void s_free(s_case *c) {
         for (int e = 0; e < 3; e++) free(c->eqimg[v][e]);
     }
     for (int k = 0; k < SER_MAX_LOCAL; k++) free(c->local[k]);
+    for (int v = 0; v < 2; v++)
+        for (int i = 0; i < 3 * SER_MAX_LOCAL_PAIRS; i++) free(c->lpimg[v][i]);
     free(c->vparams);
     ser_moco_free(&c->m);
     ser_st_destroy(&c->f);
@@ -249,6 +272,11 @@ static void test_essl_pooled_1_shard(void **s) { (void)s, s_run("moco_essl_poole
 static void test_essl_pooled_4_shards(void **s) { (void)s, s_run("moco_essl_pooled.safetensors", 4); }
 static void test_augself_pooled_1_shard(void **s) { (void)s, s_run("moco_augself_pooled.safetensors", 1); }
 static void test_augself_pooled_2_shards(void **s) { (void)s, s_run("moco_augself_pooled.safetensors", 2); }
+// The 2+4-view SER (ser.local_pairs = 2) with 2 local queries: the global pair and 2 local pairs
+// per equivariant sample, each student against student with the pair NT-Xent, summed; 1 and 4
+// shards (the equivariant samples, and their pairs, spread over shards).
+static void test_local_pairs_1_shard(void **s) { (void)s, s_run("moco_lpairs.safetensors", 1); }
+static void test_local_pairs_4_shards(void **s) { (void)s, s_run("moco_lpairs.safetensors", 4); }
 static void test_ser_off_2_shards(void **s) { (void)s, s_run("moco_ser_off.safetensors", 2); }
 // EquiMod: its projector on x_1, x_2 and the centre view x_0 (local view 0, not a query), the
 // transformation embedding of the standardised vparams, the predictor and the two-way
@@ -603,6 +631,8 @@ int main(void) {
         cmocka_unit_test(test_essl_pooled_4_shards),
         cmocka_unit_test(test_augself_pooled_1_shard),
         cmocka_unit_test(test_augself_pooled_2_shards),
+        cmocka_unit_test(test_local_pairs_1_shard),
+        cmocka_unit_test(test_local_pairs_4_shards),
         cmocka_unit_test(test_augself_bad_inputs),
         cmocka_unit_test(test_augself_fd),
         cmocka_unit_test(test_ser_off_2_shards),

@@ -135,7 +135,16 @@ static void test_shard_frames_round_trip(void **state) {
     }
     for (int v = 0; v < 2; v++)  // the maps are 6 rows: refill them past B * C
         for (int j = 0; j < 6 * C; j++) g.qmap[v][j] = g.kmap[v][j] = g.dqmap[v][j] = vals++;
-    ser_batch b = {.n_inv = B - 1, .n_eq = 1, .g = {gp[0], gp[1]}, .n_local = L};
+    // One local SER pair (grids 1 x 2 and 2 x 2): its group elements and maps.
+    ser_group_elem lge[2] = {{0, 0, 0, 1, 2}, {1, 1, 1, 2, 2}};
+    const ser_group_elem *lgp[2] = {&lge[0], &lge[1]};
+    g.n_lpairs = 1, g.lntok[0] = 2, g.lntok[1] = 4;
+    for (int v = 0; v < 2; v++) {
+        g.lqmap[v] = S_ROWS(4 * C), g.dlqmap[v] = S_ROWS(4 * C);
+        for (int j = 0; j < 4 * C; j++) g.lqmap[v][j] = g.dlqmap[v][j] = vals++;
+    }
+    ser_batch b = {.n_inv = B - 1, .n_eq = 1, .g = {gp[0], gp[1]}, .n_local = L, .n_lpairs = 1,
+                   .lg = {lgp[0], lgp[1]}};
     void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER), *d = zmq_socket(ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
@@ -149,7 +158,7 @@ static void test_shard_frames_round_trip(void **state) {
     e.type = SER__MSG_TYPE__MSG_FORWARD_DONE;
     e.job_id = "job";
     ser_wire_tensor t[SER_SHARD_MAX_FWD];
-    float gbuf[11];
+    float gbuf[21];
     int nt = ser_shard_pack_forward(t, &g, &b, 1, gbuf);
     assert_int_equal(nt, SER_SHARD_MAX_FWD);
     assert_int_equal(ser_wire_send(d, NULL, &e, t, nt), 0);
@@ -159,7 +168,7 @@ static void test_shard_frames_round_trip(void **state) {
     for (int i = 0; i < 1000 && rc == SER_ETIMEDOUT; i++) rc = ser_wire_recv(r, 1, "job", &m, err);
     if (rc) fail_msg("FORWARD_DONE: %s", err);
     ser_shard_fwd f;
-    assert_int_equal(ser_shard_parse_forward(&m, B, C, 1, L, 1, 1, 1, 8, &f), SER_OK);
+    assert_int_equal(ser_shard_parse_forward(&m, B, C, 1, L, 1, 1, 1, 1, 8, &f), SER_OK);
     size_t BC = (size_t)B * C;
     for (int v = 0; v < 2; v++) {
         assert_memory_equal(f.cls[v], g.qcls[v], sizeof(float) * BC);
@@ -170,27 +179,37 @@ static void test_shard_frames_round_trip(void **state) {
     for (int v = 0; v < 2 + L; v++) assert_memory_equal(f.qpool[v], g.qpool[v], sizeof(float) * BC);
     assert_memory_equal(f.vparams, g.vparams, sizeof(float) * B * 2 * SER_VIEW_PARAMS);
     assert_int_equal(f.n_eq, 1);
+    for (int v = 0; v < 2; v++) {
+        assert_int_equal(f.lntok[v], g.lntok[v]);
+        assert_memory_equal(f.lmaps[v], g.lqmap[v], sizeof(float) * g.lntok[v] * C);
+        assert_int_equal(f.lg[v][0].gh, lge[v].gh);
+        assert_int_equal(f.lg[v][0].rot90, lge[v].rot90);
+    }
     ser_shard_fwd_free(&f);
     // Another width than was sent: refused, nothing read past a frame.
     ser_shard_fwd f2;
-    assert_int_equal(ser_shard_parse_forward(&m, B, C + 1, 1, L, 1, 1, 1, 8, &f2), SER_EFORMAT);
+    assert_int_equal(ser_shard_parse_forward(&m, B, C + 1, 1, L, 1, 1, 1, 1, 8, &f2), SER_EFORMAT);
+    // Two pairs asked where one was sent: refused.
+    assert_int_equal(ser_shard_parse_forward(&m, B, C, 1, L, 1, 1, 2, 1, 8, &f2), SER_EFORMAT);
     ser_wire_msg_free(&m);
     // BACKWARD: the coordinator's side to the worker's.
     e.type = SER__MSG_TYPE__MSG_BACKWARD;
     size_t map0[2] = {0, 0};
-    nt = ser_shard_pack_backward(t, &g, 0, B, map0, g.ntok);
+    nt = ser_shard_pack_backward(t, &g, 0, B, map0, g.ntok, map0, g.lntok);
     assert_int_equal(nt, SER_SHARD_MAX_BWD);
     assert_int_equal(ser_wire_send(r, "w0", &e, t, nt), 0);
     for (rc = SER_ETIMEDOUT; rc == SER_ETIMEDOUT;) rc = ser_wire_recv(d, 0, "job", &m, err);
     if (rc) fail_msg("BACKWARD: %s", err);
     const float *out[SER_SHARD_MAX_BWD];
-    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 1, out), SER_OK);
+    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 1, g.lntok, out), SER_OK);
     for (int v = 0; v < 2 + L; v++)
         assert_memory_equal(out[4 + L + v], g.dqpool[v], sizeof(float) * BC);
+    for (int v = 0; v < 2; v++)
+        assert_memory_equal(out[4 + L + 2 + L + v], g.dlqmap[v], sizeof(float) * g.lntok[v] * C);
     assert_memory_equal(out[2], g.dqmap[0], sizeof(float) * 6 * C);
     // Without its pooled frames (a worker that does not expect them would not ask): the
     // message still parses when pool is not asked, and a pool ask of a message without is refused.
-    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 0, out), SER_OK);
+    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 0, NULL, out), SER_OK);
     ser_wire_msg_free(&m);
     nt = ser_shard_pack_backward(t, &(ser_gathered){.B = B, .C = C, .n_local = L,
                                                     .dqcls = {g.dqcls[0], g.dqcls[1]},
@@ -199,12 +218,12 @@ static void test_shard_frames_round_trip(void **state) {
                                                               g.dlcls[3], g.dlcls[4], g.dlcls[5],
                                                               g.dlcls[6], g.dlcls[7], g.dlcls[8],
                                                               g.dlcls[9]}},
-                                 0, B, map0, g.ntok);
+                                 0, B, map0, g.ntok, map0, map0);
     assert_int_equal(nt, 4 + L);
     assert_int_equal(ser_wire_send(r, "w0", &e, t, nt), 0);
     for (rc = SER_ETIMEDOUT; rc == SER_ETIMEDOUT;) rc = ser_wire_recv(d, 0, "job", &m, err);
     if (rc) fail_msg("BACKWARD without pool: %s", err);
-    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 1, out), SER_EFORMAT);
+    assert_int_equal(ser_shard_parse_backward(&m, B, C, g.ntok, L, 1, NULL, out), SER_EFORMAT);
     ser_wire_msg_free(&m);
     zmq_close(d), zmq_close(r), zmq_ctx_term(ctx);
     for (int i = 0; i < nb; i++) free(bufs[i]);

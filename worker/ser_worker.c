@@ -53,6 +53,9 @@ typedef struct s_wshard {
     float *vparams;               // (rows, 2, SER_VIEW_PARAMS) the global views' parameters
     ser_group_elem *gel[2];
     int neq_cap;
+    float **lpair[2];             // the local SER pairs' views (n_eq * P), e-major
+    ser_group_elem *lgel[2];
+    int nlp_cap;
 } s_wshard;
 
 typedef struct s_worker {
@@ -244,6 +247,13 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
             ser_backbones_free(&w->v);
             return SER_ESHAPE;
         }
+        if (w->bf.b.n_lpairs != cfg.ser.local_pairs) {
+            ser_log(SER_LL_ERROR, "worker %s: %s holds %d local SER pairs per equivariant sample, "
+                    "the job's ser.local_pairs is %d", w->name, w->batch_file, w->bf.b.n_lpairs,
+                    cfg.ser.local_pairs);
+            ser_backbones_free(&w->v);
+            return SER_ESHAPE;
+        }
     } else {
         ser_dl_config dc;
         ser_dl_config_from_job(&dc, &cfg);
@@ -295,6 +305,7 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
     }
     for (int i = 0; i < d.n; i++) d.samples[i].equivariant ? n_eq++ : n_inv++;
     size_t pix = (size_t)3 * img * img;
+    int P = w->cfg.ser.enabled ? w->cfg.ser.local_pairs : 0;
     for (int v = 0; v < 2; v++) {
         free(sh->inv[v]);
         sh->inv[v] = ser_xaligned(sizeof(float) * pix * (size_t)(n_inv ? n_inv : 1));
@@ -302,8 +313,12 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
         free(sh->eq[v]), free(sh->gel[v]);
         sh->eq[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(float *));
         sh->gel[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem));
+        for (int q = 0; q < sh->nlp_cap; q++) free(sh->lpair[v][q]);
+        free(sh->lpair[v]), free(sh->lgel[v]);
+        sh->lpair[v] = ser_xcalloc((size_t)n_eq * P + 1, sizeof(float *));
+        sh->lgel[v] = ser_xcalloc((size_t)n_eq * P + 1, sizeof(ser_group_elem));
     }
-    sh->neq_cap = n_eq;
+    sh->neq_cap = n_eq, sh->nlp_cap = n_eq * P;
     int L = w->cfg.data.local_crops, ls = ser_config_local_size(&w->cfg);
     size_t lpix = (size_t)3 * ls * ls;
     for (int k = 0; k < SER_MAX_LOCAL; k++) {
@@ -316,7 +331,7 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
         memcpy(sh->vparams + (size_t)i * 2 * SER_VIEW_PARAMS, d.samples[i].vparams,
                sizeof d.samples[i].vparams);
     int ii = 0, qq = 0;
-    rc = d.n_local != L || (L && d.local_size != ls) ? SER_ESHAPE : SER_OK;
+    rc = d.n_local != L || (L && d.local_size != ls) || d.local_pairs != P ? SER_ESHAPE : SER_OK;
     for (int i = 0; i < d.n && !rc; i++) {
         const ser_dl_sample *x = &d.samples[i];
         sh->ids[i] = (uint32_t)x->position;
@@ -331,6 +346,13 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
                 sh->gel[v][qq] = x->g[v];
                 sh->eq[v][qq] = ser_xaligned(sizeof(float) * 3 * (size_t)x->h[v] * x->w[v]);
                 ser_dl_normalise(sh->eq[v][qq], x->view[v], x->h[v], x->w[v]);
+                for (int k = 0; k < P; k++) {
+                    size_t j = (size_t)qq * P + k;
+                    sh->lgel[v][j] = x->lg[k][v];
+                    sh->lpair[v][j] = ser_xaligned(sizeof(float) * 3 * (size_t)x->lh[k][v] *
+                                                   x->lw[k][v]);
+                    ser_dl_normalise(sh->lpair[v][j], x->lview[k][v], x->lh[k][v], x->lw[k][v]);
+                }
             }
         }
         x->equivariant ? qq++ : ii++;
@@ -349,7 +371,10 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
         sh->b.inv[v] = sh->inv[v];
         sh->b.eq[v] = (const float *const *)sh->eq[v];
         sh->b.g[v] = sh->gel[v];
+        sh->b.lpair[v] = (const float *const *)sh->lpair[v];
+        sh->b.lg[v] = sh->lgel[v];
     }
+    sh->b.n_lpairs = P;
     return SER_OK;
 }
 
@@ -391,7 +416,7 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     }
     sh->have = 1, sh->step = step, sh->attempt = e->attempt;
     // The group elements travel with the rows: the coordinator reads no data.
-    float *gf = ser_xcalloc((size_t)sh->b.n_eq * 10 + 1, sizeof(float));
+    float *gf = ser_xcalloc((size_t)sh->b.n_eq * (1 + (size_t)sh->b.n_lpairs) * 10 + 1, sizeof(float));
     ser_wire_tensor all[SER_SHARD_MAX_FWD];
     int nt = ser_shard_pack_forward(all, &sh->g, &sh->b, w->v.has_teacher, gf);
     Ser__Envelope out;
@@ -420,7 +445,8 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     s_wshard *sh = &w->sh[s];
     int C = sh->g.C;
     const float *d[SER_SHARD_MAX_BWD];
-    if (ser_shard_parse_backward(m, sh->g.B, C, sh->g.ntok, sh->g.n_local, sh->g.pool, d)) {
+    if (ser_shard_parse_backward(m, sh->g.B, C, sh->g.ntok, sh->g.n_local, sh->g.pool,
+                                 sh->g.n_lpairs ? sh->g.lntok : NULL, d)) {
         ser_log(SER_LL_WARNING, "worker %s: BACKWARD for shard %d with wrong sizes: dropped", w->name, s);
         return;
     }
@@ -430,8 +456,11 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     memcpy(sh->g.dqmap[0], d[2], sizeof(float) * sh->g.ntok[0] * C);
     memcpy(sh->g.dqmap[1], d[3], sizeof(float) * sh->g.ntok[1] * C);
     for (int k = 0; k < sh->g.n_local; k++) memcpy(sh->g.dlcls[k], d[4 + k], sizeof(float) * BC);
+    int nd = 4 + sh->g.n_local;
     for (int v = 0; sh->g.pool && v < 2 + sh->g.n_local; v++)
-        memcpy(sh->g.dqpool[v], d[4 + sh->g.n_local + v], sizeof(float) * BC);
+        memcpy(sh->g.dqpool[v], d[nd++], sizeof(float) * BC);
+    for (int v = 0; sh->g.n_lpairs && v < 2; v++)
+        memcpy(sh->g.dlqmap[v], d[nd++], sizeof(float) * sh->g.lntok[v] * C);
     ser_engine_backward(&sh->eng, &w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
     ser_wire_tensor t;
     ser_shard_pack_grad(&t, w->v.grads + w->off, w->span);
@@ -668,6 +697,8 @@ int ser_cmd_worker(int argc, char **argv) {
             free(sh->inv[v]);
             for (int q = 0; sh->eq[v] && q < sh->neq_cap; q++) free(sh->eq[v][q]);
             free(sh->eq[v]), free(sh->gel[v]);
+            for (int q = 0; sh->lpair[v] && q < sh->nlp_cap; q++) free(sh->lpair[v][q]);
+            free(sh->lpair[v]), free(sh->lgel[v]);
         }
         for (int k = 0; k < SER_MAX_LOCAL; k++) free(sh->local[k]);
         free(sh->vparams);

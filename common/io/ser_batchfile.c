@@ -73,11 +73,63 @@ void ser_batchfile_free(ser_batchfile *sb) {
         free(sb->inv[v]);
         for (int e = 0; sb->eq[v] && e < sb->b.n_eq; e++) free(sb->eq[v][e]);
         free(sb->eq[v]), free(sb->g[v]);
+        for (int i = 0; sb->lpair[v] && i < sb->n_lpair_views; i++) free(sb->lpair[v][i]);
+        free(sb->lpair[v]), free(sb->lg[v]);
     }
     for (int k = 0; k < SER_MAX_LOCAL; k++) free(sb->local[k]);
     free(sb->vparams);
     free(sb->ids);
     memset(sb, 0, sizeof *sb);  // safe to call again
+}
+
+// Group elements (n, 2, 5) of gname and the views "<prefix>.view<v>.<i>" they shape: *n, g[v]
+// and img[v] (n each) allocated here (the caller frees them, also on failure).
+static int s_group_views(const ser_st_file *f, const ser_st_entry *ge, const char *prefix,
+                         int patch, int *n, ser_group_elem *g[2], float **img[2], char *err) {
+    if (ge->ndim != 3 || ge->shape[1] != 2 || ge->shape[2] != 5 || ge->shape[0] > 65536) {
+        snprintf(err, SER_ERR_LEN, "batch: %s.g must be (n, 2, 5): [rot180, hflip, rot90, gh, "
+                 "gw] per view", prefix);
+        return SER_ESHAPE;
+    }
+    int ne = (int)ge->shape[0], rc = SER_OK;
+    *n = ne;
+    for (int v = 0; v < 2; v++) {
+        g[v] = ser_xcalloc((size_t)ne + 1, sizeof(ser_group_elem));
+        img[v] = ser_xcalloc((size_t)ne + 1, sizeof(float *));
+    }
+    for (int e = 0; e < ne && !rc; e++)
+        for (int v = 0; v < 2 && !rc; v++) {
+            int64_t q[5];
+            for (int k = 0; k < 5 && !rc; k++)
+                if (s_int_at(ge, ((size_t)e * 2 + v) * 5 + k, &q[k]) || q[k] < 0 || q[k] > 8192)
+                    rc = SER_EINVAL;
+            if (rc) {
+                snprintf(err, SER_ERR_LEN, "batch: %s.g[%d][%d] is not a list of small "
+                         "non-negative integers", prefix, e, v);
+                break;
+            }
+            ser_group_elem *ge1 = &g[v][e];
+            *ge1 = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
+                                    (int16_t)q[4]};
+            if (ser_group_elem_check(ge1)) {
+                snprintf(err, SER_ERR_LEN, "batch: %s.g[%d][%d] = (%d,%d,%d,%d,%d) is not a "
+                         "group element", prefix, e, v, ge1->rot180, ge1->hflip, ge1->rot90,
+                         ge1->gh, ge1->gw);
+                rc = SER_EINVAL;
+                break;
+            }
+            char name[48];
+            snprintf(name, sizeof name, "%s.view%d.%d", prefix, v, e);
+            int one, h, w, eh, ew;
+            rc = s_images(f, name, 1, &one, &h, &w, &img[v][e], err);
+            ser_group_image_size(ge1, patch, &eh, &ew);
+            if (!rc && (h != eh || w != ew)) {
+                snprintf(err, SER_ERR_LEN, "batch: %s is %dx%d but its group element gives "
+                         "%dx%d (patch %d)", name, h, w, eh, ew, patch);
+                rc = SER_ESHAPE;
+            }
+        }
+    return rc;
 }
 
 int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[SER_ERR_LEN]) {
@@ -99,49 +151,20 @@ int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[
     }
     sb->b.n_inv = n[0], sb->b.img = H[0];
     const ser_st_entry *ge = rc ? NULL : ser_st_find(f, "eq.g");
-    if (ge) {
-        if (ge->ndim != 3 || ge->shape[1] != 2 || ge->shape[2] != 5) {
-            snprintf(err, SER_ERR_LEN, "batch: eq.g must be (n_eq, 2, 5): [rot180, hflip, rot90, "
-                     "gh, gw] per view");
+    if (ge) rc = s_group_views(f, ge, "eq", patch, &sb->b.n_eq, sb->g, sb->eq, err);
+    // Local SER pairs: lpair.g (n_eq * P, 2, 5) and lpair.view<v>.<e * P + k>.
+    const ser_st_entry *lge = rc ? NULL : ser_st_find(f, "lpair.g");
+    if (lge) {
+        int np = 0;
+        rc = s_group_views(f, lge, "lpair", patch, &np, sb->lg, sb->lpair, err);
+        int P = sb->b.n_eq ? np / sb->b.n_eq : 0;
+        if (!rc && (!sb->b.n_eq || np % sb->b.n_eq || P < 1 || P > SER_MAX_LOCAL_PAIRS)) {
+            snprintf(err, SER_ERR_LEN, "batch: lpair.g holds %d pairs for %d equivariant samples "
+                     "(1 to %d per sample expected)", np, sb->b.n_eq, SER_MAX_LOCAL_PAIRS);
             rc = SER_ESHAPE;
         }
-        int ne = rc ? 0 : (int)ge->shape[0];
-        sb->b.n_eq = ne;
-        for (int v = 0; v < 2 && !rc; v++) {
-            sb->g[v] = ser_xcalloc((size_t)ne + 1, sizeof(ser_group_elem));
-            sb->eq[v] = ser_xcalloc((size_t)ne + 1, sizeof(float *));
-        }
-        for (int e = 0; e < ne && !rc; e++)
-            for (int v = 0; v < 2 && !rc; v++) {
-                int64_t q[5];
-                for (int k = 0; k < 5 && !rc; k++)
-                    if (s_int_at(ge, ((size_t)e * 2 + v) * 5 + k, &q[k]) || q[k] < 0 || q[k] > 8192)
-                        rc = SER_EINVAL;
-                if (rc) {
-                    snprintf(err, SER_ERR_LEN, "batch: eq.g[%d][%d] is not a list of small "
-                             "non-negative integers", e, v);
-                    break;
-                }
-                ser_group_elem *g = &sb->g[v][e];
-                *g = (ser_group_elem){(uint8_t)q[0], (uint8_t)q[1], (uint8_t)q[2], (int16_t)q[3],
-                                      (int16_t)q[4]};
-                if (ser_group_elem_check(g)) {
-                    snprintf(err, SER_ERR_LEN, "batch: eq.g[%d][%d] = (%d,%d,%d,%d,%d) is not a "
-                             "group element", e, v, g->rot180, g->hflip, g->rot90, g->gh, g->gw);
-                    rc = SER_EINVAL;
-                    break;
-                }
-                char name[48];
-                snprintf(name, sizeof name, "eq.view%d.%d", v, e);
-                int one, h, w, eh, ew;
-                rc = s_images(f, name, 1, &one, &h, &w, &sb->eq[v][e], err);
-                ser_group_image_size(g, patch, &eh, &ew);
-                if (!rc && (h != eh || w != ew)) {
-                    snprintf(err, SER_ERR_LEN, "batch: %s is %dx%d but its group element gives "
-                             "%dx%d (patch %d)", name, h, w, eh, ew, patch);
-                    rc = SER_ESHAPE;
-                }
-            }
+        sb->n_lpair_views = np;
+        sb->b.n_lpairs = rc ? 0 : P;
     }
     // Local views: local.view0, local.view1, ... (B, 3, ls, ls), consecutive from 0.
     for (int k = 0; k < SER_MAX_LOCAL && !rc; k++) {
@@ -205,6 +228,8 @@ int ser_batchfile_load(ser_batchfile *sb, const char *path, int patch, char err[
     for (int v = 0; v < 2; v++) {
         sb->b.eq[v] = (const float *const *)sb->eq[v];
         sb->b.g[v] = sb->g[v];
+        sb->b.lpair[v] = (const float *const *)sb->lpair[v];
+        sb->b.lg[v] = sb->lg[v];
     }
     sb->b.ids = sb->ids;
     for (int k = 0; k < sb->b.n_local; k++) sb->b.local[k] = sb->local[k];
@@ -231,4 +256,9 @@ void ser_batch_shard(const ser_batch *b, int s, int shards, ser_batch *out, uint
     size_t per_local = (size_t)3 * b->local_img * b->local_img;
     for (int k = 0; k < b->n_local; k++) out->local[k] = b->local[k] + (size_t)p0 * per_local;
     out->vparams = b->vparams ? b->vparams + (size_t)p0 * 2 * SER_VIEW_PARAMS : NULL;
+    out->n_lpairs = b->n_lpairs;
+    for (int v = 0; b->n_lpairs && v < 2; v++) {
+        out->lpair[v] = b->lpair[v] + (size_t)e0 * b->n_lpairs;
+        out->lg[v] = b->lg[v] + (size_t)e0 * b->n_lpairs;
+    }
 }

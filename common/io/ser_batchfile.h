@@ -18,6 +18,9 @@ typedef struct ser_batchfile {
     float *local[SER_MAX_LOCAL];  // local.view<k>: (B, 3, ls, ls) by position
     float *vparams;               // vparams: (B, 2, SER_VIEW_PARAMS), or NULL
     ser_group_elem *g[2];
+    float **lpair[2];             // lpair.view<v>.<i>: the local SER pairs' views (n_eq * P)
+    ser_group_elem *lg[2];        // lpair.g
+    int n_lpair_views;
     uint32_t *ids;
 } ser_batchfile;
 

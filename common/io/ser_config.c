@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,7 @@ static const char *const s_on_collapse[] = {"warn", "abort", NULL};
 #define NOHASH SER_CONFIG_F_NOHASH
 #define GT SER_CONFIG_F_MIN_OPEN
 #define LT SER_CONFIG_F_MAX_OPEN
+#define NEWKEY SER_CONFIG_F_HASH_IF_SET
 #define BIG 1048576
 
 static const ser_config_option s_options[] = {
@@ -95,7 +97,7 @@ static const ser_config_option s_options[] = {
     DBL(moco, momentum, 0, 1, "0.99", 0,
         "Momentum-encoder EMA coefficient m0 at t = 0, raised to 1 by "
         "m(t) = 1 - 0.5(1 + cos(pi t/E))(1 - m0), t the fractional epoch."),
-    INT(moco, addon_layer, 0, 64, "0", 0,
+    INT(moco, addon_layer, 0, 64, "0", NEWKEY,
         "Layer decoupling of a MoCo add-on (essl, augself, equimod, stl): 0 = it reads the final "
         "[CLS] (the paper's add-on rows); k = it reads, for every view, the mean over tokens of "
         "the block-k patch map after norm_equiv (the paper's decoupled rows). k must be "
@@ -222,6 +224,13 @@ static const ser_config_option s_options[] = {
     ENUM(ser, symmetric, s_symmetric, "auto", 0,
          "Directions of the SER loss: true = both, averaged, (L0 + L1)/2; false = one direction, "
          "L0; auto = the reference's: both for MoCo and DINO, one for Barlow Twins."),
+    INT(ser, local_pairs, 0, SER_MAX_LOCAL_PAIRS, "0", NEWKEY,
+        "Local SER pairs per equivariant sample: 0 = SER on the global pair against the teacher; "
+        "P > 0 = the paper's 2+4-view SER (erl_local4 at P = 2): every equivariant sample also "
+        "gets P pairs of views of one local crop each (data.local_size, scale "
+        "data.local_crop_min..max, each view its own photometric draw and group element), and "
+        "every pair, the global one too, is student against student with the SimCLR-style "
+        "patch NT-Xent (ser_ntxent.h), loss_equiv = the sum over the 1 + P pairs. MoCo-v3 only."),
     // [optim]
     DBL(optim, lr, 0, 10, "3e-4", 0,
         "Base learning rate per 256 images: the peak is lr * global_batch / 256 "
@@ -929,6 +938,12 @@ double ser_config_memory_bytes(const ser_config *cfg, char *largest, size_t n) {
         double ls = ser_config_local_size(cfg), Tl = (ls / P) * (ls / P) + 1;
         act += cfg->data.local_crops * Bs * (L * Tl * (16 * C + 2 * H) + L * vc.heads * Tl * Tl);
     }
+    if (cfg->ser.enabled && cfg->ser.local_pairs) {  // two views per local SER pair of a shard's
+        // equivariant samples (at most all of them), at up to scale_max times the local tokens
+        double ls = ser_config_local_size(cfg), Tl = (ls / P) * (ls / P) * cfg->ser.scale_max + 1;
+        double neq = fmin(Bs, ceil(cfg->ser.ratio * B));
+        act += 2 * cfg->ser.local_pairs * neq * (L * Tl * (16 * C + 2 * H) + L * vc.heads * Tl * Tl);
+    }
     double parts[4] = {4 * vit + tvit, 4 * (heads + ser) + theads + hact, act, 0};
     const char *names[3] = {"model (dim, depth, mlp_hidden, img_size / patch)", hkey,
                             "data.global_batch / data.shards (activations of one shard)"};
@@ -980,6 +995,9 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
          m->cls_layer, vc.depth);
     char vit_err[SER_ERR_LEN];
     RULE(ser_config_to_vit(c, &vc, vit_err) == SER_OK, "model: %s", vit_err);
+    RULE(c->ser.local_pairs == 0 || (c->method.name == SER_CONFIG_METHOD_MOCO && c->ser.enabled),
+         "ser.local_pairs = %d: the 2+4-view SER is built for method.name = moco with "
+         "ser.enabled = true", c->ser.local_pairs);
     RULE(c->moco.addon_layer == 0 || ser_config_addon_pooled(c),
          "moco.addon_layer = %d: only a MoCo add-on (method.name = essl, augself, equimod or "
          "stl) reads it; method.name = %s", c->moco.addon_layer,
@@ -1136,6 +1154,15 @@ static int s_is_method_section(const char *section) {
     return 0;
 }
 
+// The defaults, made once (the hash compares HASH_IF_SET options with them).
+static ser_config s_default_cfg;
+static pthread_once_t s_default_once = PTHREAD_ONCE_INIT;
+static void s_make_defaults(void) { ser_config_defaults(&s_default_cfg); }
+static const ser_config *s_defaults(void) {
+    pthread_once(&s_default_once, s_make_defaults);
+    return &s_default_cfg;
+}
+
 uint64_t ser_config_hash(const ser_config *cfg) {
     uint64_t h = 0xcbf29ce484222325ull;
     char line[SER_CONFIG_STR_LEN + 128];
@@ -1156,6 +1183,11 @@ uint64_t ser_config_hash(const ser_config *cfg) {
             continue;
         char val[SER_CONFIG_STR_LEN + 32];
         s_format(cfg, o, val, sizeof val);
+        if (o->flags & SER_CONFIG_F_HASH_IF_SET) {
+            char def[SER_CONFIG_STR_LEN + 32];
+            s_format(s_defaults(), o, def, sizeof def);
+            if (strcmp(val, def) == 0) continue;
+        }
         snprintf(line, sizeof line, "%s.%s=%s\n", o->section, o->name, val);
         FNV(line);
     }
@@ -1238,9 +1270,11 @@ int ser_config_write_markdown(FILE *f) {
             "that cannot\n"
             "  change the numbers (paths, loader threads, logging, checkpoint cadence, "
             "`run.max_steps`, `[eval]`, `[cluster]`)\n"
-            "  are left out, so a job can move or resume with a longer step limit. Adding a key "
-            "changes every\n"
-            "  hash.\n"
+            "  are left out, so a job can move or resume with a longer step limit. Keys marked "
+            "*when set*\n"
+            "  came later: they are hashed only away from their default, so jobs that do not use "
+            "them keep\n"
+            "  the hash (and their checkpoints) of the binaries before them.\n"
             "- **The length of a run.** An epoch of the schedules is `data.iters_per_epoch` steps, "
             "by default\n"
             "  ceil(train images / `data.global_batch`), counted by the coordinator at start and "
@@ -1281,7 +1315,10 @@ int ser_config_write_markdown(FILE *f) {
         ser_config_defaults(&c);
         s_format(&c, o, def, sizeof def);
         fprintf(f, "| `%s` | %s | `%s` | %s | %s | %s |\n", o->name, s_type_name(o),
-                def[0] ? def : "\"\"", allowed, (o->flags & SER_CONFIG_F_NOHASH) ? "no" : "yes",
+                def[0] ? def : "\"\"", allowed,
+                (o->flags & SER_CONFIG_F_NOHASH)     ? "no"
+                : (o->flags & SER_CONFIG_F_HASH_IF_SET) ? "when set"
+                                                      : "yes",
                 o->help);
     }
     return ferror(f) ? SER_EIO : SER_OK;

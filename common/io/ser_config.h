@@ -150,6 +150,7 @@ typedef struct ser_config_ser {
     int warmup_epochs, rest_epochs, group_sampling;
     double scale_min, scale_max, aspect_min, aspect_max;
     int proj_dim, symmetric;
+    int local_pairs;  // local SER pairs per equivariant sample (0: none)
 } ser_config_ser;
 
 typedef struct ser_config_optim {
@@ -237,6 +238,9 @@ enum {
     SER_CONFIG_F_NOHASH = 1u << 0,    // does not change results: left out of the hash
     SER_CONFIG_F_MIN_OPEN = 1u << 1,  // the lower bound is exclusive: (min, max]
     SER_CONFIG_F_MAX_OPEN = 1u << 2,  // the upper bound is exclusive: [min, max)
+    // Added after jobs were checkpointed with the hash: hashed only when set away from its
+    // default, so a job that does not use it keeps its hash (and its checkpoints resume).
+    SER_CONFIG_F_HASH_IF_SET = 1u << 3,
 };
 
 typedef struct ser_config_option {

@@ -37,6 +37,19 @@ int ser_batch_check(const ser_batch *b, const ser_vit_config *vit, int shards,
                         vit->patch);
     for (int k = 0; k < b->n_local; k++)
         if (!b->local[k]) return ser_errf(err, SER_EINVAL, "batch: local view %d missing", k);
+    if (b->n_lpairs < 0 || b->n_lpairs > SER_MAX_LOCAL_PAIRS)
+        return ser_errf(err, SER_ESHAPE, "batch: %d local SER pairs per sample (at most %d)",
+                        b->n_lpairs, SER_MAX_LOCAL_PAIRS);
+    for (int i = 0; b->n_lpairs && i < b->n_eq * b->n_lpairs; i++)
+        for (int v = 0; v < 2; v++) {
+            if (!b->lpair[v] || !b->lpair[v][i] || !b->lg[v])
+                return ser_errf(err, SER_EINVAL, "batch: local SER pair %d of equivariant sample "
+                                "%d, view %d missing", i % b->n_lpairs, i / b->n_lpairs, v);
+            if (ser_group_elem_check(&b->lg[v][i]))
+                return ser_errf(err, SER_EINVAL, "batch: local SER pair %d of equivariant sample "
+                                "%d, view %d: invalid group element", i % b->n_lpairs,
+                                i / b->n_lpairs, v);
+        }
     return SER_OK;
 }
 
@@ -45,6 +58,7 @@ void ser_gathered_free(ser_gathered *g) {
     for (int v = 0; v < 2; v++) {
         free(g->qcls[v]), free(g->kcls[v]), free(g->dqcls[v]), free(g->tok[v]), free(g->tokoff[v]);
         free(g->qmap[v]), free(g->kmap[v]), free(g->dqmap[v]);
+        free(g->ltok[v]), free(g->ltokoff[v]), free(g->lqmap[v]), free(g->dlqmap[v]);
     }
     for (int k = 0; k < SER_MAX_LOCAL; k++) free(g->lcls[k]), free(g->dlcls[k]);
     for (int v = 0; v < 2 + SER_MAX_LOCAL; v++) free(g->qpool[v]), free(g->dqpool[v]);
@@ -59,6 +73,7 @@ void ser_engine_free(ser_engine *e) {
     ser_vit_acts_free(&e->tacts);
     free(e->shard_grads);
     free(e->dmap);
+    free(e->zrow);
     memset(e, 0, sizeof *e);
 }
 
@@ -66,19 +81,30 @@ void ser_engine_free(ser_engine *e) {
 typedef struct s_call {
     int view, eq;  // view 2 + k: local view k; eq: -1 for an invariant or local slice
     int i0, i1;    // rows [i0, i1)
+    int pair;      // >= 0: view `view` of local SER pair `pair` of equivariant sample eq
 } s_call;
 
-static int s_max_calls(int B, int shards) { return 2 + 2 * (B / shards) + SER_MAX_LOCAL; }
+static int s_max_calls(int B, int shards) {
+    return 2 + 2 * (B / shards) * (1 + SER_MAX_LOCAL_PAIRS) + SER_MAX_LOCAL;
+}
 
 static int s_shard_calls(const ser_batch *b, int s, int shards, s_call *calls) {
     int B = b->n_inv + b->n_eq, per = B / shards, p0 = s * per, p1 = p0 + per, n = 0;
     int i0 = p0, i1 = p1 < b->n_inv ? p1 : b->n_inv;
     if (i1 > i0)
-        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, -1, i0, i1};
+        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, -1, i0, i1, -1};
     for (int p = p0 > b->n_inv ? p0 : b->n_inv; p < p1; p++)
-        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, p - b->n_inv, 0, 0};
-    for (int k = 0; k < b->n_local; k++) calls[n++] = (s_call){2 + k, -1, p0, p1};
+        for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, p - b->n_inv, 0, 0, -1};
+    for (int k = 0; k < b->n_local; k++) calls[n++] = (s_call){2 + k, -1, p0, p1, -1};
+    for (int p = p0 > b->n_inv ? p0 : b->n_inv; p < p1; p++)
+        for (int k = 0; k < b->n_lpairs; k++)
+            for (int v = 0; v < 2; v++) calls[n++] = (s_call){v, p - b->n_inv, 0, 0, k};
     return n;
+}
+
+// Index of a local SER pair call's view in lpair / lg / ltok (e-major, then pair).
+static size_t s_pair_index(const ser_batch *b, const s_call *c) {
+    return (size_t)c->eq * (size_t)b->n_lpairs + (size_t)c->pair;
 }
 
 static size_t s_call_pos(const ser_batch *b, const s_call *c) {
@@ -94,7 +120,11 @@ static int s_call_forward(const ser_batch *b, const s_call *c, ser_vit *vit, ser
     const float *img;
     size_t pos = s_call_pos(b, c);
     int local = c->view >= 2;
-    if (local) {
+    if (c->pair >= 0) {
+        B = 1;
+        ser_group_image_size(&b->lg[c->view][s_pair_index(b, c)], vit->cfg.patch, &H, &W);
+        img = b->lpair[c->view][s_pair_index(b, c)];
+    } else if (local) {
         B = c->i1 - c->i0, H = W = b->local_img;
         img = b->local[c->view - 2] + (size_t)c->i0 * 3 * H * W;
     } else if (c->eq < 0) {
@@ -111,10 +141,16 @@ static int s_call_forward(const ser_batch *b, const s_call *c, ser_vit *vit, ser
         ids[i] = id * 2u + (uint32_t)(local ? 0 : c->view);  // two views: two masks
     }
     uint64_t vseed = local ? seed + (uint64_t)(c->view - 1) * 0x9E3779B97F4A7C15ull : seed;
+    if (c->pair >= 0) vseed = seed + (uint64_t)(SER_MAX_LOCAL + 1 + c->pair) * 0x9E3779B97F4A7C15ull;
     ser_vit_fwd_opts o = {.train = student, .seed = vseed, .step = step, .sample_ids = ids};
     int rc = ser_vit_forward(vit, a, img, B, H, W, &o, err);
     free(ids);
     if (rc) return rc;
+    if (c->pair >= 0) {  // only the block-k map is kept (the student's: no teacher runs these)
+        float *dst = g->lqmap[c->view] + g->ltokoff[c->view][s_pair_index(b, c)] * C;
+        memcpy(dst, a->map, sizeof(float) * (size_t)a->NP * C);
+        return SER_OK;
+    }
     float *rows = local ? g->lcls[c->view - 2] : (student ? g->qcls : g->kcls)[c->view];
     memcpy(rows + pos * C, a->cls, sizeof(float) * (size_t)B * C);
     if (c->eq >= 0 && (flags & SER_ENGINE_MAPS)) {
@@ -197,6 +233,26 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         g->lcls[k] = ser_xaligned(sizeof(float) * BC);
         g->dlcls[k] = ser_xaligned(sizeof(float) * BC);
     }
+    g->n_lpairs = b->n_lpairs;
+    if (b->n_lpairs && student->baseline) {
+        ser_gathered_free(g);
+        return ser_errf(err, SER_ECONFIG, "local SER pairs need the SER layout (cls_layer %d < "
+                        "depth %d)", student->cfg.cls_layer, student->cfg.depth);
+    }
+    for (int v = 0; b->n_lpairs && v < 2; v++) {
+        size_t np = (size_t)b->n_eq * b->n_lpairs;
+        g->ltok[v] = ser_xcalloc(np + 1, sizeof(int));
+        g->ltokoff[v] = ser_xcalloc(np + 1, sizeof(size_t));
+        for (size_t i = 0; i < np; i++) {
+            int r, c;
+            ser_group_view_grid(&b->lg[v][i], &r, &c);
+            g->ltok[v][i] = r * c;
+            g->ltokoff[v][i] = g->lntok[v];
+            g->lntok[v] += (size_t)r * c;
+        }
+        g->lqmap[v] = ser_xaligned(sizeof(float) * (g->lntok[v] + 1) * (size_t)g->C);
+        g->dlqmap[v] = ser_xaligned(sizeof(float) * (g->lntok[v] + 1) * (size_t)g->C);
+    }
     g->pool = (flags & SER_ENGINE_POOL) != 0;
     for (int v = 0; g->pool && v < 2 + b->n_local; v++) {
         g->qpool[v] = ser_xaligned(sizeof(float) * BC);
@@ -215,7 +271,7 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         for (int i = 0; i < n && !rc; i++) {
             rc = s_call_forward(b, &calls[i], student, &e->acts[s * maxc + i], 1, flags, seed,
                                 step, g, err);
-            if (!rc && teacher && calls[i].view < 2)
+            if (!rc && teacher && calls[i].view < 2 && calls[i].pair < 0)
                 rc = s_call_forward(b, &calls[i], teacher, &e->tacts, 0, flags, seed, step, g, err);
         }
     }
@@ -242,6 +298,17 @@ void ser_engine_backward(ser_engine *e, ser_vit *student, const ser_batch *b, in
         int n = s_shard_calls(b, s, shards, calls);
         for (int i = 0; i < n; i++) {
             const s_call *c = &calls[i];
+            if (c->pair >= 0) {  // a local SER pair's view: its map's gradient only
+                if (!map_grad) continue;  // nothing reaches it
+                if (e->zrow_cap < C) {
+                    free(e->zrow);
+                    e->zrow = ser_xaligned(sizeof(float) * (size_t)C);
+                    e->zrow_cap = C;
+                }
+                ser_vit_backward(student, &e->acts[s * maxc + i], e->zrow,
+                                 g->dlqmap[c->view] + g->ltokoff[c->view][s_pair_index(b, c)] * C);
+                continue;
+            }
             size_t pos = s_call_pos(b, c);
             const float *dmap = c->eq >= 0 && map_grad
                                     ? g->dqmap[c->view] + g->tokoff[c->view][c->eq] * C

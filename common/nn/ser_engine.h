@@ -13,6 +13,13 @@
 // gradients come back in dqpool and reach the map as dqpool / tokens on every token. A MoCo
 // add-on reads these instead of the final [CLS] with moco.addon_layer (ser_moco_addon.h).
 //
+// Local SER pairs (ser.local_pairs = P, the paper's 2+4-view SER, erl_local4): every equivariant
+// sample e has P more pairs of views, pair k made of one local crop, each view its own
+// photometric draw and group element (lg, on the local grid); the student runs on each view
+// alone (their sizes differ) and only its block-k map is kept (lqmap, by (e, k) in e-major
+// order); their gradients come back in dlqmap. Drop-path masks of pair k are keyed by
+// (seed + (SER_MAX_LOCAL + 1 + k) * 0x9E3779B97F4A7C15, step, 2*id + view).
+//
 // Local views (multi-crop: DINO's local crops, MoCo's 2+L queries): n_local more views of every
 // sample, local_img x local_img, run through the student only; their [CLS] rows are gathered in
 // lcls and their gradients come back in dlcls. The teacher sees the two global views only.
@@ -40,6 +47,8 @@
 
 // The most local views per sample (DINO's reference uses up to 10 local crops).
 #define SER_MAX_LOCAL 10
+// The most local SER pairs per equivariant sample (ser.local_pairs; the paper's erl_local4: 2).
+#define SER_MAX_LOCAL_PAIRS 4
 
 // The parameters a global view was made with, per sample and view (AugSelf and EquiMod
 // predict them): floats
@@ -69,6 +78,9 @@ typedef struct ser_batch {
     int local_img;               // local views are local_img x local_img
     const float *local[SER_MAX_LOCAL];  // [k] (n_inv + n_eq, 3, local_img, local_img) by position
     const float *vparams;        // (n_inv + n_eq, 2, SER_VIEW_PARAMS) by position, or NULL
+    int n_lpairs;                // local SER pairs per equivariant sample, 0..SER_MAX_LOCAL_PAIRS
+    const float *const *lpair[2];   // [view][e * n_lpairs + k] (3, H, W), (H, W) from lg
+    const ser_group_elem *lg[2];    // [view][e * n_lpairs + k]
 } ser_batch;
 
 // Checks sizes and group elements against the model; a message names the offending sample.
@@ -88,6 +100,11 @@ typedef struct ser_gathered {
     float *lcls[SER_MAX_LOCAL];   // [k] (B, C) the student's final [CLS] of local view k
     float *dlcls[SER_MAX_LOCAL];  // [k] (B, C) its gradient, filled by the objective
     float *vparams;            // (B, 2, SER_VIEW_PARAMS) the views' parameters, or NULL
+    int n_lpairs;              // local SER pairs per equivariant sample (ser_batch.n_lpairs)
+    int *ltok[2];              // [view] (n_eq * n_lpairs,) tokens of each local pair view
+    size_t *ltokoff[2];        // [view] first row of each one's map
+    size_t lntok[2];           // [view] total rows
+    float *lqmap[2], *dlqmap[2];  // [view] (lntok, C) the student's maps of the pairs' views
     int pool;                  // qpool / dqpool are there (SER_ENGINE_POOL)
     // [view] (B, C): the mean of the block-k map of view v's call for every sample, views 0, 1
     // then the local views 2 .. 1 + n_local; dqpool its gradient, filled by the objective.
@@ -104,6 +121,8 @@ typedef struct ser_engine {
     size_t cap;
     float *dmap;         // a call's map gradient when pooled rows add to it
     size_t dmap_cap;
+    float *zrow;         // a zero [CLS] gradient row (local SER pair calls)
+    int zrow_cap;
 } ser_engine;
 
 void ser_engine_free(ser_engine *e);

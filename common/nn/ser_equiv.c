@@ -65,3 +65,49 @@ int ser_equiv_term(const ser_mlp *proj, const ser_batch *b, ser_gathered *g,
     }
     return rc;
 }
+
+int ser_equiv_pair_term(const ser_mlp *proj, int n, const int *const tok[2],
+                        const ser_group_elem *const g[2], const float *const map[2],
+                        float *const dmap[2], int C, float tau, float lambda, int grad,
+                        double *loss, char err[SER_ERR_LEN]) {
+    *loss = 0;
+    int E = proj->layer[proj->n - 1].s.out, rc = SER_OK;
+    size_t ntok[2] = {0, 0};
+    size_t *off[2] = {ser_xcalloc((size_t)n + 1, sizeof(size_t)),
+                      ser_xcalloc((size_t)n + 1, sizeof(size_t))};
+    for (int v = 0; v < 2; v++)
+        for (int e = 0; e < n; e++) off[v][e] = ntok[v], ntok[v] += (size_t)tok[v][e];
+    ser_mlp_acts pa[2];
+    memset(pa, 0, sizeof pa);
+    float *P[2], *dP[2];
+    for (int v = 0; v < 2; v++) {
+        size_t m = ntok[v] * (size_t)E;
+        P[v] = ser_xaligned(sizeof(float) * (m ? m : 1));
+        dP[v] = ser_xaligned(sizeof(float) * (m ? m : 1));
+        memcpy(P[v], ser_mlp_forward(proj, &pa[v], map[v], (int)ntok[v], 0), sizeof(float) * m);
+    }
+    // B: view 1's projected map moved onto view 0's grid, sample by sample.
+    size_t m0 = ntok[0] * (size_t)E;
+    float *Bm = ser_xaligned(sizeof(float) * (m0 ? m0 : 1));
+    float *dBm = ser_xaligned(sizeof(float) * (m0 ? m0 : 1));
+    for (int e = 0; e < n && !rc; e++)
+        rc = ser_group_rel_action(Bm + off[0][e] * E, P[1] + off[1][e] * E, E, &g[1][e], &g[0][e]);
+    if (!rc)
+        rc = ser_ntxent_pair_forward_backward(loss, grad ? dP[0] : NULL, grad ? dBm : NULL, P[0], Bm,
+                                              tok[0], n, E, tau, grad ? lambda : 0.0f);
+    for (int e = 0; grad && e < n && !rc; e++)
+        rc = ser_group_rel_action_backward(dP[1] + off[1][e] * E, dBm + off[0][e] * E, E, &g[1][e],
+                                           &g[0][e]);
+    if (rc) snprintf(err, SER_ERR_LEN, "ser: group action or pair NT-Xent failed (%s)",
+                     ser_strerror(rc));
+    for (int v = 0; grad && v < 2 && !rc; v++) {
+        size_t nc = ntok[v] * (size_t)C;
+        float *tmp = ser_xaligned(sizeof(float) * (nc ? nc : 1));
+        ser_mlp_backward(proj, &pa[v], tmp, dP[v]);
+        for (size_t i = 0; i < nc; i++) dmap[v][i] += tmp[i];
+        free(tmp);
+    }
+    for (int v = 0; v < 2; v++) free(P[v]), free(dP[v]), free(off[v]), ser_mlp_acts_free(&pa[v]);
+    free(Bm), free(dBm);
+    return rc;
+}

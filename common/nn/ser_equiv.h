@@ -12,7 +12,14 @@
 // "Controversial" choice, §2.6), so with grad on it gets gradient from both sides; teacher
 // maps get none; student key maps (Barlow Twins) do.
 //
-// defines: ser_equiv_opts, ser_equiv_term()
+// The 2+4-view SER (ser.local_pairs > 0, the paper's erl_local4 with its NT-Xent as intended):
+// for one pair of student maps of the n equivariant samples, A = projector_equiv(map of view 0)
+// and B = projector_equiv(map of view 1) moved onto view 0's grid by T_10; the loss is the
+// SimCLR-style patch NT-Xent over X = [A; B] (ser_ntxent_pair_forward_backward: the positive of
+// a token is its partner, every token of other images a negative). Both maps are the student's
+// and get gradient, as does the projector through both.
+//
+// defines: ser_equiv_opts, ser_equiv_term(), ser_equiv_pair_term()
 #ifndef SER_EQUIV_H
 #define SER_EQUIV_H
 
@@ -31,5 +38,13 @@ typedef struct ser_equiv_opts {
 // grads and ADDS to g->dqmap (student maps). Needs g->n_eq >= 1 (otherwise *loss_equiv = 0).
 int ser_equiv_term(const ser_mlp *proj, const ser_batch *b, ser_gathered *g,
                    const ser_equiv_opts *o, double *loss_equiv, char err[SER_ERR_LEN]);
+
+// One pair: map[v] (sum_e tok[v][e], C) the student maps of view v, sample-major; g[v] (n,) their
+// group elements. *loss = L; with grad, proj's gradients accumulate and lambda * dL/dmap[v] is
+// ADDED to dmap[v]. n >= 1.
+int ser_equiv_pair_term(const ser_mlp *proj, int n, const int *const tok[2],
+                        const ser_group_elem *const g[2], const float *const map[2],
+                        float *const dmap[2], int C, float tau, float lambda, int grad,
+                        double *loss, char err[SER_ERR_LEN]);
 
 #endif

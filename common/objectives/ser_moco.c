@@ -58,6 +58,7 @@ int ser_moco_config_from_job(ser_moco_config *c, const ser_config *job, char err
     c->ser_tau = (float)job->ser.tau;
     c->ser_proj_dim = job->ser.proj_dim;
     c->ser_symmetric = job->ser.symmetric == SER_CONFIG_SYM_AUTO ? 1 : job->ser.symmetric;
+    c->local_pairs = job->ser.local_pairs;
     c->addon = addon, c->addon_job = addon ? job : NULL;
     c->addon_pooled = ser_config_addon_pooled(job);
     return SER_OK;
@@ -172,6 +173,66 @@ void ser_moco_momentum_update(ser_moco *m, double momentum) {
 }
 
 // --- the step --------------------------------------------------------------------------------
+// The 2+4-view SER (ser.local_pairs = P): the global pair (qmap) and the P local pairs (lqmap,
+// by (e, k) e-major: pair k's rows are gathered into contiguous maps, and their gradients
+// scattered back), each student against student, the losses summed.
+static int s_pairs_term(ser_moco *m, const ser_batch *b, ser_gathered *g, double *loss,
+                        char *err) {
+    const ser_moco_config *cfg = &m->cfg;
+    *loss = 0;
+    int n = b->n_eq, P = cfg->local_pairs, C = g->C, rc;
+    if (n < 1) return SER_OK;
+    if (g->n_lpairs != P || b->n_lpairs != P)
+        return ser_errf(err, SER_ESHAPE, "ser: the batch has %d local SER pairs per equivariant "
+                        "sample, ser.local_pairs is %d", g->n_lpairs, P);
+    double L = 0;
+    const int *tok[2] = {g->tok[0], g->tok[1]};
+    const ser_group_elem *ge[2] = {b->g[0], b->g[1]};
+    const float *map[2] = {g->qmap[0], g->qmap[1]};
+    float *dmap[2] = {g->dqmap[0], g->dqmap[1]};
+    rc = ser_equiv_pair_term(&m->proj, n, tok, ge, map, dmap, C, cfg->ser_tau, cfg->ser_lambda,
+                             cfg->ser_grad, &L, err);
+    *loss += L;
+    int *tk[2] = {ser_xcalloc((size_t)n, sizeof(int)), ser_xcalloc((size_t)n, sizeof(int))};
+    ser_group_elem *gk[2] = {ser_xcalloc((size_t)n, sizeof(ser_group_elem)),
+                             ser_xcalloc((size_t)n, sizeof(ser_group_elem))};
+    for (int k = 0; k < P && !rc; k++) {
+        float *mk[2], *dk[2];
+        for (int v = 0; v < 2; v++) {
+            size_t rows = 0;
+            for (int e = 0; e < n; e++) {
+                size_t i = (size_t)e * P + k;
+                tk[v][e] = g->ltok[v][i], gk[v][e] = b->lg[v][i];
+                rows += (size_t)g->ltok[v][i];
+            }
+            mk[v] = ser_xaligned(sizeof(float) * (rows + 1) * C);
+            dk[v] = ser_xaligned(sizeof(float) * (rows + 1) * C);
+            for (size_t e = 0, at = 0; e < (size_t)n; e++) {
+                size_t i = e * P + k, nr = (size_t)g->ltok[v][i] * C;
+                memcpy(mk[v] + at, g->lqmap[v] + g->ltokoff[v][i] * C, sizeof(float) * nr);
+                at += nr;
+            }
+        }
+        const int *ct[2] = {tk[0], tk[1]};
+        const ser_group_elem *cg[2] = {gk[0], gk[1]};
+        const float *cm[2] = {mk[0], mk[1]};
+        rc = ser_equiv_pair_term(&m->proj, n, ct, cg, cm, dk, C, cfg->ser_tau, cfg->ser_lambda,
+                                 cfg->ser_grad, &L, err);
+        *loss += L;
+        for (int v = 0; v < 2; v++) {
+            for (size_t e = 0, at = 0; e < (size_t)n; e++) {
+                size_t i = e * P + k, nr = (size_t)g->ltok[v][i] * C;
+                float *d = g->dlqmap[v] + g->ltokoff[v][i] * C;
+                for (size_t j = 0; j < nr; j++) d[j] += dk[v][at + j];
+                at += nr;
+            }
+            free(mk[v]), free(dk[v]);
+        }
+    }
+    for (int v = 0; v < 2; v++) free(tk[v]), free(gk[v]);
+    return rc;
+}
+
 // The batch-coupled part: heads, contrastive loss, projector_equiv, group action, NT-Xent.
 // With L local views (multi-crop; the paper's inv_local4 at L = 4): queries from the 2 + L
 // views (each through the projector and predictor on its own, so its own BatchNorm batch, in
@@ -211,7 +272,9 @@ static int s_objective(ser_moco *m, const ser_batch *b, ser_gathered *st, ser_mo
         ser_mlp_backward(&m->head, &ha[v], v < 2 ? st->dqcls[v] : st->dlcls[v - 2], dz);
     }
     out->loss_equiv = 0;
-    if (cfg->ser) {
+    if (cfg->ser && cfg->local_pairs) {
+        rc = s_pairs_term(m, b, st, &out->loss_equiv, err);
+    } else if (cfg->ser) {
         ser_equiv_opts eo = {.tau = cfg->ser_tau, .lambda = cfg->ser_lambda, .grad = cfg->ser_grad,
                              .both_directions = cfg->ser_symmetric, .keys_from_student = 0};
         rc = ser_equiv_term(&m->proj, b, st, &eo, &out->loss_equiv, err);

@@ -46,6 +46,9 @@ typedef struct ser_moco_config {
     float ser_tau;     // NT-Xent temperature
     int ser_proj_dim;  // projector_equiv width (512)
     int ser_symmetric; // 1: both directions averaged (the reference); 0: L0 only
+    // > 0: the 2+4-view SER (ser.local_pairs): the global pair and this many local pairs per
+    // equivariant sample, each student against student (ser_equiv_pair_term), summed.
+    int local_pairs;
     // An add-on (ser_moco_addon.h: E-SSL, ...) and the job config it reads, or NULL.
     const ser_moco_addon_i *addon;
     const ser_config *addon_job;

@@ -121,8 +121,9 @@ static void s_shards(const ser_wire_msg *m, int opt) {
     size_t ntok[2] = {0, 0};
     int n_local = (int)(rows % 3);  // 0..2 local views asked, varied by the input
     int want_vp = (opt >> 6) & 1, want_pool = (opt >> 7) & 1;
+    int want_lp = (int)(rows % 3);  // 0..2 local SER pairs asked
     int rc = ser_shard_parse_forward(m, rows, C, has_teacher, n_local, want_vp, want_pool,
-                                     want_n_eq, grid_max, &f);
+                                     want_lp, want_n_eq, grid_max, &f);
     if (rc == SER_OK) {
         if (f.rows != rows || f.C != C || f.n_eq < 0 || f.n_eq > rows ||
             (want_n_eq >= 0 && f.n_eq != want_n_eq))
@@ -144,6 +145,19 @@ static void s_shards(const ser_wire_msg *m, int opt) {
         for (int i = 0; f.n_eq && i < (has_teacher ? 4 : 2); i++)
             s_touch(f.maps[i], f.ntok[i & 1] * (size_t)C);
         ntok[0] = f.ntok[0], ntok[1] = f.ntok[1];
+        if (f.n_eq && want_lp) {
+            size_t lt[2] = {0, 0};
+            for (int e = 0; e < f.n_eq * want_lp; e++)
+                for (int v = 0; v < 2; v++) {
+                    int r, c;
+                    if (ser_group_elem_check(&f.lg[v][e]) != SER_OK) s_fail("an invalid pair element");
+                    ser_group_view_grid(&f.lg[v][e], &r, &c);
+                    if (r > grid_max || c > grid_max) s_fail("a pair grid too large");
+                    lt[v] += (size_t)r * c;
+                }
+            if (lt[0] != f.lntok[0] || lt[1] != f.lntok[1]) s_fail("pair token counts not lg's");
+            for (int v = 0; v < 2; v++) s_touch(f.lmaps[v], f.lntok[v] * (size_t)C);
+        }
         ser_shard_fwd_free(&f);
     } else if (rc != SER_EFORMAT && rc != SER_ESHAPE) {
         s_fail("FORWARD_DONE: an unexpected return code");
@@ -154,12 +168,19 @@ static void s_shards(const ser_wire_msg *m, int opt) {
         ntok[v] = n > 0 && n % C == 0 ? (size_t)(n / C) : 0;
     }
     const float *d[SER_SHARD_MAX_BWD];
-    if (ser_shard_parse_backward(m, rows, C, ntok, n_local, want_pool, d) == SER_OK) {
+    size_t lntok[2];
+    for (int v = 0; v < 2; v++) {
+        int64_t n = s_numel(m, v ? "dlqmap1" : "dlqmap0", NULL, NULL);
+        lntok[v] = n > 0 && n % C == 0 ? (size_t)(n / C) : 0;
+    }
+    if (ser_shard_parse_backward(m, rows, C, ntok, n_local, want_pool, (opt & 1) ? lntok : NULL,
+                                 d) == SER_OK) {
         s_touch(d[0], (size_t)rows * C), s_touch(d[1], (size_t)rows * C);
         s_touch(d[2], ntok[0] * (size_t)C), s_touch(d[3], ntok[1] * (size_t)C);
         for (int k = 0; k < n_local; k++) s_touch(d[4 + k], (size_t)rows * C);
-        for (int v = 0; want_pool && v < 2 + n_local; v++)
-            s_touch(d[4 + n_local + v], (size_t)rows * C);
+        int at = 4 + n_local;
+        for (int v = 0; want_pool && v < 2 + n_local; v++) s_touch(d[at++], (size_t)rows * C);
+        for (int v = 0; (opt & 1) && v < 2; v++) s_touch(d[at++], lntok[v] * (size_t)C);
     }
 }
 

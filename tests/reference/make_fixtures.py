@@ -223,10 +223,20 @@ MOCO_GROUP = [  # (view 0, view 1) per equivariant sample: (rot180, hflip, rot90
 ]
 
 
-def moco_case(name, ser_grad, seed, n_local=0, essl=None, pooled=False):
+# The local SER pairs' group elements, on small grids (the local crops are 8 px, patch 4):
+# (view 0, view 1) per pair k, per equivariant sample e.
+LPAIR_GROUP = [
+    [((0, 1, 1, 2, 3), (1, 0, 0, 2, 2)), ((1, 1, 0, 3, 2), (0, 0, 3, 2, 2))],
+    [((0, 0, 2, 2, 2), (1, 1, 1, 3, 2)), ((0, 1, 0, 2, 3), (1, 0, 2, 3, 3))],
+    [((1, 0, 3, 3, 3), (0, 0, 0, 2, 2)), ((0, 0, 1, 2, 2), (1, 1, 0, 2, 3))],
+]
+
+
+def moco_case(name, ser_grad, seed, n_local=0, essl=None, pooled=False, lpairs=0):
     """A whole MoCo-v3 + SER forward/backward on 5 invariant + 3 equivariant samples (and
     n_local local views of 8 px per sample, extra queries). pooled: the add-on reads the pooled
-    block-2 maps (moco.addon_layer = 2, layer decoupling)."""
+    block-2 maps (moco.addon_layer = 2, layer decoupling). lpairs: local SER pairs per
+    equivariant sample (ser.local_pairs, the 2+4-view SER: every pair student against student)."""
     torch.manual_seed(seed)
     vit = dict(img_size=16, patch=4, dim=24, depth=4, heads=3, hidden=48, cls_layer=2)
     m = MoCoSER(vit, mlp_dim=32, dim=16, T=0.2, lam=0.7, tau=0.4, proj_dim=20, ser_grad=ser_grad,
@@ -262,6 +272,20 @@ def moco_case(name, ser_grad, seed, n_local=0, essl=None, pooled=False):
         t[f"eq.view1.{e}"] = eq1[-1][0]
     t.update({"inv.view0": inv0, "inv.view1": inv1,
               "eq.g": torch.tensor([[list(ga), list(gb)] for ga, gb in MOCO_GROUP]).double()})
+    if lpairs:  # pair k of sample e: one 8 px crop, each view its group element's image
+        pairs, lg = [[] for _ in range(lpairs)], []
+        for e in range(len(MOCO_GROUP)):
+            for k in range(lpairs):
+                ga, gb = LPAIR_GROUP[e][k]
+                base = r(1, 3, 8, 8)
+                x0 = image_action(base, ga, 4).float().double()
+                x1 = image_action(base * 0.9 + 0.05, gb, 4).float().double()  # its own "draw"
+                i = e * lpairs + k
+                t[f"lpair.view0.{i}"], t[f"lpair.view1.{i}"] = x0[0], x1[0]
+                pairs[k].append((x0, x1, ga, gb))
+                lg.append([list(ga), list(gb)])
+        t["lpair.g"] = torch.tensor(lg).double()
+        m.local_pairs = pairs
     local = [r(8, 3, 8, 8) for _ in range(n_local)]
     if essl is not None:  # one crop in its 4 counter-clockwise quarter turns
         local = [torch.rot90(local[0], k, (2, 3)) for k in range(4)]
@@ -278,9 +302,11 @@ def moco_case(name, ser_grad, seed, n_local=0, essl=None, pooled=False):
         t["after." + n_] = b.detach().clone().double()
     t.update({"loss": loss.reshape(1), "loss_inv": loss_inv.reshape(1),
               "loss_equiv": loss_equiv.reshape(1), "loss_rot": m.loss_rot.reshape(1)})
-    if ser_grad and not n_local and not pooled:
+    if ser_grad and not n_local and not pooled and not lpairs:
         step_files(m, t, gs, params)
     more = {"addon_layer": str(vit["cls_layer"])} if pooled else {}
+    if lpairs:
+        more["local_pairs"] = str(lpairs)
     save_file(f32(t), os.path.join(OUT, name + ".safetensors"),
               metadata={**more, "momentum": "0.9", "ser_grad": str(int(ser_grad)), "lambda": "0.7",
                         "essl": ",".join(str(x) for x in essl) if essl else "",
@@ -362,6 +388,7 @@ def main():
         moco_case("moco_local2", True, 302, n_local=2)
         moco_case("moco_essl", True, 303, n_local=1, essl=(0.4, 20, 12))
         moco_case("moco_essl_pooled", True, 306, n_local=1, essl=(0.4, 20, 12), pooled=True)
+        moco_case("moco_lpairs", True, 308, n_local=2, lpairs=2)
         return
     if sys.argv[1:] == ["unused"]:  # only the AdamW-unused case (leaves the others as they are)
         unused_case()
@@ -373,6 +400,7 @@ def main():
     moco_case("moco_local2", True, 302, n_local=2)
     moco_case("moco_essl", True, 303, n_local=1, essl=(0.4, 20, 12))
     moco_case("moco_essl_pooled", True, 306, n_local=1, essl=(0.4, 20, 12), pooled=True)
+    moco_case("moco_lpairs", True, 308, n_local=2, lpairs=2)
     unused_case()
     for i, (name, args) in enumerate(CASES.items()):
         vit_case(name, *args, seed=100 + i)

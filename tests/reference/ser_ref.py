@@ -164,6 +164,24 @@ def ntxent(q, k, tokens, tau):
     return (lse - torch.diagonal(S)).mean()
 
 
+def ntxent_pair(A, B, tokens, tau):
+    """The 2+4-view SER's patch NT-Xent as intended (ser-reference.md §2.10, without the public
+    code's bs bug): X = [A; B] (2N rows, A and B student rows of one pair on view 0's grid),
+    every row an anchor, its positive the partner row (r +- N), every token of the same image
+    but the partner masked (self too), the mean over the 2N anchors."""
+    N = A.shape[0]
+    X = F.normalize(torch.cat([A, B]), dim=1)
+    S = X @ X.t() / tau
+    img = torch.repeat_interleave(torch.arange(len(tokens)), torch.tensor(tokens))
+    img2 = torch.cat([img, img])
+    allowed = img2[:, None] != img2[None, :]
+    idx = torch.arange(2 * N)
+    pos = torch.cat([idx[N:], idx[:N]])
+    allowed[idx, pos] = True
+    lse = torch.logsumexp(S.masked_fill(~allowed, float("-inf")), dim=1)
+    return (lse - S[idx, pos]).mean()
+
+
 class MoCoSER(nn.Module):
     """MoCo_ViT + SER of the reference (erl_inv), the SER term with or without gradient."""
 
@@ -176,6 +194,10 @@ class MoCoSER(nn.Module):
         # Layer decoupling (moco.addon_layer): the add-on reads the mean over tokens of the
         # block-cls_layer map after norm_equiv instead of the final [CLS].
         self.addon_pooled = False
+        # The 2+4-view SER (ser.local_pairs): per pair k a list over equivariant samples of
+        # (view-0 image, view-1 image, g0, g1); every pair, the global one first, student
+        # against student with ntxent_pair, the losses summed.
+        self.local_pairs = None
         if essl is not None:
             _, H, Bn = essl
             C = vit["dim"]
@@ -248,6 +270,27 @@ class MoCoSER(nn.Module):
         rot = self.essl[0] * self.loss_rot if self.essl is not None else 0.0
         if len(eq0) == 0:  # no equivariant sample: the SER term is not in the graph at all
             return loss_inv + rot, loss_inv, torch.zeros(())
+        if self.local_pairs is not None:
+            pairs = [[(None, None, gs[0][e], gs[1][e]) for e in range(len(eq0))]]
+            pairs += self.local_pairs
+            loss_equiv = torch.zeros(())
+            for p, pair in enumerate(pairs):
+                A, Bm, tokens = [], [], []
+                for e, (x0, x1, ga, gb) in enumerate(pair):
+                    m0 = qmaps[0][e] if p == 0 else self.base_encoder(x0)[1]
+                    m1 = qmaps[1][e] if p == 0 else self.base_encoder(x1)[1]
+                    pa = self._proj(m0, ga)
+                    pb = rel_action(self._proj(m1, gb), gb, ga)  # view 1 onto view 0's grid
+                    A.append(pa.permute(0, 2, 3, 1).reshape(-1, pa.shape[1]))
+                    Bm.append(pb.permute(0, 2, 3, 1).reshape(-1, pb.shape[1]))
+                    tokens.append(A[-1].shape[0])
+                A, Bm = torch.cat(A), torch.cat(Bm)
+                if not self.ser_grad:
+                    A, Bm = A.detach(), Bm.detach()
+                loss_equiv = loss_equiv + ntxent_pair(A, Bm, tokens, self.tau)
+            if self.ser_grad:
+                return loss_inv + self.lam * loss_equiv + rot, loss_inv, loss_equiv
+            return loss_inv + self.lam * loss_equiv.detach() + rot, loss_inv, loss_equiv
         L = []
         for w in range(2):  # anchors: student view w; teacher view 1-w moved onto w's grid
             Q, K, tokens = [], [], []
