@@ -20,12 +20,15 @@ static void s_usage(FILE *f) {
             "usage: ser bench step [--method moco|dino|barlow] [--ser on|off] [--model M]\n"
             "                      [--img N] [--patch P] [--batch B] [--ratio R | --eq N]\n"
             "                      [--threads T] [--runs R] [--mlp-dim D | --out-dim D |\n"
-            "                      --proj-dim D] [--local L [--local-size S]] [--json]\n"
+            "                      --proj-dim D] [--local L [--local-size S]] [--lpairs P]\n"
+            "                      [--json]\n"
             "  times one whole training step (student and teacher ViT on both views, heads,\n"
             "  losses, SER, backward, AdamW) on synthetic data. --ser off is the base method\n"
             "  alone on the whole batch; on splits off round(R*B) equivariant samples (or --eq N).\n"
             "  --local L adds L local views per image (multi-crop: DINO's local crops, MoCo's\n"
-            "  2 + L queries) of S px (default img x 96/224 rounded to the patch).\n"
+            "  2 + L queries) of S px (default img x 96/224 rounded to the patch). --lpairs P\n"
+            "  adds P local SER pairs per equivariant sample (ser.local_pairs: the 2+4-view SER,\n"
+            "  every pair student against student) at S px.\n"
             "  defaults: moco, ser on, vit_small, 224, patch 16, batch 32, ratio 0.01, 2 threads,\n"
             "  5 runs, the method's head widths (moco mlp 4096, dino out 65536, barlow 8192)\n");
 }
@@ -41,7 +44,7 @@ int ser_bench_step(int argc, char **argv) {
     const char *method = "moco", *model = "vit_small";
     int ser = 1, img = 224, patch = 16, batch = 32, threads = 2, runs = 5, json = 0, eq = -1;
     int head = 0;  // moco: mlp_dim; barlow: proj_dim (0 = the method's default)
-    int n_local = 0, local_size = 0;
+    int n_local = 0, local_size = 0, lpairs = 0;
     double ratio = 0.01;
     static const struct option opts[] = {
         {"method", required_argument, 0, 'M'}, {"ser", required_argument, 0, 's'},
@@ -51,7 +54,7 @@ int ser_bench_step(int argc, char **argv) {
         {"threads", required_argument, 0, 't'}, {"runs", required_argument, 0, 'R'},
         {"mlp-dim", required_argument, 0, 'd'}, {"proj-dim", required_argument, 0, 'd'},
         {"out-dim", required_argument, 0, 'd'}, {"local", required_argument, 0, 'L'},
-        {"local-size", required_argument, 0, 'S'},
+        {"local-size", required_argument, 0, 'S'}, {"lpairs", required_argument, 0, 'P'},
         {"json", no_argument, 0, 'j'},         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
@@ -77,16 +80,19 @@ int ser_bench_step(int argc, char **argv) {
         case 'd': head = atoi(optarg); break;
         case 'L': n_local = atoi(optarg); break;
         case 'S': local_size = atoi(optarg); break;
+        case 'P': lpairs = atoi(optarg); break;
         case 'j': json = 1; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }
     }
     if (batch < 2 || threads < 1 || runs < 1 || runs > 1000 || ratio < 0 || ratio > 1 || head < 0 ||
-        n_local < 0 || n_local > SER_MAX_LOCAL || local_size < 0) {
+        n_local < 0 || n_local > SER_MAX_LOCAL || local_size < 0 || lpairs < 0 ||
+        lpairs > SER_MAX_LOCAL_PAIRS) {
         fprintf(stderr, "ser bench step: need --batch >= 2, --threads >= 1, 1 <= --runs <= 1000, "
-                        "0 <= --ratio <= 1, head width >= 0, 0 <= --local <= %d, --local-size >= 0\n",
-                SER_MAX_LOCAL);
+                        "0 <= --ratio <= 1, head width >= 0, 0 <= --local <= %d, --local-size >= 0, "
+                        "0 <= --lpairs <= %d\n",
+                SER_MAX_LOCAL, SER_MAX_LOCAL_PAIRS);
         return 2;
     }
     // The job: defaults (the reference MoCo run) with the benchmark's overrides.
@@ -114,6 +120,7 @@ int ser_bench_step(int argc, char **argv) {
     if (strcmp(method, "dino") == 0) SET("optim.decay=no_bias_1d"), SET("model.init=generic");
     SET("data.local_crops=%d", n_local);
     SET("data.local_size=%d", local_size);
+    SET("ser.local_pairs=%d", ser && n_eq > 0 ? lpairs : 0);
 #undef SET
     int rc = 0;
     for (int i = 0; i < ns && !rc; i++) rc = ser_config_set_arg(&cfg, sets[i], err);
@@ -159,6 +166,23 @@ int ser_bench_step(int argc, char **argv) {
         s_fill(loc[k], nl, (uint32_t)(1000 + k));
         b.local[k] = loc[k];
     }
+    // The local SER pairs: on the local grid, their own group draws (stream 6).
+    int P = cfg.ser.local_pairs, np = n_eq * P;
+    ser_group_elem *lg[2] = {ser_xcalloc((size_t)np + 1, sizeof(ser_group_elem)),
+                             ser_xcalloc((size_t)np + 1, sizeof(ser_group_elem))};
+    float **lpimg[2] = {ser_xcalloc((size_t)np + 1, sizeof(float *)),
+                        ser_xcalloc((size_t)np + 1, sizeof(float *))};
+    for (int i = 0; i < np; i++) {
+        ser_group_sample_paper(&lg[0][i], &lg[1][i], ls / patch, 6, 0, (uint32_t)i);
+        for (int v = 0; v < 2; v++) {
+            int H, W;
+            ser_group_image_size(&lg[v][i], patch, &H, &W);
+            lpimg[v][i] = ser_xaligned(sizeof(float) * 3 * (size_t)H * W);
+            s_fill(lpimg[v][i], (size_t)3 * H * W, (uint32_t)(5000 + 2 * i + v));
+        }
+    }
+    b.n_lpairs = P;
+    for (int v = 0; v < 2; v++) b.lpair[v] = (const float *const *)lpimg[v], b.lg[v] = lg[v];
     double *t = ser_xcalloc((size_t)runs, sizeof(double)), L[3] = {0, 0, 0};
     for (int r = -1; r < runs && !rc; r++) {  // r = -1: warm-up
         double t0 = ser_time_sec(), lr, wd, mom;
@@ -173,21 +197,26 @@ int ser_bench_step(int argc, char **argv) {
         if (json)
             printf("{\"bench\":\"step\",\"method\":\"%s\",\"ser\":%d,\"model\":\"%s\",\"img\":%d,"
                    "\"patch\":%d,\"batch\":%d,\"n_eq\":%d,\"local\":%d,\"local_size\":%d,"
-                   "\"threads\":%d,\"runs\":%d,"
+                   "\"lpairs\":%d,\"threads\":%d,\"runs\":%d,"
                    "\"median_step_s\":%.6f,\"images_per_s\":%.3f,\"loss\":%.6f}\n",
                    method, ser && n_eq > 0, model, img, patch, batch, n_eq, n_local,
-                   n_local ? ls : 0, threads, runs, med, batch / med, L[0]);
+                   n_local ? ls : 0, P, threads, runs, med, batch / med, L[0]);
         else
             printf("ser bench step: %s%s %s/%d img %d batch %d (%d equivariant, %d local of %d "
-                   "px) threads %d (median of %d)\n  step %.4f s  %.2f images/s  loss %.4f\n",
+                   "px, %d local SER pairs) threads %d (median of %d)\n  step %.4f s  %.2f "
+                   "images/s  loss %.4f\n",
                    method, ser && n_eq > 0 ? "+ser" : "", model, patch, img, batch, n_eq, n_local,
-                   n_local ? ls : 0, threads, runs, med, batch / med, L[0]);
+                   n_local ? ls : 0, P, threads, runs, med, batch / med, L[0]);
     }
     for (int v = 0; v < 2; v++) {
         for (int e = 0; e < n_eq; e++) free(eqimg[v][e]);
         free(eqimg[v]), free(g[v]), free(inv[v]);
     }
     for (int k = 0; k < n_local; k++) free(loc[k]);
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < np; i++) free(lpimg[v][i]);
+        free(lpimg[v]), free(lg[v]);
+    }
     free(t);
     ser_trainer_free(&tr);
     return rc ? 1 : 0;

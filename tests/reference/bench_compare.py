@@ -49,6 +49,8 @@ def main():
     r0 = ours[0]
     if what == "step":
         loc = f" + {r0['local']} local of {r0['local_size']} px" if r0.get("local") else ""
+        if r0.get("lpairs"):
+            loc += f" + {r0['lpairs']} local SER pairs"
         pk = f" ({peer[0]['autocast']})" if peer[0].get("autocast", "none") != "none" else ""
         print(f"| {r0['method']}{'+ser' if r0['ser'] else ''}{loc} | {r0['model']}/{r0['patch']} | "
               f"{r0['img']} | {r0['batch']} ({r0['n_eq']} eq) | {r0['threads']}{pk} | "

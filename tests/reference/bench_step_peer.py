@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--out-dim", type=int, default=0)
     ap.add_argument("--local", type=int, default=0, help="local views per image (multi-crop)")
     ap.add_argument("--local-size", type=int, default=0, help="their side; 0 = img x 96/224")
+    ap.add_argument("--lpairs", type=int, default=0,
+                    help="local SER pairs per equivariant sample (ser.local_pairs, MoCo)")
     ap.add_argument("--autocast", default="none", choices=["none", "bf16"],
                     help="bf16: torch.autocast('cpu', bfloat16) around the forward (the peer's "
                          "best setting on a CPU with fast bf16)")
@@ -89,6 +91,15 @@ def main():
             gs[v].append(g)
             h, w = (g[3], g[4]) if g[2] % 2 == 0 else (g[4], g[3])
             eq[v].append(torch.randn(1, 3, a.patch * h, a.patch * w))
+    lpairs = a.lpairs if a.method == "moco" and n_eq else 0
+    if lpairs:  # the 2+4-view SER: pairs of local views on the local grid, student vs student
+        m.local_pairs = [[] for _ in range(lpairs)]
+        for _ in range(n_eq):
+            for k in range(lpairs):
+                ga, gb = sample_g(ls // a.patch, rng), sample_g(ls // a.patch, rng)
+                xs = [torch.randn(1, 3, a.patch * (g[3] if g[2] % 2 == 0 else g[4]),
+                                  a.patch * (g[4] if g[2] % 2 == 0 else g[3])) for g in (ga, gb)]
+                m.local_pairs[k].append((xs[0], xs[1], ga, gb))
     times = []
     for r in range(a.runs + 1):
         t0 = time.perf_counter()
@@ -115,7 +126,7 @@ def main():
     print(json.dumps({"bench": "step_peer", "impl": f"pytorch {torch.__version__}",
                       "method": a.method, "ser": int(a.ser == "on" and n_eq > 0), "model": a.model,
                       "img": a.img, "patch": a.patch, "batch": a.batch, "n_eq": n_eq,
-                      "local": a.local, "local_size": ls if a.local else 0,
+                      "local": a.local, "local_size": ls if a.local else 0, "lpairs": lpairs,
                       "autocast": a.autocast,
                       "threads": a.threads, "runs": a.runs,
                       "median_step_s": med, "images_per_s": a.batch / med}))
