@@ -68,7 +68,9 @@ typedef struct s_shard {
     ser_group_elem *lg[2];  // [view] (n_eq * P,) its local SER pairs' group elements (P > 0)
     float *lmaps[2];        // lqmap0, lqmap1 rows of this step
     size_t lntok[2];
-    float *grad;       // its ViT gradient (span floats)
+    float *grad;       // its ViT gradient when it came before an earlier shard's (span
+                       // floats; NULL once folded into the step's sum, s_fold_ready)
+    size_t bad_at;     // its gradient's first non-finite element (SIZE_MAX: none)
 } s_shard;
 
 typedef struct s_coord {
@@ -110,6 +112,8 @@ typedef struct s_coord {
     int E;                   // equivariant samples per step (the last E positions); -1: unknown
     int grid_max;            // largest token-grid side a loader can draw
     int L;                   // local views per sample (data.local_crops)
+    float *fold;             // this step's gradient sum (the trainer's buffer) during backward
+    int fold_next;           // shards folded into it so far (0 .. fold_next-1, in order)
     ser_knn_monitor *knn;    // NULL: off
     int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
     // Peers already named in a warning (unknown, refused or malformed): later messages from
@@ -668,6 +672,41 @@ static void s_offence(s_coord *c, int wi, int shard, const char *what) {
               "more work", w->id, w->offences);
 }
 
+
+// The step's gradient sum, shard by shard in shard order as each arrives (the left fold of
+// ser_engine_backward): total[i] = ((0 + g0[i]) + g1[i]) + ..., on the job's threads over
+// blocks of the parameter range, so any thread count and any arrival order give the same bits.
+// A shard that arrives before an earlier one waits in its buffer; no sum over all shards is left
+// for the end of the backward phase. The first non-finite element of each shard is noted as it
+// is folded (s_name_nonfinite_shard).
+static void s_fold(s_coord *c, s_shard *sh, const float *g) {
+    enum { BLK = 4096 };
+    size_t nblk = (c->span + BLK - 1) / BLK, bad = SIZE_MAX;
+    float *total = c->fold;
+#pragma omp parallel for schedule(static) reduction(min : bad)
+    for (size_t b = 0; b < nblk; b++) {
+        size_t i0 = b * BLK, i1 = i0 + BLK < c->span ? i0 + BLK : c->span;
+        for (size_t i = i0; i < i1; i++) {
+            float x;
+            memcpy(&x, g + i, sizeof x);  // frames carry no alignment guarantee
+            if (!isfinite(x) && i < bad) bad = i;
+            total[i] += x;
+        }
+    }
+    sh->bad_at = bad;
+}
+
+// Folds the waiting shards that are next in order.
+static void s_fold_ready(s_coord *c) {
+    while (c->fold_next < c->S && c->sh[c->fold_next].state == SH_BWD_DONE) {
+        s_shard *sh = &c->sh[c->fold_next];
+        SER_ASSERT(sh->grad);
+        s_fold(c, sh, sh->grad);
+        free(sh->grad), sh->grad = NULL;
+        c->fold_next++;
+    }
+}
+
 static void s_handle(s_coord *c, ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int wi = s_find_worker(c, m->identity);
@@ -742,8 +781,15 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
             s_offence(c, wi, (int)e->shard, "a gradient not of the model's size");
             return;
         }
-        memcpy(sh->grad, g, sizeof(float) * c->span);
         sh->state = SH_BWD_DONE;
+        if (c->fold && (int)e->shard == c->fold_next) {  // straight from the frame
+            s_fold(c, sh, g);
+            c->fold_next++;
+            s_fold_ready(c);
+        } else {  // an earlier shard is still out: keep it until then
+            if (!sh->grad) sh->grad = ser_xaligned_raw(sizeof(float) * c->span);
+            memcpy(sh->grad, g, sizeof(float) * c->span);
+        }
         if (s_now() - sh->sent_ms > c->task_max_ms) c->task_max_ms = s_now() - sh->sent_ms;
     } else {
         ser_log(SER_LL_DEBUG, "duplicate message for shard %u from %s dropped", e->shard, w->id);
@@ -852,16 +898,13 @@ static int s_phase(s_coord *c, int target, const char *name) {
 // After a non-finite gradient (nothing applied): when a shard's contribution is the source,
 // err names it and its worker instead of the global norm.
 static void s_name_nonfinite_shard(const s_coord *c, char *err) {
-    for (int s = 0; s < c->S; s++) {
-        const float *g = c->sh[s].grad;
-        for (size_t i = 0; i < c->span; i++)
-            if (!isfinite(g[i])) {
-                ser_errf(err, SER_ENONFINITE, "step %lld: non-finite gradient from shard %d "
-                         "(worker %s, element %zu); not applied", (long long)c->step, s,
-                         c->w[c->sh[s].worker].id, i);
-                return;
-            }
-    }
+    for (int s = 0; s < c->S; s++)
+        if (c->sh[s].bad_at != SIZE_MAX) {
+            ser_errf(err, SER_ENONFINITE, "step %lld: non-finite gradient from shard %d (worker "
+                     "%s, element %zu); not applied", (long long)c->step, s,
+                     c->w[c->sh[s].worker].id, c->sh[s].bad_at);
+            return;
+        }
 }
 
 // After a non-finite loss: when a shard's forward rows are the source, err names the first such
@@ -916,27 +959,15 @@ static int s_remote_forward(void *ctx, const ser_batch **b, ser_gathered **g, ch
     return SER_OK;
 }
 
-// total = the shards' gradients summed in shard order, element by element (the left fold of
-// ser_engine_backward), on the job's threads: blocks of the parameter range go to threads, and
-// every element is still 0 + g0 + g1 + ... in that order, so any thread count gives the same
-// bits. (One thread spent ~12.5 ms per ViT-S/16 shard here.)
-static void s_sum_shards(const s_coord *c, float *total) {
-    enum { BLK = 4096 };
-    size_t nblk = (c->span + BLK - 1) / BLK;
-#pragma omp parallel for schedule(static)
-    for (size_t b = 0; b < nblk; b++) {
-        size_t i0 = b * BLK, i1 = i0 + BLK < c->span ? i0 + BLK : c->span;
-        memset(total + i0, 0, sizeof(float) * (i1 - i0));
-        for (int s = 0; s < c->S; s++) {
-            const float *g = c->sh[s].grad;
-            for (size_t i = i0; i < i1; i++) total[i] += g[i];
-        }
-    }
-}
-
 static int s_remote_backward(void *ctx, float *total, char *err) {
     (void)err;
     s_coord *c = ctx;
+    memset(total, 0, sizeof(float) * c->span);  // the gradients fold into it as they come
+    c->fold = total, c->fold_next = 0;
+    for (int s = 0; s < c->S; s++) {
+        c->sh[s].bad_at = SIZE_MAX;
+        free(c->sh[s].grad), c->sh[s].grad = NULL;
+    }
     for (int s = 0; s < c->S; s++) {
         if (c->sh[s].redo)
             c->sh[s].state = SH_IDLE;  // its worker died after the forward: s_phase redoes it
@@ -944,8 +975,9 @@ static int s_remote_backward(void *ctx, float *total, char *err) {
             s_send_backward(c, s);
     }
     int rc = s_phase(c, SH_BWD_DONE, "backward");
+    c->fold = NULL;
     if (rc) return rc;
-    s_sum_shards(c, total);
+    SER_ASSERT(c->fold_next == c->S);
     c->phase = SER_STATUS_PHASE_APPLY;
     c->waiting[0] = 0;
     return SER_OK;
@@ -1234,7 +1266,7 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     for (int s = 0; s < c->S; s++) {
         s_shard *sh = &c->sh[s];
         sh->p0 = s * (c->B / c->S), sh->p1 = sh->p0 + c->B / c->S, sh->worker = -1;
-        sh->grad = ser_xaligned(sizeof(float) * c->span);
+        sh->bad_at = SIZE_MAX;
     }
     c->g.B = c->B, c->g.C = c->m->student->cfg.dim;
     for (int v = 0; v < 2; v++) {
