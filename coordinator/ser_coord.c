@@ -925,6 +925,9 @@ static void s_name_nonfinite_rows(const s_coord *c, char *err) {
         for (int v = 0; v < 2 && sh->n_eq && !bad; v++)
             for (size_t j = 0; j < sh->ntok[v] * (size_t)C && !bad; j++)
                 bad = !isfinite(sh->maps[v][j]) || (c->m->teacher && !isfinite(sh->maps[2 + v][j]));
+        for (int v = 0; v < 2 && sh->lmaps[v] && !bad; v++)  // the local SER pairs' maps
+            for (size_t j = 0; j < sh->lntok[v] * (size_t)C && !bad; j++)
+                bad = !isfinite(sh->lmaps[v][j]);
         if (bad) {
             size_t n = strlen(err);
             snprintf(err + n, SER_ERR_LEN - n, " (non-finite forward rows from shard %d, worker %s)",
