@@ -1259,12 +1259,7 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     // known here: then only the sizes are checked).
     c->E = o->batch_file ? -1
            : o->cfg.ser.enabled ? ser_sched_equiv_count(o->cfg.ser.ratio, c->B) : 0;
-    {
-        const ser_config_ser *sr = &o->cfg.ser;
-        double amax = sr->aspect_max > 1 / sr->aspect_min ? sr->aspect_max : 1 / sr->aspect_min;
-        int g0 = o->cfg.model.img_size / o->cfg.model.patch;
-        c->grid_max = (int)ceil(2.0 * g0 * sqrt(sr->scale_max * amax)) + 2;
-    }
+    c->grid_max = ser_config_grid_max(&o->cfg);
     c->sh = ser_xcalloc((size_t)c->S, sizeof *c->sh);
     for (int s = 0; s < c->S; s++) {
         s_shard *sh = &c->sh[s];

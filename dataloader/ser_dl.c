@@ -345,6 +345,9 @@ static void s_draw_groups(const ser_dl_config *c, uint64_t step, uint32_t shard,
 // The view id of local SER pair k's view w: its crop's and photometric draws' streams (the crop
 // is drawn with w = 0's id) and kornia op order.
 #define S_PAIR_VIEW(k, w) (2 + SER_MAX_LOCAL + 2 * (k) + (w))
+_Static_assert(SER_DL_MAX_PAIR_VIEWS == 2 * SER_MAX_LOCAL_PAIRS &&
+                   SER_DL_MAX_LOCAL == SER_MAX_LOCAL,
+               "every pair view has a photometric view id");
 
 typedef struct s_job {
     ser_dl *dl;

@@ -98,7 +98,7 @@ void ser_dl_kornia_solarize(float *x, int n, float t);    // x < t ? x : 1 - x
 // (view 2 .. 1 + SER_DL_MAX_LOCAL): blur p 0.5, never solarized (DINO's local crops); the views
 // of the local SER pairs (2 + SER_DL_MAX_LOCAL .. + SER_DL_MAX_PAIR_VIEWS) take that policy too.
 #define SER_DL_MAX_LOCAL 10
-#define SER_DL_MAX_PAIR_VIEWS 8
+#define SER_DL_MAX_PAIR_VIEWS 8  // 2 * SER_MAX_LOCAL_PAIRS (ser_dl.c asserts it)
 typedef struct ser_dl_photo {
     int jitter;       // apply colour jitter
     int order[4];     // op order: 0 brightness, 1 contrast, 2 saturation, 3 hue

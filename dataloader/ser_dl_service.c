@@ -19,7 +19,7 @@
 // here only ever point at data that outlives the pack call and is never written through.
 #pragma GCC diagnostic ignored "-Wcast-qual"
 
-#define S_MAX_FRAMES ((2 + SER_MAX_LOCAL) * SER_DL_WIRE_MAX_SAMPLES + 3)
+#define S_MAX_FRAMES ((2 + SER_MAX_LOCAL + 2 * SER_MAX_LOCAL_PAIRS) * SER_DL_WIRE_MAX_SAMPLES + 3)
 #define S_QUEUE_CAP 64
 
 // --- multipart helpers -----------------------------------------------------------------------

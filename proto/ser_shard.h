@@ -15,12 +15,12 @@
 //                                             (data.local_crops), when L > 0
 //                  [vparams (rows, 2, 21)]    the global views' parameters (SER_VIEW_PARAMS),
 //                                             when the batch has them
-//                  [lg (n_eq * P, 2, 5), lqmap0, lqmap1 (lntok_v, C)] the local SER pairs
-//                                             (ser.local_pairs = P): their group elements
-//                                             and the student's maps of their views
 //                  [qpool0..qpool<1+L> (rows, C)] the pooled block-k maps of views 0, 1 and the
 //                                             local views, when a MoCo add-on reads them
 //                                             (moco.addon_layer)
+//                  [lg (n_eq * P, 2, 5), lqmap0, lqmap1 (lntok_v, C)] the local SER pairs
+//                                             (ser.local_pairs = P): their group elements
+//                                             and the student's maps of their views
 //   BACKWARD       dqcls0, dqcls1 (rows, C), dqmap0, dqmap1 (ntok_v, C)
 //                  [dlcls0..dlcls<L-1> (rows, C)]
 //                  [dqpool0..dqpool<1+L> (rows, C)]

@@ -214,6 +214,9 @@ static void test_cross_field_errors(void **state) {
     EXPECT("[method]\nname = augself\n[model]\ncls_layer = 12\n[ser]\nenabled = false\n"
            "[moco]\naddon_layer = 12\n",
            "moco.addon_layer = 12: the pooled map is the block-k map of the SER layout");
+    EXPECT("[ser]\nlocal_pairs = 2\nratio = 0.5\n",
+           "ser.local_pairs = 2: the pair NT-Xent compares up to 2 x 260915 tokens of the global "
+           "pair");
     EXPECT("[method]\nname = dino\n[ser]\nlocal_pairs = 2\n",
            "ser.local_pairs = 2: the 2+4-view SER is built for method.name = moco with "
            "ser.enabled = true");

@@ -145,6 +145,12 @@ int ser_cmd_step(int argc, char **argv) {
         ser_trainer_init_weights(&tr, cfg.data.seed);
     }
     if ((rc = ser_batchfile_load(&sb, batch_path, cfg.model.patch, err))) goto fail;
+    int want_pairs = cfg.ser.enabled ? cfg.ser.local_pairs : 0;
+    if (sb.b.n_lpairs != want_pairs && sb.b.n_eq > 0) {
+        rc = ser_errf(err, SER_ESHAPE, "%s holds %d local SER pairs per equivariant sample, the "
+                      "job's ser.local_pairs is %d", batch_path, sb.b.n_lpairs, want_pairs);
+        goto fail;
+    }
     grads0 = ser_xaligned(sizeof(float) * tr.tab->total);
     losses = ser_xcalloc((size_t)steps * 3, sizeof(float));
     for (int k = 0; k < steps; k++) {

@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "ser_ntxent.h"
 #include "ser_objective.h"
 
 // --- allowed names of the enums (index = stored value) -----------------------------------------
@@ -891,6 +892,16 @@ int ser_config_local_size(const ser_config *cfg) {
     return (n < 1 ? 1 : n) * P;
 }
 
+int ser_config_grid_max(const ser_config *cfg) {
+    const ser_config_ser *sr = &cfg->ser;
+    double amax = sr->aspect_max > 1 / sr->aspect_min ? sr->aspect_max : 1 / sr->aspect_min;
+    int side = cfg->model.img_size;
+    if (sr->enabled && sr->local_pairs && ser_config_local_size(cfg) > side)
+        side = ser_config_local_size(cfg);
+    int g0 = side / cfg->model.patch;
+    return (int)ceil(2.0 * g0 * sqrt(sr->scale_max * amax)) + 2;
+}
+
 int ser_config_addon_pooled(const ser_config *cfg) {
     int m = cfg->method.name;
     return cfg->moco.addon_layer > 0 &&
@@ -998,6 +1009,16 @@ int ser_config_validate(const ser_config *c, char err[SER_ERR_LEN]) {
     RULE(c->ser.local_pairs == 0 || (c->method.name == SER_CONFIG_METHOD_MOCO && c->ser.enabled),
          "ser.local_pairs = %d: the 2+4-view SER is built for method.name = moco with "
          "ser.enabled = true", c->ser.local_pairs);
+    if (c->ser.enabled && c->ser.local_pairs) {  // the pair NT-Xent holds 2N <= its bound
+        double g0 = (double)m->img_size / m->patch;
+        double N = ser_sched_equiv_count(c->ser.ratio, c->data.global_batch) * g0 * g0 *
+                   c->ser.scale_max;
+        RULE(2 * N <= SER_NTXENT_MAX_TOKENS,
+             "ser.local_pairs = %d: the pair NT-Xent compares up to 2 x %.0f tokens of the global "
+             "pair (equivariant samples x (model.img_size / model.patch)^2 x ser.scale_max), above "
+             "its bound of %d: lower ser.ratio or the image size", c->ser.local_pairs, N,
+             SER_NTXENT_MAX_TOKENS);
+    }
     RULE(c->moco.addon_layer == 0 || ser_config_addon_pooled(c),
          "moco.addon_layer = %d: only a MoCo add-on (method.name = essl, augself, equimod or "
          "stl) reads it; method.name = %s", c->moco.addon_layer,

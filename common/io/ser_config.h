@@ -320,6 +320,10 @@ void ser_config_to_sched(const ser_config *cfg, int64_t iters_per_epoch, ser_sch
 int ser_config_shard_batch(const ser_config *cfg);
 // data.local_size, or its default when 0: img_size * 96 / 224 rounded to a multiple of patch.
 int ser_config_local_size(const ser_config *cfg);
+// The largest token-grid side an honest loader draws for this job's equivariant views (global,
+// and local SER pairs' when ser.local_pairs > 0): twice the base grid times the group's largest
+// scale and aspect, plus 2. Peers' grids above it are refused.
+int ser_config_grid_max(const ser_config *cfg);
 // 1 when the job's MoCo add-on reads the pooled block-k maps (moco.addon_layer > 0, layer
 // decoupling): the engine then gathers them (SER_ENGINE_POOL).
 int ser_config_addon_pooled(const ser_config *cfg);

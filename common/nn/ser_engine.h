@@ -140,8 +140,8 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
                        int shards, int flags, uint64_t seed, uint32_t step, ser_gathered *g,
                        char err[SER_ERR_LEN]);
 
-// Backward half: for each shard, the student's gradient from dqcls (and dqmap when map_grad,
-// and dqpool when g->pool) into a zeroed buffer, then added to student->grads in shard order. student->grads must hold
+// Backward half: for each shard, the student's gradient from dqcls (and dqmap and the local SER
+// pairs' dlqmap when map_grad, and dqpool when g->pool) into a zeroed buffer, then added to student->grads in shard order. student->grads must hold
 // the other modules' gradients already; its ViT span is overwritten, not accumulated into.
 void ser_engine_backward(ser_engine *e, ser_vit *student, const ser_batch *b, int shards,
                          const ser_gathered *g, int map_grad);
