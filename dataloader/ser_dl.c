@@ -523,6 +523,37 @@ static void s_make_sample(void *arg, int k, void **tj) {
     ser_dl_image_free(&im);
 }
 
+static int s_view_fits(const ser_group_elem *g, int h, int w, int patch, int grid_max) {
+    int eh, ew, r, c;
+    if (ser_group_elem_check(g)) return 0;
+    ser_group_image_size(g, patch, &eh, &ew);
+    ser_group_view_grid(g, &r, &c);
+    return eh == h && ew == w && r <= grid_max && c <= grid_max;
+}
+
+int ser_dl_shard_check(const ser_dl_shard *d, int patch, int grid_max, char err[256]) {
+    for (int i = 0; i < d->n; i++) {
+        const ser_dl_sample *x = &d->samples[i];
+        if (!x->equivariant) continue;
+        for (int v = 0; v < 2; v++) {
+            if (!s_view_fits(&x->g[v], x->h[v], x->w[v], patch, grid_max)) {
+                snprintf(err, 256, "sample %d view %d: %dx%d px is not its group element's view "
+                         "(grid %dx%d) at patch %d, or its grid is above %d", i, v, x->h[v],
+                         x->w[v], x->g[v].gh, x->g[v].gw, patch, grid_max);
+                return SER_ESHAPE;
+            }
+            for (int k = 0; k < d->local_pairs; k++)
+                if (!s_view_fits(&x->lg[k][v], x->lh[k][v], x->lw[k][v], patch, grid_max)) {
+                    snprintf(err, 256, "sample %d local SER pair %d view %d: %dx%d px is not its "
+                             "group element's view at patch %d, or its grid is above %d", i, k,
+                             v, x->lh[k][v], x->lw[k][v], patch, grid_max);
+                    return SER_ESHAPE;
+                }
+        }
+    }
+    return SER_OK;
+}
+
 int ser_dl_make_shard(ser_dl *dl, uint64_t step, uint32_t shard, ser_dl_shard *out) {
     const ser_dl_config *c = &dl->cfg;
     memset(out, 0, sizeof *out);

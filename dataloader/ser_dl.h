@@ -161,6 +161,12 @@ typedef struct ser_dl_shard {
 // Releases the internals; safe on a zeroed struct.
 void ser_dl_shard_free(ser_dl_shard *s);
 
+// A shard from another process (a loader's reply) against the job: every equivariant view and
+// local SER pair view has the size its group element gives at this patch (the ViT reads
+// rows x patch by cols x patch of it) and a token grid of at most grid_max a side. SER_OK, or
+// SER_ESHAPE with the sample and view named in err.
+int ser_dl_shard_check(const ser_dl_shard *d, int patch, int grid_max, char err[256]);
+
 typedef struct ser_dl ser_dl;
 
 // Opens the dataset and starts the thread pool. NULL with a reason in err on failure

@@ -442,6 +442,24 @@ static void test_local_pairs(void **state) {
                     "pairs); %d of %d pair elements differ from the global pair's\n",
             worst_ok, best_wrong, wrong_cases, own_draws, 4 * sh.n);
     assert_int_equal(sh.nbytes, want_bytes);
+    // The check a worker makes of a loader's reply: this shard passes; a view whose size is its
+    // group element's at another patch (self-consistent, so the wire's own checks pass it), or
+    // a grid above the job's bound, does not.
+    char cerr[256];
+    assert_int_equal(ser_dl_shard_check(&sh, P, 64, cerr), SER_OK);
+    assert_int_equal(ser_dl_shard_check(&sh, P, 2, cerr), SER_ESHAPE);
+    assert_non_null(strstr(cerr, "or its grid is above 2"));
+    ser_dl_sample *t0 = &sh.samples[0];
+    int lh0 = t0->lh[1][0], lw0 = t0->lw[1][0];
+    t0->lh[1][0] = lh0 / 2, t0->lw[1][0] = lw0 / 2;  // the pair view's grid at patch 4
+    assert_int_equal(ser_dl_shard_check(&sh, P, 64, cerr), SER_ESHAPE);
+    print_message("%s\n", cerr);
+    assert_non_null(strstr(cerr, "sample 0 local SER pair 1 view 0"));
+    t0->lh[1][0] = lh0, t0->lw[1][0] = lw0;
+    t0->h[1] *= 2, t0->w[1] *= 2;  // the global view's grid at patch 16
+    assert_int_equal(ser_dl_shard_check(&sh, P, 64, cerr), SER_ESHAPE);
+    assert_non_null(strstr(cerr, "sample 0 view 1"));
+    t0->h[1] /= 2, t0->w[1] /= 2;
     assert_true(worst_ok < 4.0);
     assert_true(best_wrong > 4 * worst_ok);
     assert_true(own_draws > 0);

@@ -287,15 +287,6 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
 
 // Fetches shard (step, s) from the loaders into sh->b (normalised floats); why (256 bytes)
 // says what went wrong.
-// An equivariant view from a loader: the size its group element gives at the job's patch, and a
-// grid no honest loader of this job draws beyond (the engine reads rows * patch x cols * patch).
-static int s_view_fits(const ser_group_elem *g, int h, int w, int patch, int grid_max) {
-    int eh, ew, r, c;
-    ser_group_image_size(g, patch, &eh, &ew);
-    ser_group_view_grid(g, &r, &c);
-    return eh == h && ew == w && r <= grid_max && c <= grid_max;
-}
-
 static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
     ser_dl_shard d;
     char err[256];
@@ -314,7 +305,17 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
     }
     for (int i = 0; i < d.n; i++) d.samples[i].equivariant ? n_eq++ : n_inv++;
     size_t pix = (size_t)3 * img * img;
-    int P = w->cfg.ser.enabled ? w->cfg.ser.local_pairs : 0, gmax = ser_config_grid_max(&w->cfg);
+    int P = w->cfg.ser.enabled ? w->cfg.ser.local_pairs : 0;
+    // The equivariant views' sizes against their group elements at the job's patch (the engine
+    // reads rows x patch by cols x patch): a loader's reply is another process's word.
+    char cerr[256];
+    if (ser_dl_shard_check(&d, w->cfg.model.patch, ser_config_grid_max(&w->cfg), cerr)) {
+        ser_log(SER_LL_ERROR, "worker %s: loader shard %d of step %lld: %s", w->name, s,
+                (long long)step, cerr);
+        snprintf(why, 256, "data loader %.60s: %.180s", w->loader, cerr);
+        ser_dl_shard_free(&d);
+        return SER_ESHAPE;
+    }
     for (int v = 0; v < 2; v++) {
         free(sh->inv[v]);
         sh->inv[v] = ser_xaligned(sizeof(float) * pix * (size_t)(n_inv ? n_inv : 1));
@@ -351,19 +352,12 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
             if (!x->equivariant) {
                 if (x->h[v] != img || x->w[v] != img) rc = SER_ESHAPE;
                 else ser_dl_normalise(sh->inv[v] + (size_t)ii * pix, x->view[v], img, img);
-            } else if (!s_view_fits(&x->g[v], x->h[v], x->w[v], w->cfg.model.patch, gmax)) {
-                rc = SER_ESHAPE;
             } else {
                 sh->gel[v][qq] = x->g[v];
                 sh->eq[v][qq] = ser_xaligned(sizeof(float) * 3 * (size_t)x->h[v] * x->w[v]);
                 ser_dl_normalise(sh->eq[v][qq], x->view[v], x->h[v], x->w[v]);
-                for (int k = 0; k < P && !rc; k++) {
+                for (int k = 0; k < P; k++) {
                     size_t j = (size_t)qq * P + k;
-                    if (!s_view_fits(&x->lg[k][v], x->lh[k][v], x->lw[k][v], w->cfg.model.patch,
-                                     gmax)) {
-                        rc = SER_ESHAPE;
-                        break;
-                    }
                     sh->lgel[v][j] = x->lg[k][v];
                     sh->lpair[v][j] = ser_xaligned(sizeof(float) * 3 * (size_t)x->lh[k][v] *
                                                    x->lw[k][v]);
