@@ -470,17 +470,10 @@ static int s_assemble(s_coord *c, char *err) {
         c->gall[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(ser_group_elem));
         g->tok[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(int));
         g->tokoff[v] = ser_xcalloc((size_t)n_eq + 1, sizeof(size_t));
-        g->ntok[v] = 0;
         for (int s = 0; s < c->S; s++)
-            for (int e = 0; e < c->sh[s].n_eq; e++) {
-                const ser_group_elem *ge = &c->sh[s].g[v][e];
-                int idx = c->sh[s].e0 + e, r, cc;
-                c->gall[v][idx] = *ge;
-                ser_group_view_grid(ge, &r, &cc);
-                g->tok[v][idx] = r * cc;
-                g->tokoff[v][idx] = g->ntok[v];
-                g->ntok[v] += (size_t)r * cc;
-            }
+            memcpy(c->gall[v] + c->sh[s].e0, c->sh[s].g[v],
+                   sizeof(ser_group_elem) * (size_t)c->sh[s].n_eq);
+        g->ntok[v] = ser_group_token_layout(c->gall[v], (size_t)n_eq, g->tok[v], g->tokoff[v]);
         size_t nm = (g->ntok[v] + 1) * (size_t)g->C;
         g->qmap[v] = ser_xaligned(sizeof(float) * nm);
         g->kmap[v] = ser_xaligned(sizeof(float) * nm);
@@ -503,18 +496,11 @@ static int s_assemble(s_coord *c, char *err) {
         c->lgall[v] = ser_xcalloc(np + 1, sizeof(ser_group_elem));
         g->ltok[v] = ser_xcalloc(np + 1, sizeof(int));
         g->ltokoff[v] = ser_xcalloc(np + 1, sizeof(size_t));
-        g->lntok[v] = 0;
         for (int s = 0; s < c->S; s++)
-            for (int i = 0; i < c->sh[s].n_eq * P; i++) {
-                const ser_group_elem *ge = &c->sh[s].lg[v][i];
-                size_t idx = (size_t)c->sh[s].e0 * P + (size_t)i;
-                int r, cc;
-                c->lgall[v][idx] = *ge;
-                ser_group_view_grid(ge, &r, &cc);
-                g->ltok[v][idx] = r * cc;
-                g->ltokoff[v][idx] = g->lntok[v];
-                g->lntok[v] += (size_t)r * cc;
-            }
+            if (c->sh[s].n_eq)  // a shard without equivariant samples has no pair elements
+                memcpy(c->lgall[v] + (size_t)c->sh[s].e0 * P, c->sh[s].lg[v],
+                       sizeof(ser_group_elem) * (size_t)c->sh[s].n_eq * P);
+        g->lntok[v] = ser_group_token_layout(c->lgall[v], np, g->ltok[v], g->ltokoff[v]);
         size_t nm = (g->lntok[v] + 1) * (size_t)g->C;
         g->lqmap[v] = ser_xaligned(sizeof(float) * nm);
         g->dlqmap[v] = ser_xaligned(sizeof(float) * nm);  // zeroed: the objective adds to it

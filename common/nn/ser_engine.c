@@ -211,13 +211,7 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         g->dqcls[v] = ser_xaligned(sizeof(float) * BC);
         g->tok[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(int));
         g->tokoff[v] = ser_xcalloc((size_t)b->n_eq + 1, sizeof(size_t));
-        for (int i = 0; i < b->n_eq; i++) {
-            int r, c;
-            ser_group_view_grid(&b->g[v][i], &r, &c);
-            g->tok[v][i] = r * c;
-            g->tokoff[v][i] = g->ntok[v];
-            g->ntok[v] += (size_t)r * c;
-        }
+        g->ntok[v] = ser_group_token_layout(b->g[v], (size_t)b->n_eq, g->tok[v], g->tokoff[v]);
         size_t nm = (g->ntok[v] + 1) * (size_t)g->C;
         g->qmap[v] = ser_xaligned(sizeof(float) * nm);
         g->kmap[v] = ser_xaligned(sizeof(float) * nm);
@@ -243,13 +237,7 @@ int ser_engine_forward(ser_engine *e, ser_vit *student, ser_vit *teacher, const 
         size_t np = (size_t)b->n_eq * b->n_lpairs;
         g->ltok[v] = ser_xcalloc(np + 1, sizeof(int));
         g->ltokoff[v] = ser_xcalloc(np + 1, sizeof(size_t));
-        for (size_t i = 0; i < np; i++) {
-            int r, c;
-            ser_group_view_grid(&b->lg[v][i], &r, &c);
-            g->ltok[v][i] = r * c;
-            g->ltokoff[v][i] = g->lntok[v];
-            g->lntok[v] += (size_t)r * c;
-        }
+        g->lntok[v] = ser_group_token_layout(b->lg[v], np, g->ltok[v], g->ltokoff[v]);
         g->lqmap[v] = ser_xaligned(sizeof(float) * (g->lntok[v] + 1) * (size_t)g->C);
         g->dlqmap[v] = ser_xaligned(sizeof(float) * (g->lntok[v] + 1) * (size_t)g->C);
     }

@@ -33,6 +33,18 @@ void ser_group_view_grid(const ser_group_elem *g, int *rows, int *cols) {
     *cols = odd ? g->gh : g->gw;
 }
 
+size_t ser_group_token_layout(const ser_group_elem *g, size_t n, int *tok, size_t *off) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        int r, c;
+        ser_group_view_grid(&g[i], &r, &c);
+        tok[i] = r * c;
+        off[i] = total;
+        total += (size_t)r * c;
+    }
+    return total;
+}
+
 void ser_group_image_size(const ser_group_elem *g, int P, int *H, int *W) {
     int rows, cols;
     ser_group_view_grid(g, &rows, &cols);

@@ -75,6 +75,7 @@
 //   ser_group_elem                              one element (d, f, r, gh, gw)
 //   ser_group_elem_check(g)                     SER_OK or SER_EINVAL (bad flag, r or grid)
 //   ser_group_view_grid(g, &rows, &cols)        token grid of the view
+//   ser_group_token_layout()                    token counts and offsets of views in a row
 //   ser_group_image_size(g, P, &H, &W)          pixel size of the view
 //   ser_group_image_action(out, in, C,H,W, P, g)      CHW image -> CHW view
 //   ser_group_image_action_hwc(out, in, C,H,W, P, g)  HWC image -> HWC view (same code, same bits)
@@ -87,6 +88,7 @@
 #ifndef SER_GROUP_H
 #define SER_GROUP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct ser_group_elem {
@@ -115,6 +117,9 @@ int ser_group_elem_check(const ser_group_elem *g);
 
 // Token grid of the view: (gh, gw) for even r, (gw, gh) for odd r.
 void ser_group_view_grid(const ser_group_elem *g, int *rows, int *cols);
+// The token layout of n views laid out one after another (a gathered map): tok[i] = rows *
+// cols of g[i]'s view grid, off[i] its first row; returns the total rows.
+size_t ser_group_token_layout(const ser_group_elem *g, size_t n, int *tok, size_t *off);
 // Pixel size of the view for patch size P: (P*rows, P*cols) of the view grid.
 void ser_group_image_size(const ser_group_elem *g, int P, int *H, int *W);
 
