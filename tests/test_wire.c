@@ -73,15 +73,21 @@ static void test_strings(void **state) {
     assert_int_equal(ser_wire_pb_strings_ok(b, rn, req_strs, 1, 0, NULL, 0), 1);
 }
 
+// A ROUTER bound at ep and a DEALER named "w0" connected to it (no linger).
+static void s_router_dealer(void *ctx, const char *ep, void **r, void **d) {
+    *r = zmq_socket(ctx, ZMQ_ROUTER), *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(*r, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(*d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(*d, ZMQ_ROUTING_ID, "w0", 2);
+    assert_int_equal(zmq_bind(*r, ep), 0);
+    assert_int_equal(zmq_connect(*d, ep), 0);
+}
+
 static void test_router_refuses_nul_job_id(void **state) {
     (void)state;
-    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER), *d = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(d, ZMQ_ROUTING_ID, "w0", 2);
-    assert_int_equal(zmq_bind(r, "inproc://wire"), 0);
-    assert_int_equal(zmq_connect(d, "inproc://wire"), 0);
+    void *ctx = zmq_ctx_new(), *r, *d;
+    s_router_dealer(ctx, "inproc://wire", &r, &d);
     uint8_t b[256];
     size_t n = s_pack(b, "job\0-001", 8, "student0", 8);
     assert_int_equal(zmq_send(d, b, n, 0), (int)n);
@@ -145,13 +151,8 @@ static void test_shard_frames_round_trip(void **state) {
     }
     ser_batch b = {.n_inv = B - 1, .n_eq = 1, .g = {gp[0], gp[1]}, .n_local = L, .n_lpairs = 1,
                    .lg = {lgp[0], lgp[1]}};
-    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER), *d = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(d, ZMQ_ROUTING_ID, "w0", 2);
-    assert_int_equal(zmq_bind(r, "inproc://shard"), 0);
-    assert_int_equal(zmq_connect(d, "inproc://shard"), 0);
+    void *ctx = zmq_ctx_new(), *r, *d;
+    s_router_dealer(ctx, "inproc://shard", &r, &d);
     Ser__Envelope e;
     ser__envelope__init(&e);
     e.protocol_version = SER_PROTOCOL_VERSION;
