@@ -288,6 +288,11 @@ static void s_reply(ser_dl_service *s, zmq_msg_t *identity, uint64_t step, uint3
         }
         sp[i] = &smp[i];
     }
+    for (int i = 0; i < n; i++)  // the fault plan's lying loader (proto/ser_wire.h)
+        if (smp[i].g0 && ser_wire_fault_bad_loader_shard(step)) {
+            smp[i].g0->gh *= 2, smp[i].g0->gw *= 2;
+            break;
+        }
     m.n_samples = (size_t)n;
     m.samples = sp;
     size_t len = ser__loader_shard__get_packed_size(&m);
@@ -785,6 +790,8 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
         return SER_EIO;
     }
     int64_t deadline = ser_clock_now_ms() + timeout_ms;
+    char dropped[200] = "";  // the last malformed reply's fault, told with a timeout
+    int ndropped = 0;
     for (;;) {
         int64_t left = deadline - ser_clock_now_ms();
         if (left < 0) left = 0;
@@ -801,9 +808,14 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
             if (ser_clock_now_ms() >= deadline) {
                 char why[200];
                 ser_netdiag_describe(c->diag, why, sizeof why);
-                snprintf(err, 256, "no reply for step %llu shard %u in %d ms from %.80s%s%s%s",
-                         (unsigned long long)step, shard, timeout_ms, c->endpoints,
-                         why[0] ? " (" : "", why, why[0] ? ")" : "");
+                if (ndropped)
+                    snprintf(err, 256, "no valid reply for step %llu shard %u in %d ms from "
+                             "%.60s: dropped %d malformed (%.120s)", (unsigned long long)step,
+                             shard, timeout_ms, c->endpoints, ndropped, dropped);
+                else
+                    snprintf(err, 256, "no reply for step %llu shard %u in %d ms from %.80s%s%s%s",
+                             (unsigned long long)step, shard, timeout_ms, c->endpoints,
+                             why[0] ? " (" : "", why, why[0] ? ")" : "");
                 return SER_ETIMEDOUT;
             }
             continue;
@@ -815,6 +827,8 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
         if (rc == S_STALE) continue;
         if (rc == S_MALFORMED) {
             ser_log(SER_LL_WARNING, "dataloader client: dropped a reply: %s", err);
+            snprintf(dropped, sizeof dropped, "%s", err);
+            ndropped++;
             continue;
         }
         return rc;

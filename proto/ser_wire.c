@@ -26,7 +26,9 @@ static int s_send_frame(void *sock, const void *data, size_t n, int more) {
 }
 
 // --- fault plan ----------------------------------------------------------------------------
-enum { F_DROP = 1, F_DUP, F_DELAY, F_KILL, F_NAN };
+enum { F_DROP = 1, F_DUP, F_DELAY, F_KILL, F_NAN, F_BAD };
+// The loader's reply (loader.proto's LoaderShard), not an Envelope type: only `bad` acts on it.
+enum { S_TYPE_LOADER_SHARD = 1 << 20 };
 typedef struct s_fault {
     int action, type, ms, fired;
     uint64_t step;
@@ -35,6 +37,7 @@ static s_fault s_faults[16];
 static int s_nfaults = -1;
 
 static int s_type_of(const char *name) {
+    if (!strcmp(name, "LOADER_SHARD")) return S_TYPE_LOADER_SHARD;
     const ProtobufCEnumDescriptor *d = &ser__msg_type__descriptor;
     char full[64];
     snprintf(full, sizeof full, "MSG_%s", name);
@@ -68,10 +71,10 @@ static void s_fault_parse(void) {
         s_fault f = {0, s_type_of(type), ms, 0, step};
         f.action = !strcmp(act, "drop") ? F_DROP : !strcmp(act, "dup") ? F_DUP
                    : !strcmp(act, "delay") ? F_DELAY : !strcmp(act, "kill") ? F_KILL
-                   : !strcmp(act, "nan") ? F_NAN : 0;
+                   : !strcmp(act, "nan") ? F_NAN : !strcmp(act, "bad") ? F_BAD : 0;
         // The whole rule must be read: "drop:PARAMS@3x" or a delay on another action is an error.
         if (n < 3 || !f.action || f.type < 0 || r[used] != 0 || (f.action == F_DELAY) != (n == 4) ||
-            ms < 0) {
+            ms < 0 || (f.action == F_BAD) != (f.type == S_TYPE_LOADER_SHARD)) {
             ser_log(SER_LL_ERROR, "SER_FAULT: rule '%s' ignored (see proto/ser_wire.h)", r);
             continue;
         }
@@ -94,6 +97,19 @@ static int s_fault_send(const Ser__Envelope *env, int *ms) {
                 : f->action == F_NAN ? "poisoning (NaN)" : "delaying",
                 s_type_name(f->type), (unsigned long long)f->step);
         return f->action;
+    }
+    return 0;
+}
+
+int ser_wire_fault_bad_loader_shard(uint64_t step) {
+    s_fault_parse();
+    for (int i = 0; i < s_nfaults; i++) {
+        s_fault *f = &s_faults[i];
+        if (f->fired || f->action != F_BAD || f->step != step) continue;
+        f->fired = 1;
+        ser_log(SER_LL_WARNING, "SER_FAULT: sending a bad LOADER_SHARD of step %llu",
+                (unsigned long long)step);
+        return 1;
     }
     return 0;
 }

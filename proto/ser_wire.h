@@ -78,8 +78,13 @@ void ser_wire_bytes(uint64_t *sent, uint64_t *received);
 //   nan:TYPE@STEP          send it with its first tensor's first element set to NaN
 //   kill:TYPE@STEP         SIGKILL this process on receiving TYPE of step STEP (the start of
 //                          that phase: kill:BACKWARD@5 dies holding step 5's activations)
+//   bad:LOADER_SHARD@STEP  (a data loader) send the first reply of step STEP that holds an
+//                          equivariant sample with that sample's first group element on twice
+//                          its grid (a view cut at half the job's patch): a loader that lies
 // TYPE is a message name without MSG_ (FORWARD_DONE, BACKWARD_DONE, PARAMS, HEARTBEAT, ...).
 // A malformed SER_FAULT is reported once and ignored. Used by the fault tests.
 void ser_wire_fault_kill(int type, uint64_t step);
+// 1 once if a bad:LOADER_SHARD@step rule is armed (the caller corrupts the reply), else 0.
+int ser_wire_fault_bad_loader_shard(uint64_t step);
 
 #endif

@@ -1780,7 +1780,7 @@ static void test_fault_plan(void **state) {
                   "drop:BACKWARD_DONE@8", s_worker, ep, "wf0");
     // Malformed rules are named and ignored; the good one beside them still fires.
     s_with_faults("bogus:FORWARD@1;drop:NOPE@2;delay:PARAMS@1;drop:PARAMS@3x;dup:PARAMS@2:5;"
-                  "kill:BACKWARD@4", s_worker, ep, "wf1");
+                  "bad:PARAMS@2;drop:LOADER_SHARD@2;kill:BACKWARD@4", s_worker, ep, "wf1");
     int rc = s_wait(coord);
     if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
     assert_int_equal(rc, 0);
@@ -1793,6 +1793,8 @@ static void test_fault_plan(void **state) {
     assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'delay:PARAMS@1' ignored"));
     assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'drop:PARAMS@3x' ignored"));
     assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'dup:PARAMS@2:5' ignored"));
+    assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'bad:PARAMS@2' ignored"));  // loader only
+    assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'drop:LOADER_SHARD@2' ignored"));
     assert_true(s_log_has("coord.log", "worker wf1 lost"));
     assert_true(s_log_has("coord.log", "sending it again"));
     s_kill_all();
@@ -1969,6 +1971,45 @@ static void test_bad_data_stops_the_job(void **state) {
     s_kill_all();
 }
 
+// A loader that lies about a view (step 3: an equivariant sample's group element one grid row
+// taller than the pixels it sent, SER_FAULT bad:LOADER_SHARD@3): the worker refuses the shard
+// naming the sample and the loader, the shard is fetched again, and the run ends bitwise equal
+// to one with an honest loader.
+static void test_lying_loader(void **state) {
+    (void)state;
+    char root[128], ref[128], out[128], ep[256], lep[256], err[SER_ERR_LEN];
+    snprintf(root, sizeof root, "%s/liedata", s_dir);
+    assert_int_equal(ser_dl_data_make_synthetic(root, 2, 8, 48, 40, 3, err), 0);
+    snprintf(ref, sizeof ref, "%s/lie_ref.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/lie.safetensors", s_dir);
+    const char *logs[2] = {"liecoord0.log", "liecoord1.log"}, *lls[2] = {"lieload0.log", "lieload1.log"};
+    const char *outs[2] = {ref, out};
+    for (int run = 0; run < 2; run++) {
+        if (run) setenv("SER_FAULT", "bad:LOADER_SHARD@3", 1);
+        s_loader(root, "*", lls[run], lep, sizeof lep);
+        unsetenv("SER_FAULT");
+        snprintf(s_extra, sizeof s_extra, "data.path=%s", root);
+        pid_t coord = s_coordinator_at(outs[run], "6", "30000", ep, sizeof ep, "0", logs[run]);
+        snprintf(s_extra, sizeof s_extra, "run.log_every=1");
+        s_loader_worker(ep, lep, run ? "wlie0" : "wtrue0");
+        s_loader_worker(ep, lep, run ? "wlie1" : "wtrue1");
+        int rc = s_wait(coord);
+        if (rc) system("tail -20 /tmp/ser_cluster_*/liecoord*.log");
+        assert_int_equal(rc, 0);
+        s_kill_all();
+    }
+    s_assert_same_bits(ref, out);
+    assert_true(s_log_has("lieload1.log", "SER_FAULT: sending a bad LOADER_SHARD of step 3"));
+    assert_false(s_log_has("lieload0.log", "SER_FAULT"));
+    // The refusal names the loader and what is wrong with the view, at the worker and at the
+    // coordinator (which moved the shard).
+    assert_true(s_log_has("liecoord1.log", "cannot compute shard"));
+    assert_true(s_log_has("liecoord1.log", "is not its group element's view"));
+    assert_true(s_log_has("wlie0.log", "is not its group element's view") ||
+                s_log_has("wlie1.log", "is not its group element's view"));
+    assert_false(s_log_has("liecoord0.log", "cannot compute shard"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_workers_equal_ser_step),
@@ -2007,6 +2048,7 @@ int main(void) {
         cmocka_unit_test(test_curve_keys),
         cmocka_unit_test(test_worker_names_why_it_cannot_connect),
         cmocka_unit_test(test_bad_data_stops_the_job),
+        cmocka_unit_test(test_lying_loader),
     };
     if (getenv("SER_TEST_FILTER")) cmocka_set_test_filter(getenv("SER_TEST_FILTER"));  // e.g. "*netns*"
     // ctest runs the namespace test on its own (cluster_netns), so that a machine without
