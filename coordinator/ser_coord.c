@@ -43,6 +43,8 @@ typedef struct s_worker {
     int64_t teacher_version;  // the step of the teacher it holds (INT64_MIN: none)
     int64_t params_sent_ms;   // when its last PARAMS went out
     int params_resends;       // PARAMS sent again in this step because it said it lacked them
+    int64_t params_step;      // the step of the last PARAMS sent on its connection (INT64_MIN:
+                              // none since its HELLO)
     int64_t skip_step;        // gets no more tasks in this step (it missed a task deadline)
     int strikes;              // task deadlines missed
     int banned;               // missed two: no more work, its messages are dropped
@@ -130,6 +132,10 @@ typedef struct s_coord {
     float *grads0, *losses;
     double *step_s, t0;
     uint64_t b_sent0, b_recv0;
+    // PARAMS sent to a worker that had already been sent this step's on the same connection
+    // (the resend storm of a slow link, docs/cost-model.md): in all, and as the run's second
+    // step began.
+    int64_t params_resent, params_resent0;
     // The last checkpoint written or resumed from (the status port shows it).
     char ckpt_path[1024];
     int64_t ckpt_step, ckpt_time_ms;
@@ -281,6 +287,8 @@ static void s_send_params(s_coord *c, int wi) {
                 (long long)c->step, w->id, (long long)w->teacher_version);
     w->teacher_version = c->step;  // sent, or advanced by the worker from step - 1's
     w->params_sent_ms = s_now();
+    if (w->params_step == c->step) c->params_resent++;
+    w->params_step = c->step;
     ser_wire_send(c->sock, w->id, &e, t, n);
 }
 
@@ -558,6 +566,7 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
     w->alive = 1;
     w->last_heard_ms = s_now();
     w->teacher_version = INT64_MIN;  // none held
+    w->params_step = INT64_MIN;      // a new connection: nothing of this step queued on it
     // What was sent to its old connection may be lost with it: its tasks go out again now
     // rather than after the idle-retry grace (a late answer to an old attempt is stale).
     if (again) s_release_shards(c, wi);
@@ -1493,7 +1502,10 @@ int ser_coord_run(const ser_coord_opts *o) {
     }
     for (int64_t k = 0; !rc && k < c.nrun; k++) {
         c.step = c.first + k;
-        if (k == 1) ser_wire_bytes(&c.b_sent0, &c.b_recv0);  // the first step carries the set-up
+        if (k == 1) {  // the first step carries the set-up (and the workers' joins)
+            ser_wire_bytes(&c.b_sent0, &c.b_recv0);
+            c.params_resent0 = c.params_resent;
+        }
         double ts = ser_time_sec();
         ser_trainer_values(&c.tr, c.step, &c.lr, &c.wd, &c.momentum);
         c.tmom = c.momentum;
@@ -1520,10 +1532,15 @@ int ser_coord_run(const ser_coord_opts *o) {
         double ps = (double)(b_sent - c.b_sent0) / (double)(c.nrun - 1);
         double pr = (double)(b_recv - c.b_recv0) / (double)(c.nrun - 1);
         char hs[SER_HUMAN_BYTES_LEN], hr[SER_HUMAN_BYTES_LEN];
+        // Then what tools/bench_link.sh checks against the cost model: the PARAMS sent again
+        // after the first step and P, the parameters of one PARAMS.
         ser_log(SER_LL_INFO, "run summary: %lld steps, median %.4f s/step after the first, "
-                "%.0f bytes/step sent, %.0f bytes/step received (%s sent, %s received a step)",
+                "%.0f bytes/step sent, %.0f bytes/step received (%s sent, %s received a step), "
+                "%lld PARAMS resent after the first step (%lld in all), P = %zu",
                 (long long)c.nrun, ser_median(c.step_s + 1, (int)c.nrun - 1), ps, pr,
-                ser_human_bytes(ps, hs), ser_human_bytes(pr, hr));
+                ser_human_bytes(ps, hs), ser_human_bytes(pr, hr),
+                (long long)(c.params_resent - c.params_resent0), (long long)c.params_resent,
+                c.span);
     }
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, c.nrun ? c.grads0 : NULL, c.losses, c.nrun,
                                           c.first, err)))

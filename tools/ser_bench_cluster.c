@@ -25,12 +25,14 @@ static void s_usage(FILE *f) {
     fprintf(f,
             "usage: ser bench cluster [--model M] [--img N] [--patch P] [--shard-batch B]\n"
             "                         [--shards S] [--workers N] [--eq E] [--steps K]\n"
-            "                         [--threads T] [--json] [--keep]\n"
+            "                         [--threads T] [--json] [--keep] [--write-job DIR]\n"
             "  runs K steps of MoCo+SER on random images in one process and with `ser local`\n"
             "  (coordinator + N workers on this machine), and reports the runtime's overhead as\n"
             "  a share of step time, the bytes moved per step and what a 10 Gbit/s link adds.\n"
             "  defaults: vit_small, 224, patch 16, 32 images per shard, 2 shards, 1 worker,\n"
-            "  1 equivariant sample, 4 steps, 2 threads (the worker's; one process: the same)\n");
+            "  1 equivariant sample, 4 steps, 2 threads (the worker's; one process: the same)\n"
+            "  --write-job DIR: only write the job and its batch as DIR/job.ini and\n"
+            "  DIR/batch.safetensors (for runs of your own, e.g. tools/bench_link.sh) and exit\n");
 }
 
 static void s_fill(float *x, size_t n, uint32_t stream) {
@@ -134,6 +136,7 @@ int ser_bench_cluster(int argc, char **argv) {
     const char *model = "vit_small";
     int img = 224, patch = 16, sb = 32, shards = 2, workers = 1, eq = 1, steps = 4, threads = 2;
     int json = 0, keep = 0;
+    const char *write_job = NULL;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"img", required_argument, 0, 'i'},
         {"patch", required_argument, 0, 'p'},   {"shard-batch", required_argument, 0, 'b'},
@@ -141,7 +144,7 @@ int ser_bench_cluster(int argc, char **argv) {
         {"eq", required_argument, 0, 'e'},      {"steps", required_argument, 0, 'k'},
         {"threads", required_argument, 0, 't'}, {"json", no_argument, 0, 'j'},
         {"keep", no_argument, 0, 'K'},          {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"write-job", required_argument, 0, 'W'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -157,6 +160,7 @@ int ser_bench_cluster(int argc, char **argv) {
         case 't': threads = atoi(optarg); break;
         case 'j': json = 1; break;
         case 'K': keep = 1; break;
+        case 'W': write_job = optarg; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }
@@ -169,8 +173,9 @@ int ser_bench_cluster(int argc, char **argv) {
                         "--threads >= 1, --img a multiple of --patch\n");
         return 2;
     }
-    char dir[] = "/tmp/ser_bench_cluster_XXXXXX", cfg[128], batch[128], err[SER_ERR_LEN];
-    if (!mkdtemp(dir)) {
+    char tmp[] = "/tmp/ser_bench_cluster_XXXXXX", cfg[1100], batch[1100], err[SER_ERR_LEN];
+    const char *dir = write_job ? write_job : mkdtemp(tmp);
+    if (!dir) {
         perror("ser bench cluster: mkdtemp");
         return 1;
     }
@@ -190,6 +195,11 @@ int ser_bench_cluster(int argc, char **argv) {
             threads);
     fclose(f);
     int rc = s_write_batch(batch, B, eq, img, patch, err);
+    if (write_job) {
+        if (rc) fprintf(stderr, "ser bench cluster: %s\n", err);
+        else printf("%s\n%s\n", cfg, batch);
+        return rc ? 1 : 0;
+    }
     double single = 0, cl = 0, sent = 0, recv = 0;
     if (!rc) rc = s_single(cfg, batch, steps, &single, err);
     if (rc) {

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# test_netlink.sh SER BENCH_LINK — the coordinator's traffic cost model (docs/cost-model.md) on
+# a tc-shaped link, through tools/bench_link.sh (the coordinator in a network namespace of its
+# own, every byte to or from it through a veth pair limited to the rate):
+#   the coordinator's bytes/step sent and received are the model's, 4P x N + rows and
+#   4P x S + rows, within 2%, for 1 worker x 2 shards and 2 workers x 4 shards at 1 Gbit/s
+#   (and unshaped);
+#   the resend storm is gone: 2 workers x 2 shards at 200 Mbit/s with 100 ms heartbeats, where
+#   sending PARAMS to the workers takes ~1.8 s (> 3 heartbeats: a worker still receiving them
+#   says it is idle), finishes its steps with no PARAMS sent again (first step included), in
+#   the model's step time (the unshaped step + the link time of its bytes) within 15%.
+# Skipped (exit 77), saying why, where namespaces or tc are not permitted (not root, no
+# ip/tc, unshare -n fails). About 90 s on 2 cores. ctest: netlink_cost_model.
+set -u
+SER=${1:?usage: test_netlink.sh path/to/ser tools/bench_link.sh}
+BENCH=${2:?usage: test_netlink.sh path/to/ser tools/bench_link.sh}
+PATH=$PATH:/usr/sbin:/sbin
+skip() { echo "SKIPPED: $*"; exit 77; }
+[ "$(id -u)" = 0 ] || skip "not root: network namespaces and tc need CAP_NET_ADMIN"
+for t in ip tc unshare; do command -v $t > /dev/null || skip "no '$t' (iproute2, util-linux)"; done
+timeout 10 unshare -n true 2> /dev/null || skip "unshare -n fails: network namespaces not permitted here"
+T=$(mktemp -d /tmp/ser_test_netlink_XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# The bench, one JSON object per row; its stderr and table shown when a check fails.
+bench() {  # bench OUT ARGS...
+  local out=$1
+  shift
+  timeout -k 10 150 bash "$BENCH" --ser "$SER" --steps 4 --run-timeout 60 --json "$@" > "$T/$out" 2> "$T/$out.err"
+  local rc=$?
+  [ $rc = 77 ] && skip "$(grep SKIPPED "$T/$out" | head -1)"
+  [ $rc = 0 ] || fail "bench_link.sh $*: exit $rc: $(tail -c 600 "$T/$out.err")"
+  cat "$T/$out"
+}
+# field ROW KEY: a number or string of a JSON row (flat, no nesting).
+field() { echo "$1" | grep -o "\"$2\":\"\?[^,\"}]*" | sed -E 's/.*:"?//'; }
+# within X LO HI: LO <= X <= HI.
+within() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x != "" && x >= lo && x <= hi) }'; }
+
+bench bytes.json --points "1x2 2x4" --rates 1gbit
+rows=0
+while read -r row; do
+  [ -n "$row" ] || continue
+  rows=$((rows + 1))
+  what="$(field "$row" n) workers x $(field "$row" s) shards at $(field "$row" rate)"
+  [ "$(field "$row" status)" = ok ] || { fail "$what: $(field "$row" status)"; continue; }
+  sent=$(field "$row" sent) recv=$(field "$row" recv)
+  ms=$(field "$row" model_sent) mr=$(field "$row" model_recv)
+  echo "$what: sent $sent (model $ms), received $recv (model $mr), $(field "$row" resent) PARAMS resent"
+  within "$(awk -v a="$sent" -v b="$ms" 'BEGIN { print a / b }')" 0.98 1.02 || fail "$what: sent $sent bytes/step, the model $ms"
+  within "$(awk -v a="$recv" -v b="$mr" 'BEGIN { print a / b }')" 0.98 1.02 || fail "$what: received $recv bytes/step, the model $mr"
+  [ "$(field "$row" resent)" = 0 ] || fail "$what: $(field "$row" resent) PARAMS resent"
+done < "$T/bytes.json"
+[ $rows = 4 ] || fail "bytes: $rows rows, not 4 (1x2 and 2x4, unshaped and at 1gbit)"
+
+# The storm case: PARAMS to the workers take longer than 3 heartbeats.
+bench storm.json --points 2x2 --rates 200mbit --heartbeat-ms 100
+row=$(grep '"rate":"200mbit"' "$T/storm.json")
+if [ "$(field "$row" status)" != ok ]; then
+  fail "2 workers x 2 shards at 200mbit, 100 ms heartbeats: ${row:-no row} (the resend storm?)"
+else
+  pall=$(field "$row" params_to_all_s) hb3=$(field "$row" heartbeats3_s)
+  step=$(field "$row" step_s) model=$(field "$row" model_s) ratio=$(field "$row" time_ratio)
+  echo "storm case: PARAMS to all workers ${pall} s (3 heartbeats ${hb3} s), step $step s," \
+       "model $model s (ratio $ratio), $(field "$row" resent) PARAMS resent ($(field "$row" resent_all) in all)"
+  within "$pall" "$hb3" 1e9 || fail "the storm case is not one: PARAMS to all take $pall s, 3 heartbeats $hb3 s"
+  [ "$(field "$row" resent)" = 0 ] || fail "storm case: $(field "$row" resent) PARAMS resent after the first step"
+  [ "$(field "$row" resent_all)" = 0 ] || fail "storm case: $(field "$row" resent_all) PARAMS resent in all"
+  within "$ratio" 0.85 1.15 || fail "storm case: step $step s, the model's $model s (ratio $ratio, want 0.85..1.15)"
+fi
+
+if [ "$fails" -gt 0 ]; then
+  echo "test_netlink.sh: $fails failures"
+  exit 1
+fi
+echo "test_netlink.sh: all passed"
