@@ -52,6 +52,8 @@ typedef struct s_worker {
     int data_failures;        // TASK_FAILED answers (its loader refused a shard)
     int offences;             // contributions that did not match what was asked
     char addr[64];            // its address as ZeroMQ saw it on its last HELLO ("" unknown)
+    char peer_ep[160];        // cluster.reduce = chain: its peer socket ("" none announced)
+    char peer_key[41];        // and its CURVE public key ("" plaintext)
 } s_worker;
 
 enum { SH_IDLE = 0, SH_FWD_SENT, SH_FWD_DONE, SH_BWD_SENT, SH_BWD_DONE };
@@ -116,6 +118,17 @@ typedef struct s_coord {
     int L;                   // local views per sample (data.local_crops)
     float *fold;             // this step's gradient sum (the trainer's buffer) during backward
     int fold_next;           // shards folded into it so far (0 .. fold_next-1, in order)
+    // cluster.reduce = chain (s_chain): workers keep their shards' gradients (keep = 1 in the
+    // backward phase) and pass the running sum along runs of consecutive shards; the last run's
+    // holder sends it here, chunk by chunk, for reduction round `round` of the step.
+    int chain, keep;
+    uint32_t round;
+    int nchunks, ngot;
+    uint8_t *got;            // per chunk of this round's sum: arrived
+    int nruns;
+    int *run_a, *run_w;      // each run's first shard and holder (run_a[nruns] = S)
+    char chain_error[SER_ERR_LEN];  // a holder's REDUCE_FAILED ("" none)
+    int64_t chain_steps, chain_fallbacks;
     ser_knn_monitor *knn;    // NULL: off
     int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
     // Peers already named in a warning (unknown, refused or malformed): later messages from
@@ -294,6 +307,8 @@ static void s_send_params(s_coord *c, int wi) {
 
 // Round-robin over the live workers, leaving out one that missed a task deadline in this step
 // while another is there.
+// With cluster.reduce = chain, contiguous blocks instead: live worker r of n gets shards
+// floor(rS/n) .. floor((r+1)S/n) - 1, so that a worker's shards are one run of the chain.
 static int s_pick_worker(s_coord *c, int s) {
     int live[SER_COORD_MAX_WORKERS], n = 0;
     for (int i = 0; i < c->nw; i++)
@@ -301,7 +316,11 @@ static int s_pick_worker(s_coord *c, int s) {
     if (n == 0)
         for (int i = 0; i < c->nw; i++)
             if (c->w[i].alive) live[n++] = i;
-    return n ? live[s % n] : -1;
+    if (!n) return -1;
+    if (!c->chain) return live[s % n];
+    int r = 0;
+    while (r + 1 < n && (int64_t)(r + 1) * c->S / n <= s) r++;
+    return live[r];
 }
 
 // How long a task may stay unanswered by a worker that heartbeats (cluster.task_timeout_ms).
@@ -408,6 +427,7 @@ static void s_send_backward(s_coord *c, int s) {
     s_env(c, &e, SER__MSG_TYPE__MSG_BACKWARD);
     e.shard = (uint32_t)s;
     e.attempt = sh->attempt;
+    e.keep = (uint32_t)c->keep;
     sh->state = SH_BWD_SENT;
     ser_wire_send(c->sock, c->w[sh->worker].id, &e, t, nt);
     sh->sent_ms = s_now();  // after the send, which a fault plan may delay
@@ -571,6 +591,22 @@ static void s_hello(s_coord *c, const ser_wire_msg *m) {
     // rather than after the idle-retry grace (a late answer to an old attempt is stale).
     if (again) s_release_shards(c, wi);
     snprintf(w->addr, sizeof w->addr, "%s", m->peer);
+    // Its peer socket for the chain's running sums: "tcp://*:PORT" is at the address seen here.
+    const char *pe = e->peer_endpoint ? e->peer_endpoint : "", *pk = e->peer_key ? e->peer_key : "";
+    w->peer_ep[0] = w->peer_key[0] = 0;
+    if (pe[0] && strlen(pk) <= 40 && (!pk[0] || strlen(pk) == 40)) {
+        if (!strncmp(pe, "tcp://*:", 8)) {
+            char port[17];
+            snprintf(port, sizeof port, "%s", pe + 8);
+            if (m->peer[0]) snprintf(w->peer_ep, sizeof w->peer_ep, "tcp://%s:%s", m->peer, port);
+        } else if (strlen(pe) < sizeof w->peer_ep)
+            snprintf(w->peer_ep, sizeof w->peer_ep, "%s", pe);
+        snprintf(w->peer_key, sizeof w->peer_key, "%s", pk);
+    }
+    if (c->chain && !w->peer_ep[0] && e->config_hash == c->hash)
+        ser_log(SER_LL_WARNING, "worker %s announced no usable peer socket ('%.100s'): the chain "
+                "cannot pass it the running sum (cluster.reduce = chain falls back to the "
+                "coordinator's sum while it holds a run after the first)", w->id, pe);
     // The job's canonical configuration travels with the welcome.
     char *text = ser_config_text(&c->tr.cfg);
     SER_ASSERT(text);  // only out of memory fails
@@ -702,6 +738,37 @@ static void s_fold_ready(s_coord *c) {
     }
 }
 
+// cluster.reduce = chain: a chunk of the step's sum from the last run's holder, or a holder's
+// word that its REDUCE cannot be done (the step falls back to the coordinator's sum).
+static void s_chain_message(s_coord *c, int wi, const ser_wire_msg *m) {
+    const Ser__Envelope *e = m->env;
+    s_worker *w = &c->w[wi];
+    if (!c->got || (int64_t)e->step != c->step || e->attempt != c->round) {
+        ser_log(SER_LL_DEBUG, "late chain message (type %d, step %llu, round %u) from %s dropped",
+                e->type, (unsigned long long)e->step, e->attempt, w->id);
+        return;
+    }
+    if (e->type == SER__MSG_TYPE__MSG_REDUCE_FAILED) {
+        if (!c->chain_error[0])
+            snprintf(c->chain_error, sizeof c->chain_error, "worker %.64s cannot add shards from "
+                     "%u: %.120s", w->id, e->shard, e->text ? e->text : "no reason given");
+        return;
+    }
+    size_t K = (size_t)c->tr.cfg.cluster.reduce_chunk;
+    size_t i0 = (size_t)e->chunk * K, n = i0 + K < c->span ? K : c->span - i0;
+    const float *x = e->chunk < (uint32_t)c->nchunks ? ser_wire_find(m, "sum", n) : NULL;
+    if (e->shard != (uint32_t)c->S || wi != c->run_w[c->nruns - 1] || !x) {
+        ser_log(s_peer_level(c, 'b', w->id), "step %lld: running sum from %s (shard %u, chunk %u) "
+                "is not the chunk of the whole sum its holder owes: dropped", (long long)c->step,
+                w->id, e->shard, e->chunk);
+        return;
+    }
+    if (c->got[e->chunk]) return;  // a duplicate
+    memcpy(c->fold + i0, x, sizeof(float) * n);
+    c->got[e->chunk] = 1;
+    c->ngot++;
+}
+
 static void s_handle(s_coord *c, ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int wi = s_find_worker(c, m->identity);
@@ -734,6 +801,10 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
     }
     if (e->type == SER__MSG_TYPE__MSG_TASK_FAILED) {
         s_task_failed(c, wi, e);
+        return;
+    }
+    if (e->type == SER__MSG_TYPE__MSG_PARTIAL || e->type == SER__MSG_TYPE__MSG_REDUCE_FAILED) {
+        s_chain_message(c, wi, m);
         return;
     }
     if (e->type == SER__MSG_TYPE__MSG_FORWARD_DONE && e->text && e->text[0])
@@ -769,6 +840,14 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
             return;
         }
         sh->state = SH_FWD_DONE;
+        if (s_now() - sh->sent_ms > c->task_max_ms) c->task_max_ms = s_now() - sh->sent_ms;
+    } else if (e->type == SER__MSG_TYPE__MSG_BACKWARD_DONE && sh->state == SH_BWD_SENT && c->keep) {
+        if (m->n != 0) {  // kept at the worker for the chain: the answer carries no tensor
+            s_offence(c, wi, (int)e->shard, "a gradient where the chain asked the worker to keep it");
+            return;
+        }
+        sh->bad_at = e->bad_at ? (size_t)(e->bad_at - 1) : SIZE_MAX;
+        sh->state = SH_BWD_DONE;
         if (s_now() - sh->sent_ms > c->task_max_ms) c->task_max_ms = s_now() - sh->sent_ms;
     } else if (e->type == SER__MSG_TYPE__MSG_BACKWARD_DONE && sh->state == SH_BWD_SENT) {
         const float *g = ser_shard_parse_grad(m, c->span);
@@ -957,11 +1036,87 @@ static int s_remote_forward(void *ctx, const ser_batch **b, ser_gathered **g, ch
     return SER_OK;
 }
 
+enum { S_CHAIN_BROKEN = 1 };  // s_chain: the caller sums the step itself
+
+// cluster.reduce = chain, once every shard's gradient is kept at its worker: one REDUCE per
+// run of consecutive shards one worker holds, each run's holder adding its shards to the sum it
+// receives from the previous run's and passing it on; the last sends it here, chunk by chunk,
+// into total. SER_OK with the step's sum in total; S_CHAIN_BROKEN when the chain broke (a holder
+// lost or unable, no sum within the task deadline): why says how, and the caller sums the
+// step itself; SER_EIO when stopped.
+static int s_chain(s_coord *c, float *total, char *why) {
+    c->round++;
+    c->nruns = 0;
+    for (int s = 0; s < c->S; s++)
+        if (s == 0 || c->sh[s].worker != c->sh[s - 1].worker) {
+            c->run_a[c->nruns] = s;
+            c->run_w[c->nruns++] = c->sh[s].worker;
+        }
+    c->run_a[c->nruns] = c->S;
+    for (int r = 1; r < c->nruns; r++)
+        if (!c->w[c->run_w[r]].peer_ep[0]) {
+            snprintf(why, SER_ERR_LEN, "worker %s, which holds shards from %d, has no peer socket",
+                     c->w[c->run_w[r]].id, c->run_a[r]);
+            return S_CHAIN_BROKEN;
+        }
+    size_t K = (size_t)c->tr.cfg.cluster.reduce_chunk;
+    c->nchunks = (int)((c->span + K - 1) / K), c->ngot = 0;
+    free(c->got);
+    c->got = ser_xcalloc((size_t)c->nchunks, 1);
+    c->chain_error[0] = 0;
+    c->fold = total;
+    for (int r = 0; r < c->nruns; r++) {
+        Ser__Envelope e;
+        s_env(c, &e, SER__MSG_TYPE__MSG_REDUCE);
+        e.shard = (uint32_t)c->run_a[r], e.shard_end = (uint32_t)c->run_a[r + 1];
+        e.attempt = c->round;
+        const s_worker *next = r + 1 < c->nruns ? &c->w[c->run_w[r + 1]] : NULL;
+        e.next_endpoint = next ? (char *)(uintptr_t)next->peer_ep : (char *)"";
+        e.next_key = next ? (char *)(uintptr_t)next->peer_key : (char *)"";
+        ser_wire_send(c->sock, c->w[c->run_w[r]].id, &e, NULL, 0);
+    }
+    int64_t start = s_now(), last_pub = 0, dl = s_task_deadline(c);
+    int rc = SER_OK;
+    while (c->ngot < c->nchunks) {
+        if (s_now() - last_pub > 250) {
+            last_pub = s_now();
+            s_publish(c);
+        }
+        if (s_stop) {
+            rc = SER_EIO;
+            break;
+        }
+        while (s_poll(c, 0) == 64) {}
+        s_check_liveness(c, 1);
+        if (c->ngot == c->nchunks) break;
+        int lost = -1;
+        for (int r = 0; r < c->nruns && lost < 0; r++)
+            if (!c->w[c->run_w[r]].alive) lost = r;
+        if (lost >= 0) {
+            snprintf(why, SER_ERR_LEN, "worker %s, which holds shards %d..%d, is gone",
+                     c->w[c->run_w[lost]].id, c->run_a[lost], c->run_a[lost + 1] - 1);
+            rc = S_CHAIN_BROKEN;
+        } else if (c->chain_error[0]) {
+            snprintf(why, SER_ERR_LEN, "%s", c->chain_error);
+            rc = S_CHAIN_BROKEN;
+        } else if (s_now() - start > dl) {
+            snprintf(why, SER_ERR_LEN, "%d of %d chunks of the sum after %lld ms (task deadline)",
+                     c->ngot, c->nchunks, (long long)(s_now() - start));
+            rc = S_CHAIN_BROKEN;
+        }
+        if (rc) break;
+        s_poll(c, 20);
+    }
+    free(c->got), c->got = NULL;  // what comes later is late
+    return rc;
+}
+
 static int s_remote_backward(void *ctx, float *total, char *err) {
     (void)err;
     s_coord *c = ctx;
     memset(total, 0, sizeof(float) * c->span);  // the gradients fold into it as they come
     c->fold = total, c->fold_next = 0;
+    c->keep = c->chain;  // chain: the workers keep their gradients for s_chain
     for (int s = 0; s < c->S; s++) {
         c->sh[s].bad_at = SIZE_MAX;
         free(c->sh[s].grad), c->sh[s].grad = NULL;
@@ -973,6 +1128,35 @@ static int s_remote_backward(void *ctx, float *total, char *err) {
             s_send_backward(c, s);
     }
     int rc = s_phase(c, SH_BWD_DONE, "backward");
+    if (!rc && c->chain) {
+        char why[SER_ERR_LEN];
+        rc = s_chain(c, total, why);
+        c->keep = 0;
+        if (rc == SER_OK) {
+            c->fold_next = c->S;
+            c->chain_steps++;
+        } else if (rc == S_CHAIN_BROKEN) {
+            // The coordinator sums this step itself: every live holder sends its kept gradient
+            // (no recomputation), a lost holder's shards are computed again elsewhere.
+            c->chain_fallbacks++;
+            ser_log(SER_LL_WARNING, "step %lld: the chain's sum broke (%s): the coordinator sums "
+                    "this step's gradients itself", (long long)c->step, why);
+            memset(total, 0, sizeof(float) * c->span);
+            c->fold = total, c->fold_next = 0;
+            for (int s = 0; s < c->S; s++) {
+                s_shard *sh = &c->sh[s];
+                sh->bad_at = SIZE_MAX;
+                if (sh->worker >= 0 && c->w[sh->worker].alive) {
+                    s_send_backward(c, s);
+                } else {
+                    sh->redo = 1;
+                    sh->state = SH_IDLE;
+                }
+            }
+            rc = s_phase(c, SH_BWD_DONE, "backward (the coordinator's sum)");
+        }
+    }
+    c->keep = 0;
     c->fold = NULL;
     if (rc) return rc;
     SER_ASSERT(c->fold_next == c->S);
@@ -1256,6 +1440,9 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
            : o->cfg.ser.enabled ? ser_sched_equiv_count(o->cfg.ser.ratio, c->B) : 0;
     c->grid_max = ser_config_grid_max(&o->cfg);
     c->sh = ser_xcalloc((size_t)c->S, sizeof *c->sh);
+    c->chain = o->cfg.cluster.reduce == SER_REDUCE_CHAIN;
+    c->run_a = ser_xcalloc((size_t)c->S + 1, sizeof(int));
+    c->run_w = ser_xcalloc((size_t)c->S + 1, sizeof(int));
     for (int s = 0; s < c->S; s++) {
         s_shard *sh = &c->sh[s];
         sh->p0 = s * (c->B / c->S), sh->p1 = sh->p0 + c->B / c->S, sh->worker = -1;
@@ -1484,6 +1671,7 @@ static void s_teardown(s_coord *c) {
         for (int v = 0; v < 2; v++) free(c->sh[s].lg[v]), free(c->sh[s].lmaps[v]);
     }
     free(c->sh), free(c->grads0), free(c->losses), free(c->step_s);
+    free(c->run_a), free(c->run_w), free(c->got);
     free(c->gall[0]), free(c->gall[1]), free(c->lgall[0]), free(c->lgall[1]);
     ser_gathered_free(&c->g);
     ser_trainer_free(&c->tr);
@@ -1542,6 +1730,10 @@ int ser_coord_run(const ser_coord_opts *o) {
                 (long long)(c.params_resent - c.params_resent0), (long long)c.params_resent,
                 c.span);
     }
+    if (c.chain)
+        ser_log(SER_LL_INFO, "run summary: cluster.reduce = chain: %lld steps summed along the "
+                "workers' chain, %lld by the coordinator after the chain broke",
+                (long long)c.chain_steps, (long long)c.chain_fallbacks);
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, c.nrun ? c.grads0 : NULL, c.losses, c.nrun,
                                           c.first, err)))
         goto done;

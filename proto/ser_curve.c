@@ -229,3 +229,20 @@ int ser_curve_client(void *sock, char err[SER_ERR_LEN]) {
         return ser_errf(err, SER_EIO, "CURVE client options: %s", zmq_strerror(zmq_errno()));
     return SER_OK;
 }
+
+const char *ser_curve_public(void) { return s_k.on ? s_k.pub : ""; }
+
+int ser_curve_client_to(void *sock, const char *server_key, char err[SER_ERR_LEN]) {
+    if (!s_k.on) return SER_OK;
+    if (!server_key || strlen(server_key) != 40)
+        return ser_errf(err, SER_EPEER, "the peer's CURVE public key is missing or not 40 Z85 "
+                        "characters");
+    uint8_t bin[32];
+    if (!zmq_z85_decode(bin, server_key))
+        return ser_errf(err, SER_EPEER, "the peer's CURVE public key is not Z85");
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_key, 40) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, s_k.pub, 40) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, s_k.sec, 40) != 0)
+        return ser_errf(err, SER_EIO, "CURVE client options: %s", zmq_strerror(zmq_errno()));
+    return SER_OK;
+}

@@ -20,6 +20,7 @@
 //   ser_curve_setup(), ser_curve_setup_env() load this process's settings (once)
 //   ser_curve_on()                           whether CURVE is on
 //   ser_curve_server(), ser_curve_client()   apply to a socket before bind / connect
+//   ser_curve_client_to(), ser_curve_public() a worker's link to another worker's peer socket
 #ifndef SER_CURVE_H
 #define SER_CURVE_H
 
@@ -42,5 +43,11 @@ int ser_curve_server(void *ctx, void *sock, const char *endpoint, char err[SER_E
 // A client socket, before zmq_connect: CURVE client with this process's keypair and the
 // servers' public key; nothing in plaintext.
 int ser_curve_client(void *sock, char err[SER_ERR_LEN]);
+// A client socket to a peer server with its own keypair (a worker's peer socket, which takes
+// the chain's running sums): CURVE client with this process's keypair and server_key (Z85, as
+// the peer announced it); nothing in plaintext. SER_EPEER for a malformed key.
+int ser_curve_client_to(void *sock, const char *server_key, char err[SER_ERR_LEN]);
+// This process's public key (Z85), "" in plaintext.
+const char *ser_curve_public(void);
 
 #endif

@@ -644,6 +644,86 @@ static void test_barlow_n_workers_equal_ser_step(void **state) {
     s_method_n_workers("barlow", "[barlow]\nproj_dim = 24\n");
 }
 
+// cluster.reduce = chain ---------------------------------------------------------------------------
+// The coordinator's received bytes per step and P from a run's summary line (-1: none).
+static double s_summary_recv(const char *log, long *P) {
+    char path[256], line[4096];
+    snprintf(path, sizeof path, "%s/%s", s_dir, log);
+    FILE *f = fopen(path, "r");
+    double recv = -1;
+    *P = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *b = strstr(line, "bytes/step sent, "), *p = strstr(line, "P = ");
+        if (b && p) recv = strtod(b + strlen("bytes/step sent, "), NULL), *P = strtol(p + 4, NULL, 10);
+    }
+    if (f) fclose(f);
+    return recv;
+}
+
+// DIR/<tag>.ini: the test job with method (and its section; "" = MoCo, the default) and the
+// chain's [cluster] keys (chunks of 4096 floats: the test model's sum goes in several).
+static void s_chain_ini(char *cfg, size_t n, const char *tag, const char *method,
+                        const char *section) {
+    snprintf(cfg, n, "%s/%s.ini", s_dir, tag);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs(s_ini, f);
+    if (method[0]) fprintf(f, "[method]\nname = %s\n%s", method, section);
+    fputs("[optim]\nepochs = 4\nwarmup_epochs = 1\n"
+          "[cluster]\nreduce = chain\nreduce_chunk = 4096\ntask_timeout_ms = 3000\n", f);
+    fclose(f);
+}
+
+// `ser step` against `ser local` with the gradients summed along the workers' chain, for each
+// worker count in nws (0-terminated): the same bits; every step summed by the chain; the
+// coordinator receives one gradient a step (4P bytes and the rows), not one a shard (4PS).
+static void s_chain_n_workers(const char *method, const char *section, const char *tag,
+                              const int *nws) {
+    char cfg[160], ref[160], out[160], nw[8], od[200], log[64];
+    s_chain_ini(cfg, sizeof cfg, tag, method, section);
+    snprintf(ref, sizeof ref, "%s/%s-ref.safetensors", s_dir, tag);
+    char *sargs[] = {"ser", "step", "--config", cfg, "--batch", s_b, "--out", ref, "--steps", "10",
+                     "--iters-per-epoch", "5", NULL};
+    assert_int_equal(s_wait(s_start("step.log", sargs)), 0);
+    for (const int *n = nws; *n; n++) {
+        snprintf(out, sizeof out, "%s/%s-local%d.safetensors", s_dir, tag, *n);
+        snprintf(nw, sizeof nw, "%d", *n);
+        snprintf(od, sizeof od, "run.out_dir=%s/%s-local%d", s_dir, tag, *n);
+        snprintf(log, sizeof log, "%s-local%d.log", tag, *n);
+        char *args[] = {"ser", "local", "--workers", nw, "--config", cfg, "--batch-file", s_b,
+                        "--out", out, "--steps", "10", "--iters-per-epoch", "5", "--set", od, NULL};
+        int rc = s_wait(s_start(log, args));
+        if (rc) system("tail -20 /tmp/ser_cluster_*/*-local*.log");
+        assert_int_equal(rc, 0);
+        s_assert_same_bits(ref, out);
+        assert_true(s_log_has(log, "10 steps summed along the workers' chain, 0 by the coordinator"));
+        long P;
+        double recv = s_summary_recv(log, &P);
+        print_message("%s, %d workers: %.0f bytes/step received, 4P = %ld\n", tag, *n, recv, 4 * P);
+        assert_true(P > 0 && recv >= 4.0 * P && recv < 1.5 * 4.0 * P);
+    }
+}
+
+static void test_chain_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    static const int moco[] = {1, 2, 3, 7, 0}, two_three[] = {2, 3, 0};
+    s_chain_n_workers("", "", "chain_moco", moco);
+    s_chain_n_workers("dino", s_dino_section, "chain_dino", two_three);
+    s_chain_n_workers("barlow", "[barlow]\nproj_dim = 24\n", "chain_barlow", two_three);
+    // Against the coordinator's sum of the same job: one gradient per shard (4 shards).
+    char cfg[160], od[200];
+    snprintf(cfg, sizeof cfg, "%s/chain_moco.ini", s_dir);
+    snprintf(od, sizeof od, "run.out_dir=%s/chain_off", s_dir);
+    char *args[] = {"ser", "local", "--workers", "2", "--config", cfg, "--batch-file", s_b,
+                    "--steps", "10", "--iters-per-epoch", "5", "--set", od,
+                    "--set", "cluster.reduce=coordinator", NULL};
+    assert_int_equal(s_wait(s_start("chain_off.log", args)), 0);
+    long P;
+    double recv = s_summary_recv("chain_off.log", &P);
+    print_message("coordinator's sum, 2 workers: %.0f bytes/step received, 4PS = %ld\n", recv, 16 * P);
+    assert_true(P > 0 && recv >= 4.0 * 4.0 * P);
+}
+
 // Starts a coordinator on an ephemeral port; returns its pid and endpoint.
 // Starts a coordinator on an ephemeral port (port 0 unless port names one) with its
 // checkpoints in DIR/run (every 5 steps); returns its pid and endpoint.
@@ -1800,7 +1880,10 @@ static void test_fault_plan(void **state) {
     snprintf(ref, sizeof ref, "%s/ref10.safetensors", s_dir);
     snprintf(out, sizeof out, "%s/faults.safetensors", s_dir);
     s_reference(ref, "10");
-    setenv("SER_FAULT", "drop:BACKWARD@3;dup:FORWARD@2;drop:PARAMS@6;delay:BACKWARD@7:300", 1);
+    // The first PARAMS (to whichever worker joins first) waits a second, so that both workers
+    // are in the job from step 0: a step takes ~10 ms, and the rules below name steps.
+    setenv("SER_FAULT", "delay:PARAMS@0:1000;drop:BACKWARD@3;dup:FORWARD@2;drop:PARAMS@6;"
+           "delay:BACKWARD@7:300", 1);
     pid_t coord = s_coordinator(out, "10", "30000", ep, sizeof ep);
     unsetenv("SER_FAULT");
     s_with_faults("drop:FORWARD_DONE@9;dup:BACKWARD_DONE@1;delay:FORWARD_DONE@5:400;"
@@ -1824,6 +1907,42 @@ static void test_fault_plan(void **state) {
     assert_true(s_log_has("wf1.log", "SER_FAULT: rule 'drop:LOADER_SHARD@2' ignored"));
     assert_true(s_log_has("coord.log", "worker wf1 lost"));
     assert_true(s_log_has("coord.log", "sending it again"));
+    s_kill_all();
+}
+
+// The chain breaks: a holder killed as its REDUCE arrives (step 3), and a chunk of the running
+// sum lost on its way (step 6, found by the task deadline). Each time the coordinator sums the
+// step itself from the kept gradients (the lost holder's shards computed again by another
+// worker), and the run still equals `ser step`, bitwise.
+static void test_chain_breaks(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256], cfg[120], keep[128];
+    snprintf(ref, sizeof ref, "%s/ref10.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/chain_faults.safetensors", s_dir);
+    s_reference(ref, "10");
+    snprintf(cfg, sizeof cfg, "%s/chain_faults.ini", s_dir);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fprintf(f, "%sreduce = chain\nreduce_chunk = 4096\ntask_timeout_ms = 2000\n", s_ini);
+    fclose(f);
+    snprintf(keep, sizeof keep, "%s", s_cfg);
+    snprintf(s_cfg, sizeof s_cfg, "%s", cfg);
+    setenv("SER_FAULT", "delay:PARAMS@0:1000", 1);  // all three workers in from step 0
+    pid_t coord = s_coordinator(out, "10", "30000", ep, sizeof ep);
+    unsetenv("SER_FAULT");
+    snprintf(s_cfg, sizeof s_cfg, "%s", keep);
+    s_worker(ep, "wc0");
+    s_with_faults("kill:REDUCE@3", s_worker, ep, "wc1");
+    s_with_faults("drop:PARTIAL@6", s_worker, ep, "wc2");
+    int rc = s_wait(coord);
+    if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    s_assert_same_bits(ref, out);
+    assert_true(s_log_has("wc1.log", "SER_FAULT: killing"));
+    assert_true(s_log_has("wc2.log", "SER_FAULT: dropping"));
+    assert_true(s_log_has("coord.log", "step 3: the chain's sum broke (worker wc1, which holds shards"));
+    assert_true(s_log_has("coord.log", "chunks of the sum after"));
+    assert_true(s_log_has("coord.log", "8 steps summed along the workers' chain, 2 by the coordinator"));
     s_kill_all();
 }
 
@@ -2051,6 +2170,7 @@ int main(void) {
         cmocka_unit_test(test_dino_skip_resends_teacher),
         cmocka_unit_test(test_local_stops_on_sigterm),
         cmocka_unit_test(test_barlow_n_workers_equal_ser_step),
+        cmocka_unit_test(test_chain_n_workers_equal_ser_step),
         cmocka_unit_test(test_worker_killed_mid_run),
         cmocka_unit_test(test_coordinator_killed_and_restarted),
         cmocka_unit_test(test_garbage_and_wrong_peers),
@@ -2066,6 +2186,7 @@ int main(void) {
         cmocka_unit_test(test_all_workers_gone),
         cmocka_unit_test(test_fault_plan),
         cmocka_unit_test(test_nonfinite_gradient),
+        cmocka_unit_test(test_chain_breaks),
         cmocka_unit_test(test_coordinator_killed_during_checkpoints),
         cmocka_unit_test(test_loader_killed_and_restarted),
         cmocka_unit_test(test_local_views_from_the_loader),

@@ -10,6 +10,7 @@
 // contention makes a computing worker look dead; a coordinator silent for cluster.timeout_ms
 // is reconnected to (a restarted coordinator), and every invalid message is logged and dropped.
 #include <getopt.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -56,7 +57,29 @@ typedef struct s_wshard {
     float **lpair[2];             // the local SER pairs' views (n_eq * P), e-major
     ser_group_elem *lgel[2];
     int nlp_cap;
+    // cluster.reduce = chain: the shard's gradient of (kstep, katt), kept until the chain has
+    // passed it on (or the coordinator asks for it directly); kbad = 1 + its first non-finite
+    // element, 0 none.
+    float *kept;
+    int64_t kstep;
+    uint32_t katt;
+    uint64_t kbad;
 } s_wshard;
+
+// A REDUCE task of the chain (cluster.reduce = chain), or the running sum's chunks that came
+// ahead of it from the previous holder: shards [a, b) of (step, round).
+typedef struct s_reduce {
+    int used, have_task;
+    int64_t step;
+    uint32_t round, a, b;
+    char next[160], key[41];  // the next holder's peer socket and CURVE key; "" = coordinator
+    float *in;                // the running sum over shards [0, a) as received (a > 0)
+    uint8_t *got, *sent;      // per chunk
+    int nchunks, nsent;
+} s_reduce;
+
+#define S_MAX_REDUCE 8
+#define S_MAX_LINKS 4
 
 typedef struct s_worker {
     const char *endpoint, *name, *batch_file, *loader;
@@ -81,6 +104,18 @@ typedef struct s_worker {
     pthread_cond_t cv;
     pthread_t heart;
     int busy, quit;
+    // cluster.reduce = chain: the peer socket (ROUTER) that takes running sums, what HELLO
+    // announces of it, links to the next holders (DEALERs, by endpoint), the tasks.
+    const char *peer_bind;  // --peer-bind (NULL: the loopback, or every interface)
+    void *peer;
+    char peer_ep[160];
+    struct {
+        char ep[160];
+        void *sock;
+    } link[S_MAX_LINKS];
+    int nlink;
+    s_reduce red[S_MAX_REDUCE];
+    float *chunk;  // one chunk of the sum being passed on
 } s_worker;
 
 static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type);
@@ -147,7 +182,51 @@ static int64_t s_max_frame(const s_worker *w) {
     return floats * (int64_t)sizeof(float) + ((int64_t)1 << 20);
 }
 
+// cluster.reduce = chain: the peer socket that takes the running sums, bound once the job is
+// known (before the HELLO that follows the WELCOME, which announces it): at --peer-bind, else
+// on the loopback when the coordinator is there, else on every interface, announced as
+// tcp://*:PORT (the coordinator fills in the address it sees this worker at). With CURVE it is
+// a server with this worker's keypair; in plaintext, off the loopback only with
+// SER_PLAINTEXT=1 / cluster.plaintext (proto/ser_curve.h).
+static int s_bind_peer(s_worker *w) {
+    if (w->peer || !w->have_model || w->cfg.cluster.reduce != SER_REDUCE_CHAIN) return SER_OK;
+    const char *ep = w->peer_bind;
+    if (!ep) {
+        int local = !strncmp(w->endpoint, "tcp://127.", 10) ||
+                    !strncmp(w->endpoint, "tcp://localhost:", 16);
+        ep = local ? "tcp://127.0.0.1:*" : "tcp://*:*";
+    }
+    char err[SER_ERR_LEN], last[160];
+    void *p = zmq_socket(w->ctx, ZMQ_ROUTER);
+    int linger = 0;
+    zmq_setsockopt(p, ZMQ_LINGER, &linger, sizeof linger);
+    // No peer can make this worker buffer more than one chunk of the sum.
+    int64_t maxmsg = (int64_t)w->cfg.cluster.reduce_chunk * (int64_t)sizeof(float) + (1 << 20);
+    zmq_setsockopt(p, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (ser_curve_server(w->ctx, p, ep, err)) {
+        ser_log(SER_LL_ERROR, "worker %s: peer socket (cluster.reduce = chain): %s", w->name, err);
+        zmq_close(p);
+        return SER_EPEER;
+    }
+    if (zmq_bind(p, ep) != 0) {
+        ser_log(SER_LL_ERROR, "worker %s: cannot bind its peer socket (cluster.reduce = chain) "
+                "at %s: %s", w->name, ep, zmq_strerror(zmq_errno()));
+        zmq_close(p);
+        return SER_EIO;
+    }
+    size_t n = sizeof last;
+    if (zmq_getsockopt(p, ZMQ_LAST_ENDPOINT, last, &n) != 0) snprintf(last, sizeof last, "%s", ep);
+    if (!strncmp(last, "tcp://0.0.0.0:", 14))
+        snprintf(w->peer_ep, sizeof w->peer_ep, "tcp://*:%s", last + 14);
+    else
+        snprintf(w->peer_ep, sizeof w->peer_ep, "%s", last);
+    w->peer = p;
+    ser_log(SER_LL_INFO, "worker %s: takes the chain's running sums at %s", w->name, w->peer_ep);
+    return SER_OK;
+}
+
 static int s_connect(s_worker *w) {
+    if (s_bind_peer(w)) return SER_EIO;
     if (w->sock) zmq_close(w->sock);
     w->sock = zmq_socket(w->ctx, ZMQ_DEALER);
     int linger = 0;
@@ -189,6 +268,10 @@ static int s_connect(s_worker *w) {
     e.text = (char *)(uintptr_t)w->name;
     e.config_hash = w->have_model ? ser_config_hash(&w->cfg) : 0;
     e.threads = (uint32_t)ser_kernels_get_threads();
+    if (w->peer) {
+        e.peer_endpoint = w->peer_ep;
+        e.peer_key = (char *)(uintptr_t)ser_curve_public();
+    }
     w->last_heard = w->last_sent = ser_clock_now_ms();
     int rc = ser_wire_send(w->sock, NULL, &e, NULL, 0);
     if (rc) ser_netdiag_destroy(&w->diag);
@@ -443,9 +526,29 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
     free(gf);
 }
 
+// The first non-finite element of g[0..n) plus 1; 0 when all are finite.
+static uint64_t s_first_nonfinite(const float *g, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(g[i])) return (uint64_t)i + 1;
+    return 0;
+}
+
 static void s_backward(s_worker *w, const ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int s = (int)e->shard;
+    if (!e->keep && s >= 0 && s < w->S && w->sh[s].kept && w->sh[s].kstep == (int64_t)e->step &&
+        w->sh[s].katt == e->attempt) {
+        // The chain broke: the coordinator sums this step itself, from the kept gradients.
+        ser_wire_tensor t;
+        ser_shard_pack_grad(&t, w->sh[s].kept, w->span);
+        Ser__Envelope out;
+        s_env(w, &out, SER__MSG_TYPE__MSG_BACKWARD_DONE);
+        out.step = e->step, out.shard = e->shard, out.attempt = e->attempt;
+        s_send(w, &out, &t, 1);
+        ser_log(SER_LL_DEBUG, "worker %s: step %llu shard %d: kept gradient sent", w->name,
+                (unsigned long long)e->step, s);
+        return;
+    }
     if (s < 0 || s >= w->S || !w->sh[s].have || w->sh[s].step != (int64_t)e->step ||
         w->sh[s].attempt != e->attempt) {
         ser_log(SER_LL_WARNING, "worker %s: BACKWARD step %llu shard %d attempt %u without its "
@@ -473,13 +576,243 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
         memcpy(sh->g.dlqmap[v], d[nd++], sizeof(float) * sh->g.lntok[v] * C);
     ser_engine_backward(&sh->eng, &w->v.student, &sh->b, 1, &sh->g, w->v.map_grad);
     ser_wire_tensor t;
-    ser_shard_pack_grad(&t, w->v.grads + w->off, w->span);
     Ser__Envelope out;
     s_env(w, &out, SER__MSG_TYPE__MSG_BACKWARD_DONE);
     out.step = e->step, out.shard = e->shard, out.attempt = e->attempt;
-    s_send(w, &out, &t, 1);
+    if (e->keep) {  // cluster.reduce = chain: kept for the REDUCE; the answer says it is done
+        if (!sh->kept) sh->kept = ser_xaligned_raw(sizeof(float) * w->span);
+        memcpy(sh->kept, w->v.grads + w->off, sizeof(float) * w->span);
+        sh->kstep = (int64_t)e->step, sh->katt = e->attempt;
+        sh->kbad = s_first_nonfinite(sh->kept, w->span);
+        out.bad_at = sh->kbad;
+        s_send(w, &out, NULL, 0);
+    } else {
+        ser_shard_pack_grad(&t, w->v.grads + w->off, w->span);
+        s_send(w, &out, &t, 1);
+    }
     ser_gathered_free(&sh->g);
     sh->have = 0;
+}
+
+// --- cluster.reduce = chain ---------------------------------------------------------------------
+// The coordinator sends one REDUCE per run of consecutive shards a worker holds: add their kept
+// gradients to the running sum over the shards before them, and pass the sum on. The sum moves
+// in chunks of cluster.reduce_chunk floats, each passed on as soon as this worker has added its
+// shards to it, element by element in shard order, from zeros for shard 0: the left fold of
+// the coordinator's sum (s_fold in coordinator/ser_coord.c) and of `ser step`, so the same bits.
+
+static int s_nchunks(const s_worker *w) {
+    size_t k = (size_t)w->cfg.cluster.reduce_chunk;
+    return (int)((w->span + k - 1) / k);
+}
+
+static void s_reduce_free(s_reduce *r) {
+    free(r->in), free(r->got), free(r->sent);
+    memset(r, 0, sizeof *r);
+}
+
+// The task or inbox of (step, round, a); with create, a new one (an old step's slot, a free
+// one, or NULL when every slot holds this step's).
+static s_reduce *s_reduce_at(s_worker *w, int64_t step, uint32_t round, uint32_t a, int create) {
+    s_reduce *free_slot = NULL;
+    for (int i = 0; i < S_MAX_REDUCE; i++) {
+        s_reduce *r = &w->red[i];
+        if (r->used && r->step == step && r->round == round && r->a == a) return r;
+        if (r->used && r->step < step) s_reduce_free(r);  // an older step's: over
+        if (!r->used && !free_slot) free_slot = r;
+    }
+    if (!create || !free_slot) return NULL;
+    s_reduce *r = free_slot;
+    r->used = 1, r->step = step, r->round = round, r->a = a;
+    r->nchunks = s_nchunks(w);
+    r->got = ser_xcalloc((size_t)r->nchunks, 1);
+    r->sent = ser_xcalloc((size_t)r->nchunks, 1);
+    if (a > 0) r->in = ser_xaligned_raw(sizeof(float) * w->span);
+    return r;
+}
+
+static void s_reduce_failed(s_worker *w, int64_t step, uint32_t round, uint32_t a, const char *why) {
+    ser_log(SER_LL_WARNING, "worker %s: step %lld: the chain's sum over shards from %u cannot go "
+            "on here: %s", w->name, (long long)step, a, why);
+    Ser__Envelope f;
+    s_env(w, &f, SER__MSG_TYPE__MSG_REDUCE_FAILED);
+    f.step = (uint64_t)step, f.shard = a, f.attempt = round;
+    f.text = (char *)(uintptr_t)why;
+    s_send(w, &f, NULL, 0);
+}
+
+// A link to the next holder's peer socket (made once per endpoint; the oldest goes when
+// S_MAX_LINKS are open). It says this worker's name as its identity (the receiver's ROUTER
+// takes printable names only); a send waits at most a second for room.
+static void *s_link(s_worker *w, const char *ep, const char *key, char *why, size_t n) {
+    for (int i = 0; i < w->nlink; i++)
+        if (!strcmp(w->link[i].ep, ep)) return w->link[i].sock;
+    if (w->nlink == S_MAX_LINKS) {
+        zmq_close(w->link[0].sock);
+        memmove(&w->link[0], &w->link[1], sizeof w->link[0] * (S_MAX_LINKS - 1));
+        w->nlink--;
+    }
+    void *d = zmq_socket(w->ctx, ZMQ_DEALER);
+    int linger = 0, sndtimeo = 1000;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(d, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, w->name, strlen(w->name));
+    char err[SER_ERR_LEN];
+    if (ser_curve_client_to(d, key, err)) {
+        snprintf(why, n, "the next holder at %.100s: %.200s", ep, err);
+        zmq_close(d);
+        return NULL;
+    }
+    if (zmq_connect(d, ep) != 0) {
+        snprintf(why, n, "cannot connect to the next holder at %.100s: %s", ep,
+                 zmq_strerror(zmq_errno()));
+        zmq_close(d);
+        return NULL;
+    }
+    snprintf(w->link[w->nlink].ep, sizeof w->link[0].ep, "%s", ep);
+    w->link[w->nlink++].sock = d;
+    return d;
+}
+
+// Passes on every chunk of r that is ready (all of them when a = 0; those received otherwise).
+static void s_reduce_progress(s_worker *w, s_reduce *r) {
+    if (!r->used || !r->have_task) return;
+    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
+    if (!w->chunk) w->chunk = ser_xaligned_raw(sizeof(float) * K);
+    for (uint32_t s = r->a; s < r->b; s++)
+        if (!w->sh[s].kept || w->sh[s].kstep != r->step) {  // a later step's backward came first
+            s_reduce_free(r);
+            return;
+        }
+    for (int k = 0; k < r->nchunks; k++) {
+        if (r->sent[k] || (r->a > 0 && !r->got[k])) continue;
+        size_t i0 = (size_t)k * K, i1 = i0 + K < w->span ? i0 + K : w->span, n = i1 - i0;
+        float *out = w->chunk;
+        if (r->a == 0)
+            memset(out, 0, sizeof(float) * n);
+        else
+            memcpy(out, r->in + i0, sizeof(float) * n);
+        for (uint32_t s = r->a; s < r->b; s++) {
+            const float *g = w->sh[s].kept + i0;
+            for (size_t i = 0; i < n; i++) out[i] += g[i];
+        }
+        ser_wire_tensor t = {"sum", 1, {(int64_t)n}, out};
+        Ser__Envelope e;
+        s_env(w, &e, SER__MSG_TYPE__MSG_PARTIAL);
+        e.step = (uint64_t)r->step, e.shard = r->b, e.attempt = r->round, e.chunk = (uint32_t)k;
+        int rc;
+        if (!r->next[0]) {
+            rc = s_send(w, &e, &t, 1);
+        } else {
+            char why[400];
+            void *d = s_link(w, r->next, r->key, why, sizeof why);
+            if (!d) {
+                s_reduce_failed(w, r->step, r->round, r->a, why);
+                s_reduce_free(r);
+                return;
+            }
+            rc = ser_wire_send(d, NULL, &e, &t, 1);
+        }
+        if (rc) {
+            char why[300];
+            snprintf(why, sizeof why, "chunk %d could not be sent to %.200s", k,
+                     r->next[0] ? r->next : "the coordinator");
+            s_reduce_failed(w, r->step, r->round, r->a, why);
+            s_reduce_free(r);
+            return;
+        }
+        r->sent[k] = 1;
+        r->nsent++;
+    }
+    if (r->nsent == r->nchunks) {
+        ser_log(SER_LL_DEBUG, "worker %s: step %lld: shards %u..%u added, sum passed on to %s",
+                w->name, (long long)r->step, r->a, r->b - 1, r->next[0] ? r->next : "the coordinator");
+        s_reduce_free(r);
+    }
+}
+
+static void s_reduce_task(s_worker *w, const Ser__Envelope *e) {
+    int64_t step = (int64_t)e->step;
+    char why[300];
+    if (e->shard >= e->shard_end || e->shard_end > (uint32_t)w->S) {
+        snprintf(why, sizeof why, "shards [%u, %u) of a job with %d", e->shard, e->shard_end, w->S);
+        s_reduce_failed(w, step, e->attempt, e->shard, why);
+        return;
+    }
+    for (uint32_t s = e->shard; s < e->shard_end; s++)
+        if (!w->sh[s].kept || w->sh[s].kstep != step) {
+            snprintf(why, sizeof why, "no gradient of shard %u of step %lld is kept here", s,
+                     (long long)step);
+            s_reduce_failed(w, step, e->attempt, e->shard, why);
+            return;
+        }
+    const char *next = e->next_endpoint ? e->next_endpoint : "", *key = e->next_key ? e->next_key : "";
+    if (strlen(next) >= sizeof w->red[0].next || strlen(key) >= sizeof w->red[0].key ||
+        (next[0] && strncmp(next, "tcp://", 6) && strncmp(next, "ipc://", 6))) {
+        s_reduce_failed(w, step, e->attempt, e->shard, "the next holder's endpoint or key is malformed");
+        return;
+    }
+    s_reduce *r = s_reduce_at(w, step, e->attempt, e->shard, 1);
+    if (!r) {
+        s_reduce_failed(w, step, e->attempt, e->shard, "too many chain tasks at once");
+        return;
+    }
+    if (r->have_task) return;  // a duplicate
+    r->have_task = 1, r->b = e->shard_end;
+    snprintf(r->next, sizeof r->next, "%s", next);
+    snprintf(r->key, sizeof r->key, "%s", key);
+    s_reduce_progress(w, r);
+}
+
+// A chunk of the running sum from the previous holder (peer socket). Only this job's, for this
+// step or the next, and of the chunk's size; anything else is logged and dropped.
+static void s_partial(s_worker *w, const ser_wire_msg *m) {
+    const Ser__Envelope *e = m->env;
+    int64_t step = (int64_t)e->step;
+    int nchunks = s_nchunks(w);
+    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
+    if (e->type != SER__MSG_TYPE__MSG_PARTIAL || e->shard == 0 || e->shard >= (uint32_t)w->S ||
+        e->chunk >= (uint32_t)nchunks || step < w->params_version || step > w->params_version + 1) {
+        ser_log(SER_LL_WARNING, "worker %s: peer message from %s (type %d, step %lld, shard %u, "
+                "chunk %u) is no running sum this worker waits for: dropped", w->name,
+                m->identity, e->type, (long long)step, e->shard, e->chunk);
+        return;
+    }
+    size_t i0 = (size_t)e->chunk * K, n = i0 + K < w->span ? K : w->span - i0;
+    const float *x = ser_wire_find(m, "sum", n);
+    if (!x) {
+        ser_log(SER_LL_WARNING, "worker %s: running sum from %s without its chunk of %zu floats: "
+                "dropped", w->name, m->identity, n);
+        return;
+    }
+    s_reduce *r = s_reduce_at(w, step, e->attempt, e->shard, 1);
+    if (!r) {
+        ser_log(SER_LL_WARNING, "worker %s: running sum from %s for step %lld: no room: dropped",
+                w->name, m->identity, (long long)step);
+        return;
+    }
+    if (r->got[e->chunk]) return;  // a duplicate
+    memcpy(r->in + i0, x, sizeof(float) * n);
+    r->got[e->chunk] = 1;
+    s_reduce_progress(w, r);
+}
+
+// Reads what the peer socket holds (up to 64 messages).
+static void s_drain_peer(s_worker *w) {
+    for (int k = 0; w->peer && k < 64; k++) {
+        ser_wire_msg m;
+        char err[SER_ERR_LEN];
+        int rc = ser_wire_recv(w->peer, 1, w->job_id, &m, err);
+        if (rc == SER_ETIMEDOUT) break;
+        if (rc) {
+            ser_log(SER_LL_WARNING, "worker %s: bad peer message dropped: %s", w->name, err);
+            continue;
+        }
+        s_set_busy(w, 1);
+        s_partial(w, &m);
+        s_set_busy(w, 0);
+        ser_wire_msg_free(&m);
+    }
 }
 
 static void s_params(s_worker *w, const ser_wire_msg *m) {
@@ -509,9 +842,12 @@ static int s_serve(s_worker *w) {
     for (;;) {
         if (s_stop) return 0;
         if (w->have_model) hb = w->cfg.cluster.heartbeat_ms, timeout = w->cfg.cluster.timeout_ms;
-        zmq_pollitem_t it[2] = {{w->sock, 0, ZMQ_POLLIN, 0},
+        zmq_pollitem_t it[3] = {{w->sock, 0, ZMQ_POLLIN, 0}, {w->peer, 0, ZMQ_POLLIN, 0},
                                 {ser_netdiag_socket(w->diag), 0, ZMQ_POLLIN, 0}};
-        zmq_poll(it, it[1].socket ? 2 : 1, (long)(hb / 2 > 0 ? hb / 2 : 1));
+        int nit = w->peer ? 2 : 1;
+        if (it[2].socket) it[nit++] = it[2];
+        zmq_poll(it, nit, (long)(hb / 2 > 0 ? hb / 2 : 1));
+        s_drain_peer(w);
         for (int k = 0; k < 16; k++) {
             ser_wire_msg m;
             char err[SER_ERR_LEN];
@@ -544,6 +880,9 @@ static int s_serve(s_worker *w) {
                 } else if (m.env->type == SER__MSG_TYPE__MSG_BACKWARD) {
                     ser_wire_fault_kill(m.env->type, m.env->step);
                     s_backward(w, &m);
+                } else if (m.env->type == SER__MSG_TYPE__MSG_REDUCE) {
+                    ser_wire_fault_kill(m.env->type, m.env->step);
+                    s_reduce_task(w, m.env);
                 } else {
                     ser_log(SER_LL_WARNING, "worker %s: unexpected message type %d dropped", w->name, m.env->type);
                 }
@@ -609,7 +948,7 @@ static int s_run(s_worker *w) {
 
 static void s_usage(FILE *f) {
     fprintf(f, "usage: ser worker --coordinator tcp://HOST:PORT (--loader EP[,EP...] | --batch-file B)\n"
-               "                  [--name N] [--log-level L | --quiet]\n"
+               "                  [--name N] [--peer-bind tcp://ADDR:PORT] [--log-level L | --quiet]\n"
                "  Computes shards for the coordinator until it shuts the job down. The job's\n"
                "  configuration comes from the coordinator. Data: each shard from the data-loader\n"
                "  services at EP (tcp://HOST:PORT, comma-separated), or the global batch of every\n"
@@ -617,6 +956,10 @@ static void s_usage(FILE *f) {
                "  CURVE (a worker has no job file): SER_CURVE_KEY=FILE (its keypair, `ser keygen`),\n"
                "  SER_CURVE_SERVER_KEY=FILE.pub (the servers' public key when it is not the same\n"
                "  keypair's).\n"
+               "  --peer-bind: where other workers reach this one with the running gradient sum\n"
+               "  (cluster.reduce = chain; default: the loopback when the coordinator is there, else\n"
+               "  every interface at an ephemeral port, announced at the address the coordinator\n"
+               "  sees). PORT may be *.\n"
                "  --log-level L: error|warning|info|debug (info); --quiet: warning.\n"
                "  Exit status: 0 job ended or SIGINT/SIGTERM, 1 failed, 2 bad option.\n");
 }
@@ -631,6 +974,7 @@ int ser_cmd_worker(int argc, char **argv) {
                                           {"batch-file", required_argument, 0, 'b'},
                                           {"loader", required_argument, 0, 'l'},
                                           {"name", required_argument, 0, 'n'},
+                                          {"peer-bind", required_argument, 0, 'p'},
                                           {"log-level", required_argument, 0, 'L'},
                                           {"quiet", no_argument, 0, 'q'},
                                           {"help", no_argument, 0, 'h'},
@@ -650,6 +994,14 @@ int ser_cmd_worker(int argc, char **argv) {
                 return 2;
             }
             w.name = optarg;
+            break;
+        case 'p':
+            if (strncmp(optarg, "tcp://", 6) || strlen(optarg) >= 128) {
+                fprintf(stderr, "ser worker: --peer-bind '%s': want tcp://ADDRESS:PORT (PORT may "
+                        "be *)\n", optarg);
+                return 2;
+            }
+            w.peer_bind = optarg;
             break;
         case 'L':
             if (ser_log_parse_level(optarg) < 0) {
@@ -697,6 +1049,10 @@ int ser_cmd_worker(int argc, char **argv) {
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);
     if (w.sock) zmq_close(w.sock);
+    if (w.peer) zmq_close(w.peer);
+    for (int i = 0; i < w.nlink; i++) zmq_close(w.link[i].sock);
+    for (int i = 0; i < S_MAX_REDUCE; i++) s_reduce_free(&w.red[i]);
+    free(w.chunk);
     zmq_ctx_term(w.ctx);
     for (int s = 0; w.sh && s < w.S; s++) {
         s_wshard *sh = &w.sh[s];
@@ -712,6 +1068,7 @@ int ser_cmd_worker(int argc, char **argv) {
         }
         for (int k = 0; k < SER_MAX_LOCAL; k++) free(sh->local[k]);
         free(sh->vparams);
+        free(sh->kept);
     }
     ser_dl_client_destroy(&w.dl);
     free(w.sh);

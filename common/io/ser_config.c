@@ -31,6 +31,7 @@ static const char *const s_policy[] = {"torchvision", "kornia", NULL};
 static const char *const s_local_mode[] = {"crops", "rotations", "center", NULL};
 static const char *const s_nonfinite[] = {"abort", "skip", NULL};
 static const char *const s_on_collapse[] = {"warn", "abort", NULL};
+static const char *const s_reduce[] = {"coordinator", "chain", NULL};
 
 // --- the table ---------------------------------------------------------------------------------
 // Defaults are the MoCo-v3 + SER ViT-S/16 ImageNet run of the paper's public code where the
@@ -382,6 +383,16 @@ static const ser_config_option s_options[] = {
         "goes to another worker (its late answer is dropped); a worker that misses it twice gets "
         "no more work. 0 = 10 x the slowest task the job has completed, at least 60 s (10 "
         "minutes before the first)."),
+    ENUM(cluster, reduce, s_reduce, "coordinator", NOHASH,
+         "Where the shard gradients are summed: at the coordinator (it receives one gradient per "
+         "shard), or along a chain of the workers (worker r of N gets the contiguous shards "
+         "floor(rS/N)..floor((r+1)S/N); each adds its shards to the running sum it receives from "
+         "the previous holder and passes it on in chunks; the coordinator receives one gradient "
+         "per step). The same bits either way; a chain that breaks falls back to the "
+         "coordinator's sum for that step (docs/cost-model.md)."),
+    INT(cluster, reduce_chunk, 1024, 1 << 28, "1048576", NOHASH,
+        "Floats per chunk of the chain's running sum (cluster.reduce = chain): a worker passes "
+        "on each chunk as soon as it has added its shards to it."),
     STR(cluster, curve_key, "", NOHASH,
         "This process's CURVE keypair file (`ser keygen FILE`); every socket of the job is then "
         "encrypted and authenticated. Empty: plaintext (only on one host unless plaintext = true)."),

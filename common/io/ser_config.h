@@ -194,12 +194,16 @@ typedef struct ser_config_run {
     int collapse_steps, on_collapse;
 } ser_config_run;
 
+enum { SER_REDUCE_COORDINATOR = 0, SER_REDUCE_CHAIN = 1 };
+
 typedef struct ser_config_cluster {
     char coordinator[SER_CONFIG_STR_LEN];
     int port, data_port, status_port;
     char status_bind[SER_CONFIG_STR_LEN];
     int heartbeat_ms, timeout_ms, task_timeout_ms;
     int io_threads;  // the coordinator's ZeroMQ I/O threads; 0 = 2 with CURVE, 1 without
+    int reduce;        // SER_REDUCE_*: where the shard gradients are summed
+    int reduce_chunk;  // floats per chunk of the chain's running sum
     // ZeroMQ CURVE (proto/ser_curve.h): key files, the allow-list, and plaintext off-host.
     char curve_key[SER_CONFIG_STR_LEN], curve_server_key[SER_CONFIG_STR_LEN];
     char curve_allow[SER_CONFIG_STR_LEN];
