@@ -122,6 +122,7 @@ typedef struct s_coord {
     // backward phase) and pass the running sum along runs of consecutive shards; the last run's
     // holder sends it here, chunk by chunk, for reduction round `round` of the step.
     int chain, keep;
+    int bcast;               // cluster.broadcast = chain (s_broadcast)
     uint32_t round;
     int nchunks, ngot;
     uint8_t *got;            // per chunk of this round's sum: arrived
@@ -129,6 +130,7 @@ typedef struct s_coord {
     int *run_a, *run_w;      // each run's first shard and holder (run_a[nruns] = S)
     char chain_error[SER_ERR_LEN];  // a holder's REDUCE_FAILED ("" none)
     int64_t chain_steps, chain_fallbacks;
+    int64_t params_direct;   // cluster.broadcast = chain: PARAMS sent directly after the first step
     ser_knn_monitor *knn;    // NULL: off
     int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
     // Peers already named in a warning (unknown, refused or malformed): later messages from
@@ -301,8 +303,53 @@ static void s_send_params(s_coord *c, int wi) {
     w->teacher_version = c->step;  // sent, or advanced by the worker from step - 1's
     w->params_sent_ms = s_now();
     if (w->params_step == c->step) c->params_resent++;
+    if (c->bcast && c->step > c->first) c->params_direct++;
     w->params_step = c->step;
     ser_wire_send(c->sock, w->id, &e, t, n);
+}
+
+// cluster.broadcast = chain: this step's student goes once, in chunks of cluster.reduce_chunk
+// floats, to the first of the live workers that hold the previous step's teacher (or need
+// none) and have a peer socket; each passes the chunks on to the next (its ROUTE says where,
+// with the step, the momentum of the teacher's EMA and the XXH3-64 of the whole, which it
+// checks). The other workers get PARAMS as before. A worker the chain does not reach says so
+// in its heartbeats, and s_retry_idle sends it PARAMS after cluster.timeout_ms.
+static void s_broadcast(s_coord *c) {
+    int mem[SER_COORD_MAX_WORKERS], n = 0;
+    for (int i = 0; i < c->nw; i++) {
+        s_worker *w = &c->w[i];
+        if (!w->alive) continue;
+        int whole = c->m->teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step;
+        if (whole || !w->peer_ep[0])
+            s_send_params(c, i);
+        else
+            mem[n++] = i;
+    }
+    if (!n) return;
+    const float *p = c->tr.params + c->off;
+    uint64_t hash = ser_ckpt_bytes_hash(p, sizeof(float) * c->span);
+    int64_t now = s_now();
+    for (int k = 0; k < n; k++) {
+        s_worker *w = &c->w[mem[k]];
+        Ser__Envelope e;
+        s_env(c, &e, SER__MSG_TYPE__MSG_ROUTE);
+        e.params_version = (uint64_t)c->step, e.momentum = c->tmom, e.params_hash = hash;
+        e.next_endpoint = k + 1 < n ? c->w[mem[k + 1]].peer_ep : (char *)"";
+        e.next_key = k + 1 < n ? c->w[mem[k + 1]].peer_key : (char *)"";
+        if (w->params_step == c->step) c->params_resent++;
+        w->teacher_version = c->step, w->params_sent_ms = now, w->params_step = c->step;
+        ser_wire_send(c->sock, w->id, &e, NULL, 0);
+    }
+    size_t K = (size_t)c->tr.cfg.cluster.reduce_chunk;
+    for (size_t i0 = 0, k = 0; i0 < c->span; i0 += K, k++) {
+        size_t cnt = i0 + K < c->span ? K : c->span - i0;
+        ser_wire_tensor t = {"student", 1, {(int64_t)cnt}, p + i0};
+        Ser__Envelope e;
+        s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS_CHUNK);
+        e.params_version = (uint64_t)c->step, e.chunk = (uint32_t)k;
+        e.momentum = c->tmom, e.params_hash = hash;
+        ser_wire_send(c->sock, c->w[mem[0]].id, &e, &t, 1);
+    }
 }
 
 // Round-robin over the live workers, leaving out one that missed a task deadline in this step
@@ -1019,8 +1066,9 @@ static int s_remote_forward(void *ctx, const ser_batch **b, ser_gathered **g, ch
     s_coord *c = ctx;
     for (int i = 0; i < c->nw; i++) {
         c->w[i].params_resends = 0;
-        if (c->w[i].alive) s_send_params(c, i);
+        if (c->w[i].alive && !c->bcast) s_send_params(c, i);
     }
+    if (c->bcast) s_broadcast(c);
     for (int s = 0; s < c->S; s++) c->sh[s].state = SH_IDLE, c->sh[s].redo = 0;
     int rc = s_phase(c, SH_FWD_DONE, "forward");
     if (rc) return rc;
@@ -1441,6 +1489,7 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     c->grid_max = ser_config_grid_max(&o->cfg);
     c->sh = ser_xcalloc((size_t)c->S, sizeof *c->sh);
     c->chain = o->cfg.cluster.reduce == SER_REDUCE_CHAIN;
+    c->bcast = o->cfg.cluster.broadcast == SER_REDUCE_CHAIN;
     c->run_a = ser_xcalloc((size_t)c->S + 1, sizeof(int));
     c->run_w = ser_xcalloc((size_t)c->S + 1, sizeof(int));
     for (int s = 0; s < c->S; s++) {
@@ -1688,6 +1737,16 @@ int ser_coord_run(const ser_coord_opts *o) {
         ser_trainer_free(&c.tr);
         return 2;
     }
+    if (!rc && o->min_workers > 1) {  // --workers N: all of them in from the first step
+        int64_t t0 = s_now(), keep = c.step;
+        c.step = -1;  // no PARAMS on their HELLO: the first step sends them
+        while (s_live_count(&c) < o->min_workers && s_now() - t0 < o->wait_workers_ms && !s_stop)
+            s_poll(&c, 50);
+        c.step = keep;
+        if (s_live_count(&c) < o->min_workers)
+            ser_log(SER_LL_WARNING, "%d of the %d workers asked for (--workers) joined within %d ms: "
+                    "starting with them", s_live_count(&c), o->min_workers, o->wait_workers_ms);
+    }
     for (int64_t k = 0; !rc && k < c.nrun; k++) {
         c.step = c.first + k;
         if (k == 1) {  // the first step carries the set-up (and the workers' joins)
@@ -1734,6 +1793,11 @@ int ser_coord_run(const ser_coord_opts *o) {
         ser_log(SER_LL_INFO, "run summary: cluster.reduce = chain: %lld steps summed along the "
                 "workers' chain, %lld by the coordinator after the chain broke",
                 (long long)c.chain_steps, (long long)c.chain_fallbacks);
+    if (c.bcast)
+        ser_log(SER_LL_INFO, "run summary: cluster.broadcast = chain: the parameters went to the "
+                "first worker of the chain each step; %lld PARAMS sent to a worker directly after "
+                "the first step (the chain missed it, or it lacked the previous teacher)",
+                (long long)c.params_direct);
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, c.nrun ? c.grads0 : NULL, c.losses, c.nrun,
                                           c.first, err)))
         goto done;

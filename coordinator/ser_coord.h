@@ -34,6 +34,8 @@ typedef struct ser_coord_opts {
     int64_t steps, iter, iters_per_epoch;
     double lr_fix, wd_fix, mom_fix;  // NAN: schedules
     int wait_workers_ms;        // how long to wait for the first worker
+    int min_workers;            // workers to wait for (up to wait_workers_ms) before the first
+                                // step; 0 or 1: start with the first
 } ser_coord_opts;
 
 // Runs the job to the end; returns a process exit status: SER_EXIT_OK (done), SER_EXIT_FAILED,

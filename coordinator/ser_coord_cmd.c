@@ -36,13 +36,15 @@ static void s_coord_usage(FILE *f, const char *cmd) {
             "  --log-level L: error|warning|info|debug (info); --quiet: warning%s.\n"
             "  Exit status: 0 finished, 1 failed, 2 bad option or job file, 3 stopped by\n"
             "  SIGINT/SIGTERM after checkpointing the last completed step (docs/cli.md).\n",
-            cmd, local ? "[--workers N] [--batch-file B.safetensors]" : "[--endpoint-file F]",
+            cmd, local ? "[--workers N] [--batch-file B.safetensors]" : "[--workers N] [--endpoint-file F]",
             local ? "  ser local starts the coordinator, N workers (default 2) and, unless a batch\n"
                     "  file is given (the same global batch every step; docs/step-format.md), one\n"
                     "  data-loader service for the job's [data] on this machine. The status page\n"
                     "  is on a free port (printed: \"status on http://...\") unless the job sets\n"
                     "  cluster.status_port to other than 8080.\n"
-                  : "  The coordinator reads no data: workers fetch shards from data loaders. Its\n"
+                  : "  --workers N: wait (up to T ms) for N workers before the first step, then\n"
+                    "  start with those there (default: start with the first).\n"
+                    "  The coordinator reads no data: workers fetch shards from data loaders. Its\n"
                     "  status page is on cluster.status_bind:cluster.status_port (127.0.0.1:8080;\n"
                     "  `ser status`); --endpoint-file F gets the control endpoint it bound.\n",
             local ? " (also for the workers and the loader)" : "");
@@ -135,6 +137,7 @@ int ser_cmd_coordinator(int argc, char **argv) {
     int rc = s_parse(argc, argv, "coordinator", &o, &workers, &cfg_path, sets, &nset, &log_level);
     if (rc) return rc == 1 ? 0 : rc;
     if ((rc = s_load_config(&o, cfg_path, sets, nset, "coordinator"))) return rc;
+    o.min_workers = workers;
     return ser_coord_run(&o);
 }
 
@@ -233,6 +236,11 @@ int ser_cmd_local(int argc, char **argv) {
         if (strncmp(argv[i], "--workers=", 10) == 0) continue;
         cargs[n++] = argv[i];
     }
+    // The coordinator waits for all of them before the first step.
+    char nwork[16];
+    snprintf(nwork, sizeof nwork, "%d", workers);
+    cargs[n++] = (char *)(uintptr_t)"--workers";
+    cargs[n++] = nwork;
     if (add_threads) {
         cargs[n++] = (char *)(uintptr_t)"--set";
         cargs[n++] = threads_set;

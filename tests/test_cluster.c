@@ -645,23 +645,29 @@ static void test_barlow_n_workers_equal_ser_step(void **state) {
 }
 
 // cluster.reduce = chain ---------------------------------------------------------------------------
-// The coordinator's received bytes per step and P from a run's summary line (-1: none).
-static double s_summary_recv(const char *log, long *P) {
+// The coordinator's received bytes per step, *sent the bytes it sent, and P from a run's summary
+// line (-1: none).
+static double s_summary_recv(const char *log, double *sent, long *P) {
     char path[256], line[4096];
     snprintf(path, sizeof path, "%s/%s", s_dir, log);
     FILE *f = fopen(path, "r");
     double recv = -1;
-    *P = -1;
+    *P = -1, *sent = -1;
     while (f && fgets(line, sizeof line, f)) {
         const char *b = strstr(line, "bytes/step sent, "), *p = strstr(line, "P = ");
-        if (b && p) recv = strtod(b + strlen("bytes/step sent, "), NULL), *P = strtol(p + 4, NULL, 10);
+        const char *a = strstr(line, "after the first, ");
+        if (a && b && p) {
+            recv = strtod(b + strlen("bytes/step sent, "), NULL), *P = strtol(p + 4, NULL, 10);
+            *sent = strtod(a + strlen("after the first, "), NULL);
+        }
     }
     if (f) fclose(f);
     return recv;
 }
 
 // DIR/<tag>.ini: the test job with method (and its section; "" = MoCo, the default) and the
-// chain's [cluster] keys (chunks of 4096 floats: the test model's sum goes in several).
+// chains' [cluster] keys (chunks of 4096 floats: the test model's parameters and sum go in
+// several).
 static void s_chain_ini(char *cfg, size_t n, const char *tag, const char *method,
                         const char *section) {
     snprintf(cfg, n, "%s/%s.ini", s_dir, tag);
@@ -670,13 +676,15 @@ static void s_chain_ini(char *cfg, size_t n, const char *tag, const char *method
     fputs(s_ini, f);
     if (method[0]) fprintf(f, "[method]\nname = %s\n%s", method, section);
     fputs("[optim]\nepochs = 4\nwarmup_epochs = 1\n"
-          "[cluster]\nreduce = chain\nreduce_chunk = 4096\ntask_timeout_ms = 3000\n", f);
+          "[cluster]\nreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\n"
+          "task_timeout_ms = 3000\n", f);
     fclose(f);
 }
 
-// `ser step` against `ser local` with the gradients summed along the workers' chain, for each
-// worker count in nws (0-terminated): the same bits; every step summed by the chain; the
-// coordinator receives one gradient a step (4P bytes and the rows), not one a shard (4PS).
+// `ser step` against `ser local` with the parameters broadcast and the gradients summed along the
+// workers' chain, for each worker count in nws (0-terminated): the same bits; every step summed
+// by the chain, no PARAMS sent after the first step; the coordinator sends the parameters once
+// and receives one gradient a step (4P bytes each way and the rows), not 4PN and 4PS.
 static void s_chain_n_workers(const char *method, const char *section, const char *tag,
                               const int *nws) {
     char cfg[160], ref[160], out[160], nw[8], od[200], log[64];
@@ -698,9 +706,12 @@ static void s_chain_n_workers(const char *method, const char *section, const cha
         s_assert_same_bits(ref, out);
         assert_true(s_log_has(log, "10 steps summed along the workers' chain, 0 by the coordinator"));
         long P;
-        double recv = s_summary_recv(log, &P);
-        print_message("%s, %d workers: %.0f bytes/step received, 4P = %ld\n", tag, *n, recv, 4 * P);
+        double sent, recv = s_summary_recv(log, &sent, &P);
+        print_message("%s, %d workers: %.0f bytes/step sent, %.0f received, 4P = %ld\n", tag, *n,
+                      sent, recv, 4 * P);
         assert_true(P > 0 && recv >= 4.0 * P && recv < 1.5 * 4.0 * P);
+        assert_true(sent >= 4.0 * P && sent < 1.5 * 4.0 * P);
+        assert_true(s_log_has(log, "0 PARAMS resent after the first step"));
     }
 }
 
@@ -716,12 +727,14 @@ static void test_chain_n_workers_equal_ser_step(void **state) {
     snprintf(od, sizeof od, "run.out_dir=%s/chain_off", s_dir);
     char *args[] = {"ser", "local", "--workers", "2", "--config", cfg, "--batch-file", s_b,
                     "--steps", "10", "--iters-per-epoch", "5", "--set", od,
-                    "--set", "cluster.reduce=coordinator", NULL};
+                    "--set", "cluster.reduce=coordinator", "--set", "cluster.broadcast=coordinator",
+                    NULL};
     assert_int_equal(s_wait(s_start("chain_off.log", args)), 0);
     long P;
-    double recv = s_summary_recv("chain_off.log", &P);
-    print_message("coordinator's sum, 2 workers: %.0f bytes/step received, 4PS = %ld\n", recv, 16 * P);
-    assert_true(P > 0 && recv >= 4.0 * 4.0 * P);
+    double sent, recv = s_summary_recv("chain_off.log", &sent, &P);
+    print_message("without the chains, 2 workers: %.0f bytes/step sent (4PN = %ld), %.0f received "
+                  "(4PS = %ld)\n", sent, 8 * P, recv, 16 * P);
+    assert_true(P > 0 && recv >= 4.0 * 4.0 * P && sent >= 2.0 * 4.0 * P);
 }
 
 // Starts a coordinator on an ephemeral port; returns its pid and endpoint.
@@ -1178,8 +1191,10 @@ static void test_status_port(void **state) {
     assert_true(s_log_has("status.json", "\"ws\""));
     assert_true(s_log_has("status.json", "\"step\""));
     assert_true(s_log_has("status.json", "\"loss_equiv\""));
-    // The checkpoint written after step 4 (run.checkpoint_every = 5) is named.
-    assert_true(s_log_has("status.json", "ckpt-0000000005.safetensors"));
+    // The newest checkpoint (run.checkpoint_every = 5: after step 4, 9, ... by now; a step
+    // takes a few ms) is named.
+    assert_true(s_log_has("status.json", "/ckpt-0000000"));
+    assert_true(s_log_has("status.json", "5.safetensors\"") || s_log_has("status.json", "0.safetensors\""));
     assert_true(s_log_has("status.json", "\"address\":\"127.0.0.1\""));  // the worker's
     char *args2[] = {"ser", "status", url, NULL};
     assert_int_equal(s_wait(s_start("status.txt", args2)), 0);
@@ -1910,10 +1925,13 @@ static void test_fault_plan(void **state) {
     s_kill_all();
 }
 
-// The chain breaks: a holder killed as its REDUCE arrives (step 3), and a chunk of the running
-// sum lost on its way (step 6, found by the task deadline). Each time the coordinator sums the
+// The chains break: a holder killed as its REDUCE arrives (step 3), and a chunk of the running
+// sum lost on its way (step 6, found by the task deadline): each time the coordinator sums the
 // step itself from the kept gradients (the lost holder's shards computed again by another
-// worker), and the run still equals `ser step`, bitwise.
+// worker). A chunk of the parameters lost on its way to the last worker (step 5), and one
+// corrupted (step 7, caught by the hash): the coordinator sends that worker PARAMS itself. The
+// run still equals `ser step`, bitwise. The workers join in order, so that wc0 is the first of
+// the chains and passes the parameters on.
 static void test_chain_breaks(void **state) {
     (void)state;
     char ref[128], out[128], ep[256], cfg[120], keep[128];
@@ -1923,7 +1941,8 @@ static void test_chain_breaks(void **state) {
     snprintf(cfg, sizeof cfg, "%s/chain_faults.ini", s_dir);
     FILE *f = fopen(cfg, "w");
     assert_non_null(f);
-    fprintf(f, "%sreduce = chain\nreduce_chunk = 4096\ntask_timeout_ms = 2000\n", s_ini);
+    fprintf(f, "%sreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\ntask_timeout_ms = 2000\n",
+            s_ini);
     fclose(f);
     snprintf(keep, sizeof keep, "%s", s_cfg);
     snprintf(s_cfg, sizeof s_cfg, "%s", cfg);
@@ -1931,8 +1950,10 @@ static void test_chain_breaks(void **state) {
     pid_t coord = s_coordinator(out, "10", "30000", ep, sizeof ep);
     unsetenv("SER_FAULT");
     snprintf(s_cfg, sizeof s_cfg, "%s", keep);
-    s_worker(ep, "wc0");
+    s_with_faults("drop:PARAMS_CHUNK@5;nan:PARAMS_CHUNK@7", s_worker, ep, "wc0");
+    for (int t = 0; t < 200 && !s_log_has("coord.log", "worker wc0 joined"); t++) s_sleep_ms(25);
     s_with_faults("kill:REDUCE@3", s_worker, ep, "wc1");
+    for (int t = 0; t < 200 && !s_log_has("coord.log", "worker wc1 joined"); t++) s_sleep_ms(25);
     s_with_faults("drop:PARTIAL@6", s_worker, ep, "wc2");
     int rc = s_wait(coord);
     if (rc) system("tail -30 /tmp/ser_cluster_*/coord.log");
@@ -1940,6 +1961,9 @@ static void test_chain_breaks(void **state) {
     s_assert_same_bits(ref, out);
     assert_true(s_log_has("wc1.log", "SER_FAULT: killing"));
     assert_true(s_log_has("wc2.log", "SER_FAULT: dropping"));
+    assert_true(s_log_has("wc0.log", "SER_FAULT: dropping PARAMS_CHUNK of step 5"));
+    assert_true(s_log_has("wc0.log", "SER_FAULT: poisoning"));
+    assert_true(s_log_has("wc2.log", "step 7's parameters from the chain do not match their hash"));
     assert_true(s_log_has("coord.log", "step 3: the chain's sum broke (worker wc1, which holds shards"));
     assert_true(s_log_has("coord.log", "chunks of the sum after"));
     assert_true(s_log_has("coord.log", "8 steps summed along the workers' chain, 2 by the coordinator"));

@@ -7,8 +7,8 @@
 # `ser worker`), once on the unshaped veth and once per rate, and prints the coordinator's
 # bytes/step and median step time (from its run summary, steps after the first) against the
 # model:
-#   bytes/step = 4P(N + S) + rows (with --reduce chain: 4P(N + 1) + rows, the shard gradients
-#     summed along the workers, whose links to each other are not shaped here), rows = 4C(2B + T) sent + 4C(4B + 2T) received
+#   bytes/step = 4P(N + S) + rows (with --chains: 2 x 4P + rows, the parameters passed and the
+#     shard gradients summed along the workers, whose links to each other are not shaped here), = 4C(2B + T) sent + 4C(4B + 2T) received
 #     (P backbone parameters, C width, B global batch, T tokens of the equivariant views);
 #   step time  = unshaped step + h * bytes/step / rate
 #     (the PARAMS to the N workers and the S gradients back do not overlap: the first comes
@@ -28,7 +28,7 @@ usage() {
 usage: tools/bench_link.sh [--ser PATH] [--points "NxS ..."] [--rates "RATE ..."]
                            [--steps K] [--model M] [--img N] [--patch P] [--shard-batch B]
                            [--eq E] [--heartbeat-ms H] [--timeout-ms T] [--run-timeout S]
-                           [--reduce coordinator|chain] [--json] [--keep]
+                           [--chains] [--json] [--keep]
   Runs a job per point and rate with the coordinator behind a tc-shaped veth link and
   compares its bytes/step and step time with docs/cost-model.md's model.
   --points: N workers x S shards ("1x2 2x2 2x4 4x4"); --rates: tc rates ("1gbit 200mbit");
@@ -37,7 +37,8 @@ usage: tools/bench_link.sh [--ser PATH] [--points "NxS ..."] [--rates "RATE ..."
   --img (32), --patch (4), --shard-batch (2), --eq (1), run.threads = cores / N.
   --heartbeat-ms (1000), --timeout-ms (10000): the job's cluster.heartbeat_ms and timeout_ms.
   --run-timeout: seconds one run may take (300). --json: one JSON object per row.
-  --reduce: the job's cluster.reduce (coordinator): where the shard gradients are summed.
+  --chains: cluster.reduce = chain and cluster.broadcast = chain (the workers pass the
+  parameters and the gradient sum along; the coordinator sends and receives one copy a step).
   --keep: keep the logs (their folder is printed). --ser: the binary (ser on PATH).
   Exit status: 0 all ran, 1 a run failed or timed out, 2 bad option, 77 not permitted here.
 EOF
@@ -52,9 +53,9 @@ while [ $# -gt 0 ]; do
   opt=$1 val=
   case $opt in
     --*=*) val=${opt#*=} opt=${opt%%=*} ;;
-    --json | --keep | -h | --help) ;;
+    --json | --keep | --chains | -h | --help) ;;
     --ser | --points | --rates | --steps | --model | --img | --patch | --shard-batch | --eq | \
-    --heartbeat-ms | --timeout-ms | --run-timeout | --reduce)
+    --heartbeat-ms | --timeout-ms | --run-timeout)
       [ $# -ge 2 ] || { echo "bench_link.sh: $opt needs a value" >&2; exit 2; }
       val=$2; shift ;;
   esac
@@ -72,7 +73,7 @@ while [ $# -gt 0 ]; do
     --heartbeat-ms) HB=$val ;;
     --timeout-ms) TO=$val ;;
     --run-timeout) RUN_TIMEOUT=$val ;;
-    --reduce) REDUCE=$val ;;
+    --chains) REDUCE=chain ;;
     --json) JSON=1 ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -83,10 +84,6 @@ for v in "$STEPS" "$IMG" "$PATCH" "$SB" "$EQ" "$HB" "$TO" "$RUN_TIMEOUT"; do
   [[ $v =~ ^[0-9]+$ ]] || { echo "bench_link.sh: '$v' is not a number" >&2; exit 2; }
 done
 [ "$STEPS" -ge 2 ] || { echo "bench_link.sh: --steps must be at least 2" >&2; exit 2; }
-case $REDUCE in
-  coordinator | chain) ;;
-  *) echo "bench_link.sh: --reduce coordinator or chain, not '$REDUCE'" >&2; exit 2 ;;
-esac
 case $MODEL in
   vit_tiny) C=192 ;; vit_small) C=384 ;; vit_base) C=768 ;;
   *) echo "bench_link.sh: --model vit_tiny, vit_small or vit_base, not '$MODEL'" >&2; exit 2 ;;
@@ -203,6 +200,7 @@ run() {
     --batch-file "$dir/batch.safetensors" --steps "$STEPS" --lr 1e-4 --wd 0.1 --momentum 0.99 \
     --set "cluster.coordinator=$NET.2" --set cluster.port=0 --set cluster.plaintext=true \
     --set "cluster.heartbeat_ms=$HB" --set "cluster.timeout_ms=$TO" --set "cluster.reduce=$REDUCE" \
+    --set "cluster.broadcast=$REDUCE" \
     --set "run.out_dir=$dir/run-$tag" --endpoint-file "$dir/ep" --wait-workers-ms 60000 \
     > "$log" 2>&1 &
   pid=$!
@@ -269,10 +267,10 @@ for p in $POINTS; do
       -v step="$R_STEP" -v un="$t_un" -v sent="$R_SENT" -v recv="$R_RECV" -v P="${R_P:-0}" \
       -v C=$C -v B=$B -v T="$tok" -v h=$H -v re="$R_RESENT" -v rea="$R_RESENT_ALL" -v hb="$HB" \
       -v json=$JSON -v chain=$([ "$REDUCE" = chain ] && echo 1 || echo 0) 'BEGIN {
-        msent = 4 * P * n + 4 * C * (2 * B + T); mrecv = 4 * P * (chain ? 1 : s) + 4 * C * (4 * B + 2 * T)
+        msent = 4 * P * (chain ? 1 : n) + 4 * C * (2 * B + T); mrecv = 4 * P * (chain ? 1 : s) + 4 * C * (4 * B + 2 * T)
         model = msent + mrecv; ok = st == "ok" && P > 0
         link = bps > 0 ? h * model * 8 / bps : 0
-        pall = bps > 0 ? h * 4 * P * n * 8 / bps : 0
+        pall = bps > 0 ? h * 4 * P * (chain ? 1 : n) * 8 / bps : 0
         mt = un + link
         if (json) {
           printf "{\"n\":%d,\"s\":%d,\"rate\":\"%s\",\"rate_bps\":%d,\"status\":\"%s\"", n, s, rate, bps, st
@@ -295,7 +293,7 @@ for p in $POINTS; do
 done
 if [ "$JSON" = 0 ]; then
   P=$R_P
-  echo "bench_link: cluster.reduce = $REDUCE, moco+ser $MODEL/$PATCH img $IMG, $SB images per shard ($EQ equivariant per step), $STEPS steps a run (median after the first), P = ${P:-?}, heartbeat $HB ms, h = $H"
+  echo "bench_link: chains: $([ "$REDUCE" = chain ] && echo on || echo off), moco+ser $MODEL/$PATCH img $IMG, $SB images per shard ($EQ equivariant per step), $STEPS steps a run (median after the first), P = ${P:-?}, heartbeat $HB ms, h = $H"
   echo "  N   S  rate     sent MB  recv MB  model MB  bytes   step s unshaped  model s   time P->all s resent"
   for r in "${rows[@]}"; do echo "$r"; done
   echo "  model: bytes = 4P(N+S) + 4C(6B+3T); time = unshaped + h * bytes * 8 / rate (MB = 1e6 bytes)"

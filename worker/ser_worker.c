@@ -20,6 +20,7 @@
 #include <zmq.h>
 
 #include "ser_batchfile.h"
+#include "ser_ckpt.h"
 #include "ser_cmd.h"
 #include "ser_config.h"
 #include "ser_curve.h"
@@ -116,6 +117,17 @@ typedef struct s_worker {
     int nlink;
     s_reduce red[S_MAX_REDUCE];
     float *chunk;  // one chunk of the sum being passed on
+    // cluster.broadcast = chain: the student of step bc_step arriving in chunks (written into
+    // the parameters as they come: params_version says none is whole meanwhile), where to pass
+    // them on, and the FORWARD tasks of that step that came before the last chunk.
+    int64_t bc_step;
+    int bc_nchunks, bc_ngot, bc_route;
+    uint8_t *bc_got, *bc_fwd;
+    uint64_t bc_hash;
+    double bc_mom;
+    char bc_next[160], bc_key[41];
+    Ser__Envelope *bc_tasks;
+    int bc_ntasks;
 } s_worker;
 
 static void s_env(s_worker *w, Ser__Envelope *e, Ser__MsgType type);
@@ -364,6 +376,7 @@ static int s_welcome(s_worker *w, const Ser__Envelope *e) {
         if (w->batch_file) ser_batch_shard(&w->bf.b, s, w->S, &w->sh[s].b, w->sh[s].ids);
     }
     w->params_version = w->teacher_version = INT64_MIN;  // none held
+    w->bc_step = INT64_MIN;
     ser_log(SER_LL_INFO, "worker %s: joined job '%s' (%d threads)", w->name, w->job_id, threads);
     return SER_OK;
 }
@@ -474,6 +487,16 @@ static int s_fetch(s_worker *w, s_wshard *sh, int64_t step, int s, char *why) {
 static void s_forward(s_worker *w, const Ser__Envelope *e) {
     int s = (int)e->shard;
     int64_t step = (int64_t)e->step;
+    if (s >= 0 && s < w->S && step == w->bc_step && w->bc_ngot < w->bc_nchunks &&
+        w->bc_ntasks < w->S) {
+        // The chain is still bringing this step's parameters: the task waits for them.
+        if (!w->bc_tasks) w->bc_tasks = ser_xcalloc((size_t)w->S, sizeof *w->bc_tasks);
+        Ser__Envelope *t = &w->bc_tasks[w->bc_ntasks++];
+        ser__envelope__init(t);
+        t->type = e->type, t->step = e->step, t->shard = e->shard, t->attempt = e->attempt;
+        t->params_version = e->params_version, t->momentum = e->momentum;
+        return;
+    }
     if (s < 0 || s >= w->S || (int64_t)e->params_version != w->params_version || step != w->params_version) {
         ser_log(SER_LL_WARNING, "worker %s: FORWARD step %lld shard %d without its parameters "
                 "(have %lld): dropped", w->name, (long long)step, s, (long long)w->params_version);
@@ -797,6 +820,8 @@ static void s_partial(s_worker *w, const ser_wire_msg *m) {
     s_reduce_progress(w, r);
 }
 
+static void s_params_chunk(s_worker *w, const ser_wire_msg *m);
+
 // Reads what the peer socket holds (up to 64 messages).
 static void s_drain_peer(s_worker *w) {
     for (int k = 0; w->peer && k < 64; k++) {
@@ -809,10 +834,137 @@ static void s_drain_peer(s_worker *w) {
             continue;
         }
         s_set_busy(w, 1);
-        s_partial(w, &m);
+        if (m.env->type == SER__MSG_TYPE__MSG_PARAMS_CHUNK)
+            s_params_chunk(w, &m);
+        else
+            s_partial(w, &m);
         s_set_busy(w, 0);
         ser_wire_msg_free(&m);
     }
+}
+
+// --- cluster.broadcast = chain -------------------------------------------------------------------
+// The coordinator sends the step's student once, in chunks, to the first worker of a chain and
+// a ROUTE to each worker of it; each passes every chunk on to the next as it arrives. The
+// chunks are written into the parameters as they come; when all are in and their XXH3-64
+// equals the hash every chunk carries, the worker holds the step's parameters (and advances its
+// teacher by the EMA, as on PARAMS). A worker the chain does not reach says so in its
+// heartbeats (it holds none) and the coordinator sends it PARAMS itself.
+
+static void s_bc_forward(s_worker *w) {
+    if (!w->bc_route || !w->bc_next[0]) return;
+    char why[400];
+    void *d = s_link(w, w->bc_next, w->bc_key, why, sizeof why);
+    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
+    for (int k = 0; d && k < w->bc_nchunks; k++) {
+        if (!w->bc_got[k] || w->bc_fwd[k]) continue;
+        size_t i0 = (size_t)k * K, n = i0 + K < w->span ? K : w->span - i0;
+        ser_wire_tensor t = {"student", 1, {(int64_t)n}, w->v.params + w->off + i0};
+        Ser__Envelope e;
+        s_env(w, &e, SER__MSG_TYPE__MSG_PARAMS_CHUNK);
+        e.step = e.params_version = (uint64_t)w->bc_step, e.chunk = (uint32_t)k;
+        e.momentum = w->bc_mom, e.params_hash = w->bc_hash;
+        if (ser_wire_send(d, NULL, &e, &t, 1)) {
+            snprintf(why, sizeof why, "chunk %d could not be sent", k);
+            d = NULL;
+            break;
+        }
+        w->bc_fwd[k] = 1;
+    }
+    if (!d) {  // the next worker fetches them from the coordinator when it misses them
+        ser_log(SER_LL_WARNING, "worker %s: step %lld's parameters cannot be passed on to %s: %s",
+                w->name, (long long)w->bc_step, w->bc_next, why);
+        w->bc_next[0] = 0;
+    }
+}
+
+static void s_forward(s_worker *w, const Ser__Envelope *e);
+static void s_bc_check(s_worker *w);
+
+// The broadcast of step `step` begins (its route already known when route): nothing received,
+// no parameters whole meanwhile.
+static void s_bc_start(s_worker *w, int64_t step, int route) {
+    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
+    w->bc_step = step, w->bc_nchunks = (int)((w->span + K - 1) / K), w->bc_ngot = 0;
+    free(w->bc_got), free(w->bc_fwd);
+    w->bc_got = ser_xcalloc((size_t)w->bc_nchunks, 1);
+    w->bc_fwd = ser_xcalloc((size_t)w->bc_nchunks, 1);
+    w->bc_ntasks = 0;
+    w->bc_route = route;
+    if (!route) w->bc_next[0] = 0;
+    w->params_version = INT64_MIN;
+}
+
+// The FORWARD tasks that waited for the chain's parameters, once they are whole.
+static void s_bc_tasks(s_worker *w) {
+    int nt = w->bc_ntasks;
+    w->bc_ntasks = 0;
+    for (int i = 0; i < nt; i++) s_forward(w, &w->bc_tasks[i]);
+}
+
+// A chunk of step `params_version`'s student (from the coordinator or the previous worker).
+static void s_params_chunk(s_worker *w, const ser_wire_msg *m) {
+    const Ser__Envelope *e = m->env;
+    int64_t step = (int64_t)e->params_version;
+    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
+    int nchunks = (int)((w->span + K - 1) / K);
+    if (step < w->bc_step || step <= w->params_version || e->chunk >= (uint32_t)nchunks) {
+        ser_log(SER_LL_DEBUG, "worker %s: parameter chunk %u of step %lld dropped (late, a "
+                "duplicate or out of range)", w->name, e->chunk, (long long)step);
+        return;
+    }
+    size_t i0 = (size_t)e->chunk * K, n = i0 + K < w->span ? K : w->span - i0;
+    const float *x = ser_wire_find(m, "student", n);
+    if (!x) {
+        ser_log(SER_LL_WARNING, "worker %s: parameter chunk %u of step %lld from %s is not %zu "
+                "floats: dropped", w->name, e->chunk, (long long)step,
+                m->identity[0] ? m->identity : "the coordinator", n);
+        return;
+    }
+    if (step > w->bc_step) s_bc_start(w, step, 0);  // no parameters are whole until it is in
+    if (w->bc_got[e->chunk]) return;
+    memcpy(w->v.params + w->off + i0, x, sizeof(float) * n);
+    w->bc_got[e->chunk] = 1;
+    w->bc_ngot++;
+    s_bc_forward(w);
+    s_bc_check(w);
+}
+
+// Once every chunk is in and the ROUTE (the coordinator's word on the hash and the momentum)
+// is here: the parameters are the step's when their hash matches.
+static void s_bc_check(s_worker *w) {
+    int64_t step = w->bc_step;
+    if (!w->bc_route || !w->bc_got || w->bc_ngot < w->bc_nchunks || w->params_version == step)
+        return;
+    if (ser_ckpt_bytes_hash(w->v.params + w->off, sizeof(float) * w->span) != w->bc_hash) {
+        ser_log(SER_LL_WARNING, "worker %s: step %lld's parameters from the chain do not match "
+                "their hash: dropped (the coordinator sends them again)", w->name, (long long)step);
+        w->bc_ntasks = 0;
+        return;
+    }
+    w->params_version = step;
+    if (!w->v.has_teacher) {
+        w->teacher_version = step;
+    } else if (w->teacher_version == step - 1) {
+        ser_backbones_teacher_ema(&w->v, w->bc_mom);
+        w->teacher_version = step;
+    }
+    s_bc_tasks(w);
+}
+
+static void s_route(s_worker *w, const Ser__Envelope *e) {
+    int64_t step = (int64_t)e->params_version;
+    const char *next = e->next_endpoint ? e->next_endpoint : "", *key = e->next_key ? e->next_key : "";
+    if (step < w->bc_step || strlen(next) >= sizeof w->bc_next || strlen(key) >= sizeof w->bc_key)
+        return;
+    if (step <= w->params_version) return;  // already whole (sent by the coordinator)
+    if (step > w->bc_step) s_bc_start(w, step, 1);  // before the first chunk
+    snprintf(w->bc_next, sizeof w->bc_next, "%s", next);
+    snprintf(w->bc_key, sizeof w->bc_key, "%s", key);
+    w->bc_hash = e->params_hash, w->bc_mom = e->momentum;
+    w->bc_route = 1;
+    s_bc_forward(w);
+    s_bc_check(w);
 }
 
 static void s_params(s_worker *w, const ser_wire_msg *m) {
@@ -834,6 +986,10 @@ static void s_params(s_worker *w, const ser_wire_msg *m) {
         // the coordinator's function and operands, instead of sent (half the bytes of a step).
         ser_backbones_teacher_ema(&w->v, m->env->momentum);
         w->teacher_version = w->params_version;
+    }
+    if (w->params_version == w->bc_step) {  // sent by the coordinator while the chain was late
+        w->bc_ngot = w->bc_nchunks;
+        s_bc_tasks(w);
     }
 }
 
@@ -880,6 +1036,10 @@ static int s_serve(s_worker *w) {
                 } else if (m.env->type == SER__MSG_TYPE__MSG_BACKWARD) {
                     ser_wire_fault_kill(m.env->type, m.env->step);
                     s_backward(w, &m);
+                } else if (m.env->type == SER__MSG_TYPE__MSG_ROUTE) {
+                    s_route(w, m.env);
+                } else if (m.env->type == SER__MSG_TYPE__MSG_PARAMS_CHUNK) {
+                    s_params_chunk(w, &m);
                 } else if (m.env->type == SER__MSG_TYPE__MSG_REDUCE) {
                     ser_wire_fault_kill(m.env->type, m.env->step);
                     s_reduce_task(w, m.env);
@@ -1052,7 +1212,7 @@ int ser_cmd_worker(int argc, char **argv) {
     if (w.peer) zmq_close(w.peer);
     for (int i = 0; i < w.nlink; i++) zmq_close(w.link[i].sock);
     for (int i = 0; i < S_MAX_REDUCE; i++) s_reduce_free(&w.red[i]);
-    free(w.chunk);
+    free(w.chunk), free(w.bc_got), free(w.bc_fwd), free(w.bc_tasks);
     zmq_ctx_term(w.ctx);
     for (int s = 0; w.sh && s < w.S; s++) {
         s_wshard *sh = &w.sh[s];

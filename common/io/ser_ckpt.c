@@ -1063,3 +1063,5 @@ int ser_ckpt_find_latest_valid(const char *dir, char *path, size_t path_len,
     SER_ASSERT(dir);
     return s_search(dir, s_try_verify, NULL, "using", path, path_len, err);
 }
+
+uint64_t ser_ckpt_bytes_hash(const void *p, size_t n) { return XXH3_64bits(p, n); }

@@ -162,4 +162,7 @@ int ser_ckpt_load_latest_valid(ser_ckpt *c, const char *dir, const ser_config *c
 int ser_ckpt_find_latest_valid(const char *dir, char *path, size_t path_len,
                                char err[SER_ERR_LEN]);
 
+// XXH3-64 of n bytes at p (the hash the chain's parameter broadcast checks).
+uint64_t ser_ckpt_bytes_hash(const void *p, size_t n);
+
 #endif

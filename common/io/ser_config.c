@@ -391,8 +391,16 @@ static const ser_config_option s_options[] = {
          "per step). The same bits either way; a chain that breaks falls back to the "
          "coordinator's sum for that step (docs/cost-model.md)."),
     INT(cluster, reduce_chunk, 1024, 1 << 28, "1048576", NOHASH,
-        "Floats per chunk of the chain's running sum (cluster.reduce = chain): a worker passes "
-        "on each chunk as soon as it has added its shards to it."),
+        "Floats per chunk of the chain's running sum (cluster.reduce = chain) and of the "
+        "parameters (cluster.broadcast = chain): a worker passes on each chunk as soon as it has "
+        "it (and, for the sum, has added its shards to it)."),
+    ENUM(cluster, broadcast, s_reduce, "coordinator", NOHASH,
+         "How each step's parameters reach the workers: from the coordinator to every worker "
+         "(4P bytes each through its link), or along a chain of the workers in chunks (the "
+         "coordinator sends them once; each worker checks the step and an XXH3 hash of the "
+         "whole before computing with them). A worker the chain does not reach in time "
+         "(cluster.timeout_ms) is sent them by the coordinator; one that does not hold the "
+         "previous step's teacher (DINO, MoCo) is sent them directly, teacher included."),
     STR(cluster, curve_key, "", NOHASH,
         "This process's CURVE keypair file (`ser keygen FILE`); every socket of the job is then "
         "encrypted and authenticated. Empty: plaintext (only on one host unless plaintext = true)."),

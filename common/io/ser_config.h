@@ -203,7 +203,8 @@ typedef struct ser_config_cluster {
     int heartbeat_ms, timeout_ms, task_timeout_ms;
     int io_threads;  // the coordinator's ZeroMQ I/O threads; 0 = 2 with CURVE, 1 without
     int reduce;        // SER_REDUCE_*: where the shard gradients are summed
-    int reduce_chunk;  // floats per chunk of the chain's running sum
+    int reduce_chunk;  // floats per chunk of the chain's running sum (and of the parameters)
+    int broadcast;     // SER_REDUCE_*: how the parameters reach the workers
     // ZeroMQ CURVE (proto/ser_curve.h): key files, the allow-list, and plaintext off-host.
     char curve_key[SER_CONFIG_STR_LEN], curve_server_key[SER_CONFIG_STR_LEN];
     char curve_allow[SER_CONFIG_STR_LEN];
