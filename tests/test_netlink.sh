@@ -8,9 +8,12 @@
 #   the resend storm is gone: 2 workers x 2 shards at 200 Mbit/s with 100 ms heartbeats, where
 #   sending PARAMS to the workers takes ~1.8 s (> 3 heartbeats: a worker still receiving them
 #   says it is idle), finishes its steps with no PARAMS sent again (first step included), in
-#   the model's step time (the unshaped step + the link time of its bytes) within 15%.
+#   the model's step time (the unshaped step + the link time of its bytes) within 15%;
+#   with both chains (cluster.reduce = chain, cluster.broadcast = chain) the coordinator's
+#   bytes/step are constant, 4P + rows each way, within 2%, for N = 1, 2, 4, 8 workers and
+#   S = 8, 16 shards (16 px images: the bytes do not depend on the compute), no PARAMS resent.
 # Skipped (exit 77), saying why, where namespaces or tc are not permitted (not root, no
-# ip/tc, unshare -n fails). About 90 s on 2 cores. ctest: netlink_cost_model.
+# ip/tc, unshare -n fails). About 2-3 minutes on 2 cores. ctest: netlink_cost_model.
 set -u
 SER=${1:?usage: test_netlink.sh path/to/ser tools/bench_link.sh}
 BENCH=${2:?usage: test_netlink.sh path/to/ser tools/bench_link.sh}
@@ -28,7 +31,7 @@ fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 bench() {  # bench OUT ARGS...
   local out=$1
   shift
-  timeout -k 10 150 bash "$BENCH" --ser "$SER" --steps 4 --run-timeout 60 --json "$@" > "$T/$out" 2> "$T/$out.err"
+  timeout -k 10 200 bash "$BENCH" --ser "$SER" --steps 4 --run-timeout 60 --json "$@" > "$T/$out" 2> "$T/$out.err"
   local rc=$?
   [ $rc = 77 ] && skip "$(grep SKIPPED "$T/$out" | head -1)"
   [ $rc = 0 ] || fail "bench_link.sh $*: exit $rc: $(tail -c 600 "$T/$out.err")"
@@ -70,6 +73,25 @@ else
   [ "$(field "$row" resent_all)" = 0 ] || fail "storm case: $(field "$row" resent_all) PARAMS resent in all"
   within "$ratio" 0.85 1.15 || fail "storm case: step $step s, the model's $model s (ratio $ratio, want 0.85..1.15)"
 fi
+
+# Both chains: constant bytes through the coordinator, whatever N and S.
+bench chains.json --chains --points "1x8 2x8 4x8 8x8 1x16 2x16 4x16 8x16" --rates "" --img 16 --steps 3
+rows=0 P=
+while read -r row; do
+  [ -n "$row" ] || continue
+  rows=$((rows + 1))
+  what="chains: $(field "$row" n) workers x $(field "$row" s) shards"
+  [ "$(field "$row" status)" = ok ] || { fail "$what: $(field "$row" status)"; continue; }
+  sent=$(field "$row" sent) recv=$(field "$row" recv) P=$(field "$row" P)
+  ms=$(field "$row" model_sent) mr=$(field "$row" model_recv)
+  echo "$what: sent $sent (model $ms), received $recv (model $mr), 4P = $((4 * P)), $(field "$row" resent) PARAMS resent"
+  within "$(awk -v a="$sent" -v b="$ms" 'BEGIN { print a / b }')" 0.98 1.02 || fail "$what: sent $sent bytes/step, the model $ms"
+  within "$(awk -v a="$recv" -v b="$mr" 'BEGIN { print a / b }')" 0.98 1.02 || fail "$what: received $recv bytes/step, the model $mr"
+  within "$(awk -v a="$sent" -v p="$P" 'BEGIN { print a / (4 * p) }')" 1 1.2 || fail "$what: sent $sent bytes/step, not about 4P"
+  within "$(awk -v a="$recv" -v p="$P" 'BEGIN { print a / (4 * p) }')" 1 1.2 || fail "$what: received $recv bytes/step, not about 4P"
+  [ "$(field "$row" resent)" = 0 ] || fail "$what: $(field "$row" resent) PARAMS resent"
+done < "$T/chains.json"
+[ $rows = 8 ] || fail "chains: $rows rows, not 8"
 
 if [ "$fails" -gt 0 ]; then
   echo "test_netlink.sh: $fails failures"

@@ -196,7 +196,8 @@ run() {
   local log=$dir/coord-$tag.log ep= t0 pid i
   rm -f "$dir/ep"
   export OMP_WAIT_POLICY=PASSIVE
-  ip netns exec "$NSC" timeout -k 5 "$RUN_TIMEOUT" "$SER" coordinator --config "$dir/job.ini" \
+  # --workers: every worker in from the first step (the steps after it are the ones counted)
+  ip netns exec "$NSC" timeout -k 5 "$RUN_TIMEOUT" "$SER" coordinator --config "$dir/job.ini" --workers "$n" \
     --batch-file "$dir/batch.safetensors" --steps "$STEPS" --lr 1e-4 --wd 0.1 --momentum 0.99 \
     --set "cluster.coordinator=$NET.2" --set cluster.port=0 --set cluster.plaintext=true \
     --set "cluster.heartbeat_ms=$HB" --set "cluster.timeout_ms=$TO" --set "cluster.reduce=$REDUCE" \
@@ -227,7 +228,7 @@ run() {
   stop_all
   rm -f "$dir/run-$tag"/ckpt-*  # the end's checkpoint (hundreds of MB), not needed here
   local sum
-  sum=$(grep -o 'run summary: .*' "$log" | tail -1)
+  sum=$(grep -o 'run summary: .*bytes/step sent.*' "$log" | tail -1)
   if [ "$R_STATUS" = ok ] && [ -n "$sum" ]; then
     read -r R_STEP R_SENT R_RECV R_RESENT R_RESENT_ALL R_P < <(echo "$sum" | sed -E \
       's/.*median ([0-9.]+) s\/step.*, ([0-9]+) bytes\/step sent, ([0-9]+) bytes\/step received.*, ([0-9]+) PARAMS resent after the first step \(([0-9]+) in all\), P = ([0-9]+).*/\1 \2 \3 \4 \5 \6/')
@@ -296,7 +297,7 @@ if [ "$JSON" = 0 ]; then
   echo "bench_link: chains: $([ "$REDUCE" = chain ] && echo on || echo off), moco+ser $MODEL/$PATCH img $IMG, $SB images per shard ($EQ equivariant per step), $STEPS steps a run (median after the first), P = ${P:-?}, heartbeat $HB ms, h = $H"
   echo "  N   S  rate     sent MB  recv MB  model MB  bytes   step s unshaped  model s   time P->all s resent"
   for r in "${rows[@]}"; do echo "$r"; done
-  echo "  model: bytes = 4P(N+S) + 4C(6B+3T); time = unshaped + h * bytes * 8 / rate (MB = 1e6 bytes)"
+  echo "  model: bytes = $([ "$REDUCE" = chain ] && echo "2 x 4P" || echo "4P(N+S)") + 4C(6B+3T); time = unshaped + h * bytes * 8 / rate (MB = 1e6 bytes)"
 fi
 [ "$fails" = 0 ] || exit 1
 exit 0
