@@ -129,7 +129,7 @@ typedef struct s_coord {
     int nruns;
     int *run_a, *run_w;      // each run's first shard and holder (run_a[nruns] = S)
     char chain_error[SER_ERR_LEN];  // a holder's REDUCE_FAILED ("" none)
-    int64_t chain_steps, chain_fallbacks;
+    int64_t chain_steps, chain_fallbacks, chain_repairs;
     int64_t params_direct;   // cluster.broadcast = chain: PARAMS sent directly after the first step
     ser_knn_monitor *knn;    // NULL: off
     int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
@@ -1084,7 +1084,8 @@ static int s_remote_forward(void *ctx, const ser_batch **b, ser_gathered **g, ch
     return SER_OK;
 }
 
-enum { S_CHAIN_BROKEN = 1 };  // s_chain: the caller sums the step itself
+enum { S_CHAIN_BROKEN = 1 };  // s_chain: the chain runs again, or the caller sums the step itself
+enum { S_CHAIN_ROUNDS = 3 };  // chain rounds a step may take before the coordinator sums it
 
 // cluster.reduce = chain, once every shard's gradient is kept at its worker: one REDUCE per
 // run of consecutive shards one worker holds, each run's holder adding its shards to the sum it
@@ -1176,19 +1177,43 @@ static int s_remote_backward(void *ctx, float *total, char *err) {
             s_send_backward(c, s);
     }
     int rc = s_phase(c, SH_BWD_DONE, "backward");
-    if (!rc && c->chain) {
+    for (int round = 1; !rc && c->chain; round++) {
         char why[SER_ERR_LEN];
         rc = s_chain(c, total, why);
-        c->keep = 0;
         if (rc == SER_OK) {
             c->fold_next = c->S;
             c->chain_steps++;
-        } else if (rc == S_CHAIN_BROKEN) {
+            break;
+        }
+        if (rc == S_CHAIN_BROKEN && round < S_CHAIN_ROUNDS) {
+            // Repaired within the step: the shards of a lost holder are computed again by a
+            // survivor (keeping their gradients too), and the chain runs again over the holders
+            // of now, each adding its kept gradients (a new round: what is left of the last
+            // one is dropped as late).
+            int lost = 0;
+            for (int s = 0; s < c->S; s++) {
+                s_shard *sh = &c->sh[s];
+                if (sh->worker < 0 || !c->w[sh->worker].alive) {
+                    sh->redo = 1, sh->state = SH_IDLE, sh->bad_at = SIZE_MAX;
+                    lost++;
+                }
+            }
+            c->chain_repairs++;
+            ser_log(SER_LL_WARNING, "step %lld: the chain's sum broke (%s): %s, the chain runs "
+                    "again (round %d)", (long long)c->step, why,
+                    lost ? "the lost holder's shards are computed again" : "every holder is there",
+                    round + 1);
+            rc = lost ? s_phase(c, SH_BWD_DONE, "backward (a lost holder's shards)") : SER_OK;
+            continue;
+        }
+        c->keep = 0;
+        if (rc == S_CHAIN_BROKEN) {
             // The coordinator sums this step itself: every live holder sends its kept gradient
             // (no recomputation), a lost holder's shards are computed again elsewhere.
             c->chain_fallbacks++;
-            ser_log(SER_LL_WARNING, "step %lld: the chain's sum broke (%s): the coordinator sums "
-                    "this step's gradients itself", (long long)c->step, why);
+            ser_log(SER_LL_WARNING, "step %lld: the chain's sum broke %d times, the last: %s; the "
+                    "coordinator sums this step's gradients itself", (long long)c->step,
+                    S_CHAIN_ROUNDS, why);
             memset(total, 0, sizeof(float) * c->span);
             c->fold = total, c->fold_next = 0;
             for (int s = 0; s < c->S; s++) {
@@ -1203,6 +1228,7 @@ static int s_remote_backward(void *ctx, float *total, char *err) {
             }
             rc = s_phase(c, SH_BWD_DONE, "backward (the coordinator's sum)");
         }
+        break;
     }
     c->keep = 0;
     c->fold = NULL;
@@ -1791,8 +1817,9 @@ int ser_coord_run(const ser_coord_opts *o) {
     }
     if (c.chain)
         ser_log(SER_LL_INFO, "run summary: cluster.reduce = chain: %lld steps summed along the "
-                "workers' chain, %lld by the coordinator after the chain broke",
-                (long long)c.chain_steps, (long long)c.chain_fallbacks);
+                "workers' chain (%lld of its rounds broke and were run again), %lld by the "
+                "coordinator after the chain broke %d times", (long long)c.chain_steps,
+                (long long)c.chain_repairs, (long long)c.chain_fallbacks, S_CHAIN_ROUNDS);
     if (c.bcast)
         ser_log(SER_LL_INFO, "run summary: cluster.broadcast = chain: the parameters went to the "
                 "first worker of the chain each step; %lld PARAMS sent to a worker directly after "

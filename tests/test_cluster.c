@@ -704,7 +704,7 @@ static void s_chain_n_workers(const char *method, const char *section, const cha
         if (rc) system("tail -20 /tmp/ser_cluster_*/*-local*.log");
         assert_int_equal(rc, 0);
         s_assert_same_bits(ref, out);
-        assert_true(s_log_has(log, "10 steps summed along the workers' chain, 0 by the coordinator"));
+        assert_true(s_log_has(log, "10 steps summed along the workers' chain (0 of its rounds broke and were run again), 0 by the coordinator"));
         long P;
         double sent, recv = s_summary_recv(log, &sent, &P);
         print_message("%s, %d workers: %.0f bytes/step sent, %.0f received, 4P = %ld\n", tag, *n,
@@ -717,10 +717,10 @@ static void s_chain_n_workers(const char *method, const char *section, const cha
 
 static void test_chain_n_workers_equal_ser_step(void **state) {
     (void)state;
-    static const int moco[] = {1, 2, 3, 7, 0}, two_three[] = {2, 3, 0};
-    s_chain_n_workers("", "", "chain_moco", moco);
-    s_chain_n_workers("dino", s_dino_section, "chain_dino", two_three);
-    s_chain_n_workers("barlow", "[barlow]\nproj_dim = 24\n", "chain_barlow", two_three);
+    static const int counts[] = {1, 2, 3, 7, 0};
+    s_chain_n_workers("", "", "chain_moco", counts);
+    s_chain_n_workers("dino", s_dino_section, "chain_dino", counts);
+    s_chain_n_workers("barlow", "[barlow]\nproj_dim = 24\n", "chain_barlow", counts);
     // Against the coordinator's sum of the same job: one gradient per shard (4 shards).
     char cfg[160], od[200];
     snprintf(cfg, sizeof cfg, "%s/chain_moco.ini", s_dir);
@@ -1925,13 +1925,14 @@ static void test_fault_plan(void **state) {
     s_kill_all();
 }
 
-// The chains break: a holder killed as its REDUCE arrives (step 3), and a chunk of the running
-// sum lost on its way (step 6, found by the task deadline): each time the coordinator sums the
-// step itself from the kept gradients (the lost holder's shards computed again by another
-// worker). A chunk of the parameters lost on its way to the last worker (step 5), and one
-// corrupted (step 7, caught by the hash): the coordinator sends that worker PARAMS itself. The
-// run still equals `ser step`, bitwise. The workers join in order, so that wc0 is the first of
-// the chains and passes the parameters on.
+// The chains break: a holder killed as its REDUCE arrives (step 3: its shards are computed
+// again by a survivor and the chain runs again), a chunk of the running sum lost on its way
+// (step 6, found by the task deadline: the chain runs again), chunks of the sum duplicated and
+// late (steps 8, 9). A chunk of the parameters lost on its way to the last worker (step 5),
+// one corrupted (step 7, caught by the hash: the coordinator sends that worker PARAMS itself),
+// one duplicated and one late (steps 4, 8). The run still equals `ser step`, bitwise, every
+// step summed by the chain. The workers join in order, so that wc0 is the first of the chains
+// and passes the parameters on.
 static void test_chain_breaks(void **state) {
     (void)state;
     char ref[128], out[128], ep[256], cfg[120], keep[128];
@@ -1950,7 +1951,8 @@ static void test_chain_breaks(void **state) {
     pid_t coord = s_coordinator(out, "10", "30000", ep, sizeof ep);
     unsetenv("SER_FAULT");
     snprintf(s_cfg, sizeof s_cfg, "%s", keep);
-    s_with_faults("drop:PARAMS_CHUNK@5;nan:PARAMS_CHUNK@7", s_worker, ep, "wc0");
+    s_with_faults("drop:PARAMS_CHUNK@5;nan:PARAMS_CHUNK@7;dup:PARAMS_CHUNK@4;"
+                  "delay:PARAMS_CHUNK@8:300;dup:PARTIAL@8;delay:PARTIAL@9:300", s_worker, ep, "wc0");
     for (int t = 0; t < 200 && !s_log_has("coord.log", "worker wc0 joined"); t++) s_sleep_ms(25);
     s_with_faults("kill:REDUCE@3", s_worker, ep, "wc1");
     for (int t = 0; t < 200 && !s_log_has("coord.log", "worker wc1 joined"); t++) s_sleep_ms(25);
@@ -1965,8 +1967,12 @@ static void test_chain_breaks(void **state) {
     assert_true(s_log_has("wc0.log", "SER_FAULT: poisoning"));
     assert_true(s_log_has("wc2.log", "step 7's parameters from the chain do not match their hash"));
     assert_true(s_log_has("coord.log", "step 3: the chain's sum broke (worker wc1, which holds shards"));
+    assert_true(s_log_has("coord.log", "the lost holder's shards are computed again, the chain runs again (round 2)"));
     assert_true(s_log_has("coord.log", "chunks of the sum after"));
-    assert_true(s_log_has("coord.log", "8 steps summed along the workers' chain, 2 by the coordinator"));
+    assert_true(s_log_has("coord.log", "every holder is there, the chain runs again (round 2)"));
+    assert_true(s_log_has("coord.log", "10 steps summed along the workers' chain (2 of its rounds broke and were run again), 0 by the coordinator"));
+    assert_int_equal(s_log_count("wc0.log", "SER_FAULT: duplicating"), 2);
+    assert_int_equal(s_log_count("wc0.log", "SER_FAULT: delaying"), 2);
     s_kill_all();
 }
 

@@ -641,7 +641,8 @@ static s_reduce *s_reduce_at(s_worker *w, int64_t step, uint32_t round, uint32_t
     for (int i = 0; i < S_MAX_REDUCE; i++) {
         s_reduce *r = &w->red[i];
         if (r->used && r->step == step && r->round == round && r->a == a) return r;
-        if (r->used && r->step < step) s_reduce_free(r);  // an older step's: over
+        // An older step's, or an older round of this step's (the chain ran again): over.
+        if (r->used && (r->step < step || (r->step == step && r->round < round))) s_reduce_free(r);
         if (!r->used && !free_slot) free_slot = r;
     }
     if (!create || !free_slot) return NULL;
