@@ -130,6 +130,8 @@ typedef struct s_coord {
     int *run_a, *run_w;      // each run's first shard and holder (run_a[nruns] = S)
     char chain_error[SER_ERR_LEN];  // a holder's REDUCE_FAILED ("" none)
     int64_t chain_steps, chain_fallbacks, chain_repairs;
+    int64_t last_poll_ms;    // when s_poll last ran (s_forgive_gap)
+    int gaps;                // gaps forgiven (the first is a warning, the rest debug)
     int64_t params_direct;   // cluster.broadcast = chain: PARAMS sent directly after the first step
     ser_knn_monitor *knn;    // NULL: off
     int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
@@ -919,9 +921,29 @@ static void s_handle(s_coord *c, ser_wire_msg *m) {
 
 // Polls and handles messages for up to ms milliseconds; heartbeats to live workers every
 // cluster.heartbeat_ms (they reconnect when the coordinator falls silent).
+// A gap of more than cluster.timeout_ms since this function last ran means this process did not
+// run (the whole job suspended: SIGSTOP, a VM paused, a laptop asleep) or was busy for that
+// long (a slow checkpoint): either way the workers cannot be judged for that time, so every
+// timer that judges them moves on by the gap. A dead worker is then found up to that much later.
+static void s_forgive_gap(s_coord *c, int64_t now) {
+    int64_t gap = c->last_poll_ms ? now - c->last_poll_ms : 0;
+    c->last_poll_ms = now;
+    if (gap <= c->tr.cfg.cluster.timeout_ms) return;
+    for (int i = 0; i < c->nw; i++) {
+        c->w[i].last_heard_ms += gap;
+        c->w[i].params_sent_ms += gap;
+    }
+    for (int s = 0; s < c->S; s++) c->sh[s].sent_ms += gap;
+    ser_log(c->gaps++ ? SER_LL_DEBUG : SER_LL_WARNING, "step %lld: this coordinator did not run for %lld ms (suspended, or "
+            "busy): the workers' heartbeats and task deadlines are counted from now (further "
+            "gaps at debug level)",
+            (long long)c->step, (long long)gap);
+}
+
 static int s_poll(s_coord *c, int ms) {
     static int64_t last_hb;
     int64_t now = s_now();
+    s_forgive_gap(c, now);
     if (now - last_hb >= c->tr.cfg.cluster.heartbeat_ms) {
         last_hb = now;
         Ser__Envelope e;

@@ -1976,6 +1976,31 @@ static void test_chain_breaks(void **state) {
     s_kill_all();
 }
 
+// The whole job is suspended (SIGSTOP to the coordinator and both workers, longer than the
+// liveness timeout) and resumed: the coordinator does not blame the workers for its own
+// absence (no worker lost, no strike), and the run still equals `ser step`, bitwise.
+static void test_whole_job_suspended(void **state) {
+    (void)state;
+    char ref[128], out[128], ep[256];
+    snprintf(ref, sizeof ref, "%s/ref60s.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/suspended.safetensors", s_dir);
+    s_reference(ref, "60");
+    pid_t coord = s_coordinator(out, "60", "30000", ep, sizeof ep);
+    pid_t w0 = s_worker(ep, "wz0"), w1 = s_worker(ep, "wz1");
+    for (int t = 0; t < 600 && !s_log_has("coord.log", "step 3:"); t++) s_sleep_ms(5);
+    kill(coord, SIGSTOP), kill(w0, SIGSTOP), kill(w1, SIGSTOP);
+    s_sleep_ms(2500);  // cluster.timeout_ms is 1500
+    kill(coord, SIGCONT), kill(w0, SIGCONT), kill(w1, SIGCONT);
+    int rc = s_wait(coord);
+    if (rc) system("tail -20 /tmp/ser_cluster_*/coord.log");
+    assert_int_equal(rc, 0);
+    s_assert_same_bits(ref, out);
+    assert_true(s_log_has("coord.log", "this coordinator did not run for"));
+    assert_false(s_log_has("coord.log", "lost (last heard"));
+    assert_false(s_log_has("coord.log", "missed its task deadline"));
+    s_kill_all();
+}
+
 // A worker returns a NaN in its gradient: the coordinator names the shard and the worker,
 // and per run.nonfinite aborts (exit 1, nothing applied) or skips the step and goes on.
 static void test_nonfinite_gradient(void **state) {
@@ -2217,6 +2242,7 @@ int main(void) {
         cmocka_unit_test(test_fault_plan),
         cmocka_unit_test(test_nonfinite_gradient),
         cmocka_unit_test(test_chain_breaks),
+        cmocka_unit_test(test_whole_job_suspended),
         cmocka_unit_test(test_coordinator_killed_during_checkpoints),
         cmocka_unit_test(test_loader_killed_and_restarted),
         cmocka_unit_test(test_local_views_from_the_loader),
