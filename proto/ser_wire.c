@@ -114,6 +114,19 @@ int ser_wire_fault_bad_loader_shard(uint64_t step) {
     return 0;
 }
 
+int ser_wire_fault_nan(int type, uint64_t step) {
+    s_fault_parse();
+    for (int i = 0; i < s_nfaults; i++) {
+        s_fault *f = &s_faults[i];
+        if (f->fired || f->action != F_NAN || f->type != type || f->step != step) continue;
+        f->fired = 1;
+        ser_log(SER_LL_WARNING, "SER_FAULT: poisoning (NaN) the data of %s of step %llu",
+                s_type_name(type), (unsigned long long)step);
+        return 1;
+    }
+    return 0;
+}
+
 void ser_wire_fault_kill(int type, uint64_t step) {
     s_fault_parse();
     for (int i = 0; i < s_nfaults; i++)

@@ -84,6 +84,9 @@ void ser_wire_bytes(uint64_t *sent, uint64_t *received);
 // TYPE is a message name without MSG_ (FORWARD_DONE, BACKWARD_DONE, PARAMS, HEARTBEAT, ...).
 // A malformed SER_FAULT is reported once and ignored. Used by the fault tests.
 void ser_wire_fault_kill(int type, uint64_t step);
+// 1 once if a nan:TYPE@step rule is armed (and fires it): for data a message does not carry
+// (a gradient the worker keeps for the chain instead of sending it), which the caller poisons.
+int ser_wire_fault_nan(int type, uint64_t step);
 // 1 once if a bad:LOADER_SHARD@step rule is armed (the caller corrupts the reply), else 0.
 int ser_wire_fault_bad_loader_shard(uint64_t step);
 

@@ -819,32 +819,56 @@ static void test_worker_killed_mid_run(void **state) {
 // The coordinator is killed with SIGKILL mid-run and restarted with the same command on the
 // same port: it resumes from its newest checkpoint, the workers reconnect by themselves, and
 // the final state equals the uninterrupted run's, bitwise.
-static void test_coordinator_killed_and_restarted(void **state) {
-    (void)state;
-    char ref[128], out[128], ep[256], port[16];
+// One run of it with the job file cfg (s_cfg, or one with the chains); tag names its files.
+static void s_coordinator_killed(const char *cfg, const char *tag) {
+    char ref[128], out[128], ep[256], port[16], keep[128], w0[16], w1[16], unk[64];
     snprintf(ref, sizeof ref, "%s/ref60b.safetensors", s_dir);
-    snprintf(out, sizeof out, "%s/restarted.safetensors", s_dir);
-    s_reference(ref, "60");
+    snprintf(out, sizeof out, "%s/restarted%s.safetensors", s_dir, tag);
+    if (access(ref, F_OK) != 0) s_reference(ref, "60");
+    snprintf(keep, sizeof keep, "%s", s_cfg);
+    if (cfg != s_cfg) snprintf(s_cfg, sizeof s_cfg, "%s", cfg);
     pid_t coord = s_coordinator(out, "60", "30000", ep, sizeof ep);
     const char *colon = strrchr(ep, ':');
     assert_non_null(colon);
     snprintf(port, sizeof port, "%s", colon + 1);
-    s_worker(ep, "wr0");
-    s_worker(ep, "wr1");
+    snprintf(w0, sizeof w0, "wr0%s", tag);
+    snprintf(w1, sizeof w1, "wr1%s", tag);
+    s_worker(ep, w0);
+    s_worker(ep, w1);
     for (int t = 0; t < 2000 && !s_log_has("coord.log", "step 12:"); t++) s_sleep_ms(5);
     assert_false(s_log_has("coord.log", "step 59:"));
     kill(coord, SIGKILL);
     s_wait(coord);
     coord = s_coordinator_at(out, "60", "30000", ep, sizeof ep, port, "coord2.log");
+    snprintf(s_cfg, sizeof s_cfg, "%s", keep);
     int rc = s_wait(coord);
     if (rc) system("tail -20 /tmp/ser_cluster_*/coord2.log");
     assert_int_equal(rc, 0);
     assert_true(s_log_has("coord2.log", "resumed from"));
     // The workers' messages before their new HELLO: at most one line per worker, no flood.
-    assert_true(s_log_count("coord2.log", "from unknown peer wr0") <= 1);
-    assert_true(s_log_count("coord2.log", "from unknown peer wr1") <= 1);
+    snprintf(unk, sizeof unk, "from unknown peer %s", w0);
+    assert_true(s_log_count("coord2.log", unk) <= 1);
+    snprintf(unk, sizeof unk, "from unknown peer %s", w1);
+    assert_true(s_log_count("coord2.log", unk) <= 1);
     s_assert_same_state(ref, out);
     s_kill_all();
+}
+
+static void test_coordinator_killed_and_restarted(void **state) {
+    (void)state;
+    s_coordinator_killed(s_cfg, "");
+    // With both chains: the workers announce their peer sockets again to the new coordinator.
+    char cfg[120];
+    snprintf(cfg, sizeof cfg, "%s/restart_chain.ini", s_dir);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fprintf(f, "%sreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\n", s_ini);
+    fclose(f);
+    s_coordinator_killed(cfg, "c");
+    assert_true(s_log_has("coord2.log", "summed along the workers' chain (0 of its rounds broke"));
+    // The workers forget what they held on reconnecting: none waits for a broadcast of the
+    // step the old coordinator had reached, and none needs PARAMS sent directly.
+    assert_true(s_log_has("coord2.log", "0 PARAMS sent to a worker directly after the first step"));
 }
 
 static void test_garbage_and_wrong_peers(void **state) {
@@ -2041,6 +2065,25 @@ static void test_nonfinite_gradient(void **state) {
     }
     assert_int_equal(bad, 0);
     ser_st_destroy(&f);
+    s_kill_all();
+
+    // With the gradient chain (the worker keeps its gradient and checks it itself): the same
+    // message, naming the shard and the worker.
+    char cfg[120], keep[128];
+    snprintf(cfg, sizeof cfg, "%s/nan_chain.ini", s_dir);
+    FILE *cf = fopen(cfg, "w");
+    assert_non_null(cf);
+    fprintf(cf, "%sreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\n", s_ini);
+    fclose(cf);
+    snprintf(keep, sizeof keep, "%s", s_cfg);
+    snprintf(s_cfg, sizeof s_cfg, "%s", cfg);
+    snprintf(out, sizeof out, "%s/nan_chain.safetensors", s_dir);
+    coord = s_coordinator_at(out, "4", "30000", ep, sizeof ep, "0", "nan_chain.log");
+    snprintf(s_cfg, sizeof s_cfg, "%s", keep);
+    s_with_faults("nan:BACKWARD_DONE@1", s_worker, ep, "wn3");
+    assert_int_equal(s_wait(coord), 1);
+    assert_true(s_log_has("wn3.log", "SER_FAULT: poisoning (NaN) the data of BACKWARD_DONE of step 1"));
+    assert_true(s_log_has("nan_chain.log", "step 1: non-finite gradient from shard 0 (worker wn3, element 0)"));
     s_kill_all();
 
     // Non-finite forward rows: the loss is non-finite, and the message names the shard and

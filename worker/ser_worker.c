@@ -240,6 +240,11 @@ static int s_bind_peer(s_worker *w) {
 static int s_connect(s_worker *w) {
     if (s_bind_peer(w)) return SER_EIO;
     if (w->sock) zmq_close(w->sock);
+    // A new connection (a restarted coordinator may have resumed from an earlier step): what
+    // this worker holds counts for nothing until the coordinator sends it again, as the
+    // coordinator assumes of a worker that says HELLO; no broadcast is under way.
+    w->params_version = w->teacher_version = w->bc_step = INT64_MIN;
+    w->bc_ntasks = 0, w->bc_route = 0;
     w->sock = zmq_socket(w->ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
@@ -605,6 +610,7 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
     if (e->keep) {  // cluster.reduce = chain: kept for the REDUCE; the answer says it is done
         if (!sh->kept) sh->kept = ser_xaligned_raw(sizeof(float) * w->span);
         memcpy(sh->kept, w->v.grads + w->off, sizeof(float) * w->span);
+        if (ser_wire_fault_nan(SER__MSG_TYPE__MSG_BACKWARD_DONE, e->step)) sh->kept[0] = NAN;
         sh->kstep = (int64_t)e->step, sh->katt = e->attempt;
         sh->kbad = s_first_nonfinite(sh->kept, w->span);
         out.bad_at = sh->kbad;
@@ -956,10 +962,11 @@ static void s_bc_check(s_worker *w) {
 static void s_route(s_worker *w, const Ser__Envelope *e) {
     int64_t step = (int64_t)e->params_version;
     const char *next = e->next_endpoint ? e->next_endpoint : "", *key = e->next_key ? e->next_key : "";
-    if (step < w->bc_step || strlen(next) >= sizeof w->bc_next || strlen(key) >= sizeof w->bc_key)
-        return;
-    if (step <= w->params_version) return;  // already whole (sent by the coordinator)
-    if (step > w->bc_step) s_bc_start(w, step, 1);  // before the first chunk
+    if (strlen(next) >= sizeof w->bc_next || strlen(key) >= sizeof w->bc_key) return;
+    if (step == w->params_version) return;  // already whole (sent by the coordinator)
+    // The coordinator's word: a ROUTE of another step than the broadcast under way starts that
+    // step's (an earlier one: the coordinator went back, resumed from a checkpoint).
+    if (step != w->bc_step) s_bc_start(w, step, 1);
     snprintf(w->bc_next, sizeof w->bc_next, "%s", next);
     snprintf(w->bc_key, sizeof w->bc_key, "%s", key);
     w->bc_hash = e->params_hash, w->bc_mom = e->momentum;
