@@ -129,7 +129,7 @@ typedef struct s_coord {
     int nruns;
     int *run_a, *run_w;      // each run's first shard and holder (run_a[nruns] = S)
     char chain_error[SER_ERR_LEN];  // a holder's REDUCE_FAILED ("" none)
-    int64_t chain_steps, chain_fallbacks, chain_repairs;
+    int64_t chain_steps, chain_fallbacks, chain_repairs, chain_early;
     int64_t last_poll_ms;    // when s_poll last ran (s_forgive_gap)
     int gaps;                // gaps forgiven (the first is a warning, the rest debug)
     int64_t params_direct;   // cluster.broadcast = chain: PARAMS sent directly after the first step
@@ -1115,7 +1115,9 @@ enum { S_CHAIN_ROUNDS = 3 };  // chain rounds a step may take before the coordin
 // into total. SER_OK with the step's sum in total; S_CHAIN_BROKEN when the chain broke (a holder
 // lost or unable, no sum within the task deadline): why says how, and the caller sums the
 // step itself; SER_EIO when stopped.
-static int s_chain(s_coord *c, float *total, char *why) {
+// Sends a new round's REDUCEs over the runs of the shards' holders of now (into total);
+// S_CHAIN_BROKEN (why) when a holder after the first has no peer socket.
+static int s_chain_send(s_coord *c, float *total, char *why) {
     c->round++;
     c->nruns = 0;
     for (int s = 0; s < c->S; s++)
@@ -1145,6 +1147,24 @@ static int s_chain(s_coord *c, float *total, char *why) {
         e.next_endpoint = next ? (char *)(uintptr_t)next->peer_ep : (char *)"";
         e.next_key = next ? (char *)(uintptr_t)next->peer_key : (char *)"";
         ser_wire_send(c->sock, c->w[c->run_w[r]].id, &e, NULL, 0);
+    }
+    return SER_OK;
+}
+
+// 1 when the shards' holders of now make the runs the last REDUCEs went to.
+static int s_chain_same_runs(const s_coord *c) {
+    for (int r = 0; r < c->nruns; r++)
+        for (int s = c->run_a[r]; s < c->run_a[r + 1]; s++)
+            if (c->sh[s].worker != c->run_w[r]) return 0;
+    return c->nruns > 0;
+}
+
+// One round of the chain: its REDUCEs sent (unless sent, at the start of the backward phase),
+// then the sum awaited.
+static int s_chain(s_coord *c, float *total, char *why, int sent) {
+    if (!sent) {
+        int rc = s_chain_send(c, total, why);
+        if (rc) return rc;
     }
     int64_t start = s_now(), last_pub = 0, dl = s_task_deadline(c);
     int rc = SER_OK;
@@ -1192,16 +1212,24 @@ static int s_remote_backward(void *ctx, float *total, char *err) {
         c->sh[s].bad_at = SIZE_MAX;
         free(c->sh[s].grad), c->sh[s].grad = NULL;
     }
+    int redo = 0;
     for (int s = 0; s < c->S; s++) {
         if (c->sh[s].redo)
-            c->sh[s].state = SH_IDLE;  // its worker died after the forward: s_phase redoes it
+            c->sh[s].state = SH_IDLE, redo = 1;  // its worker died after the forward: s_phase redoes it
         else
             s_send_backward(c, s);
     }
+    // The chain's first round goes out with the backward tasks: each worker takes its REDUCE
+    // after its own backward passes (one socket, in order) and passes the sum on while the
+    // workers after it are still computing theirs. If the holders change meanwhile (a shard
+    // moved), the round is sent again over the new runs.
+    char why[SER_ERR_LEN];
+    int early = c->chain && !redo && s_chain_send(c, total, why) == SER_OK;
     int rc = s_phase(c, SH_BWD_DONE, "backward");
     for (int round = 1; !rc && c->chain; round++) {
-        char why[SER_ERR_LEN];
-        rc = s_chain(c, total, why);
+        int sent = round == 1 && early && s_chain_same_runs(c);
+        rc = s_chain(c, total, why, sent);
+        c->chain_early += sent && rc == SER_OK;
         if (rc == SER_OK) {
             c->fold_next = c->S;
             c->chain_steps++;
@@ -1839,9 +1867,10 @@ int ser_coord_run(const ser_coord_opts *o) {
     }
     if (c.chain)
         ser_log(SER_LL_INFO, "run summary: cluster.reduce = chain: %lld steps summed along the "
-                "workers' chain (%lld of its rounds broke and were run again), %lld by the "
-                "coordinator after the chain broke %d times", (long long)c.chain_steps,
-                (long long)c.chain_repairs, (long long)c.chain_fallbacks, S_CHAIN_ROUNDS);
+                "workers' chain (%lld of its rounds broke and were run again; %lld steps by the "
+                "round sent with the backward tasks), %lld by the coordinator after the chain "
+                "broke %d times", (long long)c.chain_steps, (long long)c.chain_repairs,
+                (long long)c.chain_early, (long long)c.chain_fallbacks, S_CHAIN_ROUNDS);
     if (c.bcast)
         ser_log(SER_LL_INFO, "run summary: cluster.broadcast = chain: the parameters went to the "
                 "first worker of the chain each step; %lld PARAMS sent to a worker directly after "
