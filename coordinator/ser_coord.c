@@ -122,7 +122,7 @@ typedef struct s_coord {
     // backward phase) and pass the running sum along runs of consecutive shards; the last run's
     // holder sends it here, chunk by chunk, for reduction round `round` of the step.
     int chain, keep;
-    int bcast;               // cluster.broadcast = chain (s_broadcast)
+    int bcast;               // cluster.broadcast = tree (s_broadcast)
     uint32_t round;
     int nchunks, ngot;
     uint8_t *got;            // per chunk of this round's sum: arrived
@@ -132,7 +132,7 @@ typedef struct s_coord {
     int64_t chain_steps, chain_fallbacks, chain_repairs, chain_early;
     int64_t last_poll_ms;    // when s_poll last ran (s_forgive_gap)
     int gaps;                // gaps forgiven (the first is a warning, the rest debug)
-    int64_t params_direct;   // cluster.broadcast = chain: PARAMS sent directly after the first step
+    int64_t params_direct;   // cluster.broadcast = tree: PARAMS sent directly after the first step
     ser_knn_monitor *knn;    // NULL: off
     int threads;             // BLAS/OpenMP threads (run.threads or the machine's cores)
     // Peers already named in a warning (unknown, refused or malformed): later messages from
@@ -310,11 +310,12 @@ static void s_send_params(s_coord *c, int wi) {
     ser_wire_send(c->sock, w->id, &e, t, n);
 }
 
-// cluster.broadcast = chain: this step's student goes once, in chunks of cluster.reduce_chunk
+// cluster.broadcast = tree: this step's student goes once, in chunks of cluster.reduce_chunk
 // floats, to the first of the live workers that hold the previous step's teacher (or need
-// none) and have a peer socket; each passes the chunks on to the next (its ROUTE says where,
+// none) and have a peer socket; each passes the chunks on to its two children in a binary
+// tree over them (its ROUTE says where,
 // with the step, the momentum of the teacher's EMA and the XXH3-64 of the whole, which it
-// checks). The other workers get PARAMS as before. A worker the chain does not reach says so
+// checks). The other workers get PARAMS as before. A worker the tree does not reach says so
 // in its heartbeats, and s_retry_idle sends it PARAMS after cluster.timeout_ms.
 static void s_broadcast(s_coord *c) {
     int mem[SER_COORD_MAX_WORKERS], n = 0;
@@ -336,8 +337,13 @@ static void s_broadcast(s_coord *c) {
         Ser__Envelope e;
         s_env(c, &e, SER__MSG_TYPE__MSG_ROUTE);
         e.params_version = (uint64_t)c->step, e.momentum = c->tmom, e.params_hash = hash;
-        e.next_endpoint = k + 1 < n ? c->w[mem[k + 1]].peer_ep : (char *)"";
-        e.next_key = k + 1 < n ? c->w[mem[k + 1]].peer_key : (char *)"";
+        // A binary tree over the chain's workers: k passes the chunks on to 2k + 1 and 2k + 2
+        // (log2 N hops from the first to the last).
+        int c1 = 2 * k + 1, c2 = 2 * k + 2;
+        e.next_endpoint = c1 < n ? c->w[mem[c1]].peer_ep : (char *)"";
+        e.next_key = c1 < n ? c->w[mem[c1]].peer_key : (char *)"";
+        e.next2_endpoint = c2 < n ? c->w[mem[c2]].peer_ep : (char *)"";
+        e.next2_key = c2 < n ? c->w[mem[c2]].peer_key : (char *)"";
         if (w->params_step == c->step) c->params_resent++;
         w->teacher_version = c->step, w->params_sent_ms = now, w->params_step = c->step;
         ser_wire_send(c->sock, w->id, &e, NULL, 0);
@@ -1565,7 +1571,7 @@ static int s_startup(s_coord *c, const ser_coord_opts *o, int *code, char *err) 
     c->grid_max = ser_config_grid_max(&o->cfg);
     c->sh = ser_xcalloc((size_t)c->S, sizeof *c->sh);
     c->chain = o->cfg.cluster.reduce == SER_REDUCE_CHAIN;
-    c->bcast = o->cfg.cluster.broadcast == SER_REDUCE_CHAIN;
+    c->bcast = o->cfg.cluster.broadcast == SER_BROADCAST_TREE;
     c->run_a = ser_xcalloc((size_t)c->S + 1, sizeof(int));
     c->run_w = ser_xcalloc((size_t)c->S + 1, sizeof(int));
     for (int s = 0; s < c->S; s++) {
@@ -1872,9 +1878,9 @@ int ser_coord_run(const ser_coord_opts *o) {
                 "broke %d times", (long long)c.chain_steps, (long long)c.chain_repairs,
                 (long long)c.chain_early, (long long)c.chain_fallbacks, S_CHAIN_ROUNDS);
     if (c.bcast)
-        ser_log(SER_LL_INFO, "run summary: cluster.broadcast = chain: the parameters went to the "
-                "first worker of the chain each step; %lld PARAMS sent to a worker directly after "
-                "the first step (the chain missed it, or it lacked the previous teacher)",
+        ser_log(SER_LL_INFO, "run summary: cluster.broadcast = tree: the parameters went to the "
+                "root of the workers' tree each step; %lld PARAMS sent to a worker directly after "
+                "the first step (the tree missed it, or it lacked the previous teacher)",
                 (long long)c.params_direct);
     if (o->out && (rc = ser_trainer_write(&c.tr, o->out, c.nrun ? c.grads0 : NULL, c.losses, c.nrun,
                                           c.first, err)))

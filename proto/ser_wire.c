@@ -317,9 +317,9 @@ int ser_wire_recv(void *sock, int router, const char *job_id, ser_wire_msg *m,
     const char *peer = zmq_msg_gets(&f, "Peer-Address");  // on the data frames; TCP only
     if (peer) snprintf(m->peer, sizeof m->peer, "%s", peer);
     // Envelope strings: job_id (2), text (8), peer_endpoint (14), peer_key (15), next_endpoint
-    // (19), next_key (20); TensorMeta (7) name (1).
-    static const uint32_t env_strs[6] = {2, 8, 14, 15, 19, 20}, meta_strs[1] = {1};
-    if (!ser_wire_pb_strings_ok(zmq_msg_data(&f), zmq_msg_size(&f), env_strs, 6, 7, meta_strs, 1)) {
+    // (19), next_key (20), next2_endpoint (23), next2_key (24); TensorMeta (7) name (1).
+    static const uint32_t env_strs[8] = {2, 8, 14, 15, 19, 20, 23, 24}, meta_strs[1] = {1};
+    if (!ser_wire_pb_strings_ok(zmq_msg_data(&f), zmq_msg_size(&f), env_strs, 8, 7, meta_strs, 1)) {
         zmq_msg_close(&f);
         return s_bad(sock, err, SER_EFORMAT,
                      "envelope with a NUL byte in a string (job id, text or tensor name), or "

@@ -676,7 +676,7 @@ static void s_chain_ini(char *cfg, size_t n, const char *tag, const char *method
     fputs(s_ini, f);
     if (method[0]) fprintf(f, "[method]\nname = %s\n%s", method, section);
     fputs("[optim]\nepochs = 4\nwarmup_epochs = 1\n"
-          "[cluster]\nreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\n"
+          "[cluster]\nreduce = chain\nbroadcast = tree\nreduce_chunk = 4096\n"
           "task_timeout_ms = 3000\n", f);
     fclose(f);
 }
@@ -866,7 +866,7 @@ static void test_coordinator_killed_and_restarted(void **state) {
     snprintf(cfg, sizeof cfg, "%s/restart_chain.ini", s_dir);
     FILE *f = fopen(cfg, "w");
     assert_non_null(f);
-    fprintf(f, "%sreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\n", s_ini);
+    fprintf(f, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 4096\n", s_ini);
     fclose(f);
     s_coordinator_killed(cfg, "c");
     assert_true(s_log_has("coord2.log", "summed along the workers' chain (0 of its rounds broke"));
@@ -1970,7 +1970,7 @@ static void test_chain_breaks(void **state) {
     snprintf(cfg, sizeof cfg, "%s/chain_faults.ini", s_dir);
     FILE *f = fopen(cfg, "w");
     assert_non_null(f);
-    fprintf(f, "%sreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\ntask_timeout_ms = 2000\n",
+    fprintf(f, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 4096\ntask_timeout_ms = 2000\n",
             s_ini);
     fclose(f);
     snprintf(keep, sizeof keep, "%s", s_cfg);
@@ -2078,7 +2078,7 @@ static void test_nonfinite_gradient(void **state) {
     snprintf(cfg, sizeof cfg, "%s/nan_chain.ini", s_dir);
     FILE *cf = fopen(cfg, "w");
     assert_non_null(cf);
-    fprintf(cf, "%sreduce = chain\nbroadcast = chain\nreduce_chunk = 4096\n", s_ini);
+    fprintf(cf, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 4096\n", s_ini);
     fclose(cf);
     snprintf(keep, sizeof keep, "%s", s_cfg);
     snprintf(s_cfg, sizeof s_cfg, "%s", cfg);

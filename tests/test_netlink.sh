@@ -9,7 +9,7 @@
 #   sending PARAMS to the workers takes ~1.8 s (> 3 heartbeats: a worker still receiving them
 #   says it is idle), finishes its steps with no PARAMS sent again (first step included), in
 #   the model's step time (the unshaped step + the link time of its bytes) within 15%;
-#   with both chains (cluster.reduce = chain, cluster.broadcast = chain) the coordinator's
+#   with both chains (cluster.reduce = chain, cluster.broadcast = tree) the coordinator's
 #   bytes/step are constant, 4P + rows each way, within 2%, for N = 1, 2, 4, 8 workers and
 #   S = 8, 16 shards (16 px images: the bytes do not depend on the compute), no PARAMS resent.
 # Skipped (exit 77), saying why, where namespaces or tc are not permitted (not root, no

@@ -37,7 +37,7 @@ usage: tools/bench_link.sh [--ser PATH] [--points "NxS ..."] [--rates "RATE ..."
   --img (32), --patch (4), --shard-batch (2), --eq (1), run.threads = cores / N.
   --heartbeat-ms (1000), --timeout-ms (10000): the job's cluster.heartbeat_ms and timeout_ms.
   --run-timeout: seconds one run may take (300). --json: one JSON object per row.
-  --chains: cluster.reduce = chain and cluster.broadcast = chain (the workers pass the
+  --chains: cluster.reduce = chain and cluster.broadcast = tree (the workers pass the
   parameters and the gradient sum along; the coordinator sends and receives one copy a step).
   --keep: keep the logs (their folder is printed). --ser: the binary (ser on PATH).
   Exit status: 0 all ran, 1 a run failed or timed out, 2 bad option, 77 not permitted here.
@@ -201,7 +201,7 @@ run() {
     --batch-file "$dir/batch.safetensors" --steps "$STEPS" --lr 1e-4 --wd 0.1 --momentum 0.99 \
     --set "cluster.coordinator=$NET.2" --set cluster.port=0 --set cluster.plaintext=true \
     --set "cluster.heartbeat_ms=$HB" --set "cluster.timeout_ms=$TO" --set "cluster.reduce=$REDUCE" \
-    --set "cluster.broadcast=$REDUCE" \
+    --set "cluster.broadcast=$([ "$REDUCE" = chain ] && echo tree || echo coordinator)" \
     --set "run.out_dir=$dir/run-$tag" --endpoint-file "$dir/ep" --wait-workers-ms 60000 \
     > "$log" 2>&1 &
   pid=$!

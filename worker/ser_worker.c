@@ -117,15 +117,15 @@ typedef struct s_worker {
     int nlink;
     s_reduce red[S_MAX_REDUCE];
     float *chunk;  // one chunk of the sum being passed on
-    // cluster.broadcast = chain: the student of step bc_step arriving in chunks (written into
+    // cluster.broadcast = tree: the student of step bc_step arriving in chunks (written into
     // the parameters as they come: params_version says none is whole meanwhile), where to pass
     // them on, and the FORWARD tasks of that step that came before the last chunk.
     int64_t bc_step;
     int bc_nchunks, bc_ngot, bc_route;
-    uint8_t *bc_got, *bc_fwd;
+    uint8_t *bc_got, *bc_fwd[2];  // per chunk: in; passed on to child 0 / 1
     uint64_t bc_hash;
     double bc_mom;
-    char bc_next[160], bc_key[41];
+    char bc_next[2][160], bc_key[2][41];  // its children in the tree ("" none)
     Ser__Envelope *bc_tasks;
     int bc_ntasks;
 } s_worker;
@@ -850,38 +850,41 @@ static void s_drain_peer(s_worker *w) {
     }
 }
 
-// --- cluster.broadcast = chain -------------------------------------------------------------------
-// The coordinator sends the step's student once, in chunks, to the first worker of a chain and
-// a ROUTE to each worker of it; each passes every chunk on to the next as it arrives. The
-// chunks are written into the parameters as they come; when all are in and their XXH3-64
-// equals the hash every chunk carries, the worker holds the step's parameters (and advances its
-// teacher by the EMA, as on PARAMS). A worker the chain does not reach says so in its
-// heartbeats (it holds none) and the coordinator sends it PARAMS itself.
+// --- cluster.broadcast = tree -------------------------------------------------------------------
+// The coordinator sends the step's student once, in chunks, to the root of a binary tree of
+// workers and a ROUTE to each worker of it; each passes every chunk on to its two children as
+// it arrives. The chunks are written into the parameters as they come; when all are in and
+// their XXH3-64 equals the hash of the ROUTE (the coordinator's word), the worker holds the
+// step's parameters (and advances its teacher by the EMA, as on PARAMS). A worker the tree does
+// not reach says so in its heartbeats (it holds none) and the coordinator sends it PARAMS.
 
 static void s_bc_forward(s_worker *w) {
-    if (!w->bc_route || !w->bc_next[0]) return;
-    char why[400];
-    void *d = s_link(w, w->bc_next, w->bc_key, why, sizeof why);
+    if (!w->bc_route) return;
     size_t K = (size_t)w->cfg.cluster.reduce_chunk;
-    for (int k = 0; d && k < w->bc_nchunks; k++) {
-        if (!w->bc_got[k] || w->bc_fwd[k]) continue;
-        size_t i0 = (size_t)k * K, n = i0 + K < w->span ? K : w->span - i0;
-        ser_wire_tensor t = {"student", 1, {(int64_t)n}, w->v.params + w->off + i0};
-        Ser__Envelope e;
-        s_env(w, &e, SER__MSG_TYPE__MSG_PARAMS_CHUNK);
-        e.step = e.params_version = (uint64_t)w->bc_step, e.chunk = (uint32_t)k;
-        e.momentum = w->bc_mom, e.params_hash = w->bc_hash;
-        if (ser_wire_send(d, NULL, &e, &t, 1)) {
-            snprintf(why, sizeof why, "chunk %d could not be sent", k);
-            d = NULL;
-            break;
+    for (int j = 0; j < 2; j++) {
+        if (!w->bc_next[j][0]) continue;
+        char why[400];
+        void *d = s_link(w, w->bc_next[j], w->bc_key[j], why, sizeof why);
+        for (int k = 0; d && k < w->bc_nchunks; k++) {
+            if (!w->bc_got[k] || w->bc_fwd[j][k]) continue;
+            size_t i0 = (size_t)k * K, n = i0 + K < w->span ? K : w->span - i0;
+            ser_wire_tensor t = {"student", 1, {(int64_t)n}, w->v.params + w->off + i0};
+            Ser__Envelope e;
+            s_env(w, &e, SER__MSG_TYPE__MSG_PARAMS_CHUNK);
+            e.step = e.params_version = (uint64_t)w->bc_step, e.chunk = (uint32_t)k;
+            e.momentum = w->bc_mom, e.params_hash = w->bc_hash;
+            if (ser_wire_send(d, NULL, &e, &t, 1)) {
+                snprintf(why, sizeof why, "chunk %d could not be sent", k);
+                d = NULL;
+                break;
+            }
+            w->bc_fwd[j][k] = 1;
         }
-        w->bc_fwd[k] = 1;
-    }
-    if (!d) {  // the next worker fetches them from the coordinator when it misses them
-        ser_log(SER_LL_WARNING, "worker %s: step %lld's parameters cannot be passed on to %s: %s",
-                w->name, (long long)w->bc_step, w->bc_next, why);
-        w->bc_next[0] = 0;
+        if (!d) {  // that child fetches them from the coordinator when it misses them
+            ser_log(SER_LL_WARNING, "worker %s: step %lld's parameters cannot be passed on to %s: %s",
+                    w->name, (long long)w->bc_step, w->bc_next[j], why);
+            w->bc_next[j][0] = 0;
+        }
     }
 }
 
@@ -893,12 +896,13 @@ static void s_bc_check(s_worker *w);
 static void s_bc_start(s_worker *w, int64_t step, int route) {
     size_t K = (size_t)w->cfg.cluster.reduce_chunk;
     w->bc_step = step, w->bc_nchunks = (int)((w->span + K - 1) / K), w->bc_ngot = 0;
-    free(w->bc_got), free(w->bc_fwd);
+    free(w->bc_got), free(w->bc_fwd[0]), free(w->bc_fwd[1]);
     w->bc_got = ser_xcalloc((size_t)w->bc_nchunks, 1);
-    w->bc_fwd = ser_xcalloc((size_t)w->bc_nchunks, 1);
+    w->bc_fwd[0] = ser_xcalloc((size_t)w->bc_nchunks, 1);
+    w->bc_fwd[1] = ser_xcalloc((size_t)w->bc_nchunks, 1);
     w->bc_ntasks = 0;
     w->bc_route = route;
-    if (!route) w->bc_next[0] = 0;
+    if (!route) w->bc_next[0][0] = w->bc_next[1][0] = 0;
     w->params_version = INT64_MIN;
 }
 
@@ -961,14 +965,23 @@ static void s_bc_check(s_worker *w) {
 
 static void s_route(s_worker *w, const Ser__Envelope *e) {
     int64_t step = (int64_t)e->params_version;
-    const char *next = e->next_endpoint ? e->next_endpoint : "", *key = e->next_key ? e->next_key : "";
-    if (strlen(next) >= sizeof w->bc_next || strlen(key) >= sizeof w->bc_key) return;
+    const char *next[2] = {e->next_endpoint ? e->next_endpoint : "",
+                           e->next2_endpoint ? e->next2_endpoint : ""};
+    const char *key[2] = {e->next_key ? e->next_key : "", e->next2_key ? e->next2_key : ""};
+    for (int j = 0; j < 2; j++)
+        if (strlen(next[j]) >= sizeof w->bc_next[0] || strlen(key[j]) >= sizeof w->bc_key[0]) {
+            ser_log(SER_LL_WARNING, "worker %s: ROUTE with a malformed endpoint or key: dropped",
+                    w->name);
+            return;
+        }
     if (step == w->params_version) return;  // already whole (sent by the coordinator)
     // The coordinator's word: a ROUTE of another step than the broadcast under way starts that
     // step's (an earlier one: the coordinator went back, resumed from a checkpoint).
     if (step != w->bc_step) s_bc_start(w, step, 1);
-    snprintf(w->bc_next, sizeof w->bc_next, "%s", next);
-    snprintf(w->bc_key, sizeof w->bc_key, "%s", key);
+    for (int j = 0; j < 2; j++) {
+        snprintf(w->bc_next[j], sizeof w->bc_next[0], "%s", next[j]);
+        snprintf(w->bc_key[j], sizeof w->bc_key[0], "%s", key[j]);
+    }
     w->bc_hash = e->params_hash, w->bc_mom = e->momentum;
     w->bc_route = 1;
     s_bc_forward(w);
@@ -1220,7 +1233,7 @@ int ser_cmd_worker(int argc, char **argv) {
     if (w.peer) zmq_close(w.peer);
     for (int i = 0; i < w.nlink; i++) zmq_close(w.link[i].sock);
     for (int i = 0; i < S_MAX_REDUCE; i++) s_reduce_free(&w.red[i]);
-    free(w.chunk), free(w.bc_got), free(w.bc_fwd), free(w.bc_tasks);
+    free(w.chunk), free(w.bc_got), free(w.bc_fwd[0]), free(w.bc_fwd[1]), free(w.bc_tasks);
     zmq_ctx_term(w.ctx);
     for (int s = 0; w.sh && s < w.S; s++) {
         s_wshard *sh = &w.sh[s];

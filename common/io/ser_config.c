@@ -32,6 +32,7 @@ static const char *const s_local_mode[] = {"crops", "rotations", "center", NULL}
 static const char *const s_nonfinite[] = {"abort", "skip", NULL};
 static const char *const s_on_collapse[] = {"warn", "abort", NULL};
 static const char *const s_reduce[] = {"coordinator", "chain", NULL};
+static const char *const s_bcast[] = {"coordinator", "tree", NULL};
 
 // --- the table ---------------------------------------------------------------------------------
 // Defaults are the MoCo-v3 + SER ViT-S/16 ImageNet run of the paper's public code where the
@@ -392,13 +393,14 @@ static const ser_config_option s_options[] = {
          "coordinator's sum for that step (docs/cost-model.md)."),
     INT(cluster, reduce_chunk, 1024, 1 << 28, "1048576", NOHASH,
         "Floats per chunk of the chain's running sum (cluster.reduce = chain) and of the "
-        "parameters (cluster.broadcast = chain): a worker passes on each chunk as soon as it has "
+        "parameters (cluster.broadcast = tree): a worker passes on each chunk as soon as it has "
         "it (and, for the sum, has added its shards to it)."),
-    ENUM(cluster, broadcast, s_reduce, "coordinator", NOHASH,
+    ENUM(cluster, broadcast, s_bcast, "coordinator", NOHASH,
          "How each step's parameters reach the workers: from the coordinator to every worker "
-         "(4P bytes each through its link), or along a chain of the workers in chunks (the "
-         "coordinator sends them once; each worker checks the step and an XXH3 hash of the "
-         "whole before computing with them). A worker the chain does not reach in time "
+         "(4P bytes each through its link), or down a binary tree of the workers in chunks (the "
+         "coordinator sends them once, to the root; each worker passes every chunk on to its two "
+         "children as it arrives and checks the step and an XXH3 hash of the whole before "
+         "computing with them). A worker the tree does not reach in time "
          "(cluster.timeout_ms) is sent them by the coordinator; one that does not hold the "
          "previous step's teacher (DINO, MoCo) is sent them directly, teacher included."),
     STR(cluster, curve_key, "", NOHASH,

@@ -194,7 +194,8 @@ typedef struct ser_config_run {
     int collapse_steps, on_collapse;
 } ser_config_run;
 
-enum { SER_REDUCE_COORDINATOR = 0, SER_REDUCE_CHAIN = 1 };
+enum { SER_REDUCE_COORDINATOR = 0, SER_REDUCE_CHAIN = 1 };  // cluster.reduce
+enum { SER_BROADCAST_COORDINATOR = 0, SER_BROADCAST_TREE = 1 };  // cluster.broadcast
 
 typedef struct ser_config_cluster {
     char coordinator[SER_CONFIG_STR_LEN];
@@ -204,7 +205,7 @@ typedef struct ser_config_cluster {
     int io_threads;  // the coordinator's ZeroMQ I/O threads; 0 = 2 with CURVE, 1 without
     int reduce;        // SER_REDUCE_*: where the shard gradients are summed
     int reduce_chunk;  // floats per chunk of the chain's running sum (and of the parameters)
-    int broadcast;     // SER_REDUCE_*: how the parameters reach the workers
+    int broadcast;     // SER_BROADCAST_*: how the parameters reach the workers
     // ZeroMQ CURVE (proto/ser_curve.h): key files, the allow-list, and plaintext off-host.
     char curve_key[SER_CONFIG_STR_LEN], curve_server_key[SER_CONFIG_STR_LEN];
     char curve_allow[SER_CONFIG_STR_LEN];
