@@ -2030,6 +2030,39 @@ static void test_whole_job_suspended(void **state) {
     s_kill_all();
 }
 
+// A chain that breaks 3 rounds in a row (every chunk of the sum lost each round: one worker,
+// 3 chunks a round, 9 drops): the coordinator sums that step itself from the kept gradients,
+// and the run still equals `ser step`, bitwise.
+static void test_chain_gives_up(void **state) {
+    (void)state;
+    char ref[128], out[160], cfg[120], od[200];
+    snprintf(ref, sizeof ref, "%s/ref10.safetensors", s_dir);
+    snprintf(out, sizeof out, "%s/chain_gives_up.safetensors", s_dir);
+    if (access(ref, F_OK) != 0) s_reference(ref, "10");
+    snprintf(cfg, sizeof cfg, "%s/chain_gives_up.ini", s_dir);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fprintf(f, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 8192\ntask_timeout_ms = 800\n",
+            s_ini);
+    fclose(f);
+    snprintf(od, sizeof od, "run.out_dir=%s/chain_gives_up", s_dir);
+    char *args[] = {"ser", "local", "--workers", "1", "--config", cfg, "--weights", s_w,
+                    "--batch-file", s_b, "--out", out, "--steps", "10", "--set", od, COMMON, NULL};
+    char plan[400] = "";
+    for (int i = 0; i < 9; i++) strcat(plan, i ? ";drop:PARTIAL@4" : "drop:PARTIAL@4");
+    setenv("SER_FAULT", plan, 1);
+    int rc = s_wait(s_start("chain_gives_up.log", args));
+    unsetenv("SER_FAULT");
+    if (rc) system("tail -20 /tmp/ser_cluster_*/chain_gives_up.log");
+    assert_int_equal(rc, 0);
+    s_assert_same_bits(ref, out);
+    assert_int_equal(s_log_count("chain_gives_up.log", "SER_FAULT: dropping PARTIAL of step 4"), 9);
+    assert_true(s_log_has("chain_gives_up.log", "step 4: the chain's sum broke 3 times"));
+    assert_true(s_log_has("chain_gives_up.log", "9 steps summed along the workers' chain (2 of its "
+                                                "rounds broke and were run again;"));
+    assert_true(s_log_has("chain_gives_up.log", "tasks), 1 by the coordinator"));
+}
+
 // A worker returns a NaN in its gradient: the coordinator names the shard and the worker,
 // and per run.nonfinite aborts (exit 1, nothing applied) or skips the step and goes on.
 static void test_nonfinite_gradient(void **state) {
@@ -2291,6 +2324,7 @@ int main(void) {
         cmocka_unit_test(test_nonfinite_gradient),
         cmocka_unit_test(test_chain_breaks),
         cmocka_unit_test(test_whole_job_suspended),
+        cmocka_unit_test(test_chain_gives_up),
         cmocka_unit_test(test_coordinator_killed_during_checkpoints),
         cmocka_unit_test(test_loader_killed_and_restarted),
         cmocka_unit_test(test_local_views_from_the_loader),
