@@ -389,8 +389,10 @@ static const ser_config_option s_options[] = {
          "shard), or along a chain of the workers (worker r of N gets the contiguous shards "
          "floor(rS/N)..floor((r+1)S/N); each adds its shards to the running sum it receives from "
          "the previous holder and passes it on in chunks; the coordinator receives one gradient "
-         "per step). The same bits either way; a chain that breaks falls back to the "
-         "coordinator's sum for that step (docs/cost-model.md)."),
+         "per step). The same bits either way. A chain that breaks (a holder lost, a chunk "
+         "lost) runs again within the step, a lost holder's shards computed again by another "
+         "worker; after 3 broken rounds the coordinator sums that step itself "
+         "(docs/cost-model.md)."),
     INT(cluster, reduce_chunk, 1024, 1 << 28, "1048576", NOHASH,
         "Floats per chunk of the chain's running sum (cluster.reduce = chain) and of the "
         "parameters (cluster.broadcast = tree): a worker passes on each chunk as soon as it has "
