@@ -289,13 +289,19 @@ static int s_live_count(const s_coord *c) {
 // has one) when the worker does not hold the previous step's; holding it, the worker advances
 // it itself with the momentum the message carries (MoCo: this step's, taken before the keys;
 // DINO: the previous step's, taken after its update).
+// 1 when worker w must be sent the teacher whole: the method has one and w holds neither this
+// step's nor the previous step's (which it would advance itself by the EMA).
+static int s_needs_teacher(const s_coord *c, const s_worker *w) {
+    return c->m->teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step;
+}
+
 static void s_send_params(s_coord *c, int wi) {
     s_worker *w = &c->w[wi];
     Ser__Envelope e;
     s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS);
     e.params_version = (uint64_t)c->step;
     e.momentum = c->tmom;
-    int whole = c->m->teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step;
+    int whole = s_needs_teacher(c, w);
     ser_wire_tensor t[2];
     int n = ser_shard_pack_params(t, c->tr.params + c->off, whole ? c->m->tparams + c->toff : NULL,
                                   c->span);
@@ -322,8 +328,7 @@ static void s_broadcast(s_coord *c) {
     for (int i = 0; i < c->nw; i++) {
         s_worker *w = &c->w[i];
         if (!w->alive) continue;
-        int whole = c->m->teacher && w->teacher_version != c->step - 1 && w->teacher_version != c->step;
-        if (whole || !w->peer_ep[0])
+        if (s_needs_teacher(c, w) || !w->peer_ep[0])
             s_send_params(c, i);
         else
             mem[n++] = i;
@@ -349,8 +354,8 @@ static void s_broadcast(s_coord *c) {
         ser_wire_send(c->sock, w->id, &e, NULL, 0);
     }
     size_t K = (size_t)c->tr.cfg.cluster.reduce_chunk;
-    for (size_t i0 = 0, k = 0; i0 < c->span; i0 += K, k++) {
-        size_t cnt = i0 + K < c->span ? K : c->span - i0;
+    for (int k = 0; k < ser_shard_nchunks(c->span, K); k++) {
+        size_t i0, cnt = ser_shard_chunk(c->span, K, (size_t)k, &i0);
         ser_wire_tensor t = {"student", 1, {(int64_t)cnt}, p + i0};
         Ser__Envelope e;
         s_env(c, &e, SER__MSG_TYPE__MSG_PARAMS_CHUNK);
@@ -809,9 +814,10 @@ static void s_chain_message(s_coord *c, int wi, const ser_wire_msg *m) {
                      "%u: %.120s", w->id, e->shard, e->text ? e->text : "no reason given");
         return;
     }
-    size_t K = (size_t)c->tr.cfg.cluster.reduce_chunk;
-    size_t i0 = (size_t)e->chunk * K, n = i0 + K < c->span ? K : c->span - i0;
-    const float *x = e->chunk < (uint32_t)c->nchunks ? ser_wire_find(m, "sum", n) : NULL;
+    size_t i0 = 0, n = 0;
+    if (e->chunk < (uint32_t)c->nchunks)
+        n = ser_shard_chunk(c->span, (size_t)c->tr.cfg.cluster.reduce_chunk, e->chunk, &i0);
+    const float *x = n ? ser_wire_find(m, "sum", n) : NULL;
     if (e->shard != (uint32_t)c->S || wi != c->run_w[c->nruns - 1] || !x) {
         ser_log(s_peer_level(c, 'b', w->id), "step %lld: running sum from %s (shard %u, chunk %u) "
                 "is not the chunk of the whole sum its holder owes: dropped", (long long)c->step,
@@ -1138,8 +1144,7 @@ static int s_chain_send(s_coord *c, float *total, char *why) {
                      c->w[c->run_w[r]].id, c->run_a[r]);
             return S_CHAIN_BROKEN;
         }
-    size_t K = (size_t)c->tr.cfg.cluster.reduce_chunk;
-    c->nchunks = (int)((c->span + K - 1) / K), c->ngot = 0;
+    c->nchunks = ser_shard_nchunks(c->span, (size_t)c->tr.cfg.cluster.reduce_chunk), c->ngot = 0;
     free(c->got);
     c->got = ser_xcalloc((size_t)c->nchunks, 1);
     c->chain_error[0] = 0;

@@ -221,15 +221,6 @@ int ser_curve_server(void *ctx, void *sock, const char *endpoint, char err[SER_E
     return SER_OK;
 }
 
-int ser_curve_client(void *sock, char err[SER_ERR_LEN]) {
-    if (!s_k.on) return SER_OK;
-    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, s_k.server, 40) != 0 ||
-        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, s_k.pub, 40) != 0 ||
-        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, s_k.sec, 40) != 0)
-        return ser_errf(err, SER_EIO, "CURVE client options: %s", zmq_strerror(zmq_errno()));
-    return SER_OK;
-}
-
 const char *ser_curve_public(void) { return s_k.on ? s_k.pub : ""; }
 
 int ser_curve_client_to(void *sock, const char *server_key, char err[SER_ERR_LEN]) {
@@ -245,4 +236,8 @@ int ser_curve_client_to(void *sock, const char *server_key, char err[SER_ERR_LEN
         zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, s_k.sec, 40) != 0)
         return ser_errf(err, SER_EIO, "CURVE client options: %s", zmq_strerror(zmq_errno()));
     return SER_OK;
+}
+
+int ser_curve_client(void *sock, char err[SER_ERR_LEN]) {
+    return ser_curve_client_to(sock, s_k.server, err);
 }

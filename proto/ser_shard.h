@@ -107,6 +107,15 @@ int ser_shard_parse_backward(const ser_wire_msg *m, int rows, int C, const size_
                              int n_local, int pool, const size_t lntok[2],
                              const float *out[SER_SHARD_MAX_BWD]);
 
+// --- chunks of a span (cluster.reduce = chain, cluster.broadcast = tree) ------------------------
+// A span of `span` floats moves in chunks of K floats (cluster.reduce_chunk): how many, and
+// chunk k's first float (*i0) and length.
+static inline int ser_shard_nchunks(size_t span, size_t K) { return (int)((span + K - 1) / K); }
+static inline size_t ser_shard_chunk(size_t span, size_t K, size_t k, size_t *i0) {
+    *i0 = k * K;
+    return *i0 + K < span ? K : span - *i0;
+}
+
 // --- BACKWARD_DONE -------------------------------------------------------------------------------
 void ser_shard_pack_grad(ser_wire_tensor *out, const float *grad, size_t span);
 // The gradient frame, or NULL when it is absent or not span floats.

@@ -681,6 +681,16 @@ static void s_chain_ini(char *cfg, size_t n, const char *tag, const char *method
     fclose(f);
 }
 
+// DIR/<name>.ini: the test job (s_ini, which ends in its [cluster] section) with both chains
+// on, chunks of `chunk` floats, and the [cluster] lines of `more`.
+static void s_chain_job(char *cfg, size_t n, const char *name, int chunk, const char *more) {
+    snprintf(cfg, n, "%s/%s.ini", s_dir, name);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fprintf(f, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = %d\n%s", s_ini, chunk, more);
+    fclose(f);
+}
+
 // `ser step` against `ser local` with the parameters broadcast and the gradients summed along the
 // workers' chain, for each worker count in nws (0-terminated): the same bits; every step summed
 // by the chain, no PARAMS sent after the first step; the coordinator sends the parameters once
@@ -863,11 +873,7 @@ static void test_coordinator_killed_and_restarted(void **state) {
     s_coordinator_killed(s_cfg, "");
     // With both chains: the workers announce their peer sockets again to the new coordinator.
     char cfg[120];
-    snprintf(cfg, sizeof cfg, "%s/restart_chain.ini", s_dir);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 4096\n", s_ini);
-    fclose(f);
+    s_chain_job(cfg, sizeof cfg, "restart_chain", 4096, "");
     s_coordinator_killed(cfg, "c");
     assert_true(s_log_has("coord2.log", "summed along the workers' chain (0 of its rounds broke"));
     // The workers forget what they held on reconnecting: none waits for a broadcast of the
@@ -1968,12 +1974,7 @@ static void test_chain_breaks(void **state) {
     snprintf(ref, sizeof ref, "%s/ref10.safetensors", s_dir);
     snprintf(out, sizeof out, "%s/chain_faults.safetensors", s_dir);
     s_reference(ref, "10");
-    snprintf(cfg, sizeof cfg, "%s/chain_faults.ini", s_dir);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 4096\ntask_timeout_ms = 2000\n",
-            s_ini);
-    fclose(f);
+    s_chain_job(cfg, sizeof cfg, "chain_faults", 4096, "task_timeout_ms = 2000\n");
     snprintf(keep, sizeof keep, "%s", s_cfg);
     snprintf(s_cfg, sizeof s_cfg, "%s", cfg);
     setenv("SER_FAULT", "delay:PARAMS@0:1000", 1);  // all three workers in from step 0
@@ -2042,12 +2043,7 @@ static void test_chain_gives_up(void **state) {
     snprintf(ref, sizeof ref, "%s/ref10.safetensors", s_dir);
     snprintf(out, sizeof out, "%s/chain_gives_up.safetensors", s_dir);
     if (access(ref, F_OK) != 0) s_reference(ref, "10");
-    snprintf(cfg, sizeof cfg, "%s/chain_gives_up.ini", s_dir);
-    FILE *f = fopen(cfg, "w");
-    assert_non_null(f);
-    fprintf(f, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 8192\ntask_timeout_ms = 800\n",
-            s_ini);
-    fclose(f);
+    s_chain_job(cfg, sizeof cfg, "chain_gives_up", 8192, "task_timeout_ms = 800\n");
     snprintf(od, sizeof od, "run.out_dir=%s/chain_gives_up", s_dir);
     char *args[] = {"ser", "local", "--workers", "1", "--config", cfg, "--weights", s_w,
                     "--batch-file", s_b, "--out", out, "--steps", "10", "--set", od, COMMON, NULL};
@@ -2111,11 +2107,7 @@ static void test_nonfinite_gradient(void **state) {
     // With the gradient chain (the worker keeps its gradient and checks it itself): the same
     // message, naming the shard and the worker.
     char cfg[120], keep[128];
-    snprintf(cfg, sizeof cfg, "%s/nan_chain.ini", s_dir);
-    FILE *cf = fopen(cfg, "w");
-    assert_non_null(cf);
-    fprintf(cf, "%sreduce = chain\nbroadcast = tree\nreduce_chunk = 4096\n", s_ini);
-    fclose(cf);
+    s_chain_job(cfg, sizeof cfg, "nan_chain", 4096, "");
     snprintf(keep, sizeof keep, "%s", s_cfg);
     snprintf(s_cfg, sizeof s_cfg, "%s", cfg);
     snprintf(out, sizeof out, "%s/nan_chain.safetensors", s_dir);

@@ -631,8 +631,12 @@ static void s_backward(s_worker *w, const ser_wire_msg *m) {
 // the coordinator's sum (s_fold in coordinator/ser_coord.c) and of `ser step`, so the same bits.
 
 static int s_nchunks(const s_worker *w) {
-    size_t k = (size_t)w->cfg.cluster.reduce_chunk;
-    return (int)((w->span + k - 1) / k);
+    return ser_shard_nchunks(w->span, (size_t)w->cfg.cluster.reduce_chunk);
+}
+
+// Chunk k of the parameter span: its first float (*i0) and length.
+static size_t s_chunk(const s_worker *w, size_t k, size_t *i0) {
+    return ser_shard_chunk(w->span, (size_t)w->cfg.cluster.reduce_chunk, k, i0);
 }
 
 static void s_reduce_free(s_reduce *r) {
@@ -716,7 +720,7 @@ static void s_reduce_progress(s_worker *w, s_reduce *r) {
         }
     for (int k = 0; k < r->nchunks; k++) {
         if (r->sent[k] || (r->a > 0 && !r->got[k])) continue;
-        size_t i0 = (size_t)k * K, i1 = i0 + K < w->span ? i0 + K : w->span, n = i1 - i0;
+        size_t i0, n = s_chunk(w, (size_t)k, &i0);
         float *out = w->chunk;
         if (r->a == 0)
             memset(out, 0, sizeof(float) * n);
@@ -800,7 +804,6 @@ static void s_partial(s_worker *w, const ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int64_t step = (int64_t)e->step;
     int nchunks = s_nchunks(w);
-    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
     if (e->type != SER__MSG_TYPE__MSG_PARTIAL || e->shard == 0 || e->shard >= (uint32_t)w->S ||
         e->chunk >= (uint32_t)nchunks || step < w->params_version || step > w->params_version + 1) {
         ser_log(SER_LL_WARNING, "worker %s: peer message from %s (type %d, step %lld, shard %u, "
@@ -808,7 +811,7 @@ static void s_partial(s_worker *w, const ser_wire_msg *m) {
                 m->identity, e->type, (long long)step, e->shard, e->chunk);
         return;
     }
-    size_t i0 = (size_t)e->chunk * K, n = i0 + K < w->span ? K : w->span - i0;
+    size_t i0, n = s_chunk(w, e->chunk, &i0);
     const float *x = ser_wire_find(m, "sum", n);
     if (!x) {
         ser_log(SER_LL_WARNING, "worker %s: running sum from %s without its chunk of %zu floats: "
@@ -860,14 +863,13 @@ static void s_drain_peer(s_worker *w) {
 
 static void s_bc_forward(s_worker *w) {
     if (!w->bc_route) return;
-    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
     for (int j = 0; j < 2; j++) {
         if (!w->bc_next[j][0]) continue;
         char why[400];
         void *d = s_link(w, w->bc_next[j], w->bc_key[j], why, sizeof why);
         for (int k = 0; d && k < w->bc_nchunks; k++) {
             if (!w->bc_got[k] || w->bc_fwd[j][k]) continue;
-            size_t i0 = (size_t)k * K, n = i0 + K < w->span ? K : w->span - i0;
+            size_t i0, n = s_chunk(w, (size_t)k, &i0);
             ser_wire_tensor t = {"student", 1, {(int64_t)n}, w->v.params + w->off + i0};
             Ser__Envelope e;
             s_env(w, &e, SER__MSG_TYPE__MSG_PARAMS_CHUNK);
@@ -894,8 +896,7 @@ static void s_bc_check(s_worker *w);
 // The broadcast of step `step` begins (its route already known when route): nothing received,
 // no parameters whole meanwhile.
 static void s_bc_start(s_worker *w, int64_t step, int route) {
-    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
-    w->bc_step = step, w->bc_nchunks = (int)((w->span + K - 1) / K), w->bc_ngot = 0;
+    w->bc_step = step, w->bc_nchunks = s_nchunks(w), w->bc_ngot = 0;
     free(w->bc_got), free(w->bc_fwd[0]), free(w->bc_fwd[1]);
     w->bc_got = ser_xcalloc((size_t)w->bc_nchunks, 1);
     w->bc_fwd[0] = ser_xcalloc((size_t)w->bc_nchunks, 1);
@@ -917,14 +918,13 @@ static void s_bc_tasks(s_worker *w) {
 static void s_params_chunk(s_worker *w, const ser_wire_msg *m) {
     const Ser__Envelope *e = m->env;
     int64_t step = (int64_t)e->params_version;
-    size_t K = (size_t)w->cfg.cluster.reduce_chunk;
-    int nchunks = (int)((w->span + K - 1) / K);
+    int nchunks = s_nchunks(w);
     if (step < w->bc_step || step <= w->params_version || e->chunk >= (uint32_t)nchunks) {
         ser_log(SER_LL_DEBUG, "worker %s: parameter chunk %u of step %lld dropped (late, a "
                 "duplicate or out of range)", w->name, e->chunk, (long long)step);
         return;
     }
-    size_t i0 = (size_t)e->chunk * K, n = i0 + K < w->span ? K : w->span - i0;
+    size_t i0, n = s_chunk(w, e->chunk, &i0);
     const float *x = ser_wire_find(m, "student", n);
     if (!x) {
         ser_log(SER_LL_WARNING, "worker %s: parameter chunk %u of step %lld from %s is not %zu "
