@@ -166,16 +166,21 @@ void ser_batchnorm_backward(float *dx, float *dw, float *db, const float *dy, co
                 sdy[c - c0] += g;
                 sdyx[c - c0] += g * (((double)x[(size_t)m * C + c] - (double)mean[c]) * (double)rstd[c]);
             }
+        double gm[CB], gx[CB], scale[CB];
         for (int c = c0; c < c1; c++) {
             if (dw) dw[c] += (float)sdyx[c - c0];
             if (db) db[c] += (float)sdy[c - c0];
-            double gm = sdy[c - c0] / M, gx = sdyx[c - c0] / M;
-            double scale = (double)rstd[c] * (w ? (double)w[c] : 1.0);
-            for (int m = 0; m < M; m++) {
-                double xh = ((double)x[(size_t)m * C + c] - (double)mean[c]) * (double)rstd[c];
-                dx[(size_t)m * C + c] = (float)(scale * ((double)dy[(size_t)m * C + c] - gm - xh * gx));
-            }
+            gm[c - c0] = sdy[c - c0] / M, gx[c - c0] = sdyx[c - c0] / M;
+            scale[c - c0] = (double)rstd[c] * (w ? (double)w[c] : 1.0);
         }
+        // Row by row (each element's arithmetic is the same in any order): the block's columns
+        // are one cache line of each row, read once instead of once per column.
+        for (int m = 0; m < M; m++)
+            for (int c = c0; c < c1; c++) {
+                double xh = ((double)x[(size_t)m * C + c] - (double)mean[c]) * (double)rstd[c];
+                dx[(size_t)m * C + c] = (float)(scale[c - c0] * ((double)dy[(size_t)m * C + c] -
+                                                                 gm[c - c0] - xh * gx[c - c0]));
+            }
     }
 }
 
