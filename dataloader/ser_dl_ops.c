@@ -670,14 +670,51 @@ static inline int s_reflect(int i, int n) {
     return i;
 }
 
-void ser_dl_kornia_blur(float *x, int w, int h, float sigma, float *tmp) {
-    float k[9], sum = 0;
+// The 9 taps (-4..4) of a normalised Gaussian.
+static void s_gauss9(float k[9], float sigma) {
+    float sum = 0;
     for (int t = 0; t < 9; t++) {
         float d = (float)(t - 4);
         k[t] = expf(-(d * d) / (2.0f * sigma * sigma));
         sum += k[t];
     }
     for (int t = 0; t < 9; t++) k[t] /= sum;
+}
+
+void ser_dl_kornia_blur(float *x, int w, int h, float sigma, float *tmp) {
+    float k[9];
+    s_gauss9(k, sigma);
+    // Every output is 0 + k[0] v[0] + ... + k[8] v[8] in tap order (ser_dl_kornia_blur_naive).
+    // Here the taps run over a reflect-padded row (x), then over rows picked by reflection (y),
+    // so the inner loops run along the pixels and vectorise; the loader is built with
+    // -ffp-contract=off, so each element's operations, and so its bits, are the naive loops'.
+    size_t rw = (size_t)w * 3;
+    float *pad = ser_xmalloc(sizeof(float) * (rw + 24));
+    for (int y = 0; y < h; y++) {
+        const float *row = x + (size_t)y * rw;
+        for (int p = -4; p < w + 4; p++)
+            for (int c = 0; c < 3; c++) pad[(size_t)(p + 4) * 3 + c] = row[(size_t)s_reflect(p, w) * 3 + c];
+        float *o = tmp + (size_t)y * rw;
+        for (size_t i = 0; i < rw; i++) o[i] = 0;
+        for (int t = 0; t < 9; t++) {
+            const float *src = pad + (size_t)t * 3, kt = k[t];
+            for (size_t i = 0; i < rw; i++) o[i] += kt * src[i];
+        }
+    }
+    free(pad);
+    for (int y = 0; y < h; y++) {
+        float *o = x + (size_t)y * rw;
+        for (size_t i = 0; i < rw; i++) o[i] = 0;
+        for (int t = 0; t < 9; t++) {
+            const float *src = tmp + (size_t)s_reflect(y + t - 4, h) * rw, kt = k[t];
+            for (size_t i = 0; i < rw; i++) o[i] += kt * src[i];
+        }
+    }
+}
+
+void ser_dl_kornia_blur_naive(float *x, int w, int h, float sigma, float *tmp) {
+    float k[9];
+    s_gauss9(k, sigma);
     for (int y = 0; y < h; y++)
         for (int xx = 0; xx < w; xx++)
             for (int c = 0; c < 3; c++) {

@@ -89,6 +89,8 @@ void ser_dl_kornia_grayscale(float *x, int n);            // 0.299 R + 0.587 G +
 // 9x9 Gaussian (taps -4..4, normalised), separable (x then y), reflect border; tmp holds
 // w*h*3 floats.
 void ser_dl_kornia_blur(float *x, int w, int h, float sigma, float *tmp);
+void ser_dl_kornia_blur_naive(float *x, int w, int h, float sigma, float *tmp);  // its twin: the
+                                                                                  // same bits
 void ser_dl_kornia_solarize(float *x, int n, float t);    // x < t ? x : 1 - x
 
 // --- one view's photometric draw ------------------------------------------------------------
