@@ -499,6 +499,15 @@ struct ser_dl_client {
     uint64_t hash;
     ser_loadstat loaders[SER_LOADSTAT_MAX];  // what the replies said (ser_dl_client_loaders)
     int nloaders;
+    // Requests sent ahead (ser_dl_client_prefetch) and, once it came, each one's reply, kept
+    // until its fetch: a worker with several shards asks for all of its next ones.
+    struct {
+        uint64_t step;
+        uint32_t shard;
+        int have;
+        s_parts reply;
+    } ahead[SER_DL_AHEAD_MAX];
+    int nahead;
 };
 
 // The endpoint this client knows a loader by, from the one the loader says it is bound to:
@@ -593,6 +602,7 @@ fail:
 void ser_dl_client_destroy(ser_dl_client **cp) {
     if (!cp || !*cp) return;
     ser_dl_client *c = *cp;
+    for (int i = 0; i < c->nahead; i++) s_parts_free(&c->ahead[i].reply);
     ser_netdiag_destroy(&c->diag);  // its PAIR socket first: zmq_ctx_term waits for every socket
     if (c->sock) zmq_close(c->sock);
     if (c->ctx) zmq_ctx_term(c->ctx);
@@ -771,10 +781,7 @@ done:
     return rc;
 }
 
-int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int timeout_ms,
-                        ser_dl_shard *out, char err[256]) {
-    memset(out, 0, sizeof *out);
-    err[0] = 0;
+static int s_request(ser_dl_client *c, uint64_t step, uint32_t shard) {
     Ser__LoaderShardRequest req = SER__LOADER_SHARD_REQUEST__INIT;
     req.protocol_version = SER_DL_PROTOCOL_VERSION;
     req.job_id = c->job_id;
@@ -785,11 +792,67 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
     size_t len = ser__loader_shard_request__get_packed_size(&req);
     SER_ASSERT(len <= sizeof buf);
     ser__loader_shard_request__pack(&req, buf);
-    if (s_send_buf(c->sock, "", 0, 1) || s_send_buf(c->sock, buf, len, 0)) {
+    return s_send_buf(c->sock, "", 0, 1) || s_send_buf(c->sock, buf, len, 0) ? SER_EIO : SER_OK;
+}
+
+static void s_ahead_drop(ser_dl_client *c, int i) {
+    s_parts_free(&c->ahead[i].reply);
+    c->ahead[i] = c->ahead[--c->nahead];
+}
+
+static int s_ahead_find(const ser_dl_client *c, uint64_t step, uint32_t shard) {
+    for (int i = 0; i < c->nahead; i++)
+        if (c->ahead[i].step == step && c->ahead[i].shard == shard) return i;
+    return -1;
+}
+
+// The (step, shard) a reply is for; 0 when it does not say (s_parse_reply tells why).
+static int s_reply_key(const s_parts *p, uint64_t *step, uint32_t *shard) {
+    if (p->truncated || p->n < 2 || zmq_msg_size(&p->m[0]) != 0) return 0;
+    Ser__LoaderShard *m = ser__loader_shard__unpack(NULL, zmq_msg_size(&p->m[1]),
+                                                    zmq_msg_data(&p->m[1]));
+    if (!m) return 0;
+    *step = m->step, *shard = m->shard;
+    ser__loader_shard__free_unpacked(m, NULL);
+    return 1;
+}
+
+void ser_dl_client_prefetch(ser_dl_client *c, uint64_t step, uint32_t shard) {
+    if (s_ahead_find(c, step, shard) >= 0) return;
+    if (c->nahead == SER_DL_AHEAD_MAX) {  // the oldest goes
+        int old = 0;
+        for (int i = 1; i < c->nahead; i++)
+            if (c->ahead[i].step < c->ahead[old].step) old = i;
+        s_ahead_drop(c, old);
+    }
+    if (s_request(c, step, shard)) return;
+    int i = c->nahead++;
+    memset(&c->ahead[i], 0, sizeof c->ahead[i]);
+    c->ahead[i].step = step, c->ahead[i].shard = shard;
+}
+
+int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int timeout_ms,
+                        ser_dl_shard *out, char err[256]) {
+    memset(out, 0, sizeof *out);
+    err[0] = 0;
+    // What was asked ahead for earlier steps will not be fetched.
+    for (int i = c->nahead - 1; i >= 0; i--)
+        if (c->ahead[i].step < step) s_ahead_drop(c, i);
+    // Asked for ahead: its reply may be here already. If it is not by half the time, the
+    // request goes again (a loader restarted since has lost it; a second reply to the same
+    // request is the same bytes, and a late one is dropped as stale by the next fetch).
+    int ai = s_ahead_find(c, step, shard), ahead = ai >= 0;
+    s_parts kept = {0};
+    if (ahead) {
+        kept = c->ahead[ai].reply;
+        memset(&c->ahead[ai].reply, 0, sizeof kept);
+        s_ahead_drop(c, ai);
+    }
+    if (!ahead && s_request(c, step, shard)) {
         snprintf(err, 256, "send failed: %s", zmq_strerror(zmq_errno()));
         return SER_EIO;
     }
-    int64_t deadline = ser_clock_now_ms() + timeout_ms;
+    int64_t start = ser_clock_now_ms(), deadline = start + timeout_ms;
     char dropped[200] = "";  // the last malformed reply's fault, told with a timeout
     int ndropped = 0;
     for (;;) {
@@ -798,13 +861,21 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
         // The connection's monitor too: why a loader does not answer is logged while waiting.
         zmq_pollitem_t it[2] = {{c->sock, 0, ZMQ_POLLIN, 0},
                                 {ser_netdiag_socket(c->diag), 0, ZMQ_POLLIN, 0}};
-        int rc = zmq_poll(it, it[1].socket ? 2 : 1, (long)left);
+        int rc = zmq_poll(it, it[1].socket ? 2 : 1, kept.n ? 0 : (long)left);
         if (rc < 0 && zmq_errno() != EINTR) {
             snprintf(err, 256, "poll: %s", zmq_strerror(zmq_errno()));
+            s_parts_free(&kept);
             return SER_EIO;
         }
         if (rc > 0 && (it[1].revents & ZMQ_POLLIN)) ser_netdiag_drain(c->diag);
-        if (rc <= 0 || !(it[0].revents & ZMQ_POLLIN)) {
+        if (!kept.n && (rc <= 0 || !(it[0].revents & ZMQ_POLLIN))) {
+            if (ahead && ser_clock_now_ms() - start >= timeout_ms / 2) {
+                ahead = 0;
+                if (s_request(c, step, shard)) {
+                    snprintf(err, 256, "send failed: %s", zmq_strerror(zmq_errno()));
+                    return SER_EIO;
+                }
+            }
             if (ser_clock_now_ms() >= deadline) {
                 char why[200];
                 ser_netdiag_describe(c->diag, why, sizeof why);
@@ -821,7 +892,20 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
             continue;
         }
         s_parts p;
-        if (s_recv_parts(c->sock, &p, ZMQ_DONTWAIT) != SER_OK) continue;
+        if (kept.n) {  // the reply to the request sent ahead, first
+            p = kept;
+            memset(&kept, 0, sizeof kept);
+        } else if (s_recv_parts(c->sock, &p, ZMQ_DONTWAIT) != SER_OK) {
+            continue;
+        }
+        uint64_t rs;
+        uint32_t rsh;
+        int j;
+        if (s_reply_key(&p, &rs, &rsh) && (rs != step || rsh != shard) &&
+            (j = s_ahead_find(c, rs, rsh)) >= 0 && !c->ahead[j].have) {
+            c->ahead[j].reply = p, c->ahead[j].have = 1;  // asked ahead: kept for its fetch
+            continue;
+        }
         rc = s_parse_reply(c, &p, step, shard, out, err);
         s_parts_free(&p);
         if (rc == S_STALE) continue;

@@ -23,7 +23,8 @@
 //   ser_dl_service_run(),
 //   ser_dl_service_endpoint(), ser_dl_service_stats, ser_dl_service_get_stats(),
 //   ser_dl_service_destroy()
-//   ser_dl_client (opaque), ser_dl_client_new(), ser_dl_client_fetch(), ser_dl_client_loaders(),
+//   ser_dl_client (opaque), ser_dl_client_new(), ser_dl_client_fetch(), ser_dl_client_prefetch(),
+//   ser_dl_client_loaders(),
 //   ser_dl_client_destroy()
 #ifndef SER_DL_SERVICE_H
 #define SER_DL_SERVICE_H
@@ -78,6 +79,12 @@ int64_t ser_dl_reply_max_bytes(int per_shard, int img, int patch, double scale_m
 // negative status (SER_EVERSION, SER_ECONFIG, ...) with its text in err.
 int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int timeout_ms,
                         ser_dl_shard *out, char err[256]);
+// Sends the request for shard (step, shard) now without waiting (the worker asks for its next
+// step's shards while it computes); the reply is kept for the fetch of that shard. At most
+// SER_DL_AHEAD_MAX are kept (the oldest step's go first); a fetch of a later step drops those
+// of earlier steps.
+enum { SER_DL_AHEAD_MAX = 8 };
+void ser_dl_client_prefetch(ser_dl_client *c, uint64_t step, uint32_t shard);
 // What the loaders' replies said about them (proto/ser_loadstat.h): one record per loader, by
 // the endpoint this client connected to (or, for a loader that does not say where it is bound,
 // "?"), with its counters, the step of its last reply and when that came. Copies at most max

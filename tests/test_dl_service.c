@@ -420,9 +420,107 @@ static void test_idle_exit(void **state) {
     assert_true(waited >= 1000);  // not before the second of silence
 }
 
+// A request sent ahead (ser_dl_client_prefetch, the worker asking for its next step's shard
+// while it computes): the fetch of that shard takes its reply; a fetch of another shard gets
+// its own, the earlier reply dropped as stale; both the loader's bytes.
+static void test_prefetch(void **state) {
+    (void)state;
+    ser_dl_config c;
+    s_config(&c);
+    char err[256];
+    ser_dl *local = ser_dl_new(&c, err);
+    assert_non_null(local);
+    ser_dl_client *cl = ser_dl_client_new(s_ep[0], "test-job", ser_dl_config_hash(&c), -1, err);
+    assert_non_null(cl);
+    static const uint32_t ask[][4] = {{6, 1, 6, 1}, {7, 0, 8, 1}, {9, 1, 9, 1}};  // ahead, fetched
+    for (int k = 0; k < 3; k++) {
+        ser_dl_client_prefetch(cl, ask[k][0], ask[k][1]);
+        ser_dl_shard a, ref;
+        assert_int_equal(ser_dl_client_fetch(cl, ask[k][2], ask[k][3], 10000, &a, err), SER_OK);
+        assert_int_equal(ser_dl_make_shard(local, ask[k][2], ask[k][3], &ref), SER_OK);
+        s_assert_same(&a, &ref);
+        ser_dl_shard_free(&a);
+        ser_dl_shard_free(&ref);
+    }
+    // A worker with several shards asks for all of its next ones; each reply is kept for its
+    // fetch, whatever order they come and are fetched in.
+    for (uint32_t s = 0; s < 2; s++) ser_dl_client_prefetch(cl, 10, s);
+    for (int k = 1; k >= 0; k--) {
+        ser_dl_shard a, ref;
+        assert_int_equal(ser_dl_client_fetch(cl, 10, (uint32_t)k, 10000, &a, err), SER_OK);
+        assert_int_equal(ser_dl_make_shard(local, 10, (uint32_t)k, &ref), SER_OK);
+        s_assert_same(&a, &ref);
+        ser_dl_shard_free(&a);
+        ser_dl_shard_free(&ref);
+    }
+    ser_dl_client_destroy(&cl);
+    ser_dl_destroy(&local);
+}
+
+// A loader that counts requests and answers none (one that lost what was asked of it).
+typedef struct s_mute {
+    void *sock;
+    int requests, stop;
+} s_mute;
+
+static void *s_mute_main(void *arg) {
+    s_mute *m = arg;
+    zmq_pollitem_t it = {m->sock, 0, ZMQ_POLLIN, 0};
+    while (!__atomic_load_n(&m->stop, __ATOMIC_ACQUIRE)) {
+        if (zmq_poll(&it, 1, 20) <= 0) continue;
+        for (int more = 1; more;) {
+            zmq_msg_t part;
+            zmq_msg_init(&part);
+            if (zmq_msg_recv(&part, m->sock, 0) < 0) break;
+            more = zmq_msg_more(&part);
+            zmq_msg_close(&part);
+        }
+        __atomic_add_fetch(&m->requests, 1, __ATOMIC_ACQ_REL);
+    }
+    return NULL;
+}
+
+// A request sent ahead whose reply does not come by half the fetch's time is sent again (the
+// loader may have restarted since and lost it); a fetch still ends at its timeout.
+static void test_prefetch_lost(void **state) {
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    s_mute m = {zmq_socket(ctx, ZMQ_ROUTER), 0, 0};
+    int linger = 0;
+    zmq_setsockopt(m.sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_bind(m.sock, "tcp://127.0.0.1:*"), 0);
+    char ep[256];
+    size_t len = sizeof ep;
+    zmq_getsockopt(m.sock, ZMQ_LAST_ENDPOINT, ep, &len);
+    pthread_t th;
+    pthread_create(&th, NULL, s_mute_main, &m);
+    char err[256];
+    ser_dl_client *cl = ser_dl_client_new(ep, "test-job", 1, -1, err);
+    assert_non_null(cl);
+    ser_dl_shard sh;
+    ser_dl_client_prefetch(cl, 3, 0);
+    int64_t t0 = ser_clock_now_ms();
+    assert_int_equal(ser_dl_client_fetch(cl, 3, 0, 600, &sh, err), SER_ETIMEDOUT);
+    int64_t took = ser_clock_now_ms() - t0;
+    assert_true(took >= 550 && took < 3000);
+    usleep(100000);
+    assert_int_equal(__atomic_load_n(&m.requests, __ATOMIC_ACQUIRE), 2);  // ahead, then again
+    // Without a request ahead: one request per fetch.
+    assert_int_equal(ser_dl_client_fetch(cl, 4, 0, 300, &sh, err), SER_ETIMEDOUT);
+    usleep(100000);
+    assert_int_equal(__atomic_load_n(&m.requests, __ATOMIC_ACQUIRE), 3);
+    ser_dl_client_destroy(&cl);
+    __atomic_store_n(&m.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    zmq_close(m.sock);
+    zmq_ctx_term(ctx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_processes_same_bytes),
+        cmocka_unit_test(test_prefetch),
+        cmocka_unit_test(test_prefetch_lost),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_garbage_does_not_crash),
         cmocka_unit_test(test_timeout),

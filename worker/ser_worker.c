@@ -552,6 +552,9 @@ static void s_forward(s_worker *w, const Ser__Envelope *e) {
         out.text = ltext;
     s_send(w, &out, all, nt);
     free(gf);
+    // Shards stay with their workers from step to step: the next step's comes while this one's
+    // backward runs, instead of a round trip to the loader at the next FORWARD.
+    if (w->dl) ser_dl_client_prefetch(w->dl, (uint64_t)step + 1, (uint32_t)s);
 }
 
 // The first non-finite element of g[0..n) plus 1; 0 when all are finite.
