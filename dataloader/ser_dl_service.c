@@ -633,10 +633,10 @@ static int s_group_from_wire(ser_group_elem *out, const Ser__LoaderGroup *g, uin
                        // its files refuses with that status, and that must reach the caller)
 
 // Validates a reply [ "", LoaderShard, frames ] for (step, shard) and fills out.
-// Returns SER_OK, S_MALFORMED, S_STALE, or the loader's negative status (SER_EVERSION,
-// SER_ECONFIG for a reply of another job).
+// Returns SER_OK, S_MALFORMED, S_STALE (the reply is for (*rstep, *rshard)), or the loader's
+// negative status (SER_EVERSION, SER_ECONFIG for a reply of another job).
 static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t shard,
-                         ser_dl_shard *out, char *err) {
+                         ser_dl_shard *out, uint64_t *rstep, uint32_t *rshard, char *err) {
     if (p->truncated || p->n < 2 || zmq_msg_size(&p->m[0]) != 0) {
         snprintf(err, 256, "malformed reply (%d frames)", p->n);
         return S_MALFORMED;
@@ -659,6 +659,7 @@ static int s_parse_reply(ser_dl_client *c, s_parts *p, uint64_t step, uint32_t s
         goto done;
     }
     if (m->step != step || m->shard != shard) {
+        *rstep = m->step, *rshard = m->shard;
         rc = S_STALE;
         goto done;
     }
@@ -806,17 +807,6 @@ static int s_ahead_find(const ser_dl_client *c, uint64_t step, uint32_t shard) {
     return -1;
 }
 
-// The (step, shard) a reply is for; 0 when it does not say (s_parse_reply tells why).
-static int s_reply_key(const s_parts *p, uint64_t *step, uint32_t *shard) {
-    if (p->truncated || p->n < 2 || zmq_msg_size(&p->m[0]) != 0) return 0;
-    Ser__LoaderShard *m = ser__loader_shard__unpack(NULL, zmq_msg_size(&p->m[1]),
-                                                    zmq_msg_data(&p->m[1]));
-    if (!m) return 0;
-    *step = m->step, *shard = m->shard;
-    ser__loader_shard__free_unpacked(m, NULL);
-    return 1;
-}
-
 void ser_dl_client_prefetch(ser_dl_client *c, uint64_t step, uint32_t shard) {
     if (s_ahead_find(c, step, shard) >= 0) return;
     if (c->nahead == SER_DL_AHEAD_MAX) {  // the oldest goes
@@ -900,15 +890,16 @@ int ser_dl_client_fetch(ser_dl_client *c, uint64_t step, uint32_t shard, int tim
         }
         uint64_t rs;
         uint32_t rsh;
-        int j;
-        if (s_reply_key(&p, &rs, &rsh) && (rs != step || rsh != shard) &&
-            (j = s_ahead_find(c, rs, rsh)) >= 0 && !c->ahead[j].have) {
-            c->ahead[j].reply = p, c->ahead[j].have = 1;  // asked ahead: kept for its fetch
+        rc = s_parse_reply(c, &p, step, shard, out, &rs, &rsh, err);
+        if (rc == S_STALE) {
+            int j = s_ahead_find(c, rs, rsh);
+            if (j >= 0 && !c->ahead[j].have)  // asked ahead: kept for its fetch
+                c->ahead[j].reply = p, c->ahead[j].have = 1;
+            else
+                s_parts_free(&p);
             continue;
         }
-        rc = s_parse_reply(c, &p, step, shard, out, err);
         s_parts_free(&p);
-        if (rc == S_STALE) continue;
         if (rc == S_MALFORMED) {
             ser_log(SER_LL_WARNING, "dataloader client: dropped a reply: %s", err);
             snprintf(dropped, sizeof dropped, "%s", err);

@@ -57,7 +57,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ser_dl_shard out;
     memset(&out, 0, sizeof out);
     char err[256] = "";
-    int rc = s_parse_reply(&s_client, &p, step, shard, &out, err);
+    uint64_t rstep = step;
+    uint32_t rshard = shard;
+    int rc = s_parse_reply(&s_client, &p, step, shard, &out, &rstep, &rshard, err);
+    if (rc == 1 && rstep == step && rshard == shard) {  // S_STALE names the reply's own shard
+        fprintf(stderr, "fuzz_loader_reply: a reply for the shard asked called stale\n");
+        abort();
+    }
     if (rc == SER_OK) {
         int bad = (data[0] & 3) != 0 || (size_t)out.n != nsamples || out.step != step ||
                   out.shard != shard;
