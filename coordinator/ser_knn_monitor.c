@@ -6,6 +6,7 @@
 #include <turbojpeg.h>
 
 #include "ser_eval_data.h"
+#include "ser_kernels.h"
 
 struct ser_knn_monitor {
     ser_eval_data ed;
@@ -66,12 +67,16 @@ int ser_knn_monitor_run(ser_knn_monitor *m, ser_vit *student, ser_eval_acc *out,
     double t0 = ser_time_sec();
     const ser_eval_set *sets[2] = {&m->ed.tr, &m->ed.te};
     int rc = SER_OK;
+    // Measured in fp32 whatever the job's run.precision, as `ser eval knn` measures.
+    int precision = ser_kernels_get_precision();
+    ser_kernels_set_precision(SER_PRECISION_FP32, NULL, 0);
     for (int i = 0; i < 2 && !rc; i++)
         rc = ser_eval_cls_features(student, &m->acts, sets[i], m->B, m->u8[i], NULL, m->nthr,
                                    m->f[i], err);
-    if (!rc)
+    if (!rc)  // its similarities are a product too
         rc = ser_eval_knn_acc(out, m->f[0], m->ed.tr.y, m->ed.tr.n, m->f[1], m->ed.te.y,
                               m->ed.te.n, m->C, m->ed.ncls, m->k, m->T);
+    ser_kernels_set_precision(precision, NULL, 0);
     *secs = ser_time_sec() - t0;
     return rc;
 }

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
-  libopenblas-dev libopenblas-openmp-dev
+  libopenblas-dev libopenblas-openmp-dev libdnnl-dev
   libturbojpeg0-dev libjpeg62-turbo-dev
   libuv1-dev libhttp-parser-dev libcjson-dev libinih-dev zlib1g-dev libpng-dev libxxhash-dev
   libcmocka-dev iproute2

@@ -21,6 +21,7 @@
 #include <zmq.h>
 
 #include "ser_test.h"
+#include "ser_bf16.h"
 #include "ser_cmd.h"
 #include "ser_dl_data.h"
 #include "ser_curve.h"
@@ -576,6 +577,38 @@ static void test_no_equivariant_sample_runtime(void **state) {
     assert_null(ser_st_find(f, "optimizer.base_encoder.norm_equiv.weight.step"));
     assert_non_null(ser_st_find(f, "optimizer.base_encoder.blocks.0.attn.qkv.weight.step"));
     ser_st_destroy(&f);
+}
+
+// run.precision = bf16 (the linear layers on oneDNN's bf16 products): MoCo-v3 + SER and DINO
+// + SER over 1..3 workers against `ser step`, bitwise; and the bf16 job is not the fp32 job
+// (the same config in fp32 gives other bits). Skipped where the CPU has no native bf16.
+static void test_bf16_n_workers_equal_ser_step(void **state) {
+    (void)state;
+    if (!ser_bf16_supported()) {
+        print_message("SKIPPED: no native bf16 on this CPU (%s)\n", ser_bf16_isa());
+        skip();
+    }
+    s_method_n_workers_batch("moco", "[run]\nprecision = bf16\n", s_b, "moco-bf16");
+    char sec[512];
+    snprintf(sec, sizeof sec, "%s[run]\nprecision = bf16\n", s_dino_section);
+    s_method_n_workers_batch("dino", sec, s_b, "dino-bf16");
+    char cfg[160], ref32[160], err[SER_ERR_LEN];
+    s_method_ini(cfg, sizeof cfg, "moco", "");
+    snprintf(ref32, sizeof ref32, "%s/moco-fp32-ref.safetensors", s_dir);
+    char *sargs[] = {"ser", "step", "--config", cfg, "--batch", s_b, "--out", ref32, "--steps",
+                     "20", "--iters-per-epoch", "5", NULL};
+    assert_int_equal(s_wait(s_start("step.log", sargs)), 0);
+    char ref16[160];
+    snprintf(ref16, sizeof ref16, "%s/moco-bf16-ref.safetensors", s_dir);
+    ser_st_file *fa = NULL, *fb = NULL;
+    assert_int_equal(ser_st_open(&fa, ref32, err), 0);
+    assert_int_equal(ser_st_open(&fb, ref16, err), 0);
+    const ser_st_entry *x = ser_st_find(fa, "base_encoder.blocks.0.attn.qkv.weight");
+    const ser_st_entry *y = ser_st_find(fb, "base_encoder.blocks.0.attn.qkv.weight");
+    assert_true(x && y && x->nbytes == y->nbytes);
+    assert_true(memcmp(x->data, y->data, x->nbytes) != 0);
+    ser_st_destroy(&fa);
+    ser_st_destroy(&fb);
 }
 
 static void test_dino_n_workers_equal_ser_step(void **state) {
@@ -2296,6 +2329,7 @@ int main(void) {
         cmocka_unit_test(test_equimod_n_workers_equal_ser_step),
         cmocka_unit_test(test_augself_n_workers_equal_ser_step),
         cmocka_unit_test(test_stl_n_workers_equal_ser_step),
+        cmocka_unit_test(test_bf16_n_workers_equal_ser_step),
         cmocka_unit_test(test_decoupled_addons_n_workers_equal_ser_step),
         cmocka_unit_test(test_local_pairs_n_workers_equal_ser_step),
         cmocka_unit_test(test_dino_skip_resends_teacher),

@@ -23,6 +23,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "ser_bf16.h"
 #include "ser_ckpt.h"
 #include "ser_coord.h"
 #include "ser_dl_data.h"
@@ -331,6 +332,27 @@ static void test_short_steps_warn(void **state) {
     assert_true(s_log_has("short2", "the run stops at step 4 of the schedule's 16"));
 }
 
+// top1 of `ser eval knn` on RUN's last checkpoint with the monitor's subsets, k and threads.
+static double s_eval_top1(const char *run) {
+    int rc = s_ser("evalk", "eval knn --checkpoint %s/%s --data imagefolder:%s --train-limit 30 "
+                   "--test-limit 12 --k 5 --threads 1 --json %s/evalk.json", s_dir, run, s_data,
+                   s_dir);
+    assert_int_equal(rc, 0);
+    char path[256];
+    snprintf(path, sizeof path, "%s/evalk.json", s_dir);
+    FILE *jf = fopen(path, "r");
+    assert_non_null(jf);
+    char jt[8192];
+    size_t jn = fread(jt, 1, sizeof jt - 1, jf);
+    jt[jn] = 0;
+    fclose(jf);
+    cJSON *j = cJSON_Parse(jt);
+    assert_non_null(j);
+    double top1 = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "knn"), "top1")->valuedouble;
+    cJSON_Delete(j);
+    return top1;
+}
+
 // The kNN monitor: the same number as `ser eval knn` on the checkpoint; training bits unchanged.
 static void test_knn_monitor(void **state) {
     (void)state;
@@ -346,21 +368,7 @@ static void test_knn_monitor(void **state) {
     for (int i = 0; i < n; i++)
         assert_int_equal(isnan(knn[i]), !(steps[i] == 4 || steps[i] == 9));
     // ser eval knn on the final checkpoint, same subsets, k, threads.
-    rc = s_ser("evalk", "eval knn --checkpoint %s/mon --data imagefolder:%s --train-limit 30 "
-               "--test-limit 12 --k 5 --threads 1 --json %s/evalk.json", s_dir, s_data, s_dir);
-    assert_int_equal(rc, 0);
-    char jp[256];
-    snprintf(jp, sizeof jp, "%s/evalk.json", s_dir);
-    FILE *jf = fopen(jp, "r");
-    assert_non_null(jf);
-    char jt[8192];
-    size_t jn = fread(jt, 1, sizeof jt - 1, jf);
-    jt[jn] = 0;
-    fclose(jf);
-    cJSON *j = cJSON_Parse(jt);
-    assert_non_null(j);
-    double top1 = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "knn"), "top1")->valuedouble;
-    cJSON_Delete(j);
+    double top1 = s_eval_top1("mon");
     print_message("  monitor %.4f, ser eval knn %.4f\n", knn[9], top1);
     assert_true(top1 == knn[9]);  // the same number, not a close one
     assert_true(s_log_has("mon", "step 9: kNN top-1"));
@@ -390,6 +398,42 @@ static void test_knn_monitor(void **state) {
     free(log);
     assert_false(info);
     snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s/seed1.safetensors'", a, s_dir);
+    assert_int_not_equal(system(cmd), 0);
+}
+
+// A bf16 job (run.precision = bf16): the monitor measures in fp32, so it still equals
+// `ser eval knn` on the checkpoint, and it leaves the job's bf16 products as they were (the
+// final state equals that of the same job without the monitor, and differs from the fp32 job's).
+static void test_knn_monitor_bf16(void **state) {
+    (void)state;
+    if (!ser_bf16_supported()) {
+        print_message("SKIPPED: no native bf16 on this CPU (%s)\n", ser_bf16_isa());
+        skip();
+    }
+    int rc = s_ser("monb", "local --workers 2 --config %s/job.ini --set data.path=%s "
+                   "--set run.out_dir=%s/monb --set eval.knn_every=5 --steps 10 "
+                   "--set run.precision=bf16 --out %s/monb.safetensors", s_dir, s_data, s_dir,
+                   s_dir);
+    assert_int_equal(rc, 0);
+    int64_t steps[64];
+    double lrs[64], knn[64];
+    assert_int_equal(s_metrics("monb", steps, lrs, knn, 64), 10);
+    double top1 = s_eval_top1("monb");
+    print_message("  bf16 job: monitor %.4f, ser eval knn %.4f\n", knn[9], top1);
+    assert_true(top1 == knn[9]);
+    rc = s_ser("nomonb", "local --workers 2 --config %s/job.ini --set data.path=%s "
+               "--set run.out_dir=%s/nomonb --steps 10 --set run.precision=bf16 "
+               "--out %s/nomonb.safetensors", s_dir, s_data, s_dir, s_dir);
+    assert_int_equal(rc, 0);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "cmp -s '%s/monb.safetensors' '%s/nomonb.safetensors'", s_dir, s_dir);
+    assert_int_equal(system(cmd), 0);
+    rc = s_ser("nomon32", "local --workers 2 --config %s/job.ini --set data.path=%s "
+               "--set run.out_dir=%s/nomon32 --steps 10 --out %s/nomon32.safetensors", s_dir,
+               s_data, s_dir, s_dir);
+    assert_int_equal(rc, 0);
+    snprintf(cmd, sizeof cmd, "cmp -s '%s/monb.safetensors' '%s/nomon32.safetensors'", s_dir,
+             s_dir);
     assert_int_not_equal(system(cmd), 0);
 }
 
@@ -452,6 +496,7 @@ int main(void) {
         cmocka_unit_test(test_local_synthetic),
         cmocka_unit_test(test_short_steps_warn),
         cmocka_unit_test(test_knn_monitor),
+        cmocka_unit_test(test_knn_monitor_bf16),
         cmocka_unit_test(test_monitor_without_labels),
         cmocka_unit_test(test_refused_when_too_big),
         cmocka_unit_test(test_two_local_jobs),

@@ -21,14 +21,15 @@ static void s_usage(FILE *f) {
             "                      [--img N] [--patch P] [--batch B] [--ratio R | --eq N]\n"
             "                      [--threads T] [--runs R] [--mlp-dim D | --out-dim D |\n"
             "                      --proj-dim D] [--local L [--local-size S]] [--lpairs P]\n"
-            "                      [--json]\n"
+            "                      [--precision fp32|bf16|auto] [--json]\n"
             "  times one whole training step (student and teacher ViT on both views, heads,\n"
             "  losses, SER, backward, AdamW) on synthetic data. --ser off is the base method\n"
             "  alone on the whole batch; on splits off round(R*B) equivariant samples (or --eq N).\n"
             "  --local L adds L local views per image (multi-crop: DINO's local crops, MoCo's\n"
             "  2 + L queries) of S px (default img x 96/224 rounded to the patch). --lpairs P\n"
             "  adds P local SER pairs per equivariant sample (ser.local_pairs: the 2+4-view SER,\n"
-            "  every pair student against student) at S px.\n"
+            "  every pair student against student) at S px. --precision sets run.precision (the\n"
+            "  linear layers' products: fp32 OpenBLAS, or bf16 on oneDNN where the CPU has it).\n"
             "  defaults: moco, ser on, vit_small, 224, patch 16, batch 32, ratio 0.01, 2 threads,\n"
             "  5 runs, the method's head widths (moco mlp 4096, dino out 65536, barlow 8192)\n");
 }
@@ -45,6 +46,7 @@ int ser_bench_step(int argc, char **argv) {
     int ser = 1, img = 224, patch = 16, batch = 32, threads = 2, runs = 5, json = 0, eq = -1;
     int head = 0;  // moco: mlp_dim; barlow: proj_dim (0 = the method's default)
     int n_local = 0, local_size = 0, lpairs = 0;
+    const char *precision = "fp32";
     double ratio = 0.01;
     static const struct option opts[] = {
         {"method", required_argument, 0, 'M'}, {"ser", required_argument, 0, 's'},
@@ -55,6 +57,7 @@ int ser_bench_step(int argc, char **argv) {
         {"mlp-dim", required_argument, 0, 'd'}, {"proj-dim", required_argument, 0, 'd'},
         {"out-dim", required_argument, 0, 'd'}, {"local", required_argument, 0, 'L'},
         {"local-size", required_argument, 0, 'S'}, {"lpairs", required_argument, 0, 'P'},
+        {"precision", required_argument, 0, 'x'},
         {"json", no_argument, 0, 'j'},         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
@@ -81,6 +84,7 @@ int ser_bench_step(int argc, char **argv) {
         case 'L': n_local = atoi(optarg); break;
         case 'S': local_size = atoi(optarg); break;
         case 'P': lpairs = atoi(optarg); break;
+        case 'x': precision = optarg; break;
         case 'j': json = 1; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
@@ -111,6 +115,7 @@ int ser_bench_step(int argc, char **argv) {
     SET("data.global_batch=%d", batch);
     SET("data.shards=1");
     SET("run.threads=%d", threads);
+    SET("run.precision=%s", precision);
     SET("ser.enabled=%s", ser && n_eq > 0 ? "true" : "false");
     SET("ser.ratio=%g", n_eq > 0 ? (double)n_eq / batch : 0.5);
     if (strcmp(method, "barlow") == 0) SET("ser.symmetric=false"), SET("ser.tau=0.4");
@@ -197,16 +202,20 @@ int ser_bench_step(int argc, char **argv) {
         if (json)
             printf("{\"bench\":\"step\",\"method\":\"%s\",\"ser\":%d,\"model\":\"%s\",\"img\":%d,"
                    "\"patch\":%d,\"batch\":%d,\"n_eq\":%d,\"local\":%d,\"local_size\":%d,"
-                   "\"lpairs\":%d,\"threads\":%d,\"runs\":%d,"
+                   "\"lpairs\":%d,\"threads\":%d,\"precision\":\"%s\",\"runs\":%d,"
                    "\"median_step_s\":%.6f,\"images_per_s\":%.3f,\"loss\":%.6f}\n",
                    method, ser && n_eq > 0, model, img, patch, batch, n_eq, n_local,
-                   n_local ? ls : 0, P, threads, runs, med, batch / med, L[0]);
+                   n_local ? ls : 0, P, threads,
+                   cfg.run.precision == SER_PRECISION_BF16 ? "bf16" : "fp32", runs, med,
+                   batch / med, L[0]);
         else
             printf("ser bench step: %s%s %s/%d img %d batch %d (%d equivariant, %d local of %d "
-                   "px, %d local SER pairs) threads %d (median of %d)\n  step %.4f s  %.2f "
+                   "px, %d local SER pairs) threads %d, %s (median of %d)\n  step %.4f s  %.2f "
                    "images/s  loss %.4f\n",
                    method, ser && n_eq > 0 ? "+ser" : "", model, patch, img, batch, n_eq, n_local,
-                   n_local ? ls : 0, P, threads, runs, med, batch / med, L[0]);
+                   n_local ? ls : 0, P, threads,
+                   cfg.run.precision == SER_PRECISION_BF16 ? "bf16" : "fp32", runs, med,
+                   batch / med, L[0]);
     }
     for (int v = 0; v < 2; v++) {
         for (int e = 0; e < n_eq; e++) free(eqimg[v][e]);

@@ -12,6 +12,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "ser_bf16.h"
+#include "ser_kernels.h"
 #include "ser_ntxent.h"
 #include "ser_objective.h"
 
@@ -30,6 +32,7 @@ static const char *const s_interp[] = {"bilinear", "bicubic", NULL};
 static const char *const s_policy[] = {"torchvision", "kornia", NULL};
 static const char *const s_local_mode[] = {"crops", "rotations", "center", NULL};
 static const char *const s_nonfinite[] = {"abort", "skip", NULL};
+static const char *const s_precision[] = {"fp32", "bf16", "auto", NULL};  // SER_PRECISION_*
 static const char *const s_on_collapse[] = {"warn", "abort", NULL};
 static const char *const s_reduce[] = {"coordinator", "chain", NULL};
 static const char *const s_bcast[] = {"coordinator", "tree", NULL};
@@ -338,6 +341,14 @@ static const ser_config_option s_options[] = {
         "Compute threads per worker; 0 = all online cores. Hashed: OpenBLAS products can change "
         "in the last bits with the thread count, so bitwise reproducibility across machines "
         "needs the same explicit value everywhere (common/nn/ser_kernels.h)."),
+    ENUM(run, precision, s_precision, "fp32", NEWKEY,
+         "Linear layers' products (ViT, patch embedding, heads): fp32 through OpenBLAS, or bf16 "
+         "on the CPU's bf16 units through oneDNN (inputs rounded to bf16 as PyTorch's CPU "
+         "autocast does, sums and outputs in fp32; 2-4x faster products where the CPU has "
+         "AVX512-BF16 or AMX, refused where it has not). Attention, norms, losses and the optimizer stay "
+         "fp32. auto = bf16 where the CPU has native bf16, else fp32, decided when the config "
+         "is read, so the job's hash and checkpoints name the precision it ran with. Hashed: "
+         "the two give different bits."),
     ENUM(run, nonfinite, s_nonfinite, "abort", 0,
          "A non-finite loss or gradient (the coordinator names the shard and worker of a "
          "non-finite gradient): abort the job, or skip the step. Either way the step's update "
@@ -591,8 +602,14 @@ static int s_parse_value(ser_config *c, const ser_config_option *o, const char *
         return SER_ECONFIG;
     }
     case SER_CONFIG_ENUM: {
-        for (int i = 0; o->choices[i]; i++)
-            if (strcmp(v, o->choices[i]) == 0) return *(int *)f = i, SER_OK;
+        for (int i = 0; o->choices[i]; i++) {
+            if (strcmp(v, o->choices[i]) != 0) continue;
+            *(int *)f = i;
+            // run.precision = auto becomes what this CPU runs, so the hash names it.
+            if (f == (void *)&c->run.precision && i == SER_PRECISION_AUTO)
+                *(int *)f = ser_bf16_supported() ? SER_PRECISION_BF16 : SER_PRECISION_FP32;
+            return SER_OK;
+        }
         why[0] = 0;
         s_cat(why, nwhy, "must be one of ");
         s_list_choices(why, nwhy, o->choices);

@@ -190,6 +190,7 @@ typedef struct ser_config_run {
     int checkpoint_every, keep_checkpoints;
     char out_dir[SER_CONFIG_STR_LEN];
     int log_every, threads, nonfinite;
+    int precision;  // SER_PRECISION_FP32 or _BF16 (ser_kernels.h); auto is resolved when set
     double collapse_std;  // the collapse monitor's threshold (common/train/ser_monitor.h)
     int collapse_steps, on_collapse;
 } ser_config_run;

@@ -4,11 +4,13 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "ser_base.h"
+#include "ser_bf16.h"
 #include "ser_fmath.h"
 
 // OpenBLAS (OpenMP build) runs single-threaded when called inside a parallel region.
@@ -51,6 +53,23 @@ void ser_kernels_set_threads(int n) {
 
 int ser_kernels_get_threads(void) { return s_threads; }
 
+static int s_precision = SER_PRECISION_FP32;
+
+int ser_kernels_set_precision(int precision, char *err, size_t nerr) {
+    if (precision == SER_PRECISION_BF16 && !ser_bf16_supported()) {
+        if (err)
+            snprintf(err, nerr,
+                     "run.precision = bf16 needs native bf16 matrix units (AVX512-BF16 or AMX); "
+                     "oneDNN finds %s on this CPU: use run.precision = fp32 (or auto)",
+                     ser_bf16_isa());
+        return -1;
+    }
+    s_precision = precision == SER_PRECISION_BF16 ? SER_PRECISION_BF16 : SER_PRECISION_FP32;
+    return 0;
+}
+
+int ser_kernels_get_precision(void) { return s_precision; }
+
 // Sum and dot with 8 independent accumulators combined in a fixed order: vectorisable without
 // -ffast-math, and the same result on every run and thread count.
 static inline float s_sum8(const float *x, int n) {
@@ -80,8 +99,11 @@ void ser_matmul_forward(float *out, const float *inp, const float *w, const floa
         for (int m = 0; m < M; m++) memcpy(out + (size_t)m * N, b, sizeof(float) * (size_t)N);
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, w, K, beta, out,
-                N);
+    if (s_precision == SER_PRECISION_BF16)
+        ser_bf16_gemm(out, N, b != NULL, 0, inp, K, 1, w, K, M, N, K);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, w, K, beta,
+                    out, N);
 }
 
 // Pairwise column sums in the order documented at ser_colsum_acc (ser_kernels.h). One thread
@@ -166,6 +188,12 @@ void ser_colsum_acc(float *db, const float *x, int M, int N) {
 
 void ser_matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                          const float *w, int M, int K, int N, int acc) {
+    if (s_precision == SER_PRECISION_BF16) {
+        if (dinp) ser_bf16_gemm(dinp, K, acc, 0, dout, N, 0, w, K, M, K, N);
+        if (dw) ser_bf16_gemm(dw, K, 1, 1, dout, N, 0, inp, K, N, K, M);
+        if (db) ser_colsum_acc(db, dout, M, N);
+        return;
+    }
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, w, K,
                     acc ? 1.0f : 0.0f, dinp, K);

@@ -1,4 +1,5 @@
-// ser_kernels.h — the fp32 compute kernels of the ViT, forward and backward side by side.
+// ser_kernels.h — the compute kernels of the ViT, forward and backward side by side: fp32, except
+// the linear layers' products under run.precision = bf16 (ser_kernels_set_precision below).
 //
 // Conventions (STYLE.md rule 3): outputs first, then inputs, then sizes; every shape is in a
 // comment; backward kernels ACCUMULATE (+=) into parameter gradients, which the caller zeroes
@@ -27,6 +28,7 @@
 //   ser_colsum_acc                        db += column sums of a (M,N) matrix
 //   ser_sgemm_rows                        a thread-count-invariant sgemm (fixed row blocks)
 //   ser_kernels_set_threads/get_threads   OpenMP + OpenBLAS thread count
+//   ser_kernels_set_precision/get_precision   fp32 (OpenBLAS) or bf16 (oneDNN) linear layers
 //   *_naive twins (ser_kernels_naive.c)
 #ifndef SER_KERNELS_H
 #define SER_KERNELS_H
@@ -35,6 +37,17 @@
 
 void ser_kernels_set_threads(int n);
 int ser_kernels_get_threads(void);
+
+// The products of ser_matmul_forward/_backward (every linear layer: the ViT's, the patch
+// embedding's, the heads'): fp32 through OpenBLAS (the default, and what the PyTorch fixtures
+// check), or bf16 (run.precision = bf16): inputs rounded to bf16, products summed in fp32 on the
+// CPU's bf16 units through oneDNN (ser_bf16.h), as PyTorch's CPU autocast does for nn.Linear,
+// except that the outputs stay fp32. Everything else (attention products, norms, losses, the
+// optimizer, master weights) stays fp32. Per process; returns -1 with a message in err (which
+// may be NULL) where the CPU has no native bf16.
+enum { SER_PRECISION_FP32 = 0, SER_PRECISION_BF16 = 1, SER_PRECISION_AUTO = 2 };
+int ser_kernels_set_precision(int precision, char *err, size_t nerr);
+int ser_kernels_get_precision(void);
 
 // --- linear ----------------------------------------------------------------------------------
 // inp (M,K), w (N,K), b (N,) or NULL -> out (M,N).

@@ -4,10 +4,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ser_kernels.h"
 #include "ser_optim.h"
 
 int ser_backbones_init(ser_backbones *b, const ser_config *cfg, char err[SER_ERR_LEN]) {
     memset(b, 0, sizeof *b);
+    // The linear layers' precision is per process: a worker runs its job's.
+    if (ser_kernels_set_precision(cfg->run.precision, err, SER_ERR_LEN)) return SER_ECONFIG;
     // Refuse before allocating what cannot fit (an allocation failure aborts the process).
     int rc = ser_config_check_memory_here(cfg, err);
     if (rc) return rc;

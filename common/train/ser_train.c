@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ser_kernels.h"
 #include "ser_monitor.h"
 #include "ser_safetensors.h"
 #include "ser_vit.h"
@@ -36,6 +37,11 @@ int ser_trainer_init_model(ser_trainer *t, const ser_config *cfg, char err[SER_E
 
 int ser_trainer_init(ser_trainer *t, const ser_config *cfg, int64_t iters_per_epoch,
                      char err[SER_ERR_LEN]) {
+    // The linear layers' precision is per process: a training process runs its job's.
+    if (ser_kernels_set_precision(cfg->run.precision, err, SER_ERR_LEN)) {
+        memset(t, 0, sizeof *t);
+        return SER_ECONFIG;
+    }
     int rc = ser_trainer_init_model(t, cfg, err);
     if (rc) return rc;
     t->ipe = iters_per_epoch;

@@ -38,11 +38,16 @@ def main():
         i = args.index("--autocast")
         peer_args = args[i:i + 2]
         del args[i:i + 2]
+    ser_args = []  # options only ser takes (--precision bf16: its bf16 linear layers)
+    if "--precision" in args:
+        i = args.index("--precision")
+        ser_args = args[i:i + 2]
+        del args[i:i + 2]
     ser = os.environ.get("SER_BIN", os.path.join(ROOT, "build", "ser"))
     py = os.environ.get("SER_PYTHON", "/usr/bin/python3")
     ours, peer = [], []
     for _ in range(rounds):
-        ours.append(run_json([ser, "bench", what, "--json"] + args))
+        ours.append(run_json([ser, "bench", what, "--json"] + args + ser_args))
         peer.append(run_json([py, os.path.join(HERE, PEERS[what])] + args + peer_args))
     o = statistics.median(r["images_per_s"] for r in ours)
     p = statistics.median(r["images_per_s"] for r in peer)
@@ -52,9 +57,11 @@ def main():
         if r0.get("lpairs"):
             loc += f" + {r0['lpairs']} local SER pairs"
         pk = f" ({peer[0]['autocast']})" if peer[0].get("autocast", "none") != "none" else ""
+        sp = f", ser {r0['precision']}" if r0.get("precision", "fp32") != "fp32" else ""
         print(f"| {r0['method']}{'+ser' if r0['ser'] else ''}{loc} | {r0['model']}/{r0['patch']} | "
-              f"{r0['img']} | {r0['batch']} ({r0['n_eq']} eq) | {r0['threads']}{pk} | "
-              f"{r0['median_step_s']:.3f} s | {statistics.median(r['median_step_s'] for r in peer):.3f} s | "
+              f"{r0['img']} | {r0['batch']} ({r0['n_eq']} eq) | {r0['threads']}{pk}{sp} | "
+              f"{statistics.median(r['median_step_s'] for r in ours):.3f} s | "
+              f"{statistics.median(r['median_step_s'] for r in peer):.3f} s | "
               f"{o / p:.2f}x |")
         return
     mfu = statistics.median(r["mfu"] for r in ours)
