@@ -41,13 +41,18 @@ static size_t s_acap, s_bcap;
                       (int)st_, M, N, K);                                                   \
     } while (0)
 
-static void s_cleanup(void) {
-    for (int i = 0; i < s_n; i++) {
+// Releases the primitives and memory objects of cache entries [0, n).
+static void s_free_entries(int n) {
+    for (int i = 0; i < n; i++) {
         dnnl_memory_destroy(s_cache[i].a);
         dnnl_memory_destroy(s_cache[i].b);
         dnnl_memory_destroy(s_cache[i].c);
         dnnl_primitive_destroy(s_cache[i].prim);
     }
+}
+
+static void s_cleanup(void) {
+    s_free_entries(s_n);
     s_n = 0;
     free(s_abuf);
     free(s_bbuf);
@@ -130,12 +135,7 @@ static s_entry *s_find(int M, int N, int K, int ta, int tb, int acc, int ldc) {
             return e;
     }
     if (s_n == CACHE_MAX) {  // a job has a few dozen shapes; drop the oldest half if not
-        for (int i = 0; i < CACHE_MAX / 2; i++) {
-            dnnl_memory_destroy(s_cache[i].a);
-            dnnl_memory_destroy(s_cache[i].b);
-            dnnl_memory_destroy(s_cache[i].c);
-            dnnl_primitive_destroy(s_cache[i].prim);
-        }
+        s_free_entries(CACHE_MAX / 2);
         memmove(s_cache, s_cache + CACHE_MAX / 2, sizeof s_cache[0] * (CACHE_MAX / 2));
         s_n = CACHE_MAX / 2;
     }
