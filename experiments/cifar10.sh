@@ -22,12 +22,14 @@
 #   ser_local4    MoCo-v3 + SER at block 3 with the same 2 + 4 views (SER on the global pair)
 #   erl_local4    the paper's SER 2+4 variant: ser_local4 plus 2 local SER pairs per equivariant
 #                 sample, every pair student against student (ser.local_pairs = 2)
-# The three base methods (SER_EXP_VARIANTS=methods: moco and ser_on_l2 above and these; the heads and
-# schedules of configs/dino_fashion.ini and configs/barlow_fashion.ini):
-#   dino          DINO (1024 prototypes, teacher temperature 0.04), baseline layout, no SER
-#   dino_ser      DINO + SER at block 2
-#   barlow        Barlow Twins (256-wide projector), baseline layout, no SER
-#   barlow_ser    Barlow Twins + SER at block 2
+# The three base methods (SER_EXP_VARIANTS=methods: moco and ser_on_l2 above and these, each from
+# its method's CIFAR-10 preset instead of configs/cifar10_small.ini):
+#   dino          DINO (configs/dino_cifar10.ini: 1024 prototypes, teacher temperature 0.04, 4
+#                 heads, 18 epochs), baseline layout, no SER
+#   dino_ser      DINO + SER at block 2, the preset itself
+#   barlow        Barlow Twins (configs/barlow_cifar10.ini: 256-wide projector), baseline layout,
+#                 no SER
+#   barlow_ser    Barlow Twins + SER at block 2, the preset itself
 # Every run uses the same seed, data order, batch and schedules; only the listed keys differ.
 # Each run is `ser local` (coordinator, 2 workers, 1 loader) with the online kNN monitor, so its
 # learning curve is in RUN/metrics.jsonl; runs already finished are not redone, and a stopped
@@ -76,25 +78,24 @@ fi
 [ -e "$data/val" ] || ln -s test "$data/val"
 
 # The whole schedule of the preset (or --steps K of it).
-common=(--config configs/cifar10_small.ini --workers 2 --set data.path="$data"
+common=(--workers 2 --set data.path="$data"
         --set data.kind=imagefolder --set data.seed="$seed" --set run.log_every=50
         --set cluster.status_port=0)
 [ -n "$steps" ] && common+=(--steps "$steps")
 for kv in ${SER_EXP_SETS:-}; do common+=(--set "$kv"); done
 
-dino_sets="--set method.name=dino --set dino.out_dim=1024 --set dino.hidden_dim=512
-  --set dino.bottleneck_dim=128 --set dino.norm_last_layer=true --set dino.momentum=0.99
-  --set dino.teacher_temp_final=0.04 --set dino.teacher_temp_warmup_epochs=0 --set dino.freeze_last_layer_epochs=0 --set optim.lr=1e-3 --set optim.lr_schedule=dino
-  --set optim.weight_decay=0.04 --set optim.weight_decay_end=0.4 --set optim.clip=3
-  --set optim.decay=no_bias_1d --set data.interpolation=bicubic --set data.crop_min=0.25"
-barlow_sets="--set method.name=barlow --set barlow.proj_dim=256 --set barlow.lambda_offdiag=0.0051
-  --set optim.lr=2e-3 --set optim.lr_schedule=barlow --set data.interpolation=bicubic"
+# The preset each variant starts from.
+variant_config() {
+  case "$1" in
+    dino|dino_ser)     echo configs/dino_cifar10.ini ;;
+    barlow|barlow_ser) echo configs/barlow_cifar10.ini ;;
+    *)                 echo configs/cifar10_small.ini ;;
+  esac
+}
 variant_sets() {
   case "$1" in
-    dino)       echo $dino_sets "--set ser.enabled=false --set model.cls_layer=4" ;;
-    dino_ser)   echo $dino_sets "--set ser.enabled=true --set ser.grad=on --set ser.lambda=0.3 --set model.cls_layer=2" ;;
-    barlow)     echo $barlow_sets "--set ser.enabled=false --set model.cls_layer=4" ;;
-    barlow_ser) echo $barlow_sets "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=2" ;;
+    dino|barlow) echo "--set ser.enabled=false --set model.cls_layer=4" ;;
+    dino_ser|barlow_ser) echo "" ;;
     moco)       echo "--set ser.enabled=false --set model.cls_layer=4" ;;
     ser_on_l2)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=2" ;;
     ser_on_l3)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" ;;
@@ -129,10 +130,10 @@ for v in $variants; do
     echo "== $v: already trained ($run/final.safetensors)"
     continue
   fi
-  echo "== $v: configs/cifar10_small.ini${steps:+, $steps steps} ($(variant_sets "$v"))"
+  echo "== $v: $(variant_config "$v")${steps:+, $steps steps} ($(variant_sets "$v"))"
   t0=$(date +%s)
   # shellcheck disable=SC2046
-  "$ser" local "${common[@]}" $(variant_sets "$v") --set run.name="cifar10_$v" \
+  "$ser" local --config "$(variant_config "$v")" "${common[@]}" $(variant_sets "$v") --set run.name="cifar10_$v" \
     --set run.out_dir="$run" --out "$run/final.safetensors" 2>&1 | tee "$run/train.log" |
     grep -E "schedule:|step [0-9]+:|run summary|error|refused" || true
   [ -f "$run/final.safetensors" ] || { echo "== $v: training failed, see $run/train.log" >&2; exit 1; }
