@@ -94,9 +94,8 @@ variant_config() {
 }
 variant_sets() {
   case "$1" in
-    dino|barlow) echo "--set ser.enabled=false --set model.cls_layer=4" ;;
+    moco|dino|barlow) echo "--set ser.enabled=false --set model.cls_layer=4" ;;
     dino_ser|barlow_ser) echo "" ;;
-    moco)       echo "--set ser.enabled=false --set model.cls_layer=4" ;;
     ser_on_l2)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=2" ;;
     ser_on_l3)  echo "--set ser.enabled=true --set ser.grad=on --set model.cls_layer=3" ;;
     ser_off_l2) echo "--set ser.enabled=true --set ser.grad=off --set model.cls_layer=2" ;;
