@@ -37,7 +37,7 @@
 #
 #   bash experiments/cifar10.sh                          # every variant, the preset's schedule
 #   SER_EXP_VARIANTS="ser_on_l2" bash experiments/cifar10.sh
-#   SER_EXP_VARIANTS=comparison bash experiments/cifar10.sh   # the paper's table (~11 runs)
+#   SER_EXP_VARIANTS=comparison bash experiments/cifar10.sh   # the paper's table (16 runs, ~3.5 h)
 #
 # Environment: SER_CIFAR_TAR (a tarball with cifar10/train and cifar10/test class folders of
 # JPEGs; default data/cifar10-jpg.tar.gz), SER_EXP_OUT (default runs/cifar10),
