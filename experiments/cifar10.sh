@@ -148,54 +148,41 @@ done
 # accuracy on rotated / flipped test images (robustness without corruptions), on fixed
 # subsets of train / test (the evaluation reads the run directory's newest checkpoint).
 modes=(knn,linear,equivariance,robustness --corruptions none)
-for v in $variants; do
-  run=$out/$v
-  [ -f "$run/eval.json" ] && continue
-  echo "== $v: evaluating"
+# evaluate DIR NAME NTRAIN NTEST ARGS...: `ser eval ARGS` on NTRAIN / NTEST images into
+# DIR/NAME.json, DIR/NAME.log and DIR/NAME_seconds; done already where DIR/NAME.json exists.
+evaluate() {
+  local dir=$1 name=$2 ntr=$3 nte=$4 t0
+  shift 4
+  [ -f "$dir/$name.json" ] && return 0
+  echo "== ${dir##*/}: evaluating on $ntr train / $nte test images"
+  mkdir -p "$dir"
   t0=$(date +%s)
-  "$ser" eval "${modes[@]}" --checkpoint "$run" --data "$data" \
-    --train-limit "$ntrain" --test-limit "$ntest" --json "$run/eval.json.tmp" | tee "$run/eval.log"
-  mv "$run/eval.json.tmp" "$run/eval.json"
-  echo $(( $(date +%s) - t0 )) > "$run/eval_seconds"
+  "$ser" eval "$@" --data "$data" --train-limit "$ntr" --test-limit "$nte" \
+    --json "$dir/$name.json.tmp" | tee "$dir/$name.log"
+  mv "$dir/$name.json.tmp" "$dir/$name.json"
+  echo $(( $(date +%s) - t0 )) > "$dir/${name}_seconds"
+}
+for v in $variants; do
+  evaluate "$out/$v" eval "$ntrain" "$ntest" "${modes[@]}" --checkpoint "$out/$v"
 done
 
 # The baseline row: the same evaluation of the first variant's network at initialisation.
 first=${variants%% *}
-if [ ! -f "$out/random/eval.json" ]; then
-  echo "== random init of $first: evaluating"
-  mkdir -p "$out/random"
-  t0=$(date +%s)
-  "$ser" eval "${modes[@]}" --checkpoint "$out/$first" --random-init --data "$data" \
-    --train-limit "$ntrain" --test-limit "$ntest" --json "$out/random/eval.json.tmp" | tee "$out/random/eval.log"
-  mv "$out/random/eval.json.tmp" "$out/random/eval.json"
-  echo $(( $(date +%s) - t0 )) > "$out/random/eval_seconds"
-fi
+evaluate "$out/random" eval "$ntrain" "$ntest" "${modes[@]}" --checkpoint "$out/$first" --random-init
 
 # Raw pixels on the same split: the baseline every feature has to beat.
-if [ ! -f "$out/pixels/eval.log" ]; then
-  mkdir -p "$out/pixels"
-  "$ser" eval knn --pixels --checkpoint "$out/$first" --data "$data" --train-limit "$ntrain" \
-    --test-limit "$ntest" --json "$out/pixels/eval.json" | tee "$out/pixels/eval.log"
-fi
+evaluate "$out/pixels" eval "$ntrain" "$ntest" knn --pixels --checkpoint "$out/$first"
 
 # kNN and the linear probe on the whole split (one standard error ~0.5 points instead of ~1.6 on
 # 1000 test images): the figures to compare variants by.
 full=${SER_EXP_EVAL_FULL:-1}
 kl=knn,linear
 if [ "$full" = 1 ]; then
-  for v in $variants random pixels; do
-    run=$out/$v
-    [ -f "$run/eval_full.json" ] && continue
-    echo "== $v: evaluating on the whole split"
-    case "$v" in
-      random) args=("$kl" --checkpoint "$out/$first" --random-init) ;;
-      pixels) args=(knn --pixels --checkpoint "$out/$first") ;;
-      *)      args=("$kl" --checkpoint "$run") ;;
-    esac
-    "$ser" eval "${args[@]}" --data "$data" --train-limit 50000 --test-limit 10000 \
-      --json "$run/eval_full.json.tmp" | tee "$run/eval_full.log"
-    mv "$run/eval_full.json.tmp" "$run/eval_full.json"
+  for v in $variants; do
+    evaluate "$out/$v" eval_full 50000 10000 "$kl" --checkpoint "$out/$v"
   done
+  evaluate "$out/random" eval_full 50000 10000 "$kl" --checkpoint "$out/$first" --random-init
+  evaluate "$out/pixels" eval_full 50000 10000 knn --pixels --checkpoint "$out/$first"
 fi
 
 # The tables, from each run's evaluation table (lines "mode metric value").
