@@ -57,6 +57,11 @@ tarball=${SER_CIFAR_TAR:-data/cifar10-jpg.tar.gz}
 out=${SER_EXP_OUT:-runs/cifar10}
 steps=${SER_EXP_STEPS:-}
 seed=${SER_EXP_SEED:-0}
+full=${SER_EXP_EVAL_FULL:-1}
+case "$full" in
+  0|1) ;;
+  *) echo "experiments/cifar10.sh: SER_EXP_EVAL_FULL=$full: want 0 or 1" >&2; exit 2 ;;
+esac
 variants=${SER_EXP_VARIANTS:-"moco ser_on_l2 ser_on_l3 ser_off_l2"}
 [ "$variants" = comparison ] &&
   variants="moco ser_on_l2 ser_on_l3 ser_off_l2 essl inv_essl augself equimod stl essl_l2 augself_l2 equimod_l2 stl_l2 inv_local4 ser_local4 erl_local4"
@@ -175,7 +180,6 @@ evaluate "$out/pixels" eval "$ntrain" "$ntest" knn --pixels --checkpoint "$out/$
 
 # kNN and the linear probe on the whole split (one standard error ~0.5 points instead of ~1.6 on
 # 1000 test images): the figures to compare variants by.
-full=${SER_EXP_EVAL_FULL:-1}
 kl=knn,linear
 if [ "$full" = 1 ]; then
   for v in $variants; do
